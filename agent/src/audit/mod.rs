@@ -1,0 +1,71 @@
+//! The audit trail: every protocol handler records through [`AuditLog`].
+//!
+//! `append` returns only once the event is durable enough to act on (in the
+//! write-ahead log), so a handler forwards a command only after it is
+//! recorded. An error means the trail cannot take the event: the caller
+//! refuses what it was about to do (fail closed).
+mod event;
+
+pub use event::*;
+
+use std::{future::Future, pin::Pin, sync::Arc, sync::OnceLock};
+
+/// Why an event could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The store cannot write (disk full, I/O error, read-only file system).
+    /// It recovers by itself when writes succeed again.
+    #[error("audit store unavailable: {0}")]
+    Unavailable(String),
+    /// The store has shut down.
+    #[error("audit store closed")]
+    Closed,
+}
+
+pub type AppendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), AuditError>> + Send + 'a>>;
+
+/// A destination for audit events.
+pub trait AuditSink: Send + Sync + 'static {
+    /// Records `event`; resolves once it is in the write-ahead log.
+    fn append(&self, event: Event) -> AppendFuture<'_>;
+    /// Flushes what is buffered; called once at shutdown.
+    fn close(&self) -> AppendFuture<'_>;
+}
+
+/// Cloneable handle to the agent's audit sink.
+#[derive(Clone)]
+pub struct AuditLog {
+    sink: Arc<dyn AuditSink>,
+}
+
+impl AuditLog {
+    pub fn new(sink: impl AuditSink) -> Self {
+        AuditLog {
+            sink: Arc::new(sink),
+        }
+    }
+
+    pub async fn append(&self, event: Event) -> Result<(), AuditError> {
+        self.sink.append(event).await
+    }
+
+    pub async fn close(&self) -> Result<(), AuditError> {
+        self.sink.close().await
+    }
+}
+
+/// This machine's host name, read once.
+pub fn host_name() -> &'static str {
+    static HOST: OnceLock<String> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let mut buf = [0u8; 256];
+        // SAFETY: buf is valid for buf.len() bytes; gethostname NUL-terminates
+        // on success when the name fits.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        if rc != 0 {
+            return "unknown".to_owned();
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    })
+}

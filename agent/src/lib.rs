@@ -1,0 +1,3 @@
+//! loopgate: a host agent that makes every connection an automation opens to
+//! a protected service pass through one enforcement point. See ARCHITECTURE.md.
+pub mod audit;
