@@ -48,8 +48,7 @@ static LG_BY_COOKIE: LruHashMap<u64, ConnectRecord> = LruHashMap::pinned(MAX_CON
 /// Client source address:port → record; written at ACTIVE_ESTABLISHED, taken
 /// by the agent on accept().
 #[map]
-static LG_BY_SOURCE: LruHashMap<SourceKey, ConnectRecord> =
-    LruHashMap::pinned(MAX_CONNECTIONS, 0);
+static LG_BY_SOURCE: LruHashMap<SourceKey, ConnectRecord> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
 
 enum Verdict {
     /// Not a target: leave the connect alone.
@@ -84,6 +83,19 @@ fn intercept(ctx: &SockAddrContext, sa: &bpf_sock_addr, original: Endpoint) -> V
     match LG_BY_COOKIE.insert(&cookie, &record, 0) {
         Ok(()) => Verdict::Redirect,
         Err(_) => Verdict::Refuse,
+    }
+}
+
+/// Writes `user_ip6` word by word: a whole-array store becomes a byte copy
+/// loop through a moving ctx pointer, which the verifier rejects.
+#[inline(always)]
+fn set_user_ip6(sa: &mut bpf_sock_addr, ip: [u32; 4]) {
+    unsafe {
+        use core::ptr::write_volatile as wv;
+        wv(&raw mut sa.user_ip6[0], ip[0]);
+        wv(&raw mut sa.user_ip6[1], ip[1]);
+        wv(&raw mut sa.user_ip6[2], ip[2]);
+        wv(&raw mut sa.user_ip6[3], ip[3]);
     }
 }
 
@@ -125,11 +137,12 @@ pub fn lg_connect6(ctx: SockAddrContext) -> i32 {
             let port = PROXY_PORT.load();
             // A v4-mapped destination goes to ::ffff:127.0.0.1 (the IPv4
             // listener); a native IPv6 one to [::1].
-            sa.user_ip6 = if Endpoint::is_v4_mapped(&original.ip) {
+            let proxy = if Endpoint::is_v4_mapped(&original.ip) {
                 Endpoint::v4_mapped(u32::from_ne_bytes([127, 0, 0, 1]))
             } else {
                 [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])]
             };
+            set_user_ip6(sa, proxy);
             sa.user_port = u32::from(port.to_be());
             debug!(&ctx, "connect6 redirected to port {}", port);
             ALLOW
@@ -198,7 +211,7 @@ pub fn lg_getpeername6(ctx: SockAddrContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if let Some(record) = unsafe { LG_BY_COOKIE.get(&cookie) } {
         let sa = unsafe { &mut *ctx.sock_addr };
-        sa.user_ip6 = record.original.ip;
+        set_user_ip6(sa, record.original.ip);
         sa.user_port = u32::from(record.original.port);
     }
     ALLOW

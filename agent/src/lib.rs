@@ -1,3 +1,11 @@
 //! loopgate: a host agent that makes every connection an automation opens to
 //! a protected service pass through one enforcement point. See ARCHITECTURE.md.
+pub mod agent;
 pub mod audit;
+pub mod config;
+pub mod control;
+pub mod exec;
+pub mod intercept;
+pub mod notify;
+pub mod protocols;
+pub mod proxy;

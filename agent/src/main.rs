@@ -1,1 +1,196 @@
-fn main() {}
+//! The `loopgate` command line.
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use loopgate::{
+    agent,
+    config::{Config, DEFAULT_PATH},
+    control::{self, Request, Response},
+    exec, intercept,
+};
+
+/// Exit status for a configuration or usage error.
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "loopgate",
+    version,
+    about = "Audit, mask, block and approve what automations do to PHI services"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: attach interception and serve the proxy.
+    Run {
+        /// Configuration file [default: /etc/loopgate/agent.toml, else built-in]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Run CMD inside the first intercepted cgroup; exits with its status.
+    Exec {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Run CMD as this user (name or uid).
+        #[arg(long, short)]
+        user: Option<String>,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<OsString>,
+    },
+    /// Show the running agent's cgroups, targets, live sessions and counters.
+    Status {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Control socket [default: from the config]
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove interception: detach and unpin every program and map.
+    Detach {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Pin directory [default: from the config]
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+    },
+    /// Validate a configuration file.
+    Check {
+        #[arg(long, short, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config, log_json } => {
+            init_logs(log_json);
+            let config = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => return fail(anyhow::anyhow!("starting the runtime: {e}")),
+            };
+            match runtime.block_on(agent::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+        Command::Exec {
+            config,
+            user,
+            command,
+        } => {
+            let config = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            // Returns only when the command could not be started.
+            let e = exec::exec(&config, user.as_deref(), &command).unwrap_err();
+            eprintln!("loopgate exec: {e:#}");
+            ExitCode::from(127)
+        }
+        Command::Status {
+            config,
+            socket,
+            json,
+        } => {
+            let socket = match socket {
+                Some(s) => s,
+                None => match load(config.as_deref()) {
+                    Ok(c) => c.control.socket,
+                    Err(code) => return code,
+                },
+            };
+            match control::request(&socket, &Request::Status) {
+                Ok(Response::Status(report)) if json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(Response::Status(report)) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Ok(Response::Error { message }) => fail(anyhow::anyhow!(message)),
+                Err(e) => fail(e),
+            }
+        }
+        Command::Detach { config, pin_dir } => {
+            let pin_dir = match pin_dir {
+                Some(p) => p,
+                None => match load(config.as_deref()) {
+                    Ok(c) => c.intercept.pin_dir,
+                    Err(code) => return code,
+                },
+            };
+            match intercept::detach(&pin_dir) {
+                Ok(links) => {
+                    println!(
+                        "detached: removed {links} links and the maps under {}",
+                        pin_dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Check { config } => match Config::load(Some(&config)) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} cgroups, {} targets)",
+                    config.display(),
+                    c.intercept.cgroups.len(),
+                    c.targets.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loopgate: {e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
+    }
+}
+
+/// Loads the config, printing the error and giving exit status 2 on failure.
+fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("loopgate: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+fn fail(e: anyhow::Error) -> ExitCode {
+    tracing::error!("{e:#}");
+    eprintln!("loopgate: {e:#}");
+    ExitCode::FAILURE
+}
+
+fn init_logs(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("LOOPGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info,aya=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

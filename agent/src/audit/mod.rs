@@ -5,6 +5,7 @@
 //! recorded. An error means the trail cannot take the event: the caller
 //! refuses what it was about to do (fail closed).
 mod event;
+pub mod jsonl;
 
 pub use event::*;
 

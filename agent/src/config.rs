@@ -1,0 +1,542 @@
+//! The agent's TOML configuration (`/etc/loopgate/agent.toml`).
+//!
+//! Parsing is two steps: serde reads the file into `raw` structs that keep
+//! each value's position, then [`Config::from_toml`] validates and resolves
+//! them. Every error names the key and the line, so an operator can fix the
+//! file without guessing.
+use std::{
+    fmt,
+    net::{SocketAddr, ToSocketAddrs},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Where `loopgate run` looks for its config when none is named.
+pub const DEFAULT_PATH: &str = "/etc/loopgate/agent.toml";
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub intercept: InterceptConfig,
+    pub audit: AuditConfig,
+    pub control: ControlConfig,
+    pub proxy: ProxyConfig,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Clone, Debug)]
+pub struct InterceptConfig {
+    /// cgroup v2 paths relative to the cgroup2 mount.
+    pub cgroups: Vec<String>,
+    /// The proxy listens on 127.0.0.1 and [::1] at this port.
+    pub listen_port: u16,
+    /// Directory under bpffs where programs' links and maps are pinned.
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct AuditConfig {
+    pub dir: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// Root-only unix socket for `loopgate status` and friends.
+    pub socket: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// How long SIGTERM waits for live sessions before closing them.
+    pub drain_timeout: Duration,
+    /// How long an upstream connect may take.
+    pub connect_timeout: Duration,
+}
+
+/// The protocol a target speaks, which picks its handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// Bytes passed through unchanged, counted and recorded per session.
+    Tcp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A protected service whose connections are intercepted.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub name: String,
+    pub protocol: Protocol,
+    /// The address as written in the config.
+    pub address: String,
+    /// Every socket address it resolved to; each is intercepted.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// A configuration error, located in the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{path}:{line}: `{key}`: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads `path`; a missing file at the default path yields the built-in
+    /// default, a missing file named explicitly is an error.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, explicit) = match path {
+            Some(p) => (p, true),
+            None => (Path::new(DEFAULT_PATH), false),
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::from_toml(&text, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                Config::from_toml(BUILTIN_DEFAULT, "<built-in default>")
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Parses and validates `text`; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let raw: raw::File = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Validator { text, origin }.validate(raw)
+    }
+
+    /// The target that owns `endpoint`, if any.
+    pub fn target_for(&self, endpoint: SocketAddr) -> Option<&Target> {
+        self.targets
+            .iter()
+            .find(|t| t.endpoints.contains(&endpoint))
+    }
+}
+
+/// The configuration used when `/etc/loopgate/agent.toml` does not exist.
+pub const BUILTIN_DEFAULT: &str = include_str!("../packaging/agent.toml");
+
+/// Serde's view of the file: positions kept for validation errors.
+mod raw {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct File {
+        #[serde(default)]
+        pub intercept: Intercept,
+        #[serde(default)]
+        pub audit: Audit,
+        #[serde(default)]
+        pub control: Control,
+        #[serde(default)]
+        pub proxy: Proxy,
+        #[serde(default, rename = "target")]
+        pub targets: Vec<Target>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Intercept {
+        pub cgroups: Option<Spanned<Vec<Spanned<String>>>>,
+        pub listen_port: Option<Spanned<u16>>,
+        pub pin_dir: Option<Spanned<PathBuf>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Audit {
+        pub dir: Option<PathBuf>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Control {
+        pub socket: Option<PathBuf>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Proxy {
+        pub drain_timeout_secs: Option<u64>,
+        pub connect_timeout_secs: Option<Spanned<u64>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Target {
+        pub name: Spanned<String>,
+        pub protocol: Spanned<String>,
+        pub address: Spanned<String>,
+    }
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    origin: &'a str,
+}
+
+impl Validator<'_> {
+    fn error<T>(
+        &self,
+        key: &str,
+        span: std::ops::Range<usize>,
+        message: impl Into<String>,
+    ) -> Result<T, ConfigError> {
+        let line = self.text[..span.start.min(self.text.len())]
+            .bytes()
+            .filter(|&b| b == b'\n')
+            .count()
+            + 1;
+        Err(ConfigError::Invalid {
+            path: self.origin.to_owned(),
+            line,
+            key: key.to_owned(),
+            message: message.into(),
+        })
+    }
+
+    fn validate(&self, raw: raw::File) -> Result<Config, ConfigError> {
+        let intercept = self.intercept(raw.intercept)?;
+        let mut targets: Vec<Target> = Vec::with_capacity(raw.targets.len());
+        for t in raw.targets {
+            let target = self.target(t, &targets)?;
+            targets.push(target);
+        }
+        let connect_timeout = match raw.proxy.connect_timeout_secs {
+            Some(s) if *s.get_ref() == 0 => {
+                return self.error("proxy.connect_timeout_secs", s.span(), "must be at least 1");
+            }
+            Some(s) => Duration::from_secs(*s.get_ref()),
+            None => Duration::from_secs(10),
+        };
+        Ok(Config {
+            intercept,
+            audit: AuditConfig {
+                dir: raw
+                    .audit
+                    .dir
+                    .unwrap_or_else(|| PathBuf::from("/var/lib/loopgate/audit")),
+            },
+            control: ControlConfig {
+                socket: raw
+                    .control
+                    .socket
+                    .unwrap_or_else(|| PathBuf::from("/run/loopgate/control.sock")),
+            },
+            proxy: ProxyConfig {
+                drain_timeout: Duration::from_secs(raw.proxy.drain_timeout_secs.unwrap_or(30)),
+                connect_timeout,
+            },
+            targets,
+        })
+    }
+
+    fn intercept(&self, raw: raw::Intercept) -> Result<InterceptConfig, ConfigError> {
+        let cgroups = match raw.cgroups {
+            None => vec!["loopgate-agents.slice".to_owned()],
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    return self.error(
+                        "intercept.cgroups",
+                        list.span(),
+                        "names no cgroup; intercepting nothing is not a configuration",
+                    );
+                }
+                let mut out = Vec::new();
+                for cg in list.into_inner() {
+                    let span = cg.span();
+                    let path = cg.into_inner();
+                    let trimmed = path.trim_matches('/');
+                    if trimmed.is_empty() {
+                        return self.error(
+                            "intercept.cgroups",
+                            span,
+                            "the root cgroup cannot be intercepted: name a child cgroup",
+                        );
+                    }
+                    if trimmed
+                        .split('/')
+                        .any(|c| c == ".." || c == "." || c.is_empty())
+                    {
+                        return self.error(
+                            "intercept.cgroups",
+                            span,
+                            format!("{path:?} is not a plain path below the cgroup2 mount"),
+                        );
+                    }
+                    out.push(trimmed.to_owned());
+                }
+                out
+            }
+        };
+        let listen_port = match raw.listen_port {
+            Some(p) if *p.get_ref() == 0 => {
+                return self.error(
+                    "intercept.listen_port",
+                    p.span(),
+                    "must be a fixed port (1-65535): the kernel redirects to it",
+                );
+            }
+            Some(p) => *p.get_ref(),
+            None => 15000,
+        };
+        let pin_dir = match raw.pin_dir {
+            Some(p) if !p.get_ref().is_absolute() => {
+                return self.error(
+                    "intercept.pin_dir",
+                    p.span(),
+                    "must be an absolute path on bpffs",
+                );
+            }
+            Some(p) => p.into_inner(),
+            None => PathBuf::from("/sys/fs/bpf/loopgate"),
+        };
+        Ok(InterceptConfig {
+            cgroups,
+            listen_port,
+            pin_dir,
+        })
+    }
+
+    fn target(&self, raw: raw::Target, earlier: &[Target]) -> Result<Target, ConfigError> {
+        let name = raw.name.get_ref().trim().to_owned();
+        if name.is_empty() {
+            return self.error("target.name", raw.name.span(), "must not be empty");
+        }
+        if earlier.iter().any(|t| t.name == name) {
+            return self.error(
+                "target.name",
+                raw.name.span(),
+                format!("{name:?} is used by another target"),
+            );
+        }
+        let protocol = match raw.protocol.get_ref().as_str() {
+            "tcp" => Protocol::Tcp,
+            "postgres" | "ssh" | "https" => {
+                return self.error(
+                    "target.protocol",
+                    raw.protocol.span(),
+                    format!(
+                        "{:?} is not supported by this build yet (supported: \"tcp\")",
+                        raw.protocol.get_ref()
+                    ),
+                );
+            }
+            other => {
+                return self.error(
+                    "target.protocol",
+                    raw.protocol.span(),
+                    format!("unknown protocol {other:?} (supported: \"tcp\")"),
+                );
+            }
+        };
+        let address = raw.address.get_ref().clone();
+        let endpoints = resolve(&address)
+            .or_else(|message| self.error("target.address", raw.address.span(), message))?;
+        for ep in &endpoints {
+            if let Some(other) = earlier.iter().find(|t| t.endpoints.contains(ep)) {
+                return self.error(
+                    "target.address",
+                    raw.address.span(),
+                    format!("{ep} is already intercepted for target {:?}", other.name),
+                );
+            }
+        }
+        Ok(Target {
+            name,
+            protocol,
+            address,
+            endpoints,
+        })
+    }
+}
+
+/// Resolves `host:port` or `[v6]:port`; a host name yields all its addresses.
+fn resolve(address: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(sa) = address.parse::<SocketAddr>() {
+        return check_endpoint(sa).map(|sa| vec![sa]);
+    }
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{address:?} is not host:port or [v6]:port"))?;
+    if host.is_empty() || host.contains(':') {
+        return Err(format!(
+            "{address:?} is not host:port or [v6]:port (write IPv6 addresses in brackets)"
+        ));
+    }
+    port.parse::<u16>()
+        .map_err(|_| format!("{port:?} in {address:?} is not a port number"))?;
+    let mut found: Vec<SocketAddr> = address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .collect();
+    found.sort();
+    found.dedup();
+    if found.is_empty() {
+        return Err(format!("{host:?} resolved to no address"));
+    }
+    found.into_iter().map(check_endpoint).collect()
+}
+
+fn check_endpoint(sa: SocketAddr) -> Result<SocketAddr, String> {
+    if sa.port() == 0 {
+        return Err(format!("{sa}: port 0 cannot be intercepted"));
+    }
+    if sa.ip().is_unspecified() {
+        return Err(format!(
+            "{sa}: an unspecified address cannot be intercepted"
+        ));
+    }
+    Ok(sa)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, "agent.toml")
+    }
+
+    #[test]
+    fn builtin_default_is_valid() {
+        let config = parse(BUILTIN_DEFAULT).expect("built-in default parses");
+        assert_eq!(config.intercept.cgroups, ["loopgate-agents.slice"]);
+        assert_eq!(config.intercept.listen_port, 15000);
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let config = parse(
+            r#"
+[intercept]
+cgroups = ["loopgate-agents"]
+listen_port = 15000
+[audit]
+dir = "/var/lib/loopgate/audit"
+[[target]]
+name = "echo"
+protocol = "tcp"
+address = "127.0.0.77:7777"
+[[target]]
+name = "v6"
+protocol = "tcp"
+address = "[::1]:9000"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.targets.len(), 2);
+        assert_eq!(
+            config.targets[0].endpoints,
+            ["127.0.0.77:7777".parse().unwrap()]
+        );
+        assert_eq!(config.targets[1].endpoints, ["[::1]:9000".parse().unwrap()]);
+        let echo = config
+            .target_for("127.0.0.77:7777".parse().unwrap())
+            .unwrap();
+        assert_eq!(echo.name, "echo");
+    }
+
+    #[test]
+    fn host_names_resolve_to_every_address() {
+        let config =
+            parse("[[target]]\nname = \"l\"\nprotocol = \"tcp\"\naddress = \"localhost:7000\"\n")
+                .unwrap();
+        assert!(!config.targets[0].endpoints.is_empty());
+        assert!(
+            config.targets[0]
+                .endpoints
+                .iter()
+                .all(|e| e.ip().is_loopback() && e.port() == 7000)
+        );
+    }
+
+    fn invalid(text: &str) -> (usize, String, String) {
+        match parse(text) {
+            Err(ConfigError::Invalid {
+                line, key, message, ..
+            }) => (line, key, message),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_name_key_and_line() {
+        let (line, key, _) = invalid("[intercept]\ncgroups = [\"a\"]\nlisten_port = 0\n");
+        assert_eq!((line, key.as_str()), (3, "intercept.listen_port"));
+
+        let (line, key, msg) =
+            invalid("[[target]]\nname = \"x\"\nprotocol = \"gopher\"\naddress = \"127.0.0.1:1\"\n");
+        assert_eq!((line, key.as_str()), (3, "target.protocol"));
+        assert!(msg.contains("gopher"), "{msg}");
+
+        let (line, key, _) =
+            invalid("[[target]]\nname = \"x\"\nprotocol = \"tcp\"\naddress = \"nonsense\"\n");
+        assert_eq!((line, key.as_str()), (4, "target.address"));
+
+        let (line, key, _) = invalid("[intercept]\ncgroups = [\"/\"]\n");
+        assert_eq!((line, key.as_str()), (2, "intercept.cgroups"));
+
+        let (_, key, msg) = invalid("[intercept]\ncgroups = [\"../etc\"]\n");
+        assert_eq!(key, "intercept.cgroups");
+        assert!(msg.contains("plain path"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_targets_are_refused() {
+        let text = "[[target]]\nname = \"a\"\nprotocol = \"tcp\"\naddress = \"127.0.0.1:1\"\n\
+                    [[target]]\nname = \"b\"\nprotocol = \"tcp\"\naddress = \"127.0.0.1:1\"\n";
+        let (line, key, msg) = invalid(text);
+        assert_eq!((line, key.as_str()), (8, "target.address"));
+        assert!(msg.contains("\"a\""), "{msg}");
+    }
+
+    #[test]
+    fn syntax_and_unknown_keys_name_the_line() {
+        let err = parse("[intercept]\nlisten_prot = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("listen_prot"),
+            "{err}"
+        );
+        let err = parse("[intercept\n").unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+        let err = parse("[intercept]\nlisten_port = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+}

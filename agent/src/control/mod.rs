@@ -1,0 +1,109 @@
+//! The control socket: a root-only unix socket through which the CLI asks
+//! the running agent for its state (and, later, approvals). One JSON request
+//! line in, one JSON response line out.
+mod client;
+mod server;
+
+pub use client::request;
+pub use server::serve;
+
+use serde::{Deserialize, Serialize};
+
+use crate::proxy::{CounterSnapshot, SessionSummary};
+
+/// Requests and responses are capped; anything longer is not ours.
+const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "snake_case")]
+pub enum Response {
+    Status(StatusReport),
+    Error { message: String },
+}
+
+/// What `loopgate status` shows.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub version: String,
+    pub pid: u32,
+    pub started_unix_ms: u64,
+    pub listen_port: u16,
+    /// Generation of the pinned links this agent attached.
+    pub generation: u64,
+    pub cgroups: Vec<CgroupStatus>,
+    pub targets: Vec<TargetStatus>,
+    pub sessions: Vec<SessionSummary>,
+    pub counters: CounterSnapshot,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CgroupStatus {
+    pub path: String,
+    pub id: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub name: String,
+    pub protocol: String,
+    pub address: String,
+    pub endpoints: Vec<String>,
+}
+
+impl std::fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "loopgate {} (pid {}), proxy on port {}, link generation {}",
+            self.version, self.pid, self.listen_port, self.generation
+        )?;
+        writeln!(f, "intercepted cgroups:")?;
+        for cg in &self.cgroups {
+            writeln!(f, "  {} (id {})", cg.path, cg.id)?;
+        }
+        writeln!(f, "targets:")?;
+        for t in &self.targets {
+            writeln!(
+                f,
+                "  {:<20} {:<8} {} → {}",
+                t.name,
+                t.protocol,
+                t.address,
+                t.endpoints.join(", ")
+            )?;
+        }
+        writeln!(f, "live sessions: {}", self.sessions.len())?;
+        for s in &self.sessions {
+            writeln!(
+                f,
+                "  {} {} {} pid={} comm={} ↑{}B ↓{}B",
+                s.id,
+                s.target,
+                s.address,
+                s.pid.map_or("?".into(), |p| p.to_string()),
+                s.comm.as_deref().unwrap_or("?"),
+                s.bytes_to_server,
+                s.bytes_to_client
+            )?;
+        }
+        let c = &self.counters;
+        writeln!(f, "counters:")?;
+        writeln!(f, "  accepted {}  completed {}", c.accepted, c.completed)?;
+        writeln!(
+            f,
+            "  refused: not redirected {}, audit unavailable {}; upstream unreachable {}",
+            c.refused_not_redirected, c.refused_audit_unavailable, c.upstream_unreachable
+        )?;
+        write!(
+            f,
+            "  bytes to servers {}, to clients {}",
+            c.bytes_to_server, c.bytes_to_client
+        )
+    }
+}
