@@ -11,7 +11,7 @@ use crate::{
     audit::{AuditLog, Event, EventKind, jsonl::JsonLines},
     config::Config,
     control,
-    intercept::Interceptor,
+    intercept::{self, Interceptor},
     notify::notify,
     proxy::{Listeners, Proxy},
 };
@@ -21,6 +21,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("loopgate run needs root (it loads eBPF programs and attaches them to cgroups)");
     }
+    let cgroups = intercept::intercepted_cgroups(&config)?;
     let config = Arc::new(config);
     let audit =
         AuditLog::new(JsonLines::open(&config.audit.dir).with_context(|| {
@@ -32,7 +33,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listeners = Listeners::bind(port)
         .await
         .with_context(|| format!("listening on 127.0.0.1:{port} and [::1]:{port}"))?;
-    let interceptor = Arc::new(Interceptor::start(&config)?);
+    let interceptor = Arc::new(Interceptor::start(&config, cgroups)?);
     let proxy = Proxy::new(config.clone(), interceptor.clone(), audit.clone());
     control::serve(&config.control.socket, proxy.clone(), interceptor.clone()).with_context(
         || {

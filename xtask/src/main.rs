@@ -1,1 +1,174 @@
-fn main() {}
+//! `cargo xtask`: set up a machine, build, run, test, benchmark and install
+//! loopgate. Every step is idempotent and safe to repeat.
+mod install;
+mod setup;
+mod util;
+
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need: nightly rust-src, bpf-linker,
+    /// and (as root on Debian/Ubuntu) the test servers, clients and a Python
+    /// venv. Idempotent.
+    Setup {
+        /// Only the build toolchain, not the test dependencies.
+        #[arg(long)]
+        build_only: bool,
+    },
+    /// Build the eBPF programs alone (the agent's build does this too).
+    BuildEbpf,
+    /// Build the agent (release).
+    Build,
+    /// Build, then run `loopgate ARGS` as root (default: `run`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Run every test: unit, integration and end-to-end.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Format check and clippy with warnings as errors.
+    Lint,
+    /// Run the benchmarks (see BENCHMARKS.md).
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Install the binary, systemd units, default config and policies.
+    Install {
+        /// Stage into this directory instead of / (for packaging).
+        #[arg(long)]
+        destdir: Option<PathBuf>,
+        /// Skip the build and install target/release/loopgate as it is.
+        #[arg(long)]
+        no_build: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup { build_only } => setup::setup(!build_only),
+        Command::BuildEbpf => build_ebpf(),
+        Command::Build => setup::setup(false).and_then(|()| build_release()),
+        Command::Run { args } => setup::setup(false)
+            .and_then(|()| build_release())
+            .and_then(|()| run(args)),
+        Command::Test { args } => setup::setup(true).and_then(|()| test(args)),
+        Command::Lint => lint(),
+        Command::Bench { args } => setup::setup(true).and_then(|()| bench(args)),
+        Command::Install { destdir, no_build } => {
+            let built = if no_build {
+                Ok(())
+            } else {
+                setup::setup(false).and_then(|()| build_release())
+            };
+            built.and_then(|()| install::install(destdir.as_deref()))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build_release() -> anyhow::Result<()> {
+    util::cargo(&["build", "--release", "--package", "loopgate"], &[])
+}
+
+fn build_ebpf() -> anyhow::Result<()> {
+    let dir = util::workspace_root().join("agent-ebpf");
+    util::run_in(
+        &dir,
+        "rustup",
+        &[
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ],
+        &[],
+    )
+}
+
+fn run(args: Vec<OsString>) -> anyhow::Result<()> {
+    let binary = util::workspace_root().join("target/release/loopgate");
+    let args = if args.is_empty() {
+        vec![OsString::from("run")]
+    } else {
+        args
+    };
+    util::exec_as_root(&binary, &args)
+}
+
+/// Unit and integration tests of every crate, then the end-to-end tests,
+/// which find the agent binary and the Python venv through the environment.
+fn test(args: Vec<OsString>) -> anyhow::Result<()> {
+    util::cargo(&["build", "--package", "loopgate"], &[])?;
+    let root = util::workspace_root();
+    let binary = root.join("target/debug/loopgate");
+    let python = root.join("target/venv/bin/python3");
+    let env = [
+        ("LOOPGATE_BIN", binary.as_os_str().to_owned()),
+        ("LOOPGATE_PYTHON", python.as_os_str().to_owned()),
+    ];
+    let mut cargo_args: Vec<OsString> = ["test", "--workspace", "--exclude", "agent-ebpf"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    cargo_args.extend(args);
+    util::cargo_os(&cargo_args, &env)
+}
+
+fn lint() -> anyhow::Result<()> {
+    util::cargo(&["fmt", "--all", "--check"], &[])?;
+    util::cargo(
+        &[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "agent-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )
+}
+
+fn bench(args: Vec<OsString>) -> anyhow::Result<()> {
+    util::cargo(&["build", "--release", "--package", "loopgate"], &[])?;
+    let root = util::workspace_root();
+    let env = [(
+        "LOOPGATE_BIN",
+        root.join("target/release/loopgate").into_os_string(),
+    )];
+    let mut cargo_args: Vec<OsString> = ["bench", "--workspace", "--exclude", "agent-ebpf"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    cargo_args.extend(args);
+    util::cargo_os(&cargo_args, &env)
+}

@@ -76,22 +76,7 @@ impl Interceptor {
     /// Takes over (or creates) the pinned state: loads the programs with the
     /// pinned maps, brings the target map in line with `config`, attaches a
     /// new generation of links to every cgroup, then retires the old ones.
-    pub fn start(config: &Config) -> anyhow::Result<Interceptor> {
-        let mount = cgroup::cgroup2_mount()?;
-        let own = cgroup::cgroup_of("self").context("reading this process's cgroup")?;
-        let mut cgroups = Vec::new();
-        for relative in &config.intercept.cgroups {
-            let cg = Cgroup::open_or_create(&mount, relative)
-                .with_context(|| format!("opening cgroup {}", mount.join(relative).display()))?;
-            if cg.covers(&own) {
-                bail!(
-                    "the agent runs inside /{own}, which it would intercept (intercept.cgroups has {relative:?}); \
-                     run it outside the intercepted cgroups"
-                );
-            }
-            cgroups.push(cg);
-        }
-
+    pub fn start(config: &Config, cgroups: Vec<Cgroup>) -> anyhow::Result<Interceptor> {
         let layout = PinLayout::new(&config.intercept.pin_dir);
         bpffs::ensure(&config.intercept.pin_dir).with_context(|| {
             format!(
@@ -153,6 +138,27 @@ impl Interceptor {
     pub fn generation(&self) -> u64 {
         self.generation
     }
+}
+
+/// Opens (creating if missing) the configured cgroups, refusing if this
+/// process runs inside one of them: its own upstream connects would be
+/// redirected to itself.
+pub fn intercepted_cgroups(config: &Config) -> anyhow::Result<Vec<Cgroup>> {
+    let mount = cgroup::cgroup2_mount()?;
+    let own = cgroup::cgroup_of("self").context("reading this process's cgroup")?;
+    let mut cgroups = Vec::new();
+    for relative in &config.intercept.cgroups {
+        let cg = Cgroup::open_or_create(&mount, relative)
+            .with_context(|| format!("opening cgroup {}", mount.join(relative).display()))?;
+        if cg.covers(&own) {
+            bail!(
+                "the agent runs inside /{own}, which it would intercept (intercept.cgroups has {relative:?}); \
+                 run it outside the intercepted cgroups"
+            );
+        }
+        cgroups.push(cg);
+    }
+    Ok(cgroups)
 }
 
 /// Removes all pinned state under `pin_dir`: programs detach, maps go.
@@ -260,10 +266,10 @@ fn attach_generation(
         }
         Ok(())
     })();
-    if result.is_err() {
-        if let Err(e) = layout.retire(generation) {
-            tracing::error!(generation, error = %e, "could not remove partially attached links");
-        }
+    if result.is_err()
+        && let Err(e) = layout.retire(generation)
+    {
+        tracing::error!(generation, error = %e, "could not remove partially attached links");
     }
     result
 }

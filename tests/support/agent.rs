@@ -1,0 +1,326 @@
+//! A loopgate agent under test, with its own cgroup, pin directory, port,
+//! control socket and audit directory.
+use std::{
+    fs,
+    net::{Ipv4Addr, Ipv6Addr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::env::loopgate_bin;
+
+/// A target to intercept, as written in the config.
+pub struct Target {
+    pub name: String,
+    pub protocol: String,
+    pub address: String,
+}
+
+impl Target {
+    pub fn tcp(name: &str, address: impl ToString) -> Target {
+        Target {
+            name: name.into(),
+            protocol: "tcp".into(),
+            address: address.to_string(),
+        }
+    }
+}
+
+pub struct Agent {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    /// cgroup path relative to the cgroup2 mount.
+    pub cgroup: String,
+    pub cgroup_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub port: u16,
+    pub socket: PathBuf,
+    pub audit_dir: PathBuf,
+    child: Option<Child>,
+    runs: u32,
+}
+
+impl Agent {
+    /// Writes a config for `targets` (plus `extra` TOML) and starts the agent.
+    pub fn start(targets: &[Target], extra: &str) -> Agent {
+        let mut agent = Agent::configure(targets, extra);
+        agent.spawn();
+        agent
+    }
+
+    /// Writes the config without starting the agent.
+    pub fn configure(targets: &[Target], extra: &str) -> Agent {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "loopgate-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = tempfile::Builder::new()
+            .prefix(&name)
+            .tempdir()
+            .expect("tempdir");
+        let mount = cgroup2_mount();
+        let cgroup = name.clone();
+        let cgroup_dir = mount.join(&cgroup);
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(&name);
+        let port = free_port();
+        let socket = dir.path().join("control.sock");
+        let audit_dir = dir.path().join("audit");
+        let mut toml = format!(
+            "[intercept]\ncgroups = [\"{cgroup}\"]\nlisten_port = {port}\npin_dir = \"{}\"\n\
+             [audit]\ndir = \"{}\"\n[control]\nsocket = \"{}\"\n{extra}\n",
+            pin_dir.display(),
+            audit_dir.display(),
+            socket.display()
+        );
+        for t in targets {
+            toml.push_str(&format!(
+                "[[target]]\nname = \"{}\"\nprotocol = \"{}\"\naddress = \"{}\"\n",
+                t.name, t.protocol, t.address
+            ));
+        }
+        let config = dir.path().join("agent.toml");
+        fs::write(&config, toml).expect("write config");
+        Agent {
+            name,
+            dir,
+            config,
+            cgroup,
+            cgroup_dir,
+            pin_dir,
+            port,
+            socket,
+            audit_dir,
+            child: None,
+            runs: 0,
+        }
+    }
+
+    /// Starts (or restarts) the agent and waits until it answers `status`.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "agent already running");
+        self.runs += 1;
+        let log = fs::File::create(self.dir.path().join(format!("agent-{}.log", self.runs)))
+            .expect("log file");
+        let child = Command::new(loopgate_bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("LOOPGATE_LOG", "info,aya=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start loopgate run");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.try_status().is_some() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                panic!("agent exited during start-up ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not become ready:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: the agent dies without any chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the agent to exit.
+    pub fn sigterm(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("agent not running");
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().expect("wait for agent")
+    }
+
+    /// Sends SIGTERM without waiting; returns the child to wait on.
+    pub fn sigterm_nowait(&mut self) -> Child {
+        let child = self.child.take().expect("agent not running");
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child
+    }
+
+    /// `loopgate exec -- ARGS` inside the agent's cgroup.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        self.exec_as(None, args)
+    }
+
+    /// `loopgate exec --user USER -- ARGS`.
+    pub fn exec_as(&self, user: Option<&str>, args: &[&str]) -> Output {
+        let mut cmd = self.loopgate(&["exec"]);
+        if let Some(user) = user {
+            cmd.args(["--user", user]);
+        }
+        cmd.arg("--")
+            .args(args)
+            .output()
+            .expect("run loopgate exec")
+    }
+
+    /// A `loopgate SUBCOMMAND --config <ours>` command, ready to run.
+    pub fn loopgate(&self, subcommand: &[&str]) -> Command {
+        let mut cmd = Command::new(loopgate_bin());
+        cmd.args(subcommand).arg("--config").arg(&self.config);
+        cmd
+    }
+
+    /// The agent's `status --json`, or None if it does not answer.
+    pub fn try_status(&self) -> Option<Value> {
+        let out = self.loopgate(&["status", "--json"]).output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn status(&self) -> Value {
+        self.try_status()
+            .unwrap_or_else(|| panic!("agent does not answer status:\n{}", self.log()))
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.status()["counters"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {name}"))
+    }
+
+    /// `loopgate detach` for this agent's pin directory.
+    pub fn detach(&self) -> Output {
+        self.loopgate(&["detach"])
+            .output()
+            .expect("run loopgate detach")
+    }
+
+    /// Every audit event recorded so far.
+    pub fn events(&self) -> Vec<Value> {
+        let path = self.audit_dir.join("events.jsonl");
+        let Ok(text) = fs::read_to_string(&path) else {
+            return Vec::new();
+        };
+        text.lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l:?}: {e}"))
+            })
+            .collect()
+    }
+
+    /// Waits until the recorded events satisfy `done`, and returns them.
+    pub fn wait_events(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let events = self.events();
+            if done(&events) {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; events so far:\n{}",
+                events
+                    .iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The agent's log output (all runs).
+    pub fn log(&self) -> String {
+        (1..=self.runs)
+            .map(|n| {
+                fs::read_to_string(self.dir.path().join(format!("agent-{n}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n--- restart ---\n")
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = self.detach();
+        remove_cgroup(&self.cgroup_dir);
+        let _ = fs::remove_dir_all(&self.pin_dir);
+        if std::thread::panicking() {
+            eprintln!("--- agent {} log ---\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// Kills what is left in a test cgroup, then removes it.
+fn remove_cgroup(dir: &Path) {
+    for _ in 0..50 {
+        let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: killing a leftover process of this test's own cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        match fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) => thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+pub fn cgroup2_mount() -> PathBuf {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    mountinfo
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            if !right.starts_with("cgroup2 ") {
+                return None;
+            }
+            Some(PathBuf::from(left.split_whitespace().nth(4)?))
+        })
+        .expect("cgroup2 mount")
+}
+
+/// A port free on both 127.0.0.1 and [::1] right now.
+fn free_port() -> u16 {
+    loop {
+        let v4 = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = v4.local_addr().expect("addr").port();
+        if TcpListener::bind((Ipv6Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! `cargo xtask setup`: what a fresh Debian/Ubuntu machine needs to build
+//! and test loopgate. Each step checks before it acts, so a second run does
+//! nothing.
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{self, os};
+
+/// bpf-linker release known to work with the nightly's LLVM and aya 0.14.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the end-to-end tests drive: real servers and clients.
+const TEST_PACKAGES: &[&str] = &[
+    "postgresql",
+    "postgresql-client",
+    "openssh-server",
+    "openssh-client",
+    "iproute2",
+    "python3-venv",
+    "curl",
+];
+
+/// Python packages of the test venv (auditors' tools and a real driver).
+const PYTHON_PACKAGES: &[&str] = &["duckdb", "pyarrow", "psycopg[binary]"];
+
+pub fn setup(test_deps: bool) -> anyhow::Result<()> {
+    nightly_rust_src()?;
+    bpf_linker()?;
+    if test_deps {
+        system_packages()?;
+        python_venv()?;
+    }
+    Ok(())
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    let installed = util::output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])
+        .context("the nightly toolchain is missing: `rustup toolchain install nightly` (the eBPF programs need it)")?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    util::run(
+        "rustup",
+        &["component", "add", "rust-src", "--toolchain", "nightly"],
+    )
+}
+
+/// Builds bpf-linker against the nightly's own libLLVM, so the linker and
+/// the compiler agree on the LLVM bitcode version.
+fn bpf_linker() -> anyhow::Result<()> {
+    if util::output("bpf-linker", &["--version"]).is_some_and(|v| v.contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    let sysroot = PathBuf::from(
+        util::output("rustup", &["run", "nightly", "rustc", "--print", "sysroot"])
+            .context("cannot find the nightly toolchain's sysroot")?,
+    );
+    let (lib_name, major) = nightly_llvm(&sysroot.join("lib"))?;
+    // bpf-linker keeps this directory as its library search path (rpath),
+    // so it lives beside cargo's own files, not in a target dir.
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let prefix = cargo_home.join(format!("llvm-prefix-{lib_name}"));
+    let lib = prefix.join("lib");
+    fs::create_dir_all(&lib)?;
+    for link in ["libLLVM.so", lib_name.as_str()] {
+        let path = lib.join(link);
+        let _ = fs::remove_file(&path);
+        symlink(sysroot.join("lib").join(&lib_name), &path)
+            .with_context(|| format!("linking {}", path.display()))?;
+    }
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against {lib_name} (about a minute)"
+    );
+    util::cargo(
+        &[
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--force",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ],
+        &[("LLVM_PREFIX", os(&prefix))],
+    )
+}
+
+/// The nightly's libLLVM file name (e.g. `libLLVM.so.22.1-rust-1.97.0-nightly`)
+/// and its LLVM major version.
+fn nightly_llvm(lib_dir: &Path) -> anyhow::Result<(String, String)> {
+    for entry in fs::read_dir(lib_dir).with_context(|| format!("reading {}", lib_dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let major = name
+            .strip_prefix("libLLVM.so.")
+            .and_then(|version| version.split('.').next())
+            .filter(|m| !m.is_empty() && m.chars().all(|c| c.is_ascii_digit()))
+            .map(str::to_owned);
+        if let Some(major) = major {
+            return Ok((name, major));
+        }
+    }
+    bail!(
+        "no libLLVM.so.* in {}: is the nightly toolchain complete?",
+        lib_dir.display()
+    )
+}
+
+fn system_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            util::output("dpkg-query", &["-W", "-f=${Status}", p])
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !Path::new("/etc/debian_version").exists() || !util::is_root() {
+        eprintln!(
+            "xtask: the end-to-end tests need these packages, which this step installs only as root on Debian/Ubuntu: {}",
+            missing.join(" ")
+        );
+        return Ok(());
+    }
+    util::run("apt-get", &["update", "-q"])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    util::run_in(
+        &util::workspace_root(),
+        "apt-get",
+        &args,
+        &[("DEBIAN_FRONTEND", os("noninteractive"))],
+    )
+}
+
+fn python_venv() -> anyhow::Result<()> {
+    let venv = util::workspace_root().join("target/venv");
+    let python = venv.join("bin/python3");
+    if !python.exists() {
+        util::run("python3", &["-m", "venv", &venv.to_string_lossy()])?;
+    }
+    let python = python.to_string_lossy().into_owned();
+    if util::output(&python, &["-c", "import duckdb, pyarrow, psycopg"]).is_some() {
+        return Ok(());
+    }
+    let mut args = vec!["-m", "pip", "install", "-q"];
+    args.extend(PYTHON_PACKAGES);
+    util::run(&python, &args)
+}
