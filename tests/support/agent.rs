@@ -272,7 +272,10 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
-        let _ = self.detach();
+        let _ = Command::new(crate::env::loopgate_bin_unchecked())
+            .args(["detach", "--pin-dir"])
+            .arg(&self.pin_dir)
+            .output();
         remove_cgroup(&self.cgroup_dir);
         let _ = fs::remove_dir_all(&self.pin_dir);
         if std::thread::panicking() {

@@ -7,15 +7,26 @@ use std::{
 /// The loopgate binary under test: $LOOPGATE_BIN (set by `cargo xtask
 /// test`), else the workspace's debug build.
 pub fn loopgate_bin() -> PathBuf {
-    let path = std::env::var_os("LOOPGATE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/debug/loopgate"));
+    let path = loopgate_bin_unchecked();
     assert!(
         path.is_file(),
         "loopgate binary not found at {}: run the tests with `cargo xtask test`",
         path.display()
     );
     path
+}
+
+/// Where the binary should be, whether or not it is there (for clean-up
+/// paths, which must not panic).
+pub(crate) fn loopgate_bin_unchecked() -> PathBuf {
+    let path = std::env::var_os("LOOPGATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/debug/loopgate"));
+    if path.is_relative() {
+        workspace_root().join(path)
+    } else {
+        path
+    }
 }
 
 /// The Python of the test venv ($LOOPGATE_PYTHON, else target/venv).
