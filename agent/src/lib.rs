@@ -2,3 +2,4 @@
 //! a protected service pass through one enforcement point. See ARCHITECTURE.md.
 pub mod audit;
 pub mod mask;
+pub mod sql;
