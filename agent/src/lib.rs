@@ -2,4 +2,5 @@
 //! a protected service pass through one enforcement point. See ARCHITECTURE.md.
 pub mod audit;
 pub mod mask;
+pub mod policy;
 pub mod sql;
