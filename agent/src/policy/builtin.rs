@@ -1,0 +1,321 @@
+//! The policy in force when none is configured: refuse what cannot be seen
+//! (unparseable and dynamic SQL) and the irreversible (DROP DATABASE,
+//! DROP TABLE, TRUNCATE); allow the rest.
+use serde::Deserialize;
+
+use super::{PolicyDecision, PolicyEngine, PolicyInput};
+use crate::sql::{DynamicSql, StatementKind};
+
+/// Rule ids named in block messages and audit records.
+pub mod rule_ids {
+    pub const UNPARSEABLE: &str = "builtin.refuse_unparseable";
+    pub const DYNAMIC_SQL: &str = "builtin.refuse_dynamic_sql";
+    pub const DROP_DATABASE: &str = "builtin.block_drop_database";
+    pub const DROP_TABLE: &str = "builtin.block_drop_table";
+    pub const TRUNCATE: &str = "builtin.block_truncate";
+}
+
+/// `[policy.builtin]` in the agent config.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuiltinPolicyConfig {
+    /// Forward SQL the analyzer cannot parse. Default `false`: unparseable
+    /// SQL cannot be classified, so it is refused.
+    pub allow_unparseable: bool,
+    /// Forward dynamic SQL (DO blocks, EXECUTE, dblink, query_to_xml, COPY
+    /// ... PROGRAM). Default `false`.
+    pub allow_dynamic_sql: bool,
+    /// Block DROP DATABASE. Default `true`.
+    pub block_drop_database: bool,
+    /// Block DROP TABLE. Default `true`.
+    pub block_drop_table: bool,
+    /// Block TRUNCATE. Default `true`.
+    pub block_truncate: bool,
+}
+
+impl Default for BuiltinPolicyConfig {
+    fn default() -> Self {
+        BuiltinPolicyConfig {
+            allow_unparseable: false,
+            allow_dynamic_sql: false,
+            block_drop_database: true,
+            block_drop_table: true,
+            block_truncate: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct BuiltinPolicy {
+    config: BuiltinPolicyConfig,
+}
+
+impl BuiltinPolicy {
+    pub fn new(config: BuiltinPolicyConfig) -> Self {
+        BuiltinPolicy { config }
+    }
+}
+
+fn dynamic_reason(dynamic: &DynamicSql) -> String {
+    match dynamic {
+        DynamicSql::DoBlock => "DO blocks are refused: their code cannot be checked".to_string(),
+        DynamicSql::Execute => "EXECUTE of a prepared statement by name is refused".to_string(),
+        DynamicSql::Function { name } => {
+            format!("{name}() runs SQL that cannot be checked and is refused")
+        }
+        DynamicSql::CopyProgram => {
+            "COPY ... PROGRAM runs a server command and is refused".to_string()
+        }
+    }
+}
+
+impl PolicyEngine for BuiltinPolicy {
+    fn decide(&self, input: &PolicyInput<'_>) -> PolicyDecision {
+        let c = &self.config;
+        let classification = match &input.statement.classification {
+            Ok(classification) => classification,
+            Err(_) if c.allow_unparseable => return PolicyDecision::allow(),
+            Err(error) => return PolicyDecision::deny(rule_ids::UNPARSEABLE, error.to_string()),
+        };
+        if let Some(dynamic) = &classification.dynamic
+            && !c.allow_dynamic_sql
+        {
+            return PolicyDecision::deny(rule_ids::DYNAMIC_SQL, dynamic_reason(dynamic));
+        }
+        let tables = || classification.tables_written.join(", ");
+        match classification.kind {
+            StatementKind::DropDatabase if c.block_drop_database => {
+                PolicyDecision::deny(rule_ids::DROP_DATABASE, "DROP DATABASE is not allowed")
+            }
+            StatementKind::DropTable if c.block_drop_table => PolicyDecision::deny(
+                rule_ids::DROP_TABLE,
+                format!("DROP TABLE is not allowed ({})", tables()),
+            ),
+            StatementKind::Truncate if c.block_truncate => PolicyDecision::deny(
+                rule_ids::TRUNCATE,
+                format!("TRUNCATE is not allowed ({})", tables()),
+            ),
+            _ => PolicyDecision::allow(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        mask::{MaskConfig, Masker},
+        policy::{Principal, ProcessInfo, TargetInfo},
+        sql::{Analyzer, SqlConfig},
+    };
+
+    /// Decisions for each statement of `sql`.
+    fn decide_all(policy: &dyn PolicyEngine, sql: &str) -> Vec<PolicyDecision> {
+        let analyzer = Analyzer::new(
+            &SqlConfig::default(),
+            Masker::new(&MaskConfig::default(), None).unwrap(),
+        );
+        let principal = Principal {
+            subject: "ci-bot".into(),
+            groups: vec!["automation".into()],
+        };
+        let process = ProcessInfo {
+            pid: 42,
+            uid: 1000,
+            comm: "psql".into(),
+            ..ProcessInfo::default()
+        };
+        let target = TargetInfo {
+            name: "clinic".into(),
+            protocol: "postgres".into(),
+        };
+        analyzer
+            .analyze(sql)
+            .statements
+            .iter()
+            .map(|statement| {
+                policy.decide(&PolicyInput {
+                    principal: &principal,
+                    process: &process,
+                    target: &target,
+                    statement,
+                })
+            })
+            .collect()
+    }
+
+    fn rules(policy: &dyn PolicyEngine, sql: &str) -> Vec<Option<String>> {
+        decide_all(policy, sql)
+            .iter()
+            .map(|d| d.rule_id().map(str::to_string))
+            .collect()
+    }
+
+    fn one_rule(policy: &dyn PolicyEngine, sql: &str) -> Option<String> {
+        let r = rules(policy, sql);
+        assert_eq!(r.len(), 1, "{sql}");
+        r.into_iter().next().flatten()
+    }
+
+    #[test]
+    fn default_blocks_destructive_statements_with_named_rules() {
+        let p = BuiltinPolicy::default();
+        assert_eq!(
+            one_rule(&p, "DROP DATABASE clinic").as_deref(),
+            Some(rule_ids::DROP_DATABASE)
+        );
+        assert_eq!(
+            one_rule(&p, "DrOp   TaBlE patients").as_deref(),
+            Some(rule_ids::DROP_TABLE)
+        );
+        assert_eq!(
+            one_rule(&p, "truncate visits").as_deref(),
+            Some(rule_ids::TRUNCATE)
+        );
+        let d = &decide_all(&p, "drop table public.patients, visits")[0];
+        assert_eq!(
+            d,
+            &PolicyDecision::deny(
+                rule_ids::DROP_TABLE,
+                "DROP TABLE is not allowed (public.patients, visits)"
+            )
+        );
+    }
+
+    #[test]
+    fn default_allows_ordinary_work() {
+        let p = BuiltinPolicy::default();
+        for sql in [
+            "select * from patients",
+            "insert into visits values (1)",
+            "update patients set x = 1 where id = 2",
+            "delete from visits where id = 1",
+            "begin",
+            "create table t (id int)",
+            "drop view v",
+        ] {
+            let d = &decide_all(&p, sql)[0];
+            assert!(d.is_allow(), "{sql}: {d:?}");
+            assert!(d.mask_overrides().is_empty());
+        }
+    }
+
+    #[test]
+    fn each_statement_of_a_batch_is_decided() {
+        let p = BuiltinPolicy::default();
+        assert_eq!(
+            rules(&p, "select 1; /* x */ drop table t; -- y\nselect 2"),
+            [None, Some(rule_ids::DROP_TABLE.to_string()), None]
+        );
+    }
+
+    #[test]
+    fn unparseable_and_dynamic_refused_unless_configured() {
+        let strict = BuiltinPolicy::default();
+        assert_eq!(
+            one_rule(&strict, "selec * frm t").as_deref(),
+            Some(rule_ids::UNPARSEABLE)
+        );
+        assert_eq!(
+            one_rule(&strict, "DO $$ BEGIN NULL; END $$").as_deref(),
+            Some(rule_ids::DYNAMIC_SQL)
+        );
+        assert_eq!(
+            one_rule(&strict, "select * from dblink('x', 'select 1') t(a int)").as_deref(),
+            Some(rule_ids::DYNAMIC_SQL)
+        );
+        assert_eq!(
+            one_rule(&strict, "copy t to program 'sh'").as_deref(),
+            Some(rule_ids::DYNAMIC_SQL)
+        );
+
+        let lax = BuiltinPolicy::new(BuiltinPolicyConfig {
+            allow_unparseable: true,
+            allow_dynamic_sql: true,
+            ..BuiltinPolicyConfig::default()
+        });
+        assert_eq!(one_rule(&lax, "selec * frm t"), None);
+        assert_eq!(one_rule(&lax, "DO $$ BEGIN NULL; END $$"), None);
+        // Still blocks what it blocks.
+        assert_eq!(
+            one_rule(&lax, "truncate t").as_deref(),
+            Some(rule_ids::TRUNCATE)
+        );
+    }
+
+    #[test]
+    fn blocks_can_be_switched_off() {
+        let p = BuiltinPolicy::new(BuiltinPolicyConfig {
+            block_truncate: false,
+            ..BuiltinPolicyConfig::default()
+        });
+        assert_eq!(one_rule(&p, "truncate t"), None);
+        assert_eq!(
+            one_rule(&p, "drop table t").as_deref(),
+            Some(rule_ids::DROP_TABLE)
+        );
+    }
+
+    #[test]
+    fn unparseable_reason_does_not_quote_values() {
+        let d = &decide_all(
+            &BuiltinPolicy::default(),
+            "select * from t where n = 'Jane Doe' oops 'Jane Doe'",
+        )[0];
+        let PolicyDecision::Deny { reason, .. } = d else {
+            panic!("expected deny, got {d:?}")
+        };
+        assert!(!reason.contains("Jane"), "{reason}");
+    }
+
+    #[test]
+    fn engine_is_usable_as_shared_trait_object() {
+        let engine: Arc<dyn PolicyEngine> = Arc::new(BuiltinPolicy::default());
+        let handle = std::thread::spawn(move || one_rule(engine.as_ref(), "drop database x"));
+        assert_eq!(
+            handle.join().unwrap().as_deref(),
+            Some(rule_ids::DROP_DATABASE)
+        );
+    }
+
+    #[test]
+    fn policy_input_serializes_for_rego() {
+        let analyzer = Analyzer::new(
+            &SqlConfig::default(),
+            Masker::new(&MaskConfig::default(), None).unwrap(),
+        );
+        let analysis = analyzer.analyze("select ssn from patients where id = 7");
+        let input = PolicyInput {
+            principal: &Principal {
+                subject: "alice".into(),
+                groups: vec!["oncall".into()],
+            },
+            process: &ProcessInfo::default(),
+            target: &TargetInfo {
+                name: "clinic".into(),
+                protocol: "postgres".into(),
+            },
+            statement: &analysis.statements[0],
+        };
+        let json = serde_json::to_value(input).unwrap();
+        assert_eq!(json["principal"]["groups"][0], "oncall");
+        assert_eq!(json["statement"]["classification"]["kind"], "select");
+        assert_eq!(
+            json["statement"]["classification"]["tables_read"][0],
+            "patients"
+        );
+        assert_eq!(
+            json["statement"]["normalized_text"],
+            "select ssn from patients where id = ?"
+        );
+    }
+
+    #[test]
+    fn config_parses_and_rejects_unknown_keys() {
+        let c: BuiltinPolicyConfig = toml::from_str("allow_dynamic_sql = true").unwrap();
+        assert!(c.allow_dynamic_sql && c.block_drop_table);
+        assert!(toml::from_str::<BuiltinPolicyConfig>("block_drop = true").is_err());
+    }
+}

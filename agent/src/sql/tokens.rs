@@ -1,0 +1,251 @@
+//! Token-level work: splitting a multi-statement string, the literal-free
+//! text and fingerprint, and the literal-masked text.
+//!
+//! Splitting on the tokenizer's `;` tokens (not on raw text) means semicolons
+//! inside strings, dollar quotes, quoted identifiers and comments never split.
+use sha2::{Digest, Sha256};
+use sqlparser::{
+    dialect::PostgreSqlDialect,
+    tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace, Word},
+};
+
+use super::{Fingerprint, SqlError};
+use crate::mask::Masker;
+
+pub(crate) fn tokenize(sql: &str) -> Result<Vec<TokenWithSpan>, SqlError> {
+    Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize_with_location()
+        .map_err(|e| SqlError::Tokenize {
+            message: e.message,
+            line: e.location.line,
+            column: e.location.column,
+        })
+}
+
+/// Splits at top-level `;` (outside parentheses: `CREATE RULE ... DO (a; b)`),
+/// dropping statements that are only whitespace and comments.
+pub(crate) fn split(tokens: Vec<TokenWithSpan>) -> Vec<Vec<TokenWithSpan>> {
+    let mut statements = Vec::new();
+    let mut current = Vec::new();
+    let mut depth = 0usize;
+    for token in tokens {
+        match token.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            Token::SemiColon if depth == 0 => {
+                push_statement(&mut statements, std::mem::take(&mut current));
+                continue;
+            }
+            Token::EOF => continue,
+            _ => {}
+        }
+        current.push(token);
+    }
+    push_statement(&mut statements, current);
+    statements
+}
+
+fn push_statement(statements: &mut Vec<Vec<TokenWithSpan>>, tokens: Vec<TokenWithSpan>) {
+    if tokens
+        .iter()
+        .any(|t| !matches!(t.token, Token::Whitespace(_)))
+    {
+        statements.push(tokens);
+    }
+}
+
+/// Literal values and parameter placeholders: what changes between
+/// executions of the same statement shape.
+fn is_value(token: &Token) -> bool {
+    matches!(
+        token,
+        Token::Number(..)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::TripleDoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::TripleSingleQuotedByteStringLiteral(_)
+            | Token::TripleDoubleQuotedByteStringLiteral(_)
+            | Token::SingleQuotedRawStringLiteral(_)
+            | Token::DoubleQuotedRawStringLiteral(_)
+            | Token::TripleSingleQuotedRawStringLiteral(_)
+            | Token::TripleDoubleQuotedRawStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::QuoteDelimitedStringLiteral(_)
+            | Token::NationalQuoteDelimitedStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_)
+            | Token::Placeholder(_)
+    )
+}
+
+/// Text with every literal and parameter replaced by `?`, comments dropped
+/// and whitespace runs collapsed: carries no data values, so it is safe to
+/// record and to group by.
+pub(crate) fn normalized_text(tokens: &[TokenWithSpan]) -> String {
+    let mut out = String::new();
+    let mut pending_space = false;
+    for t in tokens {
+        if let Token::Whitespace(_) = t.token {
+            pending_space = true;
+            continue;
+        }
+        if pending_space && !out.is_empty() {
+            out.push(' ');
+        }
+        pending_space = false;
+        if is_value(&t.token) {
+            out.push('?');
+        } else {
+            out.push_str(&t.token.to_string());
+        }
+    }
+    out
+}
+
+/// Stable hash of the statement's shape: tokens without whitespace and
+/// comments, unquoted words lower-cased (as PostgreSQL folds them), values
+/// and parameters as `?`. SHA-256 based, so it is the same on every host and
+/// release as long as the tokenizer is.
+pub(crate) fn fingerprint(tokens: &[TokenWithSpan]) -> Fingerprint {
+    let mut hasher = Sha256::new();
+    for t in tokens {
+        match &t.token {
+            Token::Whitespace(_) => continue,
+            token if is_value(token) => hasher.update(b"?"),
+            Token::Word(Word {
+                value,
+                quote_style: None,
+                ..
+            }) => hasher.update(value.to_lowercase().as_bytes()),
+            token => hasher.update(token.to_string().as_bytes()),
+        }
+        hasher.update([0x1f]);
+    }
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    Fingerprint(u64::from_be_bytes(first))
+}
+
+/// The statement as written, with PHI the detectors find masked inside
+/// literals and comments.
+pub(crate) fn masked_text(tokens: &[TokenWithSpan], masker: &Masker) -> String {
+    let mut out = String::new();
+    let quoted = |out: &mut String, prefix: &str, value: &str| {
+        out.push_str(prefix);
+        out.push('\'');
+        out.push_str(&masker.mask_free_text(value).replace('\'', "''"));
+        out.push('\'');
+    };
+    for t in tokens {
+        match &t.token {
+            Token::Whitespace(Whitespace::SingleLineComment { comment, prefix }) => {
+                out.push_str(prefix);
+                out.push_str(&masker.mask_free_text(comment));
+            }
+            Token::Whitespace(Whitespace::MultiLineComment(comment)) => {
+                out.push_str("/*");
+                out.push_str(&masker.mask_free_text(comment));
+                out.push_str("*/");
+            }
+            Token::Number(n, _) => out.push_str(&masker.mask_free_text(n)),
+            Token::NationalStringLiteral(s) => quoted(&mut out, "N", s),
+            Token::HexStringLiteral(s) => quoted(&mut out, "X", s),
+            Token::DollarQuotedString(s) => quoted(&mut out, "", &s.value),
+            Token::SingleQuotedString(s)
+            | Token::EscapedStringLiteral(s)
+            | Token::UnicodeStringLiteral(s)
+            | Token::TripleSingleQuotedString(s)
+            | Token::SingleQuotedByteStringLiteral(s)
+            | Token::SingleQuotedRawStringLiteral(s) => quoted(&mut out, "", s),
+            token if is_value(token) && !matches!(token, Token::Placeholder(_)) => {
+                out.push_str(&masker.mask_free_text(&token.to_string()))
+            }
+            token => out.push_str(&token.to_string()),
+        }
+    }
+    out.trim().to_string()
+}
+
+/// Whether the statement starts with the `DO` keyword (an anonymous code
+/// block: its body is PL/pgSQL the classifier cannot see into).
+pub(crate) fn is_do_block(tokens: &[TokenWithSpan]) -> bool {
+    tokens
+        .iter()
+        .find(|t| !matches!(t.token, Token::Whitespace(_)))
+        .is_some_and(|t| matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("do")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::MaskConfig;
+
+    fn statements(sql: &str) -> Vec<String> {
+        split(tokenize(sql).unwrap())
+            .iter()
+            .map(|t| normalized_text(t))
+            .collect()
+    }
+
+    #[test]
+    fn splits_only_on_top_level_semicolons() {
+        assert_eq!(
+            statements("select 'a;b', $x$;$x$, \"c;d\" from t; /* ; */ drop table t -- ;\n;;"),
+            ["select ?, ?, \"c;d\" from t", "drop table t"]
+        );
+        assert_eq!(statements(" ; -- only a comment\n"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn fingerprint_ignores_literals_case_space_comments_and_param_numbers() {
+        let fp = |sql: &str| fingerprint(&split(tokenize(sql).unwrap())[0]);
+        let base = fp("SELECT name FROM patients WHERE id = 42");
+        assert_eq!(
+            base,
+            fp("select  name\nfrom Patients /* hi */ where id = 7")
+        );
+        assert_eq!(base, fp("SELECT name FROM patients WHERE id = $1"));
+        assert_eq!(
+            fp("select * from t where a = $1 and b = $2"),
+            fp("select * from t where a = $2 and b = $1")
+        );
+        assert_ne!(base, fp("SELECT name FROM patients WHERE mrn = 42"));
+        assert_ne!(base, fp("SELECT name FROM \"Patients\" WHERE id = 42"));
+        assert_ne!(base, fp("SELECT name FROM patients WHERE id > 42"));
+    }
+
+    #[test]
+    fn normalized_text_has_no_literals() {
+        let sql =
+            "SELECT * FROM p WHERE ssn = '123-45-6789' AND n = E'x\\'y' AND d = $$z$$ AND k = -5";
+        assert_eq!(
+            statements(sql),
+            ["SELECT * FROM p WHERE ssn = ? AND n = ? AND d = ? AND k = -?"]
+        );
+    }
+
+    #[test]
+    fn masked_text_keeps_literals_but_masks_phi() {
+        let masker = Masker::new(&MaskConfig::default(), None).unwrap();
+        let tokens = &split(tokenize("select * from p where ssn = '123-45-6789' and name = 'O''Brien' -- call 555-234-5678\n").unwrap())[0];
+        assert_eq!(
+            masked_text(tokens, &masker),
+            "select * from p where ssn = '***' and name = 'O''Brien' -- call ***"
+        );
+    }
+
+    #[test]
+    fn do_block_detection() {
+        assert!(is_do_block(
+            &tokenize("  /* x */ Do $$ begin end $$").unwrap()
+        ));
+        assert!(!is_do_block(&tokenize("select do from t").unwrap()));
+        assert!(!is_do_block(&tokenize("\"do\" x").unwrap()));
+    }
+}
