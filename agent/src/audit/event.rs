@@ -89,6 +89,8 @@ pub struct CommandInfo {
     pub kind: Option<String>,
     pub tables: Vec<String>,
     pub columns: Vec<String>,
+    /// Bound parameter values, masked with the PHI detectors.
+    pub parameters: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +153,8 @@ pub struct Event {
     /// Position in the hash chain; assigned by the store.
     pub seq: u64,
     pub kind: EventKind,
+    /// For a command's result or approval, the event id of the command.
+    pub command_id: Option<Uuid>,
     /// µs since the Unix epoch, UTC.
     pub time_us: i64,
     pub host: String,
@@ -183,6 +187,7 @@ impl Event {
             session_id: None,
             seq: 0,
             kind,
+            command_id: None,
             time_us: i64::try_from(now.as_micros()).unwrap_or(i64::MAX),
             host: super::host_name().to_owned(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -6,7 +6,7 @@ mod session;
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, atomic::Ordering::Relaxed},
+    sync::{Arc, OnceLock, atomic::Ordering::Relaxed},
     time::{Duration, Instant},
 };
 
@@ -160,6 +160,7 @@ impl Proxy {
             original: intercepted.original,
             target,
             process: process::describe(&intercepted),
+            principal: OnceLock::new(),
             audit: self.audit.clone(),
             traffic: Arc::default(),
             started: Instant::now(),
@@ -229,6 +230,7 @@ impl Proxy {
         let mut e = Event::new(kind).session(session.id);
         e.client_address = Some(session.client.to_string());
         e.process = Some(session.process.clone());
+        e.principal = session.principal.get().cloned();
         e.target = Some(session.target_ref());
         e
     }

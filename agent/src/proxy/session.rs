@@ -3,7 +3,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::{Instant, SystemTime},
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    audit::{AuditLog, ProcessInfo, TargetRef},
+    audit::{AuditLog, Principal, ProcessInfo, TargetRef},
     config::Target,
 };
 
@@ -26,12 +26,24 @@ pub struct Session {
     pub original: SocketAddr,
     pub target: Arc<Target>,
     pub process: ProcessInfo,
+    /// Who the client authenticated as; set once by the protocol handler.
+    pub principal: OnceLock<Principal>,
     pub audit: AuditLog,
     pub traffic: Arc<Traffic>,
     pub started: Instant,
 }
 
 impl Session {
+    /// Counts bytes sent to the server (for `status` and the session record).
+    pub fn add_to_server(&self, n: usize) {
+        self.traffic.to_server.fetch_add(n as u64, Relaxed);
+    }
+
+    /// Counts bytes sent to the client.
+    pub fn add_to_client(&self, n: usize) {
+        self.traffic.to_client.fetch_add(n as u64, Relaxed);
+    }
+
     /// The target as audit events name it.
     pub fn target_ref(&self) -> TargetRef {
         TargetRef {

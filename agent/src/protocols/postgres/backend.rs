@@ -1,0 +1,348 @@
+//! Server → client: every message the server sends passes here. Results
+//! are masked row by row (streamed, nothing buffered beyond one message),
+//! server messages are scanned, and each finished command is recorded with
+//! its outcome.
+use std::collections::{BTreeSet, VecDeque};
+
+use bytes::BytesMut;
+use pgwire::messages::{DecodeContext, Message as _, response::NotificationResponse};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
+    sync::mpsc,
+};
+
+use super::{
+    Service, SessionError,
+    frame::{self, Frame, MAX_MESSAGE},
+    pending::{Command, Pending},
+    record,
+    rows::{self, ResultMask},
+    wire::{self, sqlstate},
+};
+use crate::{audit::Outcome, proxy::Session};
+
+/// Accounting of the command whose results are streaming.
+#[derive(Default)]
+struct Tally {
+    rows: u64,
+    bytes: u64,
+    masked: u64,
+    masked_columns: BTreeSet<String>,
+}
+
+pub(super) struct Backend<'s> {
+    svc: &'s Service,
+    session: &'s Session,
+    queue: VecDeque<Pending>,
+    /// Index of the running statement within a simple Query at the head.
+    statement: usize,
+    /// Transaction status from the last ReadyForQuery.
+    status: u8,
+    result: Option<ResultMask>,
+    copy: Option<Copy>,
+    tally: Tally,
+}
+
+/// An ongoing COPY TO: text data masked per line, or binary data withheld.
+struct Copy {
+    mask: ResultMask,
+    binary: bool,
+}
+
+impl<'s> Backend<'s> {
+    pub fn new(svc: &'s Service, session: &'s Session) -> Self {
+        Backend {
+            svc,
+            session,
+            queue: VecDeque::new(),
+            statement: 0,
+            status: b'I',
+            result: None,
+            copy: None,
+            tally: Tally::default(),
+        }
+    }
+
+    pub async fn run<R, W>(mut self, server: &mut R, mut buf: BytesMut, client: &mut W, mut pending: mpsc::Receiver<Pending>) -> Result<(), SessionError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut out = BytesMut::new();
+        let mut frontend_open = true;
+        loop {
+            self.deliver_replies(&mut out);
+            if !out.is_empty() && !frame::has_complete_frame(&buf) {
+                self.session.add_to_client(out.len());
+                client.write_all(&out).await?;
+                out.clear();
+            }
+            tokio::select! {
+                biased;
+                p = pending.recv(), if frontend_open => match p {
+                    Some(p) => self.queue.push_back(p),
+                    None => frontend_open = false,
+                },
+                frame = frame::read_frame(server, &mut buf, true, MAX_MESSAGE) => match frame? {
+                    Some(frame) => self.on_message(frame, &mut out)?,
+                    None => {
+                        client.write_all(&out).await?;
+                        return Ok(());
+                    }
+                },
+            }
+        }
+    }
+
+    /// Sends the replies loopgate made that are due: those at the head of
+    /// the queue, with nothing from the server owed before them.
+    fn deliver_replies(&mut self, out: &mut BytesMut) {
+        while let Some(Pending::Reply { .. }) = self.queue.front() {
+            if let Some(Pending::Reply { bytes, ready }) = self.queue.pop_front() {
+                out.extend_from_slice(&bytes);
+                if ready {
+                    out.extend_from_slice(&wire::ready_for_query(self.status));
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), SessionError> {
+        let start = out.len();
+        match frame.tag.unwrap_or(0) {
+            b'T' => {
+                let overrides = self.current().map(|c| c.mask.clone()).unwrap_or_default();
+                let (mask, rewritten) = ResultMask::from_description(&self.svc.masker, &frame, &overrides).map_err(SessionError::Protocol)?;
+                self.result = Some(mask);
+                out.extend_from_slice(rewritten.as_deref().unwrap_or(&frame.bytes));
+            }
+            b'D' => {
+                self.tally.rows += 1;
+                if self.result.is_none() {
+                    let columns = frame::peek_i16(frame.body()).unwrap_or(0).max(0) as usize;
+                    let overrides = self.current().map(|c| c.mask.clone()).unwrap_or_default();
+                    self.result = Some(ResultMask::blind(&self.svc.masker, columns, &overrides));
+                }
+                if let Some(mask) = self.result.as_mut() {
+                    if !mask.data_row(&frame, out).map_err(SessionError::Protocol)? {
+                        out.extend_from_slice(&frame.bytes);
+                    }
+                }
+            }
+            b'C' => {
+                self.tally.rows = rows_of(&frame).unwrap_or(self.tally.rows);
+                out.extend_from_slice(&frame.bytes);
+                self.finish("ok", None);
+            }
+            b'I' => {
+                out.extend_from_slice(&frame.bytes);
+                self.finish("ok", None);
+            }
+            b's' => {
+                out.extend_from_slice(&frame.bytes);
+                self.finish("suspended", None);
+            }
+            b'E' => {
+                let code = rows::error_code(&frame);
+                let masked = rows::server_message(&self.svc.masker, &frame).map_err(SessionError::Protocol)?;
+                out.extend_from_slice(masked.as_deref().unwrap_or(&frame.bytes));
+                self.copy = None;
+                self.finish("error", code);
+                self.skip_after_error();
+            }
+            b'N' => {
+                let masked = rows::server_message(&self.svc.masker, &frame).map_err(SessionError::Protocol)?;
+                out.extend_from_slice(masked.as_deref().unwrap_or(&frame.bytes));
+            }
+            b'Z' => {
+                self.status = frame.body().first().copied().unwrap_or(b'I');
+                out.extend_from_slice(&frame.bytes);
+                self.ready();
+            }
+            b'H' => self.copy_out_start(&frame, out),
+            b'd' => self.copy_data(&frame, out),
+            b'c' => {
+                if !self.copy.as_ref().is_some_and(|c| c.binary) {
+                    out.extend_from_slice(&frame.bytes);
+                }
+            }
+            b'A' => self.notification(&frame, out)?,
+            b'1' | b'2' | b'3' | b't' | b'n' | b'S' | b'G' | b'W' | b'K' => out.extend_from_slice(&frame.bytes),
+            other => {
+                return Err(SessionError::Protocol(format!("unexpected server message type {:?}", other as char)));
+            }
+        }
+        self.tally.bytes += (out.len() - start) as u64;
+        Ok(())
+    }
+
+    /// The command whose results are arriving.
+    fn current(&self) -> Option<&Command> {
+        match self.queue.front()? {
+            Pending::Query(commands) => commands.get(self.statement),
+            Pending::Execute(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Records the result of the current command and moves to the next.
+    fn finish(&mut self, status: &str, error_code: Option<String>) {
+        let tally = std::mem::take(&mut self.tally);
+        let (masked, mut columns) = (tally.masked, tally.masked_columns);
+        let (masked, columns) = match self.result.take() {
+            Some(mask) => {
+                mask.masked_columns(&mut columns);
+                (masked + mask.masked_count(), columns)
+            }
+            None => (masked, columns),
+        };
+        let outcome = Outcome {
+            status: Some(status.to_owned()),
+            rows: Some(tally.rows),
+            bytes_to_client: Some(tally.bytes),
+            bytes_to_server: None,
+            error_code,
+            masked_fields: columns.into_iter().collect(),
+            masked_count: Some(masked),
+        };
+        match self.queue.front() {
+            Some(Pending::Query(commands)) => {
+                if let Some(c) = commands.get(self.statement) {
+                    self.record(c, outcome);
+                }
+                self.statement = self.statement.saturating_add(1);
+            }
+            Some(Pending::Execute(_)) => {
+                if let Some(Pending::Execute(c)) = self.queue.pop_front() {
+                    self.record(&c, outcome);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// After a server error: the rest of a simple Query does not run, and
+    /// in the extended protocol the server skips everything up to Sync.
+    fn skip_after_error(&mut self) {
+        if let Some(Pending::Query(commands)) = self.queue.front() {
+            for c in commands.iter().skip(self.statement) {
+                self.record(c, skipped());
+            }
+            self.statement = usize::MAX;
+            return;
+        }
+        while let Some(front) = self.queue.front() {
+            match front {
+                Pending::Sync | Pending::Query(_) => break,
+                Pending::Execute(c) => {
+                    self.record(c, skipped());
+                    self.queue.pop_front();
+                }
+                Pending::Reply { .. } => {
+                    self.queue.pop_front();
+                }
+            }
+        }
+    }
+
+    /// ReadyForQuery ends a simple Query or answers a Sync.
+    fn ready(&mut self) {
+        self.result = None;
+        self.copy = None;
+        if let Some(Pending::Query(commands)) = self.queue.front() {
+            for c in commands.iter().skip(self.statement) {
+                self.record(c, skipped());
+            }
+        }
+        // Anything still owed before this point will not come.
+        while let Some(p) = self.queue.pop_front() {
+            match p {
+                Pending::Query(_) | Pending::Sync => break,
+                Pending::Execute(c) => self.record(&c, skipped()),
+                Pending::Reply { .. } => {}
+            }
+        }
+        self.statement = 0;
+    }
+
+    fn copy_out_start(&mut self, frame: &Frame, out: &mut BytesMut) {
+        let binary = frame.body().first() == Some(&1);
+        let (names, overrides) = self
+            .current()
+            .map(|c| (c.copy_columns.clone(), c.mask.clone()))
+            .unwrap_or_default();
+        self.copy = Some(Copy {
+            mask: ResultMask::for_copy(&self.svc.masker, &names, &overrides),
+            binary,
+        });
+        out.extend_from_slice(&frame.bytes);
+        if binary {
+            // Binary COPY cannot be masked field by field: the data is
+            // withheld and the client told why (fail closed).
+            out.extend_from_slice(&wire::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "loopgate: binary COPY TO is refused because its values cannot be masked; use text or csv format",
+            ));
+        }
+    }
+
+    fn copy_data(&mut self, frame: &Frame, out: &mut BytesMut) {
+        let Some(copy) = self.copy.as_mut() else {
+            out.extend_from_slice(&frame.bytes);
+            return;
+        };
+        if copy.binary {
+            return;
+        }
+        self.tally.rows += 1;
+        let mut data = Vec::with_capacity(frame.body().len() + 16);
+        for line in frame.body().split_inclusive(|&b| b == b'\n') {
+            copy.mask.copy_line(&self.svc.masker, line, &mut data);
+        }
+        frame::put_message(out, b'd', &data);
+    }
+
+    fn notification(&mut self, frame: &Frame, out: &mut BytesMut) -> Result<(), SessionError> {
+        let mut bytes = frame.bytes.clone();
+        let mut n = NotificationResponse::decode(&mut bytes, &DecodeContext::default())
+            .map_err(|e| SessionError::Protocol(e.to_string()))?
+            .ok_or_else(|| SessionError::Protocol("truncated NotificationResponse".into()))?;
+        match self.svc.masker.mask_free_text(&n.payload) {
+            std::borrow::Cow::Borrowed(_) => out.extend_from_slice(&frame.bytes),
+            std::borrow::Cow::Owned(masked) => {
+                n.payload = masked;
+                n.encode(out).map_err(|e| SessionError::Protocol(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&self, command: &Command, outcome: Outcome) {
+        if command.event_id.is_nil() {
+            return;
+        }
+        let event = record::result(self.session, command, outcome);
+        let audit = self.session.audit.clone();
+        let session = self.session.id;
+        // The command itself was recorded before it ran; its result is
+        // recorded without holding up the rows behind it.
+        tokio::spawn(async move {
+            if let Err(e) = audit.append(event).await {
+                tracing::error!(%session, error = %e, "could not record a command result");
+            }
+        });
+    }
+}
+
+fn skipped() -> Outcome {
+    Outcome {
+        status: Some("skipped".to_owned()),
+        ..Outcome::default()
+    }
+}
+
+/// The row count at the end of a CommandComplete tag ("SELECT 5", "INSERT 0 5").
+fn rows_of(frame: &Frame) -> Option<u64> {
+    let (tag, _) = frame::cstr(frame.body())?;
+    std::str::from_utf8(tag).ok()?.rsplit(' ').next()?.parse().ok()
+}

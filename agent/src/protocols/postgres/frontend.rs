@@ -1,0 +1,417 @@
+//! Client → server: every message the client sends is checked here before
+//! it reaches the database. Statements are analysed (once per distinct
+//! text, cached), decided by the policy engine, recorded, and only then
+//! forwarded; a refused statement never reaches the server.
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
+    sync::mpsc,
+};
+
+use super::{
+    Service, SessionError,
+    frame::{self, Frame, MAX_MESSAGE, cstr, take_i16, take_i32},
+    pending::{Command, Pending},
+    record,
+    wire::{self, sqlstate},
+};
+use crate::{
+    policy::{PolicyDecision, PolicyInput, Principal, ProcessInfo},
+    proxy::Session,
+    sql::{Analysis, AnalyzedStatement, StatementKind},
+};
+
+/// A prepared statement as the client named it.
+struct Prepared {
+    analysis: Arc<Analysis>,
+    decision: PolicyDecision,
+}
+
+impl Prepared {
+    /// The one statement of the Parse (None for an empty statement).
+    fn statement(&self) -> Option<&AnalyzedStatement> {
+        self.analysis.statements.first()
+    }
+}
+
+/// A bound portal: its statement and the parameter values as recorded.
+struct Portal {
+    prepared: Arc<Prepared>,
+    parameters: Vec<String>,
+}
+
+pub(super) struct Frontend<'s> {
+    svc: &'s Service,
+    session: &'s Session,
+    /// The caller as the policy sees it, built once per session.
+    principal: Principal,
+    process: ProcessInfo,
+    statements: HashMap<Bytes, Arc<Prepared>>,
+    portals: HashMap<Bytes, Portal>,
+    /// After a refused extended-protocol message, everything up to the next
+    /// Sync is dropped, as the server itself does after an error.
+    skipping: bool,
+    pending: mpsc::Sender<Pending>,
+}
+
+/// Recorded parameter values are cut to this many characters.
+const PARAMETER_MAX: usize = 128;
+
+enum Flow {
+    Continue,
+    Terminate,
+}
+
+impl<'s> Frontend<'s> {
+    pub fn new(svc: &'s Service, session: &'s Session, pending: mpsc::Sender<Pending>) -> Self {
+        Frontend {
+            svc,
+            session,
+            principal: svc.principal_of(session),
+            process: svc.process_of(session),
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            skipping: false,
+            pending,
+        }
+    }
+
+    /// Relays until the client terminates or disconnects. Forwarded messages
+    /// are buffered and written when no further complete message is waiting,
+    /// so a pipelined Bind/Execute/Sync costs one write.
+    pub async fn run<R, W>(mut self, client: &mut R, mut buf: BytesMut, server: &mut W) -> Result<(), SessionError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut out = BytesMut::new();
+        loop {
+            if !out.is_empty() && !frame::has_complete_frame(&buf) {
+                self.session.add_to_server(out.len());
+                server.write_all(&out).await?;
+                out.clear();
+            }
+            let Some(frame) = frame::read_frame(client, &mut buf, true, MAX_MESSAGE).await? else {
+                return Ok(());
+            };
+            match self.on_message(frame, &mut out).await? {
+                Flow::Continue => {}
+                Flow::Terminate => {
+                    self.session.add_to_server(out.len());
+                    server.write_all(&out).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn on_message(&mut self, frame: Frame, out: &mut BytesMut) -> Result<Flow, SessionError> {
+        let tag = frame.tag.unwrap_or(0);
+        match tag {
+            b'Q' => self.query(frame, out).await?,
+            b'P' => self.parse(frame, out).await?,
+            b'B' => self.bind(frame, out)?,
+            b'E' => self.execute(frame, out).await?,
+            b'S' => {
+                self.skipping = false;
+                self.queue(Pending::Sync).await?;
+                out.extend_from_slice(&frame.bytes);
+            }
+            b'D' | b'C' | b'H' => {
+                if !self.skipping {
+                    if tag == b'C' {
+                        self.close(&frame);
+                    }
+                    out.extend_from_slice(&frame.bytes);
+                }
+            }
+            // COPY FROM STDIN data flows to the server as it comes.
+            b'd' | b'c' | b'f' => out.extend_from_slice(&frame.bytes),
+            b'X' => {
+                out.extend_from_slice(&frame.bytes);
+                return Ok(Flow::Terminate);
+            }
+            b'F' => {
+                // FunctionCall runs a function by OID, bypassing SQL: the
+                // statement cannot be classified, so it is refused.
+                let error = wire::error(sqlstate::FEATURE_NOT_SUPPORTED, "loopgate: the FunctionCall protocol message is refused; call the function with SELECT");
+                self.queue(Pending::Reply { bytes: error, ready: true }).await?;
+            }
+            other => {
+                return Err(SessionError::Protocol(format!("unexpected client message type {:?}", other as char)));
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Simple query: every statement of the string is decided; if one is
+    /// refused, none runs (the string is one implicit transaction anyway).
+    async fn query(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), SessionError> {
+        let text = match statement_text(frame.body()) {
+            Ok(t) => t,
+            Err(reply) => return self.queue(Pending::Reply { bytes: reply, ready: true }).await,
+        };
+        let analysis = self.svc.analysis.analyze(text);
+        let decisions: Vec<PolicyDecision> = analysis.statements.iter().map(|s| self.decide(s)).collect();
+        if let Some(refusal) = decisions.iter().find(|d| !d.is_allow()) {
+            let (rule, reason) = refusal_text(refusal);
+            for stmt in &analysis.statements {
+                self.record(record::command(self.session, stmt, record::block(&rule, &reason), Vec::new()))
+                    .await?;
+            }
+            let message = format!("loopgate: statement refused by rule {rule}: {reason}");
+            let reply = wire::error(sqlstate::INSUFFICIENT_PRIVILEGE, &message);
+            return self.queue(Pending::Reply { bytes: reply, ready: true }).await;
+        }
+        let mut commands = Vec::with_capacity(analysis.statements.len());
+        for (stmt, decision) in analysis.statements.iter().zip(decisions) {
+            match self.record_allowed(stmt, decision, Vec::new()).await {
+                Ok(c) => commands.push(c),
+                Err(reply) => return self.queue(Pending::Reply { bytes: reply, ready: true }).await,
+            }
+        }
+        self.queue(Pending::Query(commands)).await?;
+        out.extend_from_slice(&frame.bytes);
+        Ok(())
+    }
+
+    /// Parse: the statement is analysed and decided now, once, and executed
+    /// (and recorded) at each Execute.
+    async fn parse(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), SessionError> {
+        if self.skipping {
+            return Ok(());
+        }
+        let body = frame.body();
+        let (name, rest) = cstr(body).ok_or_else(|| malformed("Parse"))?;
+        let text = match statement_text(rest) {
+            Ok(t) => t,
+            Err(reply) => return self.refuse_extended(reply).await,
+        };
+        let analysis = self.svc.analysis.analyze(text);
+        if analysis.statements.len() > 1 {
+            let reply = wire::error("42601", "loopgate: a prepared statement must hold exactly one statement");
+            return self.refuse_extended(reply).await;
+        }
+        let decision = analysis.statements.first().map_or_else(PolicyDecision::allow, |s| self.decide(s));
+        if !decision.is_allow() {
+            let (rule, reason) = refusal_text(&decision);
+            if let Some(stmt) = analysis.statements.first() {
+                self.record(record::command(self.session, stmt, record::block(&rule, &reason), Vec::new()))
+                    .await?;
+            }
+            let message = format!("loopgate: statement refused by rule {rule}: {reason}");
+            return self.refuse_extended(wire::error(sqlstate::INSUFFICIENT_PRIVILEGE, &message)).await;
+        }
+        self.statements
+            .insert(Bytes::copy_from_slice(name), Arc::new(Prepared { analysis, decision }));
+        out.extend_from_slice(&frame.bytes);
+        Ok(())
+    }
+
+    fn bind(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), SessionError> {
+        if self.skipping {
+            return Ok(());
+        }
+        let (portal, statement, parameters) = parse_bind(frame.body(), self)?;
+        if let Some(prepared) = self.statements.get(statement).cloned() {
+            self.portals.insert(Bytes::copy_from_slice(portal), Portal { prepared, parameters });
+        } else {
+            // The server answers an unknown statement with its own error;
+            // an Execute of this portal is refused below.
+            self.portals.remove(portal);
+        }
+        out.extend_from_slice(&frame.bytes);
+        Ok(())
+    }
+
+    async fn execute(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), SessionError> {
+        if self.skipping {
+            return Ok(());
+        }
+        let (portal, _) = cstr(frame.body()).ok_or_else(|| malformed("Execute"))?;
+        let Some(bound) = self.portals.get(portal) else {
+            let reply = wire::error("34000", "loopgate: portal was not bound through loopgate");
+            return self.refuse_extended(reply).await;
+        };
+        let prepared = bound.prepared.clone();
+        let parameters = bound.parameters.clone();
+        let Some(stmt) = prepared.statement() else {
+            // An empty statement: nothing runs, nothing to record.
+            self.queue(Pending::Execute(Command {
+                event_id: uuid::Uuid::nil(),
+                fingerprint: String::new(),
+                mask: Vec::new(),
+                copy_columns: Vec::new(),
+                started: Instant::now(),
+            }))
+            .await?;
+            out.extend_from_slice(&frame.bytes);
+            return Ok(());
+        };
+        match self.record_allowed(stmt, prepared.decision.clone(), parameters).await {
+            Ok(command) => {
+                self.queue(Pending::Execute(command)).await?;
+                out.extend_from_slice(&frame.bytes);
+                Ok(())
+            }
+            Err(reply) => self.refuse_extended(reply).await,
+        }
+    }
+
+    fn close(&mut self, frame: &Frame) {
+        let body = frame.body();
+        if let Some((&kind, rest)) = body.split_first() {
+            if let Some((name, _)) = cstr(rest) {
+                match kind {
+                    b'S' => {
+                        self.statements.remove(name);
+                    }
+                    b'P' => {
+                        self.portals.remove(name);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn decide(&self, stmt: &AnalyzedStatement) -> PolicyDecision {
+        let input = PolicyInput {
+            principal: &self.principal,
+            process: &self.process,
+            target: &self.svc.target,
+            statement: stmt,
+        };
+        match self.svc.policy.decide(&input) {
+            // Approvals arrive with their own issue; until then a hold
+            // cannot be honoured, so the statement is refused (fail closed).
+            PolicyDecision::Hold(hold) => PolicyDecision::deny(
+                &hold.rule_id,
+                format!("{} (needs approval, which this build cannot grant)", hold.reason),
+            ),
+            d => d,
+        }
+    }
+
+    /// Records an allowed statement; the command may be forwarded once this
+    /// returns Ok. An audit failure yields the error to send instead.
+    async fn record_allowed(&self, stmt: &AnalyzedStatement, decision: PolicyDecision, parameters: Vec<String>) -> Result<Command, BytesMut> {
+        let event = record::command(self.session, stmt, record::allow(), parameters);
+        let event_id = event.event_id;
+        if let Err(e) = self.session.audit.append(event).await {
+            tracing::error!(session = %self.session.id, error = %e, "refusing statement: audit unavailable");
+            return Err(wire::error(sqlstate::SYSTEM_ERROR, "loopgate: the audit trail cannot record this statement, so it was not run; try again later"));
+        }
+        Ok(Command {
+            event_id,
+            fingerprint: stmt.fingerprint.to_string(),
+            mask: decision.mask_overrides().to_vec(),
+            copy_columns: copy_columns(stmt),
+            started: Instant::now(),
+        })
+    }
+
+    async fn record(&self, event: crate::audit::Event) -> Result<(), SessionError> {
+        self.session.audit.append(event).await.map_err(SessionError::Audit)
+    }
+
+    /// Refuses an extended-protocol message: the error goes to the client
+    /// in order, and the rest of the batch is dropped until Sync.
+    async fn refuse_extended(&mut self, reply: BytesMut) -> Result<(), SessionError> {
+        self.skipping = true;
+        self.queue(Pending::Reply { bytes: reply, ready: false }).await
+    }
+
+    async fn queue(&self, p: Pending) -> Result<(), SessionError> {
+        self.pending.send(p).await.map_err(|_| SessionError::Closed)
+    }
+
+    fn mask_parameter(&self, value: Option<&[u8]>, binary: bool) -> String {
+        match value {
+            None => "NULL".to_owned(),
+            Some(v) if binary => format!("<{} bytes, binary>", v.len()),
+            Some(v) => {
+                let text = String::from_utf8_lossy(v);
+                let masked = self.svc.masker.mask_free_text(&text);
+                let mut s: String = masked.chars().take(PARAMETER_MAX).collect();
+                if masked.chars().count() > PARAMETER_MAX {
+                    s.push('…');
+                }
+                s
+            }
+        }
+    }
+}
+
+/// The statement text of a Query or Parse body: NUL-terminated UTF-8.
+/// Statement text in another encoding could be read differently by the
+/// analyser and by the server, so it is refused.
+fn statement_text(body: &[u8]) -> Result<&str, BytesMut> {
+    let (text, _) = cstr(body).ok_or_else(|| wire::error(sqlstate::PROTOCOL_VIOLATION, "loopgate: malformed statement text"))?;
+    std::str::from_utf8(text).map_err(|_| {
+        wire::error("22021", "loopgate: statement text must be valid UTF-8 (set client_encoding to UTF8)")
+    })
+}
+
+/// Portal name, statement name and recorded (masked) parameter values.
+fn parse_bind<'b>(body: &'b [u8], fe: &Frontend<'_>) -> Result<(&'b [u8], &'b [u8], Vec<String>), SessionError> {
+    let (portal, rest) = cstr(body).ok_or_else(|| malformed("Bind"))?;
+    let (statement, mut rest) = cstr(rest).ok_or_else(|| malformed("Bind"))?;
+    let n_formats = take_i16(&mut rest).ok_or_else(|| malformed("Bind"))?;
+    if n_formats < 0 {
+        return Err(malformed("Bind"));
+    }
+    let mut formats = Vec::with_capacity(n_formats as usize);
+    for _ in 0..n_formats {
+        formats.push(take_i16(&mut rest).ok_or_else(|| malformed("Bind"))?);
+    }
+    let n_params = take_i16(&mut rest).ok_or_else(|| malformed("Bind"))?;
+    if n_params < 0 {
+        return Err(malformed("Bind"));
+    }
+    let mut parameters = Vec::with_capacity(n_params as usize);
+    for i in 0..n_params as usize {
+        let len = take_i32(&mut rest).ok_or_else(|| malformed("Bind"))?;
+        let binary = match formats.len() {
+            0 => false,
+            1 => formats[0] == 1,
+            _ => formats.get(i).copied() == Some(1),
+        };
+        if len < 0 {
+            parameters.push(fe.mask_parameter(None, binary));
+            continue;
+        }
+        let len = len as usize;
+        if rest.len() < len {
+            return Err(malformed("Bind"));
+        }
+        let (value, tail) = rest.split_at(len);
+        rest = tail;
+        parameters.push(fe.mask_parameter(Some(value), binary));
+    }
+    Ok((portal, statement, parameters))
+}
+
+/// The column names of a `COPY ... TO`, when the statement names them.
+fn copy_columns(stmt: &AnalyzedStatement) -> Vec<String> {
+    match &stmt.classification {
+        Ok(c) if c.kind == StatementKind::CopyTo && !c.columns.iter().any(|p| p.expr.ends_with('*')) => {
+            c.columns.iter().map(|p| p.output_name().to_owned()).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn refusal_text(d: &PolicyDecision) -> (String, String) {
+    match d {
+        PolicyDecision::Deny { rule_id, reason } => (rule_id.clone(), reason.clone()),
+        PolicyDecision::Hold(h) => (h.rule_id.clone(), h.reason.clone()),
+        PolicyDecision::Allow { .. } => (String::new(), String::new()),
+    }
+}
+
+fn malformed(what: &str) -> SessionError {
+    SessionError::Protocol(format!("malformed {what} message"))
+}

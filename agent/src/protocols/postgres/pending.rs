@@ -1,0 +1,43 @@
+//! What the server side of a session expects next.
+//!
+//! The client side forwards messages and queues, in the same order, what
+//! their answers will be (or a reply loopgate makes itself, such as the
+//! error for a refused statement). The server side consumes the queue as
+//! answers arrive, so every answer is attributed to its command and every
+//! reply of loopgate's reaches the client exactly where the server's own
+//! error would have.
+use std::time::Instant;
+
+use bytes::BytesMut;
+use uuid::Uuid;
+
+use crate::mask::MaskRule;
+
+/// A statement that was recorded and forwarded; its result is recorded
+/// when the server completes it.
+#[derive(Debug)]
+pub struct Command {
+    /// The `command` audit event this result belongs to.
+    pub event_id: Uuid,
+    pub fingerprint: String,
+    /// Mask rules the policy decision added for this statement's results.
+    pub mask: Vec<MaskRule>,
+    /// For `COPY ... TO`, the columns the statement names (empty: unknown).
+    pub copy_columns: Vec<String>,
+    pub started: Instant,
+}
+
+#[derive(Debug)]
+pub enum Pending {
+    /// A forwarded simple Query: one command per statement, then ReadyForQuery.
+    Query(Vec<Command>),
+    /// A forwarded Execute: ends with CommandComplete, EmptyQueryResponse,
+    /// PortalSuspended or ErrorResponse.
+    Execute(Command),
+    /// A forwarded Sync: ends with ReadyForQuery.
+    Sync,
+    /// Bytes loopgate sends the client itself at this point of the stream;
+    /// with `ready`, followed by ReadyForQuery with the current transaction
+    /// status (the answer to a refused simple Query).
+    Reply { bytes: BytesMut, ready: bool },
+}

@@ -1,0 +1,73 @@
+//! The audit records of a PostgreSQL session's commands.
+use crate::{
+    audit::{CommandInfo, Decision, Event, EventKind, Outcome, Verdict},
+    proxy::Session,
+    sql::AnalyzedStatement,
+};
+
+/// The `command` event for `stmt`, before it is forwarded or refused.
+pub fn command(session: &Session, stmt: &AnalyzedStatement, decision: Decision, parameters: Vec<String>) -> Event {
+    let mut e = base(session, EventKind::Command);
+    let (kind, mut tables, columns) = match &stmt.classification {
+        Ok(c) => (
+            Some(c.kind.as_str().to_owned()),
+            c.tables_read.iter().chain(&c.tables_written).cloned().collect::<Vec<_>>(),
+            c.columns.iter().map(|p| p.output_name().to_owned()).collect(),
+        ),
+        Err(_) => (Some("unparseable".to_owned()), Vec::new(), Vec::new()),
+    };
+    tables.sort();
+    tables.dedup();
+    e.command = Some(CommandInfo {
+        text: Some(stmt.normalized_text.clone()),
+        fingerprint: Some(stmt.fingerprint.to_string()),
+        kind,
+        tables,
+        columns,
+        parameters,
+    });
+    e.decision = Some(decision);
+    e
+}
+
+/// The `command_result` event of a finished command.
+pub fn result(session: &Session, command: &super::pending::Command, outcome: Outcome) -> Event {
+    let mut e = base(session, EventKind::CommandResult);
+    e.command_id = Some(command.event_id);
+    e.command = Some(CommandInfo {
+        fingerprint: Some(command.fingerprint.clone()),
+        ..CommandInfo::default()
+    });
+    e.duration_us = Some(command.started.elapsed().as_micros() as u64);
+    e.outcome = Some(outcome);
+    e
+}
+
+pub fn allow() -> Decision {
+    Decision {
+        verdict: Verdict::Allow,
+        rule_id: None,
+        reason: None,
+        approver: None,
+        wait_us: None,
+    }
+}
+
+pub fn block(rule_id: &str, reason: &str) -> Decision {
+    Decision {
+        verdict: Verdict::Block,
+        rule_id: Some(rule_id.to_owned()),
+        reason: Some(reason.to_owned()),
+        approver: None,
+        wait_us: None,
+    }
+}
+
+fn base(session: &Session, kind: EventKind) -> Event {
+    let mut e = Event::new(kind).session(session.id);
+    e.client_address = Some(session.client.to_string());
+    e.principal = session.principal.get().cloned();
+    e.process = Some(session.process.clone());
+    e.target = Some(session.target_ref());
+    e
+}

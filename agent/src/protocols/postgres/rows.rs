@@ -1,0 +1,423 @@
+//! PHI masking of what the server sends: result descriptions, rows, COPY
+//! data and server messages. The generic rules and detectors live in
+//! `crate::mask`; this module knows PostgreSQL's framing.
+use std::collections::BTreeSet;
+
+use bytes::{BufMut as _, BytesMut};
+use pgwire::messages::{
+    DecodeContext, Message as _,
+    data::RowDescription,
+    response::{ErrorResponse, NoticeResponse},
+};
+
+use super::frame::{Frame, take_i16, take_i32};
+use crate::mask::{ColumnDesc, MaskRule, MaskedValue, Masker, ResultMasker};
+
+/// The OID of `text`: masked values of other types are announced as text.
+const TEXT_OID: u32 = 25;
+
+/// Masking state of one result set.
+pub struct ResultMask {
+    plan: ResultMasker,
+    names: Vec<String>,
+    /// Columns in which at least one value was changed.
+    changed: Vec<bool>,
+}
+
+impl ResultMask {
+    /// Plans masking from a RowDescription and returns the description to
+    /// send (rewritten when a column must be announced as text).
+    pub fn from_description(masker: &Masker, frame: &Frame, overrides: &[MaskRule]) -> Result<(ResultMask, Option<BytesMut>), String> {
+        let mut bytes = frame.bytes.clone();
+        let desc = RowDescription::decode(&mut bytes, &DecodeContext::default())
+            .map_err(|e| format!("bad RowDescription: {e}"))?
+            .ok_or("truncated RowDescription")?;
+        let columns: Vec<ColumnDesc<'_>> = desc
+            .fields
+            .iter()
+            .map(|f| ColumnDesc {
+                name: &f.name,
+                table: None,
+                type_oid: f.type_id,
+                binary: f.format_code == 1,
+            })
+            .collect();
+        let plan = masker.plan(&columns, overrides);
+        let rewrite = (0..desc.fields.len()).any(|i| plan.announce_as_text(i) && desc.fields[i].type_id != TEXT_OID);
+        let names: Vec<String> = desc.fields.iter().map(|f| f.name.clone()).collect();
+        let changed = vec![false; names.len()];
+        let rewritten = if rewrite {
+            let mut desc = desc;
+            for (i, f) in desc.fields.iter_mut().enumerate() {
+                if plan.announce_as_text(i) {
+                    f.type_id = TEXT_OID;
+                    f.type_size = -1;
+                    f.type_modifier = -1;
+                }
+            }
+            let mut out = BytesMut::new();
+            desc.encode(&mut out).map_err(|e| format!("re-encoding RowDescription: {e}"))?;
+            Some(out)
+        } else {
+            None
+        };
+        Ok((ResultMask { plan, names, changed }, rewritten))
+    }
+
+    /// A plan for rows that arrive without a description (an Execute with
+    /// no Describe): every column is scanned by the detectors.
+    pub fn blind(masker: &Masker, columns: usize, overrides: &[MaskRule]) -> ResultMask {
+        let descs = vec![
+            ColumnDesc {
+                name: "?column?",
+                table: None,
+                type_oid: 0,
+                binary: false,
+            };
+            columns
+        ];
+        ResultMask {
+            plan: masker.plan(&descs, overrides),
+            names: vec!["?column?".to_owned(); columns],
+            changed: vec![false; columns],
+        }
+    }
+
+    /// A plan for COPY TO data of the given columns (text format).
+    pub fn for_copy(masker: &Masker, names: &[String], overrides: &[MaskRule]) -> ResultMask {
+        let descs: Vec<ColumnDesc<'_>> = names
+            .iter()
+            .map(|n| ColumnDesc {
+                name: n,
+                table: None,
+                type_oid: TEXT_OID,
+                binary: false,
+            })
+            .collect();
+        ResultMask {
+            plan: masker.plan(&descs, overrides),
+            names: names.to_vec(),
+            changed: vec![false; names.len()],
+        }
+    }
+
+    pub fn columns(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Masks one DataRow. Returns `None` when nothing changed (the original
+    /// frame is forwarded as it is), else the rewritten row.
+    pub fn data_row(&mut self, frame: &Frame, out: &mut BytesMut) -> Result<bool, String> {
+        if self.plan.is_noop() {
+            return Ok(false);
+        }
+        let mut body = frame.body();
+        let count = take_i16(&mut body).ok_or("truncated DataRow")?;
+        if count < 0 || count as usize != self.names.len() {
+            return Err(format!("DataRow has {count} fields, its description {}", self.names.len()));
+        }
+        let start = out.len();
+        out.put_u8(b'D');
+        out.put_i32(0);
+        out.put_i16(count);
+        let mut any = false;
+        for col in 0..count as usize {
+            let len = take_i32(&mut body).ok_or("truncated DataRow")?;
+            if len < 0 {
+                out.put_i32(-1);
+                continue;
+            }
+            let len = len as usize;
+            if body.len() < len {
+                return Err("truncated DataRow value".into());
+            }
+            let (value, rest) = body.split_at(len);
+            body = rest;
+            match self.plan.mask_value(col, value) {
+                MaskedValue::Original(v) => {
+                    out.put_i32(v.len() as i32);
+                    out.put_slice(v);
+                }
+                MaskedValue::Masked(v) => {
+                    any = true;
+                    self.changed[col] = true;
+                    out.put_i32(v.len() as i32);
+                    out.put_slice(&v);
+                }
+                MaskedValue::Null => {
+                    any = true;
+                    self.changed[col] = true;
+                    out.put_i32(-1);
+                }
+            }
+        }
+        if !body.is_empty() {
+            return Err("trailing bytes after DataRow fields".into());
+        }
+        if !any {
+            out.truncate(start);
+            return Ok(false);
+        }
+        let len = (out.len() - start - 1) as i32;
+        out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+        Ok(true)
+    }
+
+    /// Masks one line of COPY text-format data (tab-separated, `\N` for
+    /// NULL). A line that does not have the expected number of fields (CSV,
+    /// another delimiter) is masked as free text instead.
+    pub fn copy_line(&mut self, masker: &Masker, line: &[u8], out: &mut Vec<u8>) {
+        let trimmed = line.strip_suffix(b"\n").unwrap_or(line);
+        let fields: Vec<&[u8]> = trimmed.split(|&b| b == b'\t').collect();
+        if fields.len() != self.names.len() || self.names.is_empty() {
+            let text = String::from_utf8_lossy(line);
+            out.extend_from_slice(masker.mask_free_text(&text).as_bytes());
+            return;
+        }
+        for (col, value) in fields.iter().enumerate() {
+            if col > 0 {
+                out.push(b'\t');
+            }
+            if *value == b"\\N" {
+                out.extend_from_slice(value);
+                continue;
+            }
+            match self.plan.mask_value(col, value) {
+                MaskedValue::Original(v) => out.extend_from_slice(v),
+                MaskedValue::Masked(v) => {
+                    self.changed[col] = true;
+                    out.extend_from_slice(&v);
+                }
+                MaskedValue::Null => {
+                    self.changed[col] = true;
+                    out.extend_from_slice(b"\\N");
+                }
+            }
+        }
+        if line.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+    }
+
+    pub fn masked_count(&self) -> u64 {
+        self.plan.masked_fields()
+    }
+
+    /// Names of the columns with at least one masked value.
+    pub fn masked_columns(&self, into: &mut BTreeSet<String>) {
+        for (name, changed) in self.names.iter().zip(&self.changed) {
+            if *changed {
+                into.insert(name.clone());
+            }
+        }
+    }
+}
+
+/// Masks the text fields of an ErrorResponse or NoticeResponse (message,
+/// detail, hint, where, ...): constraint errors echo the values of the
+/// offending row. Returns the rewritten frame when anything changed.
+pub fn server_message(masker: &Masker, frame: &Frame) -> Result<Option<BytesMut>, String> {
+    let mut bytes = frame.bytes.clone();
+    let ctx = DecodeContext::default();
+    let notice = frame.tag == Some(b'N');
+    let mut fields = if notice {
+        NoticeResponse::decode(&mut bytes, &ctx)
+            .map_err(|e| e.to_string())?
+            .ok_or("truncated NoticeResponse")?
+            .fields
+    } else {
+        ErrorResponse::decode(&mut bytes, &ctx)
+            .map_err(|e| e.to_string())?
+            .ok_or("truncated ErrorResponse")?
+            .fields
+    };
+    let mut changed = false;
+    for (code, value) in fields.iter_mut() {
+        // Severity, SQLSTATE, position, file, line, routine: no values.
+        if matches!(code, b'S' | b'V' | b'C' | b'P' | b'p' | b'F' | b'L' | b'R') {
+            continue;
+        }
+        if let std::borrow::Cow::Owned(masked) = masker.mask_free_text(value) {
+            *value = masked;
+            changed = true;
+        }
+        // A unique violation's detail quotes the key values verbatim, in
+        // forms the detectors may not know: keep only its shape.
+        if *code == b'D' && value.contains(")=(") {
+            if let Some(open) = value.find(")=(") {
+                *value = format!("{})=(***) already exists or is referenced.", &value[..open]);
+                changed = true;
+            }
+        }
+    }
+    if !changed {
+        return Ok(None);
+    }
+    let mut out = BytesMut::new();
+    let encoded = if notice {
+        NoticeResponse::new(fields).encode(&mut out)
+    } else {
+        ErrorResponse::new(fields).encode(&mut out)
+    };
+    encoded.map_err(|e| e.to_string())?;
+    Ok(Some(out))
+}
+
+/// SQLSTATE of an ErrorResponse, for the audit record.
+pub fn error_code(frame: &Frame) -> Option<String> {
+    let mut body = frame.body();
+    while let Some((&code, rest)) = body.split_first() {
+        if code == 0 {
+            break;
+        }
+        let (value, rest) = super::frame::cstr(rest)?;
+        if code == b'C' {
+            return Some(String::from_utf8_lossy(value).into_owned());
+        }
+        body = rest;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::MaskConfig;
+    use pgwire::messages::data::FieldDescription;
+
+    fn masker() -> Masker {
+        Masker::new(&MaskConfig::default(), None).unwrap()
+    }
+
+    fn frame(bytes: BytesMut) -> Frame {
+        Frame { tag: Some(bytes[0]), bytes }
+    }
+
+    fn description(names: &[(&str, u32)]) -> Frame {
+        let fields = names
+            .iter()
+            .enumerate()
+            .map(|(i, (n, oid))| FieldDescription::new(n.to_string(), 0, i as i16, *oid, -1, -1, 0))
+            .collect();
+        let mut out = BytesMut::new();
+        RowDescription::new(fields).encode(&mut out).unwrap();
+        frame(out)
+    }
+
+    fn row(values: &[Option<&str>]) -> Frame {
+        let mut out = BytesMut::new();
+        out.put_u8(b'D');
+        out.put_i32(0);
+        out.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    out.put_i32(v.len() as i32);
+                    out.put_slice(v.as_bytes());
+                }
+                None => out.put_i32(-1),
+            }
+        }
+        let len = (out.len() - 1) as i32;
+        out[1..5].copy_from_slice(&len.to_be_bytes());
+        frame(out)
+    }
+
+    fn fields(bytes: &[u8]) -> Vec<Option<String>> {
+        let mut body = &bytes[5..];
+        let n = take_i16(&mut body).unwrap();
+        (0..n)
+            .map(|_| {
+                let len = take_i32(&mut body).unwrap();
+                if len < 0 {
+                    return None;
+                }
+                let (v, rest) = body.split_at(len as usize);
+                body = rest;
+                Some(String::from_utf8(v.to_vec()).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn masks_phi_columns_and_keeps_the_rest() {
+        let m = masker();
+        let (mut mask, rewritten) =
+            ResultMask::from_description(&m, &description(&[("id", 23), ("name", 25), ("ssn", 25), ("dob", 1082)]), &[]).unwrap();
+        // dob is a date column whose masked value is no date: announced as text.
+        let rewritten = rewritten.expect("dob announced as text");
+        let mut b = rewritten.clone();
+        let desc = RowDescription::decode(&mut b, &DecodeContext::default()).unwrap().unwrap();
+        assert_eq!(desc.fields[3].type_id, TEXT_OID);
+        assert_eq!(desc.fields[0].type_id, 23);
+
+        let mut out = BytesMut::new();
+        let changed = mask
+            .data_row(&row(&[Some("7"), Some("Ann Lee"), Some("123-45-6789"), Some("1980-02-03")]), &mut out)
+            .unwrap();
+        assert!(changed);
+        let got = fields(&out);
+        assert_eq!(got[0].as_deref(), Some("7"));
+        assert_eq!(got[1].as_deref(), Some("Ann Lee"));
+        assert_ne!(got[2].as_deref(), Some("123-45-6789"));
+        assert_ne!(got[3].as_deref(), Some("1980-02-03"));
+        assert!(mask.masked_count() >= 2);
+        let mut cols = BTreeSet::new();
+        mask.masked_columns(&mut cols);
+        assert!(cols.contains("ssn") && cols.contains("dob") && !cols.contains("name"));
+    }
+
+    #[test]
+    fn untouched_rows_are_forwarded_as_they_are() {
+        let m = masker();
+        let (mut mask, rewritten) = ResultMask::from_description(&m, &description(&[("id", 23), ("city", 25)]), &[]).unwrap();
+        assert!(rewritten.is_none());
+        let mut out = BytesMut::new();
+        assert!(!mask.data_row(&row(&[Some("1"), Some("Boston")]), &mut out).unwrap());
+        assert!(out.is_empty());
+        // A free-text column that happens to hold an SSN is caught by the scan.
+        assert!(mask.data_row(&row(&[Some("2"), Some("ssn 123-45-6789 here")]), &mut out).unwrap());
+        assert!(!String::from_utf8_lossy(&out).contains("123-45-6789"));
+    }
+
+    #[test]
+    fn malformed_rows_are_errors_not_panics() {
+        let m = masker();
+        let (mut mask, _) = ResultMask::from_description(&m, &description(&[("ssn", 25)]), &[]).unwrap();
+        let mut out = BytesMut::new();
+        for bad in [&b"D\0\0\0\x06\0\x02"[..], b"D\0\0\0\x0a\0\x01\0\0\0\x09", b"D\0\0\0\x05\0", b"D\0\0\0\x04"] {
+            let f = Frame { tag: Some(b'D'), bytes: BytesMut::from(bad) };
+            assert!(mask.data_row(&f, &mut out).is_err());
+        }
+    }
+
+    #[test]
+    fn copy_lines_are_masked_by_column() {
+        let m = masker();
+        let mut mask = ResultMask::for_copy(&m, &["id".into(), "ssn".into(), "note".into()], &[]);
+        let mut out = Vec::new();
+        mask.copy_line(&m, b"1\t123-45-6789\t\\N\n", &mut out);
+        let line = String::from_utf8(out).unwrap();
+        assert!(line.starts_with("1\t") && line.ends_with("\t\\N\n"), "{line}");
+        assert!(!line.contains("123-45-6789"));
+    }
+
+    #[test]
+    fn server_messages_lose_echoed_values() {
+        let m = masker();
+        let mut out = BytesMut::new();
+        ErrorResponse::new(vec![
+            (b'S', "ERROR".into()),
+            (b'C', "23505".into()),
+            (b'M', "duplicate key value violates unique constraint \"patients_ssn_key\"".into()),
+            (b'D', "Key (ssn)=(123-45-6789) already exists.".into()),
+        ])
+        .encode(&mut out)
+        .unwrap();
+        let f = frame(out);
+        assert_eq!(error_code(&f).as_deref(), Some("23505"));
+        let masked = server_message(&m, &f).unwrap().expect("detail masked");
+        assert!(!String::from_utf8_lossy(&masked).contains("123-45-6789"));
+        assert!(String::from_utf8_lossy(&masked).contains("Key (ssn)"));
+    }
+}
