@@ -1,6 +1,7 @@
 //! Protocol handlers. The proxy hands each accepted session to the handler
 //! its target's protocol names; the handler serves it until either side
 //! closes and says how it ended.
+pub mod postgres;
 pub mod tcp;
 
 use std::{io, time::Duration};
