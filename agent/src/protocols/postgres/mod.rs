@@ -9,12 +9,19 @@
 //!   the ordered queue that ties the two.
 //! - `rows`: masking of results, COPY data and server messages.
 //! - `record`: the audit events of commands.
+//! - `upstream`, `scram`, `tls`, `config`: loopgate's own connection to the
+//!   server with the target's stored credential (the automation never sees
+//!   it), over TLS when configured.
 mod backend;
+pub mod config;
 pub mod frame;
 mod frontend;
 mod pending;
 mod record;
 mod rows;
+pub mod scram;
+pub mod tls;
+pub mod upstream;
 mod wire;
 
 use crate::{
