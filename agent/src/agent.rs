@@ -34,7 +34,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on 127.0.0.1:{port} and [::1]:{port}"))?;
     let interceptor = Arc::new(Interceptor::start(&config, cgroups)?);
-    let proxy = Proxy::new(config.clone(), interceptor.clone(), audit.clone());
+    let proxy = Proxy::new(config.clone(), interceptor.clone(), audit.clone())?;
     control::serve(&config.control.socket, proxy.clone(), interceptor.clone()).with_context(
         || {
             format!(

@@ -14,6 +14,11 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::{
+    mask::MaskConfig, policy::BuiltinPolicyConfig, protocols::postgres::config::UpstreamConfig,
+    sql::SqlConfig,
+};
+
 /// Where `loopgate run` looks for its config when none is named.
 pub const DEFAULT_PATH: &str = "/etc/loopgate/agent.toml";
 
@@ -24,7 +29,21 @@ pub struct Config {
     pub audit: AuditConfig,
     pub control: ControlConfig,
     pub proxy: ProxyConfig,
+    /// PHI masking of results and recorded text (all targets).
+    pub mask: MaskConfig,
+    /// SQL analysis (PostgreSQL targets).
+    pub sql: SqlConfig,
+    /// The built-in policy, used until a Rego policy is configured.
+    pub policy: BuiltinPolicyConfig,
+    pub tls: TlsConfig,
     pub targets: Vec<Target>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    /// Where loopgate keeps its local CA (key root-only), which signs the
+    /// certificates it shows clients that ask for TLS.
+    pub ca_dir: PathBuf,
 }
 
 #[derive(Clone, Debug)]
@@ -61,14 +80,34 @@ pub struct ProxyConfig {
 pub enum Protocol {
     /// Bytes passed through unchanged, counted and recorded per session.
     Tcp,
+    /// PostgreSQL wire protocol: per-statement decisions, masking, audit.
+    Postgres,
 }
 
 impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
+            Protocol::Postgres => "postgres",
         }
     }
+}
+
+/// How a target establishes who the caller is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// The process the kernel saw is the identity (no token asked).
+    Process,
+}
+
+/// The PostgreSQL part of a target.
+#[derive(Clone, Debug)]
+pub struct PostgresTarget {
+    pub identity: Identity,
+    pub upstream: UpstreamConfig,
+    /// Answer a client's SSLRequest with TLS (a certificate from loopgate's
+    /// local CA); otherwise it is answered 'N'.
+    pub client_tls: bool,
 }
 
 impl fmt::Display for Protocol {
@@ -86,6 +125,20 @@ pub struct Target {
     pub address: String,
     /// Every socket address it resolved to; each is intercepted.
     pub endpoints: Vec<SocketAddr>,
+    /// Set for `protocol = "postgres"`.
+    pub postgres: Option<PostgresTarget>,
+}
+
+impl Target {
+    /// The host part of `address` (a name or an IP), which a server
+    /// certificate must match.
+    pub fn host(&self) -> &str {
+        let host = self
+            .address
+            .rsplit_once(':')
+            .map_or(self.address.as_str(), |(h, _)| h);
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
 }
 
 /// A configuration error, located in the file.
@@ -162,8 +215,29 @@ mod raw {
         pub control: Control,
         #[serde(default)]
         pub proxy: Proxy,
+        #[serde(default)]
+        pub mask: MaskConfig,
+        #[serde(default)]
+        pub sql: SqlConfig,
+        #[serde(default)]
+        pub policy: Policy,
+        #[serde(default)]
+        pub tls: Tls,
         #[serde(default, rename = "target")]
         pub targets: Vec<Target>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Policy {
+        #[serde(default)]
+        pub builtin: BuiltinPolicyConfig,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Tls {
+        pub ca_dir: Option<PathBuf>,
     }
 
     #[derive(Deserialize, Default)]
@@ -199,6 +273,9 @@ mod raw {
         pub name: Spanned<String>,
         pub protocol: Spanned<String>,
         pub address: Spanned<String>,
+        pub identity: Option<Spanned<String>>,
+        pub upstream: Option<Spanned<UpstreamConfig>>,
+        pub client_tls: Option<Spanned<bool>>,
     }
 }
 
@@ -258,6 +335,15 @@ impl Validator<'_> {
             proxy: ProxyConfig {
                 drain_timeout: Duration::from_secs(raw.proxy.drain_timeout_secs.unwrap_or(30)),
                 connect_timeout,
+            },
+            mask: raw.mask,
+            sql: raw.sql,
+            policy: raw.policy.builtin,
+            tls: TlsConfig {
+                ca_dir: raw
+                    .tls
+                    .ca_dir
+                    .unwrap_or_else(|| PathBuf::from("/var/lib/loopgate/ca")),
             },
             targets,
         })
@@ -342,26 +428,23 @@ impl Validator<'_> {
                 format!("{name:?} is used by another target"),
             );
         }
+        let supported = "(supported: \"tcp\", \"postgres\")";
         let protocol = match raw.protocol.get_ref().as_str() {
             "tcp" => Protocol::Tcp,
-            "postgres" | "ssh" | "https" => {
-                return self.error(
-                    "target.protocol",
-                    raw.protocol.span(),
-                    format!(
-                        "{:?} is not supported by this build yet (supported: \"tcp\")",
-                        raw.protocol.get_ref()
-                    ),
+            "postgres" => Protocol::Postgres,
+            "ssh" | "https" => {
+                let message = format!(
+                    "{:?} is not supported by this build yet {supported}",
+                    raw.protocol.get_ref()
                 );
+                return self.error("target.protocol", raw.protocol.span(), message);
             }
             other => {
-                return self.error(
-                    "target.protocol",
-                    raw.protocol.span(),
-                    format!("unknown protocol {other:?} (supported: \"tcp\")"),
-                );
+                let message = format!("unknown protocol {other:?} {supported}");
+                return self.error("target.protocol", raw.protocol.span(), message);
             }
         };
+        let postgres = self.postgres(protocol, &raw)?;
         let address = raw.address.get_ref().clone();
         let endpoints = resolve(&address)
             .or_else(|message| self.error("target.address", raw.address.span(), message))?;
@@ -379,7 +462,69 @@ impl Validator<'_> {
             protocol,
             address,
             endpoints,
+            postgres,
         })
+    }
+
+    /// The PostgreSQL keys of a target: required for postgres, refused for others.
+    fn postgres(
+        &self,
+        protocol: Protocol,
+        raw: &raw::Target,
+    ) -> Result<Option<PostgresTarget>, ConfigError> {
+        if protocol != Protocol::Postgres {
+            if let Some(u) = &raw.upstream {
+                return self.error(
+                    "target.upstream",
+                    u.span(),
+                    format!("only postgres targets take an upstream; this one is {protocol}"),
+                );
+            }
+            if let Some(i) = &raw.identity {
+                return self.error(
+                    "target.identity",
+                    i.span(),
+                    format!("{protocol} targets take no identity"),
+                );
+            }
+            return Ok(None);
+        }
+        let Some(upstream) = &raw.upstream else {
+            return self.error(
+                "target.upstream",
+                raw.name.span(),
+                "a postgres target needs [target.upstream] (user and password_file or credential)",
+            );
+        };
+        if let Err(e) = upstream.get_ref().validate() {
+            return self.error("target.upstream", upstream.span(), e.to_string());
+        }
+        let identity = match raw
+            .identity
+            .as_ref()
+            .map(|i| (i.get_ref().as_str(), i.span()))
+        {
+            None | Some(("process", _)) => Identity::Process,
+            Some(("oidc", span)) => {
+                return self.error(
+                    "target.identity",
+                    span,
+                    "\"oidc\" is not supported by this build yet (supported: \"process\")",
+                );
+            }
+            Some((other, span)) => {
+                return self.error(
+                    "target.identity",
+                    span,
+                    format!("unknown identity {other:?} (supported: \"process\")"),
+                );
+            }
+        };
+        Ok(Some(PostgresTarget {
+            identity,
+            upstream: upstream.get_ref().clone(),
+            client_tls: raw.client_tls.as_ref().is_some_and(|t| *t.get_ref()),
+        }))
     }
 }
 
@@ -512,6 +657,32 @@ address = "[::1]:9000"
         let (_, key, msg) = invalid("[intercept]\ncgroups = [\"../etc\"]\n");
         assert_eq!(key, "intercept.cgroups");
         assert!(msg.contains("plain path"), "{msg}");
+    }
+
+    #[test]
+    fn postgres_targets_need_an_upstream() {
+        let text = "[[target]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"127.0.0.1:5432\"\nidentity = \"process\"\n\
+                    [target.upstream]\nuser = \"app\"\npassword_file = \"/etc/loopgate/secrets/db\"\ntls = \"disable\"\n";
+        let config = parse(text).unwrap();
+        let pg = config.targets[0].postgres.as_ref().unwrap();
+        assert_eq!(pg.upstream.user, "app");
+        assert_eq!(pg.identity, Identity::Process);
+        assert_eq!(config.targets[0].host(), "127.0.0.1");
+
+        let (line, key, _) = invalid(
+            "[[target]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"127.0.0.1:5432\"\n",
+        );
+        assert_eq!((line, key.as_str()), (2, "target.upstream"));
+        let (_, key, msg) = invalid(&text.replace("tls = \"disable\"", "tls = \"verify-full\""));
+        assert_eq!(key, "target.upstream");
+        assert!(msg.contains("ca_file"), "{msg}");
+        let (line, key, _) =
+            invalid(&text.replace("identity = \"process\"", "identity = \"kerberos\""));
+        assert_eq!((line, key.as_str()), (5, "target.identity"));
+        let err = parse(&text.replace("user = \"app\"", "user = \"app\"\npasword_file = \"x\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pasword_file"), "{err}");
     }
 
     #[test]

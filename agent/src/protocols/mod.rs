@@ -1,22 +1,86 @@
 //! Protocol handlers. The proxy hands each accepted session to the handler
-//! its target's protocol names; the handler serves it until either side
-//! closes and says how it ended.
+//! of its target; the handler serves it until either side closes and says
+//! how it ended.
 pub mod postgres;
 pub mod tcp;
 
-use std::{io, time::Duration};
+use std::{io, sync::Arc, time::Duration};
 
+use anyhow::Context as _;
 use tokio::net::TcpStream;
 
 use crate::{
-    config::Protocol,
+    config::{Config, Protocol, Target},
+    mask::Masker,
+    policy::{self, BuiltinPolicy},
     proxy::{Session, SessionEnd},
+    sql::{AnalysisCache, Analyzer},
 };
 
+/// A target's handler, with the state its sessions share.
+pub enum Handler {
+    Tcp,
+    Postgres(Box<postgres::Service>),
+}
+
+impl Handler {
+    /// Builds the handler of `target`: reads its secrets and prepares what
+    /// its sessions share. Fails at agent start, not at the first session.
+    pub fn for_target(
+        target: &Target,
+        config: &Config,
+        masker: &Masker,
+    ) -> anyhow::Result<Handler> {
+        match target.protocol {
+            Protocol::Tcp => Ok(Handler::Tcp),
+            Protocol::Postgres => {
+                let pg = target
+                    .postgres
+                    .as_ref()
+                    .context("postgres target without its settings")?;
+                let upstream = postgres::upstream::UpstreamSettings::from_config(&pg.upstream)
+                    .with_context(|| format!("target {:?}: upstream credentials", target.name))?;
+                let client_tls = if pg.client_tls {
+                    let ca = postgres::tls::LocalCa::load_or_create(&config.tls.ca_dir)
+                        .with_context(|| {
+                            format!("loopgate's local CA in {}", config.tls.ca_dir.display())
+                        })?;
+                    let mut names = vec![target.host().to_owned()];
+                    names.extend(target.endpoints.iter().map(|e| e.ip().to_string()));
+                    names.sort();
+                    names.dedup();
+                    Some(ca.server_config(&names)?)
+                } else {
+                    None
+                };
+                Ok(Handler::Postgres(Box::new(postgres::Service {
+                    analysis: AnalysisCache::new(Analyzer::new(&config.sql, masker.clone())),
+                    policy: Arc::new(BuiltinPolicy::new(config.policy.clone())),
+                    masker: masker.clone(),
+                    target: policy::TargetInfo {
+                        name: target.name.clone(),
+                        protocol: target.protocol.as_str().to_owned(),
+                    },
+                    upstream,
+                    server_name: target.host().to_owned(),
+                    client_tls,
+                    cancels: Default::default(),
+                })))
+            }
+        }
+    }
+}
+
 /// Serves `client` for `session` with the target's protocol handler.
-pub async fn serve(session: &Session, client: TcpStream, connect_timeout: Duration) -> SessionEnd {
-    match session.target.protocol {
-        Protocol::Tcp => tcp::serve(session, client, connect_timeout).await,
+pub async fn serve(
+    session: &Session,
+    handler: &Handler,
+    client: TcpStream,
+    connect_timeout: Duration,
+) -> SessionEnd {
+    match handler {
+        Handler::Tcp => tcp::serve(session, client, connect_timeout).await,
+        Handler::Postgres(svc) => postgres::serve(svc, session, client, connect_timeout).await,
     }
 }
 

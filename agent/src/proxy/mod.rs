@@ -23,8 +23,10 @@ use crate::{
     audit::{AuditLog, Decision, Event, EventKind, Outcome, Verdict},
     config::{Config, Target},
     intercept::{Intercepted, Interceptor, endpoint},
-    protocols,
+    mask::Masker,
+    protocols::{self, Handler},
 };
+use anyhow::Context as _;
 
 /// How long the proxy waits for the kernel's record of a just-accepted
 /// connection. The record is written when the client's handshake completes,
@@ -63,22 +65,44 @@ impl Listeners {
 /// Shared state of the running proxy.
 pub struct Proxy {
     pub config: Arc<Config>,
-    targets: Vec<Arc<Target>>,
+    routes: Vec<Route>,
     interceptor: Arc<Interceptor>,
     audit: AuditLog,
     pub registry: Arc<Registry>,
 }
 
+/// A target and the handler that serves its sessions.
+struct Route {
+    target: Arc<Target>,
+    handler: Arc<Handler>,
+}
+
 impl Proxy {
-    pub fn new(config: Arc<Config>, interceptor: Arc<Interceptor>, audit: AuditLog) -> Arc<Proxy> {
-        let targets = config.targets.iter().cloned().map(Arc::new).collect();
-        Arc::new(Proxy {
+    /// Builds every target's handler (reading secrets, preparing caches);
+    /// an error here stops the agent before it intercepts anything.
+    pub fn new(
+        config: Arc<Config>,
+        interceptor: Arc<Interceptor>,
+        audit: AuditLog,
+    ) -> anyhow::Result<Arc<Proxy>> {
+        let masker = Masker::from_config(&config.mask).context("[mask]")?;
+        let routes = config
+            .targets
+            .iter()
+            .map(|t| {
+                Ok(Route {
+                    target: Arc::new(t.clone()),
+                    handler: Arc::new(Handler::for_target(t, &config, &masker)?),
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Arc::new(Proxy {
             config,
-            targets,
+            routes,
             interceptor,
             audit,
             registry: Arc::default(),
-        })
+        }))
     }
 
     /// Accepts until `stop` turns true, then stops accepting (new
@@ -143,7 +167,7 @@ impl Proxy {
             self.refuse_not_redirected(peer).await;
             return;
         };
-        let Some(target) = self.target_for(intercepted.original) else {
+        let Some((target, handler)) = self.route(intercepted.original) else {
             // The target map and the config disagree (e.g. a target removed
             // while the record was in flight): refuse, never guess.
             self.refuse(
@@ -192,7 +216,7 @@ impl Proxy {
         );
         self.registry.open(&session);
         let end = tokio::select! {
-            end = protocols::serve(&session, client, self.config.proxy.connect_timeout) => end,
+            end = protocols::serve(&session, &handler, client, self.config.proxy.connect_timeout) => end,
             _ = force_close.changed() => SessionEnd::failed("shutdown", "closed by agent shutdown after the drain timeout"),
         };
         self.registry.close(&session);
@@ -219,11 +243,11 @@ impl Proxy {
         None
     }
 
-    fn target_for(&self, original: SocketAddr) -> Option<Arc<Target>> {
-        self.targets
+    fn route(&self, original: SocketAddr) -> Option<(Arc<Target>, Arc<Handler>)> {
+        self.routes
             .iter()
-            .find(|t| t.endpoints.contains(&original))
-            .cloned()
+            .find(|r| r.target.endpoints.contains(&original))
+            .map(|r| (r.target.clone(), r.handler.clone()))
     }
 
     fn session_event(&self, session: &Session, kind: EventKind) -> Event {

@@ -63,7 +63,13 @@ impl<'s> Backend<'s> {
         }
     }
 
-    pub async fn run<R, W>(mut self, server: &mut R, mut buf: BytesMut, client: &mut W, mut pending: mpsc::Receiver<Pending>) -> Result<(), SessionError>
+    pub async fn run<R, W>(
+        mut self,
+        server: &mut R,
+        mut buf: BytesMut,
+        client: &mut W,
+        mut pending: mpsc::Receiver<Pending>,
+    ) -> Result<(), SessionError>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -112,7 +118,9 @@ impl<'s> Backend<'s> {
         match frame.tag.unwrap_or(0) {
             b'T' => {
                 let overrides = self.current().map(|c| c.mask.clone()).unwrap_or_default();
-                let (mask, rewritten) = ResultMask::from_description(&self.svc.masker, &frame, &overrides).map_err(SessionError::Protocol)?;
+                let (mask, rewritten) =
+                    ResultMask::from_description(&self.svc.masker, &frame, &overrides)
+                        .map_err(SessionError::Protocol)?;
                 self.result = Some(mask);
                 out.extend_from_slice(rewritten.as_deref().unwrap_or(&frame.bytes));
             }
@@ -144,14 +152,16 @@ impl<'s> Backend<'s> {
             }
             b'E' => {
                 let code = rows::error_code(&frame);
-                let masked = rows::server_message(&self.svc.masker, &frame).map_err(SessionError::Protocol)?;
+                let masked = rows::server_message(&self.svc.masker, &frame)
+                    .map_err(SessionError::Protocol)?;
                 out.extend_from_slice(masked.as_deref().unwrap_or(&frame.bytes));
                 self.copy = None;
                 self.finish("error", code);
                 self.skip_after_error();
             }
             b'N' => {
-                let masked = rows::server_message(&self.svc.masker, &frame).map_err(SessionError::Protocol)?;
+                let masked = rows::server_message(&self.svc.masker, &frame)
+                    .map_err(SessionError::Protocol)?;
                 out.extend_from_slice(masked.as_deref().unwrap_or(&frame.bytes));
             }
             b'Z' => {
@@ -167,9 +177,14 @@ impl<'s> Backend<'s> {
                 }
             }
             b'A' => self.notification(&frame, out)?,
-            b'1' | b'2' | b'3' | b't' | b'n' | b'S' | b'G' | b'W' | b'K' => out.extend_from_slice(&frame.bytes),
+            b'1' | b'2' | b'3' | b't' | b'n' | b'S' | b'G' | b'W' | b'K' => {
+                out.extend_from_slice(&frame.bytes)
+            }
             other => {
-                return Err(SessionError::Protocol(format!("unexpected server message type {:?}", other as char)));
+                return Err(SessionError::Protocol(format!(
+                    "unexpected server message type {:?}",
+                    other as char
+                )));
             }
         }
         self.tally.bytes += (out.len() - start) as u64;
@@ -311,7 +326,8 @@ impl<'s> Backend<'s> {
             std::borrow::Cow::Borrowed(_) => out.extend_from_slice(&frame.bytes),
             std::borrow::Cow::Owned(masked) => {
                 n.payload = masked;
-                n.encode(out).map_err(|e| SessionError::Protocol(e.to_string()))?;
+                n.encode(out)
+                    .map_err(|e| SessionError::Protocol(e.to_string()))?;
             }
         }
         Ok(())
@@ -344,5 +360,10 @@ fn skipped() -> Outcome {
 /// The row count at the end of a CommandComplete tag ("SELECT 5", "INSERT 0 5").
 fn rows_of(frame: &Frame) -> Option<u64> {
     let (tag, _) = frame::cstr(frame.body())?;
-    std::str::from_utf8(tag).ok()?.rsplit(' ').next()?.parse().ok()
+    std::str::from_utf8(tag)
+        .ok()?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
 }

@@ -51,7 +51,11 @@ pub enum FrameError {
 }
 
 fn printable(ty: u8) -> char {
-    if ty.is_ascii_graphic() { ty as char } else { '?' }
+    if ty.is_ascii_graphic() {
+        ty as char
+    } else {
+        '?'
+    }
 }
 
 /// Reads buffered input until `buf` holds one whole message, then splits it
@@ -67,7 +71,12 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     loop {
         if buf.len() >= header {
             let len_at = header - 4;
-            let len = i32::from_be_bytes([buf[len_at], buf[len_at + 1], buf[len_at + 2], buf[len_at + 3]]);
+            let len = i32::from_be_bytes([
+                buf[len_at],
+                buf[len_at + 1],
+                buf[len_at + 2],
+                buf[len_at + 3],
+            ]);
             if len < 4 {
                 return Err(FrameError::BadLength(len.into()));
             }
@@ -85,14 +94,22 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             buf.reserve(8 * 1024);
         }
         if reader.read_buf(buf).await? == 0 {
-            return if buf.is_empty() { Ok(None) } else { Err(FrameError::Truncated) };
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
         }
     }
 }
 
 /// Reads one whole typed message during connection start-up, where the
 /// peer closing is an error.
-pub async fn read_backend<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut BytesMut, limit: usize) -> Result<BytesMut, FrameError> {
+pub async fn read_backend<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    limit: usize,
+) -> Result<BytesMut, FrameError> {
     match read_frame(reader, buf, true, limit).await? {
         Some(frame) => Ok(frame.bytes),
         None => Err(FrameError::Closed),
@@ -289,15 +306,29 @@ mod tests {
 
     #[tokio::test]
     async fn rejects_bad_and_oversized_lengths() {
-        assert!(matches!(frames(b"Q\0\0\0\x02", true, MAX_MESSAGE).await, Err(FrameError::BadLength(2))));
-        assert!(matches!(frames(b"Q\xff\xff\xff\xff", true, MAX_MESSAGE).await, Err(FrameError::BadLength(-1))));
-        assert!(matches!(frames(b"Q\0\x10\0\0", true, 1000).await, Err(FrameError::TooLarge { .. })));
-        assert!(matches!(frames(b"Q\0\0\0\x0dsel", true, MAX_MESSAGE).await, Err(FrameError::Truncated)));
+        assert!(matches!(
+            frames(b"Q\0\0\0\x02", true, MAX_MESSAGE).await,
+            Err(FrameError::BadLength(2))
+        ));
+        assert!(matches!(
+            frames(b"Q\xff\xff\xff\xff", true, MAX_MESSAGE).await,
+            Err(FrameError::BadLength(-1))
+        ));
+        assert!(matches!(
+            frames(b"Q\0\x10\0\0", true, 1000).await,
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            frames(b"Q\0\0\0\x0dsel", true, MAX_MESSAGE).await,
+            Err(FrameError::Truncated)
+        ));
     }
 
     #[tokio::test]
     async fn startup_packets_are_untyped() {
-        let f = frames(b"\0\0\0\x08\x04\xd2\x16\x2f", false, MAX_STARTUP_MESSAGE).await.unwrap();
+        let f = frames(b"\0\0\0\x08\x04\xd2\x16\x2f", false, MAX_STARTUP_MESSAGE)
+            .await
+            .unwrap();
         assert_eq!(f[0].tag, None);
         assert_eq!(f[0].body(), [0x04, 0xd2, 0x16, 0x2f]);
     }
@@ -370,7 +401,9 @@ mod decode_tests {
     async fn bounds_and_eof() {
         let mut buf = BytesMut::new();
         let long = frame(b'D', &[0u8; 100]);
-        let err = read_backend(&mut &long[..], &mut buf, 50).await.unwrap_err();
+        let err = read_backend(&mut &long[..], &mut buf, 50)
+            .await
+            .unwrap_err();
         assert!(
             matches!(
                 err,

@@ -81,7 +81,12 @@ impl<'s> Frontend<'s> {
     /// Relays until the client terminates or disconnects. Forwarded messages
     /// are buffered and written when no further complete message is waiting,
     /// so a pipelined Bind/Execute/Sync costs one write.
-    pub async fn run<R, W>(mut self, client: &mut R, mut buf: BytesMut, server: &mut W) -> Result<(), SessionError>
+    pub async fn run<R, W>(
+        mut self,
+        client: &mut R,
+        mut buf: BytesMut,
+        server: &mut W,
+    ) -> Result<(), SessionError>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -136,11 +141,21 @@ impl<'s> Frontend<'s> {
             b'F' => {
                 // FunctionCall runs a function by OID, bypassing SQL: the
                 // statement cannot be classified, so it is refused.
-                let error = wire::error(sqlstate::FEATURE_NOT_SUPPORTED, "loopgate: the FunctionCall protocol message is refused; call the function with SELECT");
-                self.queue(Pending::Reply { bytes: error, ready: true }).await?;
+                let error = wire::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "loopgate: the FunctionCall protocol message is refused; call the function with SELECT",
+                );
+                self.queue(Pending::Reply {
+                    bytes: error,
+                    ready: true,
+                })
+                .await?;
             }
             other => {
-                return Err(SessionError::Protocol(format!("unexpected client message type {:?}", other as char)));
+                return Err(SessionError::Protocol(format!(
+                    "unexpected client message type {:?}",
+                    other as char
+                )));
             }
         }
         Ok(Flow::Continue)
@@ -151,25 +166,50 @@ impl<'s> Frontend<'s> {
     async fn query(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), SessionError> {
         let text = match statement_text(frame.body()) {
             Ok(t) => t,
-            Err(reply) => return self.queue(Pending::Reply { bytes: reply, ready: true }).await,
+            Err(reply) => {
+                return self
+                    .queue(Pending::Reply {
+                        bytes: reply,
+                        ready: true,
+                    })
+                    .await;
+            }
         };
         let analysis = self.svc.analysis.analyze(text);
-        let decisions: Vec<PolicyDecision> = analysis.statements.iter().map(|s| self.decide(s)).collect();
+        let decisions: Vec<PolicyDecision> =
+            analysis.statements.iter().map(|s| self.decide(s)).collect();
         if let Some(refusal) = decisions.iter().find(|d| !d.is_allow()) {
             let (rule, reason) = refusal_text(refusal);
             for stmt in &analysis.statements {
-                self.record(record::command(self.session, stmt, record::block(&rule, &reason), Vec::new()))
-                    .await?;
+                self.record(record::command(
+                    self.session,
+                    stmt,
+                    record::block(&rule, &reason),
+                    Vec::new(),
+                ))
+                .await?;
             }
             let message = format!("loopgate: statement refused by rule {rule}: {reason}");
             let reply = wire::error(sqlstate::INSUFFICIENT_PRIVILEGE, &message);
-            return self.queue(Pending::Reply { bytes: reply, ready: true }).await;
+            return self
+                .queue(Pending::Reply {
+                    bytes: reply,
+                    ready: true,
+                })
+                .await;
         }
         let mut commands = Vec::with_capacity(analysis.statements.len());
         for (stmt, decision) in analysis.statements.iter().zip(decisions) {
             match self.record_allowed(stmt, decision, Vec::new()).await {
                 Ok(c) => commands.push(c),
-                Err(reply) => return self.queue(Pending::Reply { bytes: reply, ready: true }).await,
+                Err(reply) => {
+                    return self
+                        .queue(Pending::Reply {
+                            bytes: reply,
+                            ready: true,
+                        })
+                        .await;
+                }
             }
         }
         self.queue(Pending::Query(commands)).await?;
@@ -191,21 +231,36 @@ impl<'s> Frontend<'s> {
         };
         let analysis = self.svc.analysis.analyze(text);
         if analysis.statements.len() > 1 {
-            let reply = wire::error("42601", "loopgate: a prepared statement must hold exactly one statement");
+            let reply = wire::error(
+                "42601",
+                "loopgate: a prepared statement must hold exactly one statement",
+            );
             return self.refuse_extended(reply).await;
         }
-        let decision = analysis.statements.first().map_or_else(PolicyDecision::allow, |s| self.decide(s));
+        let decision = analysis
+            .statements
+            .first()
+            .map_or_else(PolicyDecision::allow, |s| self.decide(s));
         if !decision.is_allow() {
             let (rule, reason) = refusal_text(&decision);
             if let Some(stmt) = analysis.statements.first() {
-                self.record(record::command(self.session, stmt, record::block(&rule, &reason), Vec::new()))
-                    .await?;
+                self.record(record::command(
+                    self.session,
+                    stmt,
+                    record::block(&rule, &reason),
+                    Vec::new(),
+                ))
+                .await?;
             }
             let message = format!("loopgate: statement refused by rule {rule}: {reason}");
-            return self.refuse_extended(wire::error(sqlstate::INSUFFICIENT_PRIVILEGE, &message)).await;
+            return self
+                .refuse_extended(wire::error(sqlstate::INSUFFICIENT_PRIVILEGE, &message))
+                .await;
         }
-        self.statements
-            .insert(Bytes::copy_from_slice(name), Arc::new(Prepared { analysis, decision }));
+        self.statements.insert(
+            Bytes::copy_from_slice(name),
+            Arc::new(Prepared { analysis, decision }),
+        );
         out.extend_from_slice(&frame.bytes);
         Ok(())
     }
@@ -216,7 +271,13 @@ impl<'s> Frontend<'s> {
         }
         let (portal, statement, parameters) = parse_bind(frame.body(), self)?;
         if let Some(prepared) = self.statements.get(statement).cloned() {
-            self.portals.insert(Bytes::copy_from_slice(portal), Portal { prepared, parameters });
+            self.portals.insert(
+                Bytes::copy_from_slice(portal),
+                Portal {
+                    prepared,
+                    parameters,
+                },
+            );
         } else {
             // The server answers an unknown statement with its own error;
             // an Execute of this portal is refused below.
@@ -250,7 +311,10 @@ impl<'s> Frontend<'s> {
             out.extend_from_slice(&frame.bytes);
             return Ok(());
         };
-        match self.record_allowed(stmt, prepared.decision.clone(), parameters).await {
+        match self
+            .record_allowed(stmt, prepared.decision.clone(), parameters)
+            .await
+        {
             Ok(command) => {
                 self.queue(Pending::Execute(command)).await?;
                 out.extend_from_slice(&frame.bytes);
@@ -289,7 +353,10 @@ impl<'s> Frontend<'s> {
             // cannot be honoured, so the statement is refused (fail closed).
             PolicyDecision::Hold(hold) => PolicyDecision::deny(
                 &hold.rule_id,
-                format!("{} (needs approval, which this build cannot grant)", hold.reason),
+                format!(
+                    "{} (needs approval, which this build cannot grant)",
+                    hold.reason
+                ),
             ),
             d => d,
         }
@@ -297,12 +364,20 @@ impl<'s> Frontend<'s> {
 
     /// Records an allowed statement; the command may be forwarded once this
     /// returns Ok. An audit failure yields the error to send instead.
-    async fn record_allowed(&self, stmt: &AnalyzedStatement, decision: PolicyDecision, parameters: Vec<String>) -> Result<Command, BytesMut> {
+    async fn record_allowed(
+        &self,
+        stmt: &AnalyzedStatement,
+        decision: PolicyDecision,
+        parameters: Vec<String>,
+    ) -> Result<Command, BytesMut> {
         let event = record::command(self.session, stmt, record::allow(), parameters);
         let event_id = event.event_id;
         if let Err(e) = self.session.audit.append(event).await {
             tracing::error!(session = %self.session.id, error = %e, "refusing statement: audit unavailable");
-            return Err(wire::error(sqlstate::SYSTEM_ERROR, "loopgate: the audit trail cannot record this statement, so it was not run; try again later"));
+            return Err(wire::error(
+                sqlstate::SYSTEM_ERROR,
+                "loopgate: the audit trail cannot record this statement, so it was not run; try again later",
+            ));
         }
         Ok(Command {
             event_id,
@@ -314,14 +389,22 @@ impl<'s> Frontend<'s> {
     }
 
     async fn record(&self, event: crate::audit::Event) -> Result<(), SessionError> {
-        self.session.audit.append(event).await.map_err(SessionError::Audit)
+        self.session
+            .audit
+            .append(event)
+            .await
+            .map_err(SessionError::Audit)
     }
 
     /// Refuses an extended-protocol message: the error goes to the client
     /// in order, and the rest of the batch is dropped until Sync.
     async fn refuse_extended(&mut self, reply: BytesMut) -> Result<(), SessionError> {
         self.skipping = true;
-        self.queue(Pending::Reply { bytes: reply, ready: false }).await
+        self.queue(Pending::Reply {
+            bytes: reply,
+            ready: false,
+        })
+        .await
     }
 
     async fn queue(&self, p: Pending) -> Result<(), SessionError> {
@@ -349,14 +432,25 @@ impl<'s> Frontend<'s> {
 /// Statement text in another encoding could be read differently by the
 /// analyser and by the server, so it is refused.
 fn statement_text(body: &[u8]) -> Result<&str, BytesMut> {
-    let (text, _) = cstr(body).ok_or_else(|| wire::error(sqlstate::PROTOCOL_VIOLATION, "loopgate: malformed statement text"))?;
+    let (text, _) = cstr(body).ok_or_else(|| {
+        wire::error(
+            sqlstate::PROTOCOL_VIOLATION,
+            "loopgate: malformed statement text",
+        )
+    })?;
     std::str::from_utf8(text).map_err(|_| {
-        wire::error("22021", "loopgate: statement text must be valid UTF-8 (set client_encoding to UTF8)")
+        wire::error(
+            "22021",
+            "loopgate: statement text must be valid UTF-8 (set client_encoding to UTF8)",
+        )
     })
 }
 
 /// Portal name, statement name and recorded (masked) parameter values.
-fn parse_bind<'b>(body: &'b [u8], fe: &Frontend<'_>) -> Result<(&'b [u8], &'b [u8], Vec<String>), SessionError> {
+fn parse_bind<'b>(
+    body: &'b [u8],
+    fe: &Frontend<'_>,
+) -> Result<(&'b [u8], &'b [u8], Vec<String>), SessionError> {
     let (portal, rest) = cstr(body).ok_or_else(|| malformed("Bind"))?;
     let (statement, mut rest) = cstr(rest).ok_or_else(|| malformed("Bind"))?;
     let n_formats = take_i16(&mut rest).ok_or_else(|| malformed("Bind"))?;
@@ -397,8 +491,14 @@ fn parse_bind<'b>(body: &'b [u8], fe: &Frontend<'_>) -> Result<(&'b [u8], &'b [u
 /// The column names of a `COPY ... TO`, when the statement names them.
 fn copy_columns(stmt: &AnalyzedStatement) -> Vec<String> {
     match &stmt.classification {
-        Ok(c) if c.kind == StatementKind::CopyTo && !c.columns.iter().any(|p| p.expr.ends_with('*')) => {
-            c.columns.iter().map(|p| p.output_name().to_owned()).collect()
+        Ok(c)
+            if c.kind == StatementKind::CopyTo
+                && !c.columns.iter().any(|p| p.expr.ends_with('*')) =>
+        {
+            c.columns
+                .iter()
+                .map(|p| p.output_name().to_owned())
+                .collect()
         }
         _ => Vec::new(),
     }

@@ -13,6 +13,7 @@
 //!   server with the target's stored credential (the automation never sees
 //!   it), over TLS when configured.
 mod backend;
+mod cancel;
 pub mod config;
 pub mod frame;
 mod frontend;
@@ -20,18 +21,36 @@ mod pending;
 mod record;
 mod rows;
 pub mod scram;
+mod startup;
+mod stream;
 pub mod tls;
 pub mod upstream;
 mod wire;
 
+use std::{sync::Arc, time::Duration};
+
+use bytes::BytesMut;
+use tokio::{io::AsyncWriteExt as _, net::TcpStream, sync::mpsc};
+
+use self::{
+    backend::Backend,
+    cancel::{CancelRegistry, CancelTarget},
+    frontend::Frontend,
+    startup::Opening,
+    upstream::{UpstreamError, UpstreamSettings},
+    wire::sqlstate,
+};
 use crate::{
-    audit::AuditError,
+    audit::{AuditError, Principal},
     mask::Masker,
     policy::{self, PolicyEngine},
-    proxy::Session,
+    proxy::{Session, SessionEnd},
     sql::AnalysisCache,
 };
-use std::sync::Arc;
+
+/// How many answers the client side may queue ahead of the server side
+/// (pipelined statements); beyond it the client side waits.
+const PIPELINE_DEPTH: usize = 1024;
 
 /// Everything a target's PostgreSQL sessions share; built once at start.
 pub struct Service {
@@ -39,6 +58,182 @@ pub struct Service {
     pub policy: Arc<dyn PolicyEngine>,
     pub masker: Masker,
     pub target: policy::TargetInfo,
+    pub upstream: UpstreamSettings,
+    /// Host name or IP the upstream certificate must match (verify-full).
+    pub server_name: String,
+    /// loopgate's TLS server config, when the target offers TLS to clients.
+    pub client_tls: Option<Arc<rustls::ServerConfig>>,
+    pub cancels: CancelRegistry,
+}
+
+/// Serves one intercepted PostgreSQL connection.
+pub async fn serve(
+    svc: &Service,
+    session: &Session,
+    client: TcpStream,
+    connect_timeout: Duration,
+) -> SessionEnd {
+    let opening = match startup::open(client, svc.client_tls.as_ref()).await {
+        Ok(o) => o,
+        Err(SessionError::Closed) => {
+            return SessionEnd::failed("closed", "client left during startup");
+        }
+        Err(e) => return SessionEnd::failed("protocol_error", e.to_string()),
+    };
+    let (mut stream, parameters, buf) = match opening {
+        Opening::Cancel { pid, secret } => {
+            let known = svc.cancels.cancel(pid, &secret).await;
+            tracing::info!(session = %session.id, known, "cancel request");
+            return if known {
+                SessionEnd::ok()
+            } else {
+                SessionEnd::failed("refused", "cancel request with an unknown key")
+            };
+        }
+        Opening::Session {
+            stream,
+            parameters,
+            buf,
+        } => (stream, parameters, buf),
+    };
+    // identity = "process": the kernel's attribution is the identity.
+    let _ = session.principal.set(Principal {
+        subject: Some(format!(
+            "unix:{}",
+            session
+                .process
+                .user
+                .clone()
+                .unwrap_or_else(|| session.process.uid.map_or("?".into(), |u| u.to_string()))
+        )),
+        issuer: Some("kernel".to_owned()),
+        email: None,
+        groups: Vec::new(),
+    });
+
+    let connected = tokio::time::timeout(
+        connect_timeout,
+        upstream::connect(
+            session.original,
+            &svc.server_name,
+            &svc.upstream,
+            &parameters,
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(UpstreamError::Connect(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connect timed out",
+        )))
+    });
+    let upstream = match connected {
+        Ok(u) => u,
+        Err(e) => {
+            // The server's own words may name the upstream role or echo
+            // values: the client gets the SQLSTATE, the log the details.
+            tracing::warn!(session = %session.id, error = %e, "upstream login failed");
+            let code = e
+                .sqlstate()
+                .unwrap_or(sqlstate::CONNECTION_FAILURE)
+                .to_owned();
+            let message =
+                format!("loopgate: the database refused or could not be reached (SQLSTATE {code})");
+            let _ = stream.write_all(&wire::fatal(&code, &message)).await;
+            let status = if matches!(e, UpstreamError::Connect(_)) {
+                "unreachable"
+            } else {
+                "upstream_refused"
+            };
+            return SessionEnd::failed(status, format!("upstream login failed: SQLSTATE {code}"));
+        }
+    };
+
+    let key = upstream.backend_key.as_ref().map(|(pid, secret)| {
+        svc.cancels.register(CancelTarget {
+            addr: session.original,
+            server_name: svc.server_name.clone(),
+            tls: svc.upstream.tls.clone(),
+            pid: *pid,
+            secret: secret.clone(),
+        })
+    });
+    let mut hello = BytesMut::new();
+    hello.extend_from_slice(&wire::authentication_ok());
+    for (name, value) in &upstream.parameters {
+        hello.extend_from_slice(&wire::parameter_status(name, value));
+    }
+    if let Some((pid, secret)) = key {
+        hello.extend_from_slice(&wire::backend_key_data(pid, secret));
+    }
+    hello.extend_from_slice(&wire::ready_for_query(b'I'));
+    session.add_to_client(hello.len());
+    let end = match stream.write_all(&hello).await {
+        Ok(()) => relay(svc, session, stream, buf, upstream).await,
+        Err(_) => SessionEnd::failed("closed", "client left during startup"),
+    };
+    if let Some(key) = key {
+        svc.cancels.unregister(key);
+    }
+    end
+}
+
+/// Runs the two directions until either side ends the session.
+async fn relay(
+    svc: &Service,
+    session: &Session,
+    client: stream::PgStream,
+    client_buf: BytesMut,
+    upstream: upstream::Upstream,
+) -> SessionEnd {
+    let (mut client_rx, mut client_tx) = tokio::io::split(client);
+    let (mut server_rx, mut server_tx) = tokio::io::split(upstream.stream);
+    let (pending_tx, pending_rx) = mpsc::channel(PIPELINE_DEPTH);
+    let result = {
+        let frontend =
+            Frontend::new(svc, session, pending_tx).run(&mut client_rx, client_buf, &mut server_tx);
+        let backend = Backend::new(svc, session).run(
+            &mut server_rx,
+            upstream.leftover,
+            &mut client_tx,
+            pending_rx,
+        );
+        tokio::select! {
+            r = frontend => r,
+            r = backend => r,
+        }
+    };
+    match result {
+        Ok(()) => SessionEnd::ok(),
+        Err(SessionError::Protocol(reason)) => {
+            tracing::warn!(session = %session.id, %reason, "ending session on a protocol error");
+            let message = format!("loopgate: {reason}");
+            let _ = client_tx
+                .write_all(&wire::fatal(sqlstate::PROTOCOL_VIOLATION, &message))
+                .await;
+            SessionEnd::failed("protocol_error", reason)
+        }
+        Err(SessionError::Frame(e)) => {
+            let _ = client_tx
+                .write_all(&wire::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    &format!("loopgate: {e}"),
+                ))
+                .await;
+            SessionEnd::failed("protocol_error", e.to_string())
+        }
+        Err(SessionError::Audit(e)) => {
+            let _ = client_tx
+                .write_all(&wire::fatal(
+                    sqlstate::SYSTEM_ERROR,
+                    "loopgate: the audit trail is unavailable; the session is closed",
+                ))
+                .await;
+            SessionEnd::failed("audit_unavailable", e.to_string())
+        }
+        Err(SessionError::Io(e)) => SessionEnd::failed("closed", format!("connection error: {e}")),
+        Err(SessionError::Closed) => SessionEnd::ok(),
+    }
 }
 
 impl Service {

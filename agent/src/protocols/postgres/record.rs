@@ -6,13 +6,25 @@ use crate::{
 };
 
 /// The `command` event for `stmt`, before it is forwarded or refused.
-pub fn command(session: &Session, stmt: &AnalyzedStatement, decision: Decision, parameters: Vec<String>) -> Event {
+pub fn command(
+    session: &Session,
+    stmt: &AnalyzedStatement,
+    decision: Decision,
+    parameters: Vec<String>,
+) -> Event {
     let mut e = base(session, EventKind::Command);
     let (kind, mut tables, columns) = match &stmt.classification {
         Ok(c) => (
             Some(c.kind.as_str().to_owned()),
-            c.tables_read.iter().chain(&c.tables_written).cloned().collect::<Vec<_>>(),
-            c.columns.iter().map(|p| p.output_name().to_owned()).collect(),
+            c.tables_read
+                .iter()
+                .chain(&c.tables_written)
+                .cloned()
+                .collect::<Vec<_>>(),
+            c.columns
+                .iter()
+                .map(|p| p.output_name().to_owned())
+                .collect(),
         ),
         Err(_) => (Some("unparseable".to_owned()), Vec::new(), Vec::new()),
     };

@@ -27,7 +27,11 @@ pub struct ResultMask {
 impl ResultMask {
     /// Plans masking from a RowDescription and returns the description to
     /// send (rewritten when a column must be announced as text).
-    pub fn from_description(masker: &Masker, frame: &Frame, overrides: &[MaskRule]) -> Result<(ResultMask, Option<BytesMut>), String> {
+    pub fn from_description(
+        masker: &Masker,
+        frame: &Frame,
+        overrides: &[MaskRule],
+    ) -> Result<(ResultMask, Option<BytesMut>), String> {
         let mut bytes = frame.bytes.clone();
         let desc = RowDescription::decode(&mut bytes, &DecodeContext::default())
             .map_err(|e| format!("bad RowDescription: {e}"))?
@@ -43,7 +47,8 @@ impl ResultMask {
             })
             .collect();
         let plan = masker.plan(&columns, overrides);
-        let rewrite = (0..desc.fields.len()).any(|i| plan.announce_as_text(i) && desc.fields[i].type_id != TEXT_OID);
+        let rewrite = (0..desc.fields.len())
+            .any(|i| plan.announce_as_text(i) && desc.fields[i].type_id != TEXT_OID);
         let names: Vec<String> = desc.fields.iter().map(|f| f.name.clone()).collect();
         let changed = vec![false; names.len()];
         let rewritten = if rewrite {
@@ -56,12 +61,20 @@ impl ResultMask {
                 }
             }
             let mut out = BytesMut::new();
-            desc.encode(&mut out).map_err(|e| format!("re-encoding RowDescription: {e}"))?;
+            desc.encode(&mut out)
+                .map_err(|e| format!("re-encoding RowDescription: {e}"))?;
             Some(out)
         } else {
             None
         };
-        Ok((ResultMask { plan, names, changed }, rewritten))
+        Ok((
+            ResultMask {
+                plan,
+                names,
+                changed,
+            },
+            rewritten,
+        ))
     }
 
     /// A plan for rows that arrive without a description (an Execute with
@@ -114,7 +127,10 @@ impl ResultMask {
         let mut body = frame.body();
         let count = take_i16(&mut body).ok_or("truncated DataRow")?;
         if count < 0 || count as usize != self.names.len() {
-            return Err(format!("DataRow has {count} fields, its description {}", self.names.len()));
+            return Err(format!(
+                "DataRow has {count} fields, its description {}",
+                self.names.len()
+            ));
         }
         let start = out.len();
         out.put_u8(b'D');
@@ -290,7 +306,10 @@ mod tests {
     }
 
     fn frame(bytes: BytesMut) -> Frame {
-        Frame { tag: Some(bytes[0]), bytes }
+        Frame {
+            tag: Some(bytes[0]),
+            bytes,
+        }
     }
 
     fn description(names: &[(&str, u32)]) -> Frame {
@@ -342,18 +361,32 @@ mod tests {
     #[test]
     fn masks_phi_columns_and_keeps_the_rest() {
         let m = masker();
-        let (mut mask, rewritten) =
-            ResultMask::from_description(&m, &description(&[("id", 23), ("name", 25), ("ssn", 25), ("dob", 1082)]), &[]).unwrap();
+        let (mut mask, rewritten) = ResultMask::from_description(
+            &m,
+            &description(&[("id", 23), ("name", 25), ("ssn", 25), ("dob", 1082)]),
+            &[],
+        )
+        .unwrap();
         // dob is a date column whose masked value is no date: announced as text.
         let rewritten = rewritten.expect("dob announced as text");
         let mut b = rewritten.clone();
-        let desc = RowDescription::decode(&mut b, &DecodeContext::default()).unwrap().unwrap();
+        let desc = RowDescription::decode(&mut b, &DecodeContext::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(desc.fields[3].type_id, TEXT_OID);
         assert_eq!(desc.fields[0].type_id, 23);
 
         let mut out = BytesMut::new();
         let changed = mask
-            .data_row(&row(&[Some("7"), Some("Ann Lee"), Some("123-45-6789"), Some("1980-02-03")]), &mut out)
+            .data_row(
+                &row(&[
+                    Some("7"),
+                    Some("Ann Lee"),
+                    Some("123-45-6789"),
+                    Some("1980-02-03"),
+                ]),
+                &mut out,
+            )
             .unwrap();
         assert!(changed);
         let got = fields(&out);
@@ -370,23 +403,41 @@ mod tests {
     #[test]
     fn untouched_rows_are_forwarded_as_they_are() {
         let m = masker();
-        let (mut mask, rewritten) = ResultMask::from_description(&m, &description(&[("id", 23), ("city", 25)]), &[]).unwrap();
+        let (mut mask, rewritten) =
+            ResultMask::from_description(&m, &description(&[("id", 23), ("city", 25)]), &[])
+                .unwrap();
         assert!(rewritten.is_none());
         let mut out = BytesMut::new();
-        assert!(!mask.data_row(&row(&[Some("1"), Some("Boston")]), &mut out).unwrap());
+        assert!(
+            !mask
+                .data_row(&row(&[Some("1"), Some("Boston")]), &mut out)
+                .unwrap()
+        );
         assert!(out.is_empty());
         // A free-text column that happens to hold an SSN is caught by the scan.
-        assert!(mask.data_row(&row(&[Some("2"), Some("ssn 123-45-6789 here")]), &mut out).unwrap());
+        assert!(
+            mask.data_row(&row(&[Some("2"), Some("ssn 123-45-6789 here")]), &mut out)
+                .unwrap()
+        );
         assert!(!String::from_utf8_lossy(&out).contains("123-45-6789"));
     }
 
     #[test]
     fn malformed_rows_are_errors_not_panics() {
         let m = masker();
-        let (mut mask, _) = ResultMask::from_description(&m, &description(&[("ssn", 25)]), &[]).unwrap();
+        let (mut mask, _) =
+            ResultMask::from_description(&m, &description(&[("ssn", 25)]), &[]).unwrap();
         let mut out = BytesMut::new();
-        for bad in [&b"D\0\0\0\x06\0\x02"[..], b"D\0\0\0\x0a\0\x01\0\0\0\x09", b"D\0\0\0\x05\0", b"D\0\0\0\x04"] {
-            let f = Frame { tag: Some(b'D'), bytes: BytesMut::from(bad) };
+        for bad in [
+            &b"D\0\0\0\x06\0\x02"[..],
+            b"D\0\0\0\x0a\0\x01\0\0\0\x09",
+            b"D\0\0\0\x05\0",
+            b"D\0\0\0\x04",
+        ] {
+            let f = Frame {
+                tag: Some(b'D'),
+                bytes: BytesMut::from(bad),
+            };
             assert!(mask.data_row(&f, &mut out).is_err());
         }
     }
@@ -398,7 +449,10 @@ mod tests {
         let mut out = Vec::new();
         mask.copy_line(&m, b"1\t123-45-6789\t\\N\n", &mut out);
         let line = String::from_utf8(out).unwrap();
-        assert!(line.starts_with("1\t") && line.ends_with("\t\\N\n"), "{line}");
+        assert!(
+            line.starts_with("1\t") && line.ends_with("\t\\N\n"),
+            "{line}"
+        );
         assert!(!line.contains("123-45-6789"));
     }
 
@@ -409,7 +463,10 @@ mod tests {
         ErrorResponse::new(vec![
             (b'S', "ERROR".into()),
             (b'C', "23505".into()),
-            (b'M', "duplicate key value violates unique constraint \"patients_ssn_key\"".into()),
+            (
+                b'M',
+                "duplicate key value violates unique constraint \"patients_ssn_key\"".into(),
+            ),
             (b'D', "Key (ssn)=(123-45-6789) already exists.".into()),
         ])
         .encode(&mut out)

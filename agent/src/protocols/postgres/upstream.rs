@@ -3,14 +3,7 @@
 //! configured role, and authentication with the stored secret (trust,
 //! cleartext, MD5 or SCRAM-SHA-256). What the proxy gets back is a session
 //! ready for queries.
-use std::{
-    io,
-    net::SocketAddr,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::BytesMut;
 use md5::{Digest, Md5};
@@ -25,10 +18,10 @@ use pgwire::messages::{
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
-use tokio_rustls::{TlsConnector, client::TlsStream};
+use tokio_rustls::TlsConnector;
 
 use super::{
     config::{Secret, UpstreamConfig, UpstreamConfigError},
@@ -83,57 +76,7 @@ pub struct Upstream {
 }
 
 /// The upstream byte stream, plaintext or TLS.
-#[derive(Debug)]
-pub enum UpstreamStream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl UpstreamStream {
-    pub fn is_tls(&self) -> bool {
-        matches!(self, UpstreamStream::Tls(_))
-    }
-}
-
-impl AsyncRead for UpstreamStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+pub use super::stream::PgStream as UpstreamStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -276,7 +219,7 @@ async fn open(
         .connect(name, tcp)
         .await
         .map_err(UpstreamError::Handshake)?;
-    Ok(UpstreamStream::Tls(Box::new(tls)))
+    Ok(UpstreamStream::TlsClient(Box::new(tls)))
 }
 
 /// Which step of the exchange we are in; the server may only move forward.

@@ -3,7 +3,9 @@ use bytes::BytesMut;
 use pgwire::messages::{
     Message as _,
     response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus},
-    startup::{Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey},
+    startup::{
+        Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
+    },
 };
 
 /// SQLSTATEs loopgate answers with.
