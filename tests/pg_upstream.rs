@@ -17,7 +17,7 @@ use loopgate::protocols::postgres::{
 };
 use loopgate_e2e::postgres::{APP_PASSWORD, APP_USER, PgOptions, PgServer};
 use pgwire::messages::{DecodeContext, PgWireBackendMessage, ProtocolVersion};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn server(auth: &'static str, ssl: bool) -> PgServer {
     PgServer::start(PgOptions {
@@ -333,4 +333,82 @@ async fn cancel_stops_a_running_query() {
 #[tokio::test]
 async fn cancel_over_tls_stops_a_running_query() {
     cancel_running_query(true).await;
+}
+
+/// Real libpq (psql) with sslmode=verify-full trusts a leaf from loopgate's
+/// local CA for the name it dialled, and rejects it for another name or when
+/// it trusts another CA. The fake server only completes TLS, then refuses
+/// the login with a recognisable error.
+#[tokio::test]
+async fn local_ca_leaf_is_accepted_by_libpq_verify_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::load_or_create(&dir.path().join("ca")).unwrap();
+    let other_ca = LocalCa::load_or_create(&dir.path().join("other")).unwrap();
+    let both = vec!["localhost".to_string(), "127.0.0.1".into()];
+    for (dialled, cert_names, root, expect) in [
+        (
+            "localhost",
+            both.clone(),
+            ca.cert_path(),
+            "test server refused",
+        ),
+        (
+            "127.0.0.1",
+            both.clone(),
+            ca.cert_path(),
+            "test server refused",
+        ),
+        (
+            "localhost",
+            vec!["db.example".to_string()],
+            ca.cert_path(),
+            "does not match host name",
+        ),
+        (
+            "localhost",
+            both.clone(),
+            other_ca.cert_path(),
+            "certificate verify failed",
+        ),
+    ] {
+        let config = ca.server_config(&cert_names).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut ssl_request = [0u8; 8];
+            tcp.read_exact(&mut ssl_request).await.unwrap();
+            tcp.write_all(b"S").await.unwrap();
+            let Ok(mut tls) = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await else {
+                return;
+            };
+            let mut startup = [0u8; 512];
+            let _ = tls.read(&mut startup).await;
+            let body = b"SFATAL\0C28000\0Mtest server refused\0\0";
+            let mut err = vec![b'E'];
+            err.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+            err.extend_from_slice(body);
+            let _ = tls.write_all(&err).await;
+            let _ = tls.shutdown().await;
+        });
+        let dialled_owned = dialled.to_string();
+        let psql = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("psql")
+                .args(["-X", "-h", &dialled_owned, "-p", &port.to_string()])
+                .args(["-U", "x", "-c", "select 1"])
+                .env("PGSSLMODE", "verify-full")
+                .env("PGSSLROOTCERT", &root)
+                .env("PGCONNECT_TIMEOUT", "10")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&psql.stderr);
+        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        assert!(
+            stderr.contains(expect),
+            "{dialled} vs {cert_names:?}: {stderr}"
+        );
+    }
 }
