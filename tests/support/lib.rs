@@ -5,10 +5,12 @@
 pub mod agent;
 pub mod echo;
 pub mod env;
+pub mod postgres;
 
 pub use agent::{Agent, Target};
 pub use echo::EchoServer;
 pub use env::{ebpf_available, loopgate_bin, python};
+pub use postgres::{PgOptions, PgServer};
 
 /// Skips the calling test when eBPF interception cannot run here; fails it
 /// instead where `LOOPGATE_REQUIRE_EBPF=1`.

@@ -147,11 +147,12 @@ fn read_secret(path: &Path) -> Result<Secret, UpstreamConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let text = String::from_utf8(bytes)
+    let mut text = String::from_utf8(bytes)
         .map_err(|_| UpstreamConfigError::SecretNotUtf8(path.to_path_buf()))?;
     // One line: editors and `echo` add a newline that is not part of it.
-    let secret = Secret::new(text.trim_end_matches(['\n', '\r']).to_owned());
-    drop(text);
+    // Truncated in place, so no unwiped copy is left behind.
+    text.truncate(text.trim_end_matches(['\n', '\r']).len());
+    let secret = Secret::new(text);
     if secret.expose().is_empty() {
         return Err(UpstreamConfigError::EmptySecret(path.to_path_buf()));
     }

@@ -159,7 +159,7 @@ fn check_structure(ty: u8, body: &[u8]) -> Result<(), &'static str> {
             loop {
                 match rest.split_first() {
                     None => return Err("missing terminator"),
-                    Some((0, tail)) if tail.is_empty() => return Ok(()),
+                    Some((0, [])) => return Ok(()),
                     Some((0, _)) => return Err("data after terminator"),
                     Some((_, tail)) => {
                         let nul = tail

@@ -136,6 +136,8 @@ fn forwardable(name: &str) -> bool {
 /// the DNS name or IP the certificate must match with tls = verify-full.
 /// `startup_params` are the client's (database, application_name,
 /// client_encoding, options, ...); `user` among them is replaced.
+/// There is no timeout inside: the caller bounds the whole call with its
+/// connect timeout (a silent server would otherwise hold the session).
 pub async fn connect(
     addr: SocketAddr,
     server_name: &str,
