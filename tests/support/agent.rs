@@ -19,6 +19,9 @@ pub struct Target {
     pub name: String,
     pub protocol: String,
     pub address: String,
+    /// More TOML for this target (keys, then sub-tables such as
+    /// `[target.upstream]`).
+    pub extra: String,
 }
 
 impl Target {
@@ -27,6 +30,26 @@ impl Target {
             name: name.into(),
             protocol: "tcp".into(),
             address: address.to_string(),
+            extra: String::new(),
+        }
+    }
+
+    /// A PostgreSQL target logging in upstream as `user` with the password
+    /// in `password_file`.
+    pub fn postgres(
+        name: &str,
+        address: impl ToString,
+        user: &str,
+        password_file: &Path,
+    ) -> Target {
+        Target {
+            name: name.into(),
+            protocol: "postgres".into(),
+            address: address.to_string(),
+            extra: format!(
+                "identity = \"process\"\n[target.upstream]\nuser = \"{user}\"\npassword_file = \"{}\"\n",
+                password_file.display()
+            ),
         }
     }
 }
@@ -82,8 +105,8 @@ impl Agent {
         );
         for t in targets {
             toml.push_str(&format!(
-                "[[target]]\nname = \"{}\"\nprotocol = \"{}\"\naddress = \"{}\"\n",
-                t.name, t.protocol, t.address
+                "[[target]]\nname = \"{}\"\nprotocol = \"{}\"\naddress = \"{}\"\n{}",
+                t.name, t.protocol, t.address, t.extra
             ));
         }
         let config = dir.path().join("agent.toml");

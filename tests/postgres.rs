@@ -1,0 +1,439 @@
+//! PostgreSQL end to end: unmodified psql, pgbench and psycopg inside the
+//! intercepted cgroup, a real PostgreSQL 15 started by the test, loopgate
+//! between them deciding, masking and recording every statement.
+use std::{os::unix::fs::PermissionsExt as _, path::PathBuf, process::Output};
+
+use loopgate_e2e::{
+    Agent, Target,
+    postgres::{APP_PASSWORD, APP_USER, PgOptions, PgServer},
+    require_ebpf,
+};
+use serde_json::Value;
+
+/// Rows in the synthetic patients table.
+const PATIENTS: usize = 3000;
+
+struct Fixture {
+    pg: PgServer,
+    agent: Agent,
+    _secrets: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn start(options: PgOptions, agent_extra: &str) -> Fixture {
+        let pg = PgServer::start(options);
+        pg.psql(&format!(
+            "CREATE TABLE patients (id int PRIMARY KEY, name text, ssn text UNIQUE, phone text, email text, \
+                                    mrn text, dob date, city text, note text);
+             INSERT INTO patients
+               SELECT i, 'Patient ' || i,
+                      lpad((i % 600 + 100)::text, 3, '0') || '-' || lpad((i % 89 + 10)::text, 2, '0') || '-' || lpad((i + 1000)::text, 4, '0'),
+                      '(555) ' || lpad((i % 800 + 200)::text, 3, '0') || '-' || lpad((i % 9000 + 1000)::text, 4, '0'),
+                      'patient' || i || '@example.org',
+                      'MRN' || lpad(i::text, 8, '0'),
+                      date '1940-01-01' + (i * 37 % 25000),
+                      'City ' || (i % 50),
+                      CASE WHEN i % 10 = 0 THEN 'call back on 617-555-' || lpad((i % 9000 + 1000)::text, 4, '0') ELSE 'ok' END
+               FROM generate_series(1, {PATIENTS}) i;
+             GRANT ALL ON patients TO {APP_USER};
+             CREATE TABLE visits (id serial PRIMARY KEY, patient int, reason text);
+             GRANT ALL ON visits, visits_id_seq TO {APP_USER};"
+        ));
+        let secrets = tempfile::tempdir().unwrap();
+        let password_file = secrets.path().join("patients-db");
+        std::fs::write(&password_file, APP_PASSWORD).unwrap();
+        std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let agent = Agent::start(
+            &[Target::postgres(
+                "patients-db",
+                pg.addr,
+                APP_USER,
+                &password_file,
+            )],
+            agent_extra,
+        );
+        Fixture {
+            pg,
+            agent,
+            _secrets: secrets,
+        }
+    }
+
+    /// psql inside the cgroup, as an unprivileged user who knows no password.
+    fn psql(&self, sql: &str) -> Output {
+        let port = self.pg.addr.port().to_string();
+        let host = self.pg.addr.ip().to_string();
+        self.agent.exec_as(
+            Some("nobody"),
+            &[
+                "env",
+                "PGCONNECT_TIMEOUT=10",
+                "psql",
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                &host,
+                "-p",
+                &port,
+                "-U",
+                "clinic-bot",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ],
+        )
+    }
+
+    fn psql_ok(&self, sql: &str) -> String {
+        let out = self.psql(sql);
+        assert!(
+            out.status.success(),
+            "psql failed: {}\nagent log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.agent.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a Python script (the test venv: psycopg) inside the cgroup.
+    fn python(&self, script: &str) -> Output {
+        let python = loopgate_e2e::python();
+        let dsn = format!(
+            "host={} port={} user=clinic-bot dbname=postgres connect_timeout=10",
+            self.pg.addr.ip(),
+            self.pg.addr.port()
+        );
+        self.agent
+            .exec(&[python.to_str().unwrap(), "-c", script, &dsn])
+    }
+
+    fn audit_text(&self) -> String {
+        let mut all = String::new();
+        for entry in walk(&self.agent.audit_dir) {
+            all.push_str(&String::from_utf8_lossy(
+                &std::fs::read(entry).unwrap_or_default(),
+            ));
+        }
+        all
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p))
+            } else {
+                out.push(p)
+            }
+        }
+    }
+    out
+}
+
+/// Whether `text` holds something shaped like a US SSN.
+fn has_ssn(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.windows(11).any(|w| {
+        w.iter().enumerate().all(|(i, c)| {
+            if i == 3 || i == 6 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        })
+    })
+}
+
+fn commands(events: &[Value]) -> Vec<&Value> {
+    events.iter().filter(|e| e["kind"] == "command").collect()
+}
+
+#[test]
+fn psql_is_served_masked_and_recorded_without_knowing_the_password() {
+    require_ebpf!();
+    let f = Fixture::start(PgOptions::default(), "");
+    let out = f.psql_ok(
+        "SELECT id, name, ssn, phone, email, mrn, dob, city, note FROM patients ORDER BY id",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), PATIENTS, "every row arrives");
+    let first: Vec<&str> = lines[0].split('|').collect();
+    assert_eq!(first[0], "1");
+    assert_eq!(first[1], "Patient 1", "non-PHI columns are untouched");
+    assert_eq!(first[7], "City 1");
+    for line in &lines {
+        let f: Vec<&str> = line.split('|').collect();
+        assert_eq!(f.len(), 9, "{line}");
+        for (i, col) in [
+            (2, "ssn"),
+            (3, "phone"),
+            (4, "email"),
+            (5, "mrn"),
+            (6, "dob"),
+        ] {
+            assert!(f[i].contains('*'), "{col} is masked: {line}");
+        }
+        assert!(
+            f[2].starts_with("***-**-"),
+            "ssn keeps only its last four: {line}"
+        );
+    }
+    assert!(!has_ssn(&out), "no SSN reaches the client");
+    assert!(!out.contains("@example.org"), "no email reaches the client");
+    assert!(
+        !out.contains("617-555-"),
+        "phone numbers in free text are found by the detectors"
+    );
+    assert!(!out.contains("MRN000"), "MRNs are masked");
+
+    // The statement and its result are in the audit trail, attributed.
+    let events = f.agent.wait_events("the command result", |e| {
+        e.iter().any(|e| e["kind"] == "command_result")
+    });
+    let command = commands(&events)[0].clone();
+    assert_eq!(command["decision"]["verdict"], "allow");
+    assert_eq!(command["process"]["comm"], "psql");
+    assert_eq!(command["process"]["user"], "nobody");
+    assert_eq!(command["principal"]["subject"], "unix:nobody");
+    assert_eq!(command["command"]["kind"], "select");
+    assert_eq!(command["target"]["name"], "patients-db");
+    let result = events
+        .iter()
+        .find(|e| e["kind"] == "command_result")
+        .unwrap();
+    assert_eq!(result["command_id"], command["event_id"]);
+    assert_eq!(result["outcome"]["rows"], PATIENTS as u64);
+    assert!(result["outcome"]["masked_count"].as_u64().unwrap() >= 5 * PATIENTS as u64);
+    let masked: Vec<&str> = result["outcome"]["masked_fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for col in ["ssn", "phone", "email", "dob", "note"] {
+        assert!(masked.contains(&col), "{col} listed as masked: {masked:?}");
+    }
+    assert!(!masked.contains(&"name") && !masked.contains(&"city"));
+    assert!(!has_ssn(&f.audit_text()), "no SSN in the audit files");
+}
+
+#[test]
+fn destructive_statements_are_blocked_and_the_session_goes_on() {
+    require_ebpf!();
+    let f = Fixture::start(PgOptions::default(), "");
+    for sql in [
+        "DROP TABLE patients",
+        "drop database postgres",
+        "TRUNCATE patients",
+        "SELECT 1; DrOp /* hidden */ TaBlE\n patients; SELECT 2",
+        "/* leading */ truncate -- trailing\n visits",
+    ] {
+        let out = f.psql(sql);
+        assert!(!out.status.success(), "{sql:?} must be refused");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("loopgate: statement refused by rule builtin."),
+            "{sql:?}: {stderr}"
+        );
+    }
+    // psql -c with ON_ERROR_STOP runs one string; a session with several
+    // statements shows it goes on after a refusal.
+    let out = f.psql_ok("SELECT count(*) FROM patients");
+    assert_eq!(out.trim(), PATIENTS.to_string(), "the table is still there");
+    let script = "\\set ON_ERROR_STOP 0\nDROP TABLE patients;\nSELECT 'still here';\n";
+    let host = f.pg.addr.ip().to_string();
+    let port = f.pg.addr.port().to_string();
+    let out = f.agent.exec_as(
+        Some("nobody"),
+        &[
+            "psql", "-X", "-A", "-t", "-h", &host, "-p", &port, "-U", "x", "-d", "postgres", "-c",
+            script,
+        ],
+    );
+    let _ = out;
+    let events = f.agent.events();
+    let blocked: Vec<&Value> = commands(&events)
+        .into_iter()
+        .filter(|e| e["decision"]["verdict"] == "block")
+        .collect();
+    assert!(
+        blocked.len() >= 5,
+        "every refusal is recorded: {}",
+        blocked.len()
+    );
+    assert!(
+        blocked
+            .iter()
+            .any(|e| e["decision"]["rule_id"] == "builtin.block_drop_table")
+    );
+    assert!(
+        blocked
+            .iter()
+            .any(|e| e["decision"]["rule_id"] == "builtin.block_truncate")
+    );
+    assert!(
+        blocked
+            .iter()
+            .any(|e| e["decision"]["rule_id"] == "builtin.block_drop_database")
+    );
+    assert_eq!(
+        f.pg.psql("SELECT count(*) FROM patients"),
+        PATIENTS.to_string()
+    );
+}
+
+#[test]
+fn psycopg_text_and_binary_results_are_masked() {
+    require_ebpf!();
+    let f = Fixture::start(PgOptions::default(), "");
+    let script = r#"
+import sys, psycopg
+with psycopg.connect(sys.argv[1]) as conn:
+    for binary in (False, True):
+        with conn.cursor(binary=binary) as cur:
+            cur.execute("SELECT id, name, ssn, email, dob, city FROM patients WHERE id <= %s ORDER BY id", (500,))
+            rows = cur.fetchall()
+            assert len(rows) == 500, len(rows)
+            for r in rows:
+                assert r[1] == f"Patient {r[0]}", r
+                assert "-" not in str(r[2])[3:4] or "*" in str(r[2]), r
+                assert "@example.org" not in str(r[3]), r
+            print("binary" if binary else "text", rows[0])
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO visits (patient, reason) VALUES (%s, %s) RETURNING id", (1, "ssn 123-45-6789 on file"))
+        print("inserted", cur.fetchone()[0])
+"#;
+    let out = f.python(script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "psycopg failed: {}\n{stdout}\nagent log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        f.agent.log()
+    );
+    assert!(
+        stdout.contains("text (1, 'Patient 1'") && stdout.contains("binary (1, 'Patient 1'"),
+        "{stdout}"
+    );
+    assert!(!has_ssn(&stdout), "{stdout}");
+    // The bound parameter is recorded, masked.
+    let events = f.agent.wait_events("the insert", |e| {
+        commands(e).iter().any(|c| c["command"]["kind"] == "insert")
+    });
+    let insert = commands(&events)
+        .into_iter()
+        .find(|c| c["command"]["kind"] == "insert")
+        .unwrap()
+        .clone();
+    let params = insert["command"]["parameters"].to_string();
+    assert!(params.contains("***") && !has_ssn(&params), "{params}");
+    assert!(!has_ssn(&f.audit_text()));
+}
+
+#[test]
+fn copy_to_stdout_is_masked() {
+    require_ebpf!();
+    let f = Fixture::start(PgOptions::default(), "");
+    let out =
+        f.psql_ok("COPY (SELECT id, name, ssn, phone, email FROM patients ORDER BY id) TO STDOUT");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), PATIENTS);
+    assert!(lines[0].starts_with("1\tPatient 1\t"), "{}", lines[0]);
+    assert!(
+        !has_ssn(&out) && !out.contains("@example.org"),
+        "{}",
+        lines[0]
+    );
+}
+
+#[test]
+fn pgbench_runs_through_the_proxy_in_simple_and_prepared_mode() {
+    require_ebpf!();
+    let f = Fixture::start(PgOptions::default(), "");
+    f.pg.psql(&format!("GRANT CREATE ON SCHEMA public TO {APP_USER}"));
+    let host = f.pg.addr.ip().to_string();
+    let port = f.pg.addr.port().to_string();
+    let pgbench = loopgate_e2e::postgres::pg_bin().join("pgbench");
+    let pgbench = pgbench.to_str().unwrap();
+    let base = ["-h", host.as_str(), "-p", port.as_str(), "-U", "bench"];
+    // `pgbench -i` starts with DROP TABLE, which the built-in policy
+    // refuses (as it should): the tables are made directly by the owner.
+    let init = f.agent.exec_as(
+        Some("nobody"),
+        &[&[pgbench, "-i", "-s", "1", "-q"][..], &base, &["postgres"]].concat(),
+    );
+    assert!(!init.status.success(), "pgbench -i drops tables: refused");
+    assert!(String::from_utf8_lossy(&init.stderr).contains("builtin.block_drop_table"));
+    let direct = std::process::Command::new(pgbench)
+        .args([
+            "-i", "-s", "1", "-q", "-h", &host, "-p", &port, "-U", "postgres", "postgres",
+        ])
+        .env("PGPASSWORD", loopgate_e2e::postgres::SUPERUSER_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        direct.status.success(),
+        "{}",
+        String::from_utf8_lossy(&direct.stderr)
+    );
+    f.pg.psql(&format!(
+        "GRANT ALL ON ALL TABLES IN SCHEMA public TO {APP_USER}"
+    ));
+    for mode in ["simple", "prepared"] {
+        let run = f.agent.exec_as(
+            Some("nobody"),
+            &[
+                &[pgbench, "-n", "-c", "2", "-t", "100", "-M", mode][..],
+                &base,
+                &["postgres"],
+            ]
+            .concat(),
+        );
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(
+            run.status.success(),
+            "pgbench -M {mode}: {}\n{}",
+            String::from_utf8_lossy(&run.stderr),
+            f.agent.log()
+        );
+        assert!(
+            stdout.contains("number of transactions actually processed: 200/200"),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn cancel_requests_reach_the_right_backend() {
+    require_ebpf!();
+    let f = Fixture::start(PgOptions::default(), "");
+    let script = r#"
+import sys, threading, time, psycopg
+conn = psycopg.connect(sys.argv[1], autocommit=True)
+threading.Timer(1.0, conn.cancel).start()
+start = time.time()
+try:
+    conn.execute("SELECT pg_sleep(30)")
+    print("not cancelled")
+except psycopg.errors.QueryCanceled:
+    print("cancelled after %.1fs" % (time.time() - start))
+print(conn.execute("SELECT 'alive'").fetchone()[0])
+"#;
+    let out = f.python(script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        f.agent.log()
+    );
+    assert!(stdout.contains("cancelled after"), "{stdout}");
+    assert!(stdout.contains("alive"), "{stdout}");
+}
