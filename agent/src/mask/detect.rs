@@ -190,7 +190,7 @@ fn ends_cleanly(b: &[u8], end: usize) -> bool {
         None => true,
         Some(&c) if is_word(c) => false,
         // "123-45-6789-1" or "10.0.0.1.5" are something else.
-        Some(&c) if matches!(c, b'-' | b'.' | b'/') => digit(b, end + 1).is_none(),
+        Some(b'-' | b'.' | b'/') => digit(b, end + 1).is_none(),
         Some(_) => true,
     }
 }
@@ -330,7 +330,7 @@ fn luhn_valid(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn match_card(b: &[u8], s: usize) -> Option<usize> {
