@@ -226,10 +226,11 @@ pub struct Classification {
     /// the kind of that modification.
     pub kind: StatementKind,
     /// Tables (and views) read, `schema.table` as written, case-folded,
-    /// without CTE names. A DML target appears here only if it is also read
+    /// without CTE names; sorted. A DML target appears here only if it is also read
     /// elsewhere in the statement (e.g. in a subquery).
     pub tables_read: Vec<String>,
-    /// Tables created, changed, emptied or dropped (including DML inside CTEs).
+    /// Tables created, changed, emptied or dropped (including DML inside
+    /// CTEs); sorted.
     pub tables_written: Vec<String>,
     /// Output columns (SELECT list, RETURNING, COPY column list; `*` for all).
     pub columns: Vec<ProjectedColumn>,
