@@ -1,5 +1,6 @@
 //! Statement analysis cost: uncached (parse + classify + fingerprint) vs
-//! cached (exact-text hit), for short OLTP statements and a larger query.
+//! cached (exact-text hit) vs shape hit (new text, known shape), for short
+//! OLTP statements and a larger query.
 //!
 //! Run: `CARGO_BUILD_JOBS=1 cargo bench -p loopgate --bench sql`
 use std::hint::black_box;
@@ -7,7 +8,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use loopgate::{
     mask::{MaskConfig, Masker},
-    sql::{AnalysisCache, Analyzer, SqlConfig},
+    sql::{AnalysisCache, Analyzer, ShapeCache, SqlConfig},
 };
 
 const PGBENCH_SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1;";
@@ -36,6 +37,20 @@ fn bench(c: &mut Criterion) {
             b.iter(|| cache.analyze(black_box(sql)).statements.len())
         });
     }
+
+    // Simple-protocol traffic with inline literals: every text is new, the
+    // shape is not (tokenize + texts, no parse).
+    let shapes = ShapeCache::new(100);
+    let inline = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;";
+    analyzer.analyze_with(inline, Some(&shapes));
+    c.bench_function("analyze_shape_hit_pgbench_select_inline_literal", |b| {
+        b.iter(|| {
+            analyzer
+                .analyze_with(black_box(inline), Some(&shapes))
+                .statements
+                .len()
+        })
+    });
 }
 
 criterion_group!(benches, bench);
