@@ -11,23 +11,27 @@ use sqlparser::ast::{
 use super::{Classification, DynamicSql, ProjectedColumn, StatementKind};
 
 /// PostgreSQL's rendering of an identifier after case folding: unquoted
-/// names lower-cased; quoted ones kept, and re-quoted when they would not
-/// read back the same unquoted.
+/// names have ASCII letters lower-cased (as PostgreSQL folds them); the
+/// result is written bare when it reads back the same unquoted, else in
+/// double quotes (like `quote_ident`), so `"Patients"` and `Patients` stay
+/// distinct while `"patients"` and `PATIENTS` are the same name.
 pub(crate) fn normalize_ident(ident: &Ident) -> String {
-    if ident.quote_style.is_none() {
-        return ident.value.to_lowercase();
-    }
-    let v = &ident.value;
-    let plain = v
+    let folded = if ident.quote_style.is_none() {
+        ident.value.to_ascii_lowercase()
+    } else {
+        ident.value.clone()
+    };
+    let plain = folded
         .chars()
         .next()
         .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && v.chars()
+        && folded
+            .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
     if plain {
-        v.clone()
+        folded
     } else {
-        format!("\"{}\"", v.replace('"', "\"\""))
+        format!("\"{}\"", folded.replace('"', "\"\""))
     }
 }
 

@@ -102,6 +102,11 @@ fn quoted_identifiers_keep_case() {
     let c = one(r#"select "SSN" from "Clinic"."Patients" join "lower" on true"#);
     assert_eq!(c.tables_read, names(&[r#""Clinic"."Patients""#, "lower"]));
     assert_eq!(c.columns[0].expr, r#""SSN""#);
+    // Same name spelled quoted and unquoted; only ASCII letters fold.
+    let same = one(
+        r#"select * from "patients" join PATIENTS on true join Pätients on true join "pätients" on true"#,
+    );
+    assert_eq!(same.tables_read, names(&[r#""pätients""#, "patients"]));
 }
 
 #[test]

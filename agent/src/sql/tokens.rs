@@ -136,7 +136,7 @@ pub(crate) fn shape(tokens: &[TokenWithSpan]) -> (Fingerprint, ShapeKey) {
                 value,
                 quote_style: None,
                 ..
-            }) => value.to_lowercase().into(),
+            }) => value.to_ascii_lowercase().into(),
             token => token.to_string().into(),
         };
         // `LIMIT 10`, `LIMIT (10)`, `FETCH FIRST 10`.
