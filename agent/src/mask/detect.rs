@@ -63,13 +63,7 @@ impl Detector {
             Detector::Mrn(re) => return Matches::Regex(re.find_iter(text)),
             Detector::Ssn => Some(match_ssn),
             Detector::Phone => Some(match_phone),
-            Detector::Email => {
-                if memchr_at(text) {
-                    Some(match_email)
-                } else {
-                    None
-                }
-            }
+            Detector::Email => return Matches::Email(EmailScan { text, pos: 0 }),
             Detector::Date => Some(match_date),
             Detector::Card => Some(match_card),
             Detector::Ipv4 => Some(match_ipv4),
@@ -97,10 +91,6 @@ impl Detector {
     }
 }
 
-fn memchr_at(text: &[u8]) -> bool {
-    text.contains(&b'@')
-}
-
 /// Tries to match at `start`; returns the end of the match.
 type Matcher = fn(&[u8], usize) -> Option<usize>;
 
@@ -108,6 +98,7 @@ type Matcher = fn(&[u8], usize) -> Option<usize>;
 pub enum Matches<'t> {
     Empty,
     Scan(Scan<'t>),
+    Email(EmailScan<'t>),
     Regex(regex::bytes::Matches<'t, 't>),
 }
 
@@ -117,6 +108,7 @@ impl Iterator for Matches<'_> {
         match self {
             Matches::Empty => None,
             Matches::Scan(scan) => scan.next(),
+            Matches::Email(scan) => scan.next(),
             Matches::Regex(it) => it.next().map(|m| m.range()),
         }
     }
@@ -190,7 +182,7 @@ fn ends_cleanly(b: &[u8], end: usize) -> bool {
         None => true,
         Some(&c) if is_word(c) => false,
         // "123-45-6789-1" or "10.0.0.1.5" are something else.
-        Some(&c) if matches!(c, b'-' | b'.' | b'/') => digit(b, end + 1).is_none(),
+        Some(b'-' | b'.' | b'/') => digit(b, end + 1).is_none(),
         Some(_) => true,
     }
 }
@@ -283,17 +275,49 @@ fn is_email_local(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'%' | b'+' | b'-')
 }
 
-fn match_email(b: &[u8], s: usize) -> Option<usize> {
-    let mut p = s;
-    while p < b.len() && is_email_local(b[p]) {
-        p += 1;
+/// Longest local part (RFC 5321) looked at left of an `@`.
+const EMAIL_LOCAL_MAX: usize = 64;
+
+/// Anchors on each `@` and expands both ways, so the work per `@` is
+/// bounded on the left and stops at the next `@` on the right: linear even
+/// for adversarial values like `a.a.a.a...@`.
+pub struct EmailScan<'t> {
+    text: &'t [u8],
+    pos: usize,
+}
+
+impl Iterator for EmailScan<'_> {
+    type Item = Range<usize>;
+    fn next(&mut self) -> Option<Range<usize>> {
+        let b = self.text;
+        while self.pos < b.len() {
+            let at = self.pos + b[self.pos..].iter().position(|&c| c == b'@')?;
+            self.pos = at + 1;
+            let mut start = at;
+            while start > 0 && at - start < EMAIL_LOCAL_MAX && is_email_local(b[start - 1]) {
+                start -= 1;
+            }
+            // Local part starts on a letter or digit. One longer than the
+            // limit is still masked (its last 64 characters and the domain).
+            while start < at && !b[start].is_ascii_alphanumeric() {
+                start += 1;
+            }
+            if start == at {
+                continue;
+            }
+            if let Some(end) = email_domain_end(b, at + 1) {
+                self.pos = end;
+                return Some(start..end);
+            }
+        }
+        None
     }
-    if p == s || b.get(p) != Some(&b'@') {
-        return None;
-    }
-    p += 1;
-    // Domain: labels of [A-Za-z0-9-] separated by dots, last label alphabetic, >= 2.
-    let domain_start = p;
+}
+
+/// Domain after the `@`: labels of `[A-Za-z0-9-]` separated by dots, the
+/// last one alphabetic and at least 2 long.
+fn email_domain_end(b: &[u8], domain_start: usize) -> Option<usize> {
+    let mut p = domain_start;
     let mut last_label_start = p;
     let mut dots = 0;
     while p < b.len() {
@@ -302,8 +326,7 @@ fn match_email(b: &[u8], s: usize) -> Option<usize> {
             p += 1;
         } else if c == b'.'
             && p > last_label_start
-            && p + 1 < b.len()
-            && b[p + 1].is_ascii_alphanumeric()
+            && b.get(p + 1).is_some_and(u8::is_ascii_alphanumeric)
         {
             dots += 1;
             p += 1;
@@ -330,7 +353,7 @@ fn luhn_valid(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn match_card(b: &[u8], s: usize) -> Option<usize> {
@@ -561,6 +584,39 @@ mod tests {
                 "to: Jane.Doe+x@mail.example.org. cc bob@host.io; not a@b or @x.com"
             ),
             ["Jane.Doe+x@mail.example.org", "bob@host.io"]
+        );
+        // Overlapping finds are merged by DetectorSet.
+        assert_eq!(
+            found(&Detector::Email, "a@b.org@c.org x@@y.org"),
+            ["a@b.org", "b.org@c.org"]
+        );
+        let long_local = "x".repeat(100) + "@example.org";
+        assert_eq!(
+            found(&Detector::Email, &long_local),
+            ["x".repeat(64) + "@example.org"]
+        );
+    }
+
+    #[test]
+    fn adversarial_values_scan_in_linear_time() {
+        let set = DetectorSet::new(vec![
+            Detector::Ssn,
+            Detector::Phone,
+            Detector::Email,
+            Detector::Date,
+            Detector::Card,
+            Detector::Ipv4,
+            Detector::Zip,
+        ]);
+        let started = std::time::Instant::now();
+        for unit in ["a.", "1-", "1.", "@a", "1 ", "a@b."] {
+            let text = unit.repeat(100_000) + "@x";
+            let _ = set.find_all(text.as_bytes());
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
         );
     }
 

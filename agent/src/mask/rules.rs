@@ -90,7 +90,7 @@ pub fn builtin_rules() -> Vec<MaskRule> {
 /// A rule ready to match: lower-cased patterns split into table and column.
 #[derive(Clone, Debug)]
 pub(crate) struct CompiledRule {
-    pub(crate) source: String,
+    pub(crate) source: std::sync::Arc<str>,
     table: Option<String>,
     column: String,
     pub(crate) action: MaskAction,
@@ -104,7 +104,7 @@ impl CompiledRule {
             None => (None, pattern),
         };
         CompiledRule {
-            source: rule.column.clone(),
+            source: rule.column.as_str().into(),
             table,
             column,
             action: rule.mode,
@@ -127,18 +127,28 @@ impl CompiledRule {
     }
 }
 
-/// `*` and `?` glob over chars; linear-time greedy matcher with one
-/// backtrack point.
+/// `*` and `?` glob, case-sensitive (callers lower-case both sides).
+/// Works on bytes when both sides are ASCII (the common case: no
+/// allocation), on chars otherwise so `?` is one character.
 pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
+    if pattern.is_ascii() && text.is_ascii() {
+        glob_slices(pattern.as_bytes(), text.as_bytes(), b'*', b'?')
+    } else {
+        let p: Vec<char> = pattern.chars().collect();
+        let t: Vec<char> = text.chars().collect();
+        glob_slices(&p, &t, '*', '?')
+    }
+}
+
+/// Greedy matcher with one backtrack point: linear in practice.
+fn glob_slices<T: PartialEq + Copy>(p: &[T], t: &[T], star_sym: T, any: T) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && p[pi] != star_sym && (p[pi] == any || p[pi] == t[ti]) {
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == star_sym {
             star = Some((pi, ti));
             pi += 1;
         } else if let Some((sp, st)) = star {
@@ -149,7 +159,7 @@ pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    while pi < p.len() && p[pi] == '*' {
+    while pi < p.len() && p[pi] == star_sym {
         pi += 1;
     }
     pi == p.len()
@@ -169,6 +179,9 @@ mod tests {
         assert!(glob_match("a*b*c", "axxbyyc"));
         assert!(!glob_match("a*b*c", "axxbyy"));
         assert!(glob_match("*phone*", "home_phone_number"));
+        assert!(glob_match("pa?ient*", "paéient_x"));
+        assert!(glob_match("*é*", "café"));
+        assert!(!glob_match("*é*", "cafe"));
     }
 
     #[test]

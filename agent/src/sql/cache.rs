@@ -10,13 +10,62 @@ use std::{
 
 use lru::LruCache;
 
-use super::{Analysis, Analyzer};
+use super::{Analysis, Analyzer, Classification, ShapeKey};
+
+/// Classifications by statement shape (full 256-bit shape key, see
+/// [`ShapeKey`]), bounded LRU. Statements of one shape differ only in
+/// literal values and in the letter case of unquoted words, which
+/// PostgreSQL folds; the classification reused is the first one seen (its
+/// projected expressions keep that statement's letter case).
+#[derive(Debug)]
+pub struct ShapeCache {
+    entries: Option<Mutex<LruCache<ShapeKey, Classification>>>,
+    hits: AtomicU64,
+}
+
+impl ShapeCache {
+    /// `entries = 0` disables it.
+    pub fn new(entries: usize) -> Self {
+        ShapeCache {
+            entries: NonZeroUsize::new(entries).map(|n| Mutex::new(LruCache::new(n))),
+            hits: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn get(&self, key: &ShapeKey) -> Option<Classification> {
+        let mut entries = self
+            .entries
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let hit = entries.get(key).cloned();
+        if hit.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
+    }
+
+    pub(crate) fn put(&self, key: ShapeKey, classification: &Classification) {
+        if let Some(entries) = &self.entries {
+            let mut entries = entries.lock().unwrap_or_else(|p| p.into_inner());
+            entries.put(key, classification.clone());
+        }
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+}
 
 /// Hit/miss counters for status output and tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheStats {
+    /// Exact-text hits.
     pub hits: u64,
+    /// Exact-text misses (analyzed, possibly with a shape hit).
     pub misses: u64,
+    /// Misses whose classification came from the shape cache (no parse).
+    pub shape_hits: u64,
     pub entries: usize,
 }
 
@@ -26,6 +75,7 @@ pub struct CacheStats {
 pub struct AnalysisCache {
     analyzer: Analyzer,
     entries: Option<Mutex<LruCache<Box<str>, Arc<Analysis>>>>,
+    shapes: ShapeCache,
     max_text_bytes: usize,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -38,6 +88,7 @@ impl AnalysisCache {
         let config = analyzer.config();
         let entries = NonZeroUsize::new(config.cache_entries).map(|n| Mutex::new(LruCache::new(n)));
         AnalysisCache {
+            shapes: ShapeCache::new(config.shape_cache_entries),
             max_text_bytes: config.cache_max_text_bytes,
             analyzer,
             entries,
@@ -63,7 +114,7 @@ impl AnalysisCache {
             }
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let analysis = Arc::new(self.analyzer.analyze(sql));
+        let analysis = Arc::new(self.analyzer.analyze_with(sql, Some(&self.shapes)));
         if let (true, Some(entries)) = (cacheable, &self.entries) {
             let mut entries = entries
                 .lock()
@@ -82,6 +133,7 @@ impl AnalysisCache {
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
+            shape_hits: self.shapes.hits(),
             entries,
         }
     }
@@ -112,9 +164,36 @@ mod tests {
             CacheStats {
                 hits: 1,
                 misses: 2,
+                shape_hits: 1,
                 entries: 2
             }
         );
+    }
+
+    #[test]
+    fn same_shape_reuses_classification_but_keeps_its_own_texts() {
+        let c = cache(SqlConfig::default());
+        let a = c.analyze("select name from patients where ssn = '123-45-6789' limit 5");
+        let b = c.analyze("SELECT name FROM patients WHERE ssn = '987-65-4321' LIMIT 5");
+        assert_eq!(c.stats().shape_hits, 1);
+        let (sa, sb) = (&a.statements[0], &b.statements[0]);
+        assert_eq!(sa.classification, sb.classification);
+        assert_eq!(sa.fingerprint, sb.fingerprint);
+        assert_eq!(
+            sb.normalized_text,
+            "SELECT name FROM patients WHERE ssn = ? LIMIT ?"
+        );
+        // A different limit is classified afresh (the value is part of it).
+        let d = c.analyze("select name from patients where ssn = '1' limit 50");
+        assert_eq!(
+            d.statements[0].classification.as_ref().unwrap().limit,
+            Some(50)
+        );
+        assert_eq!(c.stats().shape_hits, 1);
+        // Unparseable statements are never shared (their errors carry positions).
+        c.analyze("selec 1");
+        c.analyze("selec 2");
+        assert_eq!(c.stats().shape_hits, 1);
     }
 
     #[test]

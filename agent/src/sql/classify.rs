@@ -11,23 +11,27 @@ use sqlparser::ast::{
 use super::{Classification, DynamicSql, ProjectedColumn, StatementKind};
 
 /// PostgreSQL's rendering of an identifier after case folding: unquoted
-/// names lower-cased; quoted ones kept, and re-quoted when they would not
-/// read back the same unquoted.
+/// names have ASCII letters lower-cased (as PostgreSQL folds them); the
+/// result is written bare when it reads back the same unquoted, else in
+/// double quotes (like `quote_ident`), so `"Patients"` and `Patients` stay
+/// distinct while `"patients"` and `PATIENTS` are the same name.
 pub(crate) fn normalize_ident(ident: &Ident) -> String {
-    if ident.quote_style.is_none() {
-        return ident.value.to_lowercase();
-    }
-    let v = &ident.value;
-    let plain = v
+    let folded = if ident.quote_style.is_none() {
+        ident.value.to_ascii_lowercase()
+    } else {
+        ident.value.clone()
+    };
+    let plain = folded
         .chars()
         .next()
         .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && v.chars()
+        && folded
+            .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
     if plain {
-        v.clone()
+        folded
     } else {
-        format!("\"{}\"", v.replace('"', "\"\""))
+        format!("\"{}\"", folded.replace('"', "\"\""))
     }
 }
 
@@ -53,6 +57,62 @@ fn base_name(name: &ObjectName) -> String {
     }
 }
 
+/// CTE names in scope while one query is visited.
+struct QueryScope {
+    /// The query's own CTEs: name and identity of the CTE's query (pointers
+    /// only compared, never dereferenced).
+    ctes: Vec<(String, *const Query)>,
+    recursive: bool,
+    /// CTE names from enclosing queries that this query can see.
+    inherited: HashSet<String>,
+}
+
+impl QueryScope {
+    fn visible_in_body(&self) -> HashSet<String> {
+        let mut names = self.inherited.clone();
+        names.extend(self.ctes.iter().map(|(n, _)| n.clone()));
+        names
+    }
+
+    /// Names visible inside `child`: a CTE sees the CTEs before it (all of
+    /// them with RECURSIVE); any other subquery sees all of them.
+    fn visible_in_child(&self, child: *const Query) -> HashSet<String> {
+        match self.ctes.iter().position(|(_, q)| std::ptr::eq(*q, child)) {
+            Some(i) if !self.recursive => {
+                let mut names = self.inherited.clone();
+                names.extend(self.ctes[..i].iter().map(|(n, _)| n.clone()));
+                names
+            }
+            _ => self.visible_in_body(),
+        }
+    }
+
+    fn hides(&self, table: &str) -> bool {
+        !table.contains('.')
+            && (self.inherited.contains(table) || self.ctes.iter().any(|(n, _)| n == table))
+    }
+}
+
+/// `TABLE name` in a query body (not a table factor, so collected here).
+fn table_commands(body: &SetExpr, out: &mut Vec<String>) {
+    match body {
+        SetExpr::Table(table) => {
+            if let Some(name) = &table.table_name {
+                let name = normalize_ident(name);
+                out.push(match &table.schema_name {
+                    Some(schema) => format!("{}.{name}", normalize_ident(schema)),
+                    None => name,
+                });
+            }
+        }
+        SetExpr::SetOperation { left, right, .. } => {
+            table_commands(left, out);
+            table_commands(right, out);
+        }
+        _ => {}
+    }
+}
+
 /// Walks the whole statement (subqueries, CTEs, nested DML) collecting
 /// tables and dynamic-SQL calls.
 struct Collector<'a> {
@@ -62,7 +122,8 @@ struct Collector<'a> {
     /// DML targets that also appear as table factors (UPDATE, DELETE, MERGE).
     factor_targets: Vec<String>,
     written: Vec<String>,
-    cte_names: HashSet<String>,
+    /// One frame per query being visited, for CTE name scoping.
+    scopes: Vec<QueryScope>,
     dynamic: Option<DynamicSql>,
     /// First data-modifying statement met (the top one or one in a CTE):
     /// its kind and whether it has a WHERE.
@@ -96,11 +157,40 @@ impl Visitor for Collector<'_> {
     type Break = ();
 
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
-        if let Some(with) = &query.with {
-            for cte in &with.cte_tables {
-                self.cte_names.insert(normalize_ident(&cte.alias.name));
-            }
-        }
+        let inherited = match self.scopes.last() {
+            Some(parent) => parent.visible_in_child(query),
+            None => HashSet::new(),
+        };
+        let (ctes, recursive) = match &query.with {
+            Some(with) => (
+                with.cte_tables
+                    .iter()
+                    .map(|cte| {
+                        (
+                            normalize_ident(&cte.alias.name),
+                            &*cte.query as *const Query,
+                        )
+                    })
+                    .collect(),
+                with.recursive,
+            ),
+            None => (Vec::new(), false),
+        };
+        let scope = QueryScope {
+            ctes,
+            recursive,
+            inherited,
+        };
+        let mut tables = Vec::new();
+        table_commands(&query.body, &mut tables);
+        self.factors
+            .extend(tables.into_iter().filter(|t| !scope.hides(t)));
+        self.scopes.push(scope);
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, _query: &Query) -> ControlFlow<()> {
+        self.scopes.pop();
         ControlFlow::Continue(())
     }
 
@@ -110,7 +200,10 @@ impl Visitor for Collector<'_> {
                 // `FROM dblink(...)`: a function call, not a table.
                 self.note_function(name);
             } else {
-                self.factors.push(normalize_name(name));
+                let name = normalize_name(name);
+                if !self.scopes.last().is_some_and(|scope| scope.hides(&name)) {
+                    self.factors.push(name);
+                }
             }
         }
         ControlFlow::Continue(())
@@ -311,12 +404,11 @@ fn drop_kind(object_type: &ObjectType) -> StatementKind {
     }
 }
 
-fn dedup(names: Vec<String>) -> Vec<String> {
-    let mut seen = HashSet::new();
+/// Sorted and deduplicated: stable output for policies and audit records.
+fn dedup(mut names: Vec<String>) -> Vec<String> {
+    names.sort_unstable();
+    names.dedup();
     names
-        .into_iter()
-        .filter(|n| seen.insert(n.clone()))
-        .collect()
 }
 
 /// Classifies one parsed statement.
@@ -329,7 +421,7 @@ pub(crate) fn classify(
         factors: Vec::new(),
         factor_targets: Vec::new(),
         written: Vec::new(),
-        cte_names: HashSet::new(),
+        scopes: Vec::new(),
         dynamic: None,
         first_dml: None,
     };
@@ -498,8 +590,8 @@ pub(crate) fn classify(
         }
     };
 
-    // Reads: every table factor, minus one occurrence per DML target that
-    // is itself a factor, minus CTE names.
+    // Reads: every table factor (CTE references excluded by scope), minus
+    // one occurrence per DML target that is itself a factor.
     let mut reads = c.factors;
     for target in &c.factor_targets {
         if let Some(pos) = reads.iter().position(|r| r == target) {
@@ -507,8 +599,6 @@ pub(crate) fn classify(
         }
     }
     reads.extend(extra_reads);
-    let cte_names = c.cte_names;
-    reads.retain(|r| !cte_names.contains(r));
     let mut written = c.written;
     if clear_writes {
         reads.append(&mut written);

@@ -21,7 +21,8 @@ mod cache;
 mod classify;
 mod tokens;
 
-pub use cache::{AnalysisCache, CacheStats};
+pub use cache::{AnalysisCache, CacheStats, ShapeCache};
+pub use tokens::ShapeKey;
 
 use std::{collections::HashSet, fmt, sync::Arc};
 
@@ -41,6 +42,10 @@ pub struct SqlConfig {
     pub dynamic_functions: Vec<String>,
     /// Distinct statement texts whose analysis is kept. Default 10 000.
     pub cache_entries: usize,
+    /// Distinct statement shapes (same SQL up to literal values) whose
+    /// classification is kept, so statements with inline literals are
+    /// parsed once per shape. Default 10 000.
+    pub shape_cache_entries: usize,
     /// Texts longer than this many bytes are analyzed but not cached
     /// (bulk INSERTs would crowd out the hot statements). Default 65 536.
     pub cache_max_text_bytes: usize,
@@ -84,6 +89,7 @@ impl Default for SqlConfig {
                 .map(|s| s.to_string())
                 .collect(),
             cache_entries: 10_000,
+            shape_cache_entries: 10_000,
             cache_max_text_bytes: 64 * 1024,
             max_text_bytes: 4 * 1024 * 1024,
             max_nesting: 50,
@@ -226,10 +232,11 @@ pub struct Classification {
     /// the kind of that modification.
     pub kind: StatementKind,
     /// Tables (and views) read, `schema.table` as written, case-folded,
-    /// without CTE names. A DML target appears here only if it is also read
+    /// without CTE names; sorted. A DML target appears here only if it is also read
     /// elsewhere in the statement (e.g. in a subquery).
     pub tables_read: Vec<String>,
-    /// Tables created, changed, emptied or dropped (including DML inside CTEs).
+    /// Tables created, changed, emptied or dropped (including DML inside
+    /// CTEs); sorted.
     pub tables_written: Vec<String>,
     /// Output columns (SELECT list, RETURNING, COPY column list; `*` for all).
     pub columns: Vec<ProjectedColumn>,
@@ -368,6 +375,13 @@ impl Analyzer {
     /// Analyzes every statement in `sql`. Never panics; SQL that cannot be
     /// tokenized as a whole yields one statement carrying the error.
     pub fn analyze(&self, sql: &str) -> Analysis {
+        self.analyze_with(sql, None)
+    }
+
+    /// Like [`Analyzer::analyze`], reusing the classification of a statement
+    /// of the same shape (same tokens up to literal values) from `shapes`:
+    /// only tokenizing and the recordable texts are per-text work then.
+    pub fn analyze_with(&self, sql: &str, shapes: Option<&ShapeCache>) -> Analysis {
         if sql.len() > self.config.max_text_bytes {
             return Analysis::unanalyzable(SqlError::TooLong {
                 len: sql.len(),
@@ -381,10 +395,20 @@ impl Analyzer {
         let statements = tokens::split(all)
             .into_iter()
             .map(|toks| {
-                let fingerprint = tokens::fingerprint(&toks);
+                let (fingerprint, key) = tokens::shape(&toks);
                 let normalized_text = tokens::normalized_text(&toks);
                 let masked_text = tokens::masked_text(&toks, &self.masker);
-                let classification = self.classify_tokens(toks);
+                let classification = match shapes.and_then(|cache| cache.get(&key)) {
+                    Some(hit) => Ok(hit),
+                    None => {
+                        let fresh = self.classify_tokens(toks);
+                        // Errors carry positions in this text: not shared.
+                        if let (Ok(c), Some(cache)) = (&fresh, shapes) {
+                            cache.put(key, c);
+                        }
+                        fresh
+                    }
+                };
                 AnalyzedStatement {
                     fingerprint,
                     normalized_text,

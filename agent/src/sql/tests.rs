@@ -102,6 +102,11 @@ fn quoted_identifiers_keep_case() {
     let c = one(r#"select "SSN" from "Clinic"."Patients" join "lower" on true"#);
     assert_eq!(c.tables_read, names(&[r#""Clinic"."Patients""#, "lower"]));
     assert_eq!(c.columns[0].expr, r#""SSN""#);
+    // Same name spelled quoted and unquoted; only ASCII letters fold.
+    let same = one(
+        r#"select * from "patients" join PATIENTS on true join Pätients on true join "pätients" on true"#,
+    );
+    assert_eq!(same.tables_read, names(&[r#""pätients""#, "patients"]));
 }
 
 #[test]
@@ -120,6 +125,36 @@ fn data_modifying_cte_is_the_modification() {
     );
     assert_eq!((u.kind, u.has_where), (StatementKind::Update, true));
     assert_eq!(u.tables_read, names(&["logs"]));
+}
+
+#[test]
+fn cte_names_hide_tables_only_where_in_scope() {
+    // A CTE named like a real table inside a subquery must not hide the
+    // real table read outside it.
+    let c = one("select * from patients, (with patients as (select 1) select * from patients) s");
+    assert_eq!(c.tables_read, names(&["patients"]));
+    // A non-recursive CTE body reads the real table of the same name.
+    let shadow =
+        one("with patients as (select * from patients where id > 1) select * from patients");
+    assert_eq!(shadow.tables_read, names(&["patients"]));
+    // Later CTEs and the body see earlier CTEs.
+    let chain = one("with a as (select * from t), b as (select * from a) select * from b");
+    assert_eq!(chain.tables_read, names(&["t"]));
+    // RECURSIVE: the CTE refers to itself.
+    let rec = one("with recursive r as (select 1 union all select n + 1 from r) select * from r");
+    assert!(rec.tables_read.is_empty(), "{:?}", rec.tables_read);
+    // A qualified name is never a CTE.
+    let q = one("with patients as (select 1) select * from public.patients");
+    assert_eq!(q.tables_read, names(&["public.patients"]));
+}
+
+#[test]
+fn table_command_is_a_read() {
+    // The parser does not take a bare top-level `TABLE x`: refused as unparseable.
+    let bare = analyzer().analyze("TABLE Clinic.Patients");
+    assert!(bare.statements[0].classification.is_err());
+    let u = one("select * from a union table Clinic.B");
+    assert_eq!(u.tables_read, names(&["a", "clinic.b"]));
 }
 
 #[test]

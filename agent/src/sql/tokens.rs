@@ -107,29 +107,66 @@ pub(crate) fn normalized_text(tokens: &[TokenWithSpan]) -> String {
     out
 }
 
+/// Full SHA-256 of the statement's shape, plus the literal numbers after
+/// `LIMIT` / `FETCH FIRST|NEXT` (they are part of the classification).
+/// Keys the shape cache: 256 bits, so two different statements cannot be
+/// made to share a key (a 64-bit key could be collided on purpose).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ShapeKey(pub(crate) [u8; 32]);
+
 /// Stable hash of the statement's shape: tokens without whitespace and
 /// comments, unquoted words lower-cased (as PostgreSQL folds them), values
 /// and parameters as `?`. SHA-256 based, so it is the same on every host and
-/// release as long as the tokenizer is.
-pub(crate) fn fingerprint(tokens: &[TokenWithSpan]) -> Fingerprint {
-    let mut hasher = Sha256::new();
+/// release as long as the tokenizer is. Returns the displayed 64-bit
+/// fingerprint and the full shape-cache key.
+pub(crate) fn shape(tokens: &[TokenWithSpan]) -> (Fingerprint, ShapeKey) {
+    let mut fingerprint = Sha256::new();
+    let mut key = Sha256::new();
+    let mut after_limit = false;
     for t in tokens {
-        match &t.token {
+        let canonical: std::borrow::Cow<'_, str> = match &t.token {
             Token::Whitespace(_) => continue,
-            token if is_value(token) => hasher.update(b"?"),
+            token if is_value(token) => {
+                if let (true, Token::Number(n, _)) = (after_limit, token) {
+                    key.update(n.as_bytes());
+                }
+                "?".into()
+            }
             Token::Word(Word {
                 value,
                 quote_style: None,
                 ..
-            }) => hasher.update(value.to_lowercase().as_bytes()),
-            token => hasher.update(token.to_string().as_bytes()),
+            }) => value.to_ascii_lowercase().into(),
+            token => token.to_string().into(),
+        };
+        // `LIMIT 10`, `LIMIT (10)`, `FETCH FIRST 10`.
+        after_limit = match &t.token {
+            Token::Word(w) => {
+                w.quote_style.is_none()
+                    && ["limit", "first", "next"]
+                        .iter()
+                        .any(|k| w.value.eq_ignore_ascii_case(k))
+            }
+            Token::LParen => after_limit,
+            _ => false,
+        };
+        for h in [&mut fingerprint, &mut key] {
+            h.update(canonical.as_bytes());
+            h.update([0x1f]);
         }
-        hasher.update([0x1f]);
     }
-    let digest = hasher.finalize();
+    let digest = fingerprint.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
-    Fingerprint(u64::from_be_bytes(first))
+    (
+        Fingerprint(u64::from_be_bytes(first)),
+        ShapeKey(key.finalize().into()),
+    )
+}
+
+#[cfg(test)]
+pub(crate) fn fingerprint(tokens: &[TokenWithSpan]) -> Fingerprint {
+    shape(tokens).0
 }
 
 /// The statement as written, with PHI the detectors find masked inside
@@ -218,6 +255,25 @@ mod tests {
         assert_ne!(base, fp("SELECT name FROM patients WHERE mrn = 42"));
         assert_ne!(base, fp("SELECT name FROM \"Patients\" WHERE id = 42"));
         assert_ne!(base, fp("SELECT name FROM patients WHERE id > 42"));
+    }
+
+    #[test]
+    fn shape_key_separates_limit_values_but_fingerprint_does_not() {
+        let shape_of = |sql: &str| shape(&split(tokenize(sql).unwrap())[0]);
+        let (f10, k10) = shape_of("select * from t where a = 1 limit 10");
+        let (f20, k20) = shape_of("select * from t where a = 2 limit 20");
+        let (_, k10b) = shape_of("SELECT * FROM t WHERE a = 3 LIMIT 10");
+        assert_eq!(f10, f20);
+        assert_ne!(k10, k20);
+        assert_eq!(k10, k10b);
+        assert_ne!(
+            shape_of("select 1 limit (1)").1,
+            shape_of("select 1 limit (2)").1
+        );
+        assert_ne!(
+            shape_of("select 1 fetch first 1 rows only").1,
+            shape_of("select 1 fetch first 2 rows only").1
+        );
     }
 
     #[test]
