@@ -131,10 +131,10 @@ impl<'s> Backend<'s> {
                     let overrides = self.current().map(|c| c.mask.clone()).unwrap_or_default();
                     self.result = Some(ResultMask::blind(&self.svc.masker, columns, &overrides));
                 }
-                if let Some(mask) = self.result.as_mut() {
-                    if !mask.data_row(&frame, out).map_err(SessionError::Protocol)? {
-                        out.extend_from_slice(&frame.bytes);
-                    }
+                if let Some(mask) = self.result.as_mut()
+                    && !mask.data_row(&frame, out).map_err(SessionError::Protocol)?
+                {
+                    out.extend_from_slice(&frame.bytes);
                 }
             }
             b'C' => {

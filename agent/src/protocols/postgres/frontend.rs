@@ -269,7 +269,11 @@ impl<'s> Frontend<'s> {
         if self.skipping {
             return Ok(());
         }
-        let (portal, statement, parameters) = parse_bind(frame.body(), self)?;
+        let Bound {
+            portal,
+            statement,
+            parameters,
+        } = parse_bind(frame.body(), self)?;
         if let Some(prepared) = self.statements.get(statement).cloned() {
             self.portals.insert(
                 Bytes::copy_from_slice(portal),
@@ -325,19 +329,20 @@ impl<'s> Frontend<'s> {
     }
 
     fn close(&mut self, frame: &Frame) {
-        let body = frame.body();
-        if let Some((&kind, rest)) = body.split_first() {
-            if let Some((name, _)) = cstr(rest) {
-                match kind {
-                    b'S' => {
-                        self.statements.remove(name);
-                    }
-                    b'P' => {
-                        self.portals.remove(name);
-                    }
-                    _ => {}
-                }
+        let Some((&kind, rest)) = frame.body().split_first() else {
+            return;
+        };
+        let Some((name, _)) = cstr(rest) else {
+            return;
+        };
+        match kind {
+            b'S' => {
+                self.statements.remove(name);
             }
+            b'P' => {
+                self.portals.remove(name);
+            }
+            _ => {}
         }
     }
 
@@ -446,11 +451,15 @@ fn statement_text(body: &[u8]) -> Result<&str, BytesMut> {
     })
 }
 
-/// Portal name, statement name and recorded (masked) parameter values.
-fn parse_bind<'b>(
-    body: &'b [u8],
-    fe: &Frontend<'_>,
-) -> Result<(&'b [u8], &'b [u8], Vec<String>), SessionError> {
+/// What a Bind says: portal name, statement name, and the parameter values
+/// as recorded (masked).
+struct Bound<'b> {
+    portal: &'b [u8],
+    statement: &'b [u8],
+    parameters: Vec<String>,
+}
+
+fn parse_bind<'b>(body: &'b [u8], fe: &Frontend<'_>) -> Result<Bound<'b>, SessionError> {
     let (portal, rest) = cstr(body).ok_or_else(|| malformed("Bind"))?;
     let (statement, mut rest) = cstr(rest).ok_or_else(|| malformed("Bind"))?;
     let n_formats = take_i16(&mut rest).ok_or_else(|| malformed("Bind"))?;
@@ -485,7 +494,11 @@ fn parse_bind<'b>(
         rest = tail;
         parameters.push(fe.mask_parameter(Some(value), binary));
     }
-    Ok((portal, statement, parameters))
+    Ok(Bound {
+        portal,
+        statement,
+        parameters,
+    })
 }
 
 /// The column names of a `COPY ... TO`, when the statement names them.

@@ -114,10 +114,6 @@ impl ResultMask {
         }
     }
 
-    pub fn columns(&self) -> usize {
-        self.names.len()
-    }
-
     /// Masks one DataRow. Returns `None` when nothing changed (the original
     /// frame is forwarded as it is), else the rewritten row.
     pub fn data_row(&mut self, frame: &Frame, out: &mut BytesMut) -> Result<bool, String> {
@@ -259,11 +255,11 @@ pub fn server_message(masker: &Masker, frame: &Frame) -> Result<Option<BytesMut>
         }
         // A unique violation's detail quotes the key values verbatim, in
         // forms the detectors may not know: keep only its shape.
-        if *code == b'D' && value.contains(")=(") {
-            if let Some(open) = value.find(")=(") {
-                *value = format!("{})=(***) already exists or is referenced.", &value[..open]);
-                changed = true;
-            }
+        if *code == b'D'
+            && let Some(open) = value.find(")=(")
+        {
+            *value = format!("{})=(***) already exists or is referenced.", &value[..open]);
+            changed = true;
         }
     }
     if !changed {

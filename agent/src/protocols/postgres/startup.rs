@@ -134,8 +134,11 @@ async fn accept_tls(
     Ok(PgStream::TlsServer(Box::new(tls)))
 }
 
-/// Startup parameters, and the `_pq_.` protocol options loopgate declines.
-fn parameters(mut body: &[u8]) -> Result<(Vec<(String, String)>, Vec<String>), SessionError> {
+/// Startup parameters (name, value), and the `_pq_.` protocol options
+/// loopgate declines.
+type Parameters = (Vec<(String, String)>, Vec<String>);
+
+fn parameters(mut body: &[u8]) -> Result<Parameters, SessionError> {
     let bad = || SessionError::Protocol("malformed startup parameters".into());
     let mut out = Vec::new();
     let mut unsupported = Vec::new();
@@ -164,7 +167,7 @@ mod tests {
     #[test]
     fn parameters_and_protocol_options() {
         let (params, unsupported) =
-            parameters(b"user\0app\0database\0clinic\0_pq_.x\01\0\0").unwrap();
+            parameters(b"user\0app\0database\0clinic\0_pq_.x\0\x31\0\0").unwrap();
         assert_eq!(
             params,
             [

@@ -2,7 +2,7 @@
 use bytes::BytesMut;
 use pgwire::messages::{
     Message as _,
-    response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus},
+    response::{ErrorResponse, ReadyForQuery, TransactionStatus},
     startup::{
         Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
     },
@@ -18,8 +18,6 @@ pub mod sqlstate {
     pub const CONNECTION_FAILURE: &str = "08006";
     /// loopgate cannot record the command.
     pub const SYSTEM_ERROR: &str = "58000";
-    /// The caller could not be authenticated.
-    pub const INVALID_AUTHORIZATION: &str = "28000";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 }
 
@@ -59,16 +57,6 @@ pub fn fatal(code: &str, message: &str) -> BytesMut {
     encode(|b| ErrorResponse::new(fields).encode(b))
 }
 
-pub fn notice(message: &str) -> BytesMut {
-    let fields = vec![
-        (b'S', "NOTICE".to_owned()),
-        (b'V', "NOTICE".to_owned()),
-        (b'C', "00000".to_owned()),
-        (b'M', message.to_owned()),
-    ];
-    encode(|b| NoticeResponse::new(fields).encode(b))
-}
-
 pub fn ready_for_query(status: u8) -> BytesMut {
     let status = match status {
         b'T' => TransactionStatus::Transaction,
@@ -80,10 +68,6 @@ pub fn ready_for_query(status: u8) -> BytesMut {
 
 pub fn authentication_ok() -> BytesMut {
     encode(|b| Authentication::Ok.encode(b))
-}
-
-pub fn authentication_cleartext() -> BytesMut {
-    encode(|b| Authentication::CleartextPassword.encode(b))
 }
 
 pub fn parameter_status(name: &str, value: &str) -> BytesMut {
