@@ -22,11 +22,7 @@ fn check_accepts_the_shipped_default_config() {
         .arg(shipped)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
 }
 
@@ -37,18 +33,12 @@ fn a_bad_config_names_the_key_and_line_and_exits_2() {
     );
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(":7:") && stderr.contains("target.address"),
-        "{stderr}"
-    );
+    assert!(stderr.contains(":7:") && stderr.contains("target.address"), "{stderr}");
 
     let out = check("[intercept]\nlisten_port = 99999\n");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("line 2") && stderr.contains("listen_port"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("line 2") && stderr.contains("listen_port"), "{stderr}");
 }
 
 #[test]
@@ -63,9 +53,6 @@ fn a_missing_config_file_is_an_error_when_named() {
 
 #[test]
 fn exec_without_a_command_is_a_usage_error() {
-    let out = Command::new(loopgate_bin())
-        .args(["exec"])
-        .output()
-        .unwrap();
+    let out = Command::new(loopgate_bin()).args(["exec"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

@@ -6,9 +6,7 @@ use std::{
     time::Duration,
 };
 
-use loopgate_e2e::{
-    Agent, ECHO_CLIENT, EchoServer, Target, echo::unique_loopback_ip, require_ebpf,
-};
+use loopgate_e2e::{Agent, ECHO_CLIENT, EchoServer, Target, echo::unique_loopback_ip, require_ebpf};
 use serde_json::Value;
 
 /// The system Python: readable by every user, unlike a venv under /root.
@@ -21,29 +19,11 @@ fn client_python() -> &'static str {
 }
 
 /// Runs the echo client inside the agent's cgroup.
-fn echo_client(
-    agent: &Agent,
-    user: Option<&str>,
-    host: &str,
-    port: u16,
-    count: usize,
-    size: usize,
-) -> (Output, Value) {
+fn echo_client(agent: &Agent, user: Option<&str>, host: &str, port: u16, count: usize, size: usize) -> (Output, Value) {
     let port = port.to_string();
     let count = count.to_string();
     let size = size.to_string();
-    let out = agent.exec_as(
-        user,
-        &[
-            client_python(),
-            "-c",
-            ECHO_CLIENT,
-            host,
-            &port,
-            &count,
-            &size,
-        ],
-    );
+    let out = agent.exec_as(user, &[client_python(), "-c", ECHO_CLIENT, host, &port, &count, &size]);
     let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     (out, report)
 }
@@ -66,10 +46,7 @@ fn ipv4_ipv6_and_v4_mapped_clients_are_proxied_and_attributed() {
     require_ebpf!();
     let v4 = EchoServer::start(&unique_loopback_ip());
     let v6 = EchoServer::start("::1");
-    let agent = Agent::start(
-        &[Target::tcp("echo4", v4.addr), Target::tcp("echo6", v6.addr)],
-        "",
-    );
+    let agent = Agent::start(&[Target::tcp("echo4", v4.addr), Target::tcp("echo6", v6.addr)], "");
 
     let v4_host = v4.addr.ip().to_string();
     let mapped_host = format!("::ffff:{}", v4.addr.ip());
@@ -80,11 +57,7 @@ fn ipv4_ipv6_and_v4_mapped_clients_are_proxied_and_attributed() {
         assert_ok(&out, &report, &agent);
         // The client sees the address it asked for, not the proxy's.
         let peer = &report["connections"][0]["peer"];
-        assert_eq!(
-            peer[0].as_str(),
-            Some(host.as_str()),
-            "getpeername: {report}"
-        );
+        assert_eq!(peer[0].as_str(), Some(host.as_str()), "getpeername: {report}");
         assert_eq!(
             peer[1].as_u64(),
             Some(u64::from(server.addr.port())),
@@ -98,9 +71,7 @@ fn ipv4_ipv6_and_v4_mapped_clients_are_proxied_and_attributed() {
         );
     }
 
-    let events = agent.wait_events("three session ends", |e| {
-        sessions(e, "session_end").len() == 3
-    });
+    let events = agent.wait_events("three session ends", |e| sessions(e, "session_end").len() == 3);
     let ends = sessions(&events, "session_end");
     for end in &ends {
         let process = &end["process"];
@@ -113,10 +84,7 @@ fn ipv4_ipv6_and_v4_mapped_clients_are_proxied_and_attributed() {
         assert_eq!(end["outcome"]["bytes_to_server"], 100, "{end}");
         assert_eq!(end["outcome"]["bytes_to_client"], 100, "{end}");
     }
-    let targets: Vec<&str> = ends
-        .iter()
-        .map(|e| e["target"]["name"].as_str().unwrap())
-        .collect();
+    let targets: Vec<&str> = ends.iter().map(|e| e["target"]["name"].as_str().unwrap()).collect();
     assert_eq!(targets.iter().filter(|t| **t == "echo4").count(), 2);
     assert_eq!(targets.iter().filter(|t| **t == "echo6").count(), 1);
     let starts = sessions(&events, "session_start");
@@ -143,14 +111,7 @@ fn processes_outside_the_cgroup_and_other_destinations_are_untouched() {
     std::io::Write::write_all(&mut direct, b"x").unwrap();
     drop(direct);
     // Inside the cgroup, to a destination that is not a target: direct.
-    let (out, report) = echo_client(
-        &agent,
-        None,
-        &other.addr.ip().to_string(),
-        other.addr.port(),
-        1,
-        10,
-    );
+    let (out, report) = echo_client(&agent, None, &other.addr.ip().to_string(), other.addr.port(), 1, 10);
     assert_ok(&out, &report, &agent);
     let inside_local: SocketAddr = format!(
         "{}:{}",
@@ -218,17 +179,10 @@ fn detach_makes_connects_go_direct() {
     let mut agent = Agent::start(&[Target::tcp("echo", server.addr)], "");
     let host = server.addr.ip().to_string();
 
-    assert!(
-        agent.sigterm().success(),
-        "agent exits 0 on SIGTERM:\n{}",
-        agent.log()
-    );
+    assert!(agent.sigterm().success(), "agent exits 0 on SIGTERM:\n{}", agent.log());
     // SIGTERM keeps the pins: still refused.
     let (out, _) = echo_client(&agent, None, &host, server.addr.port(), 1, 10);
-    assert!(
-        !out.status.success(),
-        "SIGTERM must not remove interception"
-    );
+    assert!(!out.status.success(), "SIGTERM must not remove interception");
 
     let detach = agent.detach();
     assert!(
@@ -262,9 +216,7 @@ fn two_hundred_concurrent_connections_get_their_own_bytes() {
     );
     assert_ok(&out, &report, &agent);
     assert_eq!(report["connections"].as_array().map(Vec::len), Some(200));
-    let events = agent.wait_events("200 session ends", |e| {
-        sessions(e, "session_end").len() == 200
-    });
+    let events = agent.wait_events("200 session ends", |e| sessions(e, "session_end").len() == 200);
     for end in sessions(&events, "session_end") {
         assert_eq!(end["outcome"]["bytes_to_client"], 20_000, "{end}");
     }
@@ -276,24 +228,13 @@ fn a_connection_the_kernel_did_not_redirect_is_refused_and_recorded() {
     require_ebpf!();
     let server = EchoServer::start(&unique_loopback_ip());
     let agent = Agent::start(&[Target::tcp("echo", server.addr)], "");
-    let mut sneaky =
-        TcpStream::connect(("127.0.0.1", agent.port)).expect("connect to the listener");
-    sneaky
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let mut sneaky = TcpStream::connect(("127.0.0.1", agent.port)).expect("connect to the listener");
+    sneaky.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = [0u8; 16];
     let n = std::io::Read::read(&mut sneaky, &mut buf).unwrap_or(0);
-    assert_eq!(
-        n, 0,
-        "the listener must close a connection it cannot attribute"
-    );
-    let events = agent.wait_events("the refusal", |e| {
-        e.iter().any(|e| e["outcome"]["status"] == "refused")
-    });
-    let refusal = events
-        .iter()
-        .find(|e| e["outcome"]["status"] == "refused")
-        .unwrap();
+    assert_eq!(n, 0, "the listener must close a connection it cannot attribute");
+    let events = agent.wait_events("the refusal", |e| e.iter().any(|e| e["outcome"]["status"] == "refused"));
+    let refusal = events.iter().find(|e| e["outcome"]["status"] == "refused").unwrap();
     assert_eq!(refusal["decision"]["rule_id"], "intercept.not_redirected");
     assert_eq!(agent.counter("refused_not_redirected"), 1);
     assert!(server.peers().is_empty());
@@ -310,13 +251,8 @@ fn an_unreachable_upstream_closes_the_client_and_is_recorded() {
         .unwrap();
     let agent = Agent::start(&[Target::tcp("dead", closed)], "");
     let (out, report) = echo_client(&agent, None, &closed.ip().to_string(), closed.port(), 1, 10);
-    assert!(
-        !out.status.success(),
-        "the client must not get an echo: {report}"
-    );
-    let events = agent.wait_events("the session end", |e| {
-        !sessions(e, "session_end").is_empty()
-    });
+    assert!(!out.status.success(), "the client must not get an echo: {report}");
+    let events = agent.wait_events("the session end", |e| !sessions(e, "session_end").is_empty());
     let end = sessions(&events, "session_end")[0];
     assert_eq!(end["outcome"]["status"], "unreachable", "{end}");
     assert_eq!(agent.counter("upstream_unreachable"), 1);
@@ -386,17 +322,9 @@ fn status_shows_cgroups_targets_and_live_sessions() {
     let server = EchoServer::start(&unique_loopback_ip());
     let agent = Agent::start(&[Target::tcp("echo", server.addr)], "");
     let status = agent.status();
-    assert!(
-        status["cgroups"][0]["path"]
-            .as_str()
-            .unwrap()
-            .ends_with(&agent.cgroup)
-    );
+    assert!(status["cgroups"][0]["path"].as_str().unwrap().ends_with(&agent.cgroup));
     assert_eq!(status["targets"][0]["name"], "echo");
-    assert_eq!(
-        status["targets"][0]["endpoints"][0],
-        server.addr.to_string()
-    );
+    assert_eq!(status["targets"][0]["endpoints"][0], server.addr.to_string());
     let text = agent.loopgate(&["status"]).output().unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(

@@ -45,11 +45,7 @@ fn client_params() -> Vec<(String, String)> {
     ]
 }
 
-async fn connect(
-    pg: &PgServer,
-    server_name: &str,
-    s: &UpstreamSettings,
-) -> Result<Upstream, UpstreamError> {
+async fn connect(pg: &PgServer, server_name: &str, s: &UpstreamSettings) -> Result<Upstream, UpstreamError> {
     tokio::time::timeout(
         Duration::from_secs(30),
         upstream::connect(pg.addr, server_name, s, &client_params()),
@@ -90,11 +86,7 @@ async fn query(up: &mut Upstream, sql: &str) -> Result<Vec<Vec<Option<String>>>,
                 rows.push(values);
             }
             PgWireBackendMessage::ErrorResponse(e) => {
-                error = e
-                    .fields
-                    .iter()
-                    .find(|(c, _)| *c == b'C')
-                    .map(|(_, v)| v.clone());
+                error = e.fields.iter().find(|(c, _)| *c == b'C').map(|(_, v)| v.clone());
             }
             PgWireBackendMessage::ReadyForQuery(_) => break,
             _ => {}
@@ -136,10 +128,7 @@ async fn trust_round_trip_without_a_password() {
     let pg = server("trust", false);
     let s = settings(None, TlsMode::Disable, None);
     let mut up = connect(&pg, "localhost", &s).await.expect("connect");
-    assert_eq!(
-        query(&mut up, "SELECT current_user").await,
-        Ok(vec![row(&[APP_USER])])
-    );
+    assert_eq!(query(&mut up, "SELECT current_user").await, Ok(vec![row(&[APP_USER])]));
 }
 
 #[tokio::test]
@@ -176,10 +165,7 @@ async fn wrong_password_is_refused_with_the_servers_error() {
         match connect(&pg, "localhost", &s).await {
             Err(UpstreamError::Server { code, message }) => {
                 assert_eq!(code, "28P01", "{auth}");
-                assert!(
-                    message.contains("password authentication failed"),
-                    "{auth}: {message}"
-                );
+                assert!(message.contains("password authentication failed"), "{auth}: {message}");
             }
             other => panic!("{auth}: expected a server refusal, got {other:?}"),
         }
@@ -200,16 +186,10 @@ async fn tls_require_encrypts() {
     let pg = server("scram-sha-256", true);
     let s = settings(Some(APP_PASSWORD), TlsMode::Require, None);
     // Any name: require does not check the certificate.
-    let mut up = connect(&pg, "not-the-servers-name", &s)
-        .await
-        .expect("connect");
+    let mut up = connect(&pg, "not-the-servers-name", &s).await.expect("connect");
     assert!(up.stream.is_tls());
     assert_eq!(
-        query(
-            &mut up,
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
-        )
-        .await,
+        query(&mut up, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").await,
         Ok(vec![row(&["t"])])
     );
 }
@@ -232,37 +212,21 @@ async fn verify_full_checks_ca_and_name() {
     let right_ca = pg.ca_file.clone().expect("ca");
     let s = settings(Some(APP_PASSWORD), TlsMode::VerifyFull, Some(&right_ca));
     for name in ["localhost", "127.0.0.1"] {
-        let mut up = connect(&pg, name, &s)
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut up = connect(&pg, name, &s).await.unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(
-            query(
-                &mut up,
-                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
-            )
-            .await,
+            query(&mut up, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").await,
             Ok(vec![row(&["t"])])
         );
     }
 
     let err = connect(&pg, "db.example.invalid", &s).await.unwrap_err();
-    assert!(
-        matches!(err, UpstreamError::Handshake(_)),
-        "wrong name: {err}"
-    );
+    assert!(matches!(err, UpstreamError::Handshake(_)), "wrong name: {err}");
 
     let other = tempfile::tempdir().unwrap();
     let wrong_ca = LocalCa::load_or_create(other.path()).unwrap();
-    let s = settings(
-        Some(APP_PASSWORD),
-        TlsMode::VerifyFull,
-        Some(&wrong_ca.cert_path()),
-    );
+    let s = settings(Some(APP_PASSWORD), TlsMode::VerifyFull, Some(&wrong_ca.cert_path()));
     let err = connect(&pg, "localhost", &s).await.unwrap_err();
-    assert!(
-        matches!(err, UpstreamError::Handshake(_)),
-        "wrong CA: {err}"
-    );
+    assert!(matches!(err, UpstreamError::Handshake(_)), "wrong CA: {err}");
 }
 
 #[tokio::test]
@@ -293,11 +257,7 @@ async fn database_override_wins_over_the_clients() {
 
 async fn cancel_running_query(ssl: bool) {
     let pg = server("scram-sha-256", ssl);
-    let mode = if ssl {
-        TlsMode::Require
-    } else {
-        TlsMode::Disable
-    };
+    let mode = if ssl { TlsMode::Require } else { TlsMode::Disable };
     let s = settings(Some(APP_PASSWORD), mode, None);
     let mut up = connect(&pg, "localhost", &s).await.expect("connect");
     let (pid, secret) = up.backend_key.clone().expect("backend key");
@@ -308,19 +268,12 @@ async fn cancel_running_query(ssl: bool) {
         upstream::cancel(addr, "localhost", tls.as_ref(), pid, &secret).await
     });
     let started = Instant::now();
-    let result = tokio::time::timeout(
-        Duration::from_secs(20),
-        query(&mut up, "SELECT pg_sleep(30)"),
-    )
-    .await
-    .expect("query was not cancelled");
+    let result = tokio::time::timeout(Duration::from_secs(20), query(&mut up, "SELECT pg_sleep(30)"))
+        .await
+        .expect("query was not cancelled");
     canceller.await.unwrap().expect("cancel");
     assert_eq!(result, Err("57014".to_string()));
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
     // The session survives the cancel.
     assert_eq!(query(&mut up, "SELECT 1").await, Ok(vec![row(&["1"])]));
 }
@@ -346,18 +299,8 @@ async fn local_ca_leaf_is_accepted_by_libpq_verify_full() {
     let other_ca = LocalCa::load_or_create(&dir.path().join("other")).unwrap();
     let both = vec!["localhost".to_string(), "127.0.0.1".into()];
     for (dialled, cert_names, root, expect) in [
-        (
-            "localhost",
-            both.clone(),
-            ca.cert_path(),
-            "test server refused",
-        ),
-        (
-            "127.0.0.1",
-            both.clone(),
-            ca.cert_path(),
-            "test server refused",
-        ),
+        ("localhost", both.clone(), ca.cert_path(), "test server refused"),
+        ("127.0.0.1", both.clone(), ca.cert_path(), "test server refused"),
         (
             "localhost",
             vec!["db.example".to_string()],
@@ -406,9 +349,6 @@ async fn local_ca_leaf_is_accepted_by_libpq_verify_full() {
         .unwrap();
         let stderr = String::from_utf8_lossy(&psql.stderr);
         let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
-        assert!(
-            stderr.contains(expect),
-            "{dialled} vs {cert_names:?}: {stderr}"
-        );
+        assert!(stderr.contains(expect), "{dialled} vs {cert_names:?}: {stderr}");
     }
 }

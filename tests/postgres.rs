@@ -44,12 +44,7 @@ impl Fixture {
         std::fs::write(&password_file, APP_PASSWORD).unwrap();
         std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let agent = Agent::start(
-            &[Target::postgres(
-                "patients-db",
-                pg.addr,
-                APP_USER,
-                &password_file,
-            )],
+            &[Target::postgres("patients-db", pg.addr, APP_USER, &password_file)],
             agent_extra,
         );
         Fixture {
@@ -107,16 +102,13 @@ impl Fixture {
             self.pg.addr.ip(),
             self.pg.addr.port()
         );
-        self.agent
-            .exec(&[python.to_str().unwrap(), "-c", script, &dsn])
+        self.agent.exec(&[python.to_str().unwrap(), "-c", script, &dsn])
     }
 
     fn audit_text(&self) -> String {
         let mut all = String::new();
         for entry in walk(&self.agent.audit_dir) {
-            all.push_str(&String::from_utf8_lossy(
-                &std::fs::read(entry).unwrap_or_default(),
-            ));
+            all.push_str(&String::from_utf8_lossy(&std::fs::read(entry).unwrap_or_default()));
         }
         all
     }
@@ -127,11 +119,7 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p))
-            } else {
-                out.push(p)
-            }
+            if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
         }
     }
     out
@@ -159,9 +147,7 @@ fn commands(events: &[Value]) -> Vec<&Value> {
 fn psql_is_served_masked_and_recorded_without_knowing_the_password() {
     require_ebpf!();
     let f = Fixture::start(PgOptions::default(), "");
-    let out = f.psql_ok(
-        "SELECT id, name, ssn, phone, email, mrn, dob, city, note FROM patients ORDER BY id",
-    );
+    let out = f.psql_ok("SELECT id, name, ssn, phone, email, mrn, dob, city, note FROM patients ORDER BY id");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), PATIENTS, "every row arrives");
     let first: Vec<&str> = lines[0].split('|').collect();
@@ -171,19 +157,10 @@ fn psql_is_served_masked_and_recorded_without_knowing_the_password() {
     for line in &lines {
         let f: Vec<&str> = line.split('|').collect();
         assert_eq!(f.len(), 9, "{line}");
-        for (i, col) in [
-            (2, "ssn"),
-            (3, "phone"),
-            (4, "email"),
-            (5, "mrn"),
-            (6, "dob"),
-        ] {
+        for (i, col) in [(2, "ssn"), (3, "phone"), (4, "email"), (5, "mrn"), (6, "dob")] {
             assert!(f[i].contains('*'), "{col} is masked: {line}");
         }
-        assert!(
-            f[2].starts_with("***-**-"),
-            "ssn keeps only its last four: {line}"
-        );
+        assert!(f[2].starts_with("***-**-"), "ssn keeps only its last four: {line}");
     }
     assert!(!has_ssn(&out), "no SSN reaches the client");
     assert!(!out.contains("@example.org"), "no email reaches the client");
@@ -204,10 +181,7 @@ fn psql_is_served_masked_and_recorded_without_knowing_the_password() {
     assert_eq!(command["principal"]["subject"], "unix:nobody");
     assert_eq!(command["command"]["kind"], "select");
     assert_eq!(command["target"]["name"], "patients-db");
-    let result = events
-        .iter()
-        .find(|e| e["kind"] == "command_result")
-        .unwrap();
+    let result = events.iter().find(|e| e["kind"] == "command_result").unwrap();
     assert_eq!(result["command_id"], command["event_id"]);
     assert_eq!(result["outcome"]["rows"], PATIENTS as u64);
     assert!(result["outcome"]["masked_count"].as_u64().unwrap() >= 5 * PATIENTS as u64);
@@ -243,31 +217,36 @@ fn destructive_statements_are_blocked_and_the_session_goes_on() {
             "{sql:?}: {stderr}"
         );
     }
-    // psql -c with ON_ERROR_STOP runs one string; a session with several
-    // statements shows it goes on after a refusal.
-    let out = f.psql_ok("SELECT count(*) FROM patients");
-    assert_eq!(out.trim(), PATIENTS.to_string(), "the table is still there");
-    let script = "\\set ON_ERROR_STOP 0\nDROP TABLE patients;\nSELECT 'still here';\n";
+    // One psql session: the refusal, then a query that still runs.
     let host = f.pg.addr.ip().to_string();
     let port = f.pg.addr.port().to_string();
     let out = f.agent.exec_as(
         Some("nobody"),
-        &[
-            "psql", "-X", "-A", "-t", "-h", &host, "-p", &port, "-U", "x", "-d", "postgres", "-c",
-            script,
-        ],
+        &["psql", "-X", "-A", "-t", "-h", &host, "-p", &port, "-U", "x", "-d", "postgres", "-c", "DROP TABLE patients", "-c", "SELECT 'still here'"],
     );
-    let _ = out;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("still here"), "{}", String::from_utf8_lossy(&out.stderr));
+    // The extended protocol (psycopg): the error, then a healthy session.
+    let script = r#"
+import sys, psycopg
+with psycopg.connect(sys.argv[1]) as conn:
+    try:
+        conn.execute("DROP TABLE patients")
+        print("not refused")
+    except psycopg.errors.InsufficientPrivilege as e:
+        print("refused:", e.sqlstate)
+    conn.rollback()
+    print("after:", conn.execute("SELECT count(*) FROM patients WHERE id > %s", (0,)).fetchone()[0])
+"#;
+    let out = f.python(script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("refused: 42501") && stdout.contains(&format!("after: {PATIENTS}")), "{stdout}");
     let events = f.agent.events();
     let blocked: Vec<&Value> = commands(&events)
         .into_iter()
         .filter(|e| e["decision"]["verdict"] == "block")
         .collect();
-    assert!(
-        blocked.len() >= 5,
-        "every refusal is recorded: {}",
-        blocked.len()
-    );
+    assert!(blocked.len() >= 5, "every refusal is recorded: {}", blocked.len());
     assert!(
         blocked
             .iter()
@@ -283,10 +262,7 @@ fn destructive_statements_are_blocked_and_the_session_goes_on() {
             .iter()
             .any(|e| e["decision"]["rule_id"] == "builtin.block_drop_database")
     );
-    assert_eq!(
-        f.pg.psql("SELECT count(*) FROM patients"),
-        PATIENTS.to_string()
-    );
+    assert_eq!(f.pg.psql("SELECT count(*) FROM patients"), PATIENTS.to_string());
 }
 
 #[test]
@@ -341,16 +317,35 @@ with psycopg.connect(sys.argv[1]) as conn:
 fn copy_to_stdout_is_masked() {
     require_ebpf!();
     let f = Fixture::start(PgOptions::default(), "");
-    let out =
-        f.psql_ok("COPY (SELECT id, name, ssn, phone, email FROM patients ORDER BY id) TO STDOUT");
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), PATIENTS);
-    assert!(lines[0].starts_with("1\tPatient 1\t"), "{}", lines[0]);
-    assert!(
-        !has_ssn(&out) && !out.contains("@example.org"),
-        "{}",
-        lines[0]
-    );
+    for sql in [
+        "COPY patients TO STDOUT",
+        "COPY (SELECT id, name, ssn AS a, phone AS b, email AS c, mrn, dob AS born, city, note FROM patients ORDER BY id) TO STDOUT",
+    ] {
+        let out = f.psql_ok(sql);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), PATIENTS, "{sql}");
+        for line in &lines {
+            let fields: Vec<&str> = line.split('\t').collect();
+            assert_eq!(fields.len(), 9, "{line}");
+            assert!(fields[1].starts_with("Patient "), "{sql}: {line}");
+            for (i, col) in [(2, "ssn"), (3, "phone"), (4, "email"), (5, "mrn"), (6, "dob")] {
+                assert!(fields[i].contains('*'), "{sql}: {col} is masked: {line}");
+            }
+        }
+        assert!(!has_ssn(&out) && !out.contains("@example.org"), "{sql}");
+    }
+}
+
+#[test]
+fn aliases_do_not_dodge_column_rules() {
+    require_ebpf!();
+    let f = Fixture::start(PgOptions::default(), "");
+    let out = f.psql_ok("SELECT p.ssn AS a, p.dob AS b, p.mrn AS c, p.name AS d FROM patients p WHERE id < 20");
+    for line in out.lines() {
+        let fields: Vec<&str> = line.split('|').collect();
+        assert!(fields[0].contains('*') && fields[1].contains('*') && fields[2].contains('*'), "{line}");
+        assert!(fields[3].starts_with("Patient "), "{line}");
+    }
 }
 
 #[test]
@@ -378,14 +373,8 @@ fn pgbench_runs_through_the_proxy_in_simple_and_prepared_mode() {
         .env("PGPASSWORD", loopgate_e2e::postgres::SUPERUSER_PASSWORD)
         .output()
         .unwrap();
-    assert!(
-        direct.status.success(),
-        "{}",
-        String::from_utf8_lossy(&direct.stderr)
-    );
-    f.pg.psql(&format!(
-        "GRANT ALL ON ALL TABLES IN SCHEMA public TO {APP_USER}"
-    ));
+    assert!(direct.status.success(), "{}", String::from_utf8_lossy(&direct.stderr));
+    f.pg.psql(&format!("GRANT ALL ON ALL TABLES IN SCHEMA public TO {APP_USER}"));
     for mode in ["simple", "prepared"] {
         let run = f.agent.exec_as(
             Some("nobody"),

@@ -97,11 +97,10 @@ fn bench(c: &mut Criterion) {
         b.iter(|| mask_row(&keep_plan, black_box(&clean)))
     });
 
-    c.bench_function("plan_10col", |b| {
-        b.iter(|| default.plan(black_box(&cols), &[]))
-    });
+    c.bench_function("plan_10col", |b| b.iter(|| default.plan(black_box(&cols), &[])));
 
-    let message = "duplicate key value violates unique constraint \"patients_ssn_key\": Key (ssn)=(123-45-6789) already exists.";
+    let message =
+        "duplicate key value violates unique constraint \"patients_ssn_key\": Key (ssn)=(123-45-6789) already exists.";
     c.bench_function("mask_free_text_error_message", |b| {
         b.iter(|| default.mask_free_text(black_box(message)).len())
     });

@@ -44,12 +44,7 @@ fn bench(c: &mut Criterion) {
     let inline = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;";
     analyzer.analyze_with(inline, Some(&shapes));
     c.bench_function("analyze_shape_hit_pgbench_select_inline_literal", |b| {
-        b.iter(|| {
-            analyzer
-                .analyze_with(black_box(inline), Some(&shapes))
-                .statements
-                .len()
-        })
+        b.iter(|| analyzer.analyze_with(black_box(inline), Some(&shapes)).statements.len())
     });
 }
 

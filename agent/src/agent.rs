@@ -23,10 +23,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let cgroups = intercept::intercepted_cgroups(&config)?;
     let config = Arc::new(config);
-    let audit =
-        AuditLog::new(JsonLines::open(&config.audit.dir).with_context(|| {
-            format!("opening the audit store in {}", config.audit.dir.display())
-        })?);
+    let audit = AuditLog::new(
+        JsonLines::open(&config.audit.dir)
+            .with_context(|| format!("opening the audit store in {}", config.audit.dir.display()))?,
+    );
 
     // Listen first: the pinned programs may already be redirecting to us.
     let port = config.intercept.listen_port;
@@ -35,14 +35,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("listening on 127.0.0.1:{port} and [::1]:{port}"))?;
     let interceptor = Arc::new(Interceptor::start(&config, cgroups)?);
     let proxy = Proxy::new(config.clone(), interceptor.clone(), audit.clone())?;
-    control::serve(&config.control.socket, proxy.clone(), interceptor.clone()).with_context(
-        || {
-            format!(
-                "opening the control socket {}",
-                config.control.socket.display()
-            )
-        },
-    )?;
+    control::serve(&config.control.socket, proxy.clone(), interceptor.clone())
+        .with_context(|| format!("opening the control socket {}", config.control.socket.display()))?;
 
     audit
         .append(Event::new(EventKind::AgentStart))

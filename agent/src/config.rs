@@ -15,8 +15,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
-    mask::MaskConfig, policy::BuiltinPolicyConfig, protocols::postgres::config::UpstreamConfig,
-    sql::SqlConfig,
+    mask::MaskConfig, policy::BuiltinPolicyConfig, protocols::postgres::config::UpstreamConfig, sql::SqlConfig,
 };
 
 /// Where `loopgate run` looks for its config when none is named.
@@ -133,10 +132,7 @@ impl Target {
     /// The host part of `address` (a name or an IP), which a server
     /// certificate must match.
     pub fn host(&self) -> &str {
-        let host = self
-            .address
-            .rsplit_once(':')
-            .map_or(self.address.as_str(), |(h, _)| h);
+        let host = self.address.rsplit_once(':').map_or(self.address.as_str(), |(h, _)| h);
         host.trim_start_matches('[').trim_end_matches(']')
     }
 }
@@ -145,10 +141,7 @@ impl Target {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Syntax { path: String, message: String },
     #[error("{path}:{line}: `{key}`: {message}")]
@@ -191,9 +184,7 @@ impl Config {
 
     /// The target that owns `endpoint`, if any.
     pub fn target_for(&self, endpoint: SocketAddr) -> Option<&Target> {
-        self.targets
-            .iter()
-            .find(|t| t.endpoints.contains(&endpoint))
+        self.targets.iter().find(|t| t.endpoints.contains(&endpoint))
     }
 }
 
@@ -285,12 +276,7 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn error<T>(
-        &self,
-        key: &str,
-        span: std::ops::Range<usize>,
-        message: impl Into<String>,
-    ) -> Result<T, ConfigError> {
+    fn error<T>(&self, key: &str, span: std::ops::Range<usize>, message: impl Into<String>) -> Result<T, ConfigError> {
         let line = self.text[..span.start.min(self.text.len())]
             .bytes()
             .filter(|&b| b == b'\n')
@@ -340,10 +326,7 @@ impl Validator<'_> {
             sql: raw.sql,
             policy: raw.policy.builtin,
             tls: TlsConfig {
-                ca_dir: raw
-                    .tls
-                    .ca_dir
-                    .unwrap_or_else(|| PathBuf::from("/var/lib/loopgate/ca")),
+                ca_dir: raw.tls.ca_dir.unwrap_or_else(|| PathBuf::from("/var/lib/loopgate/ca")),
             },
             targets,
         })
@@ -372,10 +355,7 @@ impl Validator<'_> {
                             "the root cgroup cannot be intercepted: name a child cgroup",
                         );
                     }
-                    if trimmed
-                        .split('/')
-                        .any(|c| c == ".." || c == "." || c.is_empty())
-                    {
+                    if trimmed.split('/').any(|c| c == ".." || c == "." || c.is_empty()) {
                         return self.error(
                             "intercept.cgroups",
                             span,
@@ -400,11 +380,7 @@ impl Validator<'_> {
         };
         let pin_dir = match raw.pin_dir {
             Some(p) if !p.get_ref().is_absolute() => {
-                return self.error(
-                    "intercept.pin_dir",
-                    p.span(),
-                    "must be an absolute path on bpffs",
-                );
+                return self.error("intercept.pin_dir", p.span(), "must be an absolute path on bpffs");
             }
             Some(p) => p.into_inner(),
             None => PathBuf::from("/sys/fs/bpf/loopgate"),
@@ -446,8 +422,8 @@ impl Validator<'_> {
         };
         let postgres = self.postgres(protocol, &raw)?;
         let address = raw.address.get_ref().clone();
-        let endpoints = resolve(&address)
-            .or_else(|message| self.error("target.address", raw.address.span(), message))?;
+        let endpoints =
+            resolve(&address).or_else(|message| self.error("target.address", raw.address.span(), message))?;
         for ep in &endpoints {
             if let Some(other) = earlier.iter().find(|t| t.endpoints.contains(ep)) {
                 return self.error(
@@ -467,11 +443,7 @@ impl Validator<'_> {
     }
 
     /// The PostgreSQL keys of a target: required for postgres, refused for others.
-    fn postgres(
-        &self,
-        protocol: Protocol,
-        raw: &raw::Target,
-    ) -> Result<Option<PostgresTarget>, ConfigError> {
+    fn postgres(&self, protocol: Protocol, raw: &raw::Target) -> Result<Option<PostgresTarget>, ConfigError> {
         if protocol != Protocol::Postgres {
             if let Some(u) = &raw.upstream {
                 return self.error(
@@ -499,11 +471,7 @@ impl Validator<'_> {
         if let Err(e) = upstream.get_ref().validate() {
             return self.error("target.upstream", upstream.span(), e.to_string());
         }
-        let identity = match raw
-            .identity
-            .as_ref()
-            .map(|i| (i.get_ref().as_str(), i.span()))
-        {
+        let identity = match raw.identity.as_ref().map(|i| (i.get_ref().as_str(), i.span())) {
             None | Some(("process", _)) => Identity::Process,
             Some(("oidc", span)) => {
                 return self.error(
@@ -560,9 +528,7 @@ fn check_endpoint(sa: SocketAddr) -> Result<SocketAddr, String> {
         return Err(format!("{sa}: port 0 cannot be intercepted"));
     }
     if sa.ip().is_unspecified() {
-        return Err(format!(
-            "{sa}: an unspecified address cannot be intercepted"
-        ));
+        return Err(format!("{sa}: an unspecified address cannot be intercepted"));
     }
     Ok(sa)
 }
@@ -603,22 +569,15 @@ address = "[::1]:9000"
         )
         .unwrap();
         assert_eq!(config.targets.len(), 2);
-        assert_eq!(
-            config.targets[0].endpoints,
-            ["127.0.0.77:7777".parse().unwrap()]
-        );
+        assert_eq!(config.targets[0].endpoints, ["127.0.0.77:7777".parse().unwrap()]);
         assert_eq!(config.targets[1].endpoints, ["[::1]:9000".parse().unwrap()]);
-        let echo = config
-            .target_for("127.0.0.77:7777".parse().unwrap())
-            .unwrap();
+        let echo = config.target_for("127.0.0.77:7777".parse().unwrap()).unwrap();
         assert_eq!(echo.name, "echo");
     }
 
     #[test]
     fn host_names_resolve_to_every_address() {
-        let config =
-            parse("[[target]]\nname = \"l\"\nprotocol = \"tcp\"\naddress = \"localhost:7000\"\n")
-                .unwrap();
+        let config = parse("[[target]]\nname = \"l\"\nprotocol = \"tcp\"\naddress = \"localhost:7000\"\n").unwrap();
         assert!(!config.targets[0].endpoints.is_empty());
         assert!(
             config.targets[0]
@@ -630,9 +589,7 @@ address = "[::1]:9000"
 
     fn invalid(text: &str) -> (usize, String, String) {
         match parse(text) {
-            Err(ConfigError::Invalid {
-                line, key, message, ..
-            }) => (line, key, message),
+            Err(ConfigError::Invalid { line, key, message, .. }) => (line, key, message),
             other => panic!("expected a validation error, got {other:?}"),
         }
     }
@@ -642,13 +599,11 @@ address = "[::1]:9000"
         let (line, key, _) = invalid("[intercept]\ncgroups = [\"a\"]\nlisten_port = 0\n");
         assert_eq!((line, key.as_str()), (3, "intercept.listen_port"));
 
-        let (line, key, msg) =
-            invalid("[[target]]\nname = \"x\"\nprotocol = \"gopher\"\naddress = \"127.0.0.1:1\"\n");
+        let (line, key, msg) = invalid("[[target]]\nname = \"x\"\nprotocol = \"gopher\"\naddress = \"127.0.0.1:1\"\n");
         assert_eq!((line, key.as_str()), (3, "target.protocol"));
         assert!(msg.contains("gopher"), "{msg}");
 
-        let (line, key, _) =
-            invalid("[[target]]\nname = \"x\"\nprotocol = \"tcp\"\naddress = \"nonsense\"\n");
+        let (line, key, _) = invalid("[[target]]\nname = \"x\"\nprotocol = \"tcp\"\naddress = \"nonsense\"\n");
         assert_eq!((line, key.as_str()), (4, "target.address"));
 
         let (line, key, _) = invalid("[intercept]\ncgroups = [\"/\"]\n");
@@ -669,15 +624,13 @@ address = "[::1]:9000"
         assert_eq!(pg.identity, Identity::Process);
         assert_eq!(config.targets[0].host(), "127.0.0.1");
 
-        let (line, key, _) = invalid(
-            "[[target]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"127.0.0.1:5432\"\n",
-        );
+        let (line, key, _) =
+            invalid("[[target]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"127.0.0.1:5432\"\n");
         assert_eq!((line, key.as_str()), (2, "target.upstream"));
         let (_, key, msg) = invalid(&text.replace("tls = \"disable\"", "tls = \"verify-full\""));
         assert_eq!(key, "target.upstream");
         assert!(msg.contains("ca_file"), "{msg}");
-        let (line, key, _) =
-            invalid(&text.replace("identity = \"process\"", "identity = \"kerberos\""));
+        let (line, key, _) = invalid(&text.replace("identity = \"process\"", "identity = \"kerberos\""));
         assert_eq!((line, key.as_str()), (5, "target.identity"));
         let err = parse(&text.replace("user = \"app\"", "user = \"app\"\npasword_file = \"x\""))
             .unwrap_err()
@@ -696,18 +649,11 @@ address = "[::1]:9000"
 
     #[test]
     fn syntax_and_unknown_keys_name_the_line() {
-        let err = parse("[intercept]\nlisten_prot = 1\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("line 2") && err.contains("listen_prot"),
-            "{err}"
-        );
+        let err = parse("[intercept]\nlisten_prot = 1\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("listen_prot"), "{err}");
         let err = parse("[intercept\n").unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
-        let err = parse("[intercept]\nlisten_port = \"x\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = parse("[intercept]\nlisten_port = \"x\"\n").unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
     }
 }

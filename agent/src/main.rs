@@ -87,11 +87,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Exec {
-            config,
-            user,
-            command,
-        } => {
+        Command::Exec { config, user, command } => {
             let config = match load(config.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -101,11 +97,7 @@ fn main() -> ExitCode {
             eprintln!("loopgate exec: {e:#}");
             ExitCode::from(127)
         }
-        Command::Status {
-            config,
-            socket,
-            json,
-        } => {
+        Command::Status { config, socket, json } => {
             let socket = match socket {
                 Some(s) => s,
                 None => match load(config.as_deref()) {
@@ -115,10 +107,7 @@ fn main() -> ExitCode {
             };
             match control::request(&socket, &Request::Status) {
                 Ok(Response::Status(report)) if json => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&report).unwrap_or_default()
-                    );
+                    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
                     ExitCode::SUCCESS
                 }
                 Ok(Response::Status(report)) => {
@@ -182,8 +171,7 @@ fn fail(e: anyhow::Error) -> ExitCode {
 
 fn init_logs(json: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("LOOPGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info,aya=warn"));
+    let filter = EnvFilter::try_from_env("LOOPGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info,aya=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

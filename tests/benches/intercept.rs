@@ -57,19 +57,9 @@ fn main() {
     println!("\nconnect() + close, {CONNECTS} times        median      p99   median vs no hook");
     let base = client("connect", target.addr);
     row("outside the cgroup (no hook)", &base, &base);
-    row(
-        "in the cgroup, not a target",
-        &inside("connect", other.addr),
-        &base,
-    );
-    row(
-        "in the cgroup, target → proxy",
-        &inside("connect", target.addr),
-        &base,
-    );
-    println!(
-        "\nrequest/response, 64 B, {ROUND_TRIPS} times       median      p99   median vs direct"
-    );
+    row("in the cgroup, not a target", &inside("connect", other.addr), &base);
+    row("in the cgroup, target → proxy", &inside("connect", target.addr), &base);
+    println!("\nrequest/response, 64 B, {ROUND_TRIPS} times       median      p99   median vs direct");
     let base = client("rr", target.addr);
     row("direct", &base, &base);
     row("through loopgate", &inside("rr", target.addr), &base);
@@ -85,11 +75,7 @@ fn main() {
 /// One result line: the first one or two numbers of `measured` (µs or
 /// MiB/s), and the ratio of its first number to the baseline's.
 fn row(label: &str, measured: &str, baseline: &str) {
-    let nums = |s: &str| -> Vec<f64> {
-        s.split_whitespace()
-            .filter_map(|n| n.parse().ok())
-            .collect()
-    };
+    let nums = |s: &str| -> Vec<f64> { s.split_whitespace().filter_map(|n| n.parse().ok()).collect() };
     let (m, b) = (nums(measured), nums(baseline));
     let cells: Vec<String> = m.iter().map(|v| format!("{v:>8.1}")).collect();
     let ratio = m[0] / b[0];
@@ -158,9 +144,5 @@ fn client(mode: &str, addr: SocketAddr) -> String {
 fn percentiles(times: &mut [Duration]) -> String {
     times.sort_unstable();
     let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-    format!(
-        "{:.1} {:.1}",
-        at(0.5).as_secs_f64() * 1e6,
-        at(0.99).as_secs_f64() * 1e6
-    )
+    format!("{:.1} {:.1}", at(0.5).as_secs_f64() * 1e6, at(0.99).as_secs_f64() * 1e6)
 }

@@ -36,12 +36,7 @@ impl Target {
 
     /// A PostgreSQL target logging in upstream as `user` with the password
     /// in `password_file`.
-    pub fn postgres(
-        name: &str,
-        address: impl ToString,
-        user: &str,
-        password_file: &Path,
-    ) -> Target {
+    pub fn postgres(name: &str, address: impl ToString, user: &str, password_file: &Path) -> Target {
         Target {
             name: name.into(),
             protocol: "postgres".into(),
@@ -85,10 +80,7 @@ impl Agent {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let dir = tempfile::Builder::new()
-            .prefix(&name)
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix(&name).tempdir().expect("tempdir");
         let mount = cgroup2_mount();
         let cgroup = name.clone();
         let cgroup_dir = mount.join(&cgroup);
@@ -130,8 +122,7 @@ impl Agent {
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "agent already running");
         self.runs += 1;
-        let log = fs::File::create(self.dir.path().join(format!("agent-{}.log", self.runs)))
-            .expect("log file");
+        let log = fs::File::create(self.dir.path().join(format!("agent-{}.log", self.runs))).expect("log file");
         let child = Command::new(loopgate_bin())
             .args(["run", "--config"])
             .arg(&self.config)
@@ -146,19 +137,11 @@ impl Agent {
             if self.try_status().is_some() {
                 return;
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 self.child = None;
                 panic!("agent exited during start-up ({status}):\n{}", self.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not become ready:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "agent did not become ready:\n{}", self.log());
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -202,10 +185,7 @@ impl Agent {
         if let Some(user) = user {
             cmd.args(["--user", user]);
         }
-        cmd.arg("--")
-            .args(args)
-            .output()
-            .expect("run loopgate exec")
+        cmd.arg("--").args(args).output().expect("run loopgate exec")
     }
 
     /// A `loopgate SUBCOMMAND --config <ours>` command, ready to run.
@@ -237,9 +217,7 @@ impl Agent {
 
     /// `loopgate detach` for this agent's pin directory.
     pub fn detach(&self) -> Output {
-        self.loopgate(&["detach"])
-            .output()
-            .expect("run loopgate detach")
+        self.loopgate(&["detach"]).output().expect("run loopgate detach")
     }
 
     /// Every audit event recorded so far.
@@ -249,9 +227,7 @@ impl Agent {
             return Vec::new();
         };
         text.lines()
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l:?}: {e}"))
-            })
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l:?}: {e}")))
             .collect()
     }
 
@@ -266,11 +242,7 @@ impl Agent {
             assert!(
                 Instant::now() < deadline,
                 "timed out waiting for {what}; events so far:\n{}",
-                events
-                    .iter()
-                    .map(Value::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n")
+                events.iter().map(Value::to_string).collect::<Vec<_>>().join("\n")
             );
             thread::sleep(Duration::from_millis(50));
         }
@@ -279,10 +251,7 @@ impl Agent {
     /// The agent's log output (all runs).
     pub fn log(&self) -> String {
         (1..=self.runs)
-            .map(|n| {
-                fs::read_to_string(self.dir.path().join(format!("agent-{n}.log")))
-                    .unwrap_or_default()
-            })
+            .map(|n| fs::read_to_string(self.dir.path().join(format!("agent-{n}.log"))).unwrap_or_default())
             .collect::<Vec<_>>()
             .join("\n--- restart ---\n")
     }
@@ -311,10 +280,7 @@ impl Drop for Agent {
 fn remove_cgroup(dir: &Path) {
     for _ in 0..50 {
         let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
+        for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
             // SAFETY: killing a leftover process of this test's own cgroup.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }

@@ -15,8 +15,7 @@ pub struct EchoServer {
 impl EchoServer {
     /// Listens on `ip` at a free port.
     pub fn start(ip: &str) -> EchoServer {
-        let listener = TcpListener::bind((ip, 0))
-            .unwrap_or_else(|e| panic!("binding echo server on {ip}: {e}"));
+        let listener = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("binding echo server on {ip}: {e}"));
         let addr = listener.local_addr().expect("local addr");
         let peers = Arc::new(Mutex::new(Vec::new()));
         let seen = peers.clone();
@@ -56,10 +55,5 @@ pub fn unique_loopback_ip() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed) + (std::process::id() % 200) * 50;
-    format!(
-        "127.{}.{}.{}",
-        10 + (n / 62500) % 200,
-        (n / 250) % 250,
-        2 + n % 250
-    )
+    format!("127.{}.{}.{}", 10 + (n / 62500) % 200, (n / 250) % 250, 2 + n % 250)
 }

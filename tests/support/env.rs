@@ -72,11 +72,10 @@ fn check_ebpf() -> Result<(), String> {
         return Err("not running as root".into());
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-    if !mountinfo.lines().any(|l| {
-        l.split(" - ")
-            .nth(1)
-            .is_some_and(|r| r.starts_with("cgroup2 "))
-    }) {
+    if !mountinfo
+        .lines()
+        .any(|l| l.split(" - ").nth(1).is_some_and(|r| r.starts_with("cgroup2 ")))
+    {
         return Err("no cgroup2 file system is mounted".into());
     }
     Ok(())

@@ -132,11 +132,7 @@ impl PgServer {
         text.push_str(&conf);
         fs::write(&conf_path, text).expect("write postgresql.conf");
 
-        let prefix = if self.options.listen.is_ipv4() {
-            32
-        } else {
-            128
-        };
+        let prefix = if self.options.listen.is_ipv4() { 32 } else { 128 };
         let hba = format!(
             "local all all trust\nhost all {SUPERUSER},{APP_USER} {}/{prefix} {}\n",
             self.options.listen, self.options.auth
@@ -152,8 +148,7 @@ impl PgServer {
         ca_params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "loopgate test PostgreSQL CA");
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key"))
-            .expect("ca cert");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key")).expect("ca cert");
         let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
         names.push(self.options.listen.to_string());
         names.dedup();
@@ -163,11 +158,7 @@ impl PgServer {
             .signed_by(&key, &ca)
             .expect("server cert");
         let dir = self.dir.path();
-        let (ca_path, cert_path, key_path) = (
-            dir.join("ca.pem"),
-            dir.join("server.crt"),
-            dir.join("server.key"),
-        );
+        let (ca_path, cert_path, key_path) = (dir.join("ca.pem"), dir.join("server.crt"), dir.join("server.key"));
         fs::write(&ca_path, ca.pem()).expect("write ca");
         fs::write(&cert_path, cert.pem()).expect("write cert");
         fs::write(&key_path, key.serialize_pem()).expect("write key");
@@ -255,18 +246,12 @@ fn check(out: &Output, what: &str) {
 }
 
 fn postgres_ids() -> (u32, u32) {
-    let out = Command::new("id")
-        .args(["-u", "postgres"])
-        .output()
-        .expect("id");
+    let out = Command::new("id").args(["-u", "postgres"]).output().expect("id");
     let uid = String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
         .expect("postgres uid");
-    let out = Command::new("id")
-        .args(["-g", "postgres"])
-        .output()
-        .expect("id");
+    let out = Command::new("id").args(["-g", "postgres"]).output().expect("id");
     let gid = String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()

@@ -47,11 +47,7 @@ pub fn install(destdir: Option<&Path>) -> anyhow::Result<()> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            copy(
-                &path,
-                &dest(&format!("/etc/loopgate/policies/{name}")),
-                0o644,
-            )?;
+            copy(&path, &dest(&format!("/etc/loopgate/policies/{name}")), 0o644)?;
         }
     }
     if destdir.is_none() && Path::new("/run/systemd/system").exists() {
@@ -69,8 +65,7 @@ fn copy(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
     }
     // Copy beside, then rename: a running binary is replaced, not rewritten.
     let tmp = to.with_extension("xtask-new");
-    fs::copy(from, &tmp)
-        .with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
+    fs::copy(from, &tmp).with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
     fs::rename(&tmp, to)?;
     eprintln!("xtask: installed {}", to.display());

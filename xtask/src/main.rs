@@ -161,10 +161,7 @@ fn lint() -> anyhow::Result<()> {
 fn bench(args: Vec<OsString>) -> anyhow::Result<()> {
     util::cargo(&["build", "--release", "--package", "loopgate"], &[])?;
     let root = util::workspace_root();
-    let env = [(
-        "LOOPGATE_BIN",
-        root.join("target/release/loopgate").into_os_string(),
-    )];
+    let env = [("LOOPGATE_BIN", root.join("target/release/loopgate").into_os_string())];
     let mut cargo_args: Vec<OsString> = ["bench", "--workspace", "--exclude", "agent-ebpf"]
         .iter()
         .map(OsString::from)

@@ -39,15 +39,15 @@ pub fn setup(test_deps: bool) -> anyhow::Result<()> {
 }
 
 fn nightly_rust_src() -> anyhow::Result<()> {
-    let installed = util::output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])
-        .context("the nightly toolchain is missing: `rustup toolchain install nightly` (the eBPF programs need it)")?;
+    let installed = util::output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .context("the nightly toolchain is missing: `rustup toolchain install nightly` (the eBPF programs need it)")?;
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
-    util::run(
-        "rustup",
-        &["component", "add", "rust-src", "--toolchain", "nightly"],
-    )
+    util::run("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"])
 }
 
 /// Builds bpf-linker against the nightly's own libLLVM, so the linker and
@@ -73,12 +73,9 @@ fn bpf_linker() -> anyhow::Result<()> {
     for link in ["libLLVM.so", lib_name.as_str()] {
         let path = lib.join(link);
         let _ = fs::remove_file(&path);
-        symlink(sysroot.join("lib").join(&lib_name), &path)
-            .with_context(|| format!("linking {}", path.display()))?;
+        symlink(sysroot.join("lib").join(&lib_name), &path).with_context(|| format!("linking {}", path.display()))?;
     }
-    eprintln!(
-        "xtask: building bpf-linker {BPF_LINKER_VERSION} against {lib_name} (about a minute)"
-    );
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {lib_name} (about a minute)");
     util::cargo(
         &[
             "install",
@@ -117,8 +114,7 @@ fn system_packages() -> anyhow::Result<()> {
         .iter()
         .copied()
         .filter(|p| {
-            util::output("dpkg-query", &["-W", "-f=${Status}", p])
-                .is_none_or(|s| !s.contains("install ok installed"))
+            util::output("dpkg-query", &["-W", "-f=${Status}", p]).is_none_or(|s| !s.contains("install ok installed"))
         })
         .collect();
     if missing.is_empty() {

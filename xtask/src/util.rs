@@ -28,12 +28,7 @@ pub fn is_root() -> bool {
 }
 
 /// Runs `program args` in `dir`, failing unless it exits 0.
-pub fn run_in(
-    dir: &Path,
-    program: &str,
-    args: &[&str],
-    env: &[(&str, OsString)],
-) -> anyhow::Result<()> {
+pub fn run_in(dir: &Path, program: &str, args: &[&str], env: &[(&str, OsString)]) -> anyhow::Result<()> {
     let mut cmd = Command::new(program);
     cmd.args(args).current_dir(dir);
     for (k, v) in env {
@@ -63,9 +58,7 @@ pub fn cargo_os(args: &[OsString], env: &[(&str, OsString)]) -> anyhow::Result<(
 
 fn status(mut cmd: Command, shown: &str) -> anyhow::Result<()> {
     eprintln!("xtask: {shown}");
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot start {shown}"))?;
+    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
     if !status.success() {
         bail!("{shown} failed ({status})");
     }

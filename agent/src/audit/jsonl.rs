@@ -15,17 +15,14 @@ impl JsonLines {
             .create(true)
             .append(true)
             .open(dir.join("events.jsonl"))?;
-        Ok(JsonLines {
-            file: Mutex::new(file),
-        })
+        Ok(JsonLines { file: Mutex::new(file) })
     }
 }
 
 impl AuditSink for JsonLines {
     fn append(&self, event: Event) -> AppendFuture<'_> {
         Box::pin(async move {
-            let mut line =
-                serde_json::to_vec(&event).map_err(|e| AuditError::Unavailable(e.to_string()))?;
+            let mut line = serde_json::to_vec(&event).map_err(|e| AuditError::Unavailable(e.to_string()))?;
             line.push(b'\n');
             let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
             file.write_all(&line)
@@ -36,8 +33,7 @@ impl AuditSink for JsonLines {
     fn close(&self) -> AppendFuture<'_> {
         Box::pin(async move {
             let file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-            file.sync_all()
-                .map_err(|e| AuditError::Unavailable(e.to_string()))
+            file.sync_all().map_err(|e| AuditError::Unavailable(e.to_string()))
         })
     }
 }

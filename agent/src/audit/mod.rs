@@ -41,9 +41,7 @@ pub struct AuditLog {
 
 impl AuditLog {
     pub fn new(sink: impl AuditSink) -> Self {
-        AuditLog {
-            sink: Arc::new(sink),
-        }
+        AuditLog { sink: Arc::new(sink) }
     }
 
     pub async fn append(&self, event: Event) -> Result<(), AuditError> {

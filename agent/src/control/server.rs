@@ -55,9 +55,7 @@ async fn answer(
     let peer_uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(read.take(MAX_LINE as u64))
-        .read_line(&mut line)
-        .await?;
+    BufReader::new(read.take(MAX_LINE as u64)).read_line(&mut line).await?;
     let response = if peer_uid != 0 {
         Response::Error {
             message: "the control socket is root-only".into(),

@@ -24,10 +24,7 @@ pub(crate) fn find_mount(mountinfo: &str, fstype: &str) -> Option<PathBuf> {
 }
 
 /// The mount points of every mount of `fstype` in a mountinfo text.
-pub(crate) fn mounts<'a>(
-    mountinfo: &'a str,
-    fstype: &'a str,
-) -> impl Iterator<Item = PathBuf> + 'a {
+pub(crate) fn mounts<'a>(mountinfo: &'a str, fstype: &'a str) -> impl Iterator<Item = PathBuf> + 'a {
     mountinfo.lines().filter_map(move |line| {
         // id parent major:minor root mount-point options [optional...] - fstype source super-options
         let (left, right) = line.split_once(" - ")?;
@@ -99,12 +96,7 @@ impl Cgroup {
 /// The cgroup v2 path of a process, relative to the mount ("" for the root).
 pub fn cgroup_of(pid: &str) -> io::Result<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    unified_path(&text).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            "process has no cgroup v2 membership",
-        )
-    })
+    unified_path(&text).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "process has no cgroup v2 membership"))
 }
 
 /// The `0::/path` line of a /proc/PID/cgroup text, without the leading slash.
@@ -151,19 +143,13 @@ mod tests {
     #[test]
     fn unescapes_mount_points() {
         let info = "1 2 0:1 / /mnt/with\\040space rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            find_mount(info, "cgroup2"),
-            Some(PathBuf::from("/mnt/with space"))
-        );
+        assert_eq!(find_mount(info, "cgroup2"), Some(PathBuf::from("/mnt/with space")));
     }
 
     #[test]
     fn optional_fields_do_not_confuse_the_parser() {
         let info = "29 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 master:1 - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            find_mount(info, "cgroup2"),
-            Some(PathBuf::from("/sys/fs/cgroup"))
-        );
+        assert_eq!(find_mount(info, "cgroup2"), Some(PathBuf::from("/sys/fs/cgroup")));
     }
 
     #[test]

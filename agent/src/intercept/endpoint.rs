@@ -69,12 +69,7 @@ mod tests {
 
     #[test]
     fn endpoints_round_trip() {
-        for s in [
-            "127.0.0.77:7777",
-            "[::1]:9000",
-            "[2001:db8::5]:5432",
-            "10.0.0.5:5432",
-        ] {
+        for s in ["127.0.0.77:7777", "[::1]:9000", "[2001:db8::5]:5432", "10.0.0.5:5432"] {
             let addr: SocketAddr = s.parse().unwrap();
             assert_eq!(from_endpoint(&to_endpoint(addr)), addr);
         }

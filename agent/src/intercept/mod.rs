@@ -78,12 +78,8 @@ impl Interceptor {
     /// new generation of links to every cgroup, then retires the old ones.
     pub fn start(config: &Config, cgroups: Vec<Cgroup>) -> anyhow::Result<Interceptor> {
         let layout = PinLayout::new(&config.intercept.pin_dir);
-        bpffs::ensure(&config.intercept.pin_dir).with_context(|| {
-            format!(
-                "preparing pin directory {}",
-                config.intercept.pin_dir.display()
-            )
-        })?;
+        bpffs::ensure(&config.intercept.pin_dir)
+            .with_context(|| format!("preparing pin directory {}", config.intercept.pin_dir.display()))?;
         std::fs::create_dir_all(layout.maps())?;
 
         let mut ebpf = EbpfLoader::new()
@@ -242,25 +238,18 @@ fn attach_program(ebpf: &mut Ebpf, name: &str, cgroup: &File) -> anyhow::Result<
 /// Attaches every program to every cgroup and pins the links under
 /// `generation`. On failure, the links of this generation are removed again
 /// and the previous generation stays in charge.
-fn attach_generation(
-    ebpf: &mut Ebpf,
-    layout: &PinLayout,
-    generation: u64,
-    cgroups: &[Cgroup],
-) -> anyhow::Result<()> {
+fn attach_generation(ebpf: &mut Ebpf, layout: &PinLayout, generation: u64, cgroups: &[Cgroup]) -> anyhow::Result<()> {
     std::fs::create_dir_all(layout.generation_dir(generation))?;
     let result = (|| -> anyhow::Result<()> {
         for cg in cgroups {
-            let dir =
-                File::open(&cg.path).with_context(|| format!("opening {}", cg.path.display()))?;
+            let dir = File::open(&cg.path).with_context(|| format!("opening {}", cg.path.display()))?;
             for name in PROGRAMS {
                 let link = attach_program(ebpf, name, &dir)
                     .with_context(|| format!("attaching {name} to {}", cg.path.display()))?;
                 let path = layout.link_path(generation, cg.id, name);
                 // Dropping the PinnedLink closes our descriptor; the pin
                 // keeps the link, so `loopgate detach` alone removes it.
-                link.pin(&path)
-                    .with_context(|| format!("pinning {}", path.display()))?;
+                link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
             }
             tracing::info!(cgroup = %cg.path.display(), cgroup_id = cg.id, generation, "attached");
         }
@@ -285,9 +274,7 @@ fn start_kernel_log(ebpf: &mut Ebpf) {
     };
     // SAFETY: the logger owns the ring buffer's descriptor and moves into the
     // AsyncFd, which deregisters it before dropping the logger.
-    let registered = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
-    };
+    let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
     let mut logger = match registered {
         Ok(l) => l,
         Err(e) => {

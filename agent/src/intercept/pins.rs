@@ -61,8 +61,7 @@ impl PinLayout {
     /// Where the link of `program` on cgroup `cgroup_id` is pinned (bpffs
     /// refuses names with a dot).
     pub fn link_path(&self, generation: u64, cgroup_id: u64, program: &str) -> PathBuf {
-        self.generation_dir(generation)
-            .join(format!("{cgroup_id}_{program}"))
+        self.generation_dir(generation).join(format!("{cgroup_id}_{program}"))
     }
 
     /// Pinned link files of one generation.
@@ -109,8 +108,7 @@ impl PinLayout {
 /// Unpins a link; the link (and its attachment) goes when its last
 /// reference does, which is this one once the agent has dropped its own.
 pub fn unpin_link(path: &Path) -> io::Result<()> {
-    let link = PinnedLink::from_pin(path)
-        .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+    let link = PinnedLink::from_pin(path).map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
     drop(link.unpin()?);
     Ok(())
 }

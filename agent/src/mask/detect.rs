@@ -70,11 +70,7 @@ impl Detector {
             Detector::Zip => Some(match_zip),
         };
         match scanner {
-            Some(matcher) => Matches::Scan(Scan {
-                text,
-                pos: 0,
-                matcher,
-            }),
+            Some(matcher) => Matches::Scan(Scan { text, pos: 0, matcher }),
             None => Matches::Empty,
         }
     }
@@ -324,10 +320,7 @@ fn email_domain_end(b: &[u8], domain_start: usize) -> Option<usize> {
         let c = b[p];
         if c.is_ascii_alphanumeric() || c == b'-' {
             p += 1;
-        } else if c == b'.'
-            && p > last_label_start
-            && b.get(p + 1).is_some_and(u8::is_ascii_alphanumeric)
-        {
+        } else if c == b'.' && p > last_label_start && b.get(p + 1).is_some_and(u8::is_ascii_alphanumeric) {
             dots += 1;
             p += 1;
             last_label_start = p;
@@ -336,8 +329,7 @@ fn email_domain_end(b: &[u8], domain_start: usize) -> Option<usize> {
         }
     }
     let tld = &b[last_label_start..p];
-    let ok =
-        p > domain_start && dots > 0 && tld.len() >= 2 && tld.iter().all(u8::is_ascii_alphabetic);
+    let ok = p > domain_start && dots > 0 && tld.len() >= 2 && tld.iter().all(u8::is_ascii_alphabetic);
     ok.then_some(p)
 }
 
@@ -375,11 +367,7 @@ fn match_card(b: &[u8], s: usize) -> Option<usize> {
                 p += 1;
             }
             // One consistent separator kind, single, between digits.
-            Some(&c)
-                if (c == b' ' || c == b'-')
-                    && sep.is_none_or(|x| x == c)
-                    && digit(b, p + 1).is_some() =>
-            {
+            Some(&c) if (c == b' ' || c == b'-') && sep.is_none_or(|x| x == c) && digit(b, p + 1).is_some() => {
                 sep = Some(c);
                 p += 1;
             }
@@ -444,8 +432,7 @@ fn match_date(b: &[u8], s: usize) -> Option<usize> {
         }
         let (day, dn) = digits_upto(b, p + 1, 2)?;
         let end = p + 1 + dn;
-        let ok =
-            (1800..=2199).contains(&year) && valid_day_month(month, day) && ends_cleanly(b, end);
+        let ok = (1800..=2199).contains(&year) && valid_day_month(month, day) && ends_cleanly(b, end);
         return ok.then_some(end);
     }
     // US order: MM/DD/YYYY or M-D-YYYY.
@@ -511,9 +498,8 @@ impl DetectorSet {
         if self.has_regex {
             return true;
         }
-        text.iter().any(|&c| {
-            (self.has_digit_detector && c.is_ascii_digit()) || (self.has_email && c == b'@')
-        })
+        text.iter()
+            .any(|&c| (self.has_digit_detector && c.is_ascii_digit()) || (self.has_email && c == b'@'))
     }
 }
 
@@ -550,18 +536,13 @@ mod tests {
             )
             .is_empty()
         );
-        assert!(
-            found(
-                &Detector::Ssn,
-                "123-45-67890 x123-45-6789 123-45-6789-2 123-45 6789"
-            )
-            .is_empty()
-        );
+        assert!(found(&Detector::Ssn, "123-45-67890 x123-45-6789 123-45-6789-2 123-45 6789").is_empty());
     }
 
     #[test]
     fn phone_finds_us_formats() {
-        let text = "call (555) 234-5678 or 555-234-5678, 555.234.5678, +1 555 234 5678, 1-555-234-5678, +15552345678? no";
+        let text =
+            "call (555) 234-5678 or 555-234-5678, 555.234.5678, +1 555 234 5678, 1-555-234-5678, +15552345678? no";
         assert_eq!(
             found(&Detector::Phone, text),
             [
@@ -591,10 +572,7 @@ mod tests {
             ["a@b.org", "b.org@c.org"]
         );
         let long_local = "x".repeat(100) + "@example.org";
-        assert_eq!(
-            found(&Detector::Email, &long_local),
-            ["x".repeat(64) + "@example.org"]
-        );
+        assert_eq!(found(&Detector::Email, &long_local), ["x".repeat(64) + "@example.org"]);
     }
 
     #[test]
@@ -627,19 +605,9 @@ mod tests {
                 &Detector::Card,
                 "visa 4111 1111 1111 1111 mc 5500-0000-0000-0004 amex 378282246310005"
             ),
-            [
-                "4111 1111 1111 1111",
-                "5500-0000-0000-0004",
-                "378282246310005"
-            ]
+            ["4111 1111 1111 1111", "5500-0000-0000-0004", "378282246310005"]
         );
-        assert!(
-            found(
-                &Detector::Card,
-                "4111 1111 1111 1112 and 12345678901234567890123"
-            )
-            .is_empty()
-        );
+        assert!(found(&Detector::Card, "4111 1111 1111 1112 and 12345678901234567890123").is_empty());
     }
 
     #[test]
@@ -705,9 +673,7 @@ mod tests {
                 s.push(chars[(seed % chars.len() as u64) as usize]);
             }
             for r in all.find_all(s.as_bytes()) {
-                assert!(
-                    s.is_char_boundary(r.start) && s.is_char_boundary(r.end) && r.start < r.end
-                );
+                assert!(s.is_char_boundary(r.start) && s.is_char_boundary(r.end) && r.start < r.end);
             }
         }
     }

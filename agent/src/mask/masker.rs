@@ -10,8 +10,8 @@ use std::{
 };
 
 use super::{
-    CompiledRule, Detector, DetectorKind, DetectorSet, MaskAction, MaskConfig, MaskMode, MaskRule,
-    Replacer, builtin_rules,
+    CompiledRule, Detector, DetectorKind, DetectorSet, MaskAction, MaskConfig, MaskMode, MaskRule, Replacer,
+    builtin_rules,
 };
 
 /// Why a masker could not be built from config.
@@ -20,10 +20,7 @@ pub enum MaskConfigError {
     #[error("mask.mrn_pattern is not a valid regular expression: {0}")]
     MrnPattern(String),
     #[error("mask.hash_key_file {path}: {source}")]
-    HashKeyFile {
-        path: String,
-        source: std::io::Error,
-    },
+    HashKeyFile { path: String, source: std::io::Error },
     #[error("the hash key must be at least {MIN_HASH_KEY_LEN} bytes, got {0}")]
     HashKeyTooShort(usize),
     #[error("a mask rule or detected_mode uses `hash` but no mask.hash_key_file is configured")]
@@ -121,8 +118,8 @@ impl Masker {
         {
             return Err(MaskConfigError::HashKeyTooShort(key.len()));
         }
-        let uses_hash = config.detected_mode == MaskMode::Hash
-            || config.rules.iter().any(|r| r.mode == MaskAction::Hash);
+        let uses_hash =
+            config.detected_mode == MaskMode::Hash || config.rules.iter().any(|r| r.mode == MaskAction::Hash);
         if uses_hash && hash_key.is_none() {
             return Err(MaskConfigError::HashKeyMissing);
         }
@@ -131,10 +128,7 @@ impl Masker {
             rules.extend(builtin_rules().iter().map(CompiledRule::new));
         }
         let mrn = match &config.mrn_pattern {
-            Some(p) => Some(
-                regex::bytes::Regex::new(p)
-                    .map_err(|e| MaskConfigError::MrnPattern(e.to_string()))?,
-            ),
+            Some(p) => Some(regex::bytes::Regex::new(p).map_err(|e| MaskConfigError::MrnPattern(e.to_string()))?),
             None => None,
         };
         let build = |kinds: &mut dyn Iterator<Item = DetectorKind>| {
@@ -194,16 +188,12 @@ impl Masker {
                     None
                 } else {
                     let (name, table) = (c.name.to_lowercase(), c.table.map(str::to_lowercase));
-                    overrides
-                        .iter()
-                        .find(|r| r.matches(&name, table.as_deref()))
+                    overrides.iter().find(|r| r.matches(&name, table.as_deref()))
                 };
                 let rule = overridden.or_else(|| self.configured_rule(c));
                 let (plan, rule) = match rule {
                     Some(r) => (self.plan_action(r.action, c), Some(Arc::clone(&r.source))),
-                    None if self.inner.scan_unmatched => {
-                        (self.plan_action(MaskAction::Scan, c), None)
-                    }
+                    None if self.inner.scan_unmatched => (self.plan_action(MaskAction::Scan, c), None),
                     None => (ColumnPlan::Keep, None),
                 };
                 PlannedColumn {
@@ -224,28 +214,16 @@ impl Masker {
     /// First configured rule matching the column, memoized by name and
     /// table: results with the same columns come back again and again.
     fn configured_rule(&self, column: &ColumnDesc<'_>) -> Option<&CompiledRule> {
-        let mut key =
-            String::with_capacity(column.name.len() + column.table.map_or(0, str::len) + 1);
+        let mut key = String::with_capacity(column.name.len() + column.table.map_or(0, str::len) + 1);
         key.push_str(column.name);
         key.push('\0');
         key.push_str(column.table.unwrap_or(""));
-        let mut memo = self
-            .inner
-            .rule_memo
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut memo = self.inner.rule_memo.lock().unwrap_or_else(|p| p.into_inner());
         let index = match memo.get(&key) {
             Some(index) => *index,
             None => {
-                let (name, table) = (
-                    column.name.to_lowercase(),
-                    column.table.map(str::to_lowercase),
-                );
-                let index = self
-                    .inner
-                    .rules
-                    .iter()
-                    .position(|r| r.matches(&name, table.as_deref()));
+                let (name, table) = (column.name.to_lowercase(), column.table.map(str::to_lowercase));
+                let index = self.inner.rules.iter().position(|r| r.matches(&name, table.as_deref()));
                 if memo.len() >= RULE_MEMO_ENTRIES {
                     memo.clear();
                 }
@@ -285,10 +263,7 @@ impl Masker {
         }
         let out = self.replace_ranges(text.as_bytes(), &ranges);
         // Ranges start and end on ASCII bytes, so this never fails; stay safe anyway.
-        Cow::Owned(
-            String::from_utf8(out)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-        )
+        Cow::Owned(String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
     }
 
     fn replace_ranges(&self, value: &[u8], ranges: &[Range<usize>]) -> Vec<u8> {
@@ -440,14 +415,8 @@ mod tests {
         ];
         let plan = masker.plan(&cols, &[]);
         assert_eq!(plan.mask_value(0, b"42"), MaskedValue::Original(b"42"));
-        assert_eq!(
-            text(&plan.mask_value(1, b"123-45-6789")).unwrap(),
-            "***-**-6789"
-        );
-        assert_eq!(
-            text(&plan.mask_value(2, b"jane@example.org")).unwrap(),
-            "***"
-        );
+        assert_eq!(text(&plan.mask_value(1, b"123-45-6789")).unwrap(), "***-**-6789");
+        assert_eq!(text(&plan.mask_value(2, b"jane@example.org")).unwrap(), "***");
         assert_eq!(
             text(&plan.mask_value(3, b"call 555-234-5678 re: ssn 123-45-6789")).unwrap(),
             "call *** re: ssn ***"
@@ -482,25 +451,15 @@ mod tests {
         assert_eq!(plan.mask_value(0, b"t"), MaskedValue::Original(b"t"));
         let a = text(&plan.mask_value(1, b"123-45-6789")).unwrap();
         assert!(a.starts_with("h:"));
-        assert_eq!(
-            a,
-            text(&plan.mask_value(1, b"123-45-6789")).unwrap(),
-            "tokens join"
-        );
-        assert_eq!(
-            text(&plan.mask_value(2, b"123-45-6789")).unwrap(),
-            "***-**-6789"
-        );
+        assert_eq!(a, text(&plan.mask_value(1, b"123-45-6789")).unwrap(), "tokens join");
+        assert_eq!(text(&plan.mask_value(2, b"123-45-6789")).unwrap(), "***-**-6789");
         assert_eq!(plan.mask_value(3, b"flu"), MaskedValue::Null);
     }
 
     #[test]
     fn overrides_from_policy_win() {
         let masker = Masker::new(&MaskConfig::default(), None).unwrap();
-        let plan = masker.plan(
-            &[col("ssn", None)],
-            &[MaskRule::new("ssn", MaskAction::Null)],
-        );
+        let plan = masker.plan(&[col("ssn", None)], &[MaskRule::new("ssn", MaskAction::Null)]);
         assert_eq!(plan.mask_value(0, b"123-45-6789"), MaskedValue::Null);
     }
 
@@ -575,10 +534,7 @@ mod tests {
             binary: true,
         }];
         let plan = masker.plan(&cols, &[]);
-        assert_eq!(
-            plan.mask_value(0, b"\0\0\0\x01...123-45-6789"),
-            MaskedValue::Null
-        );
+        assert_eq!(plan.mask_value(0, b"\0\0\0\x01...123-45-6789"), MaskedValue::Null);
         assert_eq!(
             plan.mask_value(0, b"\0\0\0\x01...abc"),
             MaskedValue::Original(b"\0\0\0\x01...abc")
@@ -647,10 +603,7 @@ mod tests {
     fn free_text_masks_constraint_error_details() {
         let masker = Masker::new(&MaskConfig::default(), None).unwrap();
         let msg = "Key (ssn)=(123-45-6789) already exists.";
-        assert_eq!(
-            masker.mask_free_text(msg),
-            "Key (ssn)=(***) already exists."
-        );
+        assert_eq!(masker.mask_free_text(msg), "Key (ssn)=(***) already exists.");
         assert!(matches!(
             masker.mask_free_text("relation \"x\" does not exist"),
             Cow::Borrowed(_)
@@ -674,10 +627,7 @@ mod tests {
             mrn_pattern: Some("(".into()),
             ..MaskConfig::default()
         };
-        assert!(matches!(
-            Masker::new(&bad, None),
-            Err(MaskConfigError::MrnPattern(_))
-        ));
+        assert!(matches!(Masker::new(&bad, None), Err(MaskConfigError::MrnPattern(_))));
         let good = MaskConfig {
             mrn_pattern: Some(r"\bMRN\d{7}\b".into()),
             ..MaskConfig::default()

@@ -14,9 +14,7 @@ mod rules;
 use std::path::PathBuf;
 
 pub use detect::{Detector, DetectorKind, DetectorSet, Matches};
-pub use masker::{
-    ColumnDesc, ColumnPlan, MIN_HASH_KEY_LEN, MaskConfigError, MaskedValue, Masker, ResultMasker,
-};
+pub use masker::{ColumnDesc, ColumnPlan, MIN_HASH_KEY_LEN, MaskConfigError, MaskedValue, Masker, ResultMasker};
 pub use mode::{HASH_TOKEN_HEX_DIGITS, MaskMode, Replacer};
 pub use rules::{MaskAction, MaskRule, builtin_rules};
 
@@ -103,11 +101,6 @@ mod tests {
     #[test]
     fn config_rejects_unknown_keys() {
         assert!(toml::from_str::<MaskConfig>("hash_key = \"inline\"").is_err());
-        assert!(
-            toml::from_str::<MaskConfig>(
-                "rules = [{ column = \"x\", mode = \"scan\", extra = 1 }]"
-            )
-            .is_err()
-        );
+        assert!(toml::from_str::<MaskConfig>("rules = [{ column = \"x\", mode = \"scan\", extra = 1 }]").is_err());
     }
 }

@@ -59,9 +59,7 @@ impl Replacer {
     /// Appends the replacement for `value` under `mode` to `out`.
     pub fn replace_into(&self, mode: MaskMode, value: &[u8], out: &mut Vec<u8>) {
         match mode {
-            MaskMode::Redact | MaskMode::Null => {
-                out.extend_from_slice(self.redact_token.as_bytes())
-            }
+            MaskMode::Redact | MaskMode::Null => out.extend_from_slice(self.redact_token.as_bytes()),
             MaskMode::Partial => partial_into(value, out),
             MaskMode::Hash => match &self.hmac {
                 Some(mac) => {
@@ -142,10 +140,7 @@ mod tests {
     fn partial_keeps_last_four_and_punctuation() {
         let r = Replacer::new("***", None);
         assert_eq!(text(&r, MaskMode::Partial, "123-45-6789"), "***-**-6789");
-        assert_eq!(
-            text(&r, MaskMode::Partial, "(555) 234-5678"),
-            "(***) ***-5678"
-        );
+        assert_eq!(text(&r, MaskMode::Partial, "(555) 234-5678"), "(***) ***-5678");
         assert_eq!(text(&r, MaskMode::Partial, "José Ñúñez"), "**** *úñez");
         assert_eq!(text(&r, MaskMode::Partial, "1234"), "****");
         assert_eq!(

@@ -63,9 +63,7 @@ fn dynamic_reason(dynamic: &DynamicSql) -> String {
         DynamicSql::Function { name } => {
             format!("{name}() runs SQL that cannot be checked and is refused")
         }
-        DynamicSql::CopyProgram => {
-            "COPY ... PROGRAM runs a server command and is refused".to_string()
-        }
+        DynamicSql::CopyProgram => "COPY ... PROGRAM runs a server command and is refused".to_string(),
     }
 }
 
@@ -91,10 +89,9 @@ impl PolicyEngine for BuiltinPolicy {
                 rule_ids::DROP_TABLE,
                 format!("DROP TABLE is not allowed ({})", tables()),
             ),
-            StatementKind::Truncate if c.block_truncate => PolicyDecision::deny(
-                rule_ids::TRUNCATE,
-                format!("TRUNCATE is not allowed ({})", tables()),
-            ),
+            StatementKind::Truncate if c.block_truncate => {
+                PolicyDecision::deny(rule_ids::TRUNCATE, format!("TRUNCATE is not allowed ({})", tables()))
+            }
             _ => PolicyDecision::allow(),
         }
     }
@@ -170,10 +167,7 @@ mod tests {
             one_rule(&p, "DrOp   TaBlE patients").as_deref(),
             Some(rule_ids::DROP_TABLE)
         );
-        assert_eq!(
-            one_rule(&p, "truncate visits").as_deref(),
-            Some(rule_ids::TRUNCATE)
-        );
+        assert_eq!(one_rule(&p, "truncate visits").as_deref(), Some(rule_ids::TRUNCATE));
         let d = &decide_all(&p, "drop table public.patients, visits")[0];
         assert_eq!(
             d,
@@ -239,10 +233,7 @@ mod tests {
         assert_eq!(one_rule(&lax, "selec * frm t"), None);
         assert_eq!(one_rule(&lax, "DO $$ BEGIN NULL; END $$"), None);
         // Still blocks what it blocks.
-        assert_eq!(
-            one_rule(&lax, "truncate t").as_deref(),
-            Some(rule_ids::TRUNCATE)
-        );
+        assert_eq!(one_rule(&lax, "truncate t").as_deref(), Some(rule_ids::TRUNCATE));
     }
 
     #[test]
@@ -252,10 +243,7 @@ mod tests {
             ..BuiltinPolicyConfig::default()
         });
         assert_eq!(one_rule(&p, "truncate t"), None);
-        assert_eq!(
-            one_rule(&p, "drop table t").as_deref(),
-            Some(rule_ids::DROP_TABLE)
-        );
+        assert_eq!(one_rule(&p, "drop table t").as_deref(), Some(rule_ids::DROP_TABLE));
     }
 
     #[test]
@@ -274,10 +262,7 @@ mod tests {
     fn engine_is_usable_as_shared_trait_object() {
         let engine: Arc<dyn PolicyEngine> = Arc::new(BuiltinPolicy::default());
         let handle = std::thread::spawn(move || one_rule(engine.as_ref(), "drop database x"));
-        assert_eq!(
-            handle.join().unwrap().as_deref(),
-            Some(rule_ids::DROP_DATABASE)
-        );
+        assert_eq!(handle.join().unwrap().as_deref(), Some(rule_ids::DROP_DATABASE));
     }
 
     #[test]
@@ -302,10 +287,7 @@ mod tests {
         let json = serde_json::to_value(input).unwrap();
         assert_eq!(json["principal"]["groups"][0], "oncall");
         assert_eq!(json["statement"]["classification"]["kind"], "select");
-        assert_eq!(
-            json["statement"]["classification"]["tables_read"][0],
-            "patients"
-        );
+        assert_eq!(json["statement"]["classification"]["tables_read"][0], "patients");
         assert_eq!(
             json["statement"]["normalized_text"],
             "select ssn from patients where id = ?"

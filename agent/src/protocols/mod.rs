@@ -26,11 +26,7 @@ pub enum Handler {
 impl Handler {
     /// Builds the handler of `target`: reads its secrets and prepares what
     /// its sessions share. Fails at agent start, not at the first session.
-    pub fn for_target(
-        target: &Target,
-        config: &Config,
-        masker: &Masker,
-    ) -> anyhow::Result<Handler> {
+    pub fn for_target(target: &Target, config: &Config, masker: &Masker) -> anyhow::Result<Handler> {
         match target.protocol {
             Protocol::Tcp => Ok(Handler::Tcp),
             Protocol::Postgres => {
@@ -42,9 +38,7 @@ impl Handler {
                     .with_context(|| format!("target {:?}: upstream credentials", target.name))?;
                 let client_tls = if pg.client_tls {
                     let ca = postgres::tls::LocalCa::load_or_create(&config.tls.ca_dir)
-                        .with_context(|| {
-                            format!("loopgate's local CA in {}", config.tls.ca_dir.display())
-                        })?;
+                        .with_context(|| format!("loopgate's local CA in {}", config.tls.ca_dir.display()))?;
                     let mut names = vec![target.host().to_owned()];
                     names.extend(target.endpoints.iter().map(|e| e.ip().to_string()));
                     names.sort();
@@ -65,6 +59,7 @@ impl Handler {
                     server_name: target.host().to_owned(),
                     client_tls,
                     cancels: Default::default(),
+                    tables: Default::default(),
                 })))
             }
         }
@@ -72,12 +67,7 @@ impl Handler {
 }
 
 /// Serves `client` for `session` with the target's protocol handler.
-pub async fn serve(
-    session: &Session,
-    handler: &Handler,
-    client: TcpStream,
-    connect_timeout: Duration,
-) -> SessionEnd {
+pub async fn serve(session: &Session, handler: &Handler, client: TcpStream, connect_timeout: Duration) -> SessionEnd {
     match handler {
         Handler::Tcp => tcp::serve(session, client, connect_timeout).await,
         Handler::Postgres(svc) => postgres::serve(svc, session, client, connect_timeout).await,

@@ -19,10 +19,7 @@ pub async fn serve(session: &Session, client: TcpStream, connect_timeout: Durati
     let upstream = match super::connect_upstream(session, connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
-            return SessionEnd::failed(
-                "unreachable",
-                format!("connect to {}: {e}", session.original),
-            );
+            return SessionEnd::failed("unreachable", format!("connect to {}: {e}", session.original));
         }
     };
     let _ = client.set_nodelay(true);
@@ -39,9 +36,7 @@ pub async fn serve(session: &Session, client: TcpStream, connect_timeout: Durati
 fn is_disconnect(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionReset
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionAborted
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
     )
 }
 
@@ -58,27 +53,18 @@ impl<'a, S> Counted<'a, S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = poll {
-            self.read
-                .fetch_add((buf.filled().len() - before) as u64, Relaxed);
+            self.read.fetch_add((buf.filled().len() - before) as u64, Relaxed);
         }
         poll
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 

@@ -80,11 +80,7 @@ struct Route {
 impl Proxy {
     /// Builds every target's handler (reading secrets, preparing caches);
     /// an error here stops the agent before it intercepts anything.
-    pub fn new(
-        config: Arc<Config>,
-        interceptor: Arc<Interceptor>,
-        audit: AuditLog,
-    ) -> anyhow::Result<Arc<Proxy>> {
+    pub fn new(config: Arc<Config>, interceptor: Arc<Interceptor>, audit: AuditLog) -> anyhow::Result<Arc<Proxy>> {
         let masker = Masker::from_config(&config.mask).context("[mask]")?;
         let routes = config
             .targets
@@ -155,12 +151,7 @@ impl Proxy {
         }
     }
 
-    async fn handle(
-        &self,
-        client: TcpStream,
-        peer: SocketAddr,
-        mut force_close: watch::Receiver<bool>,
-    ) {
+    async fn handle(&self, client: TcpStream, peer: SocketAddr, mut force_close: watch::Receiver<bool>) {
         let peer = endpoint::canonical(peer);
         self.registry.counters.accepted.fetch_add(1, Relaxed);
         let Some(intercepted) = self.kernel_record(peer).await else {
@@ -170,12 +161,8 @@ impl Proxy {
         let Some((target, handler)) = self.route(intercepted.original) else {
             // The target map and the config disagree (e.g. a target removed
             // while the record was in flight): refuse, never guess.
-            self.refuse(
-                peer,
-                &intercepted,
-                "destination is no longer a configured target",
-            )
-            .await;
+            self.refuse(peer, &intercepted, "destination is no longer a configured target")
+                .await;
             return;
         };
         let session = Session {
@@ -199,10 +186,7 @@ impl Proxy {
         });
         if let Err(e) = self.audit.append(start).await {
             // Nothing unaudited reaches a backend.
-            self.registry
-                .counters
-                .refused_audit_unavailable
-                .fetch_add(1, Relaxed);
+            self.registry.counters.refused_audit_unavailable.fetch_add(1, Relaxed);
             tracing::error!(session = %session.id, error = %e, "refusing session: audit unavailable");
             return;
         }
@@ -221,10 +205,7 @@ impl Proxy {
         };
         self.registry.close(&session);
         if end.status == "unreachable" {
-            self.registry
-                .counters
-                .upstream_unreachable
-                .fetch_add(1, Relaxed);
+            self.registry.counters.upstream_unreachable.fetch_add(1, Relaxed);
         }
         self.record_end(&session, end).await;
     }
@@ -290,10 +271,7 @@ impl Proxy {
     /// A connection with no kernel record reached the listener directly:
     /// the listener is not a way in.
     async fn refuse_not_redirected(&self, peer: SocketAddr) {
-        self.registry
-            .counters
-            .refused_not_redirected
-            .fetch_add(1, Relaxed);
+        self.registry.counters.refused_not_redirected.fetch_add(1, Relaxed);
         tracing::warn!(client = %peer, "refused a connection the kernel did not redirect");
         let mut e = Event::new(EventKind::SessionStart);
         e.client_address = Some(peer.to_string());

@@ -58,15 +58,7 @@ pub fn user_name(uid: u32) -> Option<String> {
     let mut result: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: pwd, buf and result are valid for the call; getpwuid_r writes
     // strings into buf, which outlives their use below.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            pwd.as_mut_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
+    let rc = unsafe { libc::getpwuid_r(uid, pwd.as_mut_ptr(), buf.as_mut_ptr().cast(), buf.len(), &mut result) };
     if rc != 0 || result.is_null() {
         return None;
     }
@@ -106,12 +98,7 @@ mod tests {
             comm: "test".into(),
         };
         let info = describe(&me);
-        assert_eq!(
-            info.exe,
-            std::env::current_exe()
-                .ok()
-                .map(|p| p.display().to_string())
-        );
+        assert_eq!(info.exe, std::env::current_exe().ok().map(|p| p.display().to_string()));
         assert!(info.cmdline.is_some());
         assert!(info.cgroup.as_deref().is_some_and(|c| c.starts_with('/')));
     }

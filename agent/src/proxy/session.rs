@@ -149,23 +149,15 @@ impl Registry {
             started: SystemTime::now(),
             traffic: s.traffic.clone(),
         };
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(s.id, entry);
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(s.id, entry);
     }
 
     pub fn close(&self, s: &Session) {
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&s.id);
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(&s.id);
         let c = &self.counters;
         c.completed.fetch_add(1, Relaxed);
-        c.bytes_to_server
-            .fetch_add(s.traffic.to_server.load(Relaxed), Relaxed);
-        c.bytes_to_client
-            .fetch_add(s.traffic.to_client.load(Relaxed), Relaxed);
+        c.bytes_to_server.fetch_add(s.traffic.to_server.load(Relaxed), Relaxed);
+        c.bytes_to_client.fetch_add(s.traffic.to_client.load(Relaxed), Relaxed);
     }
 
     pub fn live_count(&self) -> usize {

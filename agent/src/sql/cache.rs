@@ -33,11 +33,7 @@ impl ShapeCache {
     }
 
     pub(crate) fn get(&self, key: &ShapeKey) -> Option<Classification> {
-        let mut entries = self
-            .entries
-            .as_ref()?
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut entries = self.entries.as_ref()?.lock().unwrap_or_else(|p| p.into_inner());
         let hit = entries.get(key).cloned();
         if hit.is_some() {
             self.hits.fetch_add(1, Ordering::Relaxed);
@@ -105,9 +101,7 @@ impl AnalysisCache {
     pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
         let cacheable = sql.len() <= self.max_text_bytes;
         if let (true, Some(entries)) = (cacheable, &self.entries) {
-            let mut entries = entries
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut entries = entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if let Some(hit) = entries.get(sql) {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 return Arc::clone(hit);
@@ -116,20 +110,17 @@ impl AnalysisCache {
         self.misses.fetch_add(1, Ordering::Relaxed);
         let analysis = Arc::new(self.analyzer.analyze_with(sql, Some(&self.shapes)));
         if let (true, Some(entries)) = (cacheable, &self.entries) {
-            let mut entries = entries
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut entries = entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             entries.put(sql.into(), Arc::clone(&analysis));
         }
         analysis
     }
 
     pub fn stats(&self) -> CacheStats {
-        let entries = self.entries.as_ref().map_or(0, |e| {
-            e.lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .len()
-        });
+        let entries = self
+            .entries
+            .as_ref()
+            .map_or(0, |e| e.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len());
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
@@ -179,16 +170,10 @@ mod tests {
         let (sa, sb) = (&a.statements[0], &b.statements[0]);
         assert_eq!(sa.classification, sb.classification);
         assert_eq!(sa.fingerprint, sb.fingerprint);
-        assert_eq!(
-            sb.normalized_text,
-            "SELECT name FROM patients WHERE ssn = ? LIMIT ?"
-        );
+        assert_eq!(sb.normalized_text, "SELECT name FROM patients WHERE ssn = ? LIMIT ?");
         // A different limit is classified afresh (the value is part of it).
         let d = c.analyze("select name from patients where ssn = '1' limit 50");
-        assert_eq!(
-            d.statements[0].classification.as_ref().unwrap().limit,
-            Some(50)
-        );
+        assert_eq!(d.statements[0].classification.as_ref().unwrap().limit, Some(50));
         assert_eq!(c.stats().shape_hits, 1);
         // Unparseable statements are never shared (their errors carry positions).
         c.analyze("selec 1");

@@ -3,9 +3,9 @@
 use std::{collections::HashSet, ops::ControlFlow};
 
 use sqlparser::ast::{
-    CopySource, CopyTarget, Expr, FromTable, Ident, LimitClause, ObjectName, ObjectNamePart,
-    ObjectType, Query, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement,
-    TableFactor, TableObject, Value, ValueWithSpan, Visit, VisitMut, Visitor, VisitorMut,
+    CopySource, CopyTarget, Expr, FromTable, Ident, LimitClause, ObjectName, ObjectNamePart, ObjectType, Query,
+    SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableObject, Value, ValueWithSpan,
+    Visit, VisitMut, Visitor, VisitorMut,
 };
 
 use super::{Classification, DynamicSql, ProjectedColumn, StatementKind};
@@ -88,8 +88,7 @@ impl QueryScope {
     }
 
     fn hides(&self, table: &str) -> bool {
-        !table.contains('.')
-            && (self.inherited.contains(table) || self.ctes.iter().any(|(n, _)| n == table))
+        !table.contains('.') && (self.inherited.contains(table) || self.ctes.iter().any(|(n, _)| n == table))
     }
 }
 
@@ -165,12 +164,7 @@ impl Visitor for Collector<'_> {
             Some(with) => (
                 with.cte_tables
                     .iter()
-                    .map(|cte| {
-                        (
-                            normalize_ident(&cte.alias.name),
-                            &*cte.query as *const Query,
-                        )
-                    })
+                    .map(|cte| (normalize_ident(&cte.alias.name), &*cte.query as *const Query))
                     .collect(),
                 with.recursive,
             ),
@@ -183,8 +177,7 @@ impl Visitor for Collector<'_> {
         };
         let mut tables = Vec::new();
         table_commands(&query.body, &mut tables);
-        self.factors
-            .extend(tables.into_iter().filter(|t| !scope.hides(t)));
+        self.factors.extend(tables.into_iter().filter(|t| !scope.hides(t)));
         self.scopes.push(scope);
         ControlFlow::Continue(())
     }
@@ -231,8 +224,7 @@ impl Visitor for Collector<'_> {
                 self.note_dml(StatementKind::Update, update.selection.is_some());
             }
             Statement::Delete(delete) => {
-                let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) =
-                    &delete.from;
+                let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &delete.from;
                 if let Some(first) = from.first() {
                     self.note_target(&first.relation);
                 }
@@ -266,11 +258,7 @@ impl VisitorMut for LiteralStripper {
 fn render_expr(expr: &Expr) -> String {
     match expr {
         Expr::Identifier(ident) => normalize_ident(ident),
-        Expr::CompoundIdentifier(parts) => parts
-            .iter()
-            .map(normalize_ident)
-            .collect::<Vec<_>>()
-            .join("."),
+        Expr::CompoundIdentifier(parts) => parts.iter().map(normalize_ident).collect::<Vec<_>>().join("."),
         other => {
             let mut stripped = other.clone();
             let _ = VisitMut::visit(&mut stripped, &mut LiteralStripper);
@@ -319,9 +307,7 @@ fn set_expr_projection(body: &SetExpr) -> Vec<ProjectedColumn> {
         SetExpr::Select(select) => project(&select.projection),
         SetExpr::Query(query) => set_expr_projection(&query.body),
         SetExpr::SetOperation { left, .. } => set_expr_projection(left),
-        SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) | SetExpr::Merge(s) => {
-            returning(s)
-        }
+        SetExpr::Insert(s) | SetExpr::Update(s) | SetExpr::Delete(s) | SetExpr::Merge(s) => returning(s),
         SetExpr::Table(_) => vec![ProjectedColumn {
             expr: "*".to_string(),
             alias: None,
@@ -344,9 +330,7 @@ fn set_expr_has_where(body: &SetExpr) -> bool {
     match body {
         SetExpr::Select(select) => select.selection.is_some(),
         SetExpr::Query(query) => set_expr_has_where(&query.body),
-        SetExpr::SetOperation { left, right, .. } => {
-            set_expr_has_where(left) && set_expr_has_where(right)
-        }
+        SetExpr::SetOperation { left, right, .. } => set_expr_has_where(left) && set_expr_has_where(right),
         _ => false,
     }
 }
@@ -386,11 +370,7 @@ fn select_into_target(query: &Query) -> Option<String> {
     let into = select.into.as_ref()?;
     into.targets.first().map(|t| match t {
         Expr::Identifier(i) => normalize_ident(i),
-        Expr::CompoundIdentifier(parts) => parts
-            .iter()
-            .map(normalize_ident)
-            .collect::<Vec<_>>()
-            .join("."),
+        Expr::CompoundIdentifier(parts) => parts.iter().map(normalize_ident).collect::<Vec<_>>().join("."),
         other => other.to_string(),
     })
 }
@@ -412,10 +392,7 @@ fn dedup(mut names: Vec<String>) -> Vec<String> {
 }
 
 /// Classifies one parsed statement.
-pub(crate) fn classify(
-    statement: &Statement,
-    dynamic_functions: &HashSet<String>,
-) -> Classification {
+pub(crate) fn classify(statement: &Statement, dynamic_functions: &HashSet<String>) -> Classification {
     let mut c = Collector {
         dynamic_functions,
         factors: Vec::new(),
@@ -428,6 +405,7 @@ pub(crate) fn classify(
     let _ = statement.visit(&mut c);
 
     let mut extra_reads = Vec::new();
+    let mut copy_query = None;
     let mut columns = Vec::new();
     let mut has_where = false;
     let (mut has_limit, mut limit) = (false, None);
@@ -462,9 +440,7 @@ pub(crate) fn classify(
             has_where = dml_where;
             kind
         }
-        Statement::Copy {
-            source, to, target, ..
-        } => {
+        Statement::Copy { source, to, target, .. } => {
             if let CopyTarget::Program { .. } = target {
                 c.dynamic.get_or_insert(DynamicSql::CopyProgram);
             }
@@ -475,6 +451,12 @@ pub(crate) fn classify(
                 } => {
                     let name = normalize_name(table_name);
                     if *to {
+                        let list = if cols.is_empty() {
+                            "*".to_string()
+                        } else {
+                            cols.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                        };
+                        copy_query = Some(format!("SELECT {list} FROM {table_name}"));
                         extra_reads.push(name);
                     } else {
                         c.written.push(name);
@@ -494,6 +476,9 @@ pub(crate) fn classify(
                     };
                 }
                 CopySource::Query(query) => {
+                    if *to {
+                        copy_query = Some(query.to_string());
+                    }
                     columns = set_expr_projection(&query.body);
                     has_where = set_expr_has_where(&query.body);
                     (has_limit, limit) = query_limit(query);
@@ -518,9 +503,7 @@ pub(crate) fn classify(
             StatementKind::CreateIndex
         }
         Statement::CreateFunction(_) => StatementKind::CreateFunction,
-        Statement::Drop {
-            object_type, names, ..
-        } => {
+        Statement::Drop { object_type, names, .. } => {
             let kind = drop_kind(object_type);
             if kind != StatementKind::DropDatabase {
                 c.written.extend(names.iter().map(normalize_name));
@@ -543,9 +526,7 @@ pub(crate) fn classify(
         Statement::StartTransaction { .. } => StatementKind::Begin,
         Statement::Commit { .. } => StatementKind::Commit,
         Statement::Rollback { .. } => StatementKind::Rollback,
-        Statement::Savepoint { .. } | Statement::ReleaseSavepoint { .. } => {
-            StatementKind::Savepoint
-        }
+        Statement::Savepoint { .. } | Statement::ReleaseSavepoint { .. } => StatementKind::Savepoint,
         Statement::Prepare { .. } => StatementKind::Prepare,
         Statement::Execute { .. } => {
             c.dynamic.get_or_insert(DynamicSql::Execute);
@@ -555,16 +536,11 @@ pub(crate) fn classify(
         Statement::Call(_) => StatementKind::Call,
         Statement::Declare { .. } => StatementKind::DeclareCursor,
         Statement::Fetch { .. } => StatementKind::Fetch,
-        Statement::Explain {
-            analyze, statement, ..
-        } => {
+        Statement::Explain { analyze, statement, .. } => {
             if *analyze {
                 // EXPLAIN ANALYZE runs the statement: classify it as that.
                 let inner = classify(statement, dynamic_functions);
-                return Classification {
-                    explain: true,
-                    ..inner
-                };
+                return Classification { explain: true, ..inner };
             }
             clear_writes = true;
             StatementKind::Explain
@@ -575,11 +551,7 @@ pub(crate) fn classify(
         }
         other => {
             let text = other.to_string();
-            let head = text
-                .split_whitespace()
-                .next()
-                .unwrap_or("")
-                .to_ascii_uppercase();
+            let head = text.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
             if head.starts_with("CREATE") {
                 StatementKind::CreateOther
             } else if head.starts_with("ALTER") {
@@ -614,5 +586,6 @@ pub(crate) fn classify(
         limit,
         dynamic: c.dynamic,
         explain: clear_writes,
+        copy_query,
     }
 }

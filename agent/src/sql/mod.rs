@@ -84,10 +84,7 @@ pub const DEFAULT_DYNAMIC_FUNCTIONS: &[&str] = &[
 impl Default for SqlConfig {
     fn default() -> Self {
         SqlConfig {
-            dynamic_functions: DEFAULT_DYNAMIC_FUNCTIONS
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            dynamic_functions: DEFAULT_DYNAMIC_FUNCTIONS.iter().map(|s| s.to_string()).collect(),
             cache_entries: 10_000,
             shape_cache_entries: 10_000,
             cache_max_text_bytes: 64 * 1024,
@@ -251,6 +248,10 @@ pub struct Classification {
     /// The statement is wrapped in EXPLAIN (with ANALYZE the kind and tables
     /// are the wrapped statement's, because it runs).
     pub explain: bool,
+    /// For `COPY ... TO`: a query with the same result columns (rendered
+    /// from the parse tree), so the proxy can learn the columns' real names
+    /// without running anything.
+    pub copy_query: Option<String>,
 }
 
 /// Why SQL could not be analyzed. Messages never quote the SQL's values.
@@ -258,11 +259,7 @@ pub struct Classification {
 #[serde(tag = "error", rename_all = "snake_case")]
 pub enum SqlError {
     #[error("SQL could not be tokenized at line {line}, column {column}: {message}")]
-    Tokenize {
-        message: String,
-        line: u64,
-        column: u64,
-    },
+    Tokenize { message: String, line: u64, column: u64 },
     #[error("SQL could not be parsed{}: {message}", position(*line, *column))]
     Parse {
         message: String,
@@ -356,13 +353,7 @@ impl Analyzer {
     /// `masker` produces `masked_text`.
     pub fn new(config: &SqlConfig, masker: Masker) -> Self {
         Analyzer {
-            dynamic_functions: Arc::new(
-                config
-                    .dynamic_functions
-                    .iter()
-                    .map(|f| f.to_lowercase())
-                    .collect(),
-            ),
+            dynamic_functions: Arc::new(config.dynamic_functions.iter().map(|f| f.to_lowercase()).collect()),
             config: config.clone(),
             masker,
         }
@@ -420,10 +411,7 @@ impl Analyzer {
         Analysis { statements }
     }
 
-    fn classify_tokens(
-        &self,
-        toks: Vec<sqlparser::tokenizer::TokenWithSpan>,
-    ) -> Result<Classification, SqlError> {
+    fn classify_tokens(&self, toks: Vec<sqlparser::tokenizer::TokenWithSpan>) -> Result<Classification, SqlError> {
         if tokens::is_do_block(&toks) {
             return Ok(Classification {
                 kind: StatementKind::DoBlock,
@@ -435,6 +423,7 @@ impl Analyzer {
                 limit: None,
                 dynamic: Some(DynamicSql::DoBlock),
                 explain: false,
+                copy_query: None,
             });
         }
         let parsed = Parser::new(&PostgreSqlDialect {})

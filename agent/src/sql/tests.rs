@@ -76,10 +76,7 @@ fn drop_in_any_case_and_spacing() {
     let c = one("DrOp   TaBlE patients");
     assert_eq!(c.kind, StatementKind::DropTable);
     assert_eq!(c.tables_written, names(&["patients"]));
-    assert_eq!(
-        one("drop database clinic").kind,
-        StatementKind::DropDatabase
-    );
+    assert_eq!(one("drop database clinic").kind, StatementKind::DropDatabase);
     assert_eq!(one("drop schema s cascade").kind, StatementKind::DropSchema);
     assert_eq!(one("drop view v").kind, StatementKind::DropOther);
 }
@@ -103,9 +100,7 @@ fn quoted_identifiers_keep_case() {
     assert_eq!(c.tables_read, names(&[r#""Clinic"."Patients""#, "lower"]));
     assert_eq!(c.columns[0].expr, r#""SSN""#);
     // Same name spelled quoted and unquoted; only ASCII letters fold.
-    let same = one(
-        r#"select * from "patients" join PATIENTS on true join Pätients on true join "pätients" on true"#,
-    );
+    let same = one(r#"select * from "patients" join PATIENTS on true join Pätients on true join "pätients" on true"#);
     assert_eq!(same.tables_read, names(&[r#""pätients""#, "patients"]));
 }
 
@@ -120,9 +115,7 @@ fn data_modifying_cte_is_the_modification() {
         c.tables_read
     );
     assert!(!c.has_where);
-    let u = one(
-        "with u as (update accounts set x = 1 where id = 2 returning id) select * from u join logs on true",
-    );
+    let u = one("with u as (update accounts set x = 1 where id = 2 returning id) select * from u join logs on true");
     assert_eq!((u.kind, u.has_where), (StatementKind::Update, true));
     assert_eq!(u.tables_read, names(&["logs"]));
 }
@@ -134,8 +127,7 @@ fn cte_names_hide_tables_only_where_in_scope() {
     let c = one("select * from patients, (with patients as (select 1) select * from patients) s");
     assert_eq!(c.tables_read, names(&["patients"]));
     // A non-recursive CTE body reads the real table of the same name.
-    let shadow =
-        one("with patients as (select * from patients where id > 1) select * from patients");
+    let shadow = one("with patients as (select * from patients where id > 1) select * from patients");
     assert_eq!(shadow.tables_read, names(&["patients"]));
     // Later CTEs and the body see earlier CTEs.
     let chain = one("with a as (select * from t), b as (select * from a) select * from b");
@@ -159,9 +151,7 @@ fn table_command_is_a_read() {
 
 #[test]
 fn dml_targets_and_sources() {
-    let i = one(
-        "insert into archive (id) select id from patients where dob < '1950-01-01' returning id",
-    );
+    let i = one("insert into archive (id) select id from patients where dob < '1950-01-01' returning id");
     assert_eq!(i.kind, StatementKind::Insert);
     assert_eq!(i.tables_written, names(&["archive"]));
     assert_eq!(i.tables_read, names(&["patients"]));
@@ -213,12 +203,7 @@ fn dynamic_sql_is_flagged() {
     assert_eq!(do_block.kind, StatementKind::DoBlock);
     assert_eq!(do_block.dynamic, Some(DynamicSql::DoBlock));
     let dblink = one("select * from dblink('dbname=x', 'select ssn from patients') as t(s text)");
-    assert_eq!(
-        dblink.dynamic,
-        Some(DynamicSql::Function {
-            name: "dblink".into()
-        })
-    );
+    assert_eq!(dblink.dynamic, Some(DynamicSql::Function { name: "dblink".into() }));
     assert!(dblink.tables_read.is_empty());
     let xml = one("select pg_catalog.QUERY_TO_XML('select * from patients', true, false, '')");
     assert_eq!(
@@ -239,9 +224,7 @@ fn dynamic_sql_is_flagged() {
 fn transaction_and_session_statements() {
     use StatementKind::*;
     assert_eq!(
-        kinds(
-            "begin; set search_path = x; savepoint a; rollback to savepoint a; commit; show work_mem"
-        ),
+        kinds("begin; set search_path = x; savepoint a; rollback to savepoint a; commit; show work_mem"),
         [
             Some(Begin),
             Some(Set),
@@ -280,18 +263,12 @@ fn unparseable_sql_is_a_clear_error_without_values() {
     let a = analyzer().analyze("select * from t where name = 'Jane Doe' garbage 'John Roe'");
     let err = a.statements[0].classification.clone().unwrap_err();
     let text = err.to_string();
-    assert!(
-        matches!(err, SqlError::Parse { line: Some(1), .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, SqlError::Parse { line: Some(1), .. }), "{err:?}");
     assert!(!text.contains("John") && !text.contains("Jane"), "{text}");
     assert!(!a.all_parsed());
 
     let b = analyzer().analyze("select 'unterminated");
-    assert!(matches!(
-        b.statements[0].classification,
-        Err(SqlError::Tokenize { .. })
-    ));
+    assert!(matches!(b.statements[0].classification, Err(SqlError::Tokenize { .. })));
     assert_eq!(b.statements[0].normalized_text, "");
 
     // One bad statement does not hide the good ones around it.
@@ -311,10 +288,7 @@ fn limits_refuse_huge_and_deep_sql() {
         Masker::new(&MaskConfig::default(), None).unwrap(),
     );
     let a = small.analyze("select * from patients where 1 = 1");
-    assert!(matches!(
-        a.statements[0].classification,
-        Err(SqlError::TooLong { .. })
-    ));
+    assert!(matches!(a.statements[0].classification, Err(SqlError::TooLong { .. })));
     let deep = format!("select {}1{}", "(".repeat(5000), ")".repeat(5000));
     let d = analyzer().analyze(&deep);
     assert_eq!(d.statements[0].classification, Err(SqlError::TooDeep));
@@ -328,9 +302,7 @@ fn empty_input_has_no_statements() {
 
 #[test]
 fn texts_and_fingerprints_per_statement() {
-    let a = analyzer().analyze(
-        "select * from p where ssn = '123-45-6789'; select * from p where ssn = '987-65-4321'",
-    );
+    let a = analyzer().analyze("select * from p where ssn = '123-45-6789'; select * from p where ssn = '987-65-4321'");
     let [s1, s2] = a.statements.as_slice() else {
         panic!("two statements expected")
     };
@@ -345,8 +317,7 @@ fn texts_and_fingerprints_per_statement() {
 
 #[test]
 fn config_parses_and_rejects_unknown_keys() {
-    let c: SqlConfig =
-        toml::from_str("cache_entries = 5\ndynamic_functions = [\"my_exec\"]").unwrap();
+    let c: SqlConfig = toml::from_str("cache_entries = 5\ndynamic_functions = [\"my_exec\"]").unwrap();
     assert_eq!(c.cache_entries, 5);
     assert_eq!(c.max_nesting, 50);
     assert!(toml::from_str::<SqlConfig>("cache = 5").is_err());
@@ -424,12 +395,7 @@ fn garbage_never_panics() {
         let analysis = a.analyze(&sql);
         for s in &analysis.statements {
             if let Ok(c) = &s.classification {
-                assert!(
-                    c.tables_read
-                        .iter()
-                        .chain(&c.tables_written)
-                        .all(|t| !t.is_empty())
-                );
+                assert!(c.tables_read.iter().chain(&c.tables_written).all(|t| !t.is_empty()));
             }
         }
     }
@@ -504,4 +470,24 @@ fn literals_never_reach_normalized_text_or_errors() {
             }
         }
     }
+}
+
+#[test]
+fn copy_to_carries_a_query_with_the_same_columns() {
+    assert_eq!(
+        one("COPY patients TO STDOUT").copy_query.as_deref(),
+        Some("SELECT * FROM patients")
+    );
+    assert_eq!(
+        one("copy public.patients (id, ssn) to stdout with (format csv)")
+            .copy_query
+            .as_deref(),
+        Some("SELECT id, ssn FROM public.patients")
+    );
+    let q = one("COPY (SELECT dob AS d FROM patients WHERE id = 3) TO STDOUT")
+        .copy_query
+        .unwrap();
+    assert!(q.starts_with("SELECT dob AS d FROM patients"), "{q}");
+    assert_eq!(one("COPY patients FROM STDIN").copy_query, None);
+    assert_eq!(one("SELECT 1").copy_query, None);
 }

@@ -46,10 +46,7 @@ pub(crate) fn split(tokens: Vec<TokenWithSpan>) -> Vec<Vec<TokenWithSpan>> {
 }
 
 fn push_statement(statements: &mut Vec<Vec<TokenWithSpan>>, tokens: Vec<TokenWithSpan>) {
-    if tokens
-        .iter()
-        .any(|t| !matches!(t.token, Token::Whitespace(_)))
-    {
+    if tokens.iter().any(|t| !matches!(t.token, Token::Whitespace(_))) {
         statements.push(tokens);
     }
 }
@@ -158,10 +155,7 @@ pub(crate) fn shape(tokens: &[TokenWithSpan]) -> (Fingerprint, ShapeKey) {
     let digest = fingerprint.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
-    (
-        Fingerprint(u64::from_be_bytes(first)),
-        ShapeKey(key.finalize().into()),
-    )
+    (Fingerprint(u64::from_be_bytes(first)), ShapeKey(key.finalize().into()))
 }
 
 #[cfg(test)]
@@ -215,7 +209,9 @@ pub(crate) fn is_do_block(tokens: &[TokenWithSpan]) -> bool {
     tokens
         .iter()
         .find(|t| !matches!(t.token, Token::Whitespace(_)))
-        .is_some_and(|t| matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("do")))
+        .is_some_and(
+            |t| matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("do")),
+        )
 }
 
 #[cfg(test)]
@@ -243,10 +239,7 @@ mod tests {
     fn fingerprint_ignores_literals_case_space_comments_and_param_numbers() {
         let fp = |sql: &str| fingerprint(&split(tokenize(sql).unwrap())[0]);
         let base = fp("SELECT name FROM patients WHERE id = 42");
-        assert_eq!(
-            base,
-            fp("select  name\nfrom Patients /* hi */ where id = 7")
-        );
+        assert_eq!(base, fp("select  name\nfrom Patients /* hi */ where id = 7"));
         assert_eq!(base, fp("SELECT name FROM patients WHERE id = $1"));
         assert_eq!(
             fp("select * from t where a = $1 and b = $2"),
@@ -266,10 +259,7 @@ mod tests {
         assert_eq!(f10, f20);
         assert_ne!(k10, k20);
         assert_eq!(k10, k10b);
-        assert_ne!(
-            shape_of("select 1 limit (1)").1,
-            shape_of("select 1 limit (2)").1
-        );
+        assert_ne!(shape_of("select 1 limit (1)").1, shape_of("select 1 limit (2)").1);
         assert_ne!(
             shape_of("select 1 fetch first 1 rows only").1,
             shape_of("select 1 fetch first 2 rows only").1
@@ -278,8 +268,7 @@ mod tests {
 
     #[test]
     fn normalized_text_has_no_literals() {
-        let sql =
-            "SELECT * FROM p WHERE ssn = '123-45-6789' AND n = E'x\\'y' AND d = $$z$$ AND k = -5";
+        let sql = "SELECT * FROM p WHERE ssn = '123-45-6789' AND n = E'x\\'y' AND d = $$z$$ AND k = -5";
         assert_eq!(
             statements(sql),
             ["SELECT * FROM p WHERE ssn = ? AND n = ? AND d = ? AND k = -?"]
@@ -289,7 +278,9 @@ mod tests {
     #[test]
     fn masked_text_keeps_literals_but_masks_phi() {
         let masker = Masker::new(&MaskConfig::default(), None).unwrap();
-        let tokens = &split(tokenize("select * from p where ssn = '123-45-6789' and name = 'O''Brien' -- call 555-234-5678\n").unwrap())[0];
+        let tokens = &split(
+            tokenize("select * from p where ssn = '123-45-6789' and name = 'O''Brien' -- call 555-234-5678\n").unwrap(),
+        )[0];
         assert_eq!(
             masked_text(tokens, &masker),
             "select * from p where ssn = '***' and name = 'O''Brien' -- call ***"
@@ -298,9 +289,7 @@ mod tests {
 
     #[test]
     fn do_block_detection() {
-        assert!(is_do_block(
-            &tokenize("  /* x */ Do $$ begin end $$").unwrap()
-        ));
+        assert!(is_do_block(&tokenize("  /* x */ Do $$ begin end $$").unwrap()));
         assert!(!is_do_block(&tokenize("select do from t").unwrap()));
         assert!(!is_do_block(&tokenize("\"do\" x").unwrap()));
     }

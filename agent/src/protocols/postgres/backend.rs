@@ -13,13 +13,18 @@ use tokio::{
 
 use super::{
     Service, SessionError,
+    catalog::Catalog,
     frame::{self, Frame, MAX_MESSAGE},
     pending::{Command, Pending},
     record,
     rows::{self, ResultMask},
     wire::{self, sqlstate},
 };
-use crate::{audit::Outcome, proxy::Session};
+use crate::{
+    audit::Outcome,
+    mask::{MaskAction, MaskRule},
+    proxy::Session,
+};
 
 /// Accounting of the command whose results are streaming.
 #[derive(Default)]
@@ -33,6 +38,7 @@ struct Tally {
 pub(super) struct Backend<'s> {
     svc: &'s Service,
     session: &'s Session,
+    catalog: &'s tokio::sync::Mutex<Catalog>,
     queue: VecDeque<Pending>,
     /// Index of the running statement within a simple Query at the head.
     statement: usize,
@@ -50,10 +56,11 @@ struct Copy {
 }
 
 impl<'s> Backend<'s> {
-    pub fn new(svc: &'s Service, session: &'s Session) -> Self {
+    pub fn new(svc: &'s Service, session: &'s Session, catalog: &'s tokio::sync::Mutex<Catalog>) -> Self {
         Backend {
             svc,
             session,
+            catalog,
             queue: VecDeque::new(),
             statement: 0,
             status: b'I',
@@ -90,7 +97,7 @@ impl<'s> Backend<'s> {
                     None => frontend_open = false,
                 },
                 frame = frame::read_frame(server, &mut buf, true, MAX_MESSAGE) => match frame? {
-                    Some(frame) => self.on_message(frame, &mut out)?,
+                    Some(frame) => self.on_message(frame, &mut out).await?,
                     None => {
                         client.write_all(&out).await?;
                         return Ok(());
@@ -113,17 +120,10 @@ impl<'s> Backend<'s> {
         }
     }
 
-    fn on_message(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), SessionError> {
+    async fn on_message(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), SessionError> {
         let start = out.len();
         match frame.tag.unwrap_or(0) {
-            b'T' => {
-                let overrides = self.current().map(|c| c.mask.clone()).unwrap_or_default();
-                let (mask, rewritten) =
-                    ResultMask::from_description(&self.svc.masker, &frame, &overrides)
-                        .map_err(SessionError::Protocol)?;
-                self.result = Some(mask);
-                out.extend_from_slice(rewritten.as_deref().unwrap_or(&frame.bytes));
-            }
+            b'T' => self.describe(&frame, out).await?,
             b'D' => {
                 self.tally.rows += 1;
                 if self.result.is_none() {
@@ -152,16 +152,14 @@ impl<'s> Backend<'s> {
             }
             b'E' => {
                 let code = rows::error_code(&frame);
-                let masked = rows::server_message(&self.svc.masker, &frame)
-                    .map_err(SessionError::Protocol)?;
+                let masked = rows::server_message(&self.svc.masker, &frame).map_err(SessionError::Protocol)?;
                 out.extend_from_slice(masked.as_deref().unwrap_or(&frame.bytes));
                 self.copy = None;
                 self.finish("error", code);
                 self.skip_after_error();
             }
             b'N' => {
-                let masked = rows::server_message(&self.svc.masker, &frame)
-                    .map_err(SessionError::Protocol)?;
+                let masked = rows::server_message(&self.svc.masker, &frame).map_err(SessionError::Protocol)?;
                 out.extend_from_slice(masked.as_deref().unwrap_or(&frame.bytes));
             }
             b'Z' => {
@@ -177,9 +175,7 @@ impl<'s> Backend<'s> {
                 }
             }
             b'A' => self.notification(&frame, out)?,
-            b'1' | b'2' | b'3' | b't' | b'n' | b'S' | b'G' | b'W' | b'K' => {
-                out.extend_from_slice(&frame.bytes)
-            }
+            b'1' | b'2' | b'3' | b't' | b'n' | b'S' | b'G' | b'W' | b'K' => out.extend_from_slice(&frame.bytes),
             other => {
                 return Err(SessionError::Protocol(format!(
                     "unexpected server message type {:?}",
@@ -188,6 +184,25 @@ impl<'s> Backend<'s> {
             }
         }
         self.tally.bytes += (out.len() - start) as u64;
+        Ok(())
+    }
+
+    /// A RowDescription: resolves its columns to the real `table.column`
+    /// (so an alias cannot dodge a rule), plans masking, and forwards it.
+    async fn describe(&mut self, frame: &Frame, out: &mut BytesMut) -> Result<(), SessionError> {
+        let desc = rows::decode_description(frame).map_err(SessionError::Protocol)?;
+        let fields: Vec<(String, u32, i16)> = desc
+            .fields
+            .iter()
+            .map(|f| (f.name.clone(), f.table_id as u32, f.column_id))
+            .collect();
+        let columns = self.catalog.lock().await.resolve(&self.svc.tables, &fields).await;
+        let mut overrides = self.current().map(|c| c.mask.clone()).unwrap_or_default();
+        overrides.push(MaskRule::new(rows::UNRESOLVED, MaskAction::Redact));
+        let (mask, rewritten) = ResultMask::from_description(&self.svc.masker, desc, &columns, &overrides)
+            .map_err(SessionError::Protocol)?;
+        self.result = Some(mask);
+        out.extend_from_slice(rewritten.as_deref().unwrap_or(&frame.bytes));
         Ok(())
     }
 
@@ -282,12 +297,13 @@ impl<'s> Backend<'s> {
 
     fn copy_out_start(&mut self, frame: &Frame, out: &mut BytesMut) {
         let binary = frame.body().first() == Some(&1);
-        let (names, overrides) = self
+        let (columns, mut overrides) = self
             .current()
             .map(|c| (c.copy_columns.clone(), c.mask.clone()))
             .unwrap_or_default();
+        overrides.push(MaskRule::new(rows::UNRESOLVED, MaskAction::Redact));
         self.copy = Some(Copy {
-            mask: ResultMask::for_copy(&self.svc.masker, &names, &overrides),
+            mask: ResultMask::for_copy(&self.svc.masker, &columns, &overrides),
             binary,
         });
         out.extend_from_slice(&frame.bytes);
@@ -326,8 +342,7 @@ impl<'s> Backend<'s> {
             std::borrow::Cow::Borrowed(_) => out.extend_from_slice(&frame.bytes),
             std::borrow::Cow::Owned(masked) => {
                 n.payload = masked;
-                n.encode(out)
-                    .map_err(|e| SessionError::Protocol(e.to_string()))?;
+                n.encode(out).map_err(|e| SessionError::Protocol(e.to_string()))?;
             }
         }
         Ok(())
@@ -360,10 +375,5 @@ fn skipped() -> Outcome {
 /// The row count at the end of a CommandComplete tag ("SELECT 5", "INSERT 0 5").
 fn rows_of(frame: &Frame) -> Option<u64> {
     let (tag, _) = frame::cstr(frame.body())?;
-    std::str::from_utf8(tag)
-        .ok()?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
+    std::str::from_utf8(tag).ok()?.rsplit(' ').next()?.parse().ok()
 }

@@ -47,10 +47,7 @@ impl CancelRegistry {
     }
 
     pub fn unregister(&self, key: (i32, i32)) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
     }
 
     /// Carries a client's cancel request upstream. Unknown keys are ignored,
@@ -69,9 +66,7 @@ impl CancelRegistry {
         let Some(t) = target else {
             return false;
         };
-        if let Err(e) =
-            upstream::cancel(t.addr, &t.server_name, t.tls.as_ref(), t.pid, &t.secret).await
-        {
+        if let Err(e) = upstream::cancel(t.addr, &t.server_name, t.tls.as_ref(), t.pid, &t.secret).await {
             tracing::warn!(error = %e, "cancel request could not be delivered upstream");
         }
         true

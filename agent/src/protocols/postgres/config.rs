@@ -65,15 +65,11 @@ pub enum UpstreamConfigError {
     UnusedCaFile,
     #[error("upstream.credential {0:?} must be a plain file name (no '/', not '.' or '..')")]
     BadCredentialName(String),
-    #[error(
-        "password file {path} has mode {mode:04o}: it must not be accessible by group or others (chmod 600)"
-    )]
+    #[error("password file {path} has mode {mode:04o}: it must not be accessible by group or others (chmod 600)")]
     SecretFileMode { path: PathBuf, mode: u32 },
     #[error("cannot read password file {path}: {source}")]
     SecretFileRead { path: PathBuf, source: io::Error },
-    #[error(
-        "upstream.credential {0:?} is set but $CREDENTIALS_DIRECTORY is not (add LoadCredential= to the unit)"
-    )]
+    #[error("upstream.credential {0:?} is set but $CREDENTIALS_DIRECTORY is not (add LoadCredential= to the unit)")]
     NoCredentialsDirectory(String),
     #[error("password in {0} is empty")]
     EmptySecret(PathBuf),
@@ -97,9 +93,7 @@ impl UpstreamConfig {
         }
         match (self.tls, &self.ca_file) {
             (TlsMode::VerifyFull, None) => Err(UpstreamConfigError::MissingCaFile),
-            (TlsMode::Disable | TlsMode::Require, Some(_)) => {
-                Err(UpstreamConfigError::UnusedCaFile)
-            }
+            (TlsMode::Disable | TlsMode::Require, Some(_)) => Err(UpstreamConfigError::UnusedCaFile),
             _ => Ok(()),
         }
     }
@@ -112,17 +106,13 @@ impl UpstreamConfig {
         self.load_secret_from(dir.as_deref())
     }
 
-    fn load_secret_from(
-        &self,
-        credentials_dir: Option<&Path>,
-    ) -> Result<Option<Secret>, UpstreamConfigError> {
+    fn load_secret_from(&self, credentials_dir: Option<&Path>) -> Result<Option<Secret>, UpstreamConfigError> {
         self.validate()?;
         if let Some(path) = &self.password_file {
-            let meta =
-                fs::metadata(path).map_err(|source| UpstreamConfigError::SecretFileRead {
-                    path: path.clone(),
-                    source,
-                })?;
+            let meta = fs::metadata(path).map_err(|source| UpstreamConfigError::SecretFileRead {
+                path: path.clone(),
+                source,
+            })?;
             let mode = meta.permissions().mode() & 0o7777;
             if mode & 0o077 != 0 {
                 return Err(UpstreamConfigError::SecretFileMode {
@@ -134,8 +124,7 @@ impl UpstreamConfig {
         }
         if let Some(name) = &self.credential {
             // systemd makes the directory and files private to the service.
-            let dir = credentials_dir
-                .ok_or_else(|| UpstreamConfigError::NoCredentialsDirectory(name.clone()))?;
+            let dir = credentials_dir.ok_or_else(|| UpstreamConfigError::NoCredentialsDirectory(name.clone()))?;
             return read_secret(&dir.join(name)).map(Some);
         }
         Ok(None)
@@ -147,8 +136,7 @@ fn read_secret(path: &Path) -> Result<Secret, UpstreamConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut text = String::from_utf8(bytes)
-        .map_err(|_| UpstreamConfigError::SecretNotUtf8(path.to_path_buf()))?;
+    let mut text = String::from_utf8(bytes).map_err(|_| UpstreamConfigError::SecretNotUtf8(path.to_path_buf()))?;
     // One line: editors and `echo` add a newline that is not part of it.
     // Truncated in place, so no unwiped copy is left behind.
     text.truncate(text.trim_end_matches(['\n', '\r']).len());
@@ -202,7 +190,10 @@ mod tests {
 
     #[test]
     fn parses_full_table_and_defaults() {
-        let c = parse("user = \"app\"\ntls = \"verify-full\"\nca_file = \"/ca.pem\"\ndatabase = \"d\"\ncredential = \"pg\"").unwrap();
+        let c = parse(
+            "user = \"app\"\ntls = \"verify-full\"\nca_file = \"/ca.pem\"\ndatabase = \"d\"\ncredential = \"pg\"",
+        )
+        .unwrap();
         assert_eq!(c.tls, TlsMode::VerifyFull);
         assert_eq!(c.database.as_deref(), Some("d"));
         c.validate().unwrap();
@@ -220,20 +211,11 @@ mod tests {
     #[test]
     fn validate_catches_bad_combinations() {
         let c = parse("user = \"app\"\ntls = \"verify-full\"").unwrap();
-        assert!(matches!(
-            c.validate(),
-            Err(UpstreamConfigError::MissingCaFile)
-        ));
+        assert!(matches!(c.validate(), Err(UpstreamConfigError::MissingCaFile)));
         let c = parse("user = \"app\"\npassword_file = \"/a\"\ncredential = \"b\"").unwrap();
-        assert!(matches!(
-            c.validate(),
-            Err(UpstreamConfigError::TwoSecretSources)
-        ));
+        assert!(matches!(c.validate(), Err(UpstreamConfigError::TwoSecretSources)));
         let c = parse("user = \"app\"\ncredential = \"../etc/shadow\"").unwrap();
-        assert!(matches!(
-            c.validate(),
-            Err(UpstreamConfigError::BadCredentialName(_))
-        ));
+        assert!(matches!(c.validate(), Err(UpstreamConfigError::BadCredentialName(_))));
     }
 
     #[test]
@@ -269,10 +251,7 @@ mod tests {
         fs::write(dir.path().join("pg"), "pw-from-systemd").unwrap();
         let c = parse("user = \"app\"\ncredential = \"pg\"").unwrap();
         assert_eq!(
-            c.load_secret_from(Some(dir.path()))
-                .unwrap()
-                .unwrap()
-                .expose(),
+            c.load_secret_from(Some(dir.path())).unwrap().unwrap().expose(),
             "pw-from-systemd"
         );
         assert!(matches!(

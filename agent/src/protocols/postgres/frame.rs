@@ -51,11 +51,7 @@ pub enum FrameError {
 }
 
 fn printable(ty: u8) -> char {
-    if ty.is_ascii_graphic() {
-        ty as char
-    } else {
-        '?'
-    }
+    if ty.is_ascii_graphic() { ty as char } else { '?' }
 }
 
 /// Reads buffered input until `buf` holds one whole message, then splits it
@@ -71,12 +67,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     loop {
         if buf.len() >= header {
             let len_at = header - 4;
-            let len = i32::from_be_bytes([
-                buf[len_at],
-                buf[len_at + 1],
-                buf[len_at + 2],
-                buf[len_at + 3],
-            ]);
+            let len = i32::from_be_bytes([buf[len_at], buf[len_at + 1], buf[len_at + 2], buf[len_at + 3]]);
             if len < 4 {
                 return Err(FrameError::BadLength(len.into()));
             }
@@ -131,10 +122,7 @@ pub fn decode(frame: BytesMut, ctx: &DecodeContext) -> Result<PgWireBackendMessa
         .map_err(|e| malformed(e.to_string()))?
         .ok_or_else(|| malformed("incomplete".into()))?;
     if frame.has_remaining() {
-        return Err(malformed(format!(
-            "{} bytes after the message",
-            frame.remaining()
-        )));
+        return Err(malformed(format!("{} bytes after the message", frame.remaining())));
     }
     Ok(msg)
 }
@@ -162,10 +150,7 @@ fn check_structure(ty: u8, body: &[u8]) -> Result<(), &'static str> {
                     Some((0, [])) => return Ok(()),
                     Some((0, _)) => return Err("data after terminator"),
                     Some((_, tail)) => {
-                        let nul = tail
-                            .iter()
-                            .position(|b| *b == 0)
-                            .ok_or("unterminated field")?;
+                        let nul = tail.iter().position(|b| *b == 0).ok_or("unterminated field")?;
                         rest = &tail[nul + 1..];
                     }
                 }
@@ -191,10 +176,7 @@ fn check_structure(ty: u8, body: &[u8]) -> Result<(), &'static str> {
         b't' => {
             let mut rest = body;
             let count = take(&mut rest, 2)?;
-            take(
-                &mut rest,
-                4 * usize::from(u16::from_be_bytes([count[0], count[1]])),
-            )?;
+            take(&mut rest, 4 * usize::from(u16::from_be_bytes([count[0], count[1]])))?;
             Ok(())
         }
         // RowDescription: i16 count, then per field a C string and 18 bytes.
@@ -206,10 +188,7 @@ fn check_structure(ty: u8, body: &[u8]) -> Result<(), &'static str> {
                 return Err("negative field count");
             }
             for _ in 0..count {
-                let nul = rest
-                    .iter()
-                    .position(|b| *b == 0)
-                    .ok_or("unterminated name")?;
+                let nul = rest.iter().position(|b| *b == 0).ok_or("unterminated name")?;
                 take(&mut rest, nul + 1 + 18)?;
             }
             Ok(())
@@ -375,18 +354,14 @@ mod decode_tests {
             server.write_all(&wire).await.unwrap();
         });
         let mut buf = BytesMut::new();
-        let f = read_backend(&mut client, &mut buf, STARTUP_MAX_LEN)
-            .await
-            .unwrap();
+        let f = read_backend(&mut client, &mut buf, STARTUP_MAX_LEN).await.unwrap();
         match decode(f, &ctx()).unwrap() {
             PgWireBackendMessage::ParameterStatus(p) => {
                 assert_eq!(p, ParameterStatus::new("a".into(), "b".into()))
             }
             other => panic!("{other:?}"),
         }
-        let f = read_backend(&mut client, &mut buf, STARTUP_MAX_LEN)
-            .await
-            .unwrap();
+        let f = read_backend(&mut client, &mut buf, STARTUP_MAX_LEN).await.unwrap();
         assert!(matches!(
             decode(f, &ctx()).unwrap(),
             PgWireBackendMessage::ReadyForQuery(r) if r == ReadyForQuery::new(TransactionStatus::Idle)
@@ -401,19 +376,8 @@ mod decode_tests {
     async fn bounds_and_eof() {
         let mut buf = BytesMut::new();
         let long = frame(b'D', &[0u8; 100]);
-        let err = read_backend(&mut &long[..], &mut buf, 50)
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                FrameError::TooLarge {
-                    len: 105,
-                    limit: 50,
-                }
-            ),
-            "{err}"
-        );
+        let err = read_backend(&mut &long[..], &mut buf, 50).await.unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { len: 105, limit: 50 }), "{err}");
 
         let mut buf = BytesMut::new();
         let bad_len = [b'Z', 0, 0, 0, 3];
@@ -458,11 +422,7 @@ mod decode_tests {
         for len in 1..12 {
             bodies.push(vec![0; len]);
             bodies.push(vec![0xff; len]);
-            bodies.push(
-                (0..len as u8)
-                    .map(|i| i.wrapping_mul(37).wrapping_add(1))
-                    .collect(),
-            );
+            bodies.push((0..len as u8).map(|i| i.wrapping_mul(37).wrapping_add(1)).collect());
         }
         bodies.push(vec![0, 0, 0, 5, 1]);
         bodies.push(vec![0, 0, 0, 11]);

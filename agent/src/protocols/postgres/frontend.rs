@@ -12,15 +12,17 @@ use tokio::{
 
 use super::{
     Service, SessionError,
+    catalog::Catalog,
     frame::{self, Frame, MAX_MESSAGE, cstr, take_i16, take_i32},
     pending::{Command, Pending},
     record,
+    rows::Column,
     wire::{self, sqlstate},
 };
 use crate::{
     policy::{PolicyDecision, PolicyInput, Principal, ProcessInfo},
     proxy::Session,
-    sql::{Analysis, AnalyzedStatement, StatementKind},
+    sql::{Analysis, AnalyzedStatement},
 };
 
 /// A prepared statement as the client named it.
@@ -45,6 +47,7 @@ struct Portal {
 pub(super) struct Frontend<'s> {
     svc: &'s Service,
     session: &'s Session,
+    catalog: &'s tokio::sync::Mutex<Catalog>,
     /// The caller as the policy sees it, built once per session.
     principal: Principal,
     process: ProcessInfo,
@@ -56,6 +59,9 @@ pub(super) struct Frontend<'s> {
     pending: mpsc::Sender<Pending>,
 }
 
+/// Rule id of a COPY refused because its columns could not be determined.
+const COPY_UNKNOWN_RULE: &str = "loopgate.copy_columns_unknown";
+
 /// Recorded parameter values are cut to this many characters.
 const PARAMETER_MAX: usize = 128;
 
@@ -65,10 +71,16 @@ enum Flow {
 }
 
 impl<'s> Frontend<'s> {
-    pub fn new(svc: &'s Service, session: &'s Session, pending: mpsc::Sender<Pending>) -> Self {
+    pub fn new(
+        svc: &'s Service,
+        session: &'s Session,
+        catalog: &'s tokio::sync::Mutex<Catalog>,
+        pending: mpsc::Sender<Pending>,
+    ) -> Self {
         Frontend {
             svc,
             session,
+            catalog,
             principal: svc.principal_of(session),
             process: svc.process_of(session),
             statements: HashMap::new(),
@@ -81,12 +93,7 @@ impl<'s> Frontend<'s> {
     /// Relays until the client terminates or disconnects. Forwarded messages
     /// are buffered and written when no further complete message is waiting,
     /// so a pipelined Bind/Execute/Sync costs one write.
-    pub async fn run<R, W>(
-        mut self,
-        client: &mut R,
-        mut buf: BytesMut,
-        server: &mut W,
-    ) -> Result<(), SessionError>
+    pub async fn run<R, W>(mut self, client: &mut R, mut buf: BytesMut, server: &mut W) -> Result<(), SessionError>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -176,8 +183,7 @@ impl<'s> Frontend<'s> {
             }
         };
         let analysis = self.svc.analysis.analyze(text);
-        let decisions: Vec<PolicyDecision> =
-            analysis.statements.iter().map(|s| self.decide(s)).collect();
+        let decisions: Vec<PolicyDecision> = analysis.statements.iter().map(|s| self.decide(s)).collect();
         if let Some(refusal) = decisions.iter().find(|d| !d.is_allow()) {
             let (rule, reason) = refusal_text(refusal);
             for stmt in &analysis.statements {
@@ -257,10 +263,8 @@ impl<'s> Frontend<'s> {
                 .refuse_extended(wire::error(sqlstate::INSUFFICIENT_PRIVILEGE, &message))
                 .await;
         }
-        self.statements.insert(
-            Bytes::copy_from_slice(name),
-            Arc::new(Prepared { analysis, decision }),
-        );
+        self.statements
+            .insert(Bytes::copy_from_slice(name), Arc::new(Prepared { analysis, decision }));
         out.extend_from_slice(&frame.bytes);
         Ok(())
     }
@@ -275,13 +279,8 @@ impl<'s> Frontend<'s> {
             parameters,
         } = parse_bind(frame.body(), self)?;
         if let Some(prepared) = self.statements.get(statement).cloned() {
-            self.portals.insert(
-                Bytes::copy_from_slice(portal),
-                Portal {
-                    prepared,
-                    parameters,
-                },
-            );
+            self.portals
+                .insert(Bytes::copy_from_slice(portal), Portal { prepared, parameters });
         } else {
             // The server answers an unknown statement with its own error;
             // an Execute of this portal is refused below.
@@ -315,10 +314,7 @@ impl<'s> Frontend<'s> {
             out.extend_from_slice(&frame.bytes);
             return Ok(());
         };
-        match self
-            .record_allowed(stmt, prepared.decision.clone(), parameters)
-            .await
-        {
+        match self.record_allowed(stmt, prepared.decision.clone(), parameters).await {
             Ok(command) => {
                 self.queue(Pending::Execute(command)).await?;
                 out.extend_from_slice(&frame.bytes);
@@ -346,6 +342,15 @@ impl<'s> Frontend<'s> {
         }
     }
 
+    /// The real columns of a COPY TO's data: its query is described (not
+    /// run) on the session's side connection.
+    async fn describe_copy(&self, query: &str) -> Result<Vec<Column>, String> {
+        let mut catalog = self.catalog.lock().await;
+        let fields = catalog.describe(query).await?;
+        let fields: Vec<(String, u32, i16)> = fields.into_iter().map(|f| (f.name, f.table_oid, f.attnum)).collect();
+        Ok(catalog.resolve(&self.svc.tables, &fields).await)
+    }
+
     fn decide(&self, stmt: &AnalyzedStatement) -> PolicyDecision {
         let input = PolicyInput {
             principal: &self.principal,
@@ -358,10 +363,7 @@ impl<'s> Frontend<'s> {
             // cannot be honoured, so the statement is refused (fail closed).
             PolicyDecision::Hold(hold) => PolicyDecision::deny(
                 &hold.rule_id,
-                format!(
-                    "{} (needs approval, which this build cannot grant)",
-                    hold.reason
-                ),
+                format!("{} (needs approval, which this build cannot grant)", hold.reason),
             ),
             d => d,
         }
@@ -375,6 +377,23 @@ impl<'s> Frontend<'s> {
         decision: PolicyDecision,
         parameters: Vec<String>,
     ) -> Result<Command, BytesMut> {
+        let copy_columns = match stmt.classification.as_ref().ok().and_then(|c| c.copy_query.as_deref()) {
+            Some(query) => match self.describe_copy(query).await {
+                Ok(columns) => columns,
+                Err(e) => {
+                    tracing::warn!(session = %self.session.id, error = %e, "refusing COPY: its columns are unknown");
+                    let reason = "the columns of this COPY could not be determined, so its data cannot be masked";
+                    let event =
+                        record::command(self.session, stmt, record::block(COPY_UNKNOWN_RULE, reason), parameters);
+                    if self.session.audit.append(event).await.is_err() {
+                        tracing::error!(session = %self.session.id, "could not record a refused COPY");
+                    }
+                    let message = format!("loopgate: statement refused by rule {COPY_UNKNOWN_RULE}: {reason}");
+                    return Err(wire::error(sqlstate::FEATURE_NOT_SUPPORTED, &message));
+                }
+            },
+            None => Vec::new(),
+        };
         let event = record::command(self.session, stmt, record::allow(), parameters);
         let event_id = event.event_id;
         if let Err(e) = self.session.audit.append(event).await {
@@ -388,17 +407,13 @@ impl<'s> Frontend<'s> {
             event_id,
             fingerprint: stmt.fingerprint.to_string(),
             mask: decision.mask_overrides().to_vec(),
-            copy_columns: copy_columns(stmt),
+            copy_columns,
             started: Instant::now(),
         })
     }
 
     async fn record(&self, event: crate::audit::Event) -> Result<(), SessionError> {
-        self.session
-            .audit
-            .append(event)
-            .await
-            .map_err(SessionError::Audit)
+        self.session.audit.append(event).await.map_err(SessionError::Audit)
     }
 
     /// Refuses an extended-protocol message: the error goes to the client
@@ -437,12 +452,8 @@ impl<'s> Frontend<'s> {
 /// Statement text in another encoding could be read differently by the
 /// analyser and by the server, so it is refused.
 fn statement_text(body: &[u8]) -> Result<&str, BytesMut> {
-    let (text, _) = cstr(body).ok_or_else(|| {
-        wire::error(
-            sqlstate::PROTOCOL_VIOLATION,
-            "loopgate: malformed statement text",
-        )
-    })?;
+    let (text, _) =
+        cstr(body).ok_or_else(|| wire::error(sqlstate::PROTOCOL_VIOLATION, "loopgate: malformed statement text"))?;
     std::str::from_utf8(text).map_err(|_| {
         wire::error(
             "22021",
@@ -499,22 +510,6 @@ fn parse_bind<'b>(body: &'b [u8], fe: &Frontend<'_>) -> Result<Bound<'b>, Sessio
         statement,
         parameters,
     })
-}
-
-/// The column names of a `COPY ... TO`, when the statement names them.
-fn copy_columns(stmt: &AnalyzedStatement) -> Vec<String> {
-    match &stmt.classification {
-        Ok(c)
-            if c.kind == StatementKind::CopyTo
-                && !c.columns.iter().any(|p| p.expr.ends_with('*')) =>
-        {
-            c.columns
-                .iter()
-                .map(|p| p.output_name().to_owned())
-                .collect()
-        }
-        _ => Vec::new(),
-    }
 }
 
 fn refusal_text(d: &PolicyDecision) -> (String, String) {

@@ -14,6 +14,7 @@
 //!   it), over TLS when configured.
 mod backend;
 mod cancel;
+mod catalog;
 pub mod config;
 pub mod frame;
 mod frontend;
@@ -64,15 +65,12 @@ pub struct Service {
     /// loopgate's TLS server config, when the target offers TLS to clients.
     pub client_tls: Option<Arc<rustls::ServerConfig>>,
     pub cancels: CancelRegistry,
+    /// Real names of the tables and columns results come from.
+    pub tables: catalog::TableCache,
 }
 
 /// Serves one intercepted PostgreSQL connection.
-pub async fn serve(
-    svc: &Service,
-    session: &Session,
-    client: TcpStream,
-    connect_timeout: Duration,
-) -> SessionEnd {
+pub async fn serve(svc: &Service, session: &Session, client: TcpStream, connect_timeout: Duration) -> SessionEnd {
     let opening = match startup::open(client, svc.client_tls.as_ref()).await {
         Ok(o) => o,
         Err(SessionError::Closed) => {
@@ -113,12 +111,7 @@ pub async fn serve(
 
     let connected = tokio::time::timeout(
         connect_timeout,
-        upstream::connect(
-            session.original,
-            &svc.server_name,
-            &svc.upstream,
-            &parameters,
-        ),
+        upstream::connect(session.original, &svc.server_name, &svc.upstream, &parameters),
     )
     .await
     .unwrap_or_else(|_| {
@@ -133,12 +126,8 @@ pub async fn serve(
             // The server's own words may name the upstream role or echo
             // values: the client gets the SQLSTATE, the log the details.
             tracing::warn!(session = %session.id, error = %e, "upstream login failed");
-            let code = e
-                .sqlstate()
-                .unwrap_or(sqlstate::CONNECTION_FAILURE)
-                .to_owned();
-            let message =
-                format!("loopgate: the database refused or could not be reached (SQLSTATE {code})");
+            let code = e.sqlstate().unwrap_or(sqlstate::CONNECTION_FAILURE).to_owned();
+            let message = format!("loopgate: the database refused or could not be reached (SQLSTATE {code})");
             let _ = stream.write_all(&wire::fatal(&code, &message)).await;
             let status = if matches!(e, UpstreamError::Connect(_)) {
                 "unreachable"
@@ -169,7 +158,15 @@ pub async fn serve(
     hello.extend_from_slice(&wire::ready_for_query(b'I'));
     session.add_to_client(hello.len());
     let end = match stream.write_all(&hello).await {
-        Ok(()) => relay(svc, session, stream, buf, upstream).await,
+        Ok(()) => {
+            let catalog = tokio::sync::Mutex::new(catalog::Catalog::new(
+                session.original,
+                &svc.server_name,
+                &svc.upstream,
+                &parameters,
+            ));
+            relay(svc, session, stream, buf, upstream, &catalog).await
+        }
         Err(_) => SessionEnd::failed("closed", "client left during startup"),
     };
     if let Some(key) = key {
@@ -185,19 +182,15 @@ async fn relay(
     client: stream::PgStream,
     client_buf: BytesMut,
     upstream: upstream::Upstream,
+    catalog: &tokio::sync::Mutex<catalog::Catalog>,
 ) -> SessionEnd {
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
     let (mut server_rx, mut server_tx) = tokio::io::split(upstream.stream);
     let (pending_tx, pending_rx) = mpsc::channel(PIPELINE_DEPTH);
     let result = {
-        let frontend =
-            Frontend::new(svc, session, pending_tx).run(&mut client_rx, client_buf, &mut server_tx);
-        let backend = Backend::new(svc, session).run(
-            &mut server_rx,
-            upstream.leftover,
-            &mut client_tx,
-            pending_rx,
-        );
+        let frontend = Frontend::new(svc, session, catalog, pending_tx).run(&mut client_rx, client_buf, &mut server_tx);
+        let backend =
+            Backend::new(svc, session, catalog).run(&mut server_rx, upstream.leftover, &mut client_tx, pending_rx);
         tokio::select! {
             r = frontend => r,
             r = backend => r,
@@ -215,10 +208,7 @@ async fn relay(
         }
         Err(SessionError::Frame(e)) => {
             let _ = client_tx
-                .write_all(&wire::fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    &format!("loopgate: {e}"),
-                ))
+                .write_all(&wire::fatal(sqlstate::PROTOCOL_VIOLATION, &format!("loopgate: {e}")))
                 .await;
             SessionEnd::failed("protocol_error", e.to_string())
         }

@@ -22,8 +22,8 @@ pub struct Command {
     pub fingerprint: String,
     /// Mask rules the policy decision added for this statement's results.
     pub mask: Vec<MaskRule>,
-    /// For `COPY ... TO`, the columns the statement names (empty: unknown).
-    pub copy_columns: Vec<String>,
+    /// For `COPY ... TO`, the columns of its data, by real name.
+    pub copy_columns: Vec<super::rows::Column>,
     pub started: Instant,
 }
 

@@ -6,12 +6,7 @@ use crate::{
 };
 
 /// The `command` event for `stmt`, before it is forwarded or refused.
-pub fn command(
-    session: &Session,
-    stmt: &AnalyzedStatement,
-    decision: Decision,
-    parameters: Vec<String>,
-) -> Event {
+pub fn command(session: &Session, stmt: &AnalyzedStatement, decision: Decision, parameters: Vec<String>) -> Event {
     let mut e = base(session, EventKind::Command);
     let (kind, mut tables, columns) = match &stmt.classification {
         Ok(c) => (
@@ -21,10 +16,7 @@ pub fn command(
                 .chain(&c.tables_written)
                 .cloned()
                 .collect::<Vec<_>>(),
-            c.columns
-                .iter()
-                .map(|p| p.output_name().to_owned())
-                .collect(),
+            c.columns.iter().map(|p| p.output_name().to_owned()).collect(),
         ),
         Err(_) => (Some("unparseable".to_owned()), Vec::new(), Vec::new()),
     };

@@ -16,6 +16,27 @@ use crate::mask::{ColumnDesc, MaskRule, MaskedValue, Masker, ResultMasker};
 /// The OID of `text`: masked values of other types are announced as text.
 const TEXT_OID: u32 = 25;
 
+/// A result column as masking rules see it.
+#[derive(Clone, Debug)]
+pub struct Column {
+    /// The real column name when it comes straight from a table, else the
+    /// output name.
+    pub name: String,
+    pub table: Option<String>,
+}
+
+/// Name given to a column that comes from a table loopgate could not
+/// identify; an override rule masks it whole (fail closed).
+pub const UNRESOLVED: &str = "loopgate_unresolved_column";
+
+/// Decodes a RowDescription.
+pub fn decode_description(frame: &Frame) -> Result<RowDescription, String> {
+    match super::frame::decode(frame.bytes.clone(), &DecodeContext::default()).map_err(|e| e.to_string())? {
+        pgwire::messages::PgWireBackendMessage::RowDescription(d) => Ok(d),
+        _ => Err("expected a RowDescription".into()),
+    }
+}
+
 /// Masking state of one result set.
 pub struct ResultMask {
     plan: ResultMasker,
@@ -25,34 +46,32 @@ pub struct ResultMask {
 }
 
 impl ResultMask {
-    /// Plans masking from a RowDescription and returns the description to
-    /// send (rewritten when a column must be announced as text).
+    /// Plans masking for a result described by `desc`, whose columns are
+    /// `columns` (real name and table where known, else the output name).
+    /// Returns the description to send instead of the original when a
+    /// column must be announced as text.
     pub fn from_description(
         masker: &Masker,
-        frame: &Frame,
+        mut desc: RowDescription,
+        columns: &[Column],
         overrides: &[MaskRule],
     ) -> Result<(ResultMask, Option<BytesMut>), String> {
-        let mut bytes = frame.bytes.clone();
-        let desc = RowDescription::decode(&mut bytes, &DecodeContext::default())
-            .map_err(|e| format!("bad RowDescription: {e}"))?
-            .ok_or("truncated RowDescription")?;
-        let columns: Vec<ColumnDesc<'_>> = desc
+        let descs: Vec<ColumnDesc<'_>> = desc
             .fields
             .iter()
-            .map(|f| ColumnDesc {
-                name: &f.name,
-                table: None,
+            .zip(columns)
+            .map(|(f, c)| ColumnDesc {
+                name: &c.name,
+                table: c.table.as_deref(),
                 type_oid: f.type_id,
                 binary: f.format_code == 1,
             })
             .collect();
-        let plan = masker.plan(&columns, overrides);
-        let rewrite = (0..desc.fields.len())
-            .any(|i| plan.announce_as_text(i) && desc.fields[i].type_id != TEXT_OID);
+        let plan = masker.plan(&descs, overrides);
+        let rewrite = (0..desc.fields.len()).any(|i| plan.announce_as_text(i) && desc.fields[i].type_id != TEXT_OID);
         let names: Vec<String> = desc.fields.iter().map(|f| f.name.clone()).collect();
         let changed = vec![false; names.len()];
         let rewritten = if rewrite {
-            let mut desc = desc;
             for (i, f) in desc.fields.iter_mut().enumerate() {
                 if plan.announce_as_text(i) {
                     f.type_id = TEXT_OID;
@@ -67,14 +86,7 @@ impl ResultMask {
         } else {
             None
         };
-        Ok((
-            ResultMask {
-                plan,
-                names,
-                changed,
-            },
-            rewritten,
-        ))
+        Ok((ResultMask { plan, names, changed }, rewritten))
     }
 
     /// A plan for rows that arrive without a description (an Execute with
@@ -97,20 +109,20 @@ impl ResultMask {
     }
 
     /// A plan for COPY TO data of the given columns (text format).
-    pub fn for_copy(masker: &Masker, names: &[String], overrides: &[MaskRule]) -> ResultMask {
-        let descs: Vec<ColumnDesc<'_>> = names
+    pub fn for_copy(masker: &Masker, columns: &[Column], overrides: &[MaskRule]) -> ResultMask {
+        let descs: Vec<ColumnDesc<'_>> = columns
             .iter()
-            .map(|n| ColumnDesc {
-                name: n,
-                table: None,
+            .map(|c| ColumnDesc {
+                name: &c.name,
+                table: c.table.as_deref(),
                 type_oid: TEXT_OID,
                 binary: false,
             })
             .collect();
         ResultMask {
             plan: masker.plan(&descs, overrides),
-            names: names.to_vec(),
-            changed: vec![false; names.len()],
+            names: columns.iter().map(|c| c.name.clone()).collect(),
+            changed: vec![false; columns.len()],
         }
     }
 
@@ -319,6 +331,45 @@ mod tests {
         frame(out)
     }
 
+    fn plan(m: &Masker, names: &[(&str, u32)]) -> (ResultMask, Option<BytesMut>) {
+        let desc = decode_description(&description(names)).unwrap();
+        let columns: Vec<Column> = names
+            .iter()
+            .map(|(n, _)| Column {
+                name: n.to_string(),
+                table: None,
+            })
+            .collect();
+        ResultMask::from_description(m, desc, &columns, &[]).unwrap()
+    }
+
+    #[test]
+    fn real_column_names_defeat_aliases() {
+        let m = masker();
+        let desc = decode_description(&description(&[("x", 25), ("y", 1082)])).unwrap();
+        let columns = [
+            Column {
+                name: "ssn".into(),
+                table: Some("patients".into()),
+            },
+            Column {
+                name: "dob".into(),
+                table: Some("patients".into()),
+            },
+        ];
+        let (mut mask, _) = ResultMask::from_description(&m, desc, &columns, &[]).unwrap();
+        let mut out = BytesMut::new();
+        assert!(
+            mask.data_row(&row(&[Some("123-45-6789"), Some("1980-02-03")]), &mut out)
+                .unwrap()
+        );
+        let got = fields(&out);
+        assert!(
+            got.iter().all(|v| v.as_deref().is_some_and(|v| v.contains('*'))),
+            "{got:?}"
+        );
+    }
+
     fn row(values: &[Option<&str>]) -> Frame {
         let mut out = BytesMut::new();
         out.put_u8(b'D');
@@ -357,12 +408,7 @@ mod tests {
     #[test]
     fn masks_phi_columns_and_keeps_the_rest() {
         let m = masker();
-        let (mut mask, rewritten) = ResultMask::from_description(
-            &m,
-            &description(&[("id", 23), ("name", 25), ("ssn", 25), ("dob", 1082)]),
-            &[],
-        )
-        .unwrap();
+        let (mut mask, rewritten) = plan(&m, &[("id", 23), ("name", 25), ("ssn", 25), ("dob", 1082)]);
         // dob is a date column whose masked value is no date: announced as text.
         let rewritten = rewritten.expect("dob announced as text");
         let mut b = rewritten.clone();
@@ -375,12 +421,7 @@ mod tests {
         let mut out = BytesMut::new();
         let changed = mask
             .data_row(
-                &row(&[
-                    Some("7"),
-                    Some("Ann Lee"),
-                    Some("123-45-6789"),
-                    Some("1980-02-03"),
-                ]),
+                &row(&[Some("7"), Some("Ann Lee"), Some("123-45-6789"), Some("1980-02-03")]),
                 &mut out,
             )
             .unwrap();
@@ -399,16 +440,10 @@ mod tests {
     #[test]
     fn untouched_rows_are_forwarded_as_they_are() {
         let m = masker();
-        let (mut mask, rewritten) =
-            ResultMask::from_description(&m, &description(&[("id", 23), ("city", 25)]), &[])
-                .unwrap();
+        let (mut mask, rewritten) = plan(&m, &[("id", 23), ("city", 25)]);
         assert!(rewritten.is_none());
         let mut out = BytesMut::new();
-        assert!(
-            !mask
-                .data_row(&row(&[Some("1"), Some("Boston")]), &mut out)
-                .unwrap()
-        );
+        assert!(!mask.data_row(&row(&[Some("1"), Some("Boston")]), &mut out).unwrap());
         assert!(out.is_empty());
         // A free-text column that happens to hold an SSN is caught by the scan.
         assert!(
@@ -421,8 +456,7 @@ mod tests {
     #[test]
     fn malformed_rows_are_errors_not_panics() {
         let m = masker();
-        let (mut mask, _) =
-            ResultMask::from_description(&m, &description(&[("ssn", 25)]), &[]).unwrap();
+        let (mut mask, _) = plan(&m, &[("ssn", 25)]);
         let mut out = BytesMut::new();
         for bad in [
             &b"D\0\0\0\x06\0\x02"[..],
@@ -441,14 +475,18 @@ mod tests {
     #[test]
     fn copy_lines_are_masked_by_column() {
         let m = masker();
-        let mut mask = ResultMask::for_copy(&m, &["id".into(), "ssn".into(), "note".into()], &[]);
+        let columns: Vec<Column> = ["id", "ssn", "note"]
+            .iter()
+            .map(|n| Column {
+                name: n.to_string(),
+                table: None,
+            })
+            .collect();
+        let mut mask = ResultMask::for_copy(&m, &columns, &[]);
         let mut out = Vec::new();
         mask.copy_line(&m, b"1\t123-45-6789\t\\N\n", &mut out);
         let line = String::from_utf8(out).unwrap();
-        assert!(
-            line.starts_with("1\t") && line.ends_with("\t\\N\n"),
-            "{line}"
-        );
+        assert!(line.starts_with("1\t") && line.ends_with("\t\\N\n"), "{line}");
         assert!(!line.contains("123-45-6789"));
     }
 

@@ -74,12 +74,8 @@ impl ScramClient {
 
     /// Takes server-first and returns the client-final payload. Runs PBKDF2:
     /// call it off the async executor.
-    pub fn handle_server_first(
-        self,
-        server_first: &[u8],
-    ) -> Result<(ScramClientFinal, Vec<u8>), ScramError> {
-        let server_first = std::str::from_utf8(server_first)
-            .map_err(|_| ScramError::BadServerFirst("not UTF-8"))?;
+    pub fn handle_server_first(self, server_first: &[u8]) -> Result<(ScramClientFinal, Vec<u8>), ScramError> {
+        let server_first = std::str::from_utf8(server_first).map_err(|_| ScramError::BadServerFirst("not UTF-8"))?;
         let mut parts = server_first.split(',');
         let nonce = parts
             .next()
@@ -101,10 +97,7 @@ impl ScramClient {
         if !nonce.starts_with(&self.nonce) || nonce.len() == self.nonce.len() {
             return Err(ScramError::NonceMismatch);
         }
-        if !nonce
-            .bytes()
-            .all(|b| (0x21..=0x7e).contains(&b) && b != b',')
-        {
+        if !nonce.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',') {
             return Err(ScramError::BadServerFirst("nonce has invalid characters"));
         }
         let salt = B64
@@ -147,8 +140,7 @@ impl ScramClient {
 impl ScramClientFinal {
     /// Checks server-final (the AuthenticationSASLFinal payload).
     pub fn verify_server_final(&self, server_final: &[u8]) -> Result<(), ScramError> {
-        let text = std::str::from_utf8(server_final)
-            .map_err(|_| ScramError::BadServerFinal("not UTF-8"))?;
+        let text = std::str::from_utf8(server_final).map_err(|_| ScramError::BadServerFinal("not UTF-8"))?;
         if let Some(err) = text.strip_prefix("e=") {
             // RFC 5802 error tokens are short fixed words; keep it bounded.
             let token: String = err.chars().take(64).collect();
@@ -164,11 +156,9 @@ impl ScramClientFinal {
             .map_err(|_| ScramError::BadServerFinal("signature is not base64"))?;
         // ServerSignature = HMAC(ServerKey, AuthMessage); verify_slice
         // compares in constant time.
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.server_key)
-            .expect("HMAC takes any key length");
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.server_key).expect("HMAC takes any key length");
         mac.update(self.auth_message.as_bytes());
-        mac.verify_slice(&verifier)
-            .map_err(|_| ScramError::ServerSignature)
+        mac.verify_slice(&verifier).map_err(|_| ScramError::ServerSignature)
     }
 }
 
@@ -183,8 +173,7 @@ fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
 mod tests {
     use super::*;
 
-    const SERVER_FIRST: &str =
-        "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+    const SERVER_FIRST: &str = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
 
     fn rfc_client() -> ScramClient {
         ScramClient::with_nonce("pencil", "user", "rOprNGfwEbeRWgbNEkqO")
@@ -205,18 +194,13 @@ mod tests {
 
     #[test]
     fn server_without_the_password_is_refused() {
-        let (fin, _) = rfc_client()
-            .handle_server_first(SERVER_FIRST.as_bytes())
-            .unwrap();
+        let (fin, _) = rfc_client().handle_server_first(SERVER_FIRST.as_bytes()).unwrap();
         // Same shape, wrong signature (last byte changed).
         assert_eq!(
             fin.verify_server_final(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G8="),
             Err(ScramError::ServerSignature)
         );
-        assert_eq!(
-            fin.verify_server_final(b"v="),
-            Err(ScramError::ServerSignature)
-        );
+        assert_eq!(fin.verify_server_final(b"v="), Err(ScramError::ServerSignature));
         assert!(matches!(
             fin.verify_server_final(b"e=invalid-proof"),
             Err(ScramError::ServerRejected(t)) if t == "invalid-proof"

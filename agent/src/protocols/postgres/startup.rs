@@ -35,10 +35,7 @@ pub enum Opening {
 
 /// Runs the startup phase. `tls`: loopgate's server config when the target
 /// offers TLS to clients; otherwise SSLRequest is answered 'N'.
-pub async fn open(
-    tcp: TcpStream,
-    tls: Option<&Arc<ServerConfig>>,
-) -> Result<Opening, SessionError> {
+pub async fn open(tcp: TcpStream, tls: Option<&Arc<ServerConfig>>) -> Result<Opening, SessionError> {
     let mut stream = PgStream::Plain(tcp);
     let mut buf = BytesMut::with_capacity(1024);
     if let PgStream::Plain(tcp) = &stream {
@@ -48,29 +45,26 @@ pub async fn open(
                 Some(config) => accept_tls(stream, config).await?,
                 None => {
                     return Err(SessionError::Protocol(
-                        "the client started TLS directly (sslnegotiation=direct), which this target does not offer".into(),
+                        "the client started TLS directly (sslnegotiation=direct), which this target does not offer"
+                            .into(),
                     ));
                 }
             };
         }
     }
     loop {
-        let Some(packet) =
-            frame::read_frame(&mut stream, &mut buf, false, MAX_STARTUP_MESSAGE).await?
-        else {
+        let Some(packet) = frame::read_frame(&mut stream, &mut buf, false, MAX_STARTUP_MESSAGE).await? else {
             return Err(SessionError::Closed);
         };
         let mut body = packet.body();
-        let code = frame::take_i32(&mut body)
-            .ok_or_else(|| SessionError::Protocol("startup packet too short".into()))?;
+        let code =
+            frame::take_i32(&mut body).ok_or_else(|| SessionError::Protocol("startup packet too short".into()))?;
         match code {
             SSL_REQUEST | GSSENC_REQUEST => {
                 // Bytes sent after the request but before the answer would be
                 // read as if they came over TLS (CVE-2021-23222): refuse.
                 if !buf.is_empty() {
-                    return Err(SessionError::Protocol(
-                        "data sent before the SSL answer".into(),
-                    ));
+                    return Err(SessionError::Protocol("data sent before the SSL answer".into()));
                 }
                 match (code, tls) {
                     (SSL_REQUEST, Some(config)) if !stream.is_tls() => {
@@ -81,8 +75,8 @@ pub async fn open(
                 }
             }
             CANCEL_REQUEST => {
-                let pid = frame::take_i32(&mut body)
-                    .ok_or_else(|| SessionError::Protocol("short CancelRequest".into()))?;
+                let pid =
+                    frame::take_i32(&mut body).ok_or_else(|| SessionError::Protocol("short CancelRequest".into()))?;
                 return Ok(Opening::Cancel {
                     pid,
                     secret: body.to_vec(),
@@ -93,9 +87,7 @@ pub async fn open(
                 let minor = version & 0xffff;
                 if minor > 0 || !unsupported.is_empty() {
                     // loopgate speaks 3.0 to both sides.
-                    stream
-                        .write_all(&wire::negotiate_protocol_version(unsupported))
-                        .await?;
+                    stream.write_all(&wire::negotiate_protocol_version(unsupported)).await?;
                 }
                 return Ok(Opening::Session {
                     stream,
@@ -104,11 +96,7 @@ pub async fn open(
                 });
             }
             other => {
-                let message = format!(
-                    "unsupported frontend protocol {}.{}",
-                    other >> 16,
-                    other & 0xffff
-                );
+                let message = format!("unsupported frontend protocol {}.{}", other >> 16, other & 0xffff);
                 let _ = stream
                     .write_all(&wire::fatal(sqlstate::PROTOCOL_VIOLATION, &message))
                     .await;
@@ -118,19 +106,14 @@ pub async fn open(
     }
 }
 
-async fn accept_tls(
-    stream: PgStream,
-    config: &Arc<ServerConfig>,
-) -> Result<PgStream, SessionError> {
+async fn accept_tls(stream: PgStream, config: &Arc<ServerConfig>) -> Result<PgStream, SessionError> {
     let PgStream::Plain(tcp) = stream else {
         return Err(SessionError::Protocol("TLS requested twice".into()));
     };
     let tls = tokio_rustls::TlsAcceptor::from(config.clone())
         .accept(tcp)
         .await
-        .map_err(|e| {
-            SessionError::Protocol(format!("TLS handshake with the client failed: {e}"))
-        })?;
+        .map_err(|e| SessionError::Protocol(format!("TLS handshake with the client failed: {e}")))?;
     Ok(PgStream::TlsServer(Box::new(tls)))
 }
 
@@ -166,14 +149,10 @@ mod tests {
 
     #[test]
     fn parameters_and_protocol_options() {
-        let (params, unsupported) =
-            parameters(b"user\0app\0database\0clinic\0_pq_.x\0\x31\0\0").unwrap();
+        let (params, unsupported) = parameters(b"user\0app\0database\0clinic\0_pq_.x\0\x31\0\0").unwrap();
         assert_eq!(
             params,
-            [
-                ("user".into(), "app".into()),
-                ("database".into(), "clinic".into())
-            ]
+            [("user".into(), "app".into()), ("database".into(), "clinic".into())]
         );
         assert_eq!(unsupported, ["_pq_.x"]);
         assert!(parameters(b"user\0app").is_err());

@@ -15,8 +15,8 @@ use std::{
 };
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256,
 };
 use rustls::{
     ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
@@ -82,8 +82,7 @@ impl LocalCa {
             .mode(0o700)
             .create(dir)
             .map_err(io_err("cannot create", dir))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(io_err("cannot restrict", dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err("cannot restrict", dir))?;
         let cert_path = dir.join(Self::CERT_FILE);
         let key_path = dir.join(Self::KEY_FILE);
         let ca_err = |reason: String| TlsError::Ca {
@@ -98,22 +97,17 @@ impl LocalCa {
                 .mode()
                 & 0o7777;
             if mode & 0o077 != 0 {
-                return Err(TlsError::Mode {
-                    path: key_path,
-                    mode,
-                });
+                return Err(TlsError::Mode { path: key_path, mode });
             }
-            let key_pem =
-                fs::read_to_string(&key_path).map_err(io_err("cannot read", &key_path))?;
+            let key_pem = fs::read_to_string(&key_path).map_err(io_err("cannot read", &key_path))?;
             let key = KeyPair::from_pem(&key_pem).map_err(|e| ca_err(format!("key: {e}")))?;
-            let cert_pem =
-                fs::read_to_string(&cert_path).map_err(io_err("cannot read", &cert_path))?;
+            let cert_pem = fs::read_to_string(&cert_path).map_err(io_err("cannot read", &cert_path))?;
             (key, cert_pem)
         } else {
             // Missing either half (first start, or a crash between the two
             // writes): make a fresh pair.
-            let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-                .map_err(|e| ca_err(format!("generate key: {e}")))?;
+            let key =
+                KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| ca_err(format!("generate key: {e}")))?;
             let cert = ca_params()
                 .self_signed(&key)
                 .map_err(|e| ca_err(format!("self-sign: {e}")))?;
@@ -157,8 +151,7 @@ impl LocalCa {
             names: key.clone(),
             reason,
         };
-        let mut params =
-            CertificateParams::new(key.clone()).map_err(|e| issue_err(e.to_string()))?;
+        let mut params = CertificateParams::new(key.clone()).map_err(|e| issue_err(e.to_string()))?;
         let mut dn = DistinguishedName::new();
         dn.push(
             DnType::CommonName,
@@ -168,13 +161,11 @@ impl LocalCa {
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let leaf_key =
-            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| issue_err(e.to_string()))?;
+        let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| issue_err(e.to_string()))?;
         let leaf = params
             .signed_by(&leaf_key, &self.issuer)
             .map_err(|e| issue_err(e.to_string()))?;
-        let key_der =
-            PrivateKeyDer::try_from(leaf_key.serialize_der()).map_err(|e| issue_err(e.into()))?;
+        let key_der = PrivateKeyDer::try_from(leaf_key.serialize_der()).map_err(|e| issue_err(e.into()))?;
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
@@ -206,11 +197,7 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), TlsError> {
     let tmp = path.with_extension("tmp");
     let err = |what, p: &Path| {
         let p = p.to_path_buf();
-        move |source| TlsError::Io {
-            what,
-            path: p,
-            source,
-        }
+        move |source| TlsError::Io { what, path: p, source }
     };
     let _ = fs::remove_file(&tmp);
     let mut file = fs::OpenOptions::new()
@@ -229,12 +216,8 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), TlsError> {
 /// `require` encrypts without authenticating the server (like libpq's
 /// sslmode=require); `verify-full` checks the chain against `ca_file` and the
 /// name or IP address the caller passes as server name.
-pub fn client_config(
-    mode: TlsMode,
-    ca_file: Option<&Path>,
-) -> Result<Option<Arc<ClientConfig>>, TlsError> {
-    let builder =
-        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+pub fn client_config(mode: TlsMode, ca_file: Option<&Path>) -> Result<Option<Arc<ClientConfig>>, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let mut config = match mode {
         TlsMode::Disable => return Ok(None),
         TlsMode::Require => builder
@@ -287,12 +270,7 @@ impl ServerCertVerifier for NoCertificateCheck {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -301,12 +279,7 @@ impl ServerCertVerifier for NoCertificateCheck {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -334,27 +307,16 @@ mod tests {
         assert_eq!(fs::read(dir.join(LocalCa::KEY_FILE)).unwrap(), key_before);
         assert_eq!(again.cert_der(), &der_before);
 
-        fs::set_permissions(
-            dir.join(LocalCa::KEY_FILE),
-            fs::Permissions::from_mode(0o644),
-        )
-        .unwrap();
-        assert!(matches!(
-            LocalCa::load_or_create(&dir),
-            Err(TlsError::Mode { .. })
-        ));
+        fs::set_permissions(dir.join(LocalCa::KEY_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(LocalCa::load_or_create(&dir), Err(TlsError::Mode { .. })));
     }
 
     #[test]
     fn server_configs_are_cached_per_name_set() {
         let base = tempfile::tempdir().unwrap();
         let ca = LocalCa::load_or_create(base.path()).unwrap();
-        let a = ca
-            .server_config(&["db.example".into(), "10.0.0.5".into()])
-            .unwrap();
-        let b = ca
-            .server_config(&["10.0.0.5".into(), "db.example".into()])
-            .unwrap();
+        let a = ca.server_config(&["db.example".into(), "10.0.0.5".into()]).unwrap();
+        let b = ca.server_config(&["10.0.0.5".into(), "db.example".into()]).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         let c = ca.server_config(&["other.example".into()]).unwrap();
         assert!(!Arc::ptr_eq(&a, &c));
@@ -367,18 +329,12 @@ mod tests {
         let base = tempfile::tempdir().unwrap();
         drop(LocalCa::load_or_create(base.path()).unwrap());
         let ca = LocalCa::load_or_create(base.path()).unwrap();
-        let server = ca
-            .server_config(&["db.example".into(), "127.0.0.1".into()])
-            .unwrap();
+        let server = ca.server_config(&["db.example".into(), "127.0.0.1".into()]).unwrap();
         let client = client_config(TlsMode::VerifyFull, Some(&ca.cert_path()))
             .unwrap()
             .unwrap();
 
-        for (name, ok) in [
-            ("db.example", true),
-            ("127.0.0.1", true),
-            ("evil.example", false),
-        ] {
+        for (name, ok) in [("db.example", true), ("127.0.0.1", true), ("evil.example", false)] {
             let result = handshake(server.clone(), client.clone(), name).await;
             assert_eq!(result.is_ok(), ok, "{name}: {result:?}");
         }
@@ -386,11 +342,7 @@ mod tests {
         handshake(server, require, "evil.example").await.unwrap();
     }
 
-    async fn handshake(
-        server: Arc<ServerConfig>,
-        client: Arc<ClientConfig>,
-        name: &str,
-    ) -> Result<(), io::Error> {
+    async fn handshake(server: Arc<ServerConfig>, client: Arc<ClientConfig>, name: &str) -> Result<(), io::Error> {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let acceptor = tokio_rustls::TlsAcceptor::from(server);
         let srv = tokio::spawn(async move { acceptor.accept(b).await.map(|_| ()) });

@@ -11,9 +11,7 @@ use pgwire::messages::{
     DecodeContext, Message, PgWireBackendMessage, ProtocolVersion,
     cancel::CancelRequest,
     response::ErrorResponse,
-    startup::{
-        Authentication, Password, SASLInitialResponse, SASLResponse, SecretKey, SslRequest, Startup,
-    },
+    startup::{Authentication, Password, SASLInitialResponse, SASLResponse, SecretKey, SslRequest, Startup},
 };
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
@@ -165,9 +163,7 @@ pub async fn connect(
     loop {
         match read(&mut stream, &mut buf, &ctx).await? {
             PgWireBackendMessage::ParameterStatus(p) => parameters.push((p.name, p.value)),
-            PgWireBackendMessage::BackendKeyData(k) => {
-                backend_key = Some((k.pid, k.secret_key.to_bytes().to_vec()))
-            }
+            PgWireBackendMessage::BackendKeyData(k) => backend_key = Some((k.pid, k.secret_key.to_bytes().to_vec())),
             PgWireBackendMessage::ReadyForQuery(_) => break,
             PgWireBackendMessage::NoticeResponse(_) => {}
             PgWireBackendMessage::ErrorResponse(e) => return Err(server_error(e)),
@@ -194,15 +190,13 @@ async fn open(
     server_name: &str,
     tls: Option<&Arc<ClientConfig>>,
 ) -> Result<UpstreamStream, UpstreamError> {
-    let mut tcp = TcpStream::connect(addr)
-        .await
-        .map_err(UpstreamError::Connect)?;
+    let mut tcp = TcpStream::connect(addr).await.map_err(UpstreamError::Connect)?;
     tcp.set_nodelay(true)?;
     let Some(tls) = tls else {
         return Ok(UpstreamStream::Plain(tcp));
     };
-    let name = ServerName::try_from(server_name.to_owned())
-        .map_err(|_| UpstreamError::ServerName(server_name.to_owned()))?;
+    let name =
+        ServerName::try_from(server_name.to_owned()).map_err(|_| UpstreamError::ServerName(server_name.to_owned()))?;
     let mut req = BytesMut::new();
     encode(&SslRequest::new(), &mut req)?;
     tcp.write_all(&req).await?;
@@ -295,10 +289,9 @@ async fn authenticate(
             }
             (Authentication::SASLContinue(data), AuthState::Scram(client)) => {
                 // PBKDF2 is deliberately slow: keep it off the executor.
-                let (fin, reply) =
-                    tokio::task::spawn_blocking(move || client.handle_server_first(&data))
-                        .await
-                        .map_err(|e| UpstreamError::Protocol(format!("SCRAM task: {e}")))??;
+                let (fin, reply) = tokio::task::spawn_blocking(move || client.handle_server_first(&data))
+                    .await
+                    .map_err(|e| UpstreamError::Protocol(format!("SCRAM task: {e}")))??;
                 send(stream, &SASLResponse::new(reply.into())).await?;
                 AuthState::ScramFinal(fin)
             }
@@ -349,10 +342,7 @@ fn md5_password(user: &str, password: &str, salt: &[u8]) -> String {
         .chain_update(password.as_bytes())
         .chain_update(user.as_bytes())
         .finalize());
-    let outer = Md5::new()
-        .chain_update(inner.as_bytes())
-        .chain_update(salt)
-        .finalize();
+    let outer = Md5::new().chain_update(inner.as_bytes()).chain_update(salt).finalize();
     format!("md5{}", hex(&outer))
 }
 
@@ -448,10 +438,7 @@ mod tests {
     fn md5_matches_postgres() {
         // SELECT 'md5' || md5(md5('secret' || 'app') || 'ABCD') in psql.
         let inner = hex(&Md5::digest(b"secretapp"));
-        let expected = format!(
-            "md5{}",
-            hex(&Md5::digest([inner.as_bytes(), b"ABCD"].concat()))
-        );
+        let expected = format!("md5{}", hex(&Md5::digest([inner.as_bytes(), b"ABCD"].concat())));
         assert_eq!(md5_password("app", "secret", b"ABCD"), expected);
         assert_eq!(md5_password("app", "secret", b"ABCD").len(), 35);
     }
@@ -517,9 +504,7 @@ mod tests {
     #[tokio::test]
     async fn password_needed_but_not_configured() {
         let (addr, _t) = fake_server(vec![msg(b'R', &3i32.to_be_bytes())]).await;
-        let err = connect(addr, "localhost", &settings(None), &[])
-            .await
-            .unwrap_err();
+        let err = connect(addr, "localhost", &settings(None), &[]).await.unwrap_err();
         assert!(matches!(err, UpstreamError::NoPassword), "{err}");
     }
 
@@ -547,13 +532,8 @@ mod tests {
             ("database".to_string(), "clinic".to_string()),
             ("application_name".to_string(), "bot".to_string()),
         ];
-        let up = connect(addr, "localhost", &settings(None), &params)
-            .await
-            .unwrap();
-        assert_eq!(
-            up.parameters,
-            vec![("server_version".into(), "15.0".into())]
-        );
+        let up = connect(addr, "localhost", &settings(None), &params).await.unwrap();
+        assert_eq!(up.parameters, vec![("server_version".into(), "15.0".into())]);
         assert_eq!(up.backend_key, Some((42, vec![1, 2, 3, 4])));
         drop(up);
         let sent = task.await.unwrap();

@@ -3,9 +3,7 @@ use bytes::BytesMut;
 use pgwire::messages::{
     Message as _,
     response::{ErrorResponse, ReadyForQuery, TransactionStatus},
-    startup::{
-        Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey,
-    },
+    startup::{Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey},
 };
 
 /// SQLSTATEs loopgate answers with.
