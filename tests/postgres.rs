@@ -21,6 +21,11 @@ struct Fixture {
 
 impl Fixture {
     fn start(options: PgOptions, agent_extra: &str) -> Fixture {
+        Fixture::start_with(options, agent_extra, |target, _| target)
+    }
+
+    /// Starts with the target adjusted by `adjust` (given the server).
+    fn start_with(options: PgOptions, agent_extra: &str, adjust: impl FnOnce(Target, &PgServer) -> Target) -> Fixture {
         let pg = PgServer::start(options);
         pg.psql(&format!(
             "CREATE TABLE patients (id int PRIMARY KEY, name text, ssn text UNIQUE, phone text, email text, \
@@ -43,10 +48,8 @@ impl Fixture {
         let password_file = secrets.path().join("patients-db");
         std::fs::write(&password_file, APP_PASSWORD).unwrap();
         std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let agent = Agent::start(
-            &[Target::postgres("patients-db", pg.addr, APP_USER, &password_file)],
-            agent_extra,
-        );
+        let target = adjust(Target::postgres("patients-db", pg.addr, APP_USER, &password_file), &pg);
+        let agent = Agent::start(&[target], agent_extra);
         Fixture {
             pg,
             agent,
@@ -222,9 +225,30 @@ fn destructive_statements_are_blocked_and_the_session_goes_on() {
     let port = f.pg.addr.port().to_string();
     let out = f.agent.exec_as(
         Some("nobody"),
-        &["psql", "-X", "-A", "-t", "-h", &host, "-p", &port, "-U", "x", "-d", "postgres", "-c", "DROP TABLE patients", "-c", "SELECT 'still here'"],
+        &[
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            &host,
+            "-p",
+            &port,
+            "-U",
+            "x",
+            "-d",
+            "postgres",
+            "-c",
+            "DROP TABLE patients",
+            "-c",
+            "SELECT 'still here'",
+        ],
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("still here"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("still here"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The extended protocol (psycopg): the error, then a healthy session.
     let script = r#"
 import sys, psycopg
@@ -239,8 +263,15 @@ with psycopg.connect(sys.argv[1]) as conn:
 "#;
     let out = f.python(script);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("refused: 42501") && stdout.contains(&format!("after: {PATIENTS}")), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("refused: 42501") && stdout.contains(&format!("after: {PATIENTS}")),
+        "{stdout}"
+    );
     let events = f.agent.events();
     let blocked: Vec<&Value> = commands(&events)
         .into_iter()
@@ -343,7 +374,10 @@ fn aliases_do_not_dodge_column_rules() {
     let out = f.psql_ok("SELECT p.ssn AS a, p.dob AS b, p.mrn AS c, p.name AS d FROM patients p WHERE id < 20");
     for line in out.lines() {
         let fields: Vec<&str> = line.split('|').collect();
-        assert!(fields[0].contains('*') && fields[1].contains('*') && fields[2].contains('*'), "{line}");
+        assert!(
+            fields[0].contains('*') && fields[1].contains('*') && fields[2].contains('*'),
+            "{line}"
+        );
         assert!(fields[3].starts_with("Patient "), "{line}");
     }
 }
@@ -425,4 +459,68 @@ print(conn.execute("SELECT 'alive'").fetchone()[0])
     );
     assert!(stdout.contains("cancelled after"), "{stdout}");
     assert!(stdout.contains("alive"), "{stdout}");
+}
+
+#[test]
+fn tls_on_both_sides() {
+    require_ebpf!();
+    let ca_dir = tempfile::tempdir().unwrap();
+    let options = PgOptions {
+        ssl: true,
+        ..PgOptions::default()
+    };
+    let extra = format!("[tls]\nca_dir = \"{}\"\n", ca_dir.path().join("ca").display());
+    let f = Fixture::start_with(options, &extra, |mut target, pg| {
+        // client_tls is a target key: it goes before [target.upstream].
+        target.extra = target
+            .extra
+            .replace("[target.upstream]", "client_tls = true\n[target.upstream]");
+        target.extra.push_str(&format!(
+            "tls = \"verify-full\"\nca_file = \"{}\"\n",
+            pg.ca_file.as_ref().unwrap().display()
+        ));
+        target
+    });
+    let host = f.pg.addr.ip().to_string();
+    let port = f.pg.addr.port().to_string();
+    let conninfo = format!("host={host} port={port} user=x dbname=postgres sslmode=require");
+    let out = f.agent.exec_as(
+        Some("nobody"),
+        &[
+            "env",
+            "HOME=/nonexistent",
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            &conninfo,
+            "-c",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            "-c",
+            "\\conninfo",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        f.agent.log()
+    );
+    assert_eq!(
+        stdout.lines().next(),
+        Some("t"),
+        "loopgate reaches the server over TLS: {stdout}"
+    );
+    assert!(
+        stdout.contains("SSL connection"),
+        "the client talks TLS to loopgate: {stdout}"
+    );
+    // The local CA was made on first use, its key root-only.
+    let key = std::fs::read_dir(ca_dir.path().join("ca"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().contains("key"))
+        .expect("CA key");
+    assert_eq!(key.metadata().unwrap().permissions().mode() & 0o077, 0);
 }

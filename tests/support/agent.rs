@@ -126,7 +126,10 @@ impl Agent {
         let child = Command::new(loopgate_bin())
             .args(["run", "--config"])
             .arg(&self.config)
-            .env("LOOPGATE_LOG", "info,aya=warn")
+            .env(
+                "LOOPGATE_LOG",
+                std::env::var("LOOPGATE_TEST_LOG").unwrap_or_else(|_| "info,aya=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
