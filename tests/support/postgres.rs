@@ -245,7 +245,7 @@ fn check(out: &Output, what: &str) {
     );
 }
 
-fn postgres_ids() -> (u32, u32) {
+pub fn postgres_ids() -> (u32, u32) {
     let out = Command::new("id").args(["-u", "postgres"]).output().expect("id");
     let uid = String::from_utf8_lossy(&out.stdout)
         .trim()
@@ -259,11 +259,11 @@ fn postgres_ids() -> (u32, u32) {
     (uid, gid)
 }
 
-fn chown(path: &Path, uid: u32, gid: u32) {
+pub fn chown(path: &Path, uid: u32, gid: u32) {
     std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to postgres");
 }
 
-fn free_port(ip: IpAddr) -> u16 {
+pub fn free_port(ip: IpAddr) -> u16 {
     TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
         .expect("free port")

@@ -23,6 +23,8 @@ const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "python3-venv",
     "curl",
+    // Only `cargo xtask bench` uses it (pgbench against pgbouncer).
+    "pgbouncer",
 ];
 
 /// Python packages of the test venv (auditors' tools and a real driver).

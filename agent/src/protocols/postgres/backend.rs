@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, VecDeque};
 
 use bytes::BytesMut;
-use pgwire::messages::{DecodeContext, Message as _, response::NotificationResponse};
+use pgwire::messages::{DecodeContext, Message as _, PgWireBackendMessage};
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
     sync::mpsc,
@@ -334,10 +334,10 @@ impl<'s> Backend<'s> {
     }
 
     fn notification(&mut self, frame: &Frame, out: &mut BytesMut) -> Result<(), SessionError> {
-        let mut bytes = frame.bytes.clone();
-        let mut n = NotificationResponse::decode(&mut bytes, &DecodeContext::default())
-            .map_err(|e| SessionError::Protocol(e.to_string()))?
-            .ok_or_else(|| SessionError::Protocol("truncated NotificationResponse".into()))?;
+        let decoded = frame::decode(frame.bytes.clone(), &DecodeContext::default());
+        let PgWireBackendMessage::NotificationResponse(mut n) = decoded? else {
+            return Err(SessionError::Protocol("expected a NotificationResponse".into()));
+        };
         match self.svc.masker.mask_free_text(&n.payload) {
             std::borrow::Cow::Borrowed(_) => out.extend_from_slice(&frame.bytes),
             std::borrow::Cow::Owned(masked) => {

@@ -20,6 +20,8 @@ pub mod frame;
 mod frontend;
 mod pending;
 mod record;
+#[cfg(test)]
+mod robustness;
 mod rows;
 pub mod scram;
 mod startup;

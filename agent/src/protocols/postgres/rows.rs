@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use bytes::{BufMut as _, BytesMut};
 use pgwire::messages::{
-    DecodeContext, Message as _,
+    DecodeContext, Message as _, PgWireBackendMessage,
     data::RowDescription,
     response::{ErrorResponse, NoticeResponse},
 };
@@ -32,7 +32,7 @@ pub const UNRESOLVED: &str = "loopgate_unresolved_column";
 /// Decodes a RowDescription.
 pub fn decode_description(frame: &Frame) -> Result<RowDescription, String> {
     match super::frame::decode(frame.bytes.clone(), &DecodeContext::default()).map_err(|e| e.to_string())? {
-        pgwire::messages::PgWireBackendMessage::RowDescription(d) => Ok(d),
+        PgWireBackendMessage::RowDescription(d) => Ok(d),
         _ => Err("expected a RowDescription".into()),
     }
 }
@@ -241,19 +241,11 @@ impl ResultMask {
 /// detail, hint, where, ...): constraint errors echo the values of the
 /// offending row. Returns the rewritten frame when anything changed.
 pub fn server_message(masker: &Masker, frame: &Frame) -> Result<Option<BytesMut>, String> {
-    let mut bytes = frame.bytes.clone();
-    let ctx = DecodeContext::default();
     let notice = frame.tag == Some(b'N');
-    let mut fields = if notice {
-        NoticeResponse::decode(&mut bytes, &ctx)
-            .map_err(|e| e.to_string())?
-            .ok_or("truncated NoticeResponse")?
-            .fields
-    } else {
-        ErrorResponse::decode(&mut bytes, &ctx)
-            .map_err(|e| e.to_string())?
-            .ok_or("truncated ErrorResponse")?
-            .fields
+    let mut fields = match super::frame::decode(frame.bytes.clone(), &DecodeContext::default()).map_err(|e| e.to_string())? {
+        PgWireBackendMessage::NoticeResponse(n) => n.fields,
+        PgWireBackendMessage::ErrorResponse(e) => e.fields,
+        _ => return Err("expected an ErrorResponse or NoticeResponse".into()),
     };
     let mut changed = false;
     for (code, value) in fields.iter_mut() {
