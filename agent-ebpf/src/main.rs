@@ -48,8 +48,7 @@ static LG_BY_COOKIE: LruHashMap<u64, ConnectRecord> = LruHashMap::pinned(MAX_CON
 /// Client source address:port → record; written at ACTIVE_ESTABLISHED, taken
 /// by the agent on accept().
 #[map]
-static LG_BY_SOURCE: LruHashMap<SourceKey, ConnectRecord> =
-    LruHashMap::pinned(MAX_CONNECTIONS, 0);
+static LG_BY_SOURCE: LruHashMap<SourceKey, ConnectRecord> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
 
 enum Verdict {
     /// Not a target: leave the connect alone.
