@@ -31,6 +31,9 @@ pub struct AuditConfig {
     pub segment_max_bytes: u64,
     /// ...or when it is this old and not empty.
     pub segment_max_age_secs: u64,
+    /// How often retention runs (the first run is at most a minute after
+    /// start).
+    pub retention_check_secs: u64,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
     /// Appends waiting for the writer; when full, `append` waits.
@@ -51,6 +54,7 @@ impl Default for AuditConfig {
             retention_days: 2190,
             segment_max_bytes: 16 << 20,
             segment_max_age_secs: 300,
+            retention_check_secs: 3600,
             row_group_rows: 65_536,
             queue_capacity: 8192,
             retry_interval_ms: 500,

@@ -12,9 +12,6 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-/// How often retention looks for expired partitions.
-const RETENTION_EVERY: Duration = Duration::from_secs(3600);
-
 pub(crate) enum Job {
     /// A closed segment to turn into Parquet.
     Convert(PathBuf),
@@ -32,7 +29,8 @@ pub(crate) struct Converter {
     shared: Arc<Shared>,
     jobs: Receiver<Job>,
     /// To append the retention event through the writer, like any event.
-    appender: mpsc::Sender<Request>,
+    /// Weak, so dropping the store still ends the writer.
+    appender: mpsc::WeakSender<Request>,
     queue: VecDeque<PathBuf>,
 }
 
@@ -41,7 +39,7 @@ impl Converter {
         config: AuditConfig,
         shared: Arc<Shared>,
         jobs: Receiver<Job>,
-        appender: mpsc::Sender<Request>,
+        appender: mpsc::WeakSender<Request>,
     ) -> Self {
         Converter {
             config,
@@ -54,7 +52,8 @@ impl Converter {
 
     pub(crate) fn run(mut self) {
         let retry = Duration::from_millis(self.config.retry_interval_ms);
-        let mut next_retention = Instant::now();
+        let every = Duration::from_secs(self.config.retention_check_secs.max(1));
+        let mut next_retention = Instant::now() + every.min(Duration::from_secs(60));
         let mut backoff_until: Option<Instant> = None;
         loop {
             let now = Instant::now();
@@ -80,7 +79,7 @@ impl Converter {
                 Err(RecvTimeoutError::Timeout) => {}
             }
             if Instant::now() >= next_retention {
-                next_retention = Instant::now() + RETENTION_EVERY;
+                next_retention = Instant::now() + every;
                 if let Err(e) = self.retention(now_us()) {
                     tracing::error!(error = %e, "audit retention failed; will retry");
                 }
@@ -136,6 +135,8 @@ impl Converter {
         let event = retention::event(&plan, self.config.retention_days);
         let (reply, ack) = oneshot::channel();
         self.appender
+            .upgrade()
+            .ok_or_else(|| "audit store closed".to_owned())?
             .blocking_send(Request::Append(event, reply))
             .map_err(|_| "audit store closed".to_owned())?;
         let seq = ack
@@ -153,6 +154,31 @@ impl Converter {
     }
 }
 
+fn day_of(row: &[super::row::Cell]) -> i64 {
+    time_at(row).unwrap_or(0).div_euclid(86_400_000_000)
+}
+
+fn write_once(config: &AuditConfig, segment: &Path, rows: &[Row]) -> Result<(), String> {
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        return Ok(());
+    };
+    let (Some(seq), Some(time), Some(host)) =
+        (int_at(first, SEQ), time_at(first), str_at(first, HOST))
+    else {
+        return Err(format!("{}: record lacks seq/time/host", segment.display()));
+    };
+    let target = layout::file_path(&config.dir, host, time, seq);
+    let done = target.exists()
+        && parquet::read_meta(&target).is_ok_and(|m| {
+            Some(m.last_seq) == int_at(last, SEQ)
+                && Some(m.last_hash.as_str()) == str_at(last, HASH)
+        });
+    if done {
+        return Ok(());
+    }
+    parquet::write_file(&target, rows, config.row_group_rows).map_err(|e| e.to_string())
+}
+
 fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -160,9 +186,10 @@ fn now_us() -> i64 {
         .unwrap_or_default()
 }
 
-/// Writes one segment's records as one Parquet file, then removes the
-/// segment. Idempotent: a file already written by an interrupted earlier
-/// run is recognised by its chain metadata.
+/// Writes one segment's records as Parquet (one file per UTC day, so
+/// retention deletes whole days), then removes the segment. Idempotent: a
+/// file already written by an interrupted earlier run is recognised by its
+/// chain metadata.
 pub(crate) fn convert_segment(config: &AuditConfig, path: &Path) -> Result<(), String> {
     let contents = match wal::read_segment(path) {
         Ok(c) => c,
@@ -173,25 +200,8 @@ pub(crate) fn convert_segment(config: &AuditConfig, path: &Path) -> Result<(), S
     for payload in contents.payloads {
         rows.push(chain::decode(&payload).map_err(|e| format!("{}: {e}", path.display()))?);
     }
-    if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
-        let (Some(seq), Some(time), Some(host)) =
-            (int_at(first, SEQ), time_at(first), str_at(first, HOST))
-        else {
-            return Err(format!(
-                "{}: first record lacks seq/time/host",
-                path.display()
-            ));
-        };
-        let target = layout::file_path(&config.dir, host, time, seq);
-        let done = target.exists()
-            && parquet::read_meta(&target).is_ok_and(|m| {
-                Some(m.last_seq) == int_at(last, SEQ)
-                    && Some(m.last_hash.as_str()) == str_at(last, HASH)
-            });
-        if !done {
-            parquet::write_file(&target, &rows, config.row_group_rows)
-                .map_err(|e| e.to_string())?;
-        }
+    for day in rows.chunk_by(|a, b| day_of(a) == day_of(b)) {
+        write_once(config, path, day)?;
     }
     std::fs::remove_file(path).map_err(|e| format!("removing {}: {e}", path.display()))?;
     let wal_dir = wal::wal_dir(&config.dir);

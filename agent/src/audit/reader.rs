@@ -109,3 +109,20 @@ fn read_wal(dir: &Path, after: u64, emit: &mut impl FnMut(&Row)) -> Result<WalRe
     }
     Ok(WalRead::Done(last))
 }
+
+/// Every event in chain order (files, then the WAL); for tools and tests.
+pub fn events(dir: &Path) -> Result<Vec<super::Event>, ReadError> {
+    let mut out = Vec::new();
+    let mut bad = None;
+    read_after(dir, 0, |row| match super::row::row_to_event(row) {
+        Ok(e) => out.push(e),
+        Err(e) => bad = Some(e.to_string()),
+    })?;
+    match bad {
+        Some(problem) => Err(ReadError::Record {
+            path: dir.to_owned(),
+            problem,
+        }),
+        None => Ok(out),
+    }
+}

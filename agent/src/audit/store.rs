@@ -142,7 +142,7 @@ impl AuditStore {
             // The receiver is alive: it is moved into the thread below.
             let _ = jobs_tx.send(Job::Convert(path));
         }
-        let converter = Converter::new(config.clone(), shared.clone(), jobs_rx, tx.clone());
+        let converter = Converter::new(config.clone(), shared.clone(), jobs_rx, tx.downgrade());
         let converter = std::thread::Builder::new()
             .name("audit-convert".into())
             .spawn(move || converter.run())
@@ -258,10 +258,24 @@ impl AuditSink for AuditStore {
 }
 
 impl Drop for AuditStore {
+    /// Without `shutdown`: stops the threads after what they are doing
+    /// (the WAL is synced; unconverted segments are recovered on the next
+    /// open), so a new store on the same directory never races this one.
     fn drop(&mut self) {
-        // Dropping the sender ends the writer; unconverted segments are
-        // recovered on the next open.
         self.shared.closed.store(true, Ordering::SeqCst);
+        let (closed_tx, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed_tx));
+        if let Ok(mut jobs) = self.jobs.lock() {
+            drop(std::mem::replace(&mut *jobs, std::sync::mpsc::channel().0));
+        }
+        let threads = self
+            .threads
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for t in threads {
+            let _ = t.join();
+        }
     }
 }
 
