@@ -288,3 +288,60 @@ print(con.execute(f"select count(*) from {rel} where kind = 'agent_stop' and pri
     assert_eq!(rest[1], "('phi-readers', ['patients'], 1)");
     assert_eq!(rest[2], "(1,)");
 }
+
+#[tokio::test]
+async fn tail_follow_prints_new_events_as_they_are_recorded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(config(dir.path()));
+    store
+        .append_seq(Event::new(EventKind::AgentStart))
+        .await
+        .expect("append");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_loopgate"))
+        .args(["audit", "tail", "-f", "--json", "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("tail -f starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_seq = || {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("tail -f prints within 5 s");
+        serde_json::from_str::<Event>(&line)
+            .expect("json event")
+            .seq
+    };
+    assert_eq!(next_seq(), 1);
+    let session = Uuid::now_v7();
+    for i in 0..3 {
+        store
+            .append_seq(command_event(session, i))
+            .await
+            .expect("append");
+    }
+    assert_eq!([next_seq(), next_seq(), next_seq()], [2, 3, 4]);
+    // Conversion to Parquet does not repeat or lose events in the follow.
+    store.shutdown().await.expect("shutdown");
+    let store = open(config(dir.path()));
+    store
+        .append_seq(Event::new(EventKind::AgentStart))
+        .await
+        .expect("append");
+    assert_eq!(next_seq(), 5);
+    let _ = child.kill();
+    let _ = child.wait();
+    store.shutdown().await.expect("shutdown");
+}

@@ -169,7 +169,10 @@ fn run_tail(dir: &Path, follow: bool, lines: Option<usize>, json: bool) -> ExitC
         }
     }
     let _ = out.flush();
-    while follow {
+    if !follow {
+        return ExitCode::SUCCESS;
+    }
+    loop {
         std::thread::sleep(Duration::from_millis(200));
         let mut pipe_closed = false;
         let result = reader::read_after(dir, last, |row| {
@@ -185,7 +188,6 @@ fn run_tail(dir: &Path, follow: bool, lines: Option<usize>, json: bool) -> ExitC
             Err(e) => eprintln!("warning: reading {}: {e}", dir.display()),
         }
     }
-    ExitCode::SUCCESS
 }
 
 fn run_replay(dir: &Path, session: Uuid) -> ExitCode {

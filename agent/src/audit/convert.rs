@@ -137,7 +137,7 @@ impl Converter {
         self.appender
             .upgrade()
             .ok_or_else(|| "audit store closed".to_owned())?
-            .blocking_send(Request::Append(event, reply))
+            .blocking_send(Request::Append(Box::new(event), reply))
             .map_err(|_| "audit store closed".to_owned())?;
         let seq = ack
             .blocking_recv()

@@ -81,7 +81,7 @@ pub struct Health {
 }
 
 pub(crate) enum Request {
-    Append(Event, oneshot::Sender<Result<u64, AuditError>>),
+    Append(Box<Event>, oneshot::Sender<Result<u64, AuditError>>),
     Close(oneshot::Sender<Result<(), AuditError>>),
 }
 
@@ -184,7 +184,7 @@ impl AuditStore {
         }
         let (reply, ack) = oneshot::channel();
         self.tx
-            .send(Request::Append(event, reply))
+            .send(Request::Append(Box::new(event), reply))
             .await
             .map_err(|_| AuditError::Closed)?;
         ack.await.map_err(|_| AuditError::Closed)?
@@ -446,7 +446,7 @@ impl Writer {
             match req {
                 Request::Append(event, reply) => {
                     let seq = self.head.seq + 1;
-                    self.chain_into_frame(event, seq);
+                    self.chain_into_frame(*event, seq);
                     replies.push((reply, seq));
                 }
                 Request::Close(reply) => close = Some(reply),
