@@ -75,40 +75,85 @@ pub struct DecodeError {
     pub problem: &'static str,
 }
 
-/// Decodes an encoding back into a full row, recomputing `hash`.
-pub fn decode(bytes: &[u8]) -> Result<Row, DecodeError> {
+/// A decoded value borrowing from the encoding (no allocation per field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CellRef<'a> {
+    Str(Option<&'a str>),
+    Int(Option<i64>),
+    Time(i64),
+    /// `count` items, each a u32 LE length and UTF-8 bytes (already checked).
+    List {
+        count: u32,
+        raw: &'a [u8],
+    },
+}
+
+impl<'a> CellRef<'a> {
+    /// The items of a list cell; empty for other cells.
+    pub fn items(self) -> impl Iterator<Item = &'a str> {
+        let (count, raw) = match self {
+            CellRef::List { count, raw } => (count, raw),
+            _ => (0, &[][..]),
+        };
+        let mut r = Reader { bytes: raw, at: 0 };
+        (0..count).map_while(move |_| r.str().ok())
+    }
+
+    fn to_cell(self) -> Cell {
+        match self {
+            CellRef::Str(v) => Cell::Str(v.map(str::to_owned)),
+            CellRef::Int(v) => Cell::Int(v),
+            CellRef::Time(v) => Cell::Time(v),
+            list @ CellRef::List { .. } => Cell::List(list.items().map(str::to_owned).collect()),
+        }
+    }
+}
+
+/// Decodes an encoding into `out` (cleared first): every column but `hash`.
+pub fn decode_ref<'a>(bytes: &'a [u8], out: &mut Vec<CellRef<'a>>) -> Result<(), DecodeError> {
+    out.clear();
     let mut r = Reader { bytes, at: 0 };
     if r.u8()? != ENCODING_VERSION {
         return Err(r.err("unknown encoding version"));
     }
-    let mut row = Vec::with_capacity(COLUMNS.len());
     for column in &COLUMNS[..HASH] {
         let cell = match column.ty {
             ColumnType::Str | ColumnType::OptStr => match r.u8()? {
-                0 => Cell::Str(None),
-                1 => Cell::Str(Some(r.string()?)),
+                0 => CellRef::Str(None),
+                1 => CellRef::Str(Some(r.str()?)),
                 _ => return Err(r.err("bad null tag")),
             },
             ColumnType::Int | ColumnType::OptInt => match r.u8()? {
-                0 => Cell::Int(None),
-                1 => Cell::Int(Some(r.i64()?)),
+                0 => CellRef::Int(None),
+                1 => CellRef::Int(Some(r.i64()?)),
                 _ => return Err(r.err("bad null tag")),
             },
-            ColumnType::Time => Cell::Time(r.i64()?),
+            ColumnType::Time => CellRef::Time(r.i64()?),
             ColumnType::List => {
-                let n = r.u32()?;
-                let mut items = Vec::new();
-                for _ in 0..n {
-                    items.push(r.string()?);
+                let count = r.u32()?;
+                let start = r.at;
+                for _ in 0..count {
+                    r.str()?;
                 }
-                Cell::List(items)
+                CellRef::List {
+                    count,
+                    raw: &bytes[start..r.at],
+                }
             }
         };
-        row.push(cell);
+        out.push(cell);
     }
     if r.at != bytes.len() {
         return Err(r.err("trailing bytes"));
     }
+    Ok(())
+}
+
+/// Decodes an encoding back into a full row, recomputing `hash`.
+pub fn decode(bytes: &[u8]) -> Result<Row, DecodeError> {
+    let mut cells = Vec::with_capacity(COLUMNS.len());
+    decode_ref(bytes, &mut cells)?;
+    let mut row: Row = cells.into_iter().map(CellRef::to_cell).collect();
     row.push(Cell::Str(Some(hash_hex(bytes))));
     Ok(row)
 }
@@ -118,14 +163,14 @@ struct Reader<'a> {
     at: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn err(&self, problem: &'static str) -> DecodeError {
         DecodeError {
             at: self.at,
             problem,
         }
     }
-    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self
             .at
             .checked_add(n)
@@ -147,11 +192,11 @@ impl Reader<'_> {
         a.copy_from_slice(self.take(8)?);
         Ok(i64::from_le_bytes(a))
     }
-    fn string(&mut self) -> Result<String, DecodeError> {
+    fn str(&mut self) -> Result<&'a str, DecodeError> {
         let n = self.u32()? as usize;
         let at = self.at;
         let b = self.take(n)?;
-        String::from_utf8(b.to_vec()).map_err(|_| DecodeError {
+        std::str::from_utf8(b).map_err(|_| DecodeError {
             at,
             problem: "invalid UTF-8",
         })

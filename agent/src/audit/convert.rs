@@ -1,7 +1,9 @@
 //! The converter thread: closed WAL segments become Parquet files, oldest
 //! first, and day partitions past retention are deleted.
+use super::chain::CellRef;
 use super::config::AuditConfig;
-use super::row::{HASH, HOST, Row, SEQ, int_at, str_at, time_at};
+use super::parquet::ChainMeta;
+use super::row::{HOST, PREV_HASH, SEQ, TIME};
 use super::store::{Request, Shared};
 use super::{AuditError, chain, layout, parquet, retention, wal};
 use std::collections::VecDeque;
@@ -154,29 +156,44 @@ impl Converter {
     }
 }
 
-fn day_of(row: &[super::row::Cell]) -> i64 {
-    time_at(row).unwrap_or(0).div_euclid(86_400_000_000)
-}
-
-fn write_once(config: &AuditConfig, segment: &Path, rows: &[Row]) -> Result<(), String> {
-    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+/// Writes one day's run of a segment's records, unless an interrupted
+/// earlier conversion already did.
+fn write_run(config: &AuditConfig, segment: &Path, payloads: &[Vec<u8>]) -> Result<(), String> {
+    let (Some(first), Some(last)) = (payloads.first(), payloads.last()) else {
         return Ok(());
     };
-    let (Some(seq), Some(time), Some(host)) =
-        (int_at(first, SEQ), time_at(first), str_at(first, HOST))
-    else {
-        return Err(format!("{}: record lacks seq/time/host", segment.display()));
+    let bad = |what: &str| format!("{}: {what}", segment.display());
+    let mut cells = Vec::new();
+    chain::decode_ref(last, &mut cells).map_err(|e| bad(&e.to_string()))?;
+    let CellRef::Int(Some(last_seq)) = cells[SEQ] else {
+        return Err(bad("record without seq"));
     };
-    let target = layout::file_path(&config.dir, host, time, seq);
+    chain::decode_ref(first, &mut cells).map_err(|e| bad(&e.to_string()))?;
+    let (CellRef::Int(Some(first_seq)), CellRef::Time(time), CellRef::Str(Some(host))) =
+        (cells[SEQ], cells[TIME], cells[HOST])
+    else {
+        return Err(bad("record without seq, time or host"));
+    };
+    let CellRef::Str(Some(prev_hash)) = cells[PREV_HASH] else {
+        return Err(bad("record without prev_hash"));
+    };
+    let meta = ChainMeta {
+        first_seq: u64::try_from(first_seq).map_err(|_| bad("negative seq"))?,
+        last_seq: u64::try_from(last_seq).map_err(|_| bad("negative seq"))?,
+        first_hash: chain::hash_hex(first),
+        last_hash: chain::hash_hex(last),
+        prev_file_last_hash: prev_hash.to_owned(),
+        rows: payloads.len() as u64,
+    };
+    let target = layout::file_path(&config.dir, host, time, meta.first_seq);
     let done = target.exists()
-        && parquet::read_meta(&target).is_ok_and(|m| {
-            Some(m.last_seq) == int_at(last, SEQ)
-                && Some(m.last_hash.as_str()) == str_at(last, HASH)
-        });
+        && parquet::read_meta(&target)
+            .is_ok_and(|m| m.last_seq == meta.last_seq && m.last_hash == meta.last_hash);
     if done {
         return Ok(());
     }
-    parquet::write_file(&target, rows, config.row_group_rows).map_err(|e| e.to_string())
+    parquet::write_encoded_file(&target, payloads, &meta, config.row_group_rows)
+        .map_err(|e| e.to_string())
 }
 
 fn now_us() -> i64 {
@@ -196,12 +213,30 @@ pub(crate) fn convert_segment(config: &AuditConfig, path: &Path) -> Result<(), S
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(format!("reading {}: {e}", path.display())),
     };
-    let mut rows: Vec<Row> = Vec::with_capacity(contents.payloads.len());
-    for payload in contents.payloads {
-        rows.push(chain::decode(&payload).map_err(|e| format!("{}: {e}", path.display()))?);
+    let payloads = contents.payloads;
+    let mut cells = Vec::new();
+    let mut runs = Vec::new();
+    let mut current: Option<(usize, i64)> = None;
+    for (i, payload) in payloads.iter().enumerate() {
+        chain::decode_ref(payload, &mut cells).map_err(|e| format!("{}: {e}", path.display()))?;
+        let day = match cells[TIME] {
+            CellRef::Time(t) => t.div_euclid(86_400_000_000),
+            _ => 0,
+        };
+        match current {
+            Some((_, d)) if d == day => {}
+            Some((start, _)) => {
+                runs.push(start..i);
+                current = Some((i, day));
+            }
+            None => current = Some((i, day)),
+        }
     }
-    for day in rows.chunk_by(|a, b| day_of(a) == day_of(b)) {
-        write_once(config, path, day)?;
+    if let Some((start, _)) = current {
+        runs.push(start..payloads.len());
+    }
+    for run in runs {
+        write_run(config, path, &payloads[run])?;
     }
     std::fs::remove_file(path).map_err(|e| format!("removing {}: {e}", path.display()))?;
     let wal_dir = wal::wal_dir(&config.dir);

@@ -1,6 +1,7 @@
 //! Parquet files of the store: Arrow schema v1, ZSTD, chain metadata, and
 //! an atomic write (temp file, fsync, rename, fsync dir) so a reader or a
 //! crash never sees half a file.
+use super::chain::{self, CellRef};
 use super::row::{COLUMNS, Cell, ColumnType, HASH, PREV_HASH, Row, SEQ, int_at, str_at};
 use super::wal::sync_dir;
 use arrow_array::builder::{Int64Builder, ListBuilder, StringBuilder, TimestampMicrosecondBuilder};
@@ -142,7 +143,8 @@ pub fn schema() -> SchemaRef {
 }
 
 /// Column-major Arrow batch of `rows`.
-pub fn rows_to_batch(rows: &[Row]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+#[cfg(test)]
+fn rows_to_batch(rows: &[Row]) -> Result<RecordBatch, arrow_schema::ArrowError> {
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(COLUMNS.len());
     for (i, column) in COLUMNS.iter().enumerate() {
         let cells = rows.iter().map(|r| r.get(i));
@@ -196,9 +198,167 @@ pub fn rows_to_batch(rows: &[Row]) -> Result<RecordBatch, arrow_schema::ArrowErr
     RecordBatch::try_new(schema(), arrays)
 }
 
-/// Writes `rows` (already chained) to `path` atomically, creating its
-/// partition directories durably.
+/// Builds Arrow arrays straight from canonical encodings, without an
+/// owned row per event: the converter's hot path.
+pub struct BatchBuilder {
+    columns: Vec<ColumnBuilder>,
+    rows: usize,
+}
+
+enum ColumnBuilder {
+    Str(StringBuilder),
+    Int(Int64Builder),
+    Time(TimestampMicrosecondBuilder),
+    List(ListBuilder<StringBuilder>),
+}
+
+impl BatchBuilder {
+    pub fn new() -> Self {
+        let columns = COLUMNS
+            .iter()
+            .map(|c| match c.ty {
+                ColumnType::Str | ColumnType::OptStr => ColumnBuilder::Str(StringBuilder::new()),
+                ColumnType::Int | ColumnType::OptInt => ColumnBuilder::Int(Int64Builder::new()),
+                ColumnType::Time => {
+                    ColumnBuilder::Time(TimestampMicrosecondBuilder::new().with_timezone("UTC"))
+                }
+                ColumnType::List => ColumnBuilder::List(ListBuilder::new(StringBuilder::new())),
+            })
+            .collect();
+        BatchBuilder { columns, rows: 0 }
+    }
+
+    /// Appends one event: `cells` are every column but `hash`.
+    pub fn push(&mut self, cells: &[CellRef<'_>], hash: &str) {
+        let hash_cell = CellRef::Str(Some(hash));
+        let values = cells.iter().copied().chain(std::iter::once(hash_cell));
+        for (builder, cell) in self.columns.iter_mut().zip(values) {
+            match (builder, cell) {
+                (ColumnBuilder::Str(b), CellRef::Str(v)) => b.append_option(v),
+                (ColumnBuilder::Int(b), CellRef::Int(v)) => b.append_option(v),
+                (ColumnBuilder::Time(b), CellRef::Time(v)) => b.append_value(v),
+                (ColumnBuilder::List(b), list @ CellRef::List { .. }) => {
+                    for item in list.items() {
+                        b.values().append_value(item);
+                    }
+                    b.append(true);
+                }
+                // decode_ref yields cells in schema order, so types match.
+                (ColumnBuilder::Str(b), _) => b.append_null(),
+                (ColumnBuilder::Int(b), _) => b.append_null(),
+                (ColumnBuilder::Time(b), _) => b.append_value(0),
+                (ColumnBuilder::List(b), _) => b.append(true),
+            }
+        }
+        self.rows += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The rows pushed so far as a batch; the builder starts empty again.
+    pub fn finish(&mut self) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        self.rows = 0;
+        let arrays: Vec<ArrayRef> = self
+            .columns
+            .iter_mut()
+            .map(|b| -> ArrayRef {
+                match b {
+                    ColumnBuilder::Str(b) => Arc::new(b.finish()),
+                    ColumnBuilder::Int(b) => Arc::new(b.finish()),
+                    ColumnBuilder::Time(b) => Arc::new(b.finish()),
+                    ColumnBuilder::List(b) => Arc::new(b.finish()),
+                }
+            })
+            .collect();
+        RecordBatch::try_new(schema(), arrays)
+    }
+}
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Writes `rows` as they are (stored hashes included) to `path`
+/// atomically: tests use it to tamper like an attacker would. The store
+/// writes from WAL records with [`write_encoded_file`].
+#[cfg(test)]
 pub fn write_file(path: &Path, rows: &[Row], row_group_rows: usize) -> Result<(), FileError> {
+    let meta = ChainMeta::of(rows).ok_or_else(|| FileError::Format {
+        path: path.to_owned(),
+        problem: "no rows to write".into(),
+    })?;
+    write_atomic(path, &meta, row_group_rows, |writer| {
+        for chunk in rows.chunks(row_group_rows.max(1)) {
+            let batch = rows_to_batch(chunk).map_err(|source| FileError::Arrow {
+                path: path.to_owned(),
+                source,
+            })?;
+            writer.write(&batch).map_err(|source| FileError::Parquet {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        Ok(())
+    })
+}
+
+/// Writes WAL record payloads (canonical encodings, already chained) to
+/// `path` atomically; `meta` describes them.
+pub fn write_encoded_file(
+    path: &Path,
+    payloads: &[Vec<u8>],
+    meta: &ChainMeta,
+    row_group_rows: usize,
+) -> Result<(), FileError> {
+    let group = row_group_rows.max(1);
+    write_atomic(path, meta, group, |writer| {
+        let mut builder = BatchBuilder::new();
+        let mut cells = Vec::with_capacity(COLUMNS.len());
+        let arrow = |source| FileError::Arrow {
+            path: path.to_owned(),
+            source,
+        };
+        let pq = |source| FileError::Parquet {
+            path: path.to_owned(),
+            source,
+        };
+        for payload in payloads {
+            chain::decode_ref(payload, &mut cells).map_err(|e| FileError::Format {
+                path: path.to_owned(),
+                problem: e.to_string(),
+            })?;
+            builder.push(&cells, &chain::hash_hex(payload));
+            if builder.len() >= group {
+                writer
+                    .write(&builder.finish().map_err(arrow)?)
+                    .map_err(pq)?;
+            }
+        }
+        if !builder.is_empty() {
+            writer
+                .write(&builder.finish().map_err(arrow)?)
+                .map_err(pq)?;
+        }
+        Ok(())
+    })
+}
+
+/// Temp file, `fill`, fsync, rename, fsync dir; the temp file is removed
+/// on failure.
+fn write_atomic(
+    path: &Path,
+    meta: &ChainMeta,
+    row_group_rows: usize,
+    fill: impl FnOnce(&mut ArrowWriter<File>) -> Result<(), FileError>,
+) -> Result<(), FileError> {
     let io = |source| FileError::Io {
         path: path.to_owned(),
         source,
@@ -207,10 +367,6 @@ pub fn write_file(path: &Path, rows: &[Row], row_group_rows: usize) -> Result<()
         path: path.to_owned(),
         source,
     };
-    let meta = ChainMeta::of(rows).ok_or_else(|| FileError::Format {
-        path: path.to_owned(),
-        problem: "no rows to write".into(),
-    })?;
     let parent = path.parent().ok_or_else(|| FileError::Format {
         path: path.to_owned(),
         problem: "no parent directory".into(),
@@ -229,13 +385,7 @@ pub fn write_file(path: &Path, rows: &[Row], row_group_rows: usize) -> Result<()
             .set_key_value_metadata(Some(meta.key_values()))
             .build();
         let mut writer = ArrowWriter::try_new(file, schema(), Some(props)).map_err(pq)?;
-        for chunk in rows.chunks(row_group_rows.max(1)) {
-            let batch = rows_to_batch(chunk).map_err(|source| FileError::Arrow {
-                path: path.to_owned(),
-                source,
-            })?;
-            writer.write(&batch).map_err(pq)?;
-        }
+        fill(&mut writer)?;
         let file = writer.into_inner().map_err(pq)?;
         file.sync_all().map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)?;
@@ -386,7 +536,6 @@ fn batch_to_rows(batch: &RecordBatch, rows: &mut Vec<Row>) -> Result<(), String>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::chain;
     use crate::audit::row::{event_to_row, row_to_event, tests::full_event};
 
     fn chained_rows(n: usize) -> Vec<Row> {
@@ -426,5 +575,25 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("x-1.parquet")]);
+    }
+
+    #[test]
+    fn the_converter_path_writes_what_the_row_path_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rows = chained_rows(7);
+        let payloads: Vec<Vec<u8>> = rows
+            .iter()
+            .map(|r| {
+                let mut buf = Vec::new();
+                chain::encode(r, &mut buf);
+                buf
+            })
+            .collect();
+        let path = dir.path().join("date=2024-01-01/host=h/x-1.parquet");
+        let meta = ChainMeta::of(&rows).expect("meta");
+        write_encoded_file(&path, &payloads, &meta, 3).expect("write");
+        let (back_meta, back) = read_file(&path).expect("read");
+        assert_eq!(back, rows);
+        assert_eq!(back_meta, meta);
     }
 }

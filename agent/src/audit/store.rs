@@ -148,8 +148,10 @@ impl AuditStore {
             .spawn(move || converter.run())
             .map_err(|e| StoreError::Thread("converter", e))?;
         let store_jobs = jobs_tx.clone();
+        let (syncer, syncer_thread) = SyncerHandle::spawn()?;
         let writer = Writer {
             config,
+            syncer,
             shared: shared.clone(),
             jobs: jobs_tx,
             head,
@@ -169,7 +171,7 @@ impl AuditStore {
             tx,
             jobs: Mutex::new(store_jobs),
             shared,
-            threads: Mutex::new(vec![writer, converter]),
+            threads: Mutex::new(vec![writer, converter, syncer_thread]),
         })
     }
 
@@ -345,8 +347,39 @@ pub(crate) fn parquet_head(dir: &std::path::Path) -> Result<ChainHead, StoreErro
 /// Most requests taken from the queue into one WAL write.
 const MAX_BATCH: usize = 4096;
 
+/// The writer's side of the syncer thread (interval mode's group fsync).
+struct SyncerHandle {
+    files: std::sync::mpsc::Sender<std::fs::File>,
+    busy: Arc<AtomicBool>,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl SyncerHandle {
+    fn spawn() -> Result<(Self, JoinHandle<()>), StoreError> {
+        let (files, rx) = std::sync::mpsc::channel::<std::fs::File>();
+        let busy = Arc::new(AtomicBool::new(false));
+        let error = Arc::new(Mutex::new(None));
+        let (b, e) = (busy.clone(), error.clone());
+        let thread = std::thread::Builder::new()
+            .name("audit-fsync".into())
+            .spawn(move || {
+                for file in rx {
+                    if let Err(err) = file.sync_data()
+                        && let Ok(mut slot) = e.lock()
+                    {
+                        *slot = Some(format!("fsync of the WAL: {err}"));
+                    }
+                    b.store(false, Ordering::SeqCst);
+                }
+            })
+            .map_err(|e| StoreError::Thread("fsync", e))?;
+        Ok((SyncerHandle { files, busy, error }, thread))
+    }
+}
+
 struct Writer {
     config: AuditConfig,
+    syncer: SyncerHandle,
     shared: Arc<Shared>,
     jobs: std::sync::mpsc::Sender<Job>,
     head: ChainHead,
@@ -419,10 +452,14 @@ impl Writer {
 
     fn tick(&mut self) {
         let now = Instant::now();
+        let sync_error = self.syncer.error.lock().ok().and_then(|mut e| e.take());
+        if let Some(e) = sync_error {
+            self.fail(e);
+        }
         if self.unsynced
             && now >= self.last_sync + Duration::from_millis(self.config.fsync_interval_ms)
         {
-            self.sync();
+            self.sync_in_background(false);
         }
         let aged = self.segment.as_ref().is_some_and(|s| {
             self.segment_records > 0
@@ -551,9 +588,38 @@ impl Writer {
         }
     }
 
+    /// Interval mode: hands the fsync to the syncer thread, so appends are
+    /// acknowledged while it runs. `force` queues it even if one is running.
+    fn sync_in_background(&mut self, force: bool) {
+        if !self.unsynced || (!force && self.syncer.busy.load(Ordering::SeqCst)) {
+            return;
+        }
+        let Some(seg) = self.segment.as_ref() else {
+            return;
+        };
+        match seg.try_clone_file() {
+            Ok(file) => {
+                self.syncer.busy.store(true, Ordering::SeqCst);
+                self.last_sync = Instant::now();
+                self.unsynced = false;
+                if self.syncer.files.send(file).is_err() {
+                    self.fail("the WAL syncer thread is gone".into());
+                }
+            }
+            Err(e) => {
+                self.fail(format!("fsync of the WAL: {e}"));
+            }
+        }
+    }
+
     /// Closes the current segment and hands it to the converter.
     fn rotate(&mut self) {
-        self.sync();
+        match self.config.fsync {
+            FsyncMode::Always => {
+                self.sync();
+            }
+            FsyncMode::Interval => self.sync_in_background(true),
+        }
         if let Some(seg) = self.segment.take() {
             if self.segment_records == 0 {
                 let _ = std::fs::remove_file(&seg.path);

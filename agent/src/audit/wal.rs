@@ -91,6 +91,11 @@ impl SegmentWriter {
         }
     }
 
+    /// A second handle, for fsync on another thread.
+    pub fn try_clone_file(&self) -> io::Result<File> {
+        self.file.try_clone()
+    }
+
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
     }
