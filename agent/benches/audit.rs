@@ -1,7 +1,9 @@
 //! Audit store throughput, latency, size and memory.
 //!
 //! `cargo bench -p loopgate --bench audit` (env: `EVENTS`, default 1000000;
-//! `CONCURRENCY`, appenders in flight, default 64; `FSYNC`, interval|always;
+//! `CONCURRENCY`, appenders in flight, default 64; `RATE`, total events/s
+//! offered (default 0: as fast as the store acknowledges); `FSYNC`, interval|always;
+//! `FSYNC_INTERVAL_MS`, default 10;
 //! `BENCH_DIR`, parent of the store, default the system temp dir).
 //! Appenders run on one current-thread runtime (one core); the store's
 //! writer and converter threads are what the agent would run.
@@ -120,6 +122,7 @@ fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
     let events: u64 = env_or("EVENTS", 1_000_000);
     let concurrency: u64 = env_or("CONCURRENCY", 64);
+    let rate: u64 = env_or("RATE", 0);
     let fsync = match std::env::var("FSYNC").as_deref() {
         Ok("always") => FsyncMode::Always,
         _ => FsyncMode::Interval,
@@ -131,11 +134,12 @@ fn main() {
     let config = AuditConfig {
         dir: tmp.path().to_owned(),
         fsync,
+        fsync_interval_ms: env_or("FSYNC_INTERVAL_MS", 10),
         retention_check_secs: 1_000_000,
         ..AuditConfig::default()
     };
     println!(
-        "events={events} concurrency={concurrency} fsync={fsync:?} interval={}ms segment={}MiB dir={}",
+        "events={events} concurrency={concurrency} rate={rate} fsync={fsync:?} interval={}ms segment={}MiB dir={}",
         config.fsync_interval_ms,
         config.segment_max_bytes >> 20,
         tmp.path().display()
@@ -150,12 +154,25 @@ fn main() {
         let start = Instant::now();
         let per_task = events / concurrency;
         let mut tasks = Vec::new();
-        for _ in 0..concurrency {
+        for task in 0..concurrency {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
                 let session = Uuid::now_v7();
                 let mut lat = Vec::with_capacity(per_task as usize);
+                let mut pace = (rate > 0).then(|| {
+                    let period =
+                        std::time::Duration::from_secs_f64(concurrency as f64 / rate as f64);
+                    // Staggered, so arrivals are smooth rather than bursts.
+                    let offset = period.mul_f64(task as f64 / concurrency as f64);
+                    let mut t =
+                        tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+                    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    t
+                });
                 for i in 0..per_task {
+                    if let Some(p) = pace.as_mut() {
+                        p.tick().await;
+                    }
                     let e = event(session, i);
                     let t = Instant::now();
                     store.append_seq(e).await.expect("append");

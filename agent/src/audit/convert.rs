@@ -53,6 +53,7 @@ impl Converter {
     }
 
     pub(crate) fn run(mut self) {
+        lower_priority();
         let retry = Duration::from_millis(self.config.retry_interval_ms);
         let every = Duration::from_secs(self.config.retention_check_secs.max(1));
         let mut next_retention = Instant::now() + every.min(Duration::from_secs(60));
@@ -153,6 +154,19 @@ impl Converter {
             "audit retention deleted expired partitions"
         );
         Ok(Some(report))
+    }
+}
+
+/// Conversion is batch work: run it at nice 10 so the writer thread, whose
+/// latency callers wait on, wins the CPU when both want it.
+fn lower_priority() {
+    // SAFETY: plain syscalls on this thread's own id.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10)
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the converter's priority");
     }
 }
 
