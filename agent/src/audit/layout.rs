@@ -112,6 +112,33 @@ pub fn list_files(dir: &Path) -> io::Result<Vec<DataFile>> {
     Ok(out)
 }
 
+/// Removes `.<name>.parquet.tmp` files a crash left behind mid-conversion
+/// (their segments are still in the WAL and get converted again).
+pub fn remove_temp_files(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for date_dir in read_dir_sorted(dir)? {
+        if dir_value(&date_dir, "date=").is_none() {
+            continue;
+        }
+        for host_dir in read_dir_sorted(&date_dir)? {
+            if dir_value(&host_dir, "host=").is_none() {
+                continue;
+            }
+            for path in read_dir_sorted(&host_dir)? {
+                let temp = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.') && n.ends_with(".parquet.tmp"));
+                if temp {
+                    std::fs::remove_file(&path)?;
+                    removed += 1;
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
 fn dir_value(path: &Path, prefix: &str) -> Option<String> {
     if !path.is_dir() {
         return None;
@@ -164,11 +191,15 @@ mod tests {
             std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
             std::fs::write(p, b"x").expect("write");
         }
+        let tmp = a.with_file_name(".x-00000000000000000011.parquet.tmp");
+        std::fs::write(&tmp, b"half").expect("write");
         let files = list_files(dir.path()).expect("list");
         assert_eq!(
             files.iter().map(|f| f.first_seq).collect::<Vec<_>>(),
             vec![2, 10]
         );
         assert_eq!(files[0].date, "2024-02-28");
+        assert_eq!(remove_temp_files(dir.path()).expect("clean"), 1);
+        assert!(!tmp.exists() && a.exists() && b.exists());
     }
 }

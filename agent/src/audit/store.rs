@@ -121,6 +121,17 @@ impl AuditStore {
             source,
         })?;
         let (segments, wal_head) = recover_segments(&dir)?;
+        let temps = layout::remove_temp_files(&dir).map_err(|source| StoreError::Io {
+            what: "cleaning temp files in",
+            path: dir.clone(),
+            source,
+        })?;
+        if temps > 0 {
+            tracing::warn!(
+                files = temps,
+                "removed half-written Parquet files from an interrupted conversion"
+            );
+        }
         let head = match wal_head {
             Some(h) => h,
             None => parquet_head(&dir)?,

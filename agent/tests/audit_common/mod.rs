@@ -132,6 +132,11 @@ pub fn wal_segments(dir: &Path) -> usize {
 
 /// Every `*.parquet` under `dir`.
 pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    files_with_extension(dir, "parquet")
+}
+
+/// Every file under `dir` whose name ends in `.<ext>`.
+pub fn files_with_extension(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
@@ -139,7 +144,7 @@ pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
             let p = entry.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
+            } else if p.extension().is_some_and(|x| x == ext) {
                 out.push(p);
             }
         }
