@@ -345,3 +345,47 @@ async fn tail_follow_prints_new_events_as_they_are_recorded() {
     let _ = child.wait();
     store.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_see_a_gapless_chain_while_segments_are_converted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    cfg.segment_max_bytes = 16 << 10;
+    // Conversion may lag with segments this small; let the backlog grow.
+    cfg.max_pending_segments = 100_000;
+    let store = std::sync::Arc::new(open(cfg));
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let session = Uuid::now_v7();
+            for i in 0..4000 {
+                store
+                    .append_seq(command_event(session, i))
+                    .await
+                    .expect("append");
+            }
+        })
+    };
+    let path = dir.path().to_owned();
+    let reads = tokio::task::spawn_blocking(move || {
+        let mut reads = 0;
+        let mut last_len = 0;
+        loop {
+            let events = reader::events(&path).expect("read while converting");
+            for (i, e) in events.iter().enumerate() {
+                assert_eq!(e.seq, i as u64 + 1, "gap or repeat at {i}");
+            }
+            assert!(events.len() >= last_len, "events never disappear");
+            last_len = events.len();
+            reads += 1;
+            if last_len == 4000 {
+                return reads;
+            }
+        }
+    });
+    writer.await.expect("writer");
+    let reads = reads.await.expect("reader");
+    assert!(reads > 1, "the reader overlapped the writer");
+    assert!(parquet_files(dir.path()).len() > 5);
+    store.shutdown().await.expect("shutdown");
+}
