@@ -4,6 +4,19 @@
 //! write-ahead log), so a handler forwards a command only after it is
 //! recorded. An error means the trail cannot take the event: the caller
 //! refuses what it was about to do (fail closed).
+//!
+//! The store behind it is [`AuditStore`]: a WAL, hash-chained Parquet
+//! files, retention and `loopgate audit verify|tail|replay` (see README.md
+//! in this directory for the schema and the chain rules).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use loopgate::audit::{AuditConfig, AuditLog, AuditStore, Event, EventKind};
+//! let log = AuditLog::new(AuditStore::open(AuditConfig::default())?);
+//! log.append(Event::new(EventKind::AgentStart)).await?;
+//! log.close().await?;
+//! # Ok(()) }
+//! ```
 mod chain;
 pub mod cli;
 pub mod config;
@@ -20,6 +33,7 @@ mod wal;
 
 pub use config::{AuditConfig, FsyncMode};
 pub use event::*;
+pub use retention::Report as RetentionReport;
 pub use store::{AuditStore, Health, StoreError};
 
 use std::{future::Future, pin::Pin, sync::Arc, sync::OnceLock};

@@ -236,7 +236,7 @@ impl AuditStore {
     pub async fn apply_retention(
         &self,
         now_us: i64,
-    ) -> Result<Option<super::retention::Report>, AuditError> {
+    ) -> Result<Option<super::RetentionReport>, AuditError> {
         let (reply, done) = oneshot::channel();
         self.jobs
             .lock()
