@@ -389,3 +389,38 @@ async fn readers_see_a_gapless_chain_while_segments_are_converted() {
     assert!(parquet_files(dir.path()).len() > 5);
     store.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_holds_on_a_running_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    cfg.segment_max_bytes = 16 << 10;
+    cfg.max_pending_segments = 100_000;
+    let store = std::sync::Arc::new(open(cfg));
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let session = Uuid::now_v7();
+            for i in 0..4000 {
+                store
+                    .append_seq(command_event(session, i))
+                    .await
+                    .expect("append");
+            }
+        })
+    };
+    let path = dir.path().to_owned();
+    let checks = tokio::task::spawn_blocking(move || {
+        let mut checks = 0;
+        loop {
+            let v = verify::verify(&path).expect("chain holds while converting");
+            checks += 1;
+            if v.events == 4000 {
+                return checks;
+            }
+        }
+    });
+    writer.await.expect("writer");
+    assert!(checks.await.expect("verifier") > 1);
+    store.shutdown().await.expect("shutdown");
+}

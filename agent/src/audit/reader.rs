@@ -20,23 +20,36 @@ pub enum ReadError {
         path: std::path::PathBuf,
         problem: String,
     },
-    #[error("the store kept changing while being read")]
-    Unstable,
+    #[error(
+        "no event follows seq {after}: a file or WAL segment is missing (run `loopgate audit verify`)"
+    )]
+    Gap { after: u64 },
 }
 
 /// Calls `emit` for every event with seq > `after`, in seq order, and
 /// returns the last seq emitted (or `after`).
 pub fn read_after(dir: &Path, after: u64, mut emit: impl FnMut(&Row)) -> Result<u64, ReadError> {
     let mut last = after;
-    for _ in 0..10 {
+    let mut stuck = 0;
+    loop {
+        let before = last;
         last = read_files(dir, last, &mut emit)?;
         match read_wal(dir, last, &mut emit)? {
             WalRead::Done(seq) => return Ok(seq),
-            // A segment became a file between our two listings.
-            WalRead::Gap(seq) => last = seq,
+            // A segment became a file between our two listings: read on
+            // from the files. Only a gap that stays is an error.
+            WalRead::Gap(seq) => {
+                stuck = if seq > before { 0 } else { stuck + 1 };
+                if stuck >= 10 {
+                    return Err(ReadError::Gap { after: seq });
+                }
+                if stuck > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                last = seq;
+            }
         }
     }
-    Err(ReadError::Unstable)
 }
 
 fn read_files(dir: &Path, after: u64, emit: &mut impl FnMut(&Row)) -> Result<u64, ReadError> {

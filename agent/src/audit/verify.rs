@@ -7,6 +7,7 @@ use super::row::{
     COMMAND_TEXT, EVENT_ID, HASH, HOST, KIND, PREV_HASH, Row, SEQ, int_at, str_at, time_at,
 };
 use super::{layout, wal};
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -47,6 +48,7 @@ impl fmt::Display for Broken {
 }
 
 /// The walk's state: what the next event must link to.
+#[derive(Clone)]
 struct Walk {
     anchor: Option<Anchor>,
     next: Option<(u64, String)>,
@@ -123,6 +125,10 @@ impl Walk {
 
 /// Verifies the store at `dir`. `Err(Ok(broken))` is a broken chain;
 /// `Err(Err(msg))` means the store could not be read at all.
+///
+/// Safe on a running agent: when the WAL does not continue where the files
+/// end because segments were converted meanwhile, the new files are
+/// checked and the WAL is read again.
 pub fn verify(dir: &Path) -> Result<Verified, Result<Broken, String>> {
     if !dir.is_dir() {
         return Err(Err(format!("{} is not a directory", dir.display())));
@@ -135,10 +141,61 @@ pub fn verify(dir: &Path) -> Result<Verified, Result<Broken, String>> {
         anchored_at: None,
         vouched: false,
     };
-    let files = layout::list_files(dir).map_err(|e| Err(format!("{}: {e}", dir.display())))?;
-    for f in &files {
-        check_file(&mut walk, dir, &f.path).map_err(Ok)?;
+    let mut checked: HashSet<PathBuf> = HashSet::new();
+    let mut stale_passes = 0;
+    let segments = loop {
+        let files = layout::list_files(dir).map_err(|e| Err(format!("{}: {e}", dir.display())))?;
+        let mut new_files = false;
+        for f in &files {
+            if checked.insert(f.path.clone()) {
+                new_files = true;
+                check_file(&mut walk, dir, &f.path).map_err(Ok)?;
+            }
+        }
+        // WAL progress is kept only if the whole WAL checks out.
+        let files_end = walk.clone();
+        match check_wal(&mut walk, dir) {
+            Ok(segments) => break segments,
+            Err(e) => {
+                stale_passes = if new_files { 0 } else { stale_passes + 1 };
+                let changed = layout::list_files(dir)
+                    .is_ok_and(|now| now.iter().any(|f| !checked.contains(&f.path)));
+                if !changed && stale_passes >= 2 {
+                    return Err(e);
+                }
+                walk = files_end;
+            }
+        }
+    };
+    if let (Some(a), Some(_)) = (&walk.anchor, walk.anchored_at)
+        && !walk.vouched
+    {
+        return Err(Ok(Broken {
+            file: dir.join(retention::ANCHOR_FILE),
+            row: None,
+            event_id: None,
+            problem: format!(
+                "no retention event in the chain records the cut at seq {}",
+                a.cut_seq
+            ),
+        }));
     }
+    let (last_seq, last_hash) = match walk.next {
+        Some((s, h)) => (s - 1, h),
+        None => (0, GENESIS_HASH.to_owned()),
+    };
+    Ok(Verified {
+        files: checked.len(),
+        segments,
+        events: walk.events,
+        last_seq,
+        last_hash,
+        anchored_at: walk.anchored_at,
+    })
+}
+
+/// Continues the walk through the WAL; the number of segments read.
+fn check_wal(walk: &mut Walk, dir: &Path) -> Result<usize, Result<Broken, String>> {
     let segments = wal::list_segments(dir).map_err(|e| Err(format!("{}: {e}", dir.display())))?;
     for (_, path) in &segments {
         let contents =
@@ -160,31 +217,7 @@ pub fn verify(dir: &Path) -> Result<Verified, Result<Broken, String>> {
             walk.check(&row, path, i).map_err(Ok)?;
         }
     }
-    if let (Some(a), Some(_)) = (&walk.anchor, walk.anchored_at)
-        && !walk.vouched
-    {
-        return Err(Ok(Broken {
-            file: dir.join(retention::ANCHOR_FILE),
-            row: None,
-            event_id: None,
-            problem: format!(
-                "no retention event in the chain records the cut at seq {}",
-                a.cut_seq
-            ),
-        }));
-    }
-    let (last_seq, last_hash) = match walk.next {
-        Some((s, h)) => (s - 1, h),
-        None => (0, GENESIS_HASH.to_owned()),
-    };
-    Ok(Verified {
-        files: files.len(),
-        segments: segments.len(),
-        events: walk.events,
-        last_seq,
-        last_hash,
-        anchored_at: walk.anchored_at,
-    })
+    Ok(segments.len())
 }
 
 fn check_file(walk: &mut Walk, dir: &Path, path: &Path) -> Result<(), Broken> {
