@@ -154,6 +154,14 @@ async fn verify_cli_names_the_first_broken_file() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok: 600 events"));
 
+    // tail -n reads from the head: the newest events, from Parquet.
+    let out = loopgate_audit(&["tail", "-n", "3", "--json", "--dir", d]);
+    let seqs: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Event>(l).expect("event").seq)
+        .collect();
+    assert_eq!(seqs, vec![598, 599, 600]);
+
     let files = parquet_files(dir.path());
     std::fs::remove_file(&files[1]).expect("delete a file");
     let out = loopgate_audit(&["verify", "--dir", d]);

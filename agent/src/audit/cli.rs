@@ -143,7 +143,18 @@ fn run_tail(dir: &Path, follow: bool, lines: Option<usize>, json: bool) -> ExitC
     let mut last_n: VecDeque<String> = VecDeque::new();
     let mut failed = None;
     let write = |line: String, out: &mut std::io::StdoutLock<'_>| writeln!(out, "{line}");
-    let first = reader::read_after(dir, 0, |row| match row_to_event(row) {
+    // With -n, start near the head instead of reading the whole store.
+    let start = match lines {
+        Some(n) => match reader::head_seq(dir) {
+            Ok(head) => head.saturating_sub(n as u64),
+            Err(e) => {
+                eprintln!("error: reading {}: {e}", dir.display());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        None => 0,
+    };
+    let first = reader::read_after(dir, start, |row| match row_to_event(row) {
         Ok(e) => {
             last_n.push_back(render(&e, json));
             if lines.is_some_and(|n| last_n.len() > n) {

@@ -52,6 +52,34 @@ pub fn read_after(dir: &Path, after: u64, mut emit: impl FnMut(&Row)) -> Result<
     }
 }
 
+/// Seq of the newest event, from the newest WAL record or file footer;
+/// cheap, so `tail -n` reads only the end of the store.
+pub fn head_seq(dir: &Path) -> Result<u64, ReadError> {
+    let segments = wal::list_segments(dir).map_err(|source| ReadError::Io {
+        path: wal::wal_dir(dir),
+        source,
+    })?;
+    for (_, path) in segments.iter().rev() {
+        let Ok(contents) = wal::read_segment(path) else {
+            continue;
+        };
+        if let Some(last) = contents.payloads.last()
+            && let Ok(row) = super::chain::decode(last)
+            && let Some(seq) = int_at(&row, SEQ)
+        {
+            return Ok(seq);
+        }
+    }
+    let files = layout::list_files(dir).map_err(|source| ReadError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    match files.last() {
+        Some(f) => Ok(parquet::read_meta(&f.path)?.last_seq),
+        None => Ok(0),
+    }
+}
+
 fn read_files(dir: &Path, after: u64, emit: &mut impl FnMut(&Row)) -> Result<u64, ReadError> {
     let files = layout::list_files(dir).map_err(|source| ReadError::Io {
         path: dir.to_owned(),
