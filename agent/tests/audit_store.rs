@@ -271,6 +271,9 @@ for name, typ in con.execute(f"select column_name, column_type from (describe se
     print(name, typ)
 print(con.execute(f"select principal_groups[2], command_tables, result_rows from {rel} where seq = 2").fetchone())
 print(con.execute(f"select count(*) from {rel} where kind = 'agent_stop' and principal_subject is null").fetchone())
+import pyarrow.dataset as ds
+t = ds.dataset(sys.argv[1], format="parquet", partitioning="hive", exclude_invalid_files=True).to_table()
+print((t.num_rows, str(t.schema.field("time").type), str(t.schema.field("command_tables").type)))
 "#;
     let out = run_python(script, &[dir.path().to_str().expect("utf-8")]);
     let mut lines = out.lines();
@@ -291,10 +294,16 @@ print(con.execute(f"select count(*) from {rel} where kind = 'agent_stop' and pri
     assert_eq!(types["process_pid"], "BIGINT");
     assert_eq!(types["command_text"], "VARCHAR");
     assert_eq!(types["date"], "DATE", "hive partition column");
-    assert_eq!(types["host"], "VARCHAR");
+    assert_eq!(types["host"], "VARCHAR", "hive partition column");
+    assert_eq!(types["agent_host"], "VARCHAR");
     let rest: Vec<&str> = out.lines().filter(|l| l.starts_with('(')).collect();
     assert_eq!(rest[1], "('phi-readers', ['patients'], 1)");
     assert_eq!(rest[2], "(1,)");
+    assert_eq!(
+        rest[3],
+        format!("({acked}, 'timestamp[us, tz=UTC]', 'list<item: string>')"),
+        "pyarrow (pandas' reader) reads the partitioned dataset"
+    );
 }
 
 #[tokio::test]
