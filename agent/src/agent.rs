@@ -8,7 +8,7 @@ use tokio::{
 };
 
 use crate::{
-    audit::{AuditLog, Event, EventKind, jsonl::JsonLines},
+    audit::{AuditLog, AuditStore, Event, EventKind},
     config::Config,
     control,
     intercept::{self, Interceptor},
@@ -24,7 +24,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let cgroups = intercept::intercepted_cgroups(&config)?;
     let config = Arc::new(config);
     let audit = AuditLog::new(
-        JsonLines::open(&config.audit.dir)
+        AuditStore::open(config.audit.clone())
             .with_context(|| format!("opening the audit store in {}", config.audit.dir.display()))?,
     );
 

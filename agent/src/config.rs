@@ -14,6 +14,8 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::audit::AuditConfig;
+
 use crate::{
     mask::MaskConfig, policy::BuiltinPolicyConfig, protocols::postgres::config::UpstreamConfig, sql::SqlConfig,
 };
@@ -53,11 +55,6 @@ pub struct InterceptConfig {
     pub listen_port: u16,
     /// Directory under bpffs where programs' links and maps are pinned.
     pub pin_dir: PathBuf,
-}
-
-#[derive(Clone, Debug)]
-pub struct AuditConfig {
-    pub dir: PathBuf,
 }
 
 #[derive(Clone, Debug)]
@@ -201,7 +198,7 @@ mod raw {
         #[serde(default)]
         pub intercept: Intercept,
         #[serde(default)]
-        pub audit: Audit,
+        pub audit: AuditConfig,
         #[serde(default)]
         pub control: Control,
         #[serde(default)]
@@ -237,12 +234,6 @@ mod raw {
         pub cgroups: Option<Spanned<Vec<Spanned<String>>>>,
         pub listen_port: Option<Spanned<u16>>,
         pub pin_dir: Option<Spanned<PathBuf>>,
-    }
-
-    #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields)]
-    pub struct Audit {
-        pub dir: Option<PathBuf>,
     }
 
     #[derive(Deserialize, Default)]
@@ -306,12 +297,7 @@ impl Validator<'_> {
         };
         Ok(Config {
             intercept,
-            audit: AuditConfig {
-                dir: raw
-                    .audit
-                    .dir
-                    .unwrap_or_else(|| PathBuf::from("/var/lib/loopgate/audit")),
-            },
+            audit: raw.audit,
             control: ControlConfig {
                 socket: raw
                     .control

@@ -4,6 +4,7 @@ use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use loopgate::{
     agent,
+    audit::cli::{self as audit_cli, AuditCommand},
     config::{Config, DEFAULT_PATH},
     control::{self, Request, Response},
     exec, intercept,
@@ -62,6 +63,9 @@ enum Command {
         #[arg(long)]
         pin_dir: Option<PathBuf>,
     },
+    /// Inspect the audit trail: verify the hash chain, tail, replay a session.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Validate a configuration file.
     Check {
         #[arg(long, short, default_value = DEFAULT_PATH)]
@@ -137,6 +141,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::Audit(cmd) => audit_cli::run(cmd),
         Command::Check { config } => match Config::load(Some(&config)) {
             Ok(c) => {
                 println!(

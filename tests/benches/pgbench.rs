@@ -24,13 +24,18 @@ fn main() {
         eprintln!("the pgbench benchmark needs root and cgroup v2");
         return;
     }
-    let seconds: u64 = std::env::var("PGBENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let seconds: u64 = std::env::var("PGBENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
     let pg = PgServer::start(PgOptions::default());
     let pgbench = postgres::pg_bin().join("pgbench");
     let host = pg.addr.ip().to_string();
     let port = pg.addr.port().to_string();
     let init = Command::new(&pgbench)
-        .args(["-i", "-q", "-s", SCALE, "-h", &host, "-p", &port, "-U", SUPERUSER, "postgres"])
+        .args([
+            "-i", "-q", "-s", SCALE, "-h", &host, "-p", &port, "-U", SUPERUSER, "postgres",
+        ])
         .env("PGPASSWORD", SUPERUSER_PASSWORD)
         .output()
         .expect("pgbench -i");
@@ -55,7 +60,10 @@ fn main() {
         for clients in [1, 8] {
             let mut direct_tps = 0.0;
             for path in ["direct", "pgbouncer (session)", "loopgate"] {
-                let log_prefix = logs.path().join(format!("{workload}-{clients}-{}", path.split(' ').next().unwrap_or(path)));
+                let log_prefix = logs.path().join(format!(
+                    "{workload}-{clients}-{}",
+                    path.split(' ').next().unwrap_or(path)
+                ));
                 let mut args: Vec<String> = vec![
                     "-n".into(),
                     "-T".into(),
@@ -82,13 +90,25 @@ fn main() {
                     }
                     _ => Command::new(&pgbench)
                         .args(&args)
-                        .args(["-h", "127.0.0.1", "-p", &bouncer.port.to_string(), "-U", APP_USER, "postgres"])
+                        .args([
+                            "-h",
+                            "127.0.0.1",
+                            "-p",
+                            &bouncer.port.to_string(),
+                            "-U",
+                            APP_USER,
+                            "postgres",
+                        ])
                         .env("PGPASSWORD", APP_PASSWORD)
                         .output(),
                 }
                 .expect("run pgbench");
                 let stdout = String::from_utf8_lossy(&out.stdout);
-                assert!(out.status.success(), "{path}: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "{path}: {}\n{stdout}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
                 let tps = number_after(&stdout, "tps = ").unwrap_or(0.0);
                 let avg = number_after(&stdout, "latency average = ").unwrap_or(0.0);
                 let (p50, p99) = percentiles(logs.path(), &log_prefix);
@@ -120,7 +140,10 @@ fn percentiles(dir: &Path, prefix: &Path) -> (f64, f64) {
         }
         let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
         // client_id transaction_no time script_no time_epoch time_us
-        micros.extend(text.lines().filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()));
+        micros.extend(
+            text.lines()
+                .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()),
+        );
     }
     if micros.is_empty() {
         return (0.0, 0.0);
@@ -183,7 +206,9 @@ impl PgBouncer {
 
 impl Drop for PgBouncer {
     fn drop(&mut self) {
-        let _ = Command::new("pkill").args(["-TERM", "-P", &self.child.id().to_string()]).status();
+        let _ = Command::new("pkill")
+            .args(["-TERM", "-P", &self.child.id().to_string()])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -223,15 +223,31 @@ impl Agent {
         self.loopgate(&["detach"]).output().expect("run loopgate detach")
     }
 
-    /// Every audit event recorded so far.
+    /// Every audit event recorded so far, as `loopgate audit tail --json`
+    /// prints them (Parquet files and the write-ahead log alike).
     pub fn events(&self) -> Vec<Value> {
-        let path = self.audit_dir.join("events.jsonl");
-        let Ok(text) = fs::read_to_string(&path) else {
+        let out = Command::new(loopgate_bin())
+            .args(["audit", "tail", "--json", "--dir"])
+            .arg(&self.audit_dir)
+            .output()
+            .expect("run loopgate audit tail");
+        if !out.status.success() {
             return Vec::new();
-        };
-        text.lines()
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l:?}: {e}")))
             .collect()
+    }
+
+    /// `loopgate audit verify` of this agent's trail: (exit status, output).
+    pub fn verify_audit(&self) -> (Option<i32>, String) {
+        let out = Command::new(loopgate_bin())
+            .args(["audit", "verify", "--dir"])
+            .arg(&self.audit_dir)
+            .output()
+            .expect("run loopgate audit verify");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Waits until the recorded events satisfy `done`, and returns them.

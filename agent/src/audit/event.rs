@@ -37,6 +37,23 @@ impl EventKind {
             EventKind::Retention => "retention",
         }
     }
+
+    /// The inverse of [`EventKind::as_str`]; `None` for unknown names.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            EventKind::AgentStart,
+            EventKind::AgentStop,
+            EventKind::SessionStart,
+            EventKind::Command,
+            EventKind::CommandResult,
+            EventKind::Approval,
+            EventKind::PolicyReload,
+            EventKind::SessionEnd,
+            EventKind::Retention,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == name)
+    }
 }
 
 /// Who asked, as established by the token the client presented.
@@ -114,6 +131,20 @@ impl Verdict {
             Verdict::TimedOut => "timed_out",
             Verdict::Error => "error",
         }
+    }
+
+    /// The inverse of [`Verdict::as_str`]; `None` for unknown names.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Verdict::Allow,
+            Verdict::Block,
+            Verdict::Approved,
+            Verdict::Denied,
+            Verdict::TimedOut,
+            Verdict::Error,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == name)
     }
 }
 

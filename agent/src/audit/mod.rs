@@ -4,15 +4,42 @@
 //! write-ahead log), so a handler forwards a command only after it is
 //! recorded. An error means the trail cannot take the event: the caller
 //! refuses what it was about to do (fail closed).
+//!
+//! The store behind it is [`AuditStore`]: a WAL, hash-chained Parquet
+//! files, retention and `loopgate audit verify|tail|replay` (see README.md
+//! in this directory for the schema and the chain rules).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use loopgate::audit::{AuditConfig, AuditLog, AuditStore, Event, EventKind};
+//! let log = AuditLog::new(AuditStore::open(AuditConfig::default())?);
+//! log.append(Event::new(EventKind::AgentStart)).await?;
+//! log.close().await?;
+//! # Ok(()) }
+//! ```
+mod chain;
+pub mod cli;
+pub mod config;
+mod convert;
 mod event;
-pub mod jsonl;
+mod layout;
+mod parquet;
+pub mod reader;
+mod retention;
+mod row;
+mod store;
+pub mod verify;
+mod wal;
 
+pub use config::{AuditConfig, FsyncMode};
 pub use event::*;
+pub use retention::Report as RetentionReport;
+pub use store::{AuditStore, Health, StoreError};
 
 use std::{future::Future, pin::Pin, sync::Arc, sync::OnceLock};
 
 /// Why an event could not be recorded.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum AuditError {
     /// The store cannot write (disk full, I/O error, read-only file system).
     /// It recovers by itself when writes succeed again.

@@ -11,7 +11,7 @@ use super::{
     upstream::UpstreamSettings,
 };
 use crate::{
-    audit::{AuditLog, ProcessInfo, jsonl::JsonLines},
+    audit::{AuditConfig, AuditLog, AuditStore, ProcessInfo},
     config::{Protocol, Target},
     mask::{MaskConfig, Masker},
     policy::{self, BuiltinPolicy, BuiltinPolicyConfig},
@@ -78,7 +78,13 @@ fn session(dir: &std::path::Path) -> Session {
         }),
         process: ProcessInfo::default(),
         principal: Default::default(),
-        audit: AuditLog::new(JsonLines::open(dir).unwrap()),
+        audit: AuditLog::new(
+            AuditStore::open(AuditConfig {
+                dir: dir.to_path_buf(),
+                ..AuditConfig::default()
+            })
+            .unwrap(),
+        ),
         traffic: Default::default(),
         started: Instant::now(),
     }
@@ -88,7 +94,11 @@ fn session(dir: &std::path::Path) -> Session {
 /// plausible body, so the handlers get past their first checks.
 fn message(rng: &mut Rng, tags: &[u8], plausible: &[&[u8]]) -> Vec<u8> {
     let mut out = BytesMut::new();
-    let tag = if rng.below(10) == 0 { rng.next() as u8 } else { tags[rng.below(tags.len())] };
+    let tag = if rng.below(10) == 0 {
+        rng.next() as u8
+    } else {
+        tags[rng.below(tags.len())]
+    };
     let body = if rng.below(3) == 0 {
         let mut b = plausible[rng.below(plausible.len())].to_vec();
         b.extend(rng.bytes(8));
@@ -131,7 +141,7 @@ async fn garbage_from_either_side_never_panics() {
     for _ in 0..300 {
         // Client side.
         let (mut client, mut client_far) = tokio::io::duplex(1 << 16);
-        let (mut server_far, mut server) = tokio::io::duplex(1 << 16);
+        let (server_far, mut server) = tokio::io::duplex(1 << 16);
         let (tx, mut rx) = mpsc::channel(1024);
         let mut input = Vec::new();
         for _ in 0..rng.below(12) {
@@ -141,7 +151,9 @@ async fn garbage_from_either_side_never_panics() {
         drop(client_far);
         let catalog = tokio::sync::Mutex::new(Catalog::new(session.original, "127.0.0.1", &svc.upstream, &[]));
         let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-        let _ = Frontend::new(&svc, &session, &catalog, tx).run(&mut client, BytesMut::new(), &mut server).await;
+        let _ = Frontend::new(&svc, &session, &catalog, tx)
+            .run(&mut client, BytesMut::new(), &mut server)
+            .await;
         drain.abort();
         drop(server_far);
 
@@ -163,7 +175,9 @@ async fn garbage_from_either_side_never_panics() {
             let mut sink = Vec::new();
             let _ = tokio::io::AsyncReadExt::read_to_end(&mut to_client_far, &mut sink).await;
         });
-        let _ = Backend::new(&svc, &session, &catalog).run(&mut upstream, BytesMut::new(), &mut to_client, rx).await;
+        let _ = Backend::new(&svc, &session, &catalog)
+            .run(&mut upstream, BytesMut::new(), &mut to_client, rx)
+            .await;
         drop(to_client);
         let _ = reader.await;
     }

@@ -242,11 +242,12 @@ impl ResultMask {
 /// offending row. Returns the rewritten frame when anything changed.
 pub fn server_message(masker: &Masker, frame: &Frame) -> Result<Option<BytesMut>, String> {
     let notice = frame.tag == Some(b'N');
-    let mut fields = match super::frame::decode(frame.bytes.clone(), &DecodeContext::default()).map_err(|e| e.to_string())? {
-        PgWireBackendMessage::NoticeResponse(n) => n.fields,
-        PgWireBackendMessage::ErrorResponse(e) => e.fields,
-        _ => return Err("expected an ErrorResponse or NoticeResponse".into()),
-    };
+    let mut fields =
+        match super::frame::decode(frame.bytes.clone(), &DecodeContext::default()).map_err(|e| e.to_string())? {
+            PgWireBackendMessage::NoticeResponse(n) => n.fields,
+            PgWireBackendMessage::ErrorResponse(e) => e.fields,
+            _ => return Err("expected an ErrorResponse or NoticeResponse".into()),
+        };
     let mut changed = false;
     for (code, value) in fields.iter_mut() {
         // Severity, SQLSTATE, position, file, line, routine: no values.

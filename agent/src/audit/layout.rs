@@ -1,0 +1,194 @@
+//! Where files live: `<dir>/date=YYYY-MM-DD/host=<host>/<first-time>-<seq>.parquet`
+//! (hive-style, so query engines prune by date and host).
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// A Parquet file of the store, as named on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataFile {
+    pub path: PathBuf,
+    /// First seq, from the file name.
+    pub first_seq: u64,
+    /// `YYYY-MM-DD` of the partition it sits in.
+    pub date: String,
+}
+
+/// Civil date (y, m, d) of a day count since 1970-01-01 (proleptic Gregorian).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+const DAY_US: i64 = 86_400_000_000;
+
+/// `YYYY-MM-DD` (UTC) of a µs timestamp.
+pub fn date_of(time_us: i64) -> String {
+    let (y, m, d) = civil_from_days(time_us.div_euclid(DAY_US));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, for people reading tails and timelines.
+pub fn rfc3339(time_us: i64) -> String {
+    let (y, m, d) = civil_from_days(time_us.div_euclid(DAY_US));
+    let in_day = time_us.rem_euclid(DAY_US);
+    let secs = in_day / 1_000_000;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        in_day % 1_000_000
+    )
+}
+
+/// Host names go into a directory name: keep them to a safe alphabet.
+fn safe_host(host: &str) -> String {
+    let s: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s.starts_with('.') {
+        format!("_{s}")
+    } else {
+        s
+    }
+}
+
+/// The path of the file whose first event has `first_time_us` and `first_seq`.
+pub fn file_path(dir: &Path, host: &str, first_time_us: i64, first_seq: u64) -> PathBuf {
+    let stamp: String = rfc3339(first_time_us)
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect();
+    dir.join(format!("date={}", date_of(first_time_us)))
+        .join(format!("host={}", safe_host(host)))
+        .join(format!("{stamp}-{first_seq:020}.parquet"))
+}
+
+/// Every Parquet file of the store, in chain order (by first seq from the
+/// name; `verify` checks that the names match the contents).
+pub fn list_files(dir: &Path) -> io::Result<Vec<DataFile>> {
+    let mut out = Vec::new();
+    for date_dir in read_dir_sorted(dir)? {
+        let Some(date) = dir_value(&date_dir, "date=") else {
+            continue;
+        };
+        for host_dir in read_dir_sorted(&date_dir)? {
+            if dir_value(&host_dir, "host=").is_none() {
+                continue;
+            }
+            for path in read_dir_sorted(&host_dir)? {
+                let seq = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".parquet"))
+                    .and_then(|n| n.rsplit('-').next())
+                    .and_then(|n| n.parse::<u64>().ok());
+                if let Some(first_seq) = seq {
+                    out.push(DataFile {
+                        path,
+                        first_seq,
+                        date: date.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| (a.first_seq, &a.path).cmp(&(b.first_seq, &b.path)));
+    Ok(out)
+}
+
+/// Removes `.<name>.parquet.tmp` files a crash left behind mid-conversion
+/// (their segments are still in the WAL and get converted again).
+pub fn remove_temp_files(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for date_dir in read_dir_sorted(dir)? {
+        if dir_value(&date_dir, "date=").is_none() {
+            continue;
+        }
+        for host_dir in read_dir_sorted(&date_dir)? {
+            if dir_value(&host_dir, "host=").is_none() {
+                continue;
+            }
+            for path in read_dir_sorted(&host_dir)? {
+                let temp = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.') && n.ends_with(".parquet.tmp"));
+                if temp {
+                    std::fs::remove_file(&path)?;
+                    removed += 1;
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
+fn dir_value(path: &Path, prefix: &str) -> Option<String> {
+    if !path.is_dir() {
+        return None;
+    }
+    path.file_name()?.to_str()?.strip_prefix(prefix).map(str::to_owned)
+}
+
+fn read_dir_sorted(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        out.push(entry?.path());
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_utc_calendar_days() {
+        assert_eq!(date_of(0), "1970-01-01");
+        assert_eq!(date_of(-1), "1969-12-31");
+        // 2024-02-29 12:00:00 UTC
+        assert_eq!(date_of(1_709_208_000_000_000), "2024-02-29");
+        assert_eq!(rfc3339(1_709_208_000_123_456), "2024-02-29T12:00:00.123456Z");
+    }
+
+    #[test]
+    fn file_paths_are_hive_partitioned_and_listed_in_seq_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = file_path(dir.path(), "db/1", 1_709_208_000_000_000, 10);
+        let b = file_path(dir.path(), "db/1", 1_709_208_000_000_000 - DAY_US, 2);
+        assert!(a.ends_with("date=2024-02-29/host=db_1/20240229T120000.000000Z-00000000000000000010.parquet"));
+        for p in [&a, &b] {
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, b"x").expect("write");
+        }
+        let tmp = a.with_file_name(".x-00000000000000000011.parquet.tmp");
+        std::fs::write(&tmp, b"half").expect("write");
+        let files = list_files(dir.path()).expect("list");
+        assert_eq!(files.iter().map(|f| f.first_seq).collect::<Vec<_>>(), vec![2, 10]);
+        assert_eq!(files[0].date, "2024-02-28");
+        assert_eq!(remove_temp_files(dir.path()).expect("clean"), 1);
+        assert!(!tmp.exists() && a.exists() && b.exists());
+    }
+}

@@ -1,0 +1,673 @@
+//! The audit store: one writer thread that chains events into the WAL, one
+//! converter thread that turns closed segments into Parquet.
+//!
+//! Threads rather than tasks because every step is blocking file I/O
+//! (write, fsync, rename) that must not stall the proxy's runtime.
+use super::chain::{self, GENESIS_HASH};
+use super::config::{AuditConfig, FsyncMode};
+use super::convert::{Converter, Job};
+use super::row::{HASH, SEQ, event_to_row, int_at, str_at};
+use super::wal::{self, SegmentWriter};
+use super::{AppendFuture, AuditError, AuditSink, Event, layout, parquet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Why the store could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    File(#[from] parquet::FileError),
+    #[error("WAL segment {path}: {source}")]
+    Decode {
+        path: std::path::PathBuf,
+        source: chain::DecodeError,
+    },
+    #[error("starting the {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
+}
+
+/// State both threads and every appender see.
+#[derive(Default)]
+pub(crate) struct Shared {
+    failing: AtomicBool,
+    closed: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    pub(crate) pending_segments: AtomicUsize,
+    pub(crate) conversion_error: Mutex<Option<String>>,
+    last_seq: AtomicU64,
+}
+
+impl Shared {
+    fn set_failing(&self, error: String) {
+        tracing::error!(error = %error, "audit store cannot write; refusing new events");
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(error);
+        }
+        self.failing.store(true, Ordering::SeqCst);
+    }
+
+    fn unavailable(&self) -> AuditError {
+        let reason = self
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|e| e.clone())
+            .unwrap_or_else(|| "write failed".into());
+        AuditError::Unavailable(reason)
+    }
+}
+
+/// What an operator (or `loopgate status`) sees of the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// False while writes fail; appends are refused meanwhile.
+    pub writable: bool,
+    pub last_error: Option<String>,
+    /// Closed WAL segments not yet in Parquet.
+    pub pending_segments: usize,
+    /// The last Parquet conversion error, cleared by the next success.
+    pub conversion_error: Option<String>,
+    /// Seq of the newest event in the chain.
+    pub last_seq: u64,
+}
+
+pub(crate) enum Request {
+    Append(Box<Event>, oneshot::Sender<Result<u64, AuditError>>),
+    Close(oneshot::Sender<Result<(), AuditError>>),
+}
+
+/// The WAL + Parquet audit store. Implements [`AuditSink`].
+pub struct AuditStore {
+    tx: mpsc::Sender<Request>,
+    jobs: Mutex<std::sync::mpsc::Sender<Job>>,
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Where the chain ends: the next event links to this.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainHead {
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl ChainHead {
+    pub fn genesis() -> Self {
+        ChainHead {
+            seq: 0,
+            hash: GENESIS_HASH.to_owned(),
+        }
+    }
+}
+
+impl AuditStore {
+    /// Opens the store at `config.dir`: recovers leftover WAL segments
+    /// (cutting torn tails), finds the chain head and starts the threads.
+    pub fn open(config: AuditConfig) -> Result<Self, StoreError> {
+        let dir = config.dir.clone();
+        let wal_dir = wal::wal_dir(&dir);
+        std::fs::create_dir_all(&wal_dir).map_err(|source| StoreError::Io {
+            what: "creating",
+            path: wal_dir.clone(),
+            source,
+        })?;
+        let (segments, wal_head) = recover_segments(&dir)?;
+        let temps = layout::remove_temp_files(&dir).map_err(|source| StoreError::Io {
+            what: "cleaning temp files in",
+            path: dir.clone(),
+            source,
+        })?;
+        if temps > 0 {
+            tracing::warn!(
+                files = temps,
+                "removed half-written Parquet files from an interrupted conversion"
+            );
+        }
+        let head = match wal_head {
+            Some(h) => h,
+            None => parquet_head(&dir)?,
+        };
+        tracing::info!(
+            dir = %dir.display(),
+            segments = segments.len(),
+            last_seq = head.seq,
+            "audit store opened"
+        );
+        let shared = Arc::new(Shared::default());
+        shared.last_seq.store(head.seq, Ordering::SeqCst);
+        shared.pending_segments.store(segments.len(), Ordering::SeqCst);
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
+        for path in segments {
+            // The receiver is alive: it is moved into the thread below.
+            let _ = jobs_tx.send(Job::Convert(path));
+        }
+        let converter = Converter::new(config.clone(), shared.clone(), jobs_rx, tx.downgrade());
+        let converter = std::thread::Builder::new()
+            .name("audit-convert".into())
+            .spawn(move || converter.run())
+            .map_err(|e| StoreError::Thread("converter", e))?;
+        let store_jobs = jobs_tx.clone();
+        let (syncer, syncer_thread) = SyncerHandle::spawn()?;
+        let writer = Writer {
+            config,
+            syncer,
+            shared: shared.clone(),
+            jobs: jobs_tx,
+            head,
+            segment: None,
+            segment_records: 0,
+            unsynced: false,
+            last_sync: Instant::now(),
+            next_retry: Instant::now(),
+            scratch: Vec::with_capacity(1024),
+            framed: Vec::with_capacity(64 << 10),
+        };
+        let writer = std::thread::Builder::new()
+            .name("audit-wal".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Thread("writer", e))?;
+        Ok(AuditStore {
+            tx,
+            jobs: Mutex::new(store_jobs),
+            shared,
+            threads: Mutex::new(vec![writer, converter, syncer_thread]),
+        })
+    }
+
+    /// Appends `event` and returns the seq it got in the chain.
+    pub async fn append_seq(&self, event: Event) -> Result<u64, AuditError> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(AuditError::Closed);
+        }
+        // Fail fast instead of queueing while the disk is refusing writes.
+        if self.shared.failing.load(Ordering::SeqCst) {
+            return Err(self.shared.unavailable());
+        }
+        let (reply, ack) = oneshot::channel();
+        self.tx
+            .send(Request::Append(Box::new(event), reply))
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        ack.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Syncs the WAL, converts every segment to Parquet and stops the
+    /// threads. Segments that cannot be converted stay for the next start.
+    pub async fn shutdown(&self) -> Result<(), AuditError> {
+        if self.shared.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let (reply, done) = oneshot::channel();
+        self.tx
+            .send(Request::Close(reply))
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        let result = done.await.map_err(|_| AuditError::Closed)?;
+        let threads = self
+            .threads
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        // The threads have finished their work; joining only reaps them.
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        result
+    }
+
+    /// Deletes day partitions older than the retention period as of
+    /// `now_us` (the converter also does this hourly). The deletion is
+    /// recorded as a `retention` event and leaves an anchor for `verify`.
+    pub async fn apply_retention(&self, now_us: i64) -> Result<Option<super::RetentionReport>, AuditError> {
+        let (reply, done) = oneshot::channel();
+        self.jobs
+            .lock()
+            .map_err(|_| AuditError::Closed)?
+            .send(Job::Retention(now_us, reply))
+            .map_err(|_| AuditError::Closed)?;
+        done.await
+            .map_err(|_| AuditError::Closed)?
+            .map_err(AuditError::Unavailable)
+    }
+
+    pub fn health(&self) -> Health {
+        let s = &self.shared;
+        Health {
+            writable: !s.failing.load(Ordering::SeqCst),
+            last_error: s.last_error.lock().ok().and_then(|e| e.clone()),
+            pending_segments: s.pending_segments.load(Ordering::SeqCst),
+            conversion_error: s.conversion_error.lock().ok().and_then(|e| e.clone()),
+            last_seq: s.last_seq.load(Ordering::SeqCst),
+        }
+    }
+}
+
+impl AuditSink for AuditStore {
+    fn append(&self, event: Event) -> AppendFuture<'_> {
+        Box::pin(async move { self.append_seq(event).await.map(|_| ()) })
+    }
+
+    fn close(&self) -> AppendFuture<'_> {
+        Box::pin(self.shutdown())
+    }
+}
+
+impl Drop for AuditStore {
+    /// Without `shutdown`: stops the threads after what they are doing
+    /// (the WAL is synced; unconverted segments are recovered on the next
+    /// open), so a new store on the same directory never races this one.
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        let (closed_tx, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed_tx));
+        if let Ok(mut jobs) = self.jobs.lock() {
+            drop(std::mem::replace(&mut *jobs, std::sync::mpsc::channel().0));
+        }
+        let threads = self
+            .threads
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Cuts torn tails, drops empty segments, and returns the segments to
+/// convert plus the chain head found in the newest of them.
+fn recover_segments(dir: &std::path::Path) -> Result<(Vec<std::path::PathBuf>, Option<ChainHead>), StoreError> {
+    let io = |what, path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| StoreError::Io { what, path, source }
+    };
+    let mut keep = Vec::new();
+    let mut head = None;
+    let wal_dir = wal::wal_dir(dir);
+    for (_, path) in wal::list_segments(dir).map_err(io("listing", &wal_dir))? {
+        let contents = wal::read_segment(&path).map_err(io("reading", &path))?;
+        if contents.payloads.is_empty() {
+            std::fs::remove_file(&path).map_err(io("removing", &path))?;
+            continue;
+        }
+        if contents.good_len < contents.file_len {
+            tracing::warn!(
+                segment = %path.display(),
+                cut_bytes = contents.file_len - contents.good_len,
+                "cutting a torn WAL tail"
+            );
+            wal::truncate_segment(&path, contents.good_len).map_err(io("truncating", &path))?;
+        }
+        if let Some(last) = contents.payloads.last() {
+            let row = chain::decode(last).map_err(|source| StoreError::Decode {
+                path: path.clone(),
+                source,
+            })?;
+            if let (Some(seq), Some(hash)) = (int_at(&row, SEQ), str_at(&row, HASH)) {
+                head = Some(ChainHead {
+                    seq,
+                    hash: hash.to_owned(),
+                });
+            }
+        }
+        keep.push(path);
+    }
+    wal::sync_dir(&wal_dir).map_err(io("syncing", &wal_dir))?;
+    Ok((keep, head))
+}
+
+/// The chain head recorded in the newest Parquet file, or genesis.
+pub(crate) fn parquet_head(dir: &std::path::Path) -> Result<ChainHead, StoreError> {
+    let files = layout::list_files(dir).map_err(|source| StoreError::Io {
+        what: "listing",
+        path: dir.to_owned(),
+        source,
+    })?;
+    match files.last() {
+        Some(f) => {
+            let meta = parquet::read_meta(&f.path)?;
+            Ok(ChainHead {
+                seq: meta.last_seq,
+                hash: meta.last_hash,
+            })
+        }
+        None => Ok(ChainHead::genesis()),
+    }
+}
+
+/// Most requests taken from the queue into one WAL write.
+const MAX_BATCH: usize = 4096;
+
+/// The writer's side of the syncer thread (interval mode's group fsync).
+struct SyncerHandle {
+    files: std::sync::mpsc::Sender<std::fs::File>,
+    busy: Arc<AtomicBool>,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl SyncerHandle {
+    fn spawn() -> Result<(Self, JoinHandle<()>), StoreError> {
+        let (files, rx) = std::sync::mpsc::channel::<std::fs::File>();
+        let busy = Arc::new(AtomicBool::new(false));
+        let error = Arc::new(Mutex::new(None));
+        let (b, e) = (busy.clone(), error.clone());
+        let thread = std::thread::Builder::new()
+            .name("audit-fsync".into())
+            .spawn(move || {
+                for file in rx {
+                    if let Err(err) = file.sync_data()
+                        && let Ok(mut slot) = e.lock()
+                    {
+                        *slot = Some(format!("fsync of the WAL: {err}"));
+                    }
+                    b.store(false, Ordering::SeqCst);
+                }
+            })
+            .map_err(|e| StoreError::Thread("fsync", e))?;
+        Ok((SyncerHandle { files, busy, error }, thread))
+    }
+}
+
+struct Writer {
+    config: AuditConfig,
+    syncer: SyncerHandle,
+    shared: Arc<Shared>,
+    jobs: std::sync::mpsc::Sender<Job>,
+    head: ChainHead,
+    segment: Option<SegmentWriter>,
+    segment_records: u64,
+    unsynced: bool,
+    last_sync: Instant,
+    next_retry: Instant,
+    scratch: Vec<u8>,
+    framed: Vec<u8>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                self.shared.set_failing(format!("writer runtime: {e}"));
+                return;
+            }
+        };
+        let mut batch = Vec::new();
+        loop {
+            let wait = self.next_wakeup().saturating_duration_since(Instant::now());
+            let first = rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await });
+            match first {
+                Ok(Some(req)) => {
+                    batch.push(req);
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(req) => batch.push(req),
+                            Err(_) => break,
+                        }
+                    }
+                    if self.handle(&mut batch) {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    self.sync();
+                    return;
+                }
+                Err(_) => {}
+            }
+            self.tick();
+        }
+    }
+
+    /// When the loop must wake without a request: the next group fsync,
+    /// segment age limit or disk retry.
+    fn next_wakeup(&self) -> Instant {
+        let now = Instant::now();
+        let mut at = now + Duration::from_secs(1);
+        if self.unsynced {
+            at = at.min(self.last_sync + Duration::from_millis(self.config.fsync_interval_ms));
+        }
+        if let Some(seg) = &self.segment
+            && self.segment_records > 0
+        {
+            at = at.min(seg.created + Duration::from_secs(self.config.segment_max_age_secs));
+        }
+        if self.shared.failing.load(Ordering::SeqCst) {
+            at = at.min(self.next_retry);
+        }
+        at.max(now)
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let sync_error = self.syncer.error.lock().ok().and_then(|mut e| e.take());
+        if let Some(e) = sync_error {
+            self.fail(e);
+        }
+        if self.unsynced && now >= self.last_sync + Duration::from_millis(self.config.fsync_interval_ms) {
+            self.sync_in_background(false);
+        }
+        let aged = self.segment.as_ref().is_some_and(|s| {
+            self.segment_records > 0 && now >= s.created + Duration::from_secs(self.config.segment_max_age_secs)
+        });
+        if aged {
+            self.rotate();
+        }
+        if self.shared.failing.load(Ordering::SeqCst) && now >= self.next_retry {
+            self.retry();
+        }
+    }
+
+    /// Handles a batch of requests; true when the store is closing.
+    fn handle(&mut self, batch: &mut Vec<Request>) -> bool {
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut close = None;
+        let start = self.head.clone();
+        self.framed.clear();
+        for req in batch.drain(..) {
+            match req {
+                Request::Append(event, reply) => {
+                    let seq = self.head.seq + 1;
+                    self.chain_into_frame(*event, seq);
+                    replies.push((reply, seq));
+                }
+                Request::Close(reply) => close = Some(reply),
+            }
+        }
+        if !replies.is_empty() {
+            let result = self.write_framed(replies.len() as u64, start);
+            self.shared.last_seq.store(self.head.seq, Ordering::SeqCst);
+            for (reply, seq) in replies {
+                // A dropped receiver means the caller gave up; the record
+                // stays in the chain either way.
+                let _ = reply.send(result.clone().map(|()| seq));
+            }
+        }
+        if let Some(reply) = close {
+            self.sync();
+            self.rotate();
+            let _ = self.jobs.send(Job::Flush(reply));
+            return true;
+        }
+        false
+    }
+
+    /// Assigns `seq` and `prev_hash`, hashes, and frames the record.
+    fn chain_into_frame(&mut self, mut event: Event, seq: u64) {
+        event.seq = seq;
+        event.prev_hash = std::mem::take(&mut self.head.hash);
+        let row = event_to_row(event);
+        self.scratch.clear();
+        chain::encode(&row, &mut self.scratch);
+        let hash = chain::hash_hex(&self.scratch);
+        wal::frame(&self.scratch, &mut self.framed);
+        self.head = ChainHead { seq, hash };
+    }
+
+    /// Writes the framed batch of `n` records chained from `start`; Ok means
+    /// the callers may act on them. When nothing reached the WAL the head
+    /// goes back to `start`, so refused events leave no gap in the chain.
+    fn write_framed(&mut self, n: u64, start: ChainHead) -> Result<(), AuditError> {
+        if let Err(e) = self.write_batch(n, &start) {
+            self.head = start;
+            return Err(e);
+        }
+        // The records are in the WAL now: even if the fsync below fails
+        // they stay in the chain, and the head stays past them.
+        if self.config.fsync == FsyncMode::Always && !self.sync() {
+            return Err(self.shared.unavailable());
+        }
+        if self
+            .segment
+            .as_ref()
+            .is_some_and(|s| s.len >= self.config.segment_max_bytes)
+        {
+            self.rotate();
+        }
+        Ok(())
+    }
+
+    fn write_batch(&mut self, n: u64, start: &ChainHead) -> Result<(), AuditError> {
+        if self.shared.failing.load(Ordering::SeqCst) {
+            return Err(self.shared.unavailable());
+        }
+        if self.shared.pending_segments.load(Ordering::SeqCst) >= self.config.max_pending_segments {
+            return Err(AuditError::Unavailable(
+                "too many WAL segments waiting for Parquet conversion".into(),
+            ));
+        }
+        if self.segment.is_none() {
+            match SegmentWriter::create(&self.config.dir, start.seq + 1) {
+                Ok(seg) => {
+                    self.segment = Some(seg);
+                    self.segment_records = 0;
+                }
+                Err(e) => return Err(self.fail(format!("creating a WAL segment: {e}"))),
+            }
+        }
+        let Some(seg) = self.segment.as_mut() else {
+            return Err(self.shared.unavailable());
+        };
+        if let Err(e) = seg.write(&self.framed) {
+            return Err(self.fail(format!("writing the WAL: {e}")));
+        }
+        self.segment_records += n;
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Group fsync; false (and failing) when it did not succeed.
+    fn sync(&mut self) -> bool {
+        if !self.unsynced {
+            return true;
+        }
+        let result = self.segment.as_ref().map(|s| s.sync()).unwrap_or(Ok(()));
+        self.last_sync = Instant::now();
+        self.unsynced = false;
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                self.fail(format!("fsync of the WAL: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Interval mode: hands the fsync to the syncer thread, so appends are
+    /// acknowledged while it runs. `force` queues it even if one is running.
+    fn sync_in_background(&mut self, force: bool) {
+        if !self.unsynced || (!force && self.syncer.busy.load(Ordering::SeqCst)) {
+            return;
+        }
+        let Some(seg) = self.segment.as_ref() else {
+            return;
+        };
+        match seg.try_clone_file() {
+            Ok(file) => {
+                self.syncer.busy.store(true, Ordering::SeqCst);
+                self.last_sync = Instant::now();
+                self.unsynced = false;
+                if self.syncer.files.send(file).is_err() {
+                    self.fail("the WAL syncer thread is gone".into());
+                }
+            }
+            Err(e) => {
+                self.fail(format!("fsync of the WAL: {e}"));
+            }
+        }
+    }
+
+    /// Closes the current segment and hands it to the converter.
+    fn rotate(&mut self) {
+        match self.config.fsync {
+            FsyncMode::Always => {
+                self.sync();
+            }
+            FsyncMode::Interval => self.sync_in_background(true),
+        }
+        if let Some(seg) = self.segment.take() {
+            if self.segment_records == 0 {
+                let _ = std::fs::remove_file(&seg.path);
+            } else {
+                self.shared.pending_segments.fetch_add(1, Ordering::SeqCst);
+                let _ = self.jobs.send(Job::Convert(seg.path.clone()));
+            }
+        }
+        self.segment_records = 0;
+    }
+
+    /// Marks the store failing and abandons the current segment: its
+    /// whole records are kept (and converted), later ones go to a new one.
+    fn fail(&mut self, error: String) -> AuditError {
+        self.shared.set_failing(error);
+        self.next_retry = Instant::now() + Duration::from_millis(self.config.retry_interval_ms);
+        self.unsynced = false;
+        if let Some(seg) = self.segment.take() {
+            if self.segment_records == 0 {
+                let _ = std::fs::remove_file(&seg.path);
+            } else {
+                self.shared.pending_segments.fetch_add(1, Ordering::SeqCst);
+                let _ = self.jobs.send(Job::Convert(seg.path.clone()));
+            }
+        }
+        self.segment_records = 0;
+        self.shared.unavailable()
+    }
+
+    /// Probes the disk with a small synced write; clears the failure when
+    /// it works.
+    fn retry(&mut self) {
+        let probe = wal::wal_dir(&self.config.dir).join(".probe");
+        let result = (|| {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&probe)?;
+            f.write_all(&[0u8; 64 << 10])?;
+            f.sync_all()?;
+            std::fs::remove_file(&probe)
+        })();
+        match result {
+            Ok(()) => {
+                tracing::info!("audit store writable again; accepting events");
+                self.shared.failing.store(false, Ordering::SeqCst);
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&probe);
+                tracing::debug!(error = %e, "audit store still cannot write");
+                self.next_retry = Instant::now() + Duration::from_millis(self.config.retry_interval_ms);
+            }
+        }
+    }
+}
