@@ -56,6 +56,7 @@ fn event(session: Uuid, i: u64) -> Event {
         kind: Some("select".into()),
         tables: vec!["patients".into()],
         columns: vec!["id".into(), "name".into(), "dob".into(), "mrn".into()],
+        parameters: Vec::new(),
     });
     e.decision = Some(Decision {
         verdict: Verdict::Allow,
