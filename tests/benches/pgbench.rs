@@ -56,10 +56,15 @@ fn main() {
         "{:<10} {:>7} {:<22} {:>9} {:>8} {:>9} {:>9} {:>9}",
         "workload", "clients", "path", "TPS", "vs direct", "lat avg", "p50", "p99"
     );
+    // PGBENCH_ONLY=loopgate (or direct, pgbouncer) runs one path, e.g. to profile it.
+    let only = std::env::var("PGBENCH_ONLY").ok();
     for (workload, flag) in [("select", Some("-S")), ("tpc-b", None)] {
         for clients in [1, 8] {
             let mut direct_tps = 0.0;
             for path in ["direct", "pgbouncer (session)", "loopgate"] {
+                if only.as_deref().is_some_and(|o| !path.starts_with(o)) {
+                    continue;
+                }
                 let log_prefix = logs.path().join(format!(
                     "{workload}-{clients}-{}",
                     path.split(' ').next().unwrap_or(path)

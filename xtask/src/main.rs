@@ -47,6 +47,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Fuzz the parsers (nightly + cargo-fuzz, installed if missing) for
+    /// SECONDS each.
+    Fuzz {
+        #[arg(default_value_t = 60)]
+        seconds: u64,
+    },
     /// Install the binary, systemd units, default config and policies.
     Install {
         /// Stage into this directory instead of / (for packaging).
@@ -70,6 +76,7 @@ fn main() -> ExitCode {
         Command::Test { args } => setup::setup(true).and_then(|()| test(args)),
         Command::Lint => lint(),
         Command::Bench { args } => setup::setup(true).and_then(|()| bench(args)),
+        Command::Fuzz { seconds } => setup::setup(false).and_then(|()| fuzz(seconds)),
         Command::Install { destdir, no_build } => {
             let built = if no_build {
                 Ok(())
@@ -156,6 +163,22 @@ fn lint() -> anyhow::Result<()> {
         ],
         &[],
     )
+}
+
+/// The parsers that take untrusted bytes, each fuzzed in turn.
+const FUZZ_TARGETS: [&str; 3] = ["pg_server_message", "sql_analyze", "mask_free_text"];
+
+fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    // Through rustup's `cargo` (not $CARGO), so `+nightly` selects the toolchain.
+    if util::output("cargo", &["+nightly", "fuzz", "--version"]).is_none() {
+        util::run("cargo", &["install", "cargo-fuzz", "--locked"])?;
+    }
+    let dir = util::workspace_root().join("agent");
+    for target in FUZZ_TARGETS {
+        let time = format!("-max_total_time={seconds}");
+        util::run_in(&dir, "cargo", &["+nightly", "fuzz", "run", target, "--", &time], &[])?;
+    }
+    Ok(())
 }
 
 fn bench(args: Vec<OsString>) -> anyhow::Result<()> {

@@ -36,6 +36,8 @@ pub enum Opening {
 /// Runs the startup phase. `tls`: loopgate's server config when the target
 /// offers TLS to clients; otherwise SSLRequest is answered 'N'.
 pub async fn open(tcp: TcpStream, tls: Option<&Arc<ServerConfig>>) -> Result<Opening, SessionError> {
+    // Replies are written whole; Nagle would only hold them back.
+    tcp.set_nodelay(true)?;
     let mut stream = PgStream::Plain(tcp);
     let mut buf = BytesMut::with_capacity(1024);
     if let PgStream::Plain(tcp) = &stream {
