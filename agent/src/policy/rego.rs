@@ -627,7 +627,7 @@ pub fn run_tests(dir: impl AsRef<Path>) -> Result<TestReport, PolicyError> {
         e.set_input(Value::new_object());
         let result = catch_unwind(AssertUnwindSafe(|| e.eval_rule(name.clone())));
         let (passed, detail) = match result {
-            Ok(Ok(v)) if v == Value::Bool(true) => (true, None),
+            Ok(Ok(Value::Bool(true))) => (true, None),
             Ok(Ok(Value::Undefined)) => (false, Some("undefined".to_string())),
             Ok(Ok(v)) => (false, Some(v.to_json_str().unwrap_or_else(|_| "?".into()))),
             Ok(Err(e)) => (false, Some(e.to_string())),
