@@ -427,3 +427,29 @@ fn error_log_text_drops_quoted_values() {
         "p.rego:3:1: error: cannot compare \"?\" with 1"
     );
 }
+
+#[test]
+fn policy_test_command_exit_status() {
+    use std::process::ExitCode;
+    let run = |dir: &Path| {
+        cli::run(cli::PolicyCommand::Test {
+            dir: Some(dir.to_path_buf()),
+        })
+    };
+    assert_eq!(run(&pack_dir()), ExitCode::SUCCESS);
+    let dir = pack_copy();
+    let tests = dir.path().join("hipaa_test.rego");
+    let text = std::fs::read_to_string(&tests).unwrap();
+    std::fs::write(
+        &tests,
+        text.replace("d.rule_id == \"hipaa.deny_truncate\"", "d.rule_id == \"x\""),
+    )
+    .unwrap();
+    assert_eq!(run(dir.path()), ExitCode::FAILURE);
+    // No tests at all is not a pass.
+    assert_eq!(
+        run(tiny_pack("decision := {\"decision\": \"allow\"}").path()),
+        ExitCode::FAILURE
+    );
+    assert_eq!(run(Path::new("/nonexistent/policies")), ExitCode::FAILURE);
+}
