@@ -27,6 +27,11 @@ impl PolicyHandle {
         Self::with_config(engine, RegoPolicyConfig::default())
     }
 
+    /// A handle deciding with the Rego pack in `dir`.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self, PolicyError> {
+        Ok(Self::new(Arc::new(RegoPolicy::load(dir)?)))
+    }
+
     /// `config` applies to packs loaded by [`PolicyHandle::reload`].
     pub fn with_config(engine: Arc<dyn PolicyEngine>, config: RegoPolicyConfig) -> Self {
         PolicyHandle {

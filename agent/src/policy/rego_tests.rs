@@ -290,7 +290,7 @@ fn load_errors_name_file_and_line() {
 #[test]
 fn reload_keeps_the_old_policy_on_error_and_clears_the_cache() {
     let dir = pack_copy();
-    let handle = PolicyHandle::new(Arc::new(RegoPolicy::load(dir.path()).unwrap()));
+    let handle = PolicyHandle::load(dir.path()).unwrap();
     let a = analyst();
     assert_eq!(rule(&decide(&handle, &a, "truncate scratch")), "hipaa.deny_truncate");
 
@@ -344,6 +344,19 @@ fn cached_decisions_match_evaluated_ones() {
     .unwrap();
     assert_eq!(decide(&uncached, &a, "select name from patients where id = 1"), first);
     assert_eq!(uncached.cache_stats().0, 0);
+
+    // Expired entries are evaluated again.
+    let expiring = RegoPolicy::load_with(
+        pack_dir(),
+        &RegoPolicyConfig {
+            cache_ttl: Duration::ZERO,
+            ..RegoPolicyConfig::default()
+        },
+    )
+    .unwrap();
+    decide(&expiring, &a, "select name from patients where id = 1");
+    assert_eq!(decide(&expiring, &a, "select name from patients where id = 1"), first);
+    assert_eq!(expiring.cache_stats(), (0, 2));
 }
 
 #[test]
