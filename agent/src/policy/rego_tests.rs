@@ -466,3 +466,29 @@ fn policy_test_command_exit_status() {
     );
     assert_eq!(run(Path::new("/nonexistent/policies")), ExitCode::FAILURE);
 }
+
+#[test]
+fn reloads_while_sessions_decide() {
+    let dir = pack_copy();
+    let handle = Arc::new(PolicyHandle::load(dir.path()).unwrap());
+    let deciders: Vec<_> = (0..4)
+        .map(|_| {
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    // Every pack in force denies TRUNCATE; no decision may fail.
+                    assert_eq!(
+                        rule(&decide(handle.as_ref(), &analyst(), "truncate t")),
+                        "hipaa.deny_truncate"
+                    );
+                }
+            })
+        })
+        .collect();
+    for _ in 0..5 {
+        handle.reload(dir.path()).unwrap();
+    }
+    for t in deciders {
+        t.join().unwrap();
+    }
+}
