@@ -127,6 +127,7 @@ mod tests {
         let target = TargetInfo {
             name: "clinic".into(),
             protocol: "postgres".into(),
+            identity: "process".into(),
         };
         analyzer
             .analyze(sql)
@@ -138,6 +139,8 @@ mod tests {
                     process: &process,
                     target: &target,
                     statement,
+                    session: None,
+                    time: std::time::SystemTime::now(),
                 })
             })
             .collect()
@@ -281,8 +284,11 @@ mod tests {
             target: &TargetInfo {
                 name: "clinic".into(),
                 protocol: "postgres".into(),
+                identity: String::new(),
             },
             statement: &analysis.statements[0],
+            session: None,
+            time: std::time::UNIX_EPOCH + std::time::Duration::from_secs(86_400 * 4 + 3600 * 9 + 60 * 30),
         };
         let json = serde_json::to_value(input).unwrap();
         assert_eq!(json["principal"]["groups"][0], "oncall");
@@ -292,6 +298,13 @@ mod tests {
             json["statement"]["normalized_text"],
             "select ssn from patients where id = ?"
         );
+        // 1970-01-05 09:30 UTC was a Monday.
+        assert_eq!(
+            json["time"],
+            serde_json::json!({"unix_secs": 379_800, "weekday": 1, "hour": 9, "minute": 30})
+        );
+        assert!(json["session"].is_null());
+        assert_eq!(json["target"]["identity"], "");
     }
 
     #[test]

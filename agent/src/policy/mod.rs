@@ -5,10 +5,18 @@
 //! [`BuiltinPolicy`] without touching them. [`PolicyInput`] serializes to the
 //! JSON document a Rego policy sees as `input`.
 mod builtin;
+pub mod cli;
+mod handle;
+mod rego;
 
 pub use builtin::{BuiltinPolicy, BuiltinPolicyConfig, rule_ids};
+pub use handle::{PolicyHandle, PolicyWatcher, watch};
+pub use rego::{
+    DEFAULT_CACHE_ENTRIES, DEFAULT_CACHE_TTL, ENTRY_POINT, POLICY_ERROR_RULE, PolicyError, RegoPolicy,
+    RegoPolicyConfig, Summary, TestOutcome, TestReport, check, run_tests,
+};
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -40,6 +48,23 @@ pub struct TargetInfo {
     pub name: String,
     /// `postgres`, `ssh`, `http`, `tcp`.
     pub protocol: String,
+    /// How the target establishes the caller: `process` (the kernel's
+    /// attribution is the identity, no token is asked, the principal is
+    /// `unix:<user>`) or `token` (OIDC; an empty subject means nobody
+    /// authenticated). Empty means `token`, so policies fail towards asking.
+    pub identity: String,
+}
+
+/// The client session a statement arrives on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SessionInfo {
+    /// The session id audit records carry.
+    pub id: String,
+    /// The database the client asked for (PostgreSQL `database`), if known.
+    pub database: Option<String>,
+    /// The client's `application_name`, if it sent one (client-chosen: do
+    /// not grant anything on it).
+    pub application_name: Option<String>,
 }
 
 /// Everything a policy decides on, for one statement.
@@ -49,6 +74,41 @@ pub struct PolicyInput<'a> {
     pub process: &'a ProcessInfo,
     pub target: &'a TargetInfo,
     pub statement: &'a AnalyzedStatement,
+    pub session: Option<&'a SessionInfo>,
+    /// When the statement arrived; serialized as [`InputTime`] so Rego
+    /// rules need no time builtins.
+    #[serde(serialize_with = "serialize_time")]
+    pub time: SystemTime,
+}
+
+/// `input.time`: UTC, so working-hours rules read the same on every host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct InputTime {
+    pub unix_secs: u64,
+    /// 0 = Sunday ... 6 = Saturday.
+    pub weekday: u8,
+    pub hour: u8,
+    pub minute: u8,
+}
+
+impl InputTime {
+    pub fn of(time: SystemTime) -> Self {
+        // Before 1970 cannot happen on a sane host; clamp rather than fail.
+        let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let days = secs / 86_400;
+        let of_day = secs % 86_400;
+        InputTime {
+            unix_secs: secs,
+            // 1970-01-01 was a Thursday.
+            weekday: ((days + 4) % 7) as u8,
+            hour: (of_day / 3600) as u8,
+            minute: (of_day % 3600 / 60) as u8,
+        }
+    }
+}
+
+fn serialize_time<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    InputTime::of(*time).serialize(s)
 }
 
 /// Human approval needed before the statement runs.

@@ -54,6 +54,8 @@ impl Handler {
                     target: policy::TargetInfo {
                         name: target.name.clone(),
                         protocol: target.protocol.as_str().to_owned(),
+                        // The only identity PostgreSQL targets have so far.
+                        identity: "process".to_owned(),
                     },
                     upstream,
                     server_name: target.host().to_owned(),

@@ -20,7 +20,7 @@ use super::{
     wire::{self, sqlstate},
 };
 use crate::{
-    policy::{PolicyDecision, PolicyInput, Principal, ProcessInfo},
+    policy::{PolicyDecision, PolicyInput, Principal, ProcessInfo, SessionInfo},
     proxy::Session,
     sql::{Analysis, AnalyzedStatement},
 };
@@ -51,6 +51,7 @@ pub(super) struct Frontend<'s> {
     /// The caller as the policy sees it, built once per session.
     principal: Principal,
     process: ProcessInfo,
+    session_info: SessionInfo,
     statements: HashMap<Bytes, Arc<Prepared>>,
     portals: HashMap<Bytes, Portal>,
     /// After a refused extended-protocol message, everything up to the next
@@ -83,6 +84,10 @@ impl<'s> Frontend<'s> {
             catalog,
             principal: svc.principal_of(session),
             process: svc.process_of(session),
+            session_info: SessionInfo {
+                id: session.id.to_string(),
+                ..SessionInfo::default()
+            },
             statements: HashMap::new(),
             portals: HashMap::new(),
             skipping: false,
@@ -357,6 +362,8 @@ impl<'s> Frontend<'s> {
             process: &self.process,
             target: &self.svc.target,
             statement: stmt,
+            session: Some(&self.session_info),
+            time: std::time::SystemTime::now(),
         };
         match self.svc.policy.decide(&input) {
             // Approvals arrive with their own issue; until then a hold

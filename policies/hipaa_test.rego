@@ -1,0 +1,174 @@
+# Unit tests for the HIPAA pack: `loopgate policy test policies/`.
+package loopgate.hipaa_test
+
+import data.loopgate
+
+# --- input builders (the shape PolicyInput serializes to) ---
+
+principal(subject, groups) := {"subject": subject, "groups": groups}
+
+analyst := principal("alice", ["analysts"])
+
+clinician := principal("bob", ["clinical-staff"])
+
+nobody := principal("", [])
+
+stmt(kind, read, written) := {
+	"kind": kind,
+	"tables_read": read,
+	"tables_written": written,
+	"columns": [{"expr": "*", "alias": null}],
+	"has_where": false,
+	"has_limit": false,
+	"limit": null,
+	"dynamic": null,
+	"explain": false,
+	"copy_query": null,
+}
+
+req(who, identity, classification, text) := {
+	"principal": who,
+	"process": {"pid": 42, "uid": 1000, "user": "bot", "unit": "etl.service", "exe": "/usr/bin/psql", "comm": "psql"},
+	"target": {"name": "clinic", "protocol": "postgres", "identity": identity},
+	"statement": {
+		"fingerprint": "00000000000000aa",
+		"normalized_text": text,
+		"masked_text": text,
+		"classification": classification,
+		"error": null,
+	},
+	"session": {"id": "s-1", "database": "clinic", "application_name": null},
+	"time": {"unix_secs": 0, "weekday": 4, "hour": 0, "minute": 0},
+}
+
+ask(classification) := req(analyst, "token", classification, "")
+
+where(s) := object.union(s, {"has_where": true})
+
+limited(s, n) := object.union(s, {"has_limit": true, "limit": n})
+
+# --- deny ---
+
+test_truncate_denied_anywhere if {
+	d := loopgate.decision with input as ask(stmt("truncate", [], ["scratch"]))
+	d.decision == "deny"
+	d.rule_id == "hipaa.deny_truncate"
+	d.reason == "TRUNCATE is not allowed (scratch)"
+}
+
+test_drop_phi_table_denied if {
+	d := loopgate.decision with input as ask(stmt("drop_table", [], ["public.patients"]))
+	d.rule_id == "hipaa.deny_drop_phi_table"
+}
+
+test_drop_other_table_allowed if {
+	d := loopgate.decision with input as ask(stmt("drop_table", [], ["scratch"]))
+	d.decision == "allow"
+}
+
+test_alter_drop_column_on_phi_denied if {
+	d := loopgate.decision with input as req(analyst, "token", stmt("alter", [], ["patients"]), "ALTER TABLE patients DROP COLUMN ssn")
+	d.rule_id == "hipaa.deny_alter_drop_phi"
+}
+
+test_alter_add_column_on_phi_allowed if {
+	d := loopgate.decision with input as req(analyst, "token", stmt("alter", [], ["patients"]), "ALTER TABLE patients ADD COLUMN x int")
+	d.decision == "allow"
+}
+
+test_drop_database_denied if {
+	d := loopgate.decision with input as ask(stmt("drop_database", [], []))
+	d.rule_id == "hipaa.deny_drop_database"
+}
+
+test_unparseable_denied if {
+	i := object.union(ask(null), {"statement": {"classification": null, "error": {"error": "parse", "message": "x", "line": 1, "column": 2}}})
+	d := loopgate.decision with input as i
+	d.rule_id == "hipaa.deny_unparseable"
+}
+
+test_dynamic_denied if {
+	s := object.union(stmt("do_block", [], []), {"dynamic": {"reason": "do_block"}})
+	d := loopgate.decision with input as ask(s)
+	d.rule_id == "hipaa.deny_dynamic_sql"
+	d.reason == "dynamic SQL (do_block) runs code that cannot be checked"
+}
+
+test_unknown_principal_denied_on_token_target if {
+	d := loopgate.decision with input as req(nobody, "token", where(stmt("select", ["visits"], [])), "")
+	d.rule_id == "hipaa.deny_unknown_principal"
+}
+
+test_unknown_principal_allowed_on_process_target if {
+	d := loopgate.decision with input as req(nobody, "process", where(stmt("select", ["scratch"], [])), "")
+	d.decision == "allow"
+}
+
+test_deny_wins_over_hold if {
+	# Unknown principal and a bulk PHI read: the deny is reported.
+	d := loopgate.decision with input as req(nobody, "token", stmt("select", ["patients"], []), "")
+	d.decision == "deny"
+}
+
+# --- hold ---
+
+test_copy_to_of_phi_held_always if {
+	d := loopgate.decision with input as ask(stmt("copy_to", ["patients"], []))
+	d.decision == "hold"
+	d.rule_id == "hipaa.hold_phi_export"
+	d.approval.group == "phi-approvers"
+	d.approval.row_threshold == null
+}
+
+test_unbounded_phi_select_held_past_threshold if {
+	d := loopgate.decision with input as ask(stmt("select", ["patients"], []))
+	d.decision == "hold"
+	d.rule_id == "hipaa.hold_bulk_phi_select"
+	d.approval.row_threshold == 1000
+	d.approval.min_approvals == 1
+	d.approval.timeout_secs == 900
+	{"column": "patients.ssn", "mode": "partial"} in d.mask
+}
+
+test_large_limit_held if {
+	d := loopgate.decision with input as ask(limited(stmt("select", ["patients"], []), 50000))
+	d.rule_id == "hipaa.hold_bulk_phi_select"
+}
+
+test_small_limit_allowed if {
+	d := loopgate.decision with input as ask(limited(stmt("select", ["patients"], []), 10))
+	d.decision == "allow"
+}
+
+test_select_with_where_allowed if {
+	d := loopgate.decision with input as ask(where(stmt("select", ["patients"], [])))
+	d.decision == "allow"
+}
+
+test_unbounded_select_of_non_phi_allowed if {
+	d := loopgate.decision with input as ask(stmt("select", ["scratch"], []))
+	d.decision == "allow"
+	d.mask == []
+}
+
+# --- mask ---
+
+test_phi_masked_by_default if {
+	d := loopgate.decision with input as ask(where(stmt("select", ["patients"], [])))
+	{"column": "patients.name", "mode": "redact"} in d.mask
+	{"column": "patients.ssn", "mode": "partial"} in d.mask
+}
+
+test_clinical_staff_see_name_never_ssn if {
+	i := req(clinician, "token", where(stmt("select", ["public.patients"], [])), "")
+	d := loopgate.decision with input as i
+	{"column": "patients.name", "mode": "keep"} in d.mask
+	{"column": "patients.ssn", "mode": "partial"} in d.mask
+	not {"column": "patients.ssn", "mode": "keep"} in d.mask
+}
+
+test_returning_of_phi_write_masked if {
+	d := loopgate.decision with input as ask(where(stmt("update", [], ["patients"])))
+	d.decision == "allow"
+	{"column": "patients.ssn", "mode": "partial"} in d.mask
+}
