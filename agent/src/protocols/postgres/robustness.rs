@@ -49,6 +49,7 @@ fn service() -> Service {
         target: policy::TargetInfo {
             name: "db".into(),
             protocol: "postgres".into(),
+            identity: "process".into(),
         },
         upstream: UpstreamSettings {
             user: "app".into(),
