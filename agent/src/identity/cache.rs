@@ -34,7 +34,10 @@ impl TokenCache {
 
     pub fn get(&self, key: &TokenHash, now: SystemTime) -> Option<ValidatedToken> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh = entries.get(key).map(|t| now <= t.expires_at + self.leeway)?;
+        let leeway = self.leeway;
+        let fresh = entries
+            .get(key)
+            .map(|t| t.expires_at.checked_add(leeway).is_some_and(|deadline| now <= deadline))?;
         if fresh {
             entries.get(key).cloned()
         } else {

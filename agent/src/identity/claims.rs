@@ -75,13 +75,18 @@ pub(crate) fn check(
         .map(str::to_string);
     let email = claims.get("email").and_then(Value::as_str).map(str::to_string);
     let groups = groups(claims, rules.groups_claim);
+    // Checked: an absurd `exp` must not overflow time arithmetic later.
+    let expires_at = UNIX_EPOCH
+        .checked_add(Duration::from_secs(exp.max(0) as u64))
+        .and_then(|t| t.checked_add(Duration::from_secs(rules.leeway_secs)).map(|_| t))
+        .ok_or(TokenError::MissingClaim("exp"))?;
     Ok(ValidatedToken {
         subject,
         issuer: issuer.to_string(),
         email,
         groups,
         client_id,
-        expires_at: UNIX_EPOCH + Duration::from_secs(exp.max(0) as u64),
+        expires_at,
     })
 }
 
@@ -187,6 +192,9 @@ mod tests {
         );
         assert_eq!(run(with("exp", json!(1e300))), Err(TokenError::MissingClaim("exp")));
         assert_eq!(run(with("iat", Value::Null)), Err(TokenError::MissingClaim("iat")));
+        // Far-future exp: accepted or refused, never an overflow panic.
+        let _ = run(with("exp", json!(i64::MAX)));
+        let _ = run(with("exp", json!(u64::MAX)));
     }
 
     #[test]

@@ -34,8 +34,6 @@ pub enum KeyFetchError {
     BadDiscovery(String),
     #[error("JWKS is not valid: {0}")]
     BadJwks(String),
-    #[error("rate limited: last on-demand fetch was less than {0:?} ago")]
-    RateLimited(Duration),
 }
 
 #[derive(Deserialize)]

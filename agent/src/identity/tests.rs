@@ -1,5 +1,8 @@
 //! The validator against the in-process issuer: real HTTP, real keys, real signatures.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use super::test_issuer::{TestIssuer, now_secs};
@@ -278,4 +281,21 @@ async fn discovery_must_name_the_configured_issuer() {
         v.validate(&issuer.mint(&issuer.claims("a", AUD))).await,
         Err(TokenError::KeysUnavailable)
     );
+}
+
+#[tokio::test]
+async fn periodic_refresh_runs_until_the_validator_is_dropped() {
+    let issuer = TestIssuer::start().await.unwrap();
+    let mut config = issuer.oidc_config(AUD);
+    config.refresh_secs = 1;
+    let v = Arc::new(OidcValidator::new(config, vec![]).unwrap());
+    v.refresh().await.unwrap();
+    let task = v.spawn_refresh();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(issuer.jwks_requests(), 2);
+    drop(v);
+    tokio::time::timeout(Duration::from_secs(3), task)
+        .await
+        .expect("refresh task ends")
+        .unwrap();
 }
