@@ -8,6 +8,7 @@
 //! nothing. The P-256 key is generated per issuer.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,9 +21,10 @@ use ring::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
 use rustls_pki_types::PrivatePkcs8KeyDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use super::config::OidcConfig;
 
@@ -126,6 +128,7 @@ struct TestKey {
 
 struct Inner {
     issuer: String,
+    tls: Option<TlsAcceptor>,
     keys: Mutex<Keys>,
     discovery_requests: AtomicUsize,
     jwks_requests: AtomicUsize,
@@ -163,6 +166,21 @@ impl TestIssuer {
     /// Listens on 127.0.0.1 (random port) with one RSA key (`rsa-1`) and one
     /// P-256 key (`ec-1`) published.
     pub async fn start() -> std::io::Result<TestIssuer> {
+        Self::start_inner(None).await
+    }
+
+    /// The same over https, with a leaf for 127.0.0.1 from a local CA kept in
+    /// `ca_dir`; trust `<ca_dir>/ca.pem` (returned) through `ca_file`.
+    pub async fn start_tls(ca_dir: &Path) -> std::io::Result<(TestIssuer, std::path::PathBuf)> {
+        let ca = crate::protocols::postgres::tls::LocalCa::load_or_create(ca_dir).map_err(std::io::Error::other)?;
+        let server = ca.server_config(&["127.0.0.1".into()]).map_err(std::io::Error::other)?;
+        let mut server = (*server).clone();
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let issuer = Self::start_inner(Some(TlsAcceptor::from(Arc::new(server)))).await?;
+        Ok((issuer, ca.cert_path()))
+    }
+
+    async fn start_inner(tls: Option<TlsAcceptor>) -> std::io::Result<TestIssuer> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let rng = SystemRandom::new();
@@ -185,7 +203,8 @@ impl TestIssuer {
             published: true,
         });
         let inner = Arc::new(Inner {
-            issuer: format!("http://{addr}"),
+            issuer: format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
+            tls,
             keys: Mutex::new(Keys { all, current: 0 }),
             discovery_requests: AtomicUsize::new(0),
             jwks_requests: AtomicUsize::new(0),
@@ -198,7 +217,7 @@ impl TestIssuer {
         })
     }
 
-    /// `http://127.0.0.1:<port>`: also the `iss` of minted tokens.
+    /// `http://127.0.0.1:<port>` (`https` from `start_tls`): also the `iss` of minted tokens.
     pub fn issuer(&self) -> &str {
         &self.inner.issuer
     }
@@ -395,11 +414,21 @@ async fn serve(listener: TcpListener, inner: Arc<Inner>) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        tokio::spawn(answer(stream, inner.clone()));
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            match &inner.tls {
+                Some(acceptor) => {
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        answer(tls, &inner).await;
+                    }
+                }
+                None => answer(stream, &inner).await,
+            }
+        });
     }
 }
 
-async fn answer(mut stream: TcpStream, inner: Arc<Inner>) {
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, inner: &Inner) {
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {

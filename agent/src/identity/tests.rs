@@ -299,3 +299,22 @@ async fn periodic_refresh_runs_until_the_validator_is_dropped() {
         .expect("refresh task ends")
         .unwrap();
 }
+
+#[tokio::test]
+async fn https_issuer_with_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (issuer, ca_pem) = TestIssuer::start_tls(dir.path()).await.unwrap();
+    assert!(issuer.issuer().starts_with("https://127.0.0.1:"));
+    let mut config = issuer.oidc_config(AUD);
+    config.ca_file = Some(ca_pem);
+    let v = OidcValidator::new(config, vec![]).unwrap();
+    let t = v.validate(&issuer.mint(&issuer.claims("over-tls", AUD))).await.unwrap();
+    assert_eq!(t.subject, "over-tls");
+
+    // Without the private CA (public web roots only) the issuer is not trusted.
+    let untrusted = OidcValidator::new(issuer.oidc_config(AUD), vec![]).unwrap();
+    let err = untrusted.refresh().await.unwrap_err();
+    assert!(err.to_string().contains("tls"), "{err}");
+    let token = issuer.mint(&issuer.claims("x", AUD));
+    assert_eq!(untrusted.validate(&token).await, Err(TokenError::KeysUnavailable));
+}
