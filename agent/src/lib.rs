@@ -5,6 +5,7 @@ pub mod audit;
 pub mod config;
 pub mod control;
 pub mod exec;
+pub mod identity;
 pub mod intercept;
 pub mod mask;
 pub mod notify;
