@@ -517,3 +517,166 @@ fn tls_on_both_sides() {
         .expect("CA key");
     assert_eq!(key.metadata().unwrap().permissions().mode() & 0o077, 0);
 }
+
+/// psql inside the cgroup (or in the child cgroup `unit` below it, which
+/// makes that the systemd unit loopgate sees), as nobody, presenting
+/// `token` as its password.
+fn psql_with_token(f: &Fixture, unit: Option<&str>, token: &str, sql: &str) -> Output {
+    let conninfo = format!(
+        "host={} port={} user=bot dbname=postgres",
+        f.pg.addr.ip(),
+        f.pg.addr.port()
+    );
+    let enter = match unit {
+        Some(unit) => {
+            let dir = f.agent.cgroup_dir.join(unit);
+            std::fs::create_dir_all(&dir).unwrap();
+            format!("echo $$ > {}/cgroup.procs && ", dir.display())
+        }
+        None => String::new(),
+    };
+    // Joining a cgroup needs root; psql itself then runs as nobody.
+    let script = format!(
+        "{enter}exec setpriv --reuid=nobody --regid=nogroup --clear-groups \
+         env HOME=/nonexistent PGPASSWORD=\"$1\" psql -X -A -t \"$2\" -c \"$3\""
+    );
+    f.agent.exec(&["sh", "-c", &script, "sh", token, &conninfo, sql])
+}
+
+#[test]
+fn tokens_groups_and_units_decide_with_the_policy_pack() {
+    require_ebpf!();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let issuer = runtime
+        .block_on(loopgate::identity::test_issuer::TestIssuer::start())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    for entry in std::fs::read_dir(loopgate_e2e::env::workspace_root().join("policies"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::copy(entry.path(), policies.join(entry.file_name())).unwrap();
+    }
+    let key = dir.path().join("hash.key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let extra = format!(
+        "[mask]\nhash_key_file = \"{}\"\n[policy]\ndir = \"{}\"\n[identity.oidc]\nissuer = \"{}\"\naudience = \"loopgate\"\n\
+         [[identity.binding]]\nsubject = \"etl-bot\"\nunits = [\"etl.service\"]\n",
+        key.display(),
+        policies.display(),
+        issuer.issuer()
+    );
+    let f = Fixture::start_with(PgOptions::default(), &extra, |mut target, _| {
+        target.extra = target.extra.replace("identity = \"process\"", "identity = \"oidc\"");
+        target
+    });
+    let token = |subject: &str, groups: &[&str]| {
+        let mut claims = issuer.claims(subject, "loopgate");
+        claims["groups"] = serde_json::json!(groups);
+        issuer.mint(&claims)
+    };
+    let nurse = token("nurse-1", &["clinical-staff"]);
+    let analyst = token("analyst-1", &[]);
+    let one = "SELECT name, ssn, dob FROM patients WHERE id = 1";
+
+    let out = psql_with_token(&f, None, &nurse, one);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        f.agent.log()
+    );
+    let row: Vec<&str> = stdout.trim().split('|').collect();
+    assert_eq!(row[0], "Patient 1", "clinical staff see names");
+    assert!(row[1].starts_with("***-**-"), "nobody sees an SSN: {stdout}");
+    assert!(row[2].starts_with("19"), "clinical staff see birth dates: {stdout}");
+
+    let out = psql_with_token(&f, None, &analyst, one);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let row: Vec<&str> = stdout.trim().split('|').collect();
+    assert!(
+        row[0].contains('*') && row[1].starts_with("***-**-") && row[2].contains('*'),
+        "{stdout}"
+    );
+
+    // Same statement, different decisions: an unbounded read of a PHI table
+    // needs approval (which this build cannot grant), TRUNCATE never runs.
+    let out = psql_with_token(&f, None, &nurse, "SELECT name FROM patients");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hipaa.hold_bulk_phi_select"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = psql_with_token(&f, None, &nurse, "TRUNCATE visits");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hipaa.deny_truncate"));
+
+    // Tokens that must not get in.
+    let mut expired = issuer.claims("nurse-1", "loopgate");
+    expired["exp"] = serde_json::json!(loopgate::identity::test_issuer::now_secs() - 600);
+    let wrong_audience = issuer.mint(&issuer.claims("nurse-1", "someone-else"));
+    for (what, bad) in [
+        ("garbage", "not-a-jwt".to_owned()),
+        ("expired", issuer.mint(&expired)),
+        ("wrong audience", wrong_audience),
+    ] {
+        let out = psql_with_token(&f, None, &bad, one);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("authentication failed"),
+            "{what}: {stderr}"
+        );
+    }
+
+    // A bound token works only from its unit.
+    let etl = token("etl-bot", &[]);
+    let out = psql_with_token(&f, None, &etl, "SELECT 1");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("authentication failed"),
+        "etl-bot outside its unit"
+    );
+    let out = psql_with_token(&f, Some("etl.service"), &etl, "SELECT 1");
+    assert!(
+        out.status.success(),
+        "etl-bot in etl.service: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every decision is recorded with the principal.
+    let events = f.agent.wait_events("commands", |e| commands(e).len() >= 5);
+    let nurse_commands: Vec<&Value> = commands(&events)
+        .into_iter()
+        .filter(|e| e["principal"]["subject"] == "nurse-1")
+        .collect();
+    assert!(
+        nurse_commands
+            .iter()
+            .any(|e| e["principal"]["groups"][0] == "clinical-staff")
+    );
+    assert!(
+        nurse_commands
+            .iter()
+            .any(|e| e["decision"]["rule_id"] == "hipaa.deny_truncate")
+    );
+    let ends: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "session_end" && e["outcome"]["status"] == "auth_failed")
+        .collect();
+    assert!(ends.len() >= 4, "refused logins are recorded: {}", ends.len());
+
+    // A broken policy file is refused on reload; the old pack keeps deciding.
+    std::fs::write(policies.join("broken.rego"), "package loopgate\nthis is not rego {").unwrap();
+    f.agent.wait_events("the refused reload", |e| {
+        e.iter()
+            .any(|e| e["kind"] == "policy_reload" && e["decision"]["verdict"] == "error")
+    });
+    let out = psql_with_token(&f, None, &nurse, "TRUNCATE visits");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hipaa.deny_truncate"),
+        "the old policy still decides"
+    );
+    drop(runtime);
+}

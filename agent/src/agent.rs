@@ -1,5 +1,5 @@
 //! `loopgate run`: the agent's life from start to SIGTERM.
-use std::sync::Arc;
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
 use tokio::{
@@ -8,11 +8,15 @@ use tokio::{
 };
 
 use crate::{
-    audit::{AuditLog, AuditStore, Event, EventKind},
+    audit::{AuditLog, AuditStore, Decision, Event, EventKind, Verdict},
     config::Config,
     control,
+    identity::OidcValidator,
     intercept::{self, Interceptor},
+    mask::Masker,
     notify::notify,
+    policy::{BuiltinPolicy, PolicyError, PolicyHandle, Summary},
+    protocols::Shared,
     proxy::{Listeners, Proxy},
 };
 
@@ -28,13 +32,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("opening the audit store in {}", config.audit.dir.display()))?,
     );
 
+    let (shared, policy) = shared_state(&config).await?;
+
     // Listen first: the pinned programs may already be redirecting to us.
     let port = config.intercept.listen_port;
     let listeners = Listeners::bind(port)
         .await
         .with_context(|| format!("listening on 127.0.0.1:{port} and [::1]:{port}"))?;
     let interceptor = Arc::new(Interceptor::start(&config, cgroups)?);
-    let proxy = Proxy::new(config.clone(), interceptor.clone(), audit.clone())?;
+    let proxy = Proxy::new(config.clone(), interceptor.clone(), audit.clone(), &shared)?;
+    let _watcher = config.policy_dir.as_ref().map(|dir| {
+        let (audit, runtime, dir_shown) = (audit.clone(), tokio::runtime::Handle::current(), dir.clone());
+        crate::policy::watch(policy.clone(), dir.clone(), Duration::from_secs(1), move |result| {
+            runtime.spawn(record_reload(audit.clone(), dir_shown.clone(), result));
+        })
+    });
     control::serve(&config.control.socket, proxy.clone(), interceptor.clone())
         .with_context(|| format!("opening the control socket {}", config.control.socket.display()))?;
 
@@ -54,10 +66,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let proxy_task = tokio::spawn(proxy.clone().run(listeners, stop_rx));
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: stopping (interception stays pinned)"),
-        _ = sigint.recv() => tracing::info!("SIGINT: stopping (interception stays pinned)"),
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => {
+                tracing::info!("SIGTERM: stopping (interception stays pinned)");
+                break;
+            }
+            _ = sigint.recv() => {
+                tracing::info!("SIGINT: stopping (interception stays pinned)");
+                break;
+            }
+            _ = sighup.recv() => match &config.policy_dir {
+                Some(dir) => record_reload(audit.clone(), dir.clone(), policy.reload(dir)).await,
+                None => tracing::info!("SIGHUP: no policy directory configured; nothing to reload"),
+            },
+        }
     }
     notify("STOPPING=1");
     let _ = stop_tx.send(true);
@@ -72,4 +97,73 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     audit.close().await.context("closing the audit store")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What every target shares: the masker, the policy (a reloadable handle,
+/// loaded now so a bad pack stops the agent before it intercepts anything)
+/// and the OIDC validator.
+async fn shared_state(config: &Config) -> anyhow::Result<(Shared, Arc<PolicyHandle>)> {
+    let masker = Masker::from_config(&config.mask).context("[mask]")?;
+    let policy = Arc::new(match &config.policy_dir {
+        Some(dir) => {
+            PolicyHandle::load(dir).with_context(|| format!("loading the policy pack in {}", dir.display()))?
+        }
+        None => PolicyHandle::new(Arc::new(BuiltinPolicy::new(config.policy.clone()))),
+    });
+    let oidc = match &config.identity {
+        Some(identity) => {
+            let validator = Arc::new(OidcValidator::from_config(identity).context("[identity.oidc]")?);
+            // Keys now if the issuer answers; validation fails closed until it does.
+            match tokio::time::timeout(Duration::from_secs(10), validator.refresh()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "OIDC keys unavailable at start; tokens are refused until they are fetched")
+                }
+                Err(_) => tracing::warn!("OIDC issuer did not answer at start; tokens are refused until it does"),
+            }
+            validator.spawn_refresh();
+            Some(validator)
+        }
+        None => None,
+    };
+    let engine: Arc<dyn crate::policy::PolicyEngine> = policy.clone();
+    Ok((
+        Shared {
+            masker,
+            policy: engine,
+            oidc,
+        },
+        policy,
+    ))
+}
+
+/// Logs and records a policy reload: a bad pack never replaces a good one,
+/// and the refusal is in the audit trail.
+async fn record_reload(audit: AuditLog, dir: PathBuf, result: Result<Summary, PolicyError>) {
+    let mut event = Event::new(EventKind::PolicyReload);
+    event.decision = Some(match &result {
+        Ok(summary) => {
+            tracing::info!(dir = %dir.display(), ?summary, "policy reloaded");
+            Decision {
+                verdict: Verdict::Allow,
+                rule_id: None,
+                reason: Some(format!("loaded {}", dir.display())),
+                approver: None,
+                wait_us: None,
+            }
+        }
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "policy reload refused; the previous policy stays");
+            Decision {
+                verdict: Verdict::Error,
+                rule_id: Some("policy.reload".to_owned()),
+                reason: Some(format!("reload refused, previous policy kept: {e}")),
+                approver: None,
+                wait_us: None,
+            }
+        }
+    });
+    if let Err(e) = audit.append(event).await {
+        tracing::error!(error = %e, "could not record a policy reload");
+    }
 }

@@ -14,7 +14,7 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::audit::AuditConfig;
+use crate::{audit::AuditConfig, identity::IdentityConfig};
 
 use crate::{
     mask::MaskConfig, policy::BuiltinPolicyConfig, protocols::postgres::config::UpstreamConfig, sql::SqlConfig,
@@ -34,8 +34,13 @@ pub struct Config {
     pub mask: MaskConfig,
     /// SQL analysis (PostgreSQL targets).
     pub sql: SqlConfig,
-    /// The built-in policy, used until a Rego policy is configured.
+    /// The built-in policy, used when no policy directory is configured.
     pub policy: BuiltinPolicyConfig,
+    /// A Rego policy pack (`[policy] dir`); replaces the built-in policy.
+    pub policy_dir: Option<PathBuf>,
+    /// OIDC token validation (`[identity.oidc]`), for targets with
+    /// `identity = "oidc"`.
+    pub identity: Option<IdentityConfig>,
     pub tls: TlsConfig,
     pub targets: Vec<Target>,
 }
@@ -94,6 +99,18 @@ impl Protocol {
 pub enum Identity {
     /// The process the kernel saw is the identity (no token asked).
     Process,
+    /// An OIDC token, presented on the protocol's own channel (PostgreSQL:
+    /// the password), validated, and bound to the process the kernel saw.
+    Oidc,
+}
+
+impl Identity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Identity::Process => "process",
+            Identity::Oidc => "oidc",
+        }
+    }
 }
 
 /// The PostgreSQL part of a target.
@@ -211,6 +228,7 @@ mod raw {
         pub policy: Policy,
         #[serde(default)]
         pub tls: Tls,
+        pub identity: Option<Spanned<IdentityConfig>>,
         #[serde(default, rename = "target")]
         pub targets: Vec<Target>,
     }
@@ -220,6 +238,7 @@ mod raw {
     pub struct Policy {
         #[serde(default)]
         pub builtin: BuiltinPolicyConfig,
+        pub dir: Option<PathBuf>,
     }
 
     #[derive(Deserialize, Default)]
@@ -283,9 +302,18 @@ impl Validator<'_> {
 
     fn validate(&self, raw: raw::File) -> Result<Config, ConfigError> {
         let intercept = self.intercept(raw.intercept)?;
+        let identity = match raw.identity {
+            Some(i) => {
+                if let Err(e) = i.get_ref().oidc.validate() {
+                    return self.error("identity.oidc", i.span(), e.to_string());
+                }
+                Some(i.into_inner())
+            }
+            None => None,
+        };
         let mut targets: Vec<Target> = Vec::with_capacity(raw.targets.len());
         for t in raw.targets {
-            let target = self.target(t, &targets)?;
+            let target = self.target(t, &targets, identity.is_some())?;
             targets.push(target);
         }
         let connect_timeout = match raw.proxy.connect_timeout_secs {
@@ -311,6 +339,8 @@ impl Validator<'_> {
             mask: raw.mask,
             sql: raw.sql,
             policy: raw.policy.builtin,
+            policy_dir: raw.policy.dir,
+            identity,
             tls: TlsConfig {
                 ca_dir: raw.tls.ca_dir.unwrap_or_else(|| PathBuf::from("/var/lib/loopgate/ca")),
             },
@@ -378,7 +408,7 @@ impl Validator<'_> {
         })
     }
 
-    fn target(&self, raw: raw::Target, earlier: &[Target]) -> Result<Target, ConfigError> {
+    fn target(&self, raw: raw::Target, earlier: &[Target], oidc_configured: bool) -> Result<Target, ConfigError> {
         let name = raw.name.get_ref().trim().to_owned();
         if name.is_empty() {
             return self.error("target.name", raw.name.span(), "must not be empty");
@@ -406,7 +436,7 @@ impl Validator<'_> {
                 return self.error("target.protocol", raw.protocol.span(), message);
             }
         };
-        let postgres = self.postgres(protocol, &raw)?;
+        let postgres = self.postgres(protocol, &raw, oidc_configured)?;
         let address = raw.address.get_ref().clone();
         let endpoints =
             resolve(&address).or_else(|message| self.error("target.address", raw.address.span(), message))?;
@@ -429,7 +459,12 @@ impl Validator<'_> {
     }
 
     /// The PostgreSQL keys of a target: required for postgres, refused for others.
-    fn postgres(&self, protocol: Protocol, raw: &raw::Target) -> Result<Option<PostgresTarget>, ConfigError> {
+    fn postgres(
+        &self,
+        protocol: Protocol,
+        raw: &raw::Target,
+        oidc_configured: bool,
+    ) -> Result<Option<PostgresTarget>, ConfigError> {
         if protocol != Protocol::Postgres {
             if let Some(u) = &raw.upstream {
                 return self.error(
@@ -459,19 +494,17 @@ impl Validator<'_> {
         }
         let identity = match raw.identity.as_ref().map(|i| (i.get_ref().as_str(), i.span())) {
             None | Some(("process", _)) => Identity::Process,
+            Some(("oidc", _)) if oidc_configured => Identity::Oidc,
             Some(("oidc", span)) => {
                 return self.error(
                     "target.identity",
                     span,
-                    "\"oidc\" is not supported by this build yet (supported: \"process\")",
+                    "\"oidc\" needs an [identity.oidc] table (issuer, audience)",
                 );
             }
             Some((other, span)) => {
-                return self.error(
-                    "target.identity",
-                    span,
-                    format!("unknown identity {other:?} (supported: \"process\")"),
-                );
+                let message = format!("unknown identity {other:?} (supported: \"process\", \"oidc\")");
+                return self.error("target.identity", span, message);
             }
         };
         Ok(Some(PostgresTarget {

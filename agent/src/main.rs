@@ -8,6 +8,7 @@ use loopgate::{
     config::{Config, DEFAULT_PATH},
     control::{self, Request, Response},
     exec, intercept,
+    policy::cli::{self as policy_cli, PolicyCommand},
 };
 
 /// Exit status for a configuration or usage error.
@@ -66,7 +67,10 @@ enum Command {
     /// Inspect the audit trail: verify the hash chain, tail, replay a session.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Validate a configuration file.
+    /// Work with the Rego policy pack.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Validate a configuration file (and the policy pack it names).
     Check {
         #[arg(long, short, default_value = DEFAULT_PATH)]
         config: PathBuf,
@@ -142,22 +146,37 @@ fn main() -> ExitCode {
             }
         }
         Command::Audit(cmd) => audit_cli::run(cmd),
-        Command::Check { config } => match Config::load(Some(&config)) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} cgroups, {} targets)",
-                    config.display(),
-                    c.intercept.cgroups.len(),
-                    c.targets.len()
-                );
-                ExitCode::SUCCESS
-            }
+        Command::Policy(cmd) => policy_cli::run(cmd),
+        Command::Check { config } => check(&config),
+    }
+}
+
+/// `loopgate check`: the config, then the policy pack it names.
+fn check(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(Some(path)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("loopgate: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let policy = match &config.policy_dir {
+        Some(dir) => match loopgate::policy::check(dir) {
+            Ok(summary) => format!(", policy pack {} ({summary:?})", dir.display()),
             Err(e) => {
-                eprintln!("loopgate: {e}");
-                ExitCode::from(EXIT_USAGE)
+                eprintln!("loopgate: policy pack {}: {e}", dir.display());
+                return ExitCode::from(EXIT_USAGE);
             }
         },
-    }
+        None => ", built-in policy".to_owned(),
+    };
+    println!(
+        "{}: ok ({} cgroups, {} targets{policy})",
+        path.display(),
+        config.intercept.cgroups.len(),
+        config.targets.len()
+    );
+    ExitCode::SUCCESS
 }
 
 /// Loads the config, printing the error and giving exit status 2 on failure.

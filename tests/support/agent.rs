@@ -295,8 +295,13 @@ impl Drop for Agent {
     }
 }
 
-/// Kills what is left in a test cgroup, then removes it.
+/// Kills what is left in a test cgroup (and its children), then removes it.
 fn remove_cgroup(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for child in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+            remove_cgroup(&child.path());
+        }
+    }
     for _ in 0..50 {
         let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
         for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {

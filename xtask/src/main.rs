@@ -144,8 +144,15 @@ fn test(args: Vec<OsString>) -> anyhow::Result<()> {
         .iter()
         .map(OsString::from)
         .collect();
+    let filtered = !args.is_empty();
     cargo_args.extend(args);
-    util::cargo_os(&cargo_args, &env)
+    util::cargo_os(&cargo_args, &env)?;
+    if filtered {
+        return Ok(());
+    }
+    // The policy pack's own Rego unit tests.
+    let policies = root.join("policies");
+    util::run_in(&root, &binary.to_string_lossy(), &["policy", "test", &policies.to_string_lossy()], &[])
 }
 
 fn lint() -> anyhow::Result<()> {

@@ -10,12 +10,23 @@ use anyhow::Context as _;
 use tokio::net::TcpStream;
 
 use crate::{
-    config::{Config, Protocol, Target},
+    config::{Config, Identity, Protocol, Target},
+    identity::OidcValidator,
     mask::Masker,
-    policy::{self, BuiltinPolicy},
+    policy::{self, PolicyEngine},
     proxy::{Session, SessionEnd},
     sql::{AnalysisCache, Analyzer},
 };
+
+/// What every target's handler shares: built once by the agent.
+#[derive(Clone)]
+pub struct Shared {
+    pub masker: Masker,
+    /// The policy engine (a reloadable handle).
+    pub policy: Arc<dyn PolicyEngine>,
+    /// OIDC token validation, when `[identity.oidc]` is configured.
+    pub oidc: Option<Arc<OidcValidator>>,
+}
 
 /// A target's handler, with the state its sessions share.
 pub enum Handler {
@@ -26,7 +37,8 @@ pub enum Handler {
 impl Handler {
     /// Builds the handler of `target`: reads its secrets and prepares what
     /// its sessions share. Fails at agent start, not at the first session.
-    pub fn for_target(target: &Target, config: &Config, masker: &Masker) -> anyhow::Result<Handler> {
+    pub fn for_target(target: &Target, config: &Config, shared: &Shared) -> anyhow::Result<Handler> {
+        let masker = &shared.masker;
         match target.protocol {
             Protocol::Tcp => Ok(Handler::Tcp),
             Protocol::Postgres => {
@@ -49,17 +61,26 @@ impl Handler {
                 };
                 Ok(Handler::Postgres(Box::new(postgres::Service {
                     analysis: AnalysisCache::new(Analyzer::new(&config.sql, masker.clone())),
-                    policy: Arc::new(BuiltinPolicy::new(config.policy.clone())),
+                    policy: shared.policy.clone(),
                     masker: masker.clone(),
                     target: policy::TargetInfo {
                         name: target.name.clone(),
                         protocol: target.protocol.as_str().to_owned(),
-                        // The only identity PostgreSQL targets have so far.
-                        identity: "process".to_owned(),
+                        identity: pg.identity.as_str().to_owned(),
                     },
                     upstream,
                     server_name: target.host().to_owned(),
                     client_tls,
+                    identity: pg.identity,
+                    oidc: match pg.identity {
+                        Identity::Oidc => Some(
+                            shared
+                                .oidc
+                                .clone()
+                                .context("identity = \"oidc\" without [identity.oidc]")?,
+                        ),
+                        Identity::Process => None,
+                    },
                     cancels: Default::default(),
                     tables: Default::default(),
                 })))

@@ -23,10 +23,8 @@ use crate::{
     audit::{AuditLog, Decision, Event, EventKind, Outcome, Verdict},
     config::{Config, Target},
     intercept::{Intercepted, Interceptor, endpoint},
-    mask::Masker,
-    protocols::{self, Handler},
+    protocols::{self, Handler, Shared},
 };
-use anyhow::Context as _;
 
 /// How long the proxy waits for the kernel's record of a just-accepted
 /// connection. The record is written when the client's handshake completes,
@@ -80,15 +78,19 @@ struct Route {
 impl Proxy {
     /// Builds every target's handler (reading secrets, preparing caches);
     /// an error here stops the agent before it intercepts anything.
-    pub fn new(config: Arc<Config>, interceptor: Arc<Interceptor>, audit: AuditLog) -> anyhow::Result<Arc<Proxy>> {
-        let masker = Masker::from_config(&config.mask).context("[mask]")?;
+    pub fn new(
+        config: Arc<Config>,
+        interceptor: Arc<Interceptor>,
+        audit: AuditLog,
+        shared: &Shared,
+    ) -> anyhow::Result<Arc<Proxy>> {
         let routes = config
             .targets
             .iter()
             .map(|t| {
                 Ok(Route {
                     target: Arc::new(t.clone()),
-                    handler: Arc::new(Handler::for_target(t, &config, &masker)?),
+                    handler: Arc::new(Handler::for_target(t, &config, shared)?),
                 })
             })
             .collect::<anyhow::Result<_>>()?;

@@ -45,6 +45,8 @@ use self::{
 };
 use crate::{
     audit::{AuditError, Principal},
+    config::Identity,
+    identity::OidcValidator,
     mask::Masker,
     policy::{self, PolicyEngine},
     proxy::{Session, SessionEnd},
@@ -66,6 +68,10 @@ pub struct Service {
     pub server_name: String,
     /// loopgate's TLS server config, when the target offers TLS to clients.
     pub client_tls: Option<Arc<rustls::ServerConfig>>,
+    /// How callers are identified.
+    pub identity: Identity,
+    /// Token validation, for `identity = "oidc"`.
+    pub oidc: Option<Arc<OidcValidator>>,
     pub cancels: CancelRegistry,
     /// Real names of the tables and columns results come from.
     pub tables: catalog::TableCache,
@@ -96,20 +102,11 @@ pub async fn serve(svc: &Service, session: &Session, client: TcpStream, connect_
             buf,
         } => (stream, parameters, buf),
     };
-    // identity = "process": the kernel's attribution is the identity.
-    let _ = session.principal.set(Principal {
-        subject: Some(format!(
-            "unix:{}",
-            session
-                .process
-                .user
-                .clone()
-                .unwrap_or_else(|| session.process.uid.map_or("?".into(), |u| u.to_string()))
-        )),
-        issuer: Some("kernel".to_owned()),
-        email: None,
-        groups: Vec::new(),
-    });
+    let principal = match authenticate(svc, session, &mut stream).await {
+        Ok(p) => p,
+        Err(end) => return end,
+    };
+    let _ = session.principal.set(principal);
 
     let connected = tokio::time::timeout(
         connect_timeout,
@@ -175,6 +172,67 @@ pub async fn serve(svc: &Service, session: &Session, client: TcpStream, connect_
         svc.cancels.unregister(key);
     }
     end
+}
+
+/// Establishes who the caller is. `process`: the kernel's attribution.
+/// `oidc`: the password message carries a token, which must validate and
+/// be bound to the process the kernel saw; a refusal is a FATAL 28000.
+async fn authenticate(
+    svc: &Service,
+    session: &Session,
+    stream: &mut stream::PgStream,
+) -> Result<Principal, SessionEnd> {
+    let process = &session.process;
+    let Some(oidc) = svc.oidc.as_ref().filter(|_| svc.identity == Identity::Oidc) else {
+        let user = process
+            .user
+            .clone()
+            .unwrap_or_else(|| process.uid.map_or_else(|| "?".to_owned(), |u| u.to_string()));
+        return Ok(Principal {
+            subject: Some(format!("unix:{user}")),
+            issuer: Some("kernel".to_owned()),
+            email: None,
+            groups: Vec::new(),
+        });
+    };
+    let closed = || SessionEnd::failed("closed", "client left during authentication");
+    stream
+        .write_all(&wire::authentication_cleartext())
+        .await
+        .map_err(|_| closed())?;
+    let mut buf = BytesMut::new();
+    let message = frame::read_frame(stream, &mut buf, true, frame::MAX_STARTUP_MESSAGE).await;
+    let token = match message {
+        Ok(Some(f)) if f.tag == Some(b'p') => frame::cstr(f.body())
+            .and_then(|(t, _)| std::str::from_utf8(t).ok())
+            .map(str::to_owned),
+        Ok(None) => return Err(closed()),
+        _ => None,
+    };
+    let refuse = async |stream: &mut stream::PgStream, reason: String| {
+        tracing::warn!(session = %session.id, %reason, "authentication refused");
+        let message = format!("loopgate: authentication failed: {reason}");
+        let _ = stream
+            .write_all(&wire::fatal(sqlstate::INVALID_AUTHORIZATION, &message))
+            .await;
+        SessionEnd::failed("auth_failed", reason)
+    };
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Err(refuse(stream, "expected a token as the password".to_owned()).await);
+    };
+    let validated = match oidc.validate(&token).await {
+        Ok(v) => v,
+        Err(e) => return Err(refuse(stream, format!("token refused: {e}")).await),
+    };
+    if let Err(e) = oidc.check_binding(&validated, process.uid.unwrap_or(u32::MAX), process.unit.as_deref()) {
+        return Err(refuse(stream, format!("token refused: {e}")).await);
+    }
+    Ok(Principal {
+        subject: Some(validated.subject),
+        issuer: Some(validated.issuer),
+        email: validated.email,
+        groups: validated.groups,
+    })
 }
 
 /// Runs the two directions until either side ends the session.

@@ -59,6 +59,8 @@ fn service() -> Service {
         },
         server_name: "127.0.0.1".into(),
         client_tls: None,
+        identity: crate::config::Identity::Process,
+        oidc: None,
         cancels: Default::default(),
         tables: Default::default(),
     }

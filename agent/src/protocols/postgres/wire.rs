@@ -16,6 +16,8 @@ pub mod sqlstate {
     pub const CONNECTION_FAILURE: &str = "08006";
     /// loopgate cannot record the command.
     pub const SYSTEM_ERROR: &str = "58000";
+    /// The caller's token was refused.
+    pub const INVALID_AUTHORIZATION: &str = "28000";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 }
 
@@ -66,6 +68,10 @@ pub fn ready_for_query(status: u8) -> BytesMut {
 
 pub fn authentication_ok() -> BytesMut {
     encode(|b| Authentication::Ok.encode(b))
+}
+
+pub fn authentication_cleartext() -> BytesMut {
+    encode(|b| Authentication::CleartextPassword.encode(b))
 }
 
 pub fn parameter_status(name: &str, value: &str) -> BytesMut {
