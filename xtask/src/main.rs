@@ -152,7 +152,12 @@ fn test(args: Vec<OsString>) -> anyhow::Result<()> {
     }
     // The policy pack's own Rego unit tests.
     let policies = root.join("policies");
-    util::run_in(&root, &binary.to_string_lossy(), &["policy", "test", &policies.to_string_lossy()], &[])
+    util::run_in(
+        &root,
+        &binary.to_string_lossy(),
+        &["policy", "test", &policies.to_string_lossy()],
+        &[],
+    )
 }
 
 fn lint() -> anyhow::Result<()> {
