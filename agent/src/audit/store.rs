@@ -172,15 +172,27 @@ impl AuditStore {
             scratch: Vec::with_capacity(1024),
             framed: Vec::with_capacity(64 << 10),
         };
-        let writer = std::thread::Builder::new()
-            .name("audit-wal".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::Thread("writer", e))?;
+        // On the agent's multi-thread runtime the writer is a task: a
+        // session's append then wakes it on the same worker (no OS context
+        // switch each way, which dominated the per-statement cost on small
+        // machines). Elsewhere (tests, tools) it keeps its own thread.
+        let mut threads = vec![converter, syncer_thread];
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                rt.spawn(writer.run_task(rx));
+            }
+            _ => threads.push(
+                std::thread::Builder::new()
+                    .name("audit-wal".into())
+                    .spawn(move || writer.run(rx))
+                    .map_err(|e| StoreError::Thread("writer", e))?,
+            ),
+        }
         Ok(AuditStore {
             tx,
             jobs: Mutex::new(store_jobs),
             shared,
-            threads: Mutex::new(vec![writer, converter, syncer_thread]),
+            threads: Mutex::new(threads),
         })
     }
 
@@ -410,6 +422,36 @@ impl Writer {
             let wait = self.next_wakeup().saturating_duration_since(Instant::now());
             let first = rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await });
             match first {
+                Ok(Some(req)) => {
+                    batch.push(req);
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(req) => batch.push(req),
+                            Err(_) => break,
+                        }
+                    }
+                    if self.handle(&mut batch) {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    self.sync();
+                    return;
+                }
+                Err(_) => {}
+            }
+            self.tick();
+        }
+    }
+
+    /// The same loop as [`Writer::run`], as a task on the caller's runtime.
+    /// Its work between awaits is a buffered write to the WAL file (the
+    /// page cache); fsync stays on the syncer thread.
+    async fn run_task(mut self, mut rx: mpsc::Receiver<Request>) {
+        let mut batch = Vec::new();
+        loop {
+            let wait = self.next_wakeup().saturating_duration_since(Instant::now());
+            match tokio::time::timeout(wait, rx.recv()).await {
                 Ok(Some(req)) => {
                     batch.push(req);
                     while batch.len() < MAX_BATCH {

@@ -190,18 +190,7 @@ impl<'s> Frontend<'s> {
         let analysis = self.svc.analysis.analyze(text);
         let decisions: Vec<PolicyDecision> = analysis.statements.iter().map(|s| self.decide(s)).collect();
         if let Some(refusal) = decisions.iter().find(|d| !d.is_allow()) {
-            let (rule, reason) = refusal_text(refusal);
-            for stmt in &analysis.statements {
-                self.record(record::command(
-                    self.session,
-                    stmt,
-                    record::block(&rule, &reason),
-                    Vec::new(),
-                ))
-                .await?;
-            }
-            let message = format!("loopgate: statement refused by rule {rule}: {reason}");
-            let reply = wire::error(sqlstate::INSUFFICIENT_PRIVILEGE, &message);
+            let reply = self.refusal(&analysis.statements, refusal).await?;
             return self
                 .queue(Pending::Reply {
                     bytes: reply,
@@ -253,20 +242,8 @@ impl<'s> Frontend<'s> {
             .first()
             .map_or_else(PolicyDecision::allow, |s| self.decide(s));
         if !decision.is_allow() {
-            let (rule, reason) = refusal_text(&decision);
-            if let Some(stmt) = analysis.statements.first() {
-                self.record(record::command(
-                    self.session,
-                    stmt,
-                    record::block(&rule, &reason),
-                    Vec::new(),
-                ))
-                .await?;
-            }
-            let message = format!("loopgate: statement refused by rule {rule}: {reason}");
-            return self
-                .refuse_extended(wire::error(sqlstate::INSUFFICIENT_PRIVILEGE, &message))
-                .await;
+            let reply = self.refusal(&analysis.statements, &decision).await?;
+            return self.refuse_extended(reply).await;
         }
         self.statements
             .insert(Bytes::copy_from_slice(name), Arc::new(Prepared { analysis, decision }));
@@ -417,6 +394,22 @@ impl<'s> Frontend<'s> {
             copy_columns,
             started: Instant::now(),
         })
+    }
+
+    /// Records `statements` as refused by `decision` and returns the error
+    /// for the client, naming the rule.
+    async fn refusal(
+        &self,
+        statements: &[AnalyzedStatement],
+        decision: &PolicyDecision,
+    ) -> Result<BytesMut, SessionError> {
+        let (rule, reason) = refusal_text(decision);
+        for stmt in statements {
+            let event = record::command(self.session, stmt, record::block(&rule, &reason), Vec::new());
+            self.record(event).await?;
+        }
+        let message = format!("loopgate: statement refused by rule {rule}: {reason}");
+        Ok(wire::error(sqlstate::INSUFFICIENT_PRIVILEGE, &message))
     }
 
     async fn record(&self, event: crate::audit::Event) -> Result<(), SessionError> {
