@@ -116,6 +116,14 @@ pub fn decode(frame: BytesMut, ctx: &DecodeContext) -> Result<PgWireBackendMessa
     if frame.len() < 5 {
         return Err(malformed("short frame".into()));
     }
+    // pgwire's decoders trust the declared length: it must be the frame's.
+    let declared = i32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]);
+    if usize::try_from(declared).ok() != Some(frame.len() - 1) {
+        return Err(malformed(format!(
+            "declared length {declared} for a {}-byte frame",
+            frame.len()
+        )));
+    }
     check_structure(ty, &frame[5..]).map_err(|r| malformed(r.into()))?;
     let mut frame = frame;
     let msg = PgWireBackendMessage::decode(&mut frame, ctx)
@@ -370,6 +378,14 @@ mod decode_tests {
             client.read_buf(&mut buf).await.unwrap();
         }
         assert_eq!(&buf[..], b"extra");
+    }
+
+    #[test]
+    fn a_length_that_disagrees_with_the_frame_is_malformed() {
+        // Found by the pg_server_message fuzz target: BackendKeyData whose
+        // declared length (0) made pgwire subtract past zero.
+        let frame = BytesMut::from(&[b'K', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a, 0x4e, 0xbe, 0xf1, 0xc5][..]);
+        assert!(matches!(decode(frame, &ctx()), Err(FrameError::Malformed { .. })));
     }
 
     #[tokio::test]
