@@ -420,27 +420,10 @@ impl Writer {
         let mut batch = Vec::new();
         loop {
             let wait = self.next_wakeup().saturating_duration_since(Instant::now());
-            let first = rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await });
-            match first {
-                Ok(Some(req)) => {
-                    batch.push(req);
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(req) => batch.push(req),
-                            Err(_) => break,
-                        }
-                    }
-                    if self.handle(&mut batch) {
-                        return;
-                    }
-                }
-                Ok(None) => {
-                    self.sync();
-                    return;
-                }
-                Err(_) => {}
+            let woke = rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await });
+            if self.on_wake(woke.ok(), &mut rx, &mut batch) {
+                return;
             }
-            self.tick();
         }
     }
 
@@ -451,27 +434,43 @@ impl Writer {
         let mut batch = Vec::new();
         loop {
             let wait = self.next_wakeup().saturating_duration_since(Instant::now());
-            match tokio::time::timeout(wait, rx.recv()).await {
-                Ok(Some(req)) => {
-                    batch.push(req);
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(req) => batch.push(req),
-                            Err(_) => break,
-                        }
-                    }
-                    if self.handle(&mut batch) {
-                        return;
-                    }
-                }
-                Ok(None) => {
-                    self.sync();
-                    return;
-                }
-                Err(_) => {}
+            let woke = tokio::time::timeout(wait, rx.recv()).await;
+            if self.on_wake(woke.ok(), &mut rx, &mut batch) {
+                return;
             }
-            self.tick();
         }
+    }
+
+    /// Handles what one wait brought: a request (with whatever else is
+    /// queued behind it), the channel closing (`Some(None)`), or nothing
+    /// but a timer (`None`). Returns true when the writer must stop.
+    fn on_wake(
+        &mut self,
+        woke: Option<Option<Request>>,
+        rx: &mut mpsc::Receiver<Request>,
+        batch: &mut Vec<Request>,
+    ) -> bool {
+        match woke {
+            Some(Some(req)) => {
+                batch.push(req);
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(req) => batch.push(req),
+                        Err(_) => break,
+                    }
+                }
+                if self.handle(batch) {
+                    return true;
+                }
+            }
+            Some(None) => {
+                self.sync();
+                return true;
+            }
+            None => {}
+        }
+        self.tick();
+        false
     }
 
     /// When the loop must wake without a request: the next group fsync,
