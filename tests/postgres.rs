@@ -108,6 +108,20 @@ impl Fixture {
         self.agent.exec(&[python.to_str().unwrap(), "-c", script, &dsn])
     }
 
+    /// Runs a Python script inside the cgroup and returns its stdout;
+    /// fails the test (with the agent's log) if the script fails.
+    fn python_ok(&self, script: &str) -> String {
+        let out = self.python(script);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "python failed: {}\n{stdout}\nagent log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.agent.log()
+        );
+        stdout
+    }
+
     /// The whole audit trail, decoded, as text.
     fn audit_text(&self) -> String {
         self.agent
@@ -254,13 +268,7 @@ with psycopg.connect(sys.argv[1]) as conn:
     conn.rollback()
     print("after:", conn.execute("SELECT count(*) FROM patients WHERE id > %s", (0,)).fetchone()[0])
 "#;
-    let out = f.python(script);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = f.python_ok(script);
     assert!(
         stdout.contains("refused: 42501") && stdout.contains(&format!("after: {PATIENTS}")),
         "{stdout}"
@@ -310,14 +318,7 @@ with psycopg.connect(sys.argv[1]) as conn:
         cur.execute("INSERT INTO visits (patient, reason) VALUES (%s, %s) RETURNING id", (1, "ssn 123-45-6789 on file"))
         print("inserted", cur.fetchone()[0])
 "#;
-    let out = f.python(script);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "psycopg failed: {}\n{stdout}\nagent log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        f.agent.log()
-    );
+    let stdout = f.python_ok(script);
     assert!(
         stdout.contains("text (1, 'Patient 1'") && stdout.contains("binary (1, 'Patient 1'"),
         "{stdout}"
@@ -442,14 +443,7 @@ except psycopg.errors.QueryCanceled:
     print("cancelled after %.1fs" % (time.time() - start))
 print(conn.execute("SELECT 'alive'").fetchone()[0])
 "#;
-    let out = f.python(script);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        f.agent.log()
-    );
+    let stdout = f.python_ok(script);
     assert!(stdout.contains("cancelled after"), "{stdout}");
     assert!(stdout.contains("alive"), "{stdout}");
 }

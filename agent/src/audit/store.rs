@@ -659,12 +659,18 @@ impl Writer {
             }
             FsyncMode::Interval => self.sync_in_background(true),
         }
+        self.hand_off_segment();
+    }
+
+    /// Closes the current segment: an empty one is deleted, one with records
+    /// goes to the converter.
+    fn hand_off_segment(&mut self) {
         if let Some(seg) = self.segment.take() {
             if self.segment_records == 0 {
                 let _ = std::fs::remove_file(&seg.path);
             } else {
                 self.shared.pending_segments.fetch_add(1, Ordering::SeqCst);
-                let _ = self.jobs.send(Job::Convert(seg.path.clone()));
+                let _ = self.jobs.send(Job::Convert(seg.path));
             }
         }
         self.segment_records = 0;
@@ -676,15 +682,7 @@ impl Writer {
         self.shared.set_failing(error);
         self.next_retry = Instant::now() + Duration::from_millis(self.config.retry_interval_ms);
         self.unsynced = false;
-        if let Some(seg) = self.segment.take() {
-            if self.segment_records == 0 {
-                let _ = std::fs::remove_file(&seg.path);
-            } else {
-                self.shared.pending_segments.fetch_add(1, Ordering::SeqCst);
-                let _ = self.jobs.send(Job::Convert(seg.path.clone()));
-            }
-        }
-        self.segment_records = 0;
+        self.hand_off_segment();
         self.shared.unavailable()
     }
 
