@@ -58,13 +58,9 @@ fn event(session: Uuid, i: u64) -> Event {
         columns: vec!["id".into(), "name".into(), "dob".into(), "mrn".into()],
         parameters: Vec::new(),
     });
-    e.decision = Some(Decision {
-        verdict: Verdict::Allow,
-        rule_id: Some("hipaa.read.minimum_necessary".into()),
-        reason: None,
-        approver: None,
-        wait_us: None,
-    });
+    let mut decision = Decision::new(Verdict::Allow);
+    decision.rule_id = Some("hipaa.read.minimum_necessary".into());
+    e.decision = Some(decision);
     e.outcome = Some(Outcome {
         status: Some("ok".into()),
         rows: Some(i % 50),

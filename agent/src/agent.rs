@@ -8,9 +8,10 @@ use tokio::{
 };
 
 use crate::{
+    approval::Approvals,
     audit::{AuditLog, AuditStore, Decision, Event, EventKind, Verdict},
     config::Config,
-    control,
+    control::{self, Access, ControlState},
     identity::OidcValidator,
     intercept::{self, Interceptor},
     mask::Masker,
@@ -32,7 +33,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("opening the audit store in {}", config.audit.dir.display()))?,
     );
 
-    let (shared, policy) = shared_state(&config).await?;
+    let approvals = Approvals::open(&config.approvals, audit.clone())?;
+    let recovered = approvals.recover().await.context("recording approvals left pending")?;
+    if recovered > 0 {
+        tracing::warn!(
+            recovered,
+            "the previous run left approval requests pending; recorded as cancelled"
+        );
+    }
+    let (shared, policy) = shared_state(&config, approvals.clone()).await?;
 
     // Listen first: the pinned programs may already be redirecting to us.
     let port = config.intercept.listen_port;
@@ -47,8 +56,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             runtime.spawn(record_reload(audit.clone(), dir_shown.clone(), result));
         })
     });
-    control::serve(&config.control.socket, proxy.clone(), interceptor.clone())
+    let control = Arc::new(ControlState {
+        proxy: proxy.clone(),
+        interceptor: interceptor.clone(),
+        approvals: approvals.clone(),
+        oidc: shared.oidc.clone(),
+        started: std::time::SystemTime::now(),
+    });
+    control::serve(&config.control.socket, control.clone(), Access::Root)
         .with_context(|| format!("opening the control socket {}", config.control.socket.display()))?;
+    control::serve(&config.approvals.socket, control, Access::Approvers)
+        .with_context(|| format!("opening the approvals socket {}", config.approvals.socket.display()))?;
+    if let Some(addr) = config.approvals.http_listen {
+        // Config validation guarantees [identity.oidc] with http_listen.
+        let oidc = shared
+            .oidc
+            .clone()
+            .context("[approvals] http_listen needs [identity.oidc]")?;
+        crate::approval::serve_http(addr, approvals.clone(), oidc)
+            .await
+            .with_context(|| format!("listening for the approvals API on {addr}"))?;
+    }
 
     audit
         .append(Event::new(EventKind::AgentStart))
@@ -85,11 +113,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     notify("STOPPING=1");
+    // Held commands fail now (recorded) rather than wait out the drain.
+    approvals.withdraw_all("the agent is stopping").await;
     let _ = stop_tx.send(true);
     if let Err(e) = proxy_task.await {
         tracing::error!(error = %e, "proxy task failed");
     }
     let _ = std::fs::remove_file(&config.control.socket);
+    let _ = std::fs::remove_file(&config.approvals.socket);
     audit
         .append(Event::new(EventKind::AgentStop))
         .await
@@ -102,7 +133,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// What every target shares: the masker, the policy (a reloadable handle,
 /// loaded now so a bad pack stops the agent before it intercepts anything)
 /// and the OIDC validator.
-async fn shared_state(config: &Config) -> anyhow::Result<(Shared, Arc<PolicyHandle>)> {
+async fn shared_state(config: &Config, approvals: Arc<Approvals>) -> anyhow::Result<(Shared, Arc<PolicyHandle>)> {
     let masker = Masker::from_config(&config.mask).context("[mask]")?;
     let policy = Arc::new(match &config.policy_dir {
         Some(dir) => {
@@ -132,6 +163,7 @@ async fn shared_state(config: &Config) -> anyhow::Result<(Shared, Arc<PolicyHand
             masker,
             policy: engine,
             oidc,
+            approvals,
         },
         policy,
     ))
@@ -150,6 +182,7 @@ async fn record_reload(audit: AuditLog, dir: PathBuf, result: Result<Summary, Po
                 reason: Some(format!("loaded {}", dir.display())),
                 approver: None,
                 wait_us: None,
+                approval_id: None,
             }
         }
         Err(e) => {
@@ -160,6 +193,7 @@ async fn record_reload(audit: AuditLog, dir: PathBuf, result: Result<Summary, Po
                 reason: Some(format!("reload refused, previous policy kept: {e}")),
                 approver: None,
                 wait_us: None,
+                approval_id: None,
             }
         }
     });

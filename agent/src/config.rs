@@ -14,7 +14,7 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{audit::AuditConfig, identity::IdentityConfig};
+use crate::{approval::ApprovalsConfig, audit::AuditConfig, identity::IdentityConfig};
 
 use crate::{
     mask::MaskConfig, policy::BuiltinPolicyConfig, protocols::postgres::config::UpstreamConfig, sql::SqlConfig,
@@ -29,6 +29,8 @@ pub struct Config {
     pub intercept: InterceptConfig,
     pub audit: AuditConfig,
     pub control: ControlConfig,
+    /// Held commands: the approvals socket, HTTP API and webhook.
+    pub approvals: ApprovalsConfig,
     pub proxy: ProxyConfig,
     /// PHI masking of results and recorded text (all targets).
     pub mask: MaskConfig,
@@ -218,6 +220,7 @@ mod raw {
         pub audit: AuditConfig,
         #[serde(default)]
         pub control: Control,
+        pub approvals: Option<Spanned<ApprovalsConfig>>,
         #[serde(default)]
         pub proxy: Proxy,
         #[serde(default)]
@@ -316,6 +319,15 @@ impl Validator<'_> {
             let target = self.target(t, &targets, identity.is_some())?;
             targets.push(target);
         }
+        let approvals = match raw.approvals {
+            Some(a) => {
+                if let Err(e) = a.get_ref().validate(identity.is_some()) {
+                    return self.error("approvals", a.span(), e);
+                }
+                a.into_inner()
+            }
+            None => ApprovalsConfig::default(),
+        };
         let connect_timeout = match raw.proxy.connect_timeout_secs {
             Some(s) if *s.get_ref() == 0 => {
                 return self.error("proxy.connect_timeout_secs", s.span(), "must be at least 1");
@@ -332,6 +344,7 @@ impl Validator<'_> {
                     .socket
                     .unwrap_or_else(|| PathBuf::from("/run/loopgate/control.sock")),
             },
+            approvals,
             proxy: ProxyConfig {
                 drain_timeout: Duration::from_secs(raw.proxy.drain_timeout_secs.unwrap_or(30)),
                 connect_timeout,

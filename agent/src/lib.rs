@@ -1,10 +1,12 @@
 //! loopgate: a host agent that makes every connection an automation opens to
 //! a protected service pass through one enforcement point. See ARCHITECTURE.md.
 pub mod agent;
+pub mod approval;
 pub mod audit;
 pub mod config;
 pub mod control;
 pub mod exec;
+pub mod http;
 pub mod identity;
 pub mod intercept;
 pub mod mask;

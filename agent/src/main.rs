@@ -4,6 +4,7 @@ use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use loopgate::{
     agent,
+    approval::cli::{self as approvals_cli, ApprovalsArgs},
     audit::cli::{self as audit_cli, AuditCommand},
     config::{Config, DEFAULT_PATH},
     control::{self, Request, Response},
@@ -67,6 +68,8 @@ enum Command {
     /// Inspect the audit trail: verify the hash chain, tail, replay a session.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// List, show, approve or deny commands held for approval.
+    Approvals(ApprovalsArgs),
     /// Work with the Rego policy pack.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Ok(Response::Error { message }) => fail(anyhow::anyhow!(message)),
+                Ok(other) => fail(anyhow::anyhow!("unexpected answer from the agent: {other:?}")),
                 Err(e) => fail(e),
             }
         }
@@ -147,6 +151,7 @@ fn main() -> ExitCode {
         }
         Command::Audit(cmd) => audit_cli::run(cmd),
         Command::Policy(cmd) => policy_cli::run(cmd),
+        Command::Approvals(args) => approvals_cli::run(args),
         Command::Check { config } => check(&config),
     }
 }

@@ -3,6 +3,7 @@
 use std::{
     fs,
     net::{Ipv4Addr, Ipv6Addr, TcpListener},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -59,6 +60,8 @@ pub struct Agent {
     pub pin_dir: PathBuf,
     pub port: u16,
     pub socket: PathBuf,
+    /// The socket approvers use (`loopgate approvals --socket`).
+    pub approvals_socket: PathBuf,
     pub audit_dir: PathBuf,
     child: Option<Child>,
     runs: u32,
@@ -87,7 +90,20 @@ impl Agent {
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(&name);
         let port = free_port();
         let socket = dir.path().join("control.sock");
+        let approvals_socket = dir.path().join("approvals.sock");
         let audit_dir = dir.path().join("audit");
+        // Approvers run as other users: they must reach approvals.sock.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod test dir");
+        // `extra` may carry an [approvals] table of its own; ours goes in it.
+        let approvals = format!(
+            "socket = \"{}\"\nstate_dir = \"{}\"\n",
+            approvals_socket.display(),
+            dir.path().join("approvals").display()
+        );
+        let extra = match extra.contains("[approvals]\n") {
+            true => extra.replacen("[approvals]\n", &format!("[approvals]\n{approvals}"), 1),
+            false => format!("[approvals]\n{approvals}{extra}"),
+        };
         let mut toml = format!(
             "[intercept]\ncgroups = [\"{cgroup}\"]\nlisten_port = {port}\npin_dir = \"{}\"\n\
              [audit]\ndir = \"{}\"\n[control]\nsocket = \"{}\"\n{extra}\n",
@@ -112,6 +128,7 @@ impl Agent {
             pin_dir,
             port,
             socket,
+            approvals_socket,
             audit_dir,
             child: None,
             runs: 0,
@@ -196,6 +213,26 @@ impl Agent {
         let mut cmd = Command::new(loopgate_bin());
         cmd.args(subcommand).arg("--config").arg(&self.config);
         cmd
+    }
+
+    /// `loopgate approvals ARGS` run as `uid` with exactly the
+    /// supplementary `groups` (by gid): an approver as the kernel sees it.
+    pub fn approvals_as(&self, uid: u32, groups: &[u32], args: &[&str]) -> Output {
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={uid}")).arg(format!("--regid={uid}"));
+        if groups.is_empty() {
+            cmd.arg("--clear-groups");
+        } else {
+            let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+            cmd.arg(format!("--groups={}", list.join(",")));
+        }
+        cmd.arg("--")
+            .arg(loopgate_bin())
+            .args(["approvals", "--socket"])
+            .arg(&self.approvals_socket)
+            .args(args)
+            .output()
+            .expect("run loopgate approvals")
     }
 
     /// The agent's `status --json`, or None if it does not answer.

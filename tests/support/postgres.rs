@@ -34,6 +34,7 @@ pub struct PgOptions {
     /// ssl = on with a certificate for localhost, 127.0.0.1, ::1 and `listen`.
     pub ssl: bool,
     pub listen: IpAddr,
+    pub max_connections: u32,
 }
 
 impl Default for PgOptions {
@@ -42,6 +43,7 @@ impl Default for PgOptions {
             auth: "scram-sha-256",
             ssl: false,
             listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            max_connections: 20,
         }
     }
 }
@@ -113,10 +115,11 @@ impl PgServer {
 
         let mut conf = format!(
             "\nport = {}\nlisten_addresses = '{}'\nunix_socket_directories = '{}'\n\
-             fsync = off\nshared_buffers = 16MB\nmax_connections = 20\n",
+             fsync = off\nshared_buffers = 16MB\nmax_connections = {}\n",
             self.addr.port(),
             self.options.listen,
-            dir.display()
+            dir.display(),
+            self.options.max_connections
         );
         if self.options.ssl {
             let (ca, cert, key) = self.make_certs(uid, gid);

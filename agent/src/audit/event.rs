@@ -115,9 +115,14 @@ pub struct CommandInfo {
 pub enum Verdict {
     Allow,
     Block,
+    /// Held for human approval (a command, or an approval request).
+    Hold,
     Approved,
     Denied,
     TimedOut,
+    /// An approval request that ended undecided: its client left, or the
+    /// agent stopped or restarted while it was pending.
+    Cancelled,
     Error,
 }
 
@@ -126,9 +131,11 @@ impl Verdict {
         match self {
             Verdict::Allow => "allow",
             Verdict::Block => "block",
+            Verdict::Hold => "hold",
             Verdict::Approved => "approved",
             Verdict::Denied => "denied",
             Verdict::TimedOut => "timed_out",
+            Verdict::Cancelled => "cancelled",
             Verdict::Error => "error",
         }
     }
@@ -138,9 +145,11 @@ impl Verdict {
         [
             Verdict::Allow,
             Verdict::Block,
+            Verdict::Hold,
             Verdict::Approved,
             Verdict::Denied,
             Verdict::TimedOut,
+            Verdict::Cancelled,
             Verdict::Error,
         ]
         .into_iter()
@@ -157,6 +166,22 @@ pub struct Decision {
     pub approver: Option<String>,
     /// Time spent waiting for approval, µs.
     pub wait_us: Option<u64>,
+    /// The approval request a hold created (`loopgate approvals show ID`).
+    pub approval_id: Option<String>,
+}
+
+impl Decision {
+    /// A decision with only its verdict set.
+    pub fn new(verdict: Verdict) -> Self {
+        Decision {
+            verdict,
+            rule_id: None,
+            reason: None,
+            approver: None,
+            wait_us: None,
+            approval_id: None,
+        }
+    }
 }
 
 /// What came of a session or command.

@@ -85,6 +85,7 @@ pub fn event(plan: &Plan, retention_days: u32) -> Event {
         reason: Some(format!("older than {retention_days} days")),
         approver: None,
         wait_us: None,
+        approval_id: None,
     });
     e
 }

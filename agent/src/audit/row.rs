@@ -81,6 +81,7 @@ pub const COLUMNS: &[Column] = &[
     col("decision_reason", OptStr),
     col("decision_approver", OptStr),
     col("decision_wait_us", OptInt),
+    col("decision_approval_id", OptStr),
     col("result_status", OptStr),
     col("result_rows", OptInt),
     col("result_bytes_to_client", OptInt),
@@ -125,15 +126,16 @@ pub fn event_to_row(e: Event) -> Row {
         None => (None, None, None),
     };
     let c = e.command.unwrap_or_default();
-    let (verdict, rule_id, reason, approver, wait_us) = match e.decision {
+    let (verdict, rule_id, reason, approver, wait_us, approval_id) = match e.decision {
         Some(d) => (
             Some(d.verdict.as_str().to_owned()),
             d.rule_id,
             d.reason,
             d.approver,
             d.wait_us,
+            d.approval_id,
         ),
-        None => (None, None, None, None, None),
+        None => (None, None, None, None, None, None),
     };
     let o = e.outcome.unwrap_or_default();
     vec![
@@ -174,6 +176,7 @@ pub fn event_to_row(e: Event) -> Row {
         os(reason),
         os(approver),
         oi(wait_us),
+        os(approval_id),
         os(o.status),
         oi(o.rows),
         oi(o.bytes_to_client),
@@ -316,6 +319,7 @@ pub fn row_to_event(row: &[Cell]) -> Result<Event, RowError> {
     };
     let verdict = c.opt_str()?;
     let (rule_id, reason, approver, wait_us) = (c.opt_str()?, c.opt_str()?, c.opt_str()?, c.opt_int()?);
+    let approval_id = c.opt_str()?;
     let decision = verdict
         .map(|v| {
             Verdict::parse(&v).ok_or_else(|| RowError {
@@ -330,6 +334,7 @@ pub fn row_to_event(row: &[Cell]) -> Result<Event, RowError> {
             reason,
             approver,
             wait_us,
+            approval_id,
         });
     let outcome = Outcome {
         status: c.opt_str()?,
@@ -435,6 +440,7 @@ pub(crate) mod tests {
             reason: Some("bulk read".into()),
             approver: Some("alice".into()),
             wait_us: Some(1234),
+            approval_id: Some("k7q2m9xd".into()),
         });
         e.outcome = Some(Outcome {
             status: Some("ok".into()),

@@ -1,15 +1,20 @@
-//! The control socket: a root-only unix socket through which the CLI asks
-//! the running agent for its state (and, later, approvals). One JSON request
-//! line in, one JSON response line out.
+//! The control sockets. `control.sock` (root-only) answers `loopgate
+//! status` and everything else; `approvals.sock` (anyone may connect)
+//! answers only approval requests, deciding who the caller is from the
+//! kernel's peer credentials or an OIDC token. One JSON request line in,
+//! one JSON response line out.
 mod client;
 mod server;
 
 pub use client::request;
-pub use server::serve;
+pub use server::{Access, ControlState, serve};
 
 use serde::{Deserialize, Serialize};
 
-use crate::proxy::{CounterSnapshot, SessionSummary};
+use crate::{
+    approval::ApprovalView,
+    proxy::{CounterSnapshot, SessionSummary},
+};
 
 /// Requests and responses are capped; anything longer is not ours.
 const MAX_LINE: usize = 64 * 1024;
@@ -18,13 +23,39 @@ const MAX_LINE: usize = 64 * 1024;
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// `token`: decide as this OIDC identity instead of the unix peer.
+    ApprovalsList {
+        token: Option<String>,
+    },
+    ApprovalsShow {
+        id: String,
+        token: Option<String>,
+    },
+    ApprovalsDecide {
+        id: String,
+        approve: bool,
+        reason: Option<String>,
+        token: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {
     Status(StatusReport),
-    Error { message: String },
+    Approvals {
+        approvals: Vec<ApprovalView>,
+    },
+    Approval {
+        approval: ApprovalView,
+    },
+    /// `result`: `released`, `counted` (with `have` of `need`) or `denied`.
+    Decided {
+        decision: serde_json::Value,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// What `loopgate status` shows.

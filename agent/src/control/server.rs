@@ -1,4 +1,4 @@
-//! The agent side of the control socket.
+//! The agent side of the control sockets.
 use std::{os::unix::fs::PermissionsExt as _, path::Path, sync::Arc, time::SystemTime};
 
 use tokio::{
@@ -7,10 +7,33 @@ use tokio::{
 };
 
 use super::{CgroupStatus, MAX_LINE, Request, Response, StatusReport, TargetStatus};
-use crate::{intercept::Interceptor, proxy::Proxy};
+use crate::{
+    approval::{Approvals, Approver, Choice, DecideError},
+    identity::OidcValidator,
+    intercept::Interceptor,
+    proxy::Proxy,
+};
 
-/// Binds the control socket at `path` (root-only) and serves it forever.
-pub fn serve(path: &Path, proxy: Arc<Proxy>, interceptor: Arc<Interceptor>) -> std::io::Result<()> {
+/// What the sockets answer from.
+pub struct ControlState {
+    pub proxy: Arc<Proxy>,
+    pub interceptor: Arc<Interceptor>,
+    pub approvals: Arc<Approvals>,
+    pub oidc: Option<Arc<OidcValidator>>,
+    pub started: SystemTime,
+}
+
+/// Who may connect, and so what a socket answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Mode 0600 and peer uid 0: every request.
+    Root,
+    /// Mode 0666: approval requests only, decided by the peer's identity.
+    Approvers,
+}
+
+/// Binds a control socket at `path` and serves it forever.
+pub fn serve(path: &Path, state: Arc<ControlState>, access: Access) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -20,16 +43,18 @@ pub fn serve(path: &Path, proxy: Arc<Proxy>, interceptor: Arc<Interceptor>) -> s
         Err(e) => return Err(e),
     }
     let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    let started = SystemTime::now();
+    let mode = match access {
+        Access::Root => 0o600,
+        Access::Approvers => 0o666,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    let proxy = proxy.clone();
-                    let interceptor = interceptor.clone();
+                    let state = state.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = answer(stream, &proxy, &interceptor, started).await {
+                        if let Err(e) = answer(stream, &state, access).await {
                             tracing::debug!(error = %e, "control connection failed");
                         }
                     });
@@ -44,28 +69,21 @@ pub fn serve(path: &Path, proxy: Arc<Proxy>, interceptor: Arc<Interceptor>) -> s
     Ok(())
 }
 
-async fn answer(
-    stream: UnixStream,
-    proxy: &Proxy,
-    interceptor: &Interceptor,
-    started: SystemTime,
-) -> std::io::Result<()> {
-    // The socket file is 0600 root; the peer check keeps it root-only even if
-    // its mode is loosened by hand.
-    let peer_uid = stream.peer_cred()?.uid();
+async fn answer(stream: UnixStream, state: &ControlState, access: Access) -> std::io::Result<()> {
+    let peer = Approver::from_peer(&stream)?;
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read.take(MAX_LINE as u64)).read_line(&mut line).await?;
-    let response = if peer_uid != 0 {
-        Response::Error {
-            message: "the control socket is root-only".into(),
-        }
+    // The root socket's file is 0600; the peer check keeps it root-only even
+    // if its mode is loosened by hand.
+    let response = if access == Access::Root && peer.uid != Some(0) {
+        error("the control socket is root-only")
     } else {
         match serde_json::from_str::<Request>(&line) {
-            Ok(Request::Status) => Response::Status(status(proxy, interceptor, started)),
-            Err(e) => Response::Error {
-                message: format!("bad request: {e}"),
-            },
+            Ok(Request::Status) if access == Access::Root => Response::Status(status(state)),
+            Ok(Request::Status) => error("status is served on the root-only control socket"),
+            Ok(request) => approvals(request, peer, state).await,
+            Err(e) => error(&format!("bad request: {e}")),
         }
     };
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
@@ -73,12 +91,71 @@ async fn answer(
     write.write_all(&out).await
 }
 
-fn status(proxy: &Proxy, interceptor: &Interceptor, started: SystemTime) -> StatusReport {
+async fn approvals(request: Request, peer: Approver, state: &ControlState) -> Response {
+    let token = match &request {
+        Request::ApprovalsList { token }
+        | Request::ApprovalsShow { token, .. }
+        | Request::ApprovalsDecide { token, .. } => token.as_deref(),
+        Request::Status => None,
+    };
+    let who = match token {
+        None => peer,
+        Some(token) => {
+            let Some(oidc) = &state.oidc else {
+                return error("this agent has no [identity.oidc]; decide as your unix user instead");
+            };
+            match oidc.validate(token).await {
+                Ok(t) => Approver::from_token(t),
+                Err(e) => return error(&format!("token refused: {e}")),
+            }
+        }
+    };
+    let approvals = &state.approvals;
+    match request {
+        Request::ApprovalsList { .. } => Response::Approvals {
+            approvals: approvals.list(&who),
+        },
+        Request::ApprovalsShow { id, .. } => match approvals.show(&who, &id) {
+            Ok(approval) => Response::Approval { approval },
+            Err(e) => decide_error(&e),
+        },
+        Request::ApprovalsDecide {
+            id, approve, reason, ..
+        } => {
+            let choice = if approve {
+                Choice::Approve
+            } else {
+                Choice::Deny { reason }
+            };
+            match approvals.decide(&id, &who, choice).await {
+                Ok(decided) => Response::Decided {
+                    decision: crate::approval::decided_json(&id, &decided),
+                },
+                Err(e) => decide_error(&e),
+            }
+        }
+        Request::Status => error("status is not an approval request"),
+    }
+}
+
+fn decide_error(e: &DecideError) -> Response {
+    error(&e.to_string())
+}
+
+fn error(message: &str) -> Response {
+    Response::Error {
+        message: message.to_owned(),
+    }
+}
+
+fn status(state: &ControlState) -> StatusReport {
+    let (proxy, interceptor) = (&state.proxy, &state.interceptor);
     let config = &proxy.config;
     StatusReport {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
-        started_unix_ms: started
+        started_unix_ms: state
+            .started
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
         listen_port: config.intercept.listen_port,

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::config::check_fetch_url;
-use super::http::{self, FetchError};
+use crate::http::{self, FetchError};
 
 /// Why the key set could not be (re)fetched; for logs, not for clients.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,7 @@
 //! validated against the issuer's published keys, and bound to processes.
 //!
 //! `config` the `[identity]` tables; `jwt` JWS parsing and header rules;
-//! `keys` discovery + JWKS cache; `http` the small fetch client; `claims`
+//! `keys` discovery + JWKS cache (fetched with `crate::http`); `claims`
 //! claim checks; `cache` validated tokens; `binding` token-to-process rules;
 //! `oidc` the validator tying them together.
 
@@ -11,7 +11,6 @@ mod cache;
 pub mod claims;
 pub mod config;
 pub mod error;
-mod http;
 mod jwt;
 pub mod keys;
 pub mod oidc;
@@ -20,9 +19,9 @@ pub mod test_issuer;
 #[cfg(test)]
 mod tests;
 
+pub use crate::http::FetchError;
 pub use claims::ValidatedToken;
 pub use config::{BindingRule, ConfigError, IdentityConfig, OidcConfig};
 pub use error::TokenError;
-pub use http::FetchError;
 pub use keys::KeyFetchError;
 pub use oidc::{OidcValidator, ValidatorStats};

@@ -8,9 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use openidconnect::core::{CoreJsonWebKeySet, CoreJwsSigningAlgorithm};
 use openidconnect::{JsonWebKey, SignatureVerificationError};
-use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
+use rustls::ClientConfig;
 
 use super::binding;
 use super::cache::{self, TokenCache};
@@ -197,32 +195,8 @@ impl OidcValidator {
 }
 
 fn tls_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, ConfigError> {
-    let mut roots = RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let err = |reason: String| ConfigError::CaFile {
-                path: path.to_path_buf(),
-                reason,
-            };
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))? {
-                roots
-                    .add(cert.map_err(|e| err(e.to_string()))?)
-                    .map_err(|e| err(e.to_string()))?;
-            }
-            if roots.is_empty() {
-                return Err(err("no certificates in the file".into()));
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::CaFile {
-            path: Default::default(),
-            reason: e.to_string(),
-        })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    crate::http::client_tls(ca_file).map_err(|reason| ConfigError::CaFile {
+        path: ca_file.map(Path::to_path_buf).unwrap_or_default(),
+        reason,
+    })
 }

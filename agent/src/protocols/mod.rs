@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use tokio::net::TcpStream;
 
 use crate::{
+    approval::Approvals,
     config::{Config, Identity, Protocol, Target},
     identity::OidcValidator,
     mask::Masker,
@@ -26,6 +27,8 @@ pub struct Shared {
     pub policy: Arc<dyn PolicyEngine>,
     /// OIDC token validation, when `[identity.oidc]` is configured.
     pub oidc: Option<Arc<OidcValidator>>,
+    /// Where held commands wait for people.
+    pub approvals: Arc<Approvals>,
 }
 
 /// A target's handler, with the state its sessions share.
@@ -83,6 +86,7 @@ impl Handler {
                     },
                     cancels: Default::default(),
                     tables: Default::default(),
+                    approvals: shared.approvals.clone(),
                 })))
             }
         }

@@ -185,6 +185,7 @@ impl Proxy {
             reason: None,
             approver: None,
             wait_us: None,
+            approval_id: None,
         });
         if let Err(e) = self.audit.append(start).await {
             // Nothing unaudited reaches a backend.
@@ -258,6 +259,7 @@ impl Proxy {
             reason: Some(reason.clone()),
             approver: None,
             wait_us: None,
+            approval_id: None,
         });
         e.outcome = Some(Outcome {
             status: Some(end.status.to_owned()),
@@ -313,5 +315,6 @@ fn refusal(rule: &str, reason: &str) -> Decision {
         reason: Some(reason.to_owned()),
         approver: None,
         wait_us: None,
+        approval_id: None,
     }
 }

@@ -57,13 +57,9 @@ pub fn command_event(session: Uuid, i: u64) -> Event {
         columns: vec!["name".into(), "id".into()],
         parameters: vec!["***".into()],
     });
-    e.decision = Some(Decision {
-        verdict: Verdict::Allow,
-        rule_id: Some("hipaa.read".into()),
-        reason: None,
-        approver: None,
-        wait_us: None,
-    });
+    let mut decision = Decision::new(Verdict::Allow);
+    decision.rule_id = Some("hipaa.read".into());
+    e.decision = Some(decision);
     e.outcome = Some(Outcome {
         status: Some("ok".into()),
         rows: Some(i % 7),

@@ -13,6 +13,7 @@ use tokio::{
 
 use super::{
     Service, SessionError,
+    cancel::CancelTarget,
     catalog::Catalog,
     frame::{self, Frame, MAX_MESSAGE},
     pending::{Command, Pending},
@@ -21,6 +22,7 @@ use super::{
     wire::{self, sqlstate},
 };
 use crate::{
+    approval::Resolution,
     audit::Outcome,
     mask::{MaskAction, MaskRule},
     proxy::Session,
@@ -47,6 +49,13 @@ pub(super) struct Backend<'s> {
     result: Option<ResultMask>,
     copy: Option<Copy>,
     tally: Tally,
+    /// Where to cancel the server's running query (a denied row gate).
+    cancel: Option<CancelTarget>,
+    /// The current command's results were denied past its row threshold:
+    /// the client has its error; everything up to ReadyForQuery is dropped.
+    discarding: bool,
+    /// The current command's gate was denied (recorded as its status).
+    denied: bool,
 }
 
 /// An ongoing COPY TO: text data masked per line, or binary data withheld.
@@ -56,7 +65,12 @@ struct Copy {
 }
 
 impl<'s> Backend<'s> {
-    pub fn new(svc: &'s Service, session: &'s Session, catalog: &'s tokio::sync::Mutex<Catalog>) -> Self {
+    pub fn new(
+        svc: &'s Service,
+        session: &'s Session,
+        catalog: &'s tokio::sync::Mutex<Catalog>,
+        cancel: Option<CancelTarget>,
+    ) -> Self {
         Backend {
             svc,
             session,
@@ -67,6 +81,9 @@ impl<'s> Backend<'s> {
             result: None,
             copy: None,
             tally: Tally::default(),
+            cancel,
+            discarding: false,
+            denied: false,
         }
     }
 
@@ -97,7 +114,12 @@ impl<'s> Backend<'s> {
                     None => frontend_open = false,
                 },
                 frame = frame::read_frame(server, &mut buf, true, MAX_MESSAGE) => match frame? {
-                    Some(frame) => self.on_message(frame, &mut out).await?,
+                    Some(frame) => {
+                        if self.at_gate(&frame) {
+                            self.pause(client, &mut out).await?;
+                        }
+                        self.on_message(frame, &mut out).await?;
+                    }
                     None => {
                         client.write_all(&out).await?;
                         return Ok(());
@@ -122,7 +144,8 @@ impl<'s> Backend<'s> {
 
     async fn on_message(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), SessionError> {
         let start = out.len();
-        match frame.tag.unwrap_or(0) {
+        let tag = frame.tag.unwrap_or(0);
+        match tag {
             b'T' => self.describe(&frame, out).await?,
             b'D' => {
                 self.tally.rows += 1;
@@ -183,7 +206,84 @@ impl<'s> Backend<'s> {
                 )));
             }
         }
+        if self.discarding {
+            // Still accounted above (the queue stays in step); not sent.
+            if tag == b'Z' {
+                self.discarding = false;
+            } else {
+                out.truncate(start);
+            }
+        }
         self.tally.bytes += (out.len() - start) as u64;
+        Ok(())
+    }
+
+    /// Whether `frame` is a result row past the current command's row
+    /// threshold, not yet approved.
+    fn at_gate(&self, frame: &Frame) -> bool {
+        let row = match frame.tag {
+            Some(b'D') => true,
+            Some(b'd') => self.copy.as_ref().is_some_and(|c| !c.binary),
+            _ => false,
+        };
+        row && !self.discarding
+            && self
+                .current()
+                .and_then(|c| c.gate.as_ref())
+                .is_some_and(|g| self.tally.rows >= g.threshold)
+    }
+
+    /// Pauses the results at the row threshold: the rows so far reach the
+    /// client, then nothing is read from the server (TCP backpressure holds
+    /// the query) until approval. Approved, streaming resumes; otherwise the
+    /// server's query is cancelled and the client gets the reason.
+    async fn pause<W: AsyncWrite + Unpin>(&mut self, client: &mut W, out: &mut BytesMut) -> Result<(), SessionError> {
+        let Some(gate) = self.current_mut().and_then(|c| c.gate.take()) else {
+            return Ok(());
+        };
+        let mut request = gate.request;
+        request.rows_sent = Some(self.tally.rows);
+        let (id, resolution) = match self.svc.approvals.hold(request).await {
+            Ok(mut ticket) => {
+                let (message, hint) = super::frontend::held_notice(ticket.view());
+                out.extend_from_slice(&wire::notice(&message, &hint));
+                self.session.add_to_client(out.len());
+                client.write_all(out).await?;
+                out.clear();
+                let resolution = ticket.wait().await;
+                (ticket.view().id.clone(), resolution)
+            }
+            Err(e) => {
+                tracing::error!(session = %self.session.id, error = %e, "cannot hold results for approval");
+                let reason = format!("approval cannot be requested now ({e})");
+                ("(none)".to_owned(), Resolution::Withdrawn { reason })
+            }
+        };
+        if resolution.is_approved() {
+            return Ok(());
+        }
+        let code = match resolution {
+            Resolution::Denied { .. } => sqlstate::INSUFFICIENT_PRIVILEGE,
+            _ => sqlstate::QUERY_CANCELED,
+        };
+        let message = format!(
+            "{}; the rest of the result was withheld and the query cancelled",
+            resolution.refusal(&id)
+        );
+        out.extend_from_slice(&wire::error(code, &message));
+        self.discarding = true;
+        self.denied = true;
+        if let Some(target) = self.cancel.clone() {
+            // Cancelled in the background: the server side must keep
+            // draining meanwhile.
+            tokio::spawn(async move {
+                let t = target;
+                if let Err(e) = super::upstream::cancel(t.addr, &t.server_name, t.tls.as_ref(), t.pid, &t.secret).await
+                {
+                    tracing::warn!(error = %e, "could not cancel a denied query");
+                }
+            });
+        }
         Ok(())
     }
 
@@ -215,8 +315,21 @@ impl<'s> Backend<'s> {
         }
     }
 
+    fn current_mut(&mut self) -> Option<&mut Command> {
+        match self.queue.front_mut()? {
+            Pending::Query(commands) => commands.get_mut(self.statement),
+            Pending::Execute(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// Records the result of the current command and moves to the next.
     fn finish(&mut self, status: &str, error_code: Option<String>) {
+        let status = if std::mem::take(&mut self.denied) {
+            "denied"
+        } else {
+            status
+        };
         let tally = std::mem::take(&mut self.tally);
         let (masked, mut columns) = (tally.masked, tally.masked_columns);
         let (masked, columns) = match self.result.take() {

@@ -6,7 +6,7 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     sync::mpsc,
 };
 
@@ -14,13 +14,14 @@ use super::{
     Service, SessionError,
     catalog::Catalog,
     frame::{self, Frame, MAX_MESSAGE, cstr, take_i16, take_i32},
-    pending::{Command, Pending},
+    pending::{Command, Gate, Pending},
     record,
     rows::Column,
     wire::{self, sqlstate},
 };
 use crate::{
-    policy::{PolicyDecision, PolicyInput, Principal, ProcessInfo, SessionInfo},
+    approval::{HoldRequest, Resolution, Ticket},
+    policy::{Hold, PolicyDecision, PolicyInput, Principal, ProcessInfo, SessionInfo},
     proxy::Session,
     sql::{Analysis, AnalyzedStatement},
 };
@@ -66,9 +67,26 @@ const COPY_UNKNOWN_RULE: &str = "loopgate.copy_columns_unknown";
 /// Recorded parameter values are cut to this many characters.
 const PARAMETER_MAX: usize = 128;
 
+/// While a statement is held, the client may go on sending (pipelining);
+/// up to this much is buffered, then reading pauses.
+const HELD_READ_LIMIT: usize = 1024 * 1024;
+
 enum Flow {
     Continue,
     Terminate,
+    /// A statement waits for approval; nothing after it is forwarded.
+    Hold(Box<Held>),
+}
+
+/// A statement held for approval, and what is forwarded once approved.
+struct Held {
+    ticket: Ticket,
+    /// What the server side expects once the statement is forwarded.
+    release: Pending,
+    /// The client's message (Query or Execute), forwarded on approval.
+    message: Bytes,
+    /// Extended protocol: a refusal skips to Sync; simple: ReadyForQuery follows.
+    extended: bool,
 }
 
 impl<'s> Frontend<'s> {
@@ -120,17 +138,62 @@ impl<'s> Frontend<'s> {
                     server.write_all(&out).await?;
                     return Ok(());
                 }
+                Flow::Hold(mut held) => {
+                    // What came before the held statement goes ahead.
+                    if !out.is_empty() {
+                        self.session.add_to_server(out.len());
+                        server.write_all(&out).await?;
+                        out.clear();
+                    }
+                    let Some(resolution) = wait_for(&mut held.ticket, client, &mut buf).await else {
+                        // The client left; dropping the ticket cancels the request.
+                        return Ok(());
+                    };
+                    self.released(*held, resolution, &mut out).await?;
+                }
             }
+        }
+    }
+
+    /// Acts on a held statement's outcome: approved, it is forwarded in
+    /// its place; otherwise the client gets the reason as an error.
+    async fn released(&mut self, held: Held, resolution: Resolution, out: &mut BytesMut) -> Result<(), SessionError> {
+        if resolution.is_approved() {
+            self.queue(held.release).await?;
+            out.extend_from_slice(&held.message);
+            return Ok(());
+        }
+        let code = match resolution {
+            Resolution::Denied { .. } => sqlstate::INSUFFICIENT_PRIVILEGE,
+            _ => sqlstate::QUERY_CANCELED,
+        };
+        let error = wire::error(code, &resolution.refusal(&held.ticket.view().id));
+        if held.extended {
+            self.refuse_extended(error).await
+        } else {
+            self.queue(Pending::Reply {
+                bytes: error,
+                ready: true,
+            })
+            .await
         }
     }
 
     async fn on_message(&mut self, frame: Frame, out: &mut BytesMut) -> Result<Flow, SessionError> {
         let tag = frame.tag.unwrap_or(0);
         match tag {
-            b'Q' => self.query(frame, out).await?,
+            b'Q' => {
+                if let Some(held) = self.query(frame, out).await? {
+                    return Ok(Flow::Hold(held));
+                }
+            }
             b'P' => self.parse(frame, out).await?,
             b'B' => self.bind(frame, out)?,
-            b'E' => self.execute(frame, out).await?,
+            b'E' => {
+                if let Some(held) = self.execute(frame, out).await? {
+                    return Ok(Flow::Hold(held));
+                }
+            }
             b'S' => {
                 self.skipping = false;
                 self.queue(Pending::Sync).await?;
@@ -174,47 +237,126 @@ impl<'s> Frontend<'s> {
     }
 
     /// Simple query: every statement of the string is decided; if one is
-    /// refused, none runs (the string is one implicit transaction anyway).
-    async fn query(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), SessionError> {
+    /// refused, none runs (the string is one implicit transaction anyway);
+    /// if one is held, the whole string waits for approval.
+    async fn query(&mut self, frame: Frame, out: &mut BytesMut) -> Result<Option<Box<Held>>, SessionError> {
         let text = match statement_text(frame.body()) {
             Ok(t) => t,
             Err(reply) => {
-                return self
-                    .queue(Pending::Reply {
-                        bytes: reply,
-                        ready: true,
-                    })
-                    .await;
+                self.queue(Pending::Reply {
+                    bytes: reply,
+                    ready: true,
+                })
+                .await?;
+                return Ok(None);
             }
         };
         let analysis = self.svc.analysis.analyze(text);
         let decisions: Vec<PolicyDecision> = analysis.statements.iter().map(|s| self.decide(s)).collect();
-        if let Some(refusal) = decisions.iter().find(|d| !d.is_allow()) {
+        if let Some(refusal) = decisions.iter().find(|d| matches!(d, PolicyDecision::Deny { .. })) {
             let reply = self.refusal(&analysis.statements, refusal).await?;
-            return self
-                .queue(Pending::Reply {
-                    bytes: reply,
-                    ready: true,
-                })
-                .await;
+            self.queue(Pending::Reply {
+                bytes: reply,
+                ready: true,
+            })
+            .await?;
+            return Ok(None);
         }
         let mut commands = Vec::with_capacity(analysis.statements.len());
-        for (stmt, decision) in analysis.statements.iter().zip(decisions) {
+        for (stmt, decision) in analysis.statements.iter().zip(&decisions) {
             match self.record_allowed(stmt, decision, Vec::new()).await {
                 Ok(c) => commands.push(c),
                 Err(reply) => {
-                    return self
-                        .queue(Pending::Reply {
-                            bytes: reply,
-                            ready: true,
-                        })
-                        .await;
+                    self.queue(Pending::Reply {
+                        bytes: reply,
+                        ready: true,
+                    })
+                    .await?;
+                    return Ok(None);
                 }
             }
         }
+        let held = decisions
+            .iter()
+            .zip(&commands)
+            .find_map(|(d, c)| held_before_run(d).map(|hold| (hold, c.event_id)));
+        if let Some((hold, command_id)) = held {
+            let text: Vec<&str> = analysis.statements.iter().map(|s| s.normalized_text.as_str()).collect();
+            let request = self.hold_request(command_id, text.join("; "), Vec::new(), hold);
+            return self
+                .hold(request, Pending::Query(commands), frame.bytes.freeze(), false)
+                .await;
+        }
         self.queue(Pending::Query(commands)).await?;
         out.extend_from_slice(&frame.bytes);
-        Ok(())
+        Ok(None)
+    }
+
+    /// Opens an approval request for a statement and tells the client what
+    /// it waits for; the caller waits on the returned ticket.
+    async fn hold(
+        &mut self,
+        request: HoldRequest,
+        release: Pending,
+        message: Bytes,
+        extended: bool,
+    ) -> Result<Option<Box<Held>>, SessionError> {
+        let ticket = match self.svc.approvals.hold(request).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(session = %self.session.id, error = %e, "cannot hold a statement for approval");
+                let error = wire::error(
+                    sqlstate::SYSTEM_ERROR,
+                    &format!(
+                        "loopgate: this statement needs approval, which cannot be requested now ({e}); it was not run"
+                    ),
+                );
+                if extended {
+                    self.refuse_extended(error).await?;
+                } else {
+                    self.queue(Pending::Reply {
+                        bytes: error,
+                        ready: true,
+                    })
+                    .await?;
+                }
+                return Ok(None);
+            }
+        };
+        let (message_text, hint) = held_notice(ticket.view());
+        self.queue(Pending::Reply {
+            bytes: wire::notice(&message_text, &hint),
+            ready: false,
+        })
+        .await?;
+        Ok(Some(Box::new(Held {
+            ticket,
+            release,
+            message,
+            extended,
+        })))
+    }
+
+    /// What an approval request says about a statement of this session.
+    fn hold_request(
+        &self,
+        command_id: uuid::Uuid,
+        command: String,
+        parameters: Vec<String>,
+        hold: &Hold,
+    ) -> HoldRequest {
+        HoldRequest {
+            session_id: self.session.id,
+            command_id,
+            client_address: Some(self.session.client.to_string()),
+            principal: self.session.principal.get().cloned(),
+            process: self.session.process.clone(),
+            target: self.session.target_ref(),
+            command,
+            parameters,
+            hold: hold.clone(),
+            rows_sent: None,
+        }
     }
 
     /// Parse: the statement is analysed and decided now, once, and executed
@@ -241,7 +383,7 @@ impl<'s> Frontend<'s> {
             .statements
             .first()
             .map_or_else(PolicyDecision::allow, |s| self.decide(s));
-        if !decision.is_allow() {
+        if matches!(decision, PolicyDecision::Deny { .. }) {
             let reply = self.refusal(&analysis.statements, &decision).await?;
             return self.refuse_extended(reply).await;
         }
@@ -272,14 +414,16 @@ impl<'s> Frontend<'s> {
         Ok(())
     }
 
-    async fn execute(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), SessionError> {
+    /// Execute: recorded with its bound parameters; held ones wait here.
+    async fn execute(&mut self, frame: Frame, out: &mut BytesMut) -> Result<Option<Box<Held>>, SessionError> {
         if self.skipping {
-            return Ok(());
+            return Ok(None);
         }
         let (portal, _) = cstr(frame.body()).ok_or_else(|| malformed("Execute"))?;
         let Some(bound) = self.portals.get(portal) else {
             let reply = wire::error("34000", "loopgate: portal was not bound through loopgate");
-            return self.refuse_extended(reply).await;
+            self.refuse_extended(reply).await?;
+            return Ok(None);
         };
         let prepared = bound.prepared.clone();
         let parameters = bound.parameters.clone();
@@ -291,19 +435,28 @@ impl<'s> Frontend<'s> {
                 mask: Vec::new(),
                 copy_columns: Vec::new(),
                 started: Instant::now(),
+                gate: None,
             }))
             .await?;
             out.extend_from_slice(&frame.bytes);
-            return Ok(());
+            return Ok(None);
         };
-        match self.record_allowed(stmt, prepared.decision.clone(), parameters).await {
-            Ok(command) => {
-                self.queue(Pending::Execute(command)).await?;
-                out.extend_from_slice(&frame.bytes);
-                Ok(())
+        let command = match self.record_allowed(stmt, &prepared.decision, parameters.clone()).await {
+            Ok(command) => command,
+            Err(reply) => {
+                self.refuse_extended(reply).await?;
+                return Ok(None);
             }
-            Err(reply) => self.refuse_extended(reply).await,
+        };
+        if let Some(hold) = held_before_run(&prepared.decision) {
+            let request = self.hold_request(command.event_id, stmt.normalized_text.clone(), parameters, hold);
+            return self
+                .hold(request, Pending::Execute(command), frame.bytes.freeze(), true)
+                .await;
         }
+        self.queue(Pending::Execute(command)).await?;
+        out.extend_from_slice(&frame.bytes);
+        Ok(None)
     }
 
     fn close(&mut self, frame: &Frame) {
@@ -342,23 +495,16 @@ impl<'s> Frontend<'s> {
             session: Some(&self.session_info),
             time: std::time::SystemTime::now(),
         };
-        match self.svc.policy.decide(&input) {
-            // Approvals arrive with their own issue; until then a hold
-            // cannot be honoured, so the statement is refused (fail closed).
-            PolicyDecision::Hold(hold) => PolicyDecision::deny(
-                &hold.rule_id,
-                format!("{} (needs approval, which this build cannot grant)", hold.reason),
-            ),
-            d => d,
-        }
+        self.svc.policy.decide(&input)
     }
 
-    /// Records an allowed statement; the command may be forwarded once this
-    /// returns Ok. An audit failure yields the error to send instead.
+    /// Records an allowed or held statement; an allowed one may be
+    /// forwarded once this returns Ok, a held one once approved. An audit
+    /// failure yields the error to send instead.
     async fn record_allowed(
         &self,
         stmt: &AnalyzedStatement,
-        decision: PolicyDecision,
+        decision: &PolicyDecision,
         parameters: Vec<String>,
     ) -> Result<Command, BytesMut> {
         let copy_columns = match stmt.classification.as_ref().ok().and_then(|c| c.copy_query.as_deref()) {
@@ -378,7 +524,17 @@ impl<'s> Frontend<'s> {
             },
             None => Vec::new(),
         };
-        let event = record::command(self.session, stmt, record::allow(), parameters);
+        let threshold = match decision {
+            PolicyDecision::Hold(hold) => hold.row_threshold.map(|t| (hold, t)),
+            _ => None,
+        };
+        let recorded = match (decision, threshold) {
+            (_, Some((hold, t))) => record::gated(hold, t),
+            (PolicyDecision::Hold(hold), None) => record::hold(hold),
+            _ => record::allow(),
+        };
+        let gate_parameters = threshold.map(|_| parameters.clone());
+        let event = record::command(self.session, stmt, recorded, parameters);
         let event_id = event.event_id;
         if let Err(e) = self.session.audit.append(event).await {
             tracing::error!(session = %self.session.id, error = %e, "refusing statement: audit unavailable");
@@ -393,6 +549,11 @@ impl<'s> Frontend<'s> {
             mask: decision.mask_overrides().to_vec(),
             copy_columns,
             started: Instant::now(),
+            gate: threshold.map(|(hold, threshold)| {
+                let parameters = gate_parameters.unwrap_or_default();
+                let request = self.hold_request(event_id, stmt.normalized_text.clone(), parameters, hold);
+                Box::new(Gate { threshold, request })
+            }),
         })
     }
 
@@ -444,6 +605,20 @@ impl<'s> Frontend<'s> {
                 }
                 s
             }
+        }
+    }
+}
+
+/// Waits for a held statement's outcome while watching the client: `None`
+/// if it disconnects. What it sends meanwhile is buffered, up to a limit.
+async fn wait_for<R: AsyncRead + Unpin>(ticket: &mut Ticket, client: &mut R, buf: &mut BytesMut) -> Option<Resolution> {
+    loop {
+        tokio::select! {
+            r = ticket.wait() => return Some(r),
+            n = client.read_buf(buf), if buf.len() < HELD_READ_LIMIT => match n {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            },
         }
     }
 }
@@ -510,6 +685,33 @@ fn parse_bind<'b>(body: &'b [u8], fe: &Frontend<'_>) -> Result<Bound<'b>, Sessio
         statement,
         parameters,
     })
+}
+
+/// The hold of a statement that waits before it runs (a hold with a row
+/// threshold runs at once and pauses its results instead).
+fn held_before_run(decision: &PolicyDecision) -> Option<&Hold> {
+    match decision {
+        PolicyDecision::Hold(hold) if hold.row_threshold.is_none() => Some(hold),
+        _ => None,
+    }
+}
+
+/// The notice a waiting client sees (psql prints it), and its hint.
+pub(super) fn held_notice(view: &crate::approval::ApprovalView) -> (String, String) {
+    let waiting = match view.rows_sent {
+        Some(rows) => format!("the rest of this result (after {rows} rows) waits"),
+        None => "this statement waits".to_owned(),
+    };
+    let message = format!(
+        "loopgate: {waiting} for approval {} (rule {}: {})",
+        view.id, view.rule_id, view.reason
+    );
+    let seconds = view.expires_unix_ms.saturating_sub(view.requested_unix_ms) / 1000;
+    let hint = format!(
+        "{} member(s) of {} must run `loopgate approvals approve {}` within {seconds}s; otherwise it is refused",
+        view.min_approvals, view.approver_group, view.id
+    );
+    (message, hint)
 }
 
 fn refusal_text(d: &PolicyDecision) -> (String, String) {

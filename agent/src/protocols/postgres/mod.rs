@@ -44,6 +44,7 @@ use self::{
     wire::sqlstate,
 };
 use crate::{
+    approval::Approvals,
     audit::{AuditError, Principal},
     config::Identity,
     identity::OidcValidator,
@@ -75,6 +76,8 @@ pub struct Service {
     pub cancels: CancelRegistry,
     /// Real names of the tables and columns results come from.
     pub tables: catalog::TableCache,
+    /// Where held statements wait for approval.
+    pub approvals: Arc<Approvals>,
 }
 
 /// Serves one intercepted PostgreSQL connection.
@@ -137,15 +140,14 @@ pub async fn serve(svc: &Service, session: &Session, client: TcpStream, connect_
         }
     };
 
-    let key = upstream.backend_key.as_ref().map(|(pid, secret)| {
-        svc.cancels.register(CancelTarget {
-            addr: session.original,
-            server_name: svc.server_name.clone(),
-            tls: svc.upstream.tls.clone(),
-            pid: *pid,
-            secret: secret.clone(),
-        })
+    let cancel = upstream.backend_key.as_ref().map(|(pid, secret)| CancelTarget {
+        addr: session.original,
+        server_name: svc.server_name.clone(),
+        tls: svc.upstream.tls.clone(),
+        pid: *pid,
+        secret: secret.clone(),
     });
+    let key = cancel.clone().map(|target| svc.cancels.register(target));
     let mut hello = BytesMut::new();
     hello.extend_from_slice(&wire::authentication_ok());
     for (name, value) in &upstream.parameters {
@@ -164,7 +166,7 @@ pub async fn serve(svc: &Service, session: &Session, client: TcpStream, connect_
                 &svc.upstream,
                 &parameters,
             ));
-            relay(svc, session, stream, buf, upstream, &catalog).await
+            relay(svc, session, stream, buf, upstream, &catalog, cancel).await
         }
         Err(_) => SessionEnd::failed("closed", "client left during startup"),
     };
@@ -243,14 +245,19 @@ async fn relay(
     client_buf: BytesMut,
     upstream: upstream::Upstream,
     catalog: &tokio::sync::Mutex<catalog::Catalog>,
+    cancel: Option<CancelTarget>,
 ) -> SessionEnd {
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
     let (mut server_rx, mut server_tx) = tokio::io::split(upstream.stream);
     let (pending_tx, pending_rx) = mpsc::channel(PIPELINE_DEPTH);
     let result = {
         let frontend = Frontend::new(svc, session, catalog, pending_tx).run(&mut client_rx, client_buf, &mut server_tx);
-        let backend =
-            Backend::new(svc, session, catalog).run(&mut server_rx, upstream.leftover, &mut client_tx, pending_rx);
+        let backend = Backend::new(svc, session, catalog, cancel).run(
+            &mut server_rx,
+            upstream.leftover,
+            &mut client_tx,
+            pending_rx,
+        );
         tokio::select! {
             r = frontend => r,
             r = backend => r,

@@ -11,7 +11,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use uuid::Uuid;
 
-use crate::mask::MaskRule;
+use crate::{approval::HoldRequest, mask::MaskRule};
 
 /// A statement that was recorded and forwarded; its result is recorded
 /// when the server completes it.
@@ -25,6 +25,17 @@ pub struct Command {
     /// For `COPY ... TO`, the columns of its data, by real name.
     pub copy_columns: Vec<super::rows::Column>,
     pub started: Instant,
+    /// A row-threshold hold: past `threshold` rows the results wait for
+    /// approval. Cleared once approved.
+    pub gate: Option<Box<Gate>>,
+}
+
+/// Results may stream up to `threshold` rows; the next one waits until
+/// `request` is approved.
+#[derive(Debug)]
+pub struct Gate {
+    pub threshold: u64,
+    pub request: HoldRequest,
 }
 
 #[derive(Debug)]

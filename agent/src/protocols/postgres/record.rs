@@ -1,6 +1,7 @@
 //! The audit records of a PostgreSQL session's commands.
 use crate::{
     audit::{CommandInfo, Decision, Event, EventKind, Outcome, Verdict},
+    policy::Hold,
     proxy::Session,
     sql::AnalyzedStatement,
 };
@@ -48,23 +49,29 @@ pub fn result(session: &Session, command: &super::pending::Command, outcome: Out
 }
 
 pub fn allow() -> Decision {
-    Decision {
-        verdict: Verdict::Allow,
-        rule_id: None,
-        reason: None,
-        approver: None,
-        wait_us: None,
-    }
+    Decision::new(Verdict::Allow)
 }
 
 pub fn block(rule_id: &str, reason: &str) -> Decision {
-    Decision {
-        verdict: Verdict::Block,
-        rule_id: Some(rule_id.to_owned()),
-        reason: Some(reason.to_owned()),
-        approver: None,
-        wait_us: None,
-    }
+    with_rule(Verdict::Block, rule_id, reason)
+}
+
+/// A statement held before it runs, until approved.
+pub fn hold(hold: &Hold) -> Decision {
+    with_rule(Verdict::Hold, &hold.rule_id, &hold.reason)
+}
+
+/// A statement that runs, but whose results pause at a row threshold.
+pub fn gated(hold: &Hold, threshold: u64) -> Decision {
+    let reason = format!("{}; results pause after {threshold} rows until approved", hold.reason);
+    with_rule(Verdict::Allow, &hold.rule_id, &reason)
+}
+
+fn with_rule(verdict: Verdict, rule_id: &str, reason: &str) -> Decision {
+    let mut d = Decision::new(verdict);
+    d.rule_id = Some(rule_id.to_owned());
+    d.reason = Some(reason.to_owned());
+    d
 }
 
 fn base(session: &Session, kind: EventKind) -> Event {

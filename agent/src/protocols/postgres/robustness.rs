@@ -40,7 +40,7 @@ impl Rng {
     }
 }
 
-fn service() -> Service {
+fn service(audit: AuditLog) -> Service {
     let masker = Masker::new(&MaskConfig::default(), None).unwrap();
     Service {
         analysis: AnalysisCache::new(Analyzer::new(&SqlConfig::default(), masker.clone())),
@@ -63,6 +63,7 @@ fn service() -> Service {
         oidc: None,
         cancels: Default::default(),
         tables: Default::default(),
+        approvals: crate::approval::Approvals::new(audit, None, None),
     }
 }
 
@@ -121,8 +122,8 @@ fn message(rng: &mut Rng, tags: &[u8], plausible: &[&[u8]]) -> Vec<u8> {
 #[tokio::test]
 async fn garbage_from_either_side_never_panics() {
     let dir = tempfile::tempdir().unwrap();
-    let svc = service();
     let session = session(dir.path());
+    let svc = service(session.audit.clone());
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let client_plausible: &[&[u8]] = &[
         b"select 1\0",
@@ -178,7 +179,7 @@ async fn garbage_from_either_side_never_panics() {
             let mut sink = Vec::new();
             let _ = tokio::io::AsyncReadExt::read_to_end(&mut to_client_far, &mut sink).await;
         });
-        let _ = Backend::new(&svc, &session, &catalog)
+        let _ = Backend::new(&svc, &session, &catalog, None)
             .run(&mut upstream, BytesMut::new(), &mut to_client, rx)
             .await;
         drop(to_client);

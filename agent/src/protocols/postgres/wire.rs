@@ -2,7 +2,7 @@
 use bytes::BytesMut;
 use pgwire::messages::{
     Message as _,
-    response::{ErrorResponse, ReadyForQuery, TransactionStatus},
+    response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus},
     startup::{Authentication, BackendKeyData, NegotiateProtocolVersion, ParameterStatus, SecretKey},
 };
 
@@ -19,6 +19,10 @@ pub mod sqlstate {
     /// The caller's token was refused.
     pub const INVALID_AUTHORIZATION: &str = "28000";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    /// A held statement that was not approved in time (or withdrawn).
+    pub const QUERY_CANCELED: &str = "57014";
+    /// Informational notices.
+    pub const SUCCESSFUL_COMPLETION: &str = "00000";
 }
 
 fn encode(m: impl FnOnce(&mut BytesMut) -> pgwire::error::PgWireResult<()>) -> BytesMut {
@@ -44,6 +48,18 @@ pub fn error_with(code: &str, message: &str, hint: Option<&str>) -> BytesMut {
         fields.push((b'H', hint.to_owned()));
     }
     encode(|b| ErrorResponse::new(fields).encode(b))
+}
+
+/// A NoticeResponse: psql and libpq print it as it arrives.
+pub fn notice(message: &str, hint: &str) -> BytesMut {
+    let fields = vec![
+        (b'S', "NOTICE".to_owned()),
+        (b'V', "NOTICE".to_owned()),
+        (b'C', sqlstate::SUCCESSFUL_COMPLETION.to_owned()),
+        (b'M', message.to_owned()),
+        (b'H', hint.to_owned()),
+    ];
+    encode(|b| NoticeResponse::new(fields).encode(b))
 }
 
 /// A FATAL ErrorResponse: the session ends after it.

@@ -1,6 +1,7 @@
-//! A small HTTP/1.1 GET client for discovery and JWKS documents, over tokio
-//! and rustls (ring), so no second HTTP and TLS stack enters the agent.
-//! One request per connection, no redirects, bounded size and time.
+//! A small HTTP/1.1 client (OIDC discovery and JWKS documents, approval
+//! webhooks) over tokio and rustls (ring), so no second HTTP and TLS stack
+//! enters the agent. One request per connection, no redirects, bounded size
+//! and time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +12,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use url::Url;
 
-/// Discovery documents and key sets are a few KiB; this is far above that.
-pub(crate) const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Discovery documents, key sets and webhook answers are a few KiB; this is
+/// far above that.
+const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -32,14 +34,65 @@ pub enum FetchError {
     Malformed(&'static str),
 }
 
+/// TLS settings for HTTPS requests: the roots in `ca_file` (PEM), or the
+/// public web roots when none is given.
+pub fn client_tls(ca_file: Option<&std::path::Path>) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            use rustls_pki_types::{CertificateDer, pem::PemObject as _};
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| e.to_string())? {
+                roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+            }
+            if roots.is_empty() {
+                return Err("no certificates in the file".into());
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// GET `url`; the body of a 200 answer.
-pub(crate) async fn get(url: &Url, tls: &Arc<ClientConfig>, timeout: Duration) -> Result<Vec<u8>, FetchError> {
-    tokio::time::timeout(timeout, get_inner(url, tls))
+pub async fn get(url: &Url, tls: &Arc<ClientConfig>, timeout: Duration) -> Result<Vec<u8>, FetchError> {
+    let request = Request {
+        method: "GET",
+        body: None,
+    };
+    tokio::time::timeout(timeout, send(url, tls, request))
         .await
         .map_err(|_| FetchError::Timeout)?
 }
 
-async fn get_inner(url: &Url, tls: &Arc<ClientConfig>) -> Result<Vec<u8>, FetchError> {
+/// POST `body` as JSON to `url`; the body of a 2xx answer.
+pub async fn post_json(
+    url: &Url,
+    tls: &Arc<ClientConfig>,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, FetchError> {
+    let request = Request {
+        method: "POST",
+        body: Some(body),
+    };
+    tokio::time::timeout(timeout, send(url, tls, request))
+        .await
+        .map_err(|_| FetchError::Timeout)?
+}
+
+struct Request<'a> {
+    method: &'static str,
+    /// Sent as `application/json`.
+    body: Option<&'a [u8]>,
+}
+
+async fn send(url: &Url, tls: &Arc<ClientConfig>, req: Request<'_>) -> Result<Vec<u8>, FetchError> {
     let host = url.host_str().ok_or(FetchError::Malformed("no host"))?;
     let port = url.port_or_known_default().ok_or(FetchError::Malformed("no port"))?;
     // `host_str` keeps IPv6 brackets, which the resolver does not want.
@@ -55,20 +108,29 @@ async fn get_inner(url: &Url, tls: &Arc<ClientConfig>) -> Result<Vec<u8>, FetchE
         target.push('?');
         target.push_str(q);
     }
-    let request = format!(
-        "GET {target} HTTP/1.1\r\nHost: {host_header}\r\nAccept: application/json\r\nUser-Agent: loopgate\r\nConnection: close\r\n\r\n"
-    );
+    let mut request = format!(
+        "{} {target} HTTP/1.1\r\nHost: {host_header}\r\nAccept: application/json\r\nUser-Agent: loopgate\r\nConnection: close\r\n",
+        req.method
+    )
+    .into_bytes();
+    if let Some(body) = req.body {
+        request.extend_from_slice(
+            format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()).as_bytes(),
+        );
+    }
+    request.extend_from_slice(b"\r\n");
+    request.extend_from_slice(req.body.unwrap_or_default());
     let raw = if url.scheme() == "https" {
         let name = ServerName::try_from(bare.to_string()).map_err(|e| FetchError::Tls(e.to_string()))?;
         let mut stream = tokio_rustls::TlsConnector::from(tls.clone())
             .connect(name, tcp)
             .await
             .map_err(|e| FetchError::Tls(e.to_string()))?;
-        stream.write_all(request.as_bytes()).await.map_err(FetchError::Io)?;
+        stream.write_all(&request).await.map_err(FetchError::Io)?;
         read_all(&mut stream).await?
     } else {
         let mut stream = tcp;
-        stream.write_all(request.as_bytes()).await.map_err(FetchError::Io)?;
+        stream.write_all(&request).await.map_err(FetchError::Io)?;
         read_all(&mut stream).await?
     };
     parse_response(&raw)
@@ -95,7 +157,7 @@ async fn read_all<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, Fetch
     }
 }
 
-pub(crate) fn parse_response(raw: &[u8]) -> Result<Vec<u8>, FetchError> {
+fn parse_response(raw: &[u8]) -> Result<Vec<u8>, FetchError> {
     let head_end = find(raw, b"\r\n\r\n").ok_or(FetchError::Malformed("no end of headers"))?;
     let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| FetchError::Malformed("headers are not UTF-8"))?;
     let body = &raw[head_end + 4..];
@@ -110,7 +172,7 @@ pub(crate) fn parse_response(raw: &[u8]) -> Result<Vec<u8>, FetchError> {
         .next()
         .and_then(|s| s.parse().ok())
         .ok_or(FetchError::Malformed("bad status line"))?;
-    if status != 200 {
+    if !(200..300).contains(&status) {
         return Err(FetchError::Status(status));
     }
     let mut content_length = None;

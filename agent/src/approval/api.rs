@@ -1,0 +1,101 @@
+//! The loopback HTTP API, for a web page or a reverse proxy in front of it:
+//!
+//! - `GET  /v1/approvals`              pending requests the caller may decide
+//! - `GET  /v1/approvals/{id}`         one request
+//! - `POST /v1/approvals/{id}/approve`
+//! - `POST /v1/approvals/{id}/deny`    body `{"reason": "..."}` (optional)
+//!
+//! Every call needs `Authorization: Bearer <OIDC token>`; the token's
+//! subject and groups are the approver.
+use std::{net::SocketAddr, sync::Arc};
+
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{Approvals, Approver, Choice, DecideError, Decided};
+use crate::{http, identity::OidcValidator};
+
+/// Binds `addr` and serves the API in the background.
+pub async fn serve_http(addr: SocketAddr, approvals: Arc<Approvals>, oidc: Arc<OidcValidator>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let (approvals, oidc) = (approvals.clone(), oidc.clone());
+                    tokio::spawn(async move { exchange(stream, &approvals, &oidc).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "approvals API accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn exchange(mut stream: TcpStream, approvals: &Approvals, oidc: &OidcValidator) {
+    let request = tokio::time::timeout(std::time::Duration::from_secs(10), http::read_request(&mut stream)).await;
+    let (status, body) = match request {
+        Err(_) => (408, json!({"error": "request timed out"})),
+        Ok(Err((status, message))) => (status, json!({"error": message})),
+        Ok(Ok(request)) => route(request, approvals, oidc).await,
+    };
+    if let Err(e) = http::respond(&mut stream, status, body.to_string().as_bytes()).await {
+        tracing::debug!(error = %e, "approvals API response not delivered");
+    }
+}
+
+async fn route(request: http::HttpRequest, approvals: &Approvals, oidc: &OidcValidator) -> (u16, Value) {
+    let Some(token) = request.bearer.as_deref() else {
+        return (401, json!({"error": "an OIDC bearer token is required"}));
+    };
+    let who = match oidc.validate(token).await {
+        Ok(t) => Approver::from_token(t),
+        Err(e) => return (401, json!({"error": format!("token refused: {e}")})),
+    };
+    let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
+    match (request.method.as_str(), segments.as_slice()) {
+        ("GET", ["v1", "approvals"]) => (200, json!({"approvals": approvals.list(&who)})),
+        ("GET", ["v1", "approvals", id]) => match approvals.show(&who, id) {
+            Ok(view) => (200, json!(view)),
+            Err(e) => error(&e),
+        },
+        ("POST", ["v1", "approvals", id, action @ ("approve" | "deny")]) => {
+            let choice = if *action == "approve" {
+                Choice::Approve
+            } else {
+                let reason = serde_json::from_slice::<Value>(&request.body)
+                    .ok()
+                    .and_then(|v| v.get("reason").and_then(Value::as_str).map(str::to_owned));
+                Choice::Deny { reason }
+            };
+            match approvals.decide(id, &who, choice).await {
+                Ok(decided) => (200, decided_json(id, &decided)),
+                Err(e) => error(&e),
+            }
+        }
+        (_, ["v1", "approvals", ..]) => (405, json!({"error": "method not allowed"})),
+        _ => (404, json!({"error": "no such endpoint"})),
+    }
+}
+
+/// The JSON answer to a decision (shared with the control socket's CLI output).
+pub fn decided_json(id: &str, decided: &Decided) -> Value {
+    match decided {
+        Decided::Released => json!({"id": id, "result": "released"}),
+        Decided::Counted { have, need } => json!({"id": id, "result": "counted", "have": have, "need": need}),
+        Decided::Denied => json!({"id": id, "result": "denied"}),
+    }
+}
+
+fn error(e: &DecideError) -> (u16, Value) {
+    let status = match e {
+        DecideError::NotFound(_) => 404,
+        DecideError::NotApprover { .. } | DecideError::SelfApproval(_) => 403,
+        DecideError::AlreadyApproved(_) => 409,
+        DecideError::Audit(_) => 503,
+    };
+    (status, json!({"error": e.to_string()}))
+}
