@@ -257,7 +257,7 @@ fn deny_timeout_and_two_person_approval() {
          \x20   print('error', e.diag.sqlstate, e.diag.message_primary)\n\
          print('after', conn.execute('SELECT count(*) FROM visits').fetchone()[0])\n"
     );
-    let python = spawn(f.python_command(&script));
+    let python = spawn(f.python_command(&script, &[]));
     let id = wait_pending(&f, 1)[0]["id"].as_str().unwrap().to_owned();
     let said = ok(&approvals(
         &f,
@@ -342,7 +342,7 @@ fn results_pause_at_the_row_threshold_until_approved() {
     let read_progress = || std::fs::read_to_string(&progress).unwrap_or_default();
 
     // Approve: 1000 rows, a pause, then the rest.
-    let python = spawn(f.python_command(&stream("SELECT id, name, ssn FROM patients")));
+    let python = spawn(f.python_command(&stream("SELECT id, name, ssn FROM patients"), &[]));
     let request = wait_pending(&f, 1).remove(0);
     assert_eq!(request["rule_id"], "hipaa.hold_bulk_phi_select");
     assert_eq!(request["rows_sent"], 1000);
@@ -365,7 +365,7 @@ fn results_pause_at_the_row_threshold_until_approved() {
     // client (backpressure); denied, its query is cancelled.
     std::fs::remove_file(&progress).unwrap();
     let wide = "SELECT id, ssn, repeat(city, 300) AS pad FROM patients";
-    let python = spawn(f.python_command(&stream(wide)));
+    let python = spawn(f.python_command(&stream(wide), &[]));
     let id = wait_pending(&f, 1)[0]["id"].as_str().unwrap().to_owned();
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(read_progress(), "1000");
@@ -397,6 +397,31 @@ fn results_pause_at_the_row_threshold_until_approved() {
     assert_eq!(
         result["outcome"]["error_code"], "57014",
         "the server's query was cancelled: {result}"
+    );
+
+    // Fetching in batches (Execute with a row limit, as JDBC does) counts
+    // toward one threshold: 400 + 400 + 200 rows, then the pause.
+    std::fs::remove_file(&progress).unwrap();
+    let progress_arg = progress.display().to_string();
+    let batches = spawn(f.python_command(
+        loopgate_e2e::PG_BATCHES,
+        &[&progress_arg, "SELECT id, ssn FROM patients", "400"],
+    ));
+    let request = wait_pending(&f, 1).remove(0);
+    assert_eq!(request["rows_sent"], 1000);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(read_progress(), "1000");
+    let id = request["id"].as_str().unwrap();
+    ok(&approvals(
+        &f,
+        ALICE,
+        &[APPROVERS_GID],
+        &["deny", id, "--reason", "batches too"],
+    ));
+    let stdout = ok(&batches.wait_with_output().unwrap());
+    assert!(
+        stdout.contains("batch 400 rows\nbatch 400 rows\nnotice\nerror 42501") && stdout.contains("batches too"),
+        "{stdout}"
     );
 }
 
@@ -435,6 +460,32 @@ fn fifty_held_commands_decided_in_random_order_reach_the_right_clients() {
     let mut claims = issuer.claims("approver-web", "loopgate");
     claims["groups"] = json!([approver_group()]);
     let token = issuer.mint(&claims);
+    let curl = |args: &[&str]| {
+        std::process::Command::new("curl")
+            .args(["-sS"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let listed = ok(&curl(&[
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &format!("http://{api}/v1/approvals"),
+    ]));
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(
+        listed["approvals"].as_array().unwrap().len(),
+        N,
+        "the API lists what the CLI does"
+    );
+    let anonymous = ok(&curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{api}/v1/approvals"),
+    ]));
+    assert_eq!(anonymous, "401", "the API needs a bearer token");
     let mut order: Vec<usize> = (1..=N).collect();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -505,6 +556,19 @@ fn fifty_held_commands_decided_in_random_order_reach_the_right_clients() {
 fn a_stop_or_crash_while_pending_fails_closed_and_is_recorded() {
     require_ebpf!();
     let (mut f, _dir) = clinic(json!({"min_approvals": 1, "timeout_secs": 600}), 100, "");
+
+    // The client leaves while held: the request ends with it.
+    let mut psql = spawn(f.psql_command(COPY_PATIENTS));
+    let left = wait_pending(&f, 1)[0]["id"].as_str().unwrap().to_owned();
+    psql.kill().unwrap();
+    psql.wait().unwrap();
+    f.agent.wait_events("the abandoned request", |e| {
+        transitions(e, &left).iter().any(|t| {
+            t["decision"]["verdict"] == "cancelled"
+                && t["decision"]["reason"] == "the client left while the command was held"
+        })
+    });
+    assert!(pending(&f, ALICE, &[APPROVERS_GID]).is_empty());
 
     // SIGTERM: held commands fail at once, recorded as cancelled.
     let psql = spawn(f.psql_command(COPY_PATIENTS));

@@ -124,11 +124,12 @@ impl Clinic {
     /// Runs a Python script (the test venv: psycopg) inside the cgroup;
     /// the script gets the DSN as its first argument.
     pub fn python(&self, script: &str) -> Output {
-        self.python_command(script).output().expect("run python")
+        self.python_command(script, &[]).output().expect("run python")
     }
 
-    /// The [`Clinic::python`] command, to spawn and wait for later.
-    pub fn python_command(&self, script: &str) -> Command {
+    /// The [`Clinic::python`] command, to spawn and wait for later; `args`
+    /// follow the DSN.
+    pub fn python_command(&self, script: &str, args: &[&str]) -> Command {
         let python = crate::python();
         let dsn = format!(
             "host={} port={} user=clinic-bot dbname=postgres connect_timeout=10",
@@ -136,7 +137,7 @@ impl Clinic {
             self.pg.addr.port()
         );
         let mut cmd = self.agent.loopgate(&["exec"]);
-        cmd.arg("--").arg(python).args(["-c", script, &dsn]);
+        cmd.arg("--").arg(python).args(["-c", script, &dsn]).args(args);
         cmd
     }
 

@@ -29,3 +29,7 @@ macro_rules! require_ebpf {
 /// distinct payload of `size` bytes, checks the echo, and prints JSON with
 /// what it saw (peer and local addresses as getpeername/getsockname show).
 pub const ECHO_CLIENT: &str = include_str!("echo_client.py");
+
+/// A raw extended-protocol PostgreSQL client that fetches a portal in
+/// batches (Execute with a row limit); see the script's docstring.
+pub const PG_BATCHES: &str = include_str!("pg_batches.py");

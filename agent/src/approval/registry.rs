@@ -441,22 +441,29 @@ impl Approvals {
         event
     }
 
-    /// Ends a request its waiter gave up on; recorded in the background
-    /// (the waiter is gone or must not wait on the audit trail).
+    /// Ends a request its waiter gave up on (timed out, or its client
+    /// left). The waiter is told at once; the event is recorded in the
+    /// background, and only then is the journal entry removed, so a request
+    /// whose end never reached the trail is recorded by the next start.
     fn abandon(self: &Arc<Self>, id: &str, resolution: Resolution) -> bool {
         let Some(entry) = self.take(id) else {
             return false;
         };
         let event = self.outcome_event(&entry, &resolution, None);
-        self.close(entry, resolution);
-        let audit = self.audit.clone();
-        let id = id.to_owned();
-        // Recording must not depend on the waiter's future being polled.
+        let _ = entry.resolve.send(resolution);
+        let (approvals, id) = (self.clone(), id.to_owned());
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {
-                    if let Err(e) = audit.append(event).await {
-                        tracing::error!(approval = %id, error = %e, "could not record the end of an approval request");
+                    match approvals.audit.append(event).await {
+                        Ok(_) => {
+                            if let Some(journal) = &approvals.journal {
+                                journal.remove(&id);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(approval = %id, error = %e, "could not record the end of an approval request")
+                        }
                     }
                 });
             }

@@ -14,6 +14,9 @@ use crate::{
     proxy::Proxy,
 };
 
+/// How long a peer may take to send its request line.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What the sockets answer from.
 pub struct ControlState {
     pub proxy: Arc<Proxy>,
@@ -73,7 +76,11 @@ async fn answer(stream: UnixStream, state: &ControlState, access: Access) -> std
     let peer = Approver::from_peer(&stream)?;
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(read.take(MAX_LINE as u64)).read_line(&mut line).await?;
+    let mut reader = BufReader::new(read.take(MAX_LINE as u64));
+    // Anyone may connect to the approvals socket: idle peers are dropped.
+    tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request line"))??;
     // The root socket's file is 0600; the peer check keeps it root-only even
     // if its mode is loosened by hand.
     let response = if access == Access::Root && peer.uid != Some(0) {

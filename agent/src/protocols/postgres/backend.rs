@@ -2,7 +2,10 @@
 //! are masked row by row (streamed, nothing buffered beyond one message),
 //! server messages are scanned, and each finished command is recorded with
 //! its outcome.
-use std::collections::{BTreeSet, VecDeque};
+use std::{
+    collections::{BTreeSet, VecDeque},
+    sync::atomic::Ordering,
+};
 
 use bytes::BytesMut;
 use pgwire::messages::{DecodeContext, Message as _, PgWireBackendMessage};
@@ -227,10 +230,10 @@ impl<'s> Backend<'s> {
             _ => false,
         };
         row && !self.discarding
-            && self
-                .current()
-                .and_then(|c| c.gate.as_ref())
-                .is_some_and(|g| self.tally.rows >= g.threshold)
+            && self.current().and_then(|c| c.gate.as_ref()).is_some_and(|g| {
+                !g.progress.approved.load(Ordering::Relaxed)
+                    && g.progress.rows.load(Ordering::Relaxed) + self.tally.rows >= g.threshold
+            })
     }
 
     /// Pauses the results at the row threshold: the rows so far reach the
@@ -242,7 +245,7 @@ impl<'s> Backend<'s> {
             return Ok(());
         };
         let mut request = gate.request;
-        request.rows_sent = Some(self.tally.rows);
+        request.rows_sent = Some(gate.progress.rows.load(Ordering::Relaxed) + self.tally.rows);
         let (id, resolution) = match self.svc.approvals.hold(request).await {
             Ok(mut ticket) => {
                 let (message, hint) = super::frontend::held_notice(ticket.view());
@@ -260,6 +263,7 @@ impl<'s> Backend<'s> {
             }
         };
         if resolution.is_approved() {
+            gate.progress.approved.store(true, Ordering::Relaxed);
             return Ok(());
         }
         let code = match resolution {
@@ -348,6 +352,9 @@ impl<'s> Backend<'s> {
             masked_fields: columns.into_iter().collect(),
             masked_count: Some(masked),
         };
+        if let Some(gate) = self.current().and_then(|c| c.gate.as_ref()) {
+            gate.progress.rows.fetch_add(tally.rows, Ordering::Relaxed);
+        }
         match self.queue.front() {
             Some(Pending::Query(commands)) => {
                 if let Some(c) = commands.get(self.statement) {

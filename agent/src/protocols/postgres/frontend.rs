@@ -14,7 +14,7 @@ use super::{
     Service, SessionError,
     catalog::Catalog,
     frame::{self, Frame, MAX_MESSAGE, cstr, take_i16, take_i32},
-    pending::{Command, Gate, Pending},
+    pending::{Command, Gate, GateProgress, Pending},
     record,
     rows::Column,
     wire::{self, sqlstate},
@@ -43,6 +43,8 @@ impl Prepared {
 struct Portal {
     prepared: Arc<Prepared>,
     parameters: Vec<String>,
+    /// Row-threshold progress across the portal's Executes.
+    gate: Arc<GateProgress>,
 }
 
 pub(super) struct Frontend<'s> {
@@ -264,7 +266,7 @@ impl<'s> Frontend<'s> {
         }
         let mut commands = Vec::with_capacity(analysis.statements.len());
         for (stmt, decision) in analysis.statements.iter().zip(&decisions) {
-            match self.record_allowed(stmt, decision, Vec::new()).await {
+            match self.record_allowed(stmt, decision, Vec::new(), Arc::default()).await {
                 Ok(c) => commands.push(c),
                 Err(reply) => {
                     self.queue(Pending::Reply {
@@ -403,8 +405,12 @@ impl<'s> Frontend<'s> {
             parameters,
         } = parse_bind(frame.body(), self)?;
         if let Some(prepared) = self.statements.get(statement).cloned() {
-            self.portals
-                .insert(Bytes::copy_from_slice(portal), Portal { prepared, parameters });
+            let portal_state = Portal {
+                prepared,
+                parameters,
+                gate: Arc::default(),
+            };
+            self.portals.insert(Bytes::copy_from_slice(portal), portal_state);
         } else {
             // The server answers an unknown statement with its own error;
             // an Execute of this portal is refused below.
@@ -427,6 +433,7 @@ impl<'s> Frontend<'s> {
         };
         let prepared = bound.prepared.clone();
         let parameters = bound.parameters.clone();
+        let gate = bound.gate.clone();
         let Some(stmt) = prepared.statement() else {
             // An empty statement: nothing runs, nothing to record.
             self.queue(Pending::Execute(Command {
@@ -441,7 +448,10 @@ impl<'s> Frontend<'s> {
             out.extend_from_slice(&frame.bytes);
             return Ok(None);
         };
-        let command = match self.record_allowed(stmt, &prepared.decision, parameters.clone()).await {
+        let command = match self
+            .record_allowed(stmt, &prepared.decision, parameters.clone(), gate)
+            .await
+        {
             Ok(command) => command,
             Err(reply) => {
                 self.refuse_extended(reply).await?;
@@ -506,6 +516,7 @@ impl<'s> Frontend<'s> {
         stmt: &AnalyzedStatement,
         decision: &PolicyDecision,
         parameters: Vec<String>,
+        progress: Arc<GateProgress>,
     ) -> Result<Command, BytesMut> {
         let copy_columns = match stmt.classification.as_ref().ok().and_then(|c| c.copy_query.as_deref()) {
             Some(query) => match self.describe_copy(query).await {
@@ -552,7 +563,11 @@ impl<'s> Frontend<'s> {
             gate: threshold.map(|(hold, threshold)| {
                 let parameters = gate_parameters.unwrap_or_default();
                 let request = self.hold_request(event_id, stmt.normalized_text.clone(), parameters, hold);
-                Box::new(Gate { threshold, request })
+                Box::new(Gate {
+                    threshold,
+                    request,
+                    progress,
+                })
             }),
         })
     }

@@ -6,7 +6,13 @@
 //! answers arrive, so every answer is attributed to its command and every
 //! reply of loopgate's reaches the client exactly where the server's own
 //! error would have.
-use std::time::Instant;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64},
+    },
+    time::Instant,
+};
 
 use bytes::BytesMut;
 use uuid::Uuid;
@@ -36,6 +42,17 @@ pub struct Command {
 pub struct Gate {
     pub threshold: u64,
     pub request: HoldRequest,
+    pub progress: Arc<GateProgress>,
+}
+
+/// Rows sent so far under one threshold, and whether it was approved.
+/// Every Execute of one portal shares it, so fetching a result in batches
+/// (Execute with a row limit) counts toward one threshold, not one each.
+#[derive(Debug, Default)]
+pub struct GateProgress {
+    /// Rows of earlier, finished batches.
+    pub rows: AtomicU64,
+    pub approved: AtomicBool,
 }
 
 #[derive(Debug)]
