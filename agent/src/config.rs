@@ -647,6 +647,22 @@ address = "[::1]:9000"
     }
 
     #[test]
+    fn approvals_settings_are_checked() {
+        let config = parse("[approvals]\nsocket = \"/run/x/approvals.sock\"\n").unwrap();
+        assert_eq!(config.approvals.socket, PathBuf::from("/run/x/approvals.sock"));
+        assert!(config.approvals.http_listen.is_none());
+
+        let (line, key, msg) =
+            invalid("[control]\nsocket = \"/run/c.sock\"\n[approvals]\nhttp_listen = \"0.0.0.0:7781\"\n");
+        assert_eq!((line, key.as_str()), (3, "approvals"));
+        assert!(msg.contains("loopback"), "{msg}");
+        let (_, _, msg) = invalid("[approvals]\nhttp_listen = \"127.0.0.1:7781\"\n");
+        assert!(msg.contains("[identity.oidc]"), "{msg}");
+        let (_, _, msg) = invalid("[approvals]\nwebhook_url = \"ftp://hooks.example\"\n");
+        assert!(msg.contains("http(s)"), "{msg}");
+    }
+
+    #[test]
     fn postgres_targets_need_an_upstream() {
         let text = "[[target]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"127.0.0.1:5432\"\nidentity = \"process\"\n\
                     [target.upstream]\nuser = \"app\"\npassword_file = \"/etc/loopgate/secrets/db\"\ntls = \"disable\"\n";

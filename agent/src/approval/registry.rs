@@ -600,3 +600,228 @@ fn new_id() -> String {
         .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::audit::{AppendFuture, AuditSink};
+
+    /// Keeps events in memory; fails appends while `failing` is set.
+    #[derive(Clone, Default)]
+    struct Memory {
+        events: Arc<Mutex<Vec<Event>>>,
+        failing: Arc<AtomicBool>,
+    }
+
+    impl AuditSink for Memory {
+        fn append(&self, event: Event) -> AppendFuture<'_> {
+            Box::pin(async move {
+                if self.failing.load(Ordering::SeqCst) {
+                    return Err(AuditError::Unavailable("disk full".into()));
+                }
+                self.events.lock().unwrap().push(event);
+                Ok(())
+            })
+        }
+        fn close(&self) -> AppendFuture<'_> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    impl Memory {
+        fn verdicts(&self) -> Vec<&'static str> {
+            let events = self.events.lock().unwrap();
+            events
+                .iter()
+                .filter_map(|e| e.decision.as_ref().map(|d| d.verdict.as_str()))
+                .collect()
+        }
+    }
+
+    fn request(timeout: Duration, min: u32) -> HoldRequest {
+        HoldRequest {
+            session_id: Uuid::now_v7(),
+            command_id: Uuid::now_v7(),
+            client_address: None,
+            principal: Some(Principal {
+                subject: Some("unix:ci".into()),
+                ..Principal::default()
+            }),
+            process: ProcessInfo {
+                uid: Some(1000),
+                ..ProcessInfo::default()
+            },
+            target: TargetRef::default(),
+            command: "COPY patients TO STDOUT".into(),
+            parameters: vec![],
+            hold: Hold {
+                rule_id: "hipaa.hold_phi_export".into(),
+                reason: "export".into(),
+                approver_group: "phi-approvers".into(),
+                min_approvals: min,
+                timeout,
+                row_threshold: None,
+                mask: vec![],
+            },
+            rows_sent: None,
+        }
+    }
+
+    fn approver(name: &str, uid: u32, groups: &[&str]) -> Approver {
+        Approver {
+            name: name.into(),
+            uid: Some(uid),
+            email: None,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    fn setup() -> (Memory, Arc<Approvals>) {
+        let memory = Memory::default();
+        let approvals = Approvals::new(AuditLog::new(memory.clone()), None, None);
+        (memory, approvals)
+    }
+
+    #[tokio::test]
+    async fn two_distinct_approvers_release_and_the_requester_cannot() {
+        let (memory, approvals) = setup();
+        let mut ticket = approvals.hold(request(Duration::from_secs(60), 2)).await.unwrap();
+        let id = ticket.view().id.clone();
+        let alice = approver("unix:alice", 1001, &["phi-approvers"]);
+        let bob = approver("unix:bob", 1002, &["phi-approvers"]);
+        let outsider = approver("unix:eve", 1003, &["staff"]);
+        let same_uid = approver("unix:other-name", 1000, &["phi-approvers"]);
+        let same_subject = approver("unix:ci", 4242, &["phi-approvers"]);
+
+        assert!(matches!(
+            approvals.decide(&id, &outsider, Choice::Approve).await,
+            Err(DecideError::NotApprover { .. })
+        ));
+        for requester in [&same_uid, &same_subject] {
+            assert!(matches!(
+                approvals.decide(&id, requester, Choice::Approve).await,
+                Err(DecideError::SelfApproval(_))
+            ));
+        }
+        assert_eq!(
+            approvals.decide(&id, &alice, Choice::Approve).await.unwrap(),
+            Decided::Counted { have: 1, need: 2 }
+        );
+        assert!(matches!(
+            approvals.decide(&id, &alice, Choice::Approve).await,
+            Err(DecideError::AlreadyApproved(_))
+        ));
+        assert!(approvals.list(&outsider).is_empty());
+        assert_eq!(approvals.list(&bob)[0].approvals, ["unix:alice"]);
+        assert_eq!(
+            approvals.decide(&id, &bob, Choice::Approve).await.unwrap(),
+            Decided::Released
+        );
+        assert_eq!(
+            ticket.wait().await,
+            Resolution::Approved {
+                approvers: vec!["unix:alice".into(), "unix:bob".into()]
+            }
+        );
+        assert!(matches!(
+            approvals.decide(&id, &bob, Choice::Approve).await,
+            Err(DecideError::NotFound(_))
+        ));
+        assert_eq!(memory.verdicts(), ["hold", "approved", "approved"]);
+    }
+
+    #[tokio::test]
+    async fn timeout_and_a_departed_client_end_the_request_and_are_recorded() {
+        let (memory, approvals) = setup();
+        let mut ticket = approvals.hold(request(Duration::from_millis(50), 1)).await.unwrap();
+        assert!(matches!(ticket.wait().await, Resolution::TimedOut { .. }));
+        let ticket = approvals.hold(request(Duration::from_secs(60), 1)).await.unwrap();
+        drop(ticket);
+        assert!(approvals.list(&approver("unix:root", 0, &[])).is_empty());
+        // The ends are recorded in the background.
+        for _ in 0..100 {
+            if memory.verdicts().len() == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut verdicts = memory.verdicts();
+        verdicts.sort_unstable();
+        assert_eq!(verdicts, ["cancelled", "hold", "hold", "timed_out"]);
+    }
+
+    #[tokio::test]
+    async fn a_decision_that_cannot_be_recorded_is_not_applied() {
+        let (memory, approvals) = setup();
+        let mut ticket = approvals.hold(request(Duration::from_secs(60), 1)).await.unwrap();
+        let id = ticket.view().id.clone();
+        memory.failing.store(true, Ordering::SeqCst);
+        let alice = approver("unix:alice", 1001, &["phi-approvers"]);
+        assert!(matches!(
+            approvals.decide(&id, &alice, Choice::Approve).await,
+            Err(DecideError::Audit(_))
+        ));
+        assert!(
+            matches!(ticket.wait().await, Resolution::Withdrawn { .. }),
+            "an unrecorded approval never releases the command"
+        );
+        // And no request is opened while the trail is down.
+        assert!(matches!(
+            approvals.hold(request(Duration::from_secs(60), 1)).await,
+            Err(HoldError::Audit(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn stopping_withdraws_every_request_and_refuses_new_ones() {
+        let (memory, approvals) = setup();
+        let mut a = approvals.hold(request(Duration::from_secs(60), 1)).await.unwrap();
+        let mut b = approvals.hold(request(Duration::from_secs(60), 1)).await.unwrap();
+        approvals.withdraw_all("the agent is stopping").await;
+        for t in [&mut a, &mut b] {
+            assert_eq!(
+                t.wait().await,
+                Resolution::Withdrawn {
+                    reason: "the agent is stopping".into()
+                }
+            );
+        }
+        assert!(matches!(
+            approvals.hold(request(Duration::from_secs(60), 1)).await,
+            Err(HoldError::Stopping)
+        ));
+        assert_eq!(memory.verdicts(), ["hold", "hold", "cancelled", "cancelled"]);
+    }
+
+    #[tokio::test]
+    async fn requests_left_in_the_journal_are_recorded_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_memory, first) = {
+            let memory = Memory::default();
+            let journal = Journal::open(dir.path()).unwrap();
+            (
+                memory.clone(),
+                Approvals::new(AuditLog::new(memory), Some(journal), None),
+            )
+        };
+        let ticket = first.hold(request(Duration::from_secs(60), 1)).await.unwrap();
+        let id = ticket.view().id.clone();
+        // A crash: nothing ends the request.
+        std::mem::forget(ticket);
+        let memory = Memory::default();
+        let second = Approvals::new(
+            AuditLog::new(memory.clone()),
+            Some(Journal::open(dir.path()).unwrap()),
+            None,
+        );
+        assert_eq!(second.recover().await.unwrap(), 1);
+        let events = memory.events.lock().unwrap().clone();
+        assert_eq!(events.len(), 1);
+        let d = events[0].decision.as_ref().unwrap();
+        assert_eq!(d.verdict, Verdict::Cancelled);
+        assert_eq!(d.approval_id.as_deref(), Some(id.as_str()));
+        assert_eq!(second.recover().await.unwrap(), 0, "recorded once");
+    }
+}
