@@ -20,7 +20,7 @@ mod webhook;
 pub use api::{decided_json, serve_http};
 pub use approver::Approver;
 pub use config::ApprovalsConfig;
-pub use registry::{Approvals, Choice, DecideError, Decided, HoldError, HoldRequest, Resolution, Ticket};
+pub use registry::{Approvals, Choice, DecideError, Decided, HoldError, HoldRequest, Origin, Resolution, Ticket};
 
 use serde::{Deserialize, Serialize};
 

@@ -22,9 +22,10 @@ use crate::{
     policy::Hold,
 };
 
-/// What a handler asks to hold.
-#[derive(Clone, Debug)]
-pub struct HoldRequest {
+/// Where a held command comes from: its session, its `command` event and
+/// who sent it. Every `approval` event of the request repeats it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Origin {
     pub session_id: Uuid,
     /// The held command's `command` event.
     pub command_id: Uuid,
@@ -32,6 +33,12 @@ pub struct HoldRequest {
     pub principal: Option<Principal>,
     pub process: ProcessInfo,
     pub target: TargetRef,
+}
+
+/// What a handler asks to hold.
+#[derive(Clone, Debug)]
+pub struct HoldRequest {
+    pub origin: Origin,
     /// Masked, as recorded.
     pub command: String,
     pub parameters: Vec<String>,
@@ -129,24 +136,15 @@ pub enum HoldError {
 /// journal keeps.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Context {
-    pub session_id: Uuid,
-    pub command_id: Uuid,
-    pub client_address: Option<String>,
-    pub principal: Option<Principal>,
-    pub process: ProcessInfo,
-    pub target: TargetRef,
+    #[serde(flatten)]
+    pub origin: Origin,
     pub rule_id: String,
 }
 
 impl Context {
     fn of(r: &HoldRequest) -> Self {
         Context {
-            session_id: r.session_id,
-            command_id: r.command_id,
-            client_address: r.client_address.clone(),
-            principal: r.principal.clone(),
-            process: r.process.clone(),
-            target: r.target.clone(),
+            origin: r.origin.clone(),
             rule_id: r.hold.rule_id.clone(),
         }
     }
@@ -233,7 +231,7 @@ impl Approvals {
                 resolve: tx,
             },
         );
-        tracing::info!(approval = %id, rule = %request.hold.rule_id, session = %request.session_id, "command held for approval");
+        tracing::info!(approval = %id, rule = %request.hold.rule_id, session = %request.origin.session_id, "command held for approval");
         if let Some(webhook) = &self.webhook {
             webhook.announce(view.clone());
         }
@@ -532,6 +530,7 @@ fn withdrawn_by_agent() -> Resolution {
 }
 
 fn is_requester(who: &Approver, request: &Context) -> bool {
+    let request = &request.origin;
     let principal = request.principal.as_ref();
     let subject = principal.and_then(|p| p.subject.as_deref());
     let email = principal.and_then(|p| p.email.as_deref());
@@ -541,7 +540,8 @@ fn is_requester(who: &Approver, request: &Context) -> bool {
 }
 
 /// An `approval` event for request `id`, tied to the held command.
-fn transition(request: &Context, id: &str, verdict: Verdict) -> Event {
+fn transition(context: &Context, id: &str, verdict: Verdict) -> Event {
+    let request = &context.origin;
     let mut e = Event::new(EventKind::Approval).session(request.session_id);
     e.command_id = Some(request.command_id);
     e.client_address = request.client_address.clone();
@@ -549,7 +549,7 @@ fn transition(request: &Context, id: &str, verdict: Verdict) -> Event {
     e.process = Some(request.process.clone());
     e.target = Some(request.target.clone());
     let mut d = Decision::new(verdict);
-    d.rule_id = Some(request.rule_id.clone());
+    d.rule_id = Some(context.rule_id.clone());
     d.approval_id = Some(id.to_owned());
     e.decision = Some(d);
     e
@@ -557,12 +557,13 @@ fn transition(request: &Context, id: &str, verdict: Verdict) -> Event {
 
 fn view_of(id: &str, r: &HoldRequest) -> ApprovalView {
     let now = now_unix_ms();
-    let p = &r.process;
+    let p = &r.origin.process;
     ApprovalView {
         id: id.to_owned(),
         requested_unix_ms: now,
         expires_unix_ms: now + r.hold.timeout.as_millis() as u64,
         requester: r
+            .origin
             .principal
             .as_ref()
             .and_then(|p| p.subject.clone())
@@ -575,7 +576,7 @@ fn view_of(id: &str, r: &HoldRequest) -> ApprovalView {
             exe: p.exe.clone(),
             unit: p.unit.clone(),
         },
-        target: r.target.name.clone(),
+        target: r.origin.target.name.clone(),
         command: r.command.clone(),
         parameters: r.parameters.clone(),
         rule_id: r.hold.rule_id.clone(),
@@ -642,18 +643,20 @@ mod tests {
 
     fn request(timeout: Duration, min: u32) -> HoldRequest {
         HoldRequest {
-            session_id: Uuid::now_v7(),
-            command_id: Uuid::now_v7(),
-            client_address: None,
-            principal: Some(Principal {
-                subject: Some("unix:ci".into()),
-                ..Principal::default()
-            }),
-            process: ProcessInfo {
-                uid: Some(1000),
-                ..ProcessInfo::default()
+            origin: Origin {
+                session_id: Uuid::now_v7(),
+                command_id: Uuid::now_v7(),
+                client_address: None,
+                principal: Some(Principal {
+                    subject: Some("unix:ci".into()),
+                    ..Principal::default()
+                }),
+                process: ProcessInfo {
+                    uid: Some(1000),
+                    ..ProcessInfo::default()
+                },
+                target: TargetRef::default(),
             },
-            target: TargetRef::default(),
             command: "COPY patients TO STDOUT".into(),
             parameters: vec![],
             hold: Hold {

@@ -20,7 +20,7 @@ use super::{
     wire::{self, sqlstate},
 };
 use crate::{
-    approval::{HoldRequest, Resolution, Ticket},
+    approval::{HoldRequest, Origin, Resolution, Ticket},
     policy::{Hold, PolicyDecision, PolicyInput, Principal, ProcessInfo, SessionInfo},
     proxy::Session,
     sql::{Analysis, AnalyzedStatement},
@@ -170,7 +170,12 @@ impl<'s> Frontend<'s> {
             _ => sqlstate::QUERY_CANCELED,
         };
         let error = wire::error(code, &resolution.refusal(&held.ticket.view().id));
-        if held.extended {
+        self.refuse_held(error, held.extended).await
+    }
+
+    /// Refuses a statement that was (to be) held, as its protocol expects.
+    async fn refuse_held(&mut self, error: BytesMut, extended: bool) -> Result<(), SessionError> {
+        if extended {
             self.refuse_extended(error).await
         } else {
             self.queue(Pending::Reply {
@@ -313,15 +318,7 @@ impl<'s> Frontend<'s> {
                         "loopgate: this statement needs approval, which cannot be requested now ({e}); it was not run"
                     ),
                 );
-                if extended {
-                    self.refuse_extended(error).await?;
-                } else {
-                    self.queue(Pending::Reply {
-                        bytes: error,
-                        ready: true,
-                    })
-                    .await?;
-                }
+                self.refuse_held(error, extended).await?;
                 return Ok(None);
             }
         };
@@ -348,12 +345,14 @@ impl<'s> Frontend<'s> {
         hold: &Hold,
     ) -> HoldRequest {
         HoldRequest {
-            session_id: self.session.id,
-            command_id,
-            client_address: Some(self.session.client.to_string()),
-            principal: self.session.principal.get().cloned(),
-            process: self.session.process.clone(),
-            target: self.session.target_ref(),
+            origin: Origin {
+                session_id: self.session.id,
+                command_id,
+                client_address: Some(self.session.client.to_string()),
+                principal: self.session.principal.get().cloned(),
+                process: self.session.process.clone(),
+                target: self.session.target_ref(),
+            },
             command,
             parameters,
             hold: hold.clone(),
