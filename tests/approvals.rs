@@ -445,6 +445,7 @@ fn fifty_held_commands_decided_in_random_order_reach_the_right_clients() {
         })
         .collect();
     let list = wait_pending(&f, N);
+    assert_eq!(f.agent.status()["pending_approvals"], N);
     // Commands are recorded (and shown) with literals as `?`: requests of
     // the same shape are told apart by the process the kernel saw.
     let ids: Vec<String> = clients

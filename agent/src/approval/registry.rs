@@ -254,6 +254,11 @@ impl Approvals {
         }
     }
 
+    /// How many requests are pending.
+    pub fn pending(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Pending requests `who` may decide (root sees all).
     pub fn list(&self, who: &Approver) -> Vec<ApprovalView> {
         let mut views: Vec<ApprovalView> = self

@@ -70,6 +70,8 @@ pub struct StatusReport {
     pub cgroups: Vec<CgroupStatus>,
     pub targets: Vec<TargetStatus>,
     pub sessions: Vec<SessionSummary>,
+    /// Commands held for approval right now.
+    pub pending_approvals: usize,
     pub counters: CounterSnapshot,
 }
 
@@ -123,6 +125,7 @@ impl std::fmt::Display for StatusReport {
                 s.bytes_to_client
             )?;
         }
+        writeln!(f, "commands held for approval: {}", self.pending_approvals)?;
         let c = &self.counters;
         writeln!(f, "counters:")?;
         writeln!(f, "  accepted {}  completed {}", c.accepted, c.completed)?;

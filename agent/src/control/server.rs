@@ -186,6 +186,7 @@ fn status(state: &ControlState) -> StatusReport {
             })
             .collect(),
         sessions: proxy.registry.sessions(),
+        pending_approvals: state.approvals.pending(),
         counters: proxy.registry.counters(),
     }
 }
