@@ -238,6 +238,26 @@ fn copy_waits_in_place_until_an_approver_approves() {
     assert_eq!(result["outcome"]["status"], "ok");
     assert!(!has_ssn(&f.audit_text()));
     assert_eq!(f.agent.verify_audit().0, Some(0));
+
+    // The auditor's question, as agent/src/audit/README.md asks it, over
+    // the Parquet files the stopped agent leaves.
+    let mut f = f;
+    f.agent.sigterm();
+    let script = "import sys, duckdb\n\
+        con = duckdb.connect()\n\
+        con.execute(f\"create view audit as select * from read_parquet('{sys.argv[1]}/**/*.parquet', hive_partitioning=true)\")\n\
+        print(con.execute(\"SELECT c.principal_subject, c.command_text, a.decision_approver \
+        FROM audit c JOIN audit a ON a.command_id = c.event_id \
+        WHERE c.kind = 'command' AND a.kind = 'approval' AND a.decision = 'approved'\").fetchall())\n";
+    let out = std::process::Command::new(loopgate_e2e::python())
+        .args(["-c", script])
+        .arg(&f.agent.audit_dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok(&out).trim(),
+        "[('unix:nobody', 'COPY patients TO STDOUT', 'unix:daemon')]"
+    );
 }
 
 #[test]
