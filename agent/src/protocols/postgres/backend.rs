@@ -281,9 +281,7 @@ impl<'s> Backend<'s> {
             // Cancelled in the background: the server side must keep
             // draining meanwhile.
             tokio::spawn(async move {
-                let t = target;
-                if let Err(e) = super::upstream::cancel(t.addr, &t.server_name, t.tls.as_ref(), t.pid, &t.secret).await
-                {
+                if let Err(e) = target.send().await {
                     tracing::warn!(error = %e, "could not cancel a denied query");
                 }
             });

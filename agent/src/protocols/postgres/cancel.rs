@@ -21,6 +21,13 @@ pub struct CancelTarget {
     pub secret: Vec<u8>,
 }
 
+impl CancelTarget {
+    /// Asks the server to cancel what this backend is running.
+    pub async fn send(&self) -> Result<(), upstream::UpstreamError> {
+        upstream::cancel(self.addr, &self.server_name, self.tls.as_ref(), self.pid, &self.secret).await
+    }
+}
+
 #[derive(Default)]
 pub struct CancelRegistry {
     sessions: Mutex<HashMap<(i32, i32), CancelTarget>>,
@@ -66,7 +73,7 @@ impl CancelRegistry {
         let Some(t) = target else {
             return false;
         };
-        if let Err(e) = upstream::cancel(t.addr, &t.server_name, t.tls.as_ref(), t.pid, &t.secret).await {
+        if let Err(e) = t.send().await {
             tracing::warn!(error = %e, "cancel request could not be delivered upstream");
         }
         true

@@ -170,11 +170,13 @@ impl<'s> Frontend<'s> {
             _ => sqlstate::QUERY_CANCELED,
         };
         let error = wire::error(code, &resolution.refusal(&held.ticket.view().id));
-        self.refuse_held(error, held.extended).await
+        self.refuse(error, held.extended).await
     }
 
-    /// Refuses a statement that was (to be) held, as its protocol expects.
-    async fn refuse_held(&mut self, error: BytesMut, extended: bool) -> Result<(), SessionError> {
+    /// Answers a statement with loopgate's own error, as its protocol
+    /// expects: a simple Query gets ReadyForQuery after it, an extended
+    /// batch is skipped up to Sync.
+    async fn refuse(&mut self, error: BytesMut, extended: bool) -> Result<(), SessionError> {
         if extended {
             self.refuse_extended(error).await
         } else {
@@ -227,11 +229,7 @@ impl<'s> Frontend<'s> {
                     sqlstate::FEATURE_NOT_SUPPORTED,
                     "loopgate: the FunctionCall protocol message is refused; call the function with SELECT",
                 );
-                self.queue(Pending::Reply {
-                    bytes: error,
-                    ready: true,
-                })
-                .await?;
+                self.refuse(error, false).await?;
             }
             other => {
                 return Err(SessionError::Protocol(format!(
@@ -250,11 +248,7 @@ impl<'s> Frontend<'s> {
         let text = match statement_text(frame.body()) {
             Ok(t) => t,
             Err(reply) => {
-                self.queue(Pending::Reply {
-                    bytes: reply,
-                    ready: true,
-                })
-                .await?;
+                self.refuse(reply, false).await?;
                 return Ok(None);
             }
         };
@@ -262,11 +256,7 @@ impl<'s> Frontend<'s> {
         let decisions: Vec<PolicyDecision> = analysis.statements.iter().map(|s| self.decide(s)).collect();
         if let Some(refusal) = decisions.iter().find(|d| matches!(d, PolicyDecision::Deny { .. })) {
             let reply = self.refusal(&analysis.statements, refusal).await?;
-            self.queue(Pending::Reply {
-                bytes: reply,
-                ready: true,
-            })
-            .await?;
+            self.refuse(reply, false).await?;
             return Ok(None);
         }
         let mut commands = Vec::with_capacity(analysis.statements.len());
@@ -274,11 +264,7 @@ impl<'s> Frontend<'s> {
             match self.record_allowed(stmt, decision, Vec::new(), Arc::default()).await {
                 Ok(c) => commands.push(c),
                 Err(reply) => {
-                    self.queue(Pending::Reply {
-                        bytes: reply,
-                        ready: true,
-                    })
-                    .await?;
+                    self.refuse(reply, false).await?;
                     return Ok(None);
                 }
             }
@@ -318,7 +304,7 @@ impl<'s> Frontend<'s> {
                         "loopgate: this statement needs approval, which cannot be requested now ({e}); it was not run"
                     ),
                 );
-                self.refuse_held(error, extended).await?;
+                self.refuse(error, extended).await?;
                 return Ok(None);
             }
         };
