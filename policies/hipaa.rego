@@ -94,6 +94,17 @@ hold contains {"rank": 20, "rule_id": "hipaa.hold_bulk_phi_select", "reason": re
 	reason := sprintf("bulk read of PHI tables (%s) needs approval", [concat(", ", sort(phi_read))])
 }
 
+# A cursor over a PHI table with the same unbounded query: its rows come by
+# FETCH, statements of their own that no row threshold can follow, so the
+# cursor itself waits for approval.
+hold contains {"rank": 30, "rule_id": "hipaa.hold_phi_cursor", "reason": reason, "row_threshold": null} if {
+	stmt.kind == "declare_cursor"
+	count(phi_read) > 0
+	not stmt.has_where
+	unbounded
+	reason := sprintf("a cursor over PHI tables (%s) without WHERE needs approval", [concat(", ", sort(phi_read))])
+}
+
 unbounded if not stmt.has_limit
 
 unbounded if {

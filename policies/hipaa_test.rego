@@ -130,6 +130,18 @@ test_unbounded_phi_select_held_past_threshold if {
 	{"column": "patients.ssn", "mode": "partial"} in d.mask
 }
 
+test_unbounded_phi_cursor_held_before_it_runs if {
+	d := loopgate.decision with input as ask(stmt("declare_cursor", ["patients"], []))
+	d.decision == "hold"
+	d.rule_id == "hipaa.hold_phi_cursor"
+	d.approval.row_threshold == null
+}
+
+test_bounded_phi_cursor_allowed if {
+	d := loopgate.decision with input as ask(where(stmt("declare_cursor", ["patients"], [])))
+	d.decision == "allow"
+}
+
 test_large_limit_held if {
 	d := loopgate.decision with input as ask(limited(stmt("select", ["patients"], []), 50000))
 	d.rule_id == "hipaa.hold_bulk_phi_select"

@@ -443,6 +443,20 @@ fn results_pause_at_the_row_threshold_until_approved() {
         stdout.contains("batch 400 rows\nbatch 400 rows\nnotice\nerror 42501") && stdout.contains("batches too"),
         "{stdout}"
     );
+
+    // A cursor's rows come by FETCH, which no threshold follows: an
+    // unbounded cursor over PHI waits before it is declared.
+    let psql = spawn(f.psql_command("BEGIN; DECLARE c CURSOR FOR SELECT ssn FROM patients; FETCH 5000 FROM c; COMMIT"));
+    let request = wait_pending(&f, 1).remove(0);
+    assert_eq!(request["rule_id"], "hipaa.hold_phi_cursor");
+    ok(&approvals(
+        &f,
+        ALICE,
+        &[APPROVERS_GID],
+        &["deny", request["id"].as_str().unwrap()],
+    ));
+    let out = psql.wait_with_output().unwrap();
+    assert!(!out.status.success() && out.stdout.is_empty(), "{}", text(&out.stdout));
 }
 
 #[test]

@@ -534,7 +534,16 @@ pub(crate) fn classify(statement: &Statement, dynamic_functions: &HashSet<String
         }
         Statement::Deallocate { .. } => StatementKind::Deallocate,
         Statement::Call(_) => StatementKind::Call,
-        Statement::Declare { .. } => StatementKind::DeclareCursor,
+        Statement::Declare { stmts, .. } => {
+            // A cursor's rows arrive by FETCH, statements of their own: the
+            // cursor's query is described here so a policy can judge it.
+            if let Some(query) = stmts.iter().find_map(|d| d.for_query.as_deref()) {
+                columns = set_expr_projection(&query.body);
+                has_where = set_expr_has_where(&query.body);
+                (has_limit, limit) = query_limit(query);
+            }
+            StatementKind::DeclareCursor
+        }
         Statement::Fetch { .. } => StatementKind::Fetch,
         Statement::Explain { analyze, statement, .. } => {
             if *analyze {

@@ -491,3 +491,16 @@ fn copy_to_carries_a_query_with_the_same_columns() {
     assert_eq!(one("COPY patients FROM STDIN").copy_query, None);
     assert_eq!(one("SELECT 1").copy_query, None);
 }
+
+#[test]
+fn a_cursor_is_described_by_its_query() {
+    let c = one("DECLARE c CURSOR FOR SELECT name, ssn FROM patients");
+    assert_eq!(c.kind, StatementKind::DeclareCursor);
+    assert_eq!(c.tables_read, names(&["patients"]));
+    assert!(!c.has_where && !c.has_limit);
+    assert_eq!(c.columns.len(), 2);
+    let c = one("DECLARE c NO SCROLL CURSOR WITH HOLD FOR SELECT name FROM patients WHERE id = 1 LIMIT 5");
+    assert!(c.has_where && c.has_limit);
+    assert_eq!(c.limit, Some(5));
+    assert_eq!(one("FETCH 100 FROM c").kind, StatementKind::Fetch);
+}
