@@ -10,7 +10,7 @@ use std::{
 };
 
 use loopgate::protocols::postgres::{
-    config::{Secret, TlsMode},
+    config::{AuthMethod, Secret, TlsMode},
     frame::{self, MAX_MESSAGE},
     tls::{self, LocalCa},
     upstream::{self, Upstream, UpstreamError, UpstreamSettings},
@@ -33,6 +33,7 @@ fn settings(password: Option<&str>, tls: TlsMode, ca: Option<&Path>) -> Upstream
         secret: password.map(|p| Secret::new(p.into())),
         tls: tls::client_config(tls, ca).expect("client config"),
         database: None,
+        require_auth: None,
     }
 }
 
@@ -170,6 +171,25 @@ async fn wrong_password_is_refused_with_the_servers_error() {
             other => panic!("{auth}: expected a server refusal, got {other:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn require_auth_refuses_a_weaker_method_before_sending_anything() {
+    // A server (or an impostor) asking for the cleartext password or an MD5
+    // hash gets nothing when only SCRAM is allowed.
+    for (auth, named) in [("password", "password"), ("md5", "md5"), ("trust", "none")] {
+        let pg = server(auth, false);
+        let mut s = settings(Some(APP_PASSWORD), TlsMode::Disable, None);
+        s.require_auth = Some(vec![AuthMethod::ScramSha256]);
+        match connect(&pg, "localhost", &s).await {
+            Err(UpstreamError::AuthNotAllowed(method)) => assert_eq!(method, named, "{auth}"),
+            other => panic!("{auth}: expected a refusal, got {:?}", other.map(|_| ())),
+        }
+    }
+    let pg = server("scram-sha-256", false);
+    let mut s = settings(Some(APP_PASSWORD), TlsMode::Disable, None);
+    s.require_auth = Some(vec![AuthMethod::ScramSha256]);
+    connect(&pg, "localhost", &s).await.expect("SCRAM is allowed");
 }
 
 #[tokio::test]

@@ -51,6 +51,38 @@ pub struct UpstreamConfig {
     /// Database to connect to regardless of what the client asked for.
     #[serde(default)]
     pub database: Option<String>,
+    /// The authentication methods the server may ask for (like libpq's
+    /// `require_auth`); unset allows every method loopgate speaks. Without
+    /// `tls = "verify-full"` an impostor could ask for `password` and read
+    /// the secret: `["scram-sha-256"]` rules that out.
+    #[serde(default)]
+    pub require_auth: Option<Vec<AuthMethod>>,
+}
+
+/// An upstream authentication method, named as libpq's `require_auth` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum AuthMethod {
+    /// No authentication (`trust`).
+    #[serde(rename = "none")]
+    None,
+    /// Cleartext password.
+    #[serde(rename = "password")]
+    Password,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::None => "none",
+            AuthMethod::Password => "password",
+            AuthMethod::Md5 => "md5",
+            AuthMethod::ScramSha256 => "scram-sha-256",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +95,8 @@ pub enum UpstreamConfigError {
     MissingCaFile,
     #[error("upstream.ca_file is only used with tls = \"verify-full\"")]
     UnusedCaFile,
+    #[error("upstream.require_auth must name at least one method")]
+    NoAuthMethod,
     #[error("upstream.credential {0:?} must be a plain file name (no '/', not '.' or '..')")]
     BadCredentialName(String),
     #[error("password file {path} has mode {mode:04o}: it must not be accessible by group or others (chmod 600)")]
@@ -85,6 +119,9 @@ impl UpstreamConfig {
         }
         if self.password_file.is_some() && self.credential.is_some() {
             return Err(UpstreamConfigError::TwoSecretSources);
+        }
+        if self.require_auth.as_ref().is_some_and(Vec::is_empty) {
+            return Err(UpstreamConfigError::NoAuthMethod);
         }
         if let Some(name) = &self.credential
             && (name.is_empty() || name.contains('/') || name == "." || name == "..")
@@ -219,6 +256,16 @@ mod tests {
     }
 
     #[test]
+    fn require_auth_names_libpq_methods() {
+        let c = parse("user = \"app\"\nrequire_auth = [\"scram-sha-256\", \"none\"]").unwrap();
+        assert_eq!(c.require_auth, Some(vec![AuthMethod::ScramSha256, AuthMethod::None]));
+        c.validate().unwrap();
+        assert!(parse("user = \"app\"\nrequire_auth = [\"kerberos\"]").is_err());
+        let empty = parse("user = \"app\"\nrequire_auth = []").unwrap();
+        assert!(matches!(empty.validate(), Err(UpstreamConfigError::NoAuthMethod)));
+    }
+
+    #[test]
     fn password_file_must_be_private() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pw");
@@ -231,6 +278,7 @@ mod tests {
             tls: TlsMode::Disable,
             ca_file: None,
             database: None,
+            require_auth: None,
         };
         let err = c.load_secret_from(None).unwrap_err();
         let msg = err.to_string();

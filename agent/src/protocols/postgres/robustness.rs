@@ -56,6 +56,7 @@ fn service(audit: AuditLog) -> Service {
             secret: None,
             tls: None,
             database: None,
+            require_auth: None,
         },
         server_name: "127.0.0.1".into(),
         client_tls: None,

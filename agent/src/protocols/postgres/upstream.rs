@@ -22,7 +22,7 @@ use tokio::{
 use tokio_rustls::TlsConnector;
 
 use super::{
-    config::{Secret, UpstreamConfig, UpstreamConfigError},
+    config::{AuthMethod, Secret, UpstreamConfig, UpstreamConfigError},
     frame::{self, FrameError, STARTUP_MAX_LEN},
     scram::{ScramClient, ScramError},
     tls::{self, TlsError},
@@ -38,6 +38,8 @@ pub struct UpstreamSettings {
     pub tls: Option<Arc<ClientConfig>>,
     /// Forces the database, overriding the client's.
     pub database: Option<String>,
+    /// Methods the server may ask for; `None`: any loopgate speaks.
+    pub require_auth: Option<Vec<AuthMethod>>,
 }
 
 impl UpstreamSettings {
@@ -48,7 +50,17 @@ impl UpstreamSettings {
             secret: cfg.load_secret()?,
             tls: tls::client_config(cfg.tls, cfg.ca_file.as_deref())?,
             database: cfg.database.clone(),
+            require_auth: cfg.require_auth.clone(),
         })
+    }
+
+    /// Refuses a method the configuration does not allow, before anything
+    /// of the secret is sent.
+    fn allow(&self, method: AuthMethod) -> Result<(), UpstreamError> {
+        match &self.require_auth {
+            Some(allowed) if !allowed.contains(&method) => Err(UpstreamError::AuthNotAllowed(method.as_str())),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -100,6 +112,8 @@ pub enum UpstreamError {
         "the upstream server asks for {0} authentication, which loopgate does not support (use scram-sha-256, md5, password or trust for loopgate's role)"
     )]
     UnsupportedAuth(String),
+    #[error("the server asked for {0} authentication, which upstream.require_auth does not allow; nothing was sent")]
+    AuthNotAllowed(&'static str),
     #[error(
         "the upstream server asks for a password but none is configured (set upstream.password_file or upstream.credential)"
     )]
@@ -255,16 +269,21 @@ async fn authenticate(
                 // server, so its word is not taken.
                 return Err(ScramError::BadServerFinal("server skipped its signature").into());
             }
-            (Authentication::Ok, _) => {
+            (Authentication::Ok, state) => {
+                if matches!(state, AuthState::Start) {
+                    cfg.allow(AuthMethod::None)?;
+                }
                 tracing::debug!("upstream authentication succeeded");
                 return Ok(());
             }
             (Authentication::CleartextPassword, AuthState::Start) => {
+                cfg.allow(AuthMethod::Password)?;
                 let secret = cfg.secret.as_ref().ok_or(UpstreamError::NoPassword)?;
                 send(stream, &Password::new(secret.expose().to_owned())).await?;
                 AuthState::PasswordSent
             }
             (Authentication::MD5Password(salt), AuthState::Start) => {
+                cfg.allow(AuthMethod::Md5)?;
                 let secret = cfg.secret.as_ref().ok_or(UpstreamError::NoPassword)?;
                 let hashed = md5_password(&cfg.user, secret.expose(), &salt);
                 send(stream, &Password::new(hashed)).await?;
@@ -277,6 +296,7 @@ async fn authenticate(
                         mechanisms.join(", ")
                     )));
                 }
+                cfg.allow(AuthMethod::ScramSha256)?;
                 let secret = cfg.secret.as_ref().ok_or(UpstreamError::NoPassword)?;
                 let client = ScramClient::new(secret.expose())?;
                 let first = client.client_first();
@@ -486,6 +506,7 @@ mod tests {
             secret: secret.map(|s| Secret::new(s.into())),
             tls: None,
             database: None,
+            require_auth: None,
         }
     }
 
