@@ -111,40 +111,46 @@ fn transitions<'e>(events: &'e [Value], id: &str) -> Vec<&'e Value> {
         .collect()
 }
 
-/// An HTTP server that accepts one request and hands over its body.
+/// An HTTP server that hands over the body of every request it gets.
 fn webhook_receiver() -> (String, mpsc::Receiver<Value>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hooks/approvals", listener.local_addr().unwrap());
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut raw = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let body = loop {
-            let n = stream.read(&mut chunk).unwrap();
-            raw.extend_from_slice(&chunk[..n]);
-            let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-                continue;
-            };
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            if tx
+                .send(serde_json::from_slice(&request_body(&mut stream)).unwrap())
+                .is_err()
+            {
+                return;
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    (url, rx)
+}
+
+/// Reads one HTTP request (with a Content-Length) and returns its body.
+fn request_body(stream: &mut std::net::TcpStream) -> Vec<u8> {
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&raw[..end]).to_lowercase();
             let length: usize = head
                 .lines()
                 .find_map(|l| l.strip_prefix("content-length:"))
                 .map(|v| v.trim().parse().unwrap())
-                .unwrap();
+                .expect("a content-length");
             if raw.len() >= end + 4 + length {
-                break raw[end + 4..end + 4 + length].to_vec();
+                return raw[end + 4..end + 4 + length].to_vec();
             }
-            if n == 0 {
-                panic!("webhook request cut short");
-            }
-        };
-        stream
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            .unwrap();
-        let _ = tx.send(serde_json::from_slice(&body).unwrap());
-    });
-    (url, rx)
+        }
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "webhook request cut short");
+        raw.extend_from_slice(&chunk[..n]);
+    }
 }
 
 #[test]
@@ -203,6 +209,9 @@ fn copy_waits_in_place_until_an_approver_approves() {
 
     let said = ok(&approvals(&f, ALICE, &[APPROVERS_GID], &["approve", &id]));
     assert!(said.contains("the command runs"), "{said}");
+    let outcome = webhook.recv_timeout(Duration::from_secs(20)).expect("outcome webhook");
+    assert_eq!(outcome["outcome"], "approved");
+    assert_eq!(outcome["approval"]["id"], id.as_str());
     let out = psql.wait_with_output().unwrap();
     let rows = ok(&out);
     assert_eq!(rows.lines().count(), PATIENTS, "every row after approval");

@@ -233,7 +233,7 @@ impl Approvals {
         );
         tracing::info!(approval = %id, rule = %request.hold.rule_id, session = %request.origin.session_id, "command held for approval");
         if let Some(webhook) = &self.webhook {
-            webhook.announce(view.clone());
+            webhook.announce(&view);
         }
         Ok(Ticket {
             approvals: self.clone(),
@@ -408,10 +408,13 @@ impl Approvals {
         Ok(n)
     }
 
-    /// Ends a request: journal entry removed, waiter told.
+    /// Ends a request: journal entry removed, outcome announced, waiter told.
     fn close(&self, entry: Entry, resolution: Resolution) {
         if let Some(journal) = &self.journal {
             journal.remove(&entry.view.id);
+        }
+        if let Some(webhook) = &self.webhook {
+            webhook.conclude(&entry.view, &resolution);
         }
         // The waiter may have left; then nobody needs telling.
         let _ = entry.resolve.send(resolution);
@@ -453,6 +456,9 @@ impl Approvals {
             return false;
         };
         let event = self.outcome_event(&entry, &resolution, None);
+        if let Some(webhook) = &self.webhook {
+            webhook.conclude(&entry.view, &resolution);
+        }
         let _ = entry.resolve.send(resolution);
         let (approvals, id) = (self.clone(), id.to_owned());
         match tokio::runtime::Handle::try_current() {

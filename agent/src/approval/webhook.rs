@@ -9,7 +9,7 @@ use rustls::ClientConfig;
 use serde_json::json;
 use url::Url;
 
-use super::ApprovalView;
+use super::{ApprovalView, Resolution};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// The command is cut in the message; the full masked text is in `approval`.
@@ -30,15 +30,27 @@ impl Webhook {
         })
     }
 
-    /// Posts the announcement in the background; a failure is logged (the
-    /// request stands: approvers can still list it).
-    pub fn announce(&self, view: ApprovalView) {
-        let body = payload(&view, self.link_base.as_deref()).to_string().into_bytes();
-        let (url, tls) = (self.url.clone(), self.tls.clone());
-        tokio::spawn(async move {
+    /// Posts the announcement of a new request in the background; a
+    /// failure is logged (the request stands: approvers can still list it).
+    pub fn announce(&self, view: &ApprovalView) {
+        self.post(&view.id, payload(view, self.link_base.as_deref()));
+    }
+
+    /// Posts how a request ended, so the channel shows the outcome.
+    pub fn conclude(&self, view: &ApprovalView, resolution: &Resolution) {
+        self.post(&view.id, outcome_payload(view, resolution));
+    }
+
+    fn post(&self, id: &str, payload: serde_json::Value) {
+        let body = payload.to_string().into_bytes();
+        let (url, tls, id) = (self.url.clone(), self.tls.clone(), id.to_owned());
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
             match crate::http::post_json(&url, &tls, &body, TIMEOUT).await {
-                Ok(_) => tracing::debug!(approval = %view.id, "approval webhook delivered"),
-                Err(e) => tracing::warn!(approval = %view.id, error = %e, "approval webhook failed"),
+                Ok(_) => tracing::debug!(approval = %id, "approval webhook delivered"),
+                Err(e) => tracing::warn!(approval = %id, error = %e, "approval webhook failed"),
             }
         });
     }
@@ -46,6 +58,42 @@ impl Webhook {
 
 fn payload(view: &ApprovalView, link_base: Option<&str>) -> serde_json::Value {
     json!({ "text": text(view, link_base), "approval": view })
+}
+
+fn outcome_payload(view: &ApprovalView, resolution: &Resolution) -> serde_json::Value {
+    let id = escape(&view.id);
+    let (outcome, text) = match resolution {
+        Resolution::Approved { approvers } => (
+            "approved",
+            format!(
+                "loopgate approval *{id}* approved by {}: the command runs",
+                escape(&approvers.join(", "))
+            ),
+        ),
+        Resolution::Denied { approver, reason } => (
+            "denied",
+            format!(
+                "loopgate approval *{id}* denied by {}{}",
+                escape(approver),
+                reason
+                    .as_deref()
+                    .map(|r| format!(": {}", escape(r)))
+                    .unwrap_or_default()
+            ),
+        ),
+        Resolution::TimedOut { after } => (
+            "timed_out",
+            format!(
+                "loopgate approval *{id}* timed out after {}s: the command was refused",
+                after.as_secs()
+            ),
+        ),
+        Resolution::Withdrawn { reason } => (
+            "cancelled",
+            format!("loopgate approval *{id}* cancelled: {}", escape(reason)),
+        ),
+    };
+    json!({ "text": text, "outcome": outcome, "approval": view })
 }
 
 /// The Slack-compatible message.
@@ -125,6 +173,25 @@ mod tests {
         assert!(text.contains("https://approvals.example/k7q2m9xd"), "{text}");
         assert_eq!(p["approval"]["id"], "k7q2m9xd");
         assert_eq!(p["approval"]["command"], "COPY patients TO STDOUT");
+    }
+
+    #[test]
+    fn outcomes_are_announced_escaped() {
+        let denied = Resolution::Denied {
+            approver: "unix:alice".into(),
+            reason: Some("<!here> no ticket".into()),
+        };
+        let p = outcome_payload(&view("COPY patients TO STDOUT", "unix:ci"), &denied);
+        assert_eq!(p["outcome"], "denied");
+        assert_eq!(
+            p["text"],
+            "loopgate approval *k7q2m9xd* denied by unix:alice: &lt;!here&gt; no ticket"
+        );
+        let approved = Resolution::Approved {
+            approvers: vec!["unix:alice".into(), "unix:bob".into()],
+        };
+        let p = outcome_payload(&view("x", "y"), &approved);
+        assert!(p["text"].as_str().unwrap().contains("approved by unix:alice, unix:bob"));
     }
 
     #[test]
