@@ -12,7 +12,7 @@
 use super::chain::{self, GENESIS_HASH};
 use super::config::{AuditConfig, FsyncMode};
 use super::convert::{Converter, Job};
-use super::row::{HASH, SEQ, event_to_row, int_at, str_at};
+use super::row::{Cell, HASH, PREV_HASH, Row, SEQ, event_to_row, int_at, str_at};
 use super::wal::{self, SegmentWriter};
 use super::{AppendFuture, AuditError, AuditSink, Event, layout, parquet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -247,13 +247,16 @@ impl AuditStore {
     /// The lock is held for one buffered write; appenders on other workers
     /// wait that long, which is cheaper than a wake-up of the writer.
     fn append_inline(&self, event: Event) -> Result<u64, AuditError> {
+        // Flattening moves every string of the event; only `seq`,
+        // `prev_hash` and the hash need the lock, so it happens before.
+        let row = event_to_row(event);
         let mut writer = self.writer.lock().map_err(|_| self.shared.unavailable())?;
         // Close is handled under this lock: nothing is written after it.
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(AuditError::Closed);
         }
         let was_unsynced = writer.unsynced;
-        let result = writer.append_one(event);
+        let result = writer.append_one(row);
         writer.sync_if_due();
         let nudge = !was_unsynced && writer.unsynced;
         drop(writer);
@@ -627,7 +630,7 @@ impl Writer {
             match req {
                 Request::Append(event, reply) => {
                     let seq = self.head.seq + 1;
-                    self.chain_into_frame(*event, seq);
+                    self.chain_into_frame(event_to_row(*event), seq);
                     replies.push((reply, seq));
                 }
                 Request::Close(reply) => close = Some(reply),
@@ -653,11 +656,11 @@ impl Writer {
     }
 
     /// Chains and writes one record; Ok holds its seq.
-    fn append_one(&mut self, event: Event) -> Result<u64, AuditError> {
+    fn append_one(&mut self, row: Row) -> Result<u64, AuditError> {
         let start = self.head.clone();
         let seq = start.seq + 1;
         self.framed.clear();
-        self.chain_into_frame(event, seq);
+        self.chain_into_frame(row, seq);
         let result = self.write_framed(1, start);
         self.shared.last_seq.store(self.head.seq, Ordering::SeqCst);
         result.map(|()| seq)
@@ -672,10 +675,15 @@ impl Writer {
     }
 
     /// Assigns `seq` and `prev_hash`, hashes, and frames the record.
-    fn chain_into_frame(&mut self, mut event: Event, seq: u64) {
-        event.seq = seq;
-        event.prev_hash = std::mem::take(&mut self.head.hash);
-        let row = event_to_row(event);
+    fn chain_into_frame(&mut self, mut row: Row, seq: u64) {
+        let prev_hash = std::mem::take(&mut self.head.hash);
+        // A row always has every column; `get_mut` keeps this panic-free.
+        if let Some(cell) = row.get_mut(SEQ) {
+            *cell = Cell::Int(Some(i64::try_from(seq).unwrap_or(i64::MAX)));
+        }
+        if let Some(cell) = row.get_mut(PREV_HASH) {
+            *cell = Cell::Str(Some(prev_hash));
+        }
         self.scratch.clear();
         chain::encode(&row, &mut self.scratch);
         let hash = chain::hash_hex(&self.scratch);
