@@ -56,6 +56,12 @@ pub type AppendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), AuditError>> 
 pub trait AuditSink: Send + Sync + 'static {
     /// Records `event`; resolves once it is in the write-ahead log.
     fn append(&self, event: Event) -> AppendFuture<'_>;
+    /// Records `event` right away if the sink can do so without waiting,
+    /// and says how that went; otherwise hands it back (`Err`) for
+    /// [`AuditLog::submit`] to append from a task.
+    fn try_submit(&self, event: Box<Event>) -> Result<Result<(), AuditError>, Box<Event>> {
+        Err(event)
+    }
     /// Flushes what is buffered; called once at shutdown.
     fn close(&self) -> AppendFuture<'_>;
 }
@@ -73,6 +79,23 @@ impl AuditLog {
 
     pub async fn append(&self, event: Event) -> Result<(), AuditError> {
         self.sink.append(event).await
+    }
+
+    /// Records `event` without waiting for it, for records nothing is held
+    /// back for (a command's result: the command itself was recorded before
+    /// it ran). A failure is logged, with the event's kind and session only.
+    pub fn submit(&self, event: Event) {
+        let (kind, session) = (event.kind, event.session_id);
+        let failed = move |e: AuditError| {
+            tracing::error!(kind = kind.as_str(), session = ?session, error = %e, "could not record an event");
+        };
+        match self.sink.try_submit(Box::new(event)) {
+            Ok(result) => result.unwrap_or_else(failed),
+            Err(event) => {
+                let log = self.clone();
+                tokio::spawn(async move { log.append(*event).await.unwrap_or_else(failed) });
+            }
+        }
     }
 
     pub async fn close(&self) -> Result<(), AuditError> {

@@ -1,12 +1,18 @@
-//! The audit store: one writer thread that chains events into the WAL, one
-//! converter thread that turns closed segments into Parquet.
+//! The audit store: a WAL writer that chains events into the current
+//! segment, an fsync thread, and a converter thread that turns closed
+//! segments into Parquet.
 //!
-//! Threads rather than tasks because every step is blocking file I/O
-//! (write, fsync, rename) that must not stall the proxy's runtime.
+//! With `fsync = "interval"` an append chains and writes its record itself,
+//! under the writer's lock (one buffered `write(2)`, no hand-off: on a small
+//! machine each wake-up of another task or thread costs more than the write).
+//! The writer loop (a task on the agent's runtime, else a thread) keeps the
+//! timers: group fsync, segment age, disk retry, and the requests that come
+//! by channel (`fsync = "always"`, retention, close). Conversion and fsync
+//! are blocking work and have their own threads.
 use super::chain::{self, GENESIS_HASH};
 use super::config::{AuditConfig, FsyncMode};
 use super::convert::{Converter, Job};
-use super::row::{HASH, SEQ, event_to_row, int_at, str_at};
+use super::row::{Cell, HASH, PREV_HASH, Row, SEQ, event_to_row, int_at, str_at};
 use super::wal::{self, SegmentWriter};
 use super::{AppendFuture, AuditError, AuditSink, Event, layout, parquet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -82,12 +88,20 @@ pub struct Health {
 
 pub(crate) enum Request {
     Append(Box<Event>, oneshot::Sender<Result<u64, AuditError>>),
+    /// An inline append left records unsynced: the loop sets its fsync timer.
+    Tick,
     Close(oneshot::Sender<Result<(), AuditError>>),
 }
 
 /// The WAL + Parquet audit store. Implements [`AuditSink`].
 pub struct AuditStore {
     tx: mpsc::Sender<Request>,
+    /// Shared with the writer loop; appenders write through it directly
+    /// (see [`AuditStore::append_inline`]).
+    writer: Arc<Mutex<Writer>>,
+    /// Appends are written by the caller (interval fsync); with `always`
+    /// they go to the loop, which groups them under one fsync.
+    inline: bool,
     jobs: Mutex<std::sync::mpsc::Sender<Job>>,
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -158,7 +172,8 @@ impl AuditStore {
             .map_err(|e| StoreError::Thread("converter", e))?;
         let store_jobs = jobs_tx.clone();
         let (syncer, syncer_thread) = SyncerHandle::spawn()?;
-        let writer = Writer {
+        let inline = config.fsync == FsyncMode::Interval;
+        let writer = Arc::new(Mutex::new(Writer {
             config,
             syncer,
             shared: shared.clone(),
@@ -171,25 +186,29 @@ impl AuditStore {
             next_retry: Instant::now(),
             scratch: Vec::with_capacity(1024),
             framed: Vec::with_capacity(64 << 10),
-        };
-        // On the agent's multi-thread runtime the writer is a task: a
-        // session's append then wakes it on the same worker (no OS context
-        // switch each way, which dominated the per-statement cost on small
-        // machines). Elsewhere (tests, tools) it keeps its own thread.
+        }));
+        // On the agent's multi-thread runtime the writer loop is a task (a
+        // request wakes it on the same worker, no OS context switch);
+        // elsewhere (tests, tools) it has its own thread.
         let mut threads = vec![converter, syncer_thread];
         match tokio::runtime::Handle::try_current() {
             Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                rt.spawn(writer.run_task(rx));
+                rt.spawn(run_task(writer.clone(), rx));
             }
-            _ => threads.push(
-                std::thread::Builder::new()
-                    .name("audit-wal".into())
-                    .spawn(move || writer.run(rx))
-                    .map_err(|e| StoreError::Thread("writer", e))?,
-            ),
+            _ => {
+                let writer = writer.clone();
+                threads.push(
+                    std::thread::Builder::new()
+                        .name("audit-wal".into())
+                        .spawn(move || run_thread(writer, rx))
+                        .map_err(|e| StoreError::Thread("writer", e))?,
+                )
+            }
         }
         Ok(AuditStore {
             tx,
+            writer,
+            inline,
             jobs: Mutex::new(store_jobs),
             shared,
             threads: Mutex::new(threads),
@@ -198,12 +217,9 @@ impl AuditStore {
 
     /// Appends `event` and returns the seq it got in the chain.
     pub async fn append_seq(&self, event: Event) -> Result<u64, AuditError> {
-        if self.shared.closed.load(Ordering::SeqCst) {
-            return Err(AuditError::Closed);
-        }
-        // Fail fast instead of queueing while the disk is refusing writes.
-        if self.shared.failing.load(Ordering::SeqCst) {
-            return Err(self.shared.unavailable());
+        self.accepting()?;
+        if self.inline {
+            return self.append_inline(event);
         }
         let (reply, ack) = oneshot::channel();
         self.tx
@@ -211,6 +227,45 @@ impl AuditStore {
             .await
             .map_err(|_| AuditError::Closed)?;
         ack.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Whether appends are taken now: not after close, and not while the
+    /// disk refuses writes (fail fast instead of queueing).
+    fn accepting(&self) -> Result<(), AuditError> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(AuditError::Closed);
+        }
+        if self.shared.failing.load(Ordering::SeqCst) {
+            return Err(self.shared.unavailable());
+        }
+        Ok(())
+    }
+
+    /// Chains and writes `event` on the caller's thread. On return the
+    /// record is in the WAL file (`write(2)` done) and the chain order is
+    /// the WAL order, both because the lock covers chaining and writing.
+    /// The lock is held for one buffered write; appenders on other workers
+    /// wait that long, which is cheaper than a wake-up of the writer.
+    fn append_inline(&self, event: Event) -> Result<u64, AuditError> {
+        // Flattening moves every string of the event; only `seq`,
+        // `prev_hash` and the hash need the lock, so it happens before.
+        let row = event_to_row(event);
+        let mut writer = self.writer.lock().map_err(|_| self.shared.unavailable())?;
+        // Close is handled under this lock: nothing is written after it.
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(AuditError::Closed);
+        }
+        let was_unsynced = writer.unsynced;
+        let result = writer.append_one(row);
+        writer.sync_if_due();
+        let nudge = !was_unsynced && writer.unsynced;
+        drop(writer);
+        if nudge {
+            // The loop may sleep past the fsync interval; a full queue means
+            // it is awake anyway.
+            let _ = self.tx.try_send(Request::Tick);
+        }
+        result
     }
 
     /// Syncs the WAL, converts every segment to Parquet and stops the
@@ -272,6 +327,13 @@ impl AuditSink for AuditStore {
         Box::pin(async move { self.append_seq(event).await.map(|_| ()) })
     }
 
+    fn try_submit(&self, event: Box<Event>) -> Result<Result<(), AuditError>, Box<Event>> {
+        if !self.inline {
+            return Err(event);
+        }
+        Ok(self.accepting().and_then(|()| self.append_inline(*event).map(|_| ())))
+    }
+
     fn close(&self) -> AppendFuture<'_> {
         Box::pin(self.shutdown())
     }
@@ -288,6 +350,12 @@ impl Drop for AuditStore {
         if let Ok(mut jobs) = self.jobs.lock() {
             drop(std::mem::replace(&mut *jobs, std::sync::mpsc::channel().0));
         }
+        // The loop may be gone already (its runtime shut down) and cannot
+        // be relied on to let the threads end.
+        let mut writer = self.writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        writer.sync();
+        writer.disconnect();
+        drop(writer);
         let threads = self
             .threads
             .lock()
@@ -408,39 +476,71 @@ struct Writer {
     framed: Vec<u8>,
 }
 
+/// The writer loop on its own thread (tools and tests without the agent's
+/// multi-thread runtime).
+fn run_thread(writer: Arc<Mutex<Writer>>, mut rx: mpsc::Receiver<Request>) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            if let Ok(mut w) = writer.lock() {
+                w.fail(format!("writer runtime: {e}"));
+            }
+            return;
+        }
+    };
+    let mut batch = Vec::new();
+    loop {
+        let Some(wait) = next_wait(&writer) else { return };
+        let woke = rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await });
+        if on_wake(&writer, woke.ok(), &mut rx, &mut batch) {
+            return;
+        }
+    }
+}
+
+/// The same loop as [`run_thread`], as a task on the agent's runtime. Its
+/// work between awaits is a buffered write to the WAL file (the page
+/// cache); fsync stays on the syncer thread.
+async fn run_task(writer: Arc<Mutex<Writer>>, mut rx: mpsc::Receiver<Request>) {
+    let mut batch = Vec::new();
+    loop {
+        let Some(wait) = next_wait(&writer) else { return };
+        let woke = tokio::time::timeout(wait, rx.recv()).await;
+        if on_wake(&writer, woke.ok(), &mut rx, &mut batch) {
+            return;
+        }
+    }
+}
+
+/// How long the loop may sleep; None when the writer is gone (its lock
+/// poisoned by a panic: appends fail from then on).
+fn next_wait(writer: &Mutex<Writer>) -> Option<Duration> {
+    let at = writer.lock().ok()?.next_wakeup();
+    Some(at.saturating_duration_since(Instant::now()))
+}
+
+/// Handles what one wait brought, under the writer's lock: a request (with
+/// whatever else is queued behind it), the channel closing (`Some(None)`),
+/// or nothing but a timer (`None`). Returns true when the loop must stop.
+fn on_wake(
+    writer: &Mutex<Writer>,
+    woke: Option<Option<Request>>,
+    rx: &mut mpsc::Receiver<Request>,
+    batch: &mut Vec<Request>,
+) -> bool {
+    match writer.lock() {
+        Ok(mut w) => {
+            let stop = w.on_wake(woke, rx, batch);
+            if stop {
+                w.disconnect();
+            }
+            stop
+        }
+        Err(_) => true,
+    }
+}
+
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                self.shared.set_failing(format!("writer runtime: {e}"));
-                return;
-            }
-        };
-        let mut batch = Vec::new();
-        loop {
-            let wait = self.next_wakeup().saturating_duration_since(Instant::now());
-            let woke = rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await });
-            if self.on_wake(woke.ok(), &mut rx, &mut batch) {
-                return;
-            }
-        }
-    }
-
-    /// The same loop as [`Writer::run`], as a task on the caller's runtime.
-    /// Its work between awaits is a buffered write to the WAL file (the
-    /// page cache); fsync stays on the syncer thread.
-    async fn run_task(mut self, mut rx: mpsc::Receiver<Request>) {
-        let mut batch = Vec::new();
-        loop {
-            let wait = self.next_wakeup().saturating_duration_since(Instant::now());
-            let woke = tokio::time::timeout(wait, rx.recv()).await;
-            if self.on_wake(woke.ok(), &mut rx, &mut batch) {
-                return;
-            }
-        }
-    }
-
     /// Handles what one wait brought: a request (with whatever else is
     /// queued behind it), the channel closing (`Some(None)`), or nothing
     /// but a timer (`None`). Returns true when the writer must stop.
@@ -471,6 +571,14 @@ impl Writer {
         }
         self.tick();
         false
+    }
+
+    /// Closes the writer's channels to the syncer and converter threads,
+    /// which end when they have done what was sent before. The writer
+    /// itself outlives its loop (the store holds it for inline appends).
+    fn disconnect(&mut self) {
+        self.syncer.files = std::sync::mpsc::channel().0;
+        self.jobs = std::sync::mpsc::channel().0;
     }
 
     /// When the loop must wake without a request: the next group fsync,
@@ -522,10 +630,11 @@ impl Writer {
             match req {
                 Request::Append(event, reply) => {
                     let seq = self.head.seq + 1;
-                    self.chain_into_frame(*event, seq);
+                    self.chain_into_frame(event_to_row(*event), seq);
                     replies.push((reply, seq));
                 }
                 Request::Close(reply) => close = Some(reply),
+                Request::Tick => {}
             }
         }
         if !replies.is_empty() {
@@ -546,11 +655,35 @@ impl Writer {
         false
     }
 
+    /// Chains and writes one record; Ok holds its seq.
+    fn append_one(&mut self, row: Row) -> Result<u64, AuditError> {
+        let start = self.head.clone();
+        let seq = start.seq + 1;
+        self.framed.clear();
+        self.chain_into_frame(row, seq);
+        let result = self.write_framed(1, start);
+        self.shared.last_seq.store(self.head.seq, Ordering::SeqCst);
+        result.map(|()| seq)
+    }
+
+    /// Starts the group fsync when the interval has passed (appends keep
+    /// the interval without waking the loop while they come).
+    fn sync_if_due(&mut self) {
+        if self.unsynced && Instant::now() >= self.last_sync + Duration::from_millis(self.config.fsync_interval_ms) {
+            self.sync_in_background(false);
+        }
+    }
+
     /// Assigns `seq` and `prev_hash`, hashes, and frames the record.
-    fn chain_into_frame(&mut self, mut event: Event, seq: u64) {
-        event.seq = seq;
-        event.prev_hash = std::mem::take(&mut self.head.hash);
-        let row = event_to_row(event);
+    fn chain_into_frame(&mut self, mut row: Row, seq: u64) {
+        let prev_hash = std::mem::take(&mut self.head.hash);
+        // A row always has every column; `get_mut` keeps this panic-free.
+        if let Some(cell) = row.get_mut(SEQ) {
+            *cell = Cell::Int(Some(i64::try_from(seq).unwrap_or(i64::MAX)));
+        }
+        if let Some(cell) = row.get_mut(PREV_HASH) {
+            *cell = Cell::Str(Some(prev_hash));
+        }
         self.scratch.clear();
         chain::encode(&row, &mut self.scratch);
         let hash = chain::hash_hex(&self.scratch);

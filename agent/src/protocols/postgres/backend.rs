@@ -470,16 +470,11 @@ impl<'s> Backend<'s> {
         if command.event_id.is_nil() {
             return;
         }
-        let event = record::result(self.session, command, outcome);
-        let audit = self.session.audit.clone();
-        let session = self.session.id;
         // The command itself was recorded before it ran; its result is
         // recorded without holding up the rows behind it.
-        tokio::spawn(async move {
-            if let Err(e) = audit.append(event).await {
-                tracing::error!(%session, error = %e, "could not record a command result");
-            }
-        });
+        self.session
+            .audit
+            .submit(record::result(self.session, command, outcome));
     }
 }
 
