@@ -14,7 +14,7 @@ use super::{MAX_LINE, Request, Response};
 pub fn request(socket: &Path, request: &Request) -> anyhow::Result<Response> {
     let mut stream = UnixStream::connect(socket).with_context(|| {
         format!(
-            "cannot reach the agent at {} (is `loopgate run` running, and are you root?)",
+            "cannot reach the agent at {} (is `loopgate run` running?)",
             socket.display()
         )
     })?;
