@@ -406,3 +406,58 @@ async fn verify_holds_on_a_running_store() {
     assert!(checks.await.expect("verifier") > 1);
     store.shutdown().await.expect("shutdown");
 }
+
+/// Results submitted without waiting are chained at once and written with
+/// the next append (one `write(2)` for both); a clean close writes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submitted_results_keep_chain_order_and_survive_close() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = AuditLog::new(open(config(dir.path())));
+    let session = Uuid::now_v7();
+    let mut ids = Vec::new();
+    for i in 0..500 {
+        let command = command_event(session, i);
+        ids.push(command.event_id);
+        log.append(command).await.expect("append");
+        let mut result = Event::new(EventKind::CommandResult).session(session);
+        result.command_id = Some(ids[ids.len() - 1]);
+        ids.push(result.event_id);
+        log.submit(result);
+    }
+    // The last result has no append behind it: close must write it.
+    log.close().await.expect("close");
+    let v = verify::verify(dir.path()).expect("chain holds");
+    assert_eq!(v.events, 1000);
+    let events = reader::events(dir.path()).expect("read");
+    assert_eq!(events.iter().map(|e| e.event_id).collect::<Vec<_>>(), ids);
+}
+
+/// A deferred result with nothing appended after it still reaches the WAL
+/// by the fsync interval (the writer loop writes it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_submitted_result_is_written_by_the_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = AuditLog::new(open(config(dir.path())));
+    let session = Uuid::now_v7();
+    log.append(command_event(session, 0)).await.expect("append");
+    // Past the first fsync interval, so the result is the only dirty record.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    log.submit(Event::new(EventKind::CommandResult).session(session));
+    let d = dir.path().to_str().expect("utf-8").to_owned();
+    let mut seen = 0;
+    for _ in 0..100 {
+        let out = tokio::task::spawn_blocking({
+            let d = d.clone();
+            move || loopgate_audit(&["tail", "--json", "--dir", &d])
+        })
+        .await
+        .expect("tail");
+        seen = String::from_utf8_lossy(&out.stdout).lines().count();
+        if seen == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, 2, "the result is in the WAL without another append");
+    log.close().await.expect("close");
+}

@@ -88,7 +88,8 @@ pub struct Health {
 
 pub(crate) enum Request {
     Append(Box<Event>, oneshot::Sender<Result<u64, AuditError>>),
-    /// An inline append left records unsynced: the loop sets its fsync timer.
+    /// Wakes the loop to look at its timers: an inline append left records
+    /// unwritten or unsynced, or an fsync finished.
     Tick,
     Close(oneshot::Sender<Result<(), AuditError>>),
 }
@@ -171,7 +172,7 @@ impl AuditStore {
             .spawn(move || converter.run())
             .map_err(|e| StoreError::Thread("converter", e))?;
         let store_jobs = jobs_tx.clone();
-        let (syncer, syncer_thread) = SyncerHandle::spawn()?;
+        let (syncer, syncer_thread) = SyncerHandle::spawn(tx.downgrade())?;
         let inline = config.fsync == FsyncMode::Interval;
         let writer = Arc::new(Mutex::new(Writer {
             config,
@@ -186,6 +187,8 @@ impl AuditStore {
             next_retry: Instant::now(),
             scratch: Vec::with_capacity(1024),
             framed: Vec::with_capacity(64 << 10),
+            unwritten: 0,
+            unwritten_from: ChainHead::genesis(),
         }));
         // On the agent's multi-thread runtime the writer loop is a task (a
         // request wakes it on the same worker, no OS context switch);
@@ -247,18 +250,33 @@ impl AuditStore {
     /// The lock is held for one buffered write; appenders on other workers
     /// wait that long, which is cheaper than a wake-up of the writer.
     fn append_inline(&self, event: Event) -> Result<u64, AuditError> {
+        self.inline(event, Writer::append_one)
+    }
+
+    /// Chains `event` on the caller's thread without writing it: the next
+    /// append writes it along with its own record (one `write(2)` for both),
+    /// or the writer loop does by the fsync interval, or close does. For
+    /// records nobody waits on (a command's result).
+    fn defer_inline(&self, event: Event) -> Result<(), AuditError> {
+        self.inline(event, Writer::defer_one)
+    }
+
+    /// Runs `op` on the flattened `event` under the writer's lock, then
+    /// starts the group fsync if due and wakes the loop if its timer may
+    /// not cover what is now unwritten or unsynced.
+    fn inline<T>(&self, event: Event, op: fn(&mut Writer, Row) -> Result<T, AuditError>) -> Result<T, AuditError> {
         // Flattening moves every string of the event; only `seq`,
         // `prev_hash` and the hash need the lock, so it happens before.
         let row = event_to_row(event);
         let mut writer = self.writer.lock().map_err(|_| self.shared.unavailable())?;
-        // Close is handled under this lock: nothing is written after it.
+        // Close is handled under this lock: nothing is chained after it.
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(AuditError::Closed);
         }
-        let was_unsynced = writer.unsynced;
-        let result = writer.append_one(row);
+        let was_dirty = writer.dirty();
+        let result = op(&mut writer, row);
         writer.sync_if_due();
-        let nudge = !was_unsynced && writer.unsynced;
+        let nudge = !was_dirty && writer.dirty();
         drop(writer);
         if nudge {
             // The loop may sleep past the fsync interval; a full queue means
@@ -331,7 +349,7 @@ impl AuditSink for AuditStore {
         if !self.inline {
             return Err(event);
         }
-        Ok(self.accepting().and_then(|()| self.append_inline(*event).map(|_| ())))
+        Ok(self.accepting().and_then(|()| self.defer_inline(*event)))
     }
 
     fn close(&self) -> AppendFuture<'_> {
@@ -431,6 +449,9 @@ pub(crate) fn parquet_head(dir: &std::path::Path) -> Result<ChainHead, StoreErro
 /// Most requests taken from the queue into one WAL write.
 const MAX_BATCH: usize = 4096;
 
+/// Deferred records are written at once past this many bytes.
+const MAX_DEFERRED_BYTES: usize = 64 << 10;
+
 /// The writer's side of the syncer thread (interval mode's group fsync).
 struct SyncerHandle {
     files: std::sync::mpsc::Sender<std::fs::File>,
@@ -439,7 +460,10 @@ struct SyncerHandle {
 }
 
 impl SyncerHandle {
-    fn spawn() -> Result<(Self, JoinHandle<()>), StoreError> {
+    /// `loop_tx` wakes the writer loop after each fsync: records that came
+    /// meanwhile wait for the next one, and the loop sleeps until then
+    /// instead of polling `busy`.
+    fn spawn(loop_tx: mpsc::WeakSender<Request>) -> Result<(Self, JoinHandle<()>), StoreError> {
         let (files, rx) = std::sync::mpsc::channel::<std::fs::File>();
         let busy = Arc::new(AtomicBool::new(false));
         let error = Arc::new(Mutex::new(None));
@@ -454,6 +478,10 @@ impl SyncerHandle {
                         *slot = Some(format!("fsync of the WAL: {err}"));
                     }
                     b.store(false, Ordering::SeqCst);
+                    if let Some(tx) = loop_tx.upgrade() {
+                        // A full queue means the loop is awake anyway.
+                        let _ = tx.try_send(Request::Tick);
+                    }
                 }
             })
             .map_err(|e| StoreError::Thread("fsync", e))?;
@@ -473,7 +501,14 @@ struct Writer {
     last_sync: Instant,
     next_retry: Instant,
     scratch: Vec<u8>,
+    /// Records chained but not yet written, in chain order (see
+    /// [`Writer::defer_one`]); the next write takes them along.
     framed: Vec<u8>,
+    /// How many records `framed` holds.
+    unwritten: u64,
+    /// The head before the first of them: where the chain goes back to if
+    /// they cannot be written.
+    unwritten_from: ChainHead,
 }
 
 /// The writer loop on its own thread (tools and tests without the agent's
@@ -586,7 +621,9 @@ impl Writer {
     fn next_wakeup(&self) -> Instant {
         let now = Instant::now();
         let mut at = now + Duration::from_secs(1);
-        if self.unsynced {
+        // While an fsync runs the next one waits for it: the syncer wakes
+        // the loop when it is done.
+        if self.dirty() && !self.syncer.busy.load(Ordering::SeqCst) {
             at = at.min(self.last_sync + Duration::from_millis(self.config.fsync_interval_ms));
         }
         if let Some(seg) = &self.segment
@@ -606,7 +643,7 @@ impl Writer {
         if let Some(e) = sync_error {
             self.fail(e);
         }
-        if self.unsynced && now >= self.last_sync + Duration::from_millis(self.config.fsync_interval_ms) {
+        if self.dirty() && now >= self.last_sync + Duration::from_millis(self.config.fsync_interval_ms) {
             self.sync_in_background(false);
         }
         let aged = self.segment.as_ref().is_some_and(|s| {
@@ -624,13 +661,10 @@ impl Writer {
     fn handle(&mut self, batch: &mut Vec<Request>) -> bool {
         let mut replies = Vec::with_capacity(batch.len());
         let mut close = None;
-        let start = self.head.clone();
-        self.framed.clear();
         for req in batch.drain(..) {
             match req {
                 Request::Append(event, reply) => {
-                    let seq = self.head.seq + 1;
-                    self.chain_into_frame(event_to_row(*event), seq);
+                    let seq = self.chain(event_to_row(*event));
                     replies.push((reply, seq));
                 }
                 Request::Close(reply) => close = Some(reply),
@@ -638,7 +672,7 @@ impl Writer {
             }
         }
         if !replies.is_empty() {
-            let result = self.write_framed(replies.len() as u64, start);
+            let result = self.write_unwritten(replies.len() as u64);
             self.shared.last_seq.store(self.head.seq, Ordering::SeqCst);
             for (reply, seq) in replies {
                 // A dropped receiver means the caller gave up; the record
@@ -655,21 +689,75 @@ impl Writer {
         false
     }
 
-    /// Chains and writes one record; Ok holds its seq.
+    /// Chains and writes one record, together with any deferred before it;
+    /// Ok holds its seq.
     fn append_one(&mut self, row: Row) -> Result<u64, AuditError> {
-        let start = self.head.clone();
-        let seq = start.seq + 1;
-        self.framed.clear();
-        self.chain_into_frame(row, seq);
-        let result = self.write_framed(1, start);
+        let seq = self.chain(row);
+        let result = self.write_unwritten(1);
         self.shared.last_seq.store(self.head.seq, Ordering::SeqCst);
         result.map(|()| seq)
+    }
+
+    /// Chains one record to be written later (with the next append, by
+    /// the fsync interval, or at close), so a statement costs one WAL
+    /// `write(2)` instead of two. Refused (like an append) while the disk
+    /// fails; written at once when the buffer is large.
+    fn defer_one(&mut self, row: Row) -> Result<(), AuditError> {
+        if self.shared.failing.load(Ordering::SeqCst) {
+            return Err(self.shared.unavailable());
+        }
+        self.chain(row);
+        self.shared.last_seq.store(self.head.seq, Ordering::SeqCst);
+        if self.framed.len() >= MAX_DEFERRED_BYTES {
+            return self.write_unwritten(0);
+        }
+        Ok(())
+    }
+
+    /// Records are chained but not yet written, or written but not synced:
+    /// the loop must wake by the fsync interval.
+    fn dirty(&self) -> bool {
+        self.unsynced || self.unwritten > 0
+    }
+
+    /// Chains `row` after the head into `framed`; returns its seq.
+    fn chain(&mut self, row: Row) -> u64 {
+        if self.unwritten == 0 {
+            self.unwritten_from = self.head.clone();
+            self.framed.clear();
+        }
+        let seq = self.head.seq + 1;
+        self.chain_into_frame(row, seq);
+        self.unwritten += 1;
+        seq
+    }
+
+    /// Writes every chained record in one `write(2)`; `waited` of them
+    /// have a caller that gets the result. If the write fails they are all
+    /// dropped and the head goes back to before them (no gap in the chain);
+    /// the store is failing then, and deferred records lost are logged.
+    fn write_unwritten(&mut self, waited: u64) -> Result<(), AuditError> {
+        if self.unwritten == 0 {
+            return Ok(());
+        }
+        let n = std::mem::take(&mut self.unwritten);
+        let start = std::mem::replace(&mut self.unwritten_from, ChainHead::genesis());
+        let result = self.write_framed(n, start);
+        self.framed.clear();
+        if let Err(e) = &result {
+            self.shared.last_seq.store(self.head.seq, Ordering::SeqCst);
+            let lost = n.saturating_sub(waited);
+            if lost > 0 {
+                tracing::error!(records = lost, error = %e, "deferred audit records could not be written");
+            }
+        }
+        result
     }
 
     /// Starts the group fsync when the interval has passed (appends keep
     /// the interval without waking the loop while they come).
     fn sync_if_due(&mut self) {
-        if self.unsynced && Instant::now() >= self.last_sync + Duration::from_millis(self.config.fsync_interval_ms) {
+        if self.dirty() && Instant::now() >= self.last_sync + Duration::from_millis(self.config.fsync_interval_ms) {
             self.sync_in_background(false);
         }
     }
@@ -743,8 +831,12 @@ impl Writer {
         Ok(())
     }
 
-    /// Group fsync; false (and failing) when it did not succeed.
+    /// Writes what is deferred, then group fsync; false (and failing) when
+    /// it did not succeed.
     fn sync(&mut self) -> bool {
+        if self.write_unwritten(0).is_err() {
+            return false;
+        }
         if !self.unsynced {
             return true;
         }
@@ -763,6 +855,9 @@ impl Writer {
     /// Interval mode: hands the fsync to the syncer thread, so appends are
     /// acknowledged while it runs. `force` queues it even if one is running.
     fn sync_in_background(&mut self, force: bool) {
+        // Deferred records are written first, so the fsync covers them
+        // (an error leaves the store failing; there is nothing to sync).
+        let _ = self.write_unwritten(0);
         if !self.unsynced || (!force && self.syncer.busy.load(Ordering::SeqCst)) {
             return;
         }

@@ -6,8 +6,8 @@ mod session;
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, OnceLock, atomic::Ordering::Relaxed},
-    time::{Duration, Instant},
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
 };
 
 use tokio::{
@@ -15,7 +15,6 @@ use tokio::{
     sync::watch,
     task::JoinSet,
 };
-use uuid::Uuid;
 
 pub use session::{CounterSnapshot, Registry, Session, SessionEnd, SessionSummary, Traffic};
 
@@ -167,17 +166,13 @@ impl Proxy {
                 .await;
             return;
         };
-        let session = Session {
-            id: Uuid::now_v7(),
-            client: peer,
-            original: intercepted.original,
+        let session = Session::new(
+            peer,
+            intercepted.original,
             target,
-            process: process::describe(&intercepted),
-            principal: OnceLock::new(),
-            audit: self.audit.clone(),
-            traffic: Arc::default(),
-            started: Instant::now(),
-        };
+            process::describe(&intercepted),
+            self.audit.clone(),
+        );
         let mut start = self.session_event(&session, EventKind::SessionStart);
         start.decision = Some(Decision {
             verdict: Verdict::Allow,
@@ -236,7 +231,7 @@ impl Proxy {
 
     fn session_event(&self, session: &Session, kind: EventKind) -> Event {
         let mut e = Event::new(kind).session(session.id);
-        e.client_address = Some(session.client.to_string());
+        e.client_address = Some(session.client_address.clone());
         e.process = Some(session.process.clone());
         e.principal = session.principal.get().cloned();
         e.target = Some(session.target_ref());

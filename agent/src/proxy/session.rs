@@ -31,9 +31,37 @@ pub struct Session {
     pub audit: AuditLog,
     pub traffic: Arc<Traffic>,
     pub started: Instant,
+    /// `client` as events record it, formatted once: every statement
+    /// records it twice (command and result).
+    pub client_address: String,
+    /// `original` as events record it, formatted once.
+    pub target_address: String,
 }
 
 impl Session {
+    /// A new session (fresh id, no principal yet, started now).
+    pub fn new(
+        client: SocketAddr,
+        original: SocketAddr,
+        target: Arc<Target>,
+        process: ProcessInfo,
+        audit: AuditLog,
+    ) -> Self {
+        Session {
+            id: Uuid::now_v7(),
+            client,
+            original,
+            target,
+            process,
+            principal: OnceLock::new(),
+            audit,
+            traffic: Arc::default(),
+            started: Instant::now(),
+            client_address: client.to_string(),
+            target_address: original.to_string(),
+        }
+    }
+
     /// Counts bytes sent to the server (for `status` and the session record).
     pub fn add_to_server(&self, n: usize) {
         self.traffic.to_server.fetch_add(n as u64, Relaxed);
@@ -49,7 +77,7 @@ impl Session {
         TargetRef {
             name: self.target.name.clone(),
             protocol: self.target.protocol.as_str().to_owned(),
-            address: self.original.to_string(),
+            address: self.target_address.clone(),
         }
     }
 }

@@ -334,7 +334,7 @@ impl<'s> Frontend<'s> {
             origin: Origin {
                 session_id: self.session.id,
                 command_id,
-                client_address: Some(self.session.client.to_string()),
+                client_address: Some(self.session.client_address.clone()),
                 principal: self.session.principal.get().cloned(),
                 process: self.session.process.clone(),
                 target: self.session.target_ref(),

@@ -76,7 +76,7 @@ fn with_rule(verdict: Verdict, rule_id: &str, reason: &str) -> Decision {
 
 fn base(session: &Session, kind: EventKind) -> Event {
     let mut e = Event::new(kind).session(session.id);
-    e.client_address = Some(session.client.to_string());
+    e.client_address = Some(session.client_address.clone());
     e.principal = session.principal.get().cloned();
     e.process = Some(session.process.clone());
     e.target = Some(session.target_ref());

@@ -1,7 +1,7 @@
 //! Hostile and malformed input on both sides of a session: whatever bytes
 //! arrive, the relay ends with an error or carries on — it never panics.
 //! Inputs are generated from a fixed seed, so a failure reproduces.
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::{io::AsyncWriteExt as _, sync::mpsc};
@@ -69,30 +69,26 @@ fn service(audit: AuditLog) -> Service {
 }
 
 fn session(dir: &std::path::Path) -> Session {
-    Session {
-        id: uuid::Uuid::now_v7(),
-        client: "127.0.0.1:40000".parse().unwrap(),
+    Session::new(
+        "127.0.0.1:40000".parse().unwrap(),
         // Nothing listens on port 1: the catalog's side connection fails fast.
-        original: "127.0.0.1:1".parse().unwrap(),
-        target: Arc::new(Target {
+        "127.0.0.1:1".parse().unwrap(),
+        Arc::new(Target {
             name: "db".into(),
             protocol: Protocol::Postgres,
             address: "127.0.0.1:1".into(),
             endpoints: vec!["127.0.0.1:1".parse().unwrap()],
             postgres: None,
         }),
-        process: ProcessInfo::default(),
-        principal: Default::default(),
-        audit: AuditLog::new(
+        ProcessInfo::default(),
+        AuditLog::new(
             AuditStore::open(AuditConfig {
                 dir: dir.to_path_buf(),
                 ..AuditConfig::default()
             })
             .unwrap(),
         ),
-        traffic: Default::default(),
-        started: Instant::now(),
-    }
+    )
 }
 
 /// A message with a plausible tag (mostly) and a random body; sometimes a
