@@ -475,7 +475,8 @@ fn fifty_held_commands_decided_in_random_order_reach_the_right_clients() {
     let issuer = runtime.block_on(TestIssuer::start()).unwrap();
     let api = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let extra = format!(
-        "[identity.oidc]\nissuer = \"{}\"\naudience = \"loopgate\"\n[approvals]\nhttp_listen = \"{api}\"\n",
+        "[identity.oidc]\nissuer = \"{}\"\naudience = \"loopgate\"\n\
+         [[identity.binding]]\nsubject = \"etl-bot\"\nunits = [\"etl.service\"]\n[approvals]\nhttp_listen = \"{api}\"\n",
         issuer.issuer()
     );
     let (f, _dir) = clinic(json!({"min_approvals": 1, "timeout_secs": 600}), PATIENTS, &extra);
@@ -530,6 +531,15 @@ fn fifty_held_commands_decided_in_random_order_reach_the_right_clients() {
         &format!("http://{api}/v1/approvals"),
     ]));
     assert_eq!(anonymous, "401", "the API needs a bearer token");
+    // A token bound to a unit decides only from that unit, as it logs in.
+    let mut bound = issuer.claims("etl-bot", "loopgate");
+    bound["groups"] = json!([approver_group()]);
+    let out = approvals(&f, ALICE, &[], &["--token", &issuer.mint(&bound), "approve", &ids[0]]);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("token is not accepted from this process"),
+        "{}",
+        text(&out.stderr)
+    );
     let mut order: Vec<usize> = (1..=N).collect();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -51,8 +51,13 @@ async fn route(request: http::HttpRequest, approvals: &Approvals, oidc: &OidcVal
     let Some(token) = request.bearer.as_deref() else {
         return (401, json!({"error": "an OIDC bearer token is required"}));
     };
-    let who = match oidc.validate(token).await {
-        Ok(t) => Approver::from_token(t),
+    // No process to bind to over HTTP: bindings are checked on the socket.
+    let who = match oidc
+        .validate(token)
+        .await
+        .and_then(|t| Approver::from_token(oidc, t, None))
+    {
+        Ok(who) => who,
         Err(e) => return (401, json!({"error": format!("token refused: {e}")})),
     };
     let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();

@@ -3,7 +3,10 @@
 //! claim); with a token, the validated OIDC subject and groups.
 use std::os::fd::AsRawFd as _;
 
-use crate::identity::claims::ValidatedToken;
+use crate::{
+    identity::{OidcValidator, TokenError, claims::ValidatedToken},
+    intercept::cgroup,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Approver {
@@ -14,6 +17,8 @@ pub struct Approver {
     pub email: Option<String>,
     /// Unix group names, or the token's groups.
     pub groups: Vec<String>,
+    /// The systemd unit of a socket peer: token bindings apply to it.
+    pub unit: Option<String>,
 }
 
 impl Approver {
@@ -26,21 +31,37 @@ impl Approver {
         gids.sort_unstable();
         gids.dedup();
         let user = crate::proxy::process::user_name(uid).unwrap_or_else(|| uid.to_string());
+        let unit = cred
+            .pid()
+            .and_then(|pid| cgroup::cgroup_of(&pid.to_string()).ok())
+            .and_then(|path| cgroup::systemd_unit(&path));
         Ok(Approver {
             name: format!("unix:{user}"),
             uid: Some(uid),
             email: None,
             groups: gids.into_iter().filter_map(group_name).collect(),
+            unit,
         })
     }
 
-    pub fn from_token(token: ValidatedToken) -> Approver {
-        Approver {
+    /// The identity of a validated token. On the socket, `peer` is who
+    /// presented it: the token's `[[identity.binding]]` rules must accept
+    /// that process, as they must for a database login.
+    pub fn from_token(
+        oidc: &OidcValidator,
+        token: ValidatedToken,
+        peer: Option<&Approver>,
+    ) -> Result<Approver, TokenError> {
+        if let Some(peer) = peer {
+            oidc.check_binding(&token, peer.uid.unwrap_or(u32::MAX), peer.unit.as_deref())?;
+        }
+        Ok(Approver {
             name: token.subject,
             uid: None,
             email: token.email,
             groups: token.groups,
-        }
+            unit: None,
+        })
     }
 
     pub fn in_group(&self, group: &str) -> bool {

@@ -689,6 +689,7 @@ mod tests {
             uid: Some(uid),
             email: None,
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            unit: None,
         }
     }
 

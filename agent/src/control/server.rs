@@ -111,8 +111,12 @@ async fn approvals(request: Request, peer: Approver, state: &ControlState) -> Re
             let Some(oidc) = &state.oidc else {
                 return error("this agent has no [identity.oidc]; decide as your unix user instead");
             };
-            match oidc.validate(token).await {
-                Ok(t) => Approver::from_token(t),
+            match oidc
+                .validate(token)
+                .await
+                .and_then(|t| Approver::from_token(oidc, t, Some(&peer)))
+            {
+                Ok(who) => who,
                 Err(e) => return error(&format!("token refused: {e}")),
             }
         }
