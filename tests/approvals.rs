@@ -245,6 +245,20 @@ fn copy_waits_in_place_until_an_approver_approves() {
         .find(|e| e["kind"] == "command_result" && e["command_id"] == command_id)
         .expect("result tied to the command");
     assert_eq!(result["outcome"]["status"], "ok");
+    // The session's timeline reads as what happened.
+    let session = command["session_id"].as_str().unwrap();
+    let replay = std::process::Command::new(loopgate_e2e::loopgate_bin())
+        .args(["audit", "replay", session, "--dir"])
+        .arg(&f.agent.audit_dir)
+        .output()
+        .unwrap();
+    let replay = ok(&replay);
+    assert!(
+        replay.contains(&format!(
+            "decision=approved rule=hipaa.hold_phi_export approval={id} approver=unix:daemon"
+        )),
+        "{replay}"
+    );
     assert!(!has_ssn(&f.audit_text()));
     assert_eq!(f.agent.verify_audit().0, Some(0));
 

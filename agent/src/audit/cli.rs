@@ -106,6 +106,9 @@ fn details(event: &Event) -> String {
         if let Some(r) = &d.rule_id {
             s.push_str(&format!(" rule={r}"));
         }
+        if let Some(id) = &d.approval_id {
+            s.push_str(&format!(" approval={id}"));
+        }
         if let Some(a) = &d.approver {
             s.push_str(&format!(" approver={a}"));
         }
