@@ -176,25 +176,13 @@ async fn record_reload(audit: AuditLog, dir: PathBuf, result: Result<Summary, Po
     event.decision = Some(match &result {
         Ok(summary) => {
             tracing::info!(dir = %dir.display(), ?summary, "policy reloaded");
-            Decision {
-                verdict: Verdict::Allow,
-                rule_id: None,
-                reason: Some(format!("loaded {}", dir.display())),
-                approver: None,
-                wait_us: None,
-                approval_id: None,
-            }
+            Decision::new(Verdict::Allow).reason(format!("loaded {}", dir.display()))
         }
         Err(e) => {
             tracing::error!(dir = %dir.display(), error = %e, "policy reload refused; the previous policy stays");
-            Decision {
-                verdict: Verdict::Error,
-                rule_id: Some("policy.reload".to_owned()),
-                reason: Some(format!("reload refused, previous policy kept: {e}")),
-                approver: None,
-                wait_us: None,
-                approval_id: None,
-            }
+            Decision::new(Verdict::Error)
+                .rule("policy.reload")
+                .reason(format!("reload refused, previous policy kept: {e}"))
         }
     });
     if let Err(e) = audit.append(event).await {

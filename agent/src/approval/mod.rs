@@ -59,6 +59,27 @@ pub struct ProcessView {
     pub unit: Option<String>,
 }
 
+impl ApprovalView {
+    /// What the waiting client is told (a PostgreSQL notice, which psql
+    /// prints as it arrives), and a hint on how it gets decided.
+    pub fn notice(&self) -> (String, String) {
+        let waiting = match self.rows_sent {
+            Some(rows) => format!("the rest of this result (after {rows} rows) waits"),
+            None => "this statement waits".to_owned(),
+        };
+        let message = format!(
+            "loopgate: {waiting} for approval {} (rule {}: {})",
+            self.id, self.rule_id, self.reason
+        );
+        let seconds = self.expires_unix_ms.saturating_sub(self.requested_unix_ms) / 1000;
+        let hint = format!(
+            "{} member(s) of {} must run `loopgate approvals approve {}` within {seconds}s; otherwise it is refused",
+            self.min_approvals, self.approver_group, self.id
+        );
+        (message, hint)
+    }
+}
+
 impl std::fmt::Display for ApprovalView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "approval {}", self.id)?;

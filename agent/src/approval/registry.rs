@@ -559,8 +559,7 @@ fn transition(context: &Context, id: &str, verdict: Verdict) -> Event {
     e.principal = request.principal.clone();
     e.process = Some(request.process.clone());
     e.target = Some(request.target.clone());
-    let mut d = Decision::new(verdict);
-    d.rule_id = Some(context.rule_id.clone());
+    let mut d = Decision::new(verdict).rule(&context.rule_id);
     d.approval_id = Some(id.to_owned());
     e.decision = Some(d);
     e

@@ -182,6 +182,16 @@ impl Decision {
             approval_id: None,
         }
     }
+
+    pub fn rule(mut self, rule_id: impl Into<String>) -> Self {
+        self.rule_id = Some(rule_id.into());
+        self
+    }
+
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
 }
 
 /// What came of a session or command.

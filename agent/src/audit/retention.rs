@@ -79,14 +79,11 @@ pub fn event(plan: &Plan, retention_days: u32) -> Event {
         kind: Some("retention".into()),
         ..CommandInfo::default()
     });
-    e.decision = Some(Decision {
-        verdict: Verdict::Allow,
-        rule_id: Some("audit.retention_days".into()),
-        reason: Some(format!("older than {retention_days} days")),
-        approver: None,
-        wait_us: None,
-        approval_id: None,
-    });
+    e.decision = Some(
+        Decision::new(Verdict::Allow)
+            .rule("audit.retention_days")
+            .reason(format!("older than {retention_days} days")),
+    );
     e
 }
 

@@ -174,14 +174,7 @@ impl Proxy {
             self.audit.clone(),
         );
         let mut start = self.session_event(&session, EventKind::SessionStart);
-        start.decision = Some(Decision {
-            verdict: Verdict::Allow,
-            rule_id: None,
-            reason: None,
-            approver: None,
-            wait_us: None,
-            approval_id: None,
-        });
+        start.decision = Some(Decision::new(Verdict::Allow));
         if let Err(e) = self.audit.append(start).await {
             // Nothing unaudited reaches a backend.
             self.registry.counters.refused_audit_unavailable.fetch_add(1, Relaxed);
@@ -248,14 +241,10 @@ impl Proxy {
         );
         let mut e = self.session_event(session, EventKind::SessionEnd);
         e.duration_us = Some(session.started.elapsed().as_micros() as u64);
-        e.decision = end.reason.as_ref().map(|reason| Decision {
-            verdict: Verdict::Error,
-            rule_id: None,
-            reason: Some(reason.clone()),
-            approver: None,
-            wait_us: None,
-            approval_id: None,
-        });
+        e.decision = end
+            .reason
+            .as_ref()
+            .map(|reason| Decision::new(Verdict::Error).reason(reason.clone()));
         e.outcome = Some(Outcome {
             status: Some(end.status.to_owned()),
             bytes_to_client: Some(session.traffic.to_client.load(Relaxed)),
@@ -304,12 +293,5 @@ impl Proxy {
 }
 
 fn refusal(rule: &str, reason: &str) -> Decision {
-    Decision {
-        verdict: Verdict::Block,
-        rule_id: Some(rule.to_owned()),
-        reason: Some(reason.to_owned()),
-        approver: None,
-        wait_us: None,
-        approval_id: None,
-    }
+    Decision::new(Verdict::Block).rule(rule).reason(reason)
 }

@@ -248,7 +248,7 @@ impl<'s> Backend<'s> {
         request.rows_sent = Some(gate.progress.rows.load(Ordering::Relaxed) + self.tally.rows);
         let (id, resolution) = match self.svc.approvals.hold(request).await {
             Ok(mut ticket) => {
-                let (message, hint) = super::frontend::held_notice(ticket.view());
+                let (message, hint) = ticket.view().notice();
                 out.extend_from_slice(&wire::notice(&message, &hint));
                 self.session.add_to_client(out.len());
                 client.write_all(out).await?;
@@ -266,10 +266,7 @@ impl<'s> Backend<'s> {
             gate.progress.approved.store(true, Ordering::Relaxed);
             return Ok(());
         }
-        let code = match resolution {
-            Resolution::Denied { .. } => sqlstate::INSUFFICIENT_PRIVILEGE,
-            _ => sqlstate::QUERY_CANCELED,
-        };
+        let code = wire::unapproved_code(&resolution);
         let message = format!(
             "{}; the rest of the result was withheld and the query cancelled",
             resolution.refusal(&id)

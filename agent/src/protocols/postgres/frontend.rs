@@ -43,8 +43,9 @@ impl Prepared {
 struct Portal {
     prepared: Arc<Prepared>,
     parameters: Vec<String>,
-    /// Row-threshold progress across the portal's Executes.
-    gate: Arc<GateProgress>,
+    /// Row-threshold progress across the portal's Executes; only for a
+    /// statement whose hold has a row threshold.
+    gate: Option<Arc<GateProgress>>,
 }
 
 pub(super) struct Frontend<'s> {
@@ -165,10 +166,7 @@ impl<'s> Frontend<'s> {
             out.extend_from_slice(&held.message);
             return Ok(());
         }
-        let code = match resolution {
-            Resolution::Denied { .. } => sqlstate::INSUFFICIENT_PRIVILEGE,
-            _ => sqlstate::QUERY_CANCELED,
-        };
+        let code = wire::unapproved_code(&resolution);
         let error = wire::error(code, &resolution.refusal(&held.ticket.view().id));
         self.refuse(error, held.extended).await
     }
@@ -261,7 +259,7 @@ impl<'s> Frontend<'s> {
         }
         let mut commands = Vec::with_capacity(analysis.statements.len());
         for (stmt, decision) in analysis.statements.iter().zip(&decisions) {
-            match self.record_allowed(stmt, decision, Vec::new(), Arc::default()).await {
+            match self.record_allowed(stmt, decision, Vec::new(), None).await {
                 Ok(c) => commands.push(c),
                 Err(reply) => {
                     self.refuse(reply, false).await?;
@@ -308,7 +306,7 @@ impl<'s> Frontend<'s> {
                 return Ok(None);
             }
         };
-        let (message_text, hint) = held_notice(ticket.view());
+        let (message_text, hint) = ticket.view().notice();
         self.queue(Pending::Reply {
             bytes: wire::notice(&message_text, &hint),
             ready: false,
@@ -390,10 +388,12 @@ impl<'s> Frontend<'s> {
             parameters,
         } = parse_bind(frame.body(), self)?;
         if let Some(prepared) = self.statements.get(statement).cloned() {
+            let gate =
+                matches!(&prepared.decision, PolicyDecision::Hold(h) if h.row_threshold.is_some()).then(Arc::default);
             let portal_state = Portal {
                 prepared,
                 parameters,
-                gate: Arc::default(),
+                gate,
             };
             self.portals.insert(Bytes::copy_from_slice(portal), portal_state);
         } else {
@@ -433,17 +433,17 @@ impl<'s> Frontend<'s> {
             out.extend_from_slice(&frame.bytes);
             return Ok(None);
         };
-        let command = match self
-            .record_allowed(stmt, &prepared.decision, parameters.clone(), gate)
-            .await
-        {
+        let hold = held_before_run(&prepared.decision);
+        // The request shows the parameters too; copied only when held.
+        let held_parameters = hold.map(|_| parameters.clone());
+        let command = match self.record_allowed(stmt, &prepared.decision, parameters, gate).await {
             Ok(command) => command,
             Err(reply) => {
                 self.refuse_extended(reply).await?;
                 return Ok(None);
             }
         };
-        if let Some(hold) = held_before_run(&prepared.decision) {
+        if let (Some(hold), Some(parameters)) = (hold, held_parameters) {
             let request = self.hold_request(command.event_id, stmt.normalized_text.clone(), parameters, hold);
             return self
                 .hold(request, Pending::Execute(command), frame.bytes.freeze(), true)
@@ -501,7 +501,7 @@ impl<'s> Frontend<'s> {
         stmt: &AnalyzedStatement,
         decision: &PolicyDecision,
         parameters: Vec<String>,
-        progress: Arc<GateProgress>,
+        progress: Option<Arc<GateProgress>>,
     ) -> Result<Command, BytesMut> {
         let copy_columns = match stmt.classification.as_ref().ok().and_then(|c| c.copy_query.as_deref()) {
             Some(query) => match self.describe_copy(query).await {
@@ -551,7 +551,7 @@ impl<'s> Frontend<'s> {
                 Box::new(Gate {
                     threshold,
                     request,
-                    progress,
+                    progress: progress.unwrap_or_default(),
                 })
             }),
         })
@@ -694,24 +694,6 @@ fn held_before_run(decision: &PolicyDecision) -> Option<&Hold> {
         PolicyDecision::Hold(hold) if hold.row_threshold.is_none() => Some(hold),
         _ => None,
     }
-}
-
-/// The notice a waiting client sees (psql prints it), and its hint.
-pub(super) fn held_notice(view: &crate::approval::ApprovalView) -> (String, String) {
-    let waiting = match view.rows_sent {
-        Some(rows) => format!("the rest of this result (after {rows} rows) waits"),
-        None => "this statement waits".to_owned(),
-    };
-    let message = format!(
-        "loopgate: {waiting} for approval {} (rule {}: {})",
-        view.id, view.rule_id, view.reason
-    );
-    let seconds = view.expires_unix_ms.saturating_sub(view.requested_unix_ms) / 1000;
-    let hint = format!(
-        "{} member(s) of {} must run `loopgate approvals approve {}` within {seconds}s; otherwise it is refused",
-        view.min_approvals, view.approver_group, view.id
-    );
-    (message, hint)
 }
 
 fn refusal_text(d: &PolicyDecision) -> (String, String) {

@@ -53,25 +53,18 @@ pub fn allow() -> Decision {
 }
 
 pub fn block(rule_id: &str, reason: &str) -> Decision {
-    with_rule(Verdict::Block, rule_id, reason)
+    Decision::new(Verdict::Block).rule(rule_id).reason(reason)
 }
 
 /// A statement held before it runs, until approved.
 pub fn hold(hold: &Hold) -> Decision {
-    with_rule(Verdict::Hold, &hold.rule_id, &hold.reason)
+    Decision::new(Verdict::Hold).rule(&hold.rule_id).reason(&hold.reason)
 }
 
 /// A statement that runs, but whose results pause at a row threshold.
 pub fn gated(hold: &Hold, threshold: u64) -> Decision {
     let reason = format!("{}; results pause after {threshold} rows until approved", hold.reason);
-    with_rule(Verdict::Allow, &hold.rule_id, &reason)
-}
-
-fn with_rule(verdict: Verdict, rule_id: &str, reason: &str) -> Decision {
-    let mut d = Decision::new(verdict);
-    d.rule_id = Some(rule_id.to_owned());
-    d.reason = Some(reason.to_owned());
-    d
+    Decision::new(Verdict::Allow).rule(&hold.rule_id).reason(reason)
 }
 
 fn base(session: &Session, kind: EventKind) -> Event {

@@ -50,6 +50,15 @@ pub fn error_with(code: &str, message: &str, hint: Option<&str>) -> BytesMut {
     encode(|b| ErrorResponse::new(fields).encode(b))
 }
 
+/// The SQLSTATE of a held statement that was not approved: a denial is a
+/// refusal, a timeout or withdrawal a cancellation.
+pub fn unapproved_code(resolution: &crate::approval::Resolution) -> &'static str {
+    match resolution {
+        crate::approval::Resolution::Denied { .. } => sqlstate::INSUFFICIENT_PRIVILEGE,
+        _ => sqlstate::QUERY_CANCELED,
+    }
+}
+
 /// A NoticeResponse: psql and libpq print it as it arrives.
 pub fn notice(message: &str, hint: &str) -> BytesMut {
     let fields = vec![
