@@ -7,10 +7,12 @@
 //! `BENCH_DIR`, parent of the store, default the system temp dir).
 //! Appenders run on one current-thread runtime (one core); the store's
 //! writer and converter threads are what the agent would run.
-use loopgate::audit::{
-    AuditConfig, AuditStore, CommandInfo, Decision, Event, EventKind, FsyncMode, Outcome, Principal, ProcessInfo,
-    TargetRef, Verdict, verify,
-};
+// The integration tests' command event: what a PostgreSQL handler records.
+#[path = "../tests/audit_common/mod.rs"]
+mod audit_common;
+
+use audit_common::command_event;
+use loopgate::audit::{AuditConfig, AuditStore, FsyncMode, verify};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,60 +20,6 @@ use uuid::Uuid;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// A typical postgres command event (~ what a handler records).
-fn event(session: Uuid, i: u64) -> Event {
-    let mut e = Event::new(EventKind::Command).session(session);
-    e.client_address = Some("127.0.0.1:41000".into());
-    e.principal = Some(Principal {
-        subject: Some("etl-bot".into()),
-        issuer: Some("https://idp.example.com".into()),
-        email: Some("etl-bot@example.com".into()),
-        groups: vec!["etl".into(), "phi-readers".into()],
-    });
-    e.process = Some(ProcessInfo {
-        pid: Some(4242),
-        tgid: Some(4242),
-        uid: Some(1001),
-        user: Some("etl".into()),
-        gid: Some(1001),
-        comm: Some("python3".into()),
-        exe: Some("/usr/bin/python3.11".into()),
-        cmdline: Some("python3 nightly_export.py".into()),
-        cgroup: Some("/system.slice/etl.service".into()),
-        unit: Some("etl.service".into()),
-    });
-    e.target = Some(TargetRef {
-        name: "patients-db".into(),
-        protocol: "postgres".into(),
-        address: "10.0.0.5:5432".into(),
-    });
-    e.command = Some(CommandInfo {
-        text: Some(format!(
-            "SELECT id, name, dob FROM patients WHERE mrn = '***' AND visit > '***' LIMIT {}",
-            i % 100
-        )),
-        fingerprint: Some("9f1c2a7be0d34c55".into()),
-        kind: Some("select".into()),
-        tables: vec!["patients".into()],
-        columns: vec!["id".into(), "name".into(), "dob".into(), "mrn".into()],
-        parameters: Vec::new(),
-    });
-    let mut decision = Decision::new(Verdict::Allow);
-    decision.rule_id = Some("hipaa.read.minimum_necessary".into());
-    e.decision = Some(decision);
-    e.outcome = Some(Outcome {
-        status: Some("ok".into()),
-        rows: Some(i % 50),
-        bytes_to_client: Some(2048 + i % 512),
-        bytes_to_server: Some(96),
-        error_code: None,
-        masked_fields: vec!["name".into(), "dob".into()],
-        masked_count: Some(2 * (i % 50)),
-    });
-    e.duration_us = Some(800 + i % 300);
-    e
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -165,7 +113,7 @@ fn main() {
                     if let Some(p) = pace.as_mut() {
                         p.tick().await;
                     }
-                    let e = event(session, i);
+                    let e = command_event(session, i);
                     let t = Instant::now();
                     store.append_seq(e).await.expect("append");
                     lat.push(t.elapsed().as_micros() as u32);

@@ -3,7 +3,7 @@
 mod audit_common;
 
 use audit_common::*;
-use loopgate::audit::{AuditLog, Event, EventKind, FsyncMode, reader, verify};
+use loopgate::audit::{AuditLog, AuditStore, Event, EventKind, FsyncMode, reader, verify};
 use std::collections::HashSet;
 use uuid::Uuid;
 
@@ -334,10 +334,10 @@ async fn tail_follow_prints_new_events_as_they_are_recorded() {
     store.shutdown().await.expect("shutdown");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readers_see_a_gapless_chain_while_segments_are_converted() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = config(dir.path());
+/// A store with 16 KiB segments (many files, conversion running all the
+/// time) and a task appending 4000 command events to it.
+fn busy_store(dir: &std::path::Path) -> (std::sync::Arc<AuditStore>, tokio::task::JoinHandle<()>) {
+    let mut cfg = config(dir);
     cfg.segment_max_bytes = 16 << 10;
     // Conversion may lag with segments this small; let the backlog grow.
     cfg.max_pending_segments = 100_000;
@@ -351,6 +351,13 @@ async fn readers_see_a_gapless_chain_while_segments_are_converted() {
             }
         })
     };
+    (store, writer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_see_a_gapless_chain_while_segments_are_converted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, writer) = busy_store(dir.path());
     let path = dir.path().to_owned();
     let reads = tokio::task::spawn_blocking(move || {
         let mut reads = 0;
@@ -378,19 +385,7 @@ async fn readers_see_a_gapless_chain_while_segments_are_converted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_holds_on_a_running_store() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = config(dir.path());
-    cfg.segment_max_bytes = 16 << 10;
-    cfg.max_pending_segments = 100_000;
-    let store = std::sync::Arc::new(open(cfg));
-    let writer = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let session = Uuid::now_v7();
-            for i in 0..4000 {
-                store.append_seq(command_event(session, i)).await.expect("append");
-            }
-        })
-    };
+    let (store, writer) = busy_store(dir.path());
     let path = dir.path().to_owned();
     let checks = tokio::task::spawn_blocking(move || {
         let mut checks = 0;
