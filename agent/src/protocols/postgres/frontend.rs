@@ -126,28 +126,18 @@ impl<'s> Frontend<'s> {
     {
         let mut out = BytesMut::new();
         loop {
-            if !out.is_empty() && !frame::has_complete_frame(&buf) {
-                self.session.add_to_server(out.len());
-                server.write_all(&out).await?;
-                out.clear();
+            if !frame::has_complete_frame(&buf) {
+                self.forward(server, &mut out).await?;
             }
             let Some(frame) = frame::read_frame(client, &mut buf, true, MAX_MESSAGE).await? else {
                 return Ok(());
             };
             match self.on_message(frame, &mut out).await? {
                 Flow::Continue => {}
-                Flow::Terminate => {
-                    self.session.add_to_server(out.len());
-                    server.write_all(&out).await?;
-                    return Ok(());
-                }
+                Flow::Terminate => return self.forward(server, &mut out).await,
                 Flow::Hold(mut held) => {
                     // What came before the held statement goes ahead.
-                    if !out.is_empty() {
-                        self.session.add_to_server(out.len());
-                        server.write_all(&out).await?;
-                        out.clear();
-                    }
+                    self.forward(server, &mut out).await?;
                     let Some(resolution) = wait_for(&mut held.ticket, client, &mut buf).await else {
                         // The client left; dropping the ticket cancels the request.
                         return Ok(());
@@ -156,6 +146,16 @@ impl<'s> Frontend<'s> {
                 }
             }
         }
+    }
+
+    /// Writes what is buffered for the server, if anything.
+    async fn forward<W: AsyncWrite + Unpin>(&self, server: &mut W, out: &mut BytesMut) -> Result<(), SessionError> {
+        if !out.is_empty() {
+            self.session.add_to_server(out.len());
+            server.write_all(out).await?;
+            out.clear();
+        }
+        Ok(())
     }
 
     /// Acts on a held statement's outcome: approved, it is forwarded in
