@@ -290,6 +290,14 @@ fn sigterm_drains_live_sessions_and_keeps_interception() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The live session runs on one of the session worker threads.
+    let per_worker: Vec<u64> = agent.status()["worker_sessions"]
+        .as_array()
+        .expect("status lists the session workers")
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    assert_eq!(per_worker.iter().sum::<u64>(), 1, "{per_worker:?}");
     let mut child = agent.sigterm_nowait();
     let out = slow.join().unwrap();
     assert_eq!(

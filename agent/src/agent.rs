@@ -126,6 +126,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("recording agent stop")?;
     audit.close().await.context("closing the audit store")?;
+    // Last: tasks a session left behind (an approval's end record) ran on
+    // its worker until the audit store closed.
+    proxy.workers.stop();
     tracing::info!("stopped");
     Ok(())
 }

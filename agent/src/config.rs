@@ -23,6 +23,9 @@ use crate::{
 /// Where `loopgate run` looks for its config when none is named.
 pub const DEFAULT_PATH: &str = "/etc/loopgate/agent.toml";
 
+/// More session workers than this is a typo, not a machine.
+const MAX_WORKERS: usize = 1024;
+
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -76,6 +79,8 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// How long an upstream connect may take.
     pub connect_timeout: Duration,
+    /// Session worker threads (default: one per CPU the agent may use).
+    pub workers: usize,
 }
 
 /// The protocol a target speaks, which picks its handler.
@@ -269,6 +274,7 @@ mod raw {
     pub struct Proxy {
         pub drain_timeout_secs: Option<u64>,
         pub connect_timeout_secs: Option<Spanned<u64>>,
+        pub workers: Option<Spanned<usize>>,
     }
 
     #[derive(Deserialize)]
@@ -335,6 +341,17 @@ impl Validator<'_> {
             Some(s) => Duration::from_secs(*s.get_ref()),
             None => Duration::from_secs(10),
         };
+        let workers = match raw.proxy.workers {
+            Some(w) if !(1..=MAX_WORKERS).contains(w.get_ref()) => {
+                return self.error(
+                    "proxy.workers",
+                    w.span(),
+                    format!("must be between 1 and {MAX_WORKERS}"),
+                );
+            }
+            Some(w) => *w.get_ref(),
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
         Ok(Config {
             intercept,
             audit: raw.audit,
@@ -348,6 +365,7 @@ impl Validator<'_> {
             proxy: ProxyConfig {
                 drain_timeout: Duration::from_secs(raw.proxy.drain_timeout_secs.unwrap_or(30)),
                 connect_timeout,
+                workers,
             },
             mask: raw.mask,
             sql: raw.sql,
@@ -644,6 +662,17 @@ address = "[::1]:9000"
         let (_, key, msg) = invalid("[intercept]\ncgroups = [\"../etc\"]\n");
         assert_eq!(key, "intercept.cgroups");
         assert!(msg.contains("plain path"), "{msg}");
+
+        let (line, key, msg) = invalid("[proxy]\ndrain_timeout_secs = 5\nworkers = 0\n");
+        assert_eq!((line, key.as_str()), (3, "proxy.workers"));
+        assert!(msg.contains("between 1 and"), "{msg}");
+    }
+
+    #[test]
+    fn session_workers_default_to_one_per_cpu() {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(parse("").unwrap().proxy.workers, cpus);
+        assert_eq!(parse("[proxy]\nworkers = 3\n").unwrap().proxy.workers, 3);
     }
 
     #[test]

@@ -46,7 +46,12 @@ fn main() {
     let password_file = secrets.path().join("pw");
     std::fs::write(&password_file, APP_PASSWORD).unwrap();
     std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let agent = Agent::start(&[Target::postgres("bench-db", pg.addr, APP_USER, &password_file)], "");
+    // PGBENCH_AGENT_TOML adds agent config, e.g. "[proxy]\nworkers = 1".
+    let extra = std::env::var("PGBENCH_AGENT_TOML").unwrap_or_default();
+    let agent = Agent::start(
+        &[Target::postgres("bench-db", pg.addr, APP_USER, &password_file)],
+        &extra,
+    );
     let bouncer = PgBouncer::start(pg.addr);
 
     let logs = tempfile::tempdir().unwrap();

@@ -70,6 +70,9 @@ pub struct StatusReport {
     pub cgroups: Vec<CgroupStatus>,
     pub targets: Vec<TargetStatus>,
     pub sessions: Vec<SessionSummary>,
+    /// Live sessions on each session worker thread.
+    #[serde(default)]
+    pub worker_sessions: Vec<usize>,
     /// Commands held for approval right now.
     pub pending_approvals: usize,
     pub counters: CounterSnapshot,
@@ -111,7 +114,16 @@ impl std::fmt::Display for StatusReport {
                 t.endpoints.join(", ")
             )?;
         }
-        writeln!(f, "live sessions: {}", self.sessions.len())?;
+        writeln!(
+            f,
+            "live sessions: {} (per worker thread: {})",
+            self.sessions.len(),
+            self.worker_sessions
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
         for s in &self.sessions {
             writeln!(
                 f,

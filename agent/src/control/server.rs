@@ -190,6 +190,7 @@ fn status(state: &ControlState) -> StatusReport {
             })
             .collect(),
         sessions: proxy.registry.sessions(),
+        worker_sessions: proxy.workers.loads(),
         pending_approvals: state.approvals.pending(),
         counters: proxy.registry.counters(),
     }

@@ -3,7 +3,9 @@
 //! hand it to its target's protocol handler.
 pub mod process;
 mod session;
+mod workers;
 
+use anyhow::Context as _;
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, atomic::Ordering::Relaxed},
@@ -17,6 +19,7 @@ use tokio::{
 };
 
 pub use session::{CounterSnapshot, Registry, Session, SessionEnd, SessionSummary, Traffic};
+pub use workers::Workers;
 
 use crate::{
     audit::{AuditLog, Decision, Event, EventKind, Outcome, Verdict},
@@ -66,6 +69,8 @@ pub struct Proxy {
     interceptor: Arc<Interceptor>,
     audit: AuditLog,
     pub registry: Arc<Registry>,
+    /// The threads sessions run on.
+    pub workers: Workers,
 }
 
 /// A target and the handler that serves its sessions.
@@ -75,8 +80,9 @@ struct Route {
 }
 
 impl Proxy {
-    /// Builds every target's handler (reading secrets, preparing caches);
-    /// an error here stops the agent before it intercepts anything.
+    /// Builds every target's handler (reading secrets, preparing caches)
+    /// and starts the session workers; an error here stops the agent
+    /// before it intercepts anything.
     pub fn new(
         config: Arc<Config>,
         interceptor: Arc<Interceptor>,
@@ -93,18 +99,21 @@ impl Proxy {
                 })
             })
             .collect::<anyhow::Result<_>>()?;
+        let workers = Workers::start(config.proxy.workers).context("starting the session workers")?;
         Ok(Arc::new(Proxy {
             config,
             routes,
             interceptor,
             audit,
             registry: Arc::default(),
+            workers,
         }))
     }
 
     /// Accepts until `stop` turns true, then stops accepting (new
     /// intercepted connects are refused from then on), waits up to the
-    /// drain timeout for live sessions, and closes what is left.
+    /// drain timeout for live sessions, and closes what is left. Each
+    /// session runs on one of the workers.
     pub async fn run(self: Arc<Self>, listeners: Listeners, mut stop: watch::Receiver<bool>) {
         let (force_close, force_close_rx) = watch::channel(false);
         let mut sessions = JoinSet::new();
@@ -114,9 +123,23 @@ impl Proxy {
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
                 accepted = listeners.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        // Leave this runtime's reactor; the worker registers
+                        // the socket with its own.
+                        let stream = match stream.into_std() {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::warn!(client = %peer, error = %e, "could not hand an accepted connection to a worker");
+                                continue;
+                            }
+                        };
                         let proxy = self.clone();
                         let force_close = force_close_rx.clone();
-                        sessions.spawn(async move { proxy.handle(stream, peer, force_close).await });
+                        self.workers.spawn(&mut sessions, move || async move {
+                            match TcpStream::from_std(stream) {
+                                Ok(stream) => proxy.handle(stream, peer, force_close).await,
+                                Err(e) => tracing::warn!(client = %peer, error = %e, "worker could not take a connection"),
+                            }
+                        });
                     }
                     Err(e) => {
                         // EMFILE and friends: back off rather than spin.
