@@ -14,10 +14,14 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+
+/// Columns whose values never repeat: written without a dictionary.
+const UNIQUE_COLUMNS: &[&str] = &["event_id", "seq", "time", "command_id", "prev_hash", "hash"];
 
 pub const META_SCHEMA_VERSION: &str = "loopgate.schema_version";
 pub const META_FIRST_SEQ: &str = "loopgate.first_seq";
@@ -356,11 +360,15 @@ fn write_atomic(
     let tmp = parent.join(format!(".{name}.tmp"));
     let result = (|| {
         let file = File::create(&tmp).map_err(io)?;
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(pq)?))
             .set_max_row_group_row_count(Some(row_group_rows.max(1)))
-            .set_key_value_metadata(Some(meta.key_values()))
-            .build();
+            .set_key_value_metadata(Some(meta.key_values()));
+        // A dictionary of values that never repeat only costs hashing.
+        for column in UNIQUE_COLUMNS {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(*column), false);
+        }
+        let props = props.build();
         let mut writer = ArrowWriter::try_new(file, schema(), Some(props)).map_err(pq)?;
         fill(&mut writer)?;
         let file = writer.into_inner().map_err(pq)?;

@@ -321,6 +321,16 @@ pub struct ResultMasker {
 }
 
 impl ResultMasker {
+    /// The same plan with nothing masked yet, for the next result of the
+    /// same shape.
+    pub fn fresh(&self) -> ResultMasker {
+        ResultMasker {
+            masker: self.masker.clone(),
+            columns: self.columns.clone(),
+            masked: Cell::new(0),
+        }
+    }
+
     /// Masks one non-NULL value of column `col` (SQL NULLs stay NULL and
     /// are not passed here). A column index outside the plan is a handler
     /// bug: the value is withheld (NULL), never passed through.

@@ -3,6 +3,8 @@
 //!
 //! Splitting on the tokenizer's `;` tokens (not on raw text) means semicolons
 //! inside strings, dollar quotes, quoted identifiers and comments never split.
+use std::fmt::Write as _;
+
 use sha2::{Digest, Sha256};
 use sqlparser::{
     dialect::PostgreSqlDialect,
@@ -98,10 +100,16 @@ pub(crate) fn normalized_text(tokens: &[TokenWithSpan]) -> String {
         if is_value(&t.token) {
             out.push('?');
         } else {
-            out.push_str(&t.token.to_string());
+            push_token(&mut out, &t.token);
         }
     }
     out
+}
+
+/// Appends a token as written, without a String of its own.
+fn push_token(out: &mut String, token: &Token) {
+    // Writing to a String cannot fail.
+    let _ = write!(out, "{token}");
 }
 
 /// Full SHA-256 of the statement's shape, plus the literal numbers after
@@ -118,24 +126,31 @@ pub struct ShapeKey(pub(crate) [u8; 32]);
 /// fingerprint and the full shape-cache key.
 pub(crate) fn shape(tokens: &[TokenWithSpan]) -> (Fingerprint, ShapeKey) {
     let mut fingerprint = Sha256::new();
-    let mut key = Sha256::new();
+    // The literal numbers after LIMIT / FETCH FIRST|NEXT, each ended by 0x1f.
+    let mut limits = Vec::new();
     let mut after_limit = false;
+    let mut canonical = String::with_capacity(32);
     for t in tokens {
-        let canonical: std::borrow::Cow<'_, str> = match &t.token {
+        canonical.clear();
+        match &t.token {
             Token::Whitespace(_) => continue,
             token if is_value(token) => {
                 if let (true, Token::Number(n, _)) = (after_limit, token) {
-                    key.update(n.as_bytes());
+                    limits.extend_from_slice(n.as_bytes());
+                    limits.push(0x1f);
                 }
-                "?".into()
+                canonical.push('?');
             }
             Token::Word(Word {
                 value,
                 quote_style: None,
                 ..
-            }) => value.to_ascii_lowercase().into(),
-            token => token.to_string().into(),
-        };
+            }) => {
+                canonical.push_str(value);
+                canonical.make_ascii_lowercase();
+            }
+            token => push_token(&mut canonical, token),
+        }
         // `LIMIT 10`, `LIMIT (10)`, `FETCH FIRST 10`.
         after_limit = match &t.token {
             Token::Word(w) => {
@@ -147,15 +162,15 @@ pub(crate) fn shape(tokens: &[TokenWithSpan]) -> (Fingerprint, ShapeKey) {
             Token::LParen => after_limit,
             _ => false,
         };
-        for h in [&mut fingerprint, &mut key] {
-            h.update(canonical.as_bytes());
-            h.update([0x1f]);
-        }
+        fingerprint.update(canonical.as_bytes());
+        fingerprint.update([0x1f]);
     }
     let digest = fingerprint.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
-    (Fingerprint(u64::from_be_bytes(first)), ShapeKey(key.finalize().into()))
+    // The key: the whole shape digest, then the limits.
+    let key = Sha256::new().chain_update(digest).chain_update(&limits).finalize();
+    (Fingerprint(u64::from_be_bytes(first)), ShapeKey(key.into()))
 }
 
 #[cfg(test)]
@@ -170,7 +185,12 @@ pub(crate) fn masked_text(tokens: &[TokenWithSpan], masker: &Masker) -> String {
     let quoted = |out: &mut String, prefix: &str, value: &str| {
         out.push_str(prefix);
         out.push('\'');
-        out.push_str(&masker.mask_free_text(value).replace('\'', "''"));
+        for (i, part) in masker.mask_free_text(value).split('\'').enumerate() {
+            if i > 0 {
+                out.push_str("''");
+            }
+            out.push_str(part);
+        }
         out.push('\'');
     };
     for t in tokens {
@@ -197,10 +217,13 @@ pub(crate) fn masked_text(tokens: &[TokenWithSpan], masker: &Masker) -> String {
             token if is_value(token) && !matches!(token, Token::Placeholder(_)) => {
                 out.push_str(&masker.mask_free_text(&token.to_string()))
             }
-            token => out.push_str(&token.to_string()),
+            token => push_token(&mut out, token),
         }
     }
-    out.trim().to_string()
+    out.truncate(out.trim_end().len());
+    let leading = out.len() - out.trim_start().len();
+    out.drain(..leading);
+    out
 }
 
 /// Whether the statement starts with the `DO` keyword (an anonymous code

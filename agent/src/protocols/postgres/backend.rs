@@ -5,9 +5,10 @@
 use std::{
     collections::{BTreeSet, VecDeque},
     sync::atomic::Ordering,
+    time::{Duration, Instant},
 };
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use pgwire::messages::{DecodeContext, Message as _, PgWireBackendMessage};
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
@@ -31,6 +32,21 @@ use crate::{
     proxy::Session,
 };
 
+/// How long the masking plan of a RowDescription is reused for identical
+/// descriptions. Column names behind the table OIDs are trusted for the
+/// catalog's TTL already; this adds at most a second to it.
+const PLAN_REUSE: Duration = Duration::from_secs(1);
+
+/// The last result description planned, for the next identical one (a
+/// statement run again and again describes its result the same way).
+struct Planned {
+    description: Bytes,
+    overrides: Vec<MaskRule>,
+    mask: ResultMask,
+    rewritten: Option<BytesMut>,
+    at: Instant,
+}
+
 /// Accounting of the command whose results are streaming.
 #[derive(Default)]
 struct Tally {
@@ -50,6 +66,7 @@ pub(super) struct Backend<'s> {
     /// Transaction status from the last ReadyForQuery.
     status: u8,
     result: Option<ResultMask>,
+    last_planned: Option<Planned>,
     copy: Option<Copy>,
     tally: Tally,
     /// Where to cancel the server's running query (a denied row gate).
@@ -82,6 +99,7 @@ impl<'s> Backend<'s> {
             statement: 0,
             status: b'I',
             result: None,
+            last_planned: None,
             copy: None,
             tally: Tally::default(),
             cancel,
@@ -289,6 +307,17 @@ impl<'s> Backend<'s> {
     /// A RowDescription: resolves its columns to the real `table.column`
     /// (so an alias cannot dodge a rule), plans masking, and forwards it.
     async fn describe(&mut self, frame: &Frame, out: &mut BytesMut) -> Result<(), SessionError> {
+        let overrides = self.current().map_or(&[][..], |c| &c.mask[..]);
+        if let Some(p) = &self.last_planned
+            && p.at.elapsed() < PLAN_REUSE
+            && p.description == frame.bytes
+            && p.overrides == overrides
+        {
+            self.result = Some(p.mask.fresh());
+            out.extend_from_slice(p.rewritten.as_deref().unwrap_or(&frame.bytes));
+            return Ok(());
+        }
+        let command_overrides = overrides.to_vec();
         let desc = rows::decode_description(frame).map_err(SessionError::Protocol)?;
         let fields: Vec<(String, u32, i16)> = desc
             .fields
@@ -296,12 +325,19 @@ impl<'s> Backend<'s> {
             .map(|f| (f.name.clone(), f.table_id as u32, f.column_id))
             .collect();
         let columns = self.catalog.lock().await.resolve(&self.svc.tables, &fields).await;
-        let mut overrides = self.current().map(|c| c.mask.clone()).unwrap_or_default();
+        let mut overrides = command_overrides.clone();
         overrides.push(MaskRule::new(rows::UNRESOLVED, MaskAction::Redact));
         let (mask, rewritten) = ResultMask::from_description(&self.svc.masker, desc, &columns, &overrides)
             .map_err(SessionError::Protocol)?;
-        self.result = Some(mask);
         out.extend_from_slice(rewritten.as_deref().unwrap_or(&frame.bytes));
+        self.last_planned = Some(Planned {
+            description: frame.bytes.clone().freeze(),
+            overrides: command_overrides,
+            mask: mask.fresh(),
+            rewritten,
+            at: Instant::now(),
+        });
+        self.result = Some(mask);
         Ok(())
     }
 

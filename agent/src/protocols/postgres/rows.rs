@@ -89,6 +89,16 @@ impl ResultMask {
         Ok((ResultMask { plan, names, changed }, rewritten))
     }
 
+    /// The same plan for another result with the same description,
+    /// nothing masked yet.
+    pub fn fresh(&self) -> ResultMask {
+        ResultMask {
+            plan: self.plan.fresh(),
+            names: self.names.clone(),
+            changed: vec![false; self.changed.len()],
+        }
+    }
+
     /// A plan for rows that arrive without a description (an Execute with
     /// no Describe): every column is scanned by the detectors.
     pub fn blind(masker: &Masker, columns: usize, overrides: &[MaskRule]) -> ResultMask {
@@ -361,6 +371,26 @@ mod tests {
             got.iter().all(|v| v.as_deref().is_some_and(|v| v.contains('*'))),
             "{got:?}"
         );
+    }
+
+    #[test]
+    fn a_fresh_plan_masks_the_same_and_counts_from_zero() {
+        let m = masker();
+        let (mut first, _) = plan(&m, &[("ssn", 25), ("note", 25)]);
+        let mut next = first.fresh();
+        let values = [Some("123-45-6789"), Some("call 555-234-5678")];
+        let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+        first.data_row(&row(&values), &mut a).unwrap();
+        let counted = first.masked_count();
+        assert!(counted >= 2, "{counted}");
+        let fresh_before = next.masked_count();
+        next.data_row(&row(&values), &mut b).unwrap();
+        assert_eq!(fresh_before, 0);
+        assert_eq!(a, b, "the same plan masks the same way");
+        assert_eq!(next.masked_count(), counted);
+        let mut columns = BTreeSet::new();
+        next.masked_columns(&mut columns);
+        assert_eq!(columns.len(), 2);
     }
 
     fn row(values: &[Option<&str>]) -> Frame {
