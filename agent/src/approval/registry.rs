@@ -29,10 +29,10 @@ pub struct Origin {
     pub session_id: Uuid,
     /// The held command's `command` event.
     pub command_id: Uuid,
-    pub client_address: Option<String>,
-    pub principal: Option<Principal>,
-    pub process: ProcessInfo,
-    pub target: TargetRef,
+    pub client_address: Option<Arc<str>>,
+    pub principal: Option<Arc<Principal>>,
+    pub process: Arc<ProcessInfo>,
+    pub target: Arc<TargetRef>,
 }
 
 /// What a handler asks to hold.
@@ -657,15 +657,15 @@ mod tests {
                 session_id: Uuid::now_v7(),
                 command_id: Uuid::now_v7(),
                 client_address: None,
-                principal: Some(Principal {
+                principal: Some(Arc::new(Principal {
                     subject: Some("unix:ci".into()),
                     ..Principal::default()
-                }),
-                process: ProcessInfo {
+                })),
+                process: Arc::new(ProcessInfo {
                     uid: Some(1000),
                     ..ProcessInfo::default()
-                },
-                target: TargetRef::default(),
+                }),
+                target: Arc::new(TargetRef::default()),
             },
             command: "COPY patients TO STDOUT".into(),
             parameters: vec![],

@@ -3,6 +3,8 @@
 //!
 //! Handlers fill what they know and leave the rest `None`; the store assigns
 //! `seq`, `prev_hash` and `hash` when it appends.
+use std::{borrow::Cow, sync::Arc};
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -223,13 +225,15 @@ pub struct Event {
     pub command_id: Option<Uuid>,
     /// µs since the Unix epoch, UTC.
     pub time_us: i64,
-    pub host: String,
-    pub agent_version: String,
+    // The parts every event of a session repeats are shared, not copied:
+    // a statement records two events.
+    pub host: Cow<'static, str>,
+    pub agent_version: Cow<'static, str>,
     /// Client socket address as the agent saw it (loopback ip:port).
-    pub client_address: Option<String>,
-    pub principal: Option<Principal>,
-    pub process: Option<ProcessInfo>,
-    pub target: Option<TargetRef>,
+    pub client_address: Option<Arc<str>>,
+    pub principal: Option<Arc<Principal>>,
+    pub process: Option<Arc<ProcessInfo>>,
+    pub target: Option<Arc<TargetRef>>,
     pub command: Option<CommandInfo>,
     pub decision: Option<Decision>,
     pub outcome: Option<Outcome>,
@@ -255,8 +259,8 @@ impl Event {
             kind,
             command_id: None,
             time_us: i64::try_from(now.as_micros()).unwrap_or(i64::MAX),
-            host: super::host_name().to_owned(),
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            host: Cow::Borrowed(super::host_name()),
+            agent_version: Cow::Borrowed(env!("CARGO_PKG_VERSION")),
             client_address: None,
             principal: None,
             process: None,

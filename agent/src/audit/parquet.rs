@@ -520,7 +520,7 @@ mod tests {
                 let mut e = full_event();
                 e.seq = i as u64 + 1;
                 e.prev_hash = prev.clone();
-                let mut row = event_to_row(e);
+                let mut row = event_to_row(&e);
                 let h = chain::row_hash(&row);
                 row[HASH] = Cell::Str(Some(h.clone()));
                 prev = h;

@@ -2,6 +2,8 @@
 //! fixed order. The WAL, the hash chain and the Parquet files all use this
 //! shape, so what an auditor reads is exactly what was hashed.
 use super::event::{CommandInfo, Decision, Event, EventKind, Outcome, Principal, ProcessInfo, TargetRef, Verdict};
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 /// Logical type of a column; nullability is part of it.
@@ -107,87 +109,109 @@ pub const HASH: usize = COLUMNS.len() - 1;
 /// A row: one cell per entry of [`COLUMNS`].
 pub type Row = Vec<Cell>;
 
-fn s(v: impl Into<String>) -> Cell {
-    Cell::Str(Some(v.into()))
-}
-fn os(v: Option<String>) -> Cell {
-    Cell::Str(v)
-}
-fn oi<T: TryInto<i64>>(v: Option<T>) -> Cell {
-    Cell::Int(v.map(|v| v.try_into().unwrap_or(i64::MAX)))
+/// Receives an event's columns in [`COLUMNS`] order (see [`walk`]).
+pub trait ColumnVisitor {
+    fn str(&mut self, v: Option<&str>);
+    fn int(&mut self, v: Option<i64>);
+    fn time(&mut self, v: i64);
+    fn list(&mut self, v: &[String]);
 }
 
-/// Flattens `event` into a row, moving its strings.
-pub fn event_to_row(e: Event) -> Row {
-    let p = e.principal.unwrap_or_default();
-    let pr = e.process.unwrap_or_default();
-    let (target_name, target_protocol, target_address) = match e.target {
-        Some(t) => (Some(t.name), Some(t.protocol), Some(t.address)),
-        None => (None, None, None),
-    };
-    let c = e.command.unwrap_or_default();
-    let (verdict, rule_id, reason, approver, wait_us, approval_id) = match e.decision {
-        Some(d) => (
-            Some(d.verdict.as_str().to_owned()),
-            d.rule_id,
-            d.reason,
-            d.approver,
-            d.wait_us,
-            d.approval_id,
-        ),
-        None => (None, None, None, None, None, None),
-    };
-    let o = e.outcome.unwrap_or_default();
-    vec![
-        s(e.event_id.to_string()),
-        os(e.session_id.map(|u| u.to_string())),
-        oi(Some(e.seq)),
-        s(e.kind.as_str()),
-        Cell::Time(e.time_us),
-        s(e.host),
-        s(e.agent_version),
-        os(e.client_address),
-        os(p.subject),
-        os(p.issuer),
-        os(p.email),
-        Cell::List(p.groups),
-        oi(pr.pid),
-        oi(pr.tgid),
-        oi(pr.uid),
-        os(pr.user),
-        oi(pr.gid),
-        os(pr.comm),
-        os(pr.exe),
-        os(pr.cmdline),
-        os(pr.cgroup),
-        os(pr.unit),
-        os(target_name),
-        os(target_protocol),
-        os(target_address),
-        os(e.command_id.map(|u| u.to_string())),
-        os(c.text),
-        os(c.fingerprint),
-        os(c.kind),
-        Cell::List(c.tables),
-        Cell::List(c.columns),
-        Cell::List(c.parameters),
-        os(verdict),
-        os(rule_id),
-        os(reason),
-        os(approver),
-        oi(wait_us),
-        os(approval_id),
-        os(o.status),
-        oi(o.rows),
-        oi(o.bytes_to_client),
-        oi(o.bytes_to_server),
-        os(o.error_code),
-        Cell::List(o.masked_fields),
-        oi(o.masked_count),
-        oi(e.duration_us),
-        s(e.prev_hash),
-        s(e.hash),
-    ]
+fn int<T: TryInto<i64>>(v: Option<T>) -> Option<i64> {
+    v.map(|v| v.try_into().unwrap_or(i64::MAX))
+}
+
+/// Visits every column of `e` in [`COLUMNS`] order, borrowing its values:
+/// the one place that says which field is which column. The chain encodes
+/// from it directly, without building a row.
+pub fn walk(e: &Event, v: &mut impl ColumnVisitor) {
+    let mut uuid = Uuid::encode_buffer();
+    let no_principal = Principal::default();
+    let no_process = ProcessInfo::default();
+    let no_command = CommandInfo::default();
+    let no_outcome = Outcome::default();
+    let p = e.principal.as_deref().unwrap_or(&no_principal);
+    let pr = e.process.as_deref().unwrap_or(&no_process);
+    let t = e.target.as_ref();
+    let c = e.command.as_ref().unwrap_or(&no_command);
+    let d = e.decision.as_ref();
+    let o = e.outcome.as_ref().unwrap_or(&no_outcome);
+    v.str(Some(e.event_id.hyphenated().encode_lower(&mut uuid)));
+    v.str(e.session_id.map(|u| &*u.hyphenated().encode_lower(&mut uuid)));
+    v.int(int(Some(e.seq)));
+    v.str(Some(e.kind.as_str()));
+    v.time(e.time_us);
+    v.str(Some(&e.host));
+    v.str(Some(&e.agent_version));
+    v.str(e.client_address.as_deref());
+    v.str(p.subject.as_deref());
+    v.str(p.issuer.as_deref());
+    v.str(p.email.as_deref());
+    v.list(&p.groups);
+    v.int(int(pr.pid));
+    v.int(int(pr.tgid));
+    v.int(int(pr.uid));
+    v.str(pr.user.as_deref());
+    v.int(int(pr.gid));
+    v.str(pr.comm.as_deref());
+    v.str(pr.exe.as_deref());
+    v.str(pr.cmdline.as_deref());
+    v.str(pr.cgroup.as_deref());
+    v.str(pr.unit.as_deref());
+    v.str(t.map(|t| t.name.as_str()));
+    v.str(t.map(|t| t.protocol.as_str()));
+    v.str(t.map(|t| t.address.as_str()));
+    v.str(e.command_id.map(|u| &*u.hyphenated().encode_lower(&mut uuid)));
+    v.str(c.text.as_deref());
+    v.str(c.fingerprint.as_deref());
+    v.str(c.kind.as_deref());
+    v.list(&c.tables);
+    v.list(&c.columns);
+    v.list(&c.parameters);
+    v.str(d.map(|d| d.verdict.as_str()));
+    v.str(d.and_then(|d| d.rule_id.as_deref()));
+    v.str(d.and_then(|d| d.reason.as_deref()));
+    v.str(d.and_then(|d| d.approver.as_deref()));
+    v.int(int(d.and_then(|d| d.wait_us)));
+    v.str(d.and_then(|d| d.approval_id.as_deref()));
+    v.str(o.status.as_deref());
+    v.int(int(o.rows));
+    v.int(int(o.bytes_to_client));
+    v.int(int(o.bytes_to_server));
+    v.str(o.error_code.as_deref());
+    v.list(&o.masked_fields);
+    v.int(int(o.masked_count));
+    v.int(int(e.duration_us));
+    v.str(Some(&e.prev_hash));
+    v.str(Some(&e.hash));
+}
+
+/// Builds a row from [`walk`].
+#[cfg(test)]
+struct RowBuilder(Row);
+
+#[cfg(test)]
+impl ColumnVisitor for RowBuilder {
+    fn str(&mut self, v: Option<&str>) {
+        self.0.push(Cell::Str(v.map(str::to_owned)));
+    }
+    fn int(&mut self, v: Option<i64>) {
+        self.0.push(Cell::Int(v));
+    }
+    fn time(&mut self, v: i64) {
+        self.0.push(Cell::Time(v));
+    }
+    fn list(&mut self, v: &[String]) {
+        self.0.push(Cell::List(v.to_vec()));
+    }
+}
+
+/// Flattens `event` into a row (the append path encodes without one).
+#[cfg(test)]
+pub fn event_to_row(e: &Event) -> Row {
+    let mut row = RowBuilder(Vec::with_capacity(COLUMNS.len()));
+    walk(e, &mut row);
+    row.0
 }
 
 /// Why a row could not be turned back into an event.
@@ -355,12 +379,12 @@ pub fn row_to_event(row: &[Cell]) -> Result<Event, RowError> {
         kind,
         command_id,
         time_us,
-        host,
-        agent_version,
-        client_address,
-        principal: (principal != Principal::default()).then_some(principal),
-        process: (process != ProcessInfo::default()).then_some(process),
-        target,
+        host: host.into(),
+        agent_version: agent_version.into(),
+        client_address: client_address.map(Into::into),
+        principal: (principal != Principal::default()).then(|| Arc::new(principal)),
+        process: (process != ProcessInfo::default()).then(|| Arc::new(process)),
+        target: target.map(Arc::new),
         command: (command != CommandInfo::default()).then_some(command),
         decision,
         outcome: (outcome != Outcome::default()).then_some(outcome),
@@ -403,13 +427,13 @@ pub(crate) mod tests {
         let mut e = Event::new(EventKind::Command).session(Uuid::now_v7());
         e.command_id = Some(Uuid::now_v7());
         e.client_address = Some("127.0.0.1:40000".into());
-        e.principal = Some(Principal {
+        e.principal = Some(Arc::new(Principal {
             subject: Some("bot-1".into()),
             issuer: Some("https://idp".into()),
             email: Some("bot@example.com".into()),
             groups: vec!["etl".into(), "readers".into()],
-        });
-        e.process = Some(ProcessInfo {
+        }));
+        e.process = Some(Arc::new(ProcessInfo {
             pid: Some(10),
             tgid: Some(9),
             uid: Some(1000),
@@ -420,12 +444,12 @@ pub(crate) mod tests {
             cmdline: Some("psql -h db".into()),
             cgroup: Some("/system.slice/etl.service".into()),
             unit: Some("etl.service".into()),
-        });
-        e.target = Some(TargetRef {
+        }));
+        e.target = Some(Arc::new(TargetRef {
             name: "patients".into(),
             protocol: "postgres".into(),
             address: "10.0.0.5:5432".into(),
-        });
+        }));
         e.command = Some(CommandInfo {
             text: Some("select * from p where ssn = '***'".into()),
             fingerprint: Some("abc".into()),
@@ -461,7 +485,7 @@ pub(crate) mod tests {
     #[test]
     fn every_field_survives_the_flat_row() {
         let e = full_event();
-        let row = event_to_row(e.clone());
+        let row = event_to_row(&e);
         assert_eq!(row.len(), COLUMNS.len());
         assert_eq!(row_to_event(&row).expect("row converts back"), e);
     }
@@ -469,7 +493,7 @@ pub(crate) mod tests {
     #[test]
     fn a_bare_event_round_trips_with_empty_groups_as_none() {
         let e = Event::new(EventKind::AgentStart);
-        let back = row_to_event(&event_to_row(e.clone())).expect("row converts back");
+        let back = row_to_event(&event_to_row(&e)).expect("row converts back");
         assert_eq!(back, e);
     }
 
@@ -493,7 +517,7 @@ pub(crate) mod tests {
 
     #[test]
     fn cells_match_their_declared_column_types() {
-        for (cell, column) in event_to_row(full_event()).iter().zip(COLUMNS) {
+        for (cell, column) in event_to_row(&full_event()).iter().zip(COLUMNS) {
             let ok = matches!(
                 (cell, column.ty),
                 (Cell::Str(Some(_)), ColumnType::Str)

@@ -12,7 +12,7 @@
 use super::chain::{self, GENESIS_HASH};
 use super::config::{AuditConfig, FsyncMode};
 use super::convert::{Converter, Job};
-use super::row::{Cell, HASH, PREV_HASH, Row, SEQ, event_to_row, int_at, str_at};
+use super::row::{HASH, SEQ, int_at, str_at};
 use super::wal::{self, SegmentWriter};
 use super::{AppendFuture, AuditError, AuditSink, Event, layout, parquet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -264,17 +264,14 @@ impl AuditStore {
     /// Runs `op` on the flattened `event` under the writer's lock, then
     /// starts the group fsync if due and wakes the loop if its timer may
     /// not cover what is now unwritten or unsynced.
-    fn inline<T>(&self, event: Event, op: fn(&mut Writer, Row) -> Result<T, AuditError>) -> Result<T, AuditError> {
-        // Flattening moves every string of the event; only `seq`,
-        // `prev_hash` and the hash need the lock, so it happens before.
-        let row = event_to_row(event);
+    fn inline<T>(&self, event: Event, op: fn(&mut Writer, &Event) -> Result<T, AuditError>) -> Result<T, AuditError> {
         let mut writer = self.writer.lock().map_err(|_| self.shared.unavailable())?;
         // Close is handled under this lock: nothing is chained after it.
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(AuditError::Closed);
         }
         let was_dirty = writer.dirty();
-        let result = op(&mut writer, row);
+        let result = op(&mut writer, &event);
         writer.sync_if_due();
         let nudge = !was_dirty && writer.dirty();
         drop(writer);
@@ -664,7 +661,7 @@ impl Writer {
         for req in batch.drain(..) {
             match req {
                 Request::Append(event, reply) => {
-                    let seq = self.chain(event_to_row(*event));
+                    let seq = self.chain(&event);
                     replies.push((reply, seq));
                 }
                 Request::Close(reply) => close = Some(reply),
@@ -691,8 +688,8 @@ impl Writer {
 
     /// Chains and writes one record, together with any deferred before it;
     /// Ok holds its seq.
-    fn append_one(&mut self, row: Row) -> Result<u64, AuditError> {
-        let seq = self.chain(row);
+    fn append_one(&mut self, event: &Event) -> Result<u64, AuditError> {
+        let seq = self.chain(event);
         let result = self.write_unwritten(1);
         self.shared.last_seq.store(self.head.seq, Ordering::SeqCst);
         result.map(|()| seq)
@@ -702,11 +699,11 @@ impl Writer {
     /// the fsync interval, or at close), so a statement costs one WAL
     /// `write(2)` instead of two. Refused (like an append) while the disk
     /// fails; written at once when the buffer is large.
-    fn defer_one(&mut self, row: Row) -> Result<(), AuditError> {
+    fn defer_one(&mut self, event: &Event) -> Result<(), AuditError> {
         if self.shared.failing.load(Ordering::SeqCst) {
             return Err(self.shared.unavailable());
         }
-        self.chain(row);
+        self.chain(event);
         self.shared.last_seq.store(self.head.seq, Ordering::SeqCst);
         if self.framed.len() >= MAX_DEFERRED_BYTES {
             return self.write_unwritten(0);
@@ -720,14 +717,14 @@ impl Writer {
         self.unsynced || self.unwritten > 0
     }
 
-    /// Chains `row` after the head into `framed`; returns its seq.
-    fn chain(&mut self, row: Row) -> u64 {
+    /// Chains `event` after the head into `framed`; returns its seq.
+    fn chain(&mut self, event: &Event) -> u64 {
         if self.unwritten == 0 {
             self.unwritten_from = self.head.clone();
             self.framed.clear();
         }
         let seq = self.head.seq + 1;
-        self.chain_into_frame(row, seq);
+        self.chain_into_frame(event, seq);
         self.unwritten += 1;
         seq
     }
@@ -763,17 +760,10 @@ impl Writer {
     }
 
     /// Assigns `seq` and `prev_hash`, hashes, and frames the record.
-    fn chain_into_frame(&mut self, mut row: Row, seq: u64) {
+    fn chain_into_frame(&mut self, event: &Event, seq: u64) {
         let prev_hash = std::mem::take(&mut self.head.hash);
-        // A row always has every column; `get_mut` keeps this panic-free.
-        if let Some(cell) = row.get_mut(SEQ) {
-            *cell = Cell::Int(Some(i64::try_from(seq).unwrap_or(i64::MAX)));
-        }
-        if let Some(cell) = row.get_mut(PREV_HASH) {
-            *cell = Cell::Str(Some(prev_hash));
-        }
         self.scratch.clear();
-        chain::encode(&row, &mut self.scratch);
+        chain::encode_event(event, seq, &prev_hash, &mut self.scratch);
         let hash = chain::hash_hex(&self.scratch);
         wal::frame(&self.scratch, &mut self.framed);
         self.head = ChainHead { seq, hash };

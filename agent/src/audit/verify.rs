@@ -393,7 +393,7 @@ mod tests {
                 e.prev_hash = prev.clone();
                 e.hash = chain::hex(&[i as u8; 32]);
                 prev = e.hash.clone();
-                event_to_row(e)
+                event_to_row(&e)
             })
             .collect();
         let forged = layout::file_path(

@@ -247,8 +247,8 @@ impl Proxy {
 
     fn session_event(&self, session: &Session, kind: EventKind) -> Event {
         let mut e = Event::new(kind).session(session.id);
-        e.client_address = Some(session.client_address.clone());
-        e.process = Some(session.process.clone());
+        e.client_address = Some(Arc::clone(&session.client_address));
+        e.process = Some(Arc::clone(&session.process));
         e.principal = session.principal.get().cloned();
         e.target = Some(session.target_ref());
         e
@@ -285,7 +285,7 @@ impl Proxy {
         self.registry.counters.refused_not_redirected.fetch_add(1, Relaxed);
         tracing::warn!(client = %peer, "refused a connection the kernel did not redirect");
         let mut e = Event::new(EventKind::SessionStart);
-        e.client_address = Some(peer.to_string());
+        e.client_address = Some(peer.to_string().into());
         e.decision = Some(refusal(
             "intercept.not_redirected",
             "connection was not redirected by the kernel",
@@ -302,8 +302,8 @@ impl Proxy {
     async fn refuse(&self, peer: SocketAddr, k: &Intercepted, reason: &str) {
         tracing::warn!(client = %peer, original = %k.original, reason, "refused connection");
         let mut e = Event::new(EventKind::SessionStart);
-        e.client_address = Some(peer.to_string());
-        e.process = Some(process::describe(k));
+        e.client_address = Some(peer.to_string().into());
+        e.process = Some(Arc::new(process::describe(k)));
         e.decision = Some(refusal("intercept.unknown_target", reason));
         e.outcome = Some(Outcome {
             status: Some("refused".to_owned()),

@@ -25,17 +25,17 @@ pub struct Session {
     /// Where the client meant to connect; the handler connects here.
     pub original: SocketAddr,
     pub target: Arc<Target>,
-    pub process: ProcessInfo,
+    pub process: Arc<ProcessInfo>,
     /// Who the client authenticated as; set once by the protocol handler.
-    pub principal: OnceLock<Principal>,
+    pub principal: OnceLock<Arc<Principal>>,
     pub audit: AuditLog,
     pub traffic: Arc<Traffic>,
     pub started: Instant,
     /// `client` as events record it, formatted once: every statement
     /// records it twice (command and result).
-    pub client_address: String,
-    /// `original` as events record it, formatted once.
-    pub target_address: String,
+    pub client_address: Arc<str>,
+    /// The target as events record it, built once.
+    target_ref: Arc<TargetRef>,
 }
 
 impl Session {
@@ -51,14 +51,18 @@ impl Session {
             id: Uuid::now_v7(),
             client,
             original,
-            target,
-            process,
+            process: Arc::new(process),
             principal: OnceLock::new(),
             audit,
             traffic: Arc::default(),
             started: Instant::now(),
-            client_address: client.to_string(),
-            target_address: original.to_string(),
+            client_address: client.to_string().into(),
+            target_ref: Arc::new(TargetRef {
+                name: target.name.clone(),
+                protocol: target.protocol.as_str().to_owned(),
+                address: original.to_string(),
+            }),
+            target,
         }
     }
 
@@ -73,12 +77,8 @@ impl Session {
     }
 
     /// The target as audit events name it.
-    pub fn target_ref(&self) -> TargetRef {
-        TargetRef {
-            name: self.target.name.clone(),
-            protocol: self.target.protocol.as_str().to_owned(),
-            address: self.target_address.clone(),
-        }
+    pub fn target_ref(&self) -> Arc<TargetRef> {
+        Arc::clone(&self.target_ref)
     }
 }
 

@@ -1,5 +1,6 @@
-//! Bounded LRU cache of analyses keyed by exact statement text, so a
-//! statement executed many times is parsed and classified once.
+//! Bounded LRU caches of analyses: by statement shape, so a statement run
+//! many times with different literals is parsed and classified once, and by
+//! exact text, so a text that repeats is not even tokenized again.
 use std::{
     num::NonZeroUsize,
     sync::{
@@ -97,7 +98,8 @@ impl AnalysisCache {
         &self.analyzer
     }
 
-    /// The analysis of `sql`, from the cache when this exact text was seen.
+    /// The analysis of `sql`, from the cache when this exact text was seen
+    /// (and its shape was new then).
     pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
         let cacheable = sql.len() <= self.max_text_bytes;
         if let (true, Some(entries)) = (cacheable, &self.entries) {
@@ -108,8 +110,12 @@ impl AnalysisCache {
             }
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let analysis = Arc::new(self.analyzer.analyze_with(sql, Some(&self.shapes)));
-        if let (true, Some(entries)) = (cacheable, &self.entries) {
+        let (analysis, from_shapes) = self.analyzer.analyze_shapes(sql, Some(&self.shapes));
+        let analysis = Arc::new(analysis);
+        // A text whose shape was known is usually one more literal value
+        // (pgbench, ORMs that inline): keeping it would only churn the
+        // exact-text entries. It is tokenized again if it does repeat.
+        if let (true, false, Some(entries)) = (cacheable, from_shapes, &self.entries) {
             let mut entries = entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             entries.put(sql.into(), Arc::clone(&analysis));
         }
@@ -149,14 +155,18 @@ mod tests {
         let a = c.analyze("select * from t where id = 1");
         let b = c.analyze("select * from t where id = 1");
         assert!(Arc::ptr_eq(&a, &b));
+        // A new literal in a known shape: classified from the shape cache,
+        // not kept by exact text.
+        let c2 = c.analyze("select * from t where id = 2");
+        assert_eq!(c2.statements[0].classification, a.statements[0].classification);
         c.analyze("select * from t where id = 2");
         assert_eq!(
             c.stats(),
             CacheStats {
                 hits: 1,
-                misses: 2,
-                shape_hits: 1,
-                entries: 2
+                misses: 3,
+                shape_hits: 2,
+                entries: 1
             }
         );
     }
@@ -187,14 +197,14 @@ mod tests {
             cache_entries: 2,
             ..SqlConfig::default()
         });
-        c.analyze("select 1");
-        c.analyze("select 2");
-        c.analyze("select 1"); // refresh
-        c.analyze("select 3"); // evicts "select 2"
+        c.analyze("select a");
+        c.analyze("select b");
+        c.analyze("select a"); // refresh
+        c.analyze("select c"); // evicts "select b"
         assert_eq!(c.stats().entries, 2);
-        c.analyze("select 1");
+        c.analyze("select a");
         assert_eq!(c.stats().hits, 2);
-        c.analyze("select 2");
+        c.analyze("select b");
         assert_eq!(c.stats().misses, 4);
     }
 

@@ -373,16 +373,24 @@ impl Analyzer {
     /// of the same shape (same tokens up to literal values) from `shapes`:
     /// only tokenizing and the recordable texts are per-text work then.
     pub fn analyze_with(&self, sql: &str, shapes: Option<&ShapeCache>) -> Analysis {
+        self.analyze_shapes(sql, shapes).0
+    }
+
+    /// [`Analyzer::analyze_with`], also telling whether every statement's
+    /// classification came from `shapes` (nothing was parsed).
+    pub(crate) fn analyze_shapes(&self, sql: &str, shapes: Option<&ShapeCache>) -> (Analysis, bool) {
         if sql.len() > self.config.max_text_bytes {
-            return Analysis::unanalyzable(SqlError::TooLong {
+            let error = SqlError::TooLong {
                 len: sql.len(),
                 limit: self.config.max_text_bytes,
-            });
+            };
+            return (Analysis::unanalyzable(error), false);
         }
         let all = match tokens::tokenize(sql) {
             Ok(t) => t,
-            Err(e) => return Analysis::unanalyzable(e),
+            Err(e) => return (Analysis::unanalyzable(e), false),
         };
+        let mut all_from_shapes = true;
         let statements = tokens::split(all)
             .into_iter()
             .map(|toks| {
@@ -392,6 +400,7 @@ impl Analyzer {
                 let classification = match shapes.and_then(|cache| cache.get(&key)) {
                     Some(hit) => Ok(hit),
                     None => {
+                        all_from_shapes = false;
                         let fresh = self.classify_tokens(toks);
                         // Errors carry positions in this text: not shared.
                         if let (Ok(c), Some(cache)) = (&fresh, shapes) {
@@ -408,7 +417,7 @@ impl Analyzer {
                 }
             })
             .collect();
-        Analysis { statements }
+        (Analysis { statements }, all_from_shapes)
     }
 
     fn classify_tokens(&self, toks: Vec<sqlparser::tokenizer::TokenWithSpan>) -> Result<Classification, SqlError> {

@@ -5,6 +5,7 @@ use loopgate::audit::{
     Verdict,
 };
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// A config for `dir` with small segments, so tests produce several files.
@@ -26,13 +27,13 @@ pub fn open(config: AuditConfig) -> AuditStore {
 pub fn command_event(session: Uuid, i: u64) -> Event {
     let mut e = Event::new(EventKind::Command).session(session);
     e.client_address = Some("127.0.0.1:41000".into());
-    e.principal = Some(Principal {
+    e.principal = Some(Arc::new(Principal {
         subject: Some("etl-bot".into()),
         issuer: Some("https://idp.example".into()),
         email: None,
         groups: vec!["etl".into(), "phi-readers".into()],
-    });
-    e.process = Some(ProcessInfo {
+    }));
+    e.process = Some(Arc::new(ProcessInfo {
         pid: Some(4242),
         tgid: Some(4242),
         uid: Some(1001),
@@ -43,12 +44,12 @@ pub fn command_event(session: Uuid, i: u64) -> Event {
         cmdline: None,
         cgroup: Some("/system.slice/etl.service".into()),
         unit: Some("etl.service".into()),
-    });
-    e.target = Some(TargetRef {
+    }));
+    e.target = Some(Arc::new(TargetRef {
         name: "patients-db".into(),
         protocol: "postgres".into(),
         address: "10.0.0.5:5432".into(),
-    });
+    }));
     e.command = Some(CommandInfo {
         text: Some(format!("SELECT name FROM patients WHERE id = '***' /* {i} */")),
         fingerprint: Some("fp-select-patients".into()),

@@ -332,9 +332,9 @@ impl<'s> Frontend<'s> {
             origin: Origin {
                 session_id: self.session.id,
                 command_id,
-                client_address: Some(self.session.client_address.clone()),
+                client_address: Some(Arc::clone(&self.session.client_address)),
                 principal: self.session.principal.get().cloned(),
-                process: self.session.process.clone(),
+                process: Arc::clone(&self.session.process),
                 target: self.session.target_ref(),
             },
             command,

@@ -109,7 +109,7 @@ pub async fn serve(svc: &Service, session: &Session, client: TcpStream, connect_
         Ok(p) => p,
         Err(end) => return end,
     };
-    let _ = session.principal.set(principal);
+    let _ = session.principal.set(Arc::new(principal));
 
     let connected = tokio::time::timeout(
         connect_timeout,

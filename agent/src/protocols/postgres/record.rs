@@ -1,4 +1,6 @@
 //! The audit records of a PostgreSQL session's commands.
+use std::sync::Arc;
+
 use crate::{
     audit::{CommandInfo, Decision, Event, EventKind, Outcome, Verdict},
     policy::Hold,
@@ -69,9 +71,9 @@ pub fn gated(hold: &Hold, threshold: u64) -> Decision {
 
 fn base(session: &Session, kind: EventKind) -> Event {
     let mut e = Event::new(kind).session(session.id);
-    e.client_address = Some(session.client_address.clone());
+    e.client_address = Some(Arc::clone(&session.client_address));
     e.principal = session.principal.get().cloned();
-    e.process = Some(session.process.clone());
+    e.process = Some(Arc::clone(&session.process));
     e.target = Some(session.target_ref());
     e
 }
