@@ -6,6 +6,7 @@ use super::parquet::ChainMeta;
 use super::row::{HOST, PREV_HASH, SEQ, TIME};
 use super::store::{Request, Shared};
 use super::{AuditError, chain, layout, parquet, retention, wal};
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -168,7 +169,7 @@ fn lower_priority() {
 
 /// Writes one day's run of a segment's records, unless an interrupted
 /// earlier conversion already did.
-fn write_run(config: &AuditConfig, segment: &Path, payloads: &[Vec<u8>]) -> Result<(), String> {
+fn write_run(config: &AuditConfig, segment: &Path, payloads: &[Bytes]) -> Result<(), String> {
     let (Some(first), Some(last)) = (payloads.first(), payloads.last()) else {
         return Ok(());
     };

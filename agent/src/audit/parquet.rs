@@ -302,7 +302,7 @@ pub fn write_file(path: &Path, rows: &[Row], row_group_rows: usize) -> Result<()
 /// `path` atomically; `meta` describes them.
 pub fn write_encoded_file(
     path: &Path,
-    payloads: &[Vec<u8>],
+    payloads: &[impl AsRef<[u8]>],
     meta: &ChainMeta,
     row_group_rows: usize,
 ) -> Result<(), FileError> {
@@ -319,6 +319,7 @@ pub fn write_encoded_file(
             source,
         };
         for payload in payloads {
+            let payload = payload.as_ref();
             chain::decode_ref(payload, &mut cells).map_err(|e| FileError::Format {
                 path: path.to_owned(),
                 problem: e.to_string(),
@@ -361,7 +362,7 @@ fn write_atomic(
     let result = (|| {
         let file = File::create(&tmp).map_err(io)?;
         let mut props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(pq)?))
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).map_err(pq)?))
             .set_max_row_group_row_count(Some(row_group_rows.max(1)))
             .set_key_value_metadata(Some(meta.key_values()));
         // A dictionary of values that never repeat only costs hashing.

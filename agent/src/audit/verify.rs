@@ -427,8 +427,9 @@ mod tests {
         row[COMMAND_TEXT] = Cell::Str(Some("nothing to see".into()));
         // Re-frame with a valid checksum: only the chain can tell.
         let mut buf = b"LGWAL01\n".to_vec();
-        contents.payloads[1].clear();
-        chain::encode(&row, &mut contents.payloads[1]);
+        let mut forged = Vec::new();
+        chain::encode(&row, &mut forged);
+        contents.payloads[1] = forged.into();
         for p in &contents.payloads {
             wal::frame(p, &mut buf);
         }

@@ -4,6 +4,7 @@
 //! LE][payload]`; the payload is a row's canonical encoding. A crash can
 //! leave a torn last record; [`read_segment`] stops at the first record that
 //! does not check out and reports where the good prefix ends.
+use bytes::Bytes;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -107,14 +108,15 @@ pub fn frame(payload: &[u8], out: &mut Vec<u8>) {
 
 /// A segment's whole records, and where the good prefix ends.
 pub struct SegmentContents {
-    pub payloads: Vec<Vec<u8>>,
+    /// Slices of one buffer holding the segment.
+    pub payloads: Vec<Bytes>,
     pub good_len: u64,
     pub file_len: u64,
 }
 
 /// Reads every whole, checksummed record of a segment.
 pub fn read_segment(path: &Path) -> io::Result<SegmentContents> {
-    let bytes = std::fs::read(path)?;
+    let bytes = Bytes::from(std::fs::read(path)?);
     let file_len = bytes.len() as u64;
     let mut payloads = Vec::new();
     if bytes.len() < HEADER || &bytes[..HEADER] != MAGIC {
@@ -138,7 +140,7 @@ pub fn read_segment(path: &Path) -> io::Result<SegmentContents> {
         if crc32fast::hash(payload) != crc {
             break;
         }
-        payloads.push(payload.to_vec());
+        payloads.push(bytes.slice(at + 8..at + 8 + len));
         at += 8 + len;
     }
     Ok(SegmentContents {
@@ -181,7 +183,7 @@ mod tests {
         let path = write_records(dir.path(), 5);
         let c = read_segment(&path).expect("read");
         assert_eq!(c.payloads.len(), 5);
-        assert_eq!(c.payloads[4], b"record 4");
+        assert_eq!(c.payloads[4], &b"record 4"[..]);
         assert_eq!(c.good_len, c.file_len);
     }
 
@@ -210,7 +212,7 @@ mod tests {
         bytes[second_payload] ^= 0xff;
         std::fs::write(&path, &bytes).expect("write");
         let c = read_segment(&path).expect("read");
-        assert_eq!(c.payloads, vec![b"record 0".to_vec()]);
+        assert_eq!(c.payloads, vec![Bytes::from_static(b"record 0")]);
         truncate_segment(&path, c.good_len).expect("truncate");
         assert_eq!(std::fs::metadata(&path).expect("stat").len(), c.good_len);
     }
