@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     approval::Resolution,
-    audit::Outcome,
+    audit::{Event, Outcome},
     mask::{MaskAction, MaskRule},
     proxy::Session,
 };
@@ -76,7 +76,14 @@ pub(super) struct Backend<'s> {
     discarding: bool,
     /// The current command's gate was denied (recorded as its status).
     denied: bool,
+    /// Results of commands finished since the last write to the client:
+    /// recorded right after that write, so chaining them (encoding and
+    /// hashing) does not hold up the reply.
+    results: Vec<Event>,
 }
+
+/// Results kept back at most, whatever the client's reads (a long pipeline).
+const MAX_UNRECORDED: usize = 64;
 
 /// An ongoing COPY TO: text data masked per line, or binary data withheld.
 struct Copy {
@@ -105,11 +112,29 @@ impl<'s> Backend<'s> {
             cancel,
             discarding: false,
             denied: false,
+            results: Vec::new(),
         }
     }
 
     pub async fn run<R, W>(
         mut self,
+        server: &mut R,
+        buf: BytesMut,
+        client: &mut W,
+        pending: mpsc::Receiver<Pending>,
+    ) -> Result<(), SessionError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let ended = self.relay(server, buf, client, pending).await;
+        // However the session ended, what finished is recorded.
+        self.record_results();
+        ended
+    }
+
+    async fn relay<R, W>(
+        &mut self,
         server: &mut R,
         mut buf: BytesMut,
         client: &mut W,
@@ -127,6 +152,7 @@ impl<'s> Backend<'s> {
                 self.session.add_to_client(out.len());
                 client.write_all(&out).await?;
                 out.clear();
+                self.record_results();
             }
             tokio::select! {
                 biased;
@@ -271,6 +297,7 @@ impl<'s> Backend<'s> {
                 self.session.add_to_client(out.len());
                 client.write_all(out).await?;
                 out.clear();
+                self.record_results();
                 let resolution = ticket.wait().await;
                 (ticket.view().id.clone(), resolution)
             }
@@ -389,13 +416,13 @@ impl<'s> Backend<'s> {
         match self.queue.front() {
             Some(Pending::Query(commands)) => {
                 if let Some(c) = commands.get(self.statement) {
-                    self.record(c, outcome);
+                    keep_result(&mut self.results, self.session, c, outcome);
                 }
                 self.statement = self.statement.saturating_add(1);
             }
             Some(Pending::Execute(_)) => {
                 if let Some(Pending::Execute(c)) = self.queue.pop_front() {
-                    self.record(&c, outcome);
+                    keep_result(&mut self.results, self.session, &c, outcome);
                 }
             }
             _ => {}
@@ -407,7 +434,7 @@ impl<'s> Backend<'s> {
     fn skip_after_error(&mut self) {
         if let Some(Pending::Query(commands)) = self.queue.front() {
             for c in commands.iter().skip(self.statement) {
-                self.record(c, skipped());
+                keep_result(&mut self.results, self.session, c, skipped());
             }
             self.statement = usize::MAX;
             return;
@@ -416,7 +443,7 @@ impl<'s> Backend<'s> {
             match front {
                 Pending::Sync | Pending::Query(_) => break,
                 Pending::Execute(c) => {
-                    self.record(c, skipped());
+                    keep_result(&mut self.results, self.session, c, skipped());
                     self.queue.pop_front();
                 }
                 Pending::Reply { .. } => {
@@ -432,14 +459,14 @@ impl<'s> Backend<'s> {
         self.copy = None;
         if let Some(Pending::Query(commands)) = self.queue.front() {
             for c in commands.iter().skip(self.statement) {
-                self.record(c, skipped());
+                keep_result(&mut self.results, self.session, c, skipped());
             }
         }
         // Anything still owed before this point will not come.
         while let Some(p) = self.queue.pop_front() {
             match p {
                 Pending::Query(_) | Pending::Sync => break,
-                Pending::Execute(c) => self.record(&c, skipped()),
+                Pending::Execute(c) => keep_result(&mut self.results, self.session, &c, skipped()),
                 Pending::Reply { .. } => {}
             }
         }
@@ -499,15 +526,28 @@ impl<'s> Backend<'s> {
         Ok(())
     }
 
-    fn record(&self, command: &Command, outcome: Outcome) {
-        if command.event_id.is_nil() {
-            return;
-        }
-        // The command itself was recorded before it ran; its result is
-        // recorded without holding up the rows behind it.
-        self.session
-            .audit
-            .submit(record::result(self.session, command, outcome));
+    /// Records the kept results, without waiting for their write(2).
+    fn record_results(&mut self) {
+        submit_all(self.session, &mut self.results);
+    }
+}
+
+/// Keeps `command`'s result in `results` for [`Backend::record_results`]
+/// (a free function: callers hold the queue the command is in). The
+/// command itself was recorded before it ran.
+fn keep_result(results: &mut Vec<Event>, session: &Session, command: &Command, outcome: Outcome) {
+    if command.event_id.is_nil() {
+        return;
+    }
+    results.push(record::result(session, command, outcome));
+    if results.len() >= MAX_UNRECORDED {
+        submit_all(session, results);
+    }
+}
+
+fn submit_all(session: &Session, results: &mut Vec<Event>) {
+    for event in results.drain(..) {
+        session.audit.submit(event);
     }
 }
 
