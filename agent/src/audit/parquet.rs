@@ -298,8 +298,8 @@ pub fn write_file(path: &Path, rows: &[Row], row_group_rows: usize) -> Result<()
     })
 }
 
-/// Writes WAL record payloads (canonical encodings, already chained) to
-/// `path` atomically; `meta` describes them.
+/// Writes WAL record payloads (canonical encodings, chained in this order,
+/// as a segment holds them) to `path` atomically; `meta` describes them.
 pub fn write_encoded_file(
     path: &Path,
     payloads: &[impl AsRef<[u8]>],
@@ -309,7 +309,13 @@ pub fn write_encoded_file(
     let group = row_group_rows.max(1);
     write_atomic(path, meta, group, |writer| {
         let mut builder = BatchBuilder::new();
+        // A record waits for the next one, whose `prev_hash` is its hash:
+        // one SHA-256 per file instead of one per record. (A WAL changed
+        // after the fact carries its mismatch into the file, where
+        // `verify`, which recomputes every hash, finds it.)
+        let mut waiting: Vec<CellRef<'_>> = Vec::with_capacity(COLUMNS.len());
         let mut cells = Vec::with_capacity(COLUMNS.len());
+        let mut waiting_payload: Option<&[u8]> = None;
         let arrow = |source| FileError::Arrow {
             path: path.to_owned(),
             source,
@@ -324,10 +330,20 @@ pub fn write_encoded_file(
                 path: path.to_owned(),
                 problem: e.to_string(),
             })?;
-            builder.push(&cells, &chain::hash_hex(payload));
-            if builder.len() >= group {
-                writer.write(&builder.finish().map_err(arrow)?).map_err(pq)?;
+            if let Some(previous) = waiting_payload {
+                match cells.get(PREV_HASH) {
+                    Some(CellRef::Str(Some(hash))) => builder.push(&waiting, hash),
+                    _ => builder.push(&waiting, &chain::hash_hex(previous)),
+                }
+                if builder.len() >= group {
+                    writer.write(&builder.finish().map_err(arrow)?).map_err(pq)?;
+                }
             }
+            std::mem::swap(&mut waiting, &mut cells);
+            waiting_payload = Some(payload);
+        }
+        if let Some(last) = waiting_payload {
+            builder.push(&waiting, &chain::hash_hex(last));
         }
         if !builder.is_empty() {
             writer.write(&builder.finish().map_err(arrow)?).map_err(pq)?;
