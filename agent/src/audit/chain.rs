@@ -1,7 +1,7 @@
 //! Canonical encoding of a row and the SHA-256 hash chain over it.
 //!
-//! The encoding is the WAL record payload too, so a row is encoded once on
-//! the write path. Anyone can re-derive it from the Parquet columns (see
+//! The encoding is the WAL record payload too, so an event is encoded once
+//! on the write path, straight from the event ([`encode_event`]). Anyone can re-derive it from the Parquet columns (see
 //! README.md), which is what makes the chain checkable without loopgate.
 use super::event::Event;
 use super::row::{COLUMNS, Cell, ColumnType, ColumnVisitor, HASH, PREV_HASH, Row, SEQ, walk};

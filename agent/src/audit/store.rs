@@ -261,7 +261,7 @@ impl AuditStore {
         self.inline(event, Writer::defer_one)
     }
 
-    /// Runs `op` on the flattened `event` under the writer's lock, then
+    /// Runs `op` on `event` under the writer's lock, then
     /// starts the group fsync if due and wakes the loop if its timer may
     /// not cover what is now unwritten or unsynced.
     fn inline<T>(&self, event: Event, op: fn(&mut Writer, &Event) -> Result<T, AuditError>) -> Result<T, AuditError> {

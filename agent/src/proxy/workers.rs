@@ -155,21 +155,35 @@ impl Drop for LiveGuard {
 mod tests {
     use super::*;
 
+    /// Places a session that runs until the returned sender is dropped or
+    /// sent to, then answers the name of the thread it ran on.
+    fn park(workers: &Workers, set: &mut JoinSet<Option<String>>) -> oneshot::Sender<()> {
+        let (release, released) = oneshot::channel::<()>();
+        workers.spawn(set, move || async move {
+            let _ = released.await;
+            std::thread::current().name().map(str::to_owned)
+        });
+        release
+    }
+
+    async fn wait_for_loads(workers: &Workers, want: &[usize]) {
+        for _ in 0..500 {
+            if workers.loads() == want {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        assert_eq!(workers.loads(), want);
+    }
+
     #[tokio::test]
     async fn sessions_spread_over_workers_and_run_on_their_threads() {
         let workers = Workers::start(2).unwrap();
         let mut set = JoinSet::new();
-        let (release, released) = tokio::sync::watch::channel(false);
-        for _ in 0..4 {
-            let mut released = released.clone();
-            workers.spawn(&mut set, move || async move {
-                let _ = released.wait_for(|r| *r).await;
-                std::thread::current().name().map(str::to_owned)
-            });
-        }
+        let releases: Vec<_> = (0..4).map(|_| park(&workers, &mut set)).collect();
         // Placement counts are taken at spawn: two each.
         assert_eq!(workers.loads(), vec![2, 2]);
-        release.send(true).unwrap();
+        drop(releases);
         let mut names = Vec::new();
         while let Some(name) = set.join_next().await {
             names.push(name.unwrap().unwrap());
@@ -192,27 +206,14 @@ mod tests {
     async fn a_new_session_goes_to_the_least_loaded_worker() {
         let workers = Workers::start(3).unwrap();
         let mut set = JoinSet::new();
-        let (release, released) = tokio::sync::watch::channel(false);
-        for _ in 0..3 {
-            let mut released = released.clone();
-            workers.spawn(&mut set, move || async move {
-                let _ = released.wait_for(|r| *r).await;
-            });
-        }
+        let mut releases: Vec<_> = (0..3).map(|_| park(&workers, &mut set)).collect();
         assert_eq!(workers.loads(), vec![1, 1, 1]);
-        // One session ends: the next one takes its worker.
-        release.send(true).unwrap();
-        while set.join_next().await.is_some() {}
-        let (_hold, held) = tokio::sync::watch::channel(false);
-        for _ in 0..2 {
-            let mut held = held.clone();
-            workers.spawn(&mut set, move || async move {
-                let _ = held.wait_for(|r| *r).await;
-            });
-        }
-        let loads = workers.loads();
-        assert_eq!(loads.iter().sum::<usize>(), 2);
-        assert!(loads.iter().all(|&l| l <= 1), "{loads:?}");
+        // The session on worker 2 ends. Round robin would now pick worker
+        // 0; the least-loaded rule must pick worker 2.
+        let _ = releases.remove(2).send(());
+        wait_for_loads(&workers, &[1, 1, 0]).await;
+        releases.push(park(&workers, &mut set));
+        assert_eq!(workers.loads(), vec![1, 1, 1]);
         set.abort_all();
         while set.join_next().await.is_some() {}
         assert_eq!(workers.loads(), vec![0, 0, 0]);
