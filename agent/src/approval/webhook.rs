@@ -57,7 +57,18 @@ impl Webhook {
 }
 
 fn payload(view: &ApprovalView, link_base: Option<&str>) -> serde_json::Value {
-    json!({ "text": text(view, link_base), "approval": view })
+    json!({ "text": text(view, link_base), "approval": for_chat(view) })
+}
+
+/// The view as it leaves the host: bound parameter values are replaced by
+/// `?` (their count stays). The detectors mask what they recognise, but a
+/// value such as a patient's name passes them; approvers read the values
+/// with `loopgate approvals show` on the host instead.
+fn for_chat(view: &ApprovalView) -> ApprovalView {
+    ApprovalView {
+        parameters: vec!["?".to_owned(); view.parameters.len()],
+        ..view.clone()
+    }
 }
 
 fn outcome_payload(view: &ApprovalView, resolution: &Resolution) -> serde_json::Value {
@@ -93,7 +104,7 @@ fn outcome_payload(view: &ApprovalView, resolution: &Resolution) -> serde_json::
             format!("loopgate approval *{id}* cancelled: {}", escape(reason)),
         ),
     };
-    json!({ "text": text, "outcome": outcome, "approval": view })
+    json!({ "text": text, "outcome": outcome, "approval": for_chat(view) })
 }
 
 /// The Slack-compatible message.
@@ -173,6 +184,19 @@ mod tests {
         assert!(text.contains("https://approvals.example/k7q2m9xd"), "{text}");
         assert_eq!(p["approval"]["id"], "k7q2m9xd");
         assert_eq!(p["approval"]["command"], "COPY patients TO STDOUT");
+    }
+
+    #[test]
+    fn parameter_values_stay_on_the_host() {
+        let mut v = view("SELECT * FROM patients WHERE last_name = $1", "unix:ci");
+        v.parameters = vec!["'Okafor'".into(), "NULL".into()];
+        let outcome = Resolution::TimedOut {
+            after: std::time::Duration::from_secs(5),
+        };
+        for p in [payload(&v, None), outcome_payload(&v, &outcome)] {
+            assert_eq!(p["approval"]["parameters"], json!(["?", "?"]));
+            assert!(!p.to_string().contains("Okafor"), "{p}");
+        }
     }
 
     #[test]
