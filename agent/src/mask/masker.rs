@@ -316,7 +316,8 @@ struct PlannedColumn {
 #[derive(Debug)]
 pub struct ResultMasker {
     masker: Masker,
-    columns: Vec<PlannedColumn>,
+    /// Shared by the plan's fresh copies (see [`ResultMasker::fresh`]).
+    columns: Arc<[PlannedColumn]>,
     masked: Cell<u64>,
 }
 
@@ -326,7 +327,7 @@ impl ResultMasker {
     pub fn fresh(&self) -> ResultMasker {
         ResultMasker {
             masker: self.masker.clone(),
-            columns: self.columns.clone(),
+            columns: Arc::clone(&self.columns),
             masked: Cell::new(0),
         }
     }

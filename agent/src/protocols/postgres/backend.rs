@@ -78,8 +78,17 @@ pub(super) struct Backend<'s> {
     denied: bool,
     /// Results of commands finished since the last write to the client:
     /// recorded right after that write, so chaining them (encoding and
-    /// hashing) does not hold up the reply.
+    /// hashing) does not hold up the reply; on drop for whatever is left.
     results: Vec<Event>,
+}
+
+impl Drop for Backend<'_> {
+    /// However the session ends — including the frontend finishing first
+    /// and the backend's future being dropped mid-write — what finished is
+    /// recorded.
+    fn drop(&mut self) {
+        self.record_results();
+    }
 }
 
 /// Results kept back at most, whatever the client's reads (a long pipeline).
@@ -119,23 +128,6 @@ impl<'s> Backend<'s> {
     pub async fn run<R, W>(
         mut self,
         server: &mut R,
-        buf: BytesMut,
-        client: &mut W,
-        pending: mpsc::Receiver<Pending>,
-    ) -> Result<(), SessionError>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        let ended = self.relay(server, buf, client, pending).await;
-        // However the session ended, what finished is recorded.
-        self.record_results();
-        ended
-    }
-
-    async fn relay<R, W>(
-        &mut self,
-        server: &mut R,
         mut buf: BytesMut,
         client: &mut W,
         mut pending: mpsc::Receiver<Pending>,
@@ -149,10 +141,7 @@ impl<'s> Backend<'s> {
         loop {
             self.deliver_replies(&mut out);
             if !out.is_empty() && !frame::has_complete_frame(&buf) {
-                self.session.add_to_client(out.len());
-                client.write_all(&out).await?;
-                out.clear();
-                self.record_results();
+                self.flush(client, &mut out).await?;
             }
             tokio::select! {
                 biased;
@@ -167,13 +156,19 @@ impl<'s> Backend<'s> {
                         }
                         self.on_message(frame, &mut out).await?;
                     }
-                    None => {
-                        client.write_all(&out).await?;
-                        return Ok(());
-                    }
+                    None => return self.flush(client, &mut out).await,
                 },
             }
         }
+    }
+
+    /// Writes `out` to the client, then records the results it completed.
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, client: &mut W, out: &mut BytesMut) -> Result<(), SessionError> {
+        self.session.add_to_client(out.len());
+        client.write_all(out).await?;
+        out.clear();
+        self.record_results();
+        Ok(())
     }
 
     /// Sends the replies loopgate made that are due: those at the head of
@@ -294,10 +289,7 @@ impl<'s> Backend<'s> {
             Ok(mut ticket) => {
                 let (message, hint) = ticket.view().notice();
                 out.extend_from_slice(&wire::notice(&message, &hint));
-                self.session.add_to_client(out.len());
-                client.write_all(out).await?;
-                out.clear();
-                self.record_results();
+                self.flush(client, out).await?;
                 let resolution = ticket.wait().await;
                 (ticket.view().id.clone(), resolution)
             }
@@ -352,8 +344,11 @@ impl<'s> Backend<'s> {
             .map(|f| (f.name.clone(), f.table_id as u32, f.column_id))
             .collect();
         let columns = self.catalog.lock().await.resolve(&self.svc.tables, &fields).await;
-        let mut overrides = command_overrides.clone();
-        overrides.push(MaskRule::new(rows::UNRESOLVED, MaskAction::Redact));
+        let overrides = [
+            &command_overrides[..],
+            &[MaskRule::new(rows::UNRESOLVED, MaskAction::Redact)],
+        ]
+        .concat();
         let (mask, rewritten) = ResultMask::from_description(&self.svc.masker, desc, &columns, &overrides)
             .map_err(SessionError::Protocol)?;
         out.extend_from_slice(rewritten.as_deref().unwrap_or(&frame.bytes));

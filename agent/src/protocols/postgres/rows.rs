@@ -1,7 +1,7 @@
 //! PHI masking of what the server sends: result descriptions, rows, COPY
 //! data and server messages. The generic rules and detectors live in
 //! `crate::mask`; this module knows PostgreSQL's framing.
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
 use bytes::{BufMut as _, BytesMut};
 use pgwire::messages::{
@@ -40,7 +40,8 @@ pub fn decode_description(frame: &Frame) -> Result<RowDescription, String> {
 /// Masking state of one result set.
 pub struct ResultMask {
     plan: ResultMasker,
-    names: Vec<String>,
+    /// Shared by the plan's fresh copies.
+    names: Arc<[String]>,
     /// Columns in which at least one value was changed.
     changed: Vec<bool>,
 }
@@ -69,7 +70,7 @@ impl ResultMask {
             .collect();
         let plan = masker.plan(&descs, overrides);
         let rewrite = (0..desc.fields.len()).any(|i| plan.announce_as_text(i) && desc.fields[i].type_id != TEXT_OID);
-        let names: Vec<String> = desc.fields.iter().map(|f| f.name.clone()).collect();
+        let names: Arc<[String]> = desc.fields.iter().map(|f| f.name.clone()).collect();
         let changed = vec![false; names.len()];
         let rewritten = if rewrite {
             for (i, f) in desc.fields.iter_mut().enumerate() {
@@ -94,7 +95,7 @@ impl ResultMask {
     pub fn fresh(&self) -> ResultMask {
         ResultMask {
             plan: self.plan.fresh(),
-            names: self.names.clone(),
+            names: Arc::clone(&self.names),
             changed: vec![false; self.changed.len()],
         }
     }
@@ -113,7 +114,7 @@ impl ResultMask {
         ];
         ResultMask {
             plan: masker.plan(&descs, overrides),
-            names: vec!["?column?".to_owned(); columns],
+            names: vec!["?column?".to_owned(); columns].into(),
             changed: vec![false; columns],
         }
     }
