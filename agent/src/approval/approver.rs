@@ -100,19 +100,27 @@ fn peer_groups(stream: &tokio::net::UnixStream) -> std::io::Result<Vec<u32>> {
     }
 }
 
+/// The group's name; the buffer grows while getgrgid_r says it is too small
+/// (a group with many members), up to 1 MiB.
 fn group_name(gid: u32) -> Option<String> {
     let mut grp = std::mem::MaybeUninit::<libc::group>::uninit();
     let mut buf = vec![0u8; 16 * 1024];
-    let mut result = std::ptr::null_mut();
-    // SAFETY: grp, buf and result are valid for the call; getgrgid_r fills
-    // grp with pointers into buf.
-    let rc = unsafe { libc::getgrgid_r(gid, grp.as_mut_ptr(), buf.as_mut_ptr().cast(), buf.len(), &mut result) };
-    if rc != 0 || result.is_null() {
-        return None;
+    loop {
+        let mut result = std::ptr::null_mut();
+        // SAFETY: grp, buf and result are valid for the call; getgrgid_r
+        // fills grp with pointers into buf.
+        let rc = unsafe { libc::getgrgid_r(gid, grp.as_mut_ptr(), buf.as_mut_ptr().cast(), buf.len(), &mut result) };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        if rc != 0 || result.is_null() {
+            return None;
+        }
+        // SAFETY: result is non-null and points at grp, whose name points into buf.
+        let name = unsafe { std::ffi::CStr::from_ptr((*result).gr_name) };
+        return Some(name.to_string_lossy().into_owned());
     }
-    // SAFETY: result is non-null and points at grp, whose name points into buf.
-    let name = unsafe { std::ffi::CStr::from_ptr((*result).gr_name) };
-    Some(name.to_string_lossy().into_owned())
 }
 
 #[cfg(test)]

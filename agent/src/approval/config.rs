@@ -24,7 +24,7 @@ pub struct ApprovalsConfig {
 impl Default for ApprovalsConfig {
     fn default() -> Self {
         ApprovalsConfig {
-            socket: PathBuf::from("/run/loopgate/approvals.sock"),
+            socket: PathBuf::from(super::cli::DEFAULT_SOCKET),
             state_dir: PathBuf::from("/var/lib/loopgate/approvals"),
             http_listen: None,
             webhook_url: None,

@@ -74,6 +74,7 @@ pub struct StatusReport {
     #[serde(default)]
     pub worker_sessions: Vec<usize>,
     /// Commands held for approval right now.
+    #[serde(default)]
     pub pending_approvals: usize,
     pub counters: CounterSnapshot,
 }

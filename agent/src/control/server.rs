@@ -72,30 +72,31 @@ pub fn serve(path: &Path, state: Arc<ControlState>, access: Access) -> std::io::
     Ok(())
 }
 
-async fn answer(stream: UnixStream, state: &ControlState, access: Access) -> std::io::Result<()> {
-    let peer = Approver::from_peer(&stream)?;
-    let (read, mut write) = stream.into_split();
+async fn answer(mut stream: UnixStream, state: &ControlState, access: Access) -> std::io::Result<()> {
+    let uid = stream.peer_cred()?.uid();
     let mut line = String::new();
-    let mut reader = BufReader::new(read.take(MAX_LINE as u64));
+    let mut reader = BufReader::new((&mut stream).take(MAX_LINE as u64));
     // Anyone may connect to the approvals socket: idle peers are dropped.
     tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request line"))??;
+    drop(reader);
     // The root socket's file is 0600; the peer check keeps it root-only even
     // if its mode is loosened by hand.
-    let response = if access == Access::Root && peer.uid != Some(0) {
+    let response = if access == Access::Root && uid != 0 {
         error("the control socket is root-only")
     } else {
         match serde_json::from_str::<Request>(&line) {
             Ok(Request::Status) if access == Access::Root => Response::Status(status(state)),
             Ok(Request::Status) => error("status is served on the root-only control socket"),
-            Ok(request) => approvals(request, peer, state).await,
+            // Names and groups (NSS lookups) only for who decides or lists.
+            Ok(request) => approvals(request, Approver::from_peer(&stream)?, state).await,
             Err(e) => error(&format!("bad request: {e}")),
         }
     };
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
     out.push(b'\n');
-    write.write_all(&out).await
+    stream.write_all(&out).await
 }
 
 async fn approvals(request: Request, peer: Approver, state: &ControlState) -> Response {
