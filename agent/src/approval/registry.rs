@@ -71,7 +71,8 @@ impl Resolution {
         matches!(self, Resolution::Approved { .. })
     }
 
-    /// What the client is told when the command does not run.
+    /// Why the request ended without approval, for the client's error; the
+    /// caller adds what became of the command (not run, or cut short).
     pub fn refusal(&self, id: &str) -> String {
         match self {
             Resolution::Approved { .. } => format!("loopgate: approval {id} was granted"),
@@ -83,7 +84,7 @@ impl Resolution {
                 format!("loopgate: approval {id} denied by {approver}")
             }
             Resolution::TimedOut { after } => format!(
-                "loopgate: approval {id} timed out after {}s without a decision; the statement was not run",
+                "loopgate: approval {id} timed out after {}s without a decision",
                 after.as_secs()
             ),
             Resolution::Withdrawn { reason } => format!("loopgate: approval {id} withdrawn: {reason}"),

@@ -26,7 +26,6 @@ use super::{
     wire::{self, sqlstate},
 };
 use crate::{
-    approval::Resolution,
     audit::{Event, Outcome},
     mask::{MaskAction, MaskRule},
     proxy::Session,
@@ -285,29 +284,28 @@ impl<'s> Backend<'s> {
         };
         let mut request = gate.request;
         request.rows_sent = Some(gate.progress.rows.load(Ordering::Relaxed) + self.tally.rows);
-        let (id, resolution) = match self.svc.approvals.hold(request).await {
+        let (code, why) = match self.svc.approvals.hold(request).await {
             Ok(mut ticket) => {
                 let (message, hint) = ticket.view().notice();
                 out.extend_from_slice(&wire::notice(&message, &hint));
                 self.flush(client, out).await?;
                 let resolution = ticket.wait().await;
-                (ticket.view().id.clone(), resolution)
+                if resolution.is_approved() {
+                    gate.progress.approved.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
+                (
+                    wire::unapproved_code(&resolution),
+                    resolution.refusal(&ticket.view().id),
+                )
             }
             Err(e) => {
                 tracing::error!(session = %self.session.id, error = %e, "cannot hold results for approval");
-                let reason = format!("approval cannot be requested now ({e})");
-                ("(none)".to_owned(), Resolution::Withdrawn { reason })
+                let why = format!("loopgate: these results need approval, which cannot be requested now ({e})");
+                (sqlstate::QUERY_CANCELED, why)
             }
         };
-        if resolution.is_approved() {
-            gate.progress.approved.store(true, Ordering::Relaxed);
-            return Ok(());
-        }
-        let code = wire::unapproved_code(&resolution);
-        let message = format!(
-            "{}; the rest of the result was withheld and the query cancelled",
-            resolution.refusal(&id)
-        );
+        let message = format!("{why}; the rest of the result was withheld and the query cancelled");
         out.extend_from_slice(&wire::error(code, &message));
         self.discarding = true;
         self.denied = true;

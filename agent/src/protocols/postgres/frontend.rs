@@ -167,7 +167,11 @@ impl<'s> Frontend<'s> {
             return Ok(());
         }
         let code = wire::unapproved_code(&resolution);
-        let error = wire::error(code, &resolution.refusal(&held.ticket.view().id));
+        let message = format!(
+            "{}; the statement was not run",
+            resolution.refusal(&held.ticket.view().id)
+        );
+        let error = wire::error(code, &message);
         self.refuse(error, held.extended).await
     }
 
