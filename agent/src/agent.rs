@@ -18,8 +18,28 @@ use crate::{
     notify::notify,
     policy::{BuiltinPolicy, PolicyError, PolicyHandle, Summary},
     protocols::Shared,
-    proxy::{Listeners, Proxy},
+    proxy::{self, Listeners, Proxy},
 };
+
+/// How often addresses that change under a running agent (interface
+/// addresses of `local` targets, host names, unix listeners) are re-read.
+const REFRESH: Duration = Duration::from_secs(10);
+
+fn spawn_refresh(interceptor: Arc<Interceptor>, config: Arc<Config>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REFRESH);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let (interceptor, config) = (interceptor.clone(), config.clone());
+            match tokio::task::spawn_blocking(move || interceptor.refresh(&config)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not refresh the interception rules"),
+                Err(e) => tracing::error!(error = %e, "interception refresh failed"),
+            }
+        }
+    });
+}
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -43,12 +63,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let (shared, policy) = shared_state(&config, approvals.clone()).await?;
 
-    // Listen first: the pinned programs may already be redirecting to us.
+    // Listen first; the kernel steers the port to these sockets once
+    // they are registered, whoever else holds the port.
     let port = config.intercept.listen_port;
-    let listeners = Listeners::bind(port)
-        .await
-        .with_context(|| format!("listening on 127.0.0.1:{port} and [::1]:{port}"))?;
-    let interceptor = Arc::new(Interceptor::start(&config, cgroups)?);
+    let listeners = Listeners::bind().await.context("listening on 127.0.0.1 and [::1]")?;
+    let interceptor = Arc::new(Interceptor::start(&config, cgroups, listeners.fds())?);
     let proxy = Proxy::new(config.clone(), interceptor.clone(), audit.clone(), &shared)?;
     let _watcher = config.policy_dir.as_ref().map(|dir| {
         let (audit, runtime, dir_shown) = (audit.clone(), tokio::runtime::Handle::current(), dir.clone());
@@ -82,11 +101,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .append(Event::new(EventKind::AgentStart))
         .await
         .context("recording agent start")?;
+    // Refusals the kernel made (also while no agent ran), then what the
+    // cgroups opened before the programs were attached.
+    if let Some(ring) = interceptor.take_refusals() {
+        tokio::spawn(proxy::record_kernel_refusals(
+            ring,
+            audit.clone(),
+            config.clone(),
+            proxy.registry.clone(),
+        ));
+    }
+    proxy::sweep_preexisting(&interceptor, &config, &audit).await;
+    spawn_refresh(interceptor.clone(), config.clone());
     tracing::info!(
         port,
         cgroups = ?config.intercept.cgroups,
         targets = config.targets.len(),
         generation = interceptor.generation(),
+        epoch = interceptor.epoch(),
+        protections = ?interceptor.protections(),
         "loopgate is intercepting"
     );
     notify("READY=1");

@@ -6,7 +6,7 @@
 //! file without guessing.
 use std::{
     fmt,
-    net::{SocketAddr, ToSocketAddrs},
+    net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -17,7 +17,11 @@ use toml::Spanned;
 use crate::{approval::ApprovalsConfig, audit::AuditConfig, identity::IdentityConfig};
 
 use crate::{
-    mask::MaskConfig, policy::BuiltinPolicyConfig, protocols::postgres::config::UpstreamConfig, sql::SqlConfig,
+    intercept::rules::{Addresses, Kind, Pattern, RuleTable},
+    mask::MaskConfig,
+    policy::BuiltinPolicyConfig,
+    protocols::postgres::config::UpstreamConfig,
+    sql::SqlConfig,
 };
 
 /// Where `loopgate run` looks for its config when none is named.
@@ -61,10 +65,55 @@ pub struct TlsConfig {
 pub struct InterceptConfig {
     /// cgroup v2 paths relative to the cgroup2 mount.
     pub cgroups: Vec<String>,
-    /// The proxy listens on 127.0.0.1 and [::1] at this port.
+    /// Intercepted connects go to 127.0.0.1 and [::1] at this port, which
+    /// the kernel steers to the agent's own listeners alone.
     pub listen_port: u16,
     /// Directory under bpffs where programs' links and maps are pinned.
     pub pin_dir: PathBuf,
+    /// What intercepted processes may reach besides the targets.
+    pub egress: Egress,
+    /// Refused destinations (`deny-listed` and `deny`).
+    pub deny: Vec<Pattern>,
+    /// Reachable destinations (`deny`, or exceptions to `deny`).
+    pub allow: Vec<Pattern>,
+    /// Unix socket paths refused (`unix:/path` entries of `deny`).
+    pub deny_unix: Vec<String>,
+    /// Unix socket paths reachable (`unix:/path` entries of `allow`).
+    pub allow_unix: Vec<String>,
+    /// Connections to targets that intercepted processes opened before the
+    /// programs were attached.
+    pub on_attach: OnAttach,
+}
+
+/// `[intercept] egress`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Egress {
+    /// Anything that is not a target is reached directly.
+    Allow,
+    /// Everything except the `deny` list (by default every target's port on
+    /// any address: the same server's other addresses).
+    DenyListed,
+    /// Only the targets and the `allow` list.
+    Deny,
+}
+
+impl Egress {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Egress::Allow => "allow",
+            Egress::DenyListed => "deny-listed",
+            Egress::Deny => "deny",
+        }
+    }
+}
+
+/// `[intercept] on_attach`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnAttach {
+    /// Closed (the process gets ECONNABORTED) and recorded.
+    Kill,
+    /// Recorded and left open.
+    Record,
 }
 
 #[derive(Clone, Debug)]
@@ -141,10 +190,14 @@ impl fmt::Display for Protocol {
 pub struct Target {
     pub name: String,
     pub protocol: Protocol,
-    /// The address as written in the config.
+    /// The first address as written in the config: the server's name for
+    /// TLS.
     pub address: String,
-    /// Every socket address it resolved to; each is intercepted.
-    pub endpoints: Vec<SocketAddr>,
+    /// Every address pattern of the target; a connect to any of them is
+    /// intercepted.
+    pub addresses: Vec<Pattern>,
+    /// Unix socket paths the server listens on; connects to them are refused.
+    pub unix: Vec<String>,
     /// Set for `protocol = "postgres"`.
     pub postgres: Option<PostgresTarget>,
 }
@@ -154,7 +207,34 @@ impl Target {
     /// certificate must match.
     pub fn host(&self) -> &str {
         let host = self.address.rsplit_once(':').map_or(self.address.as_str(), |(h, _)| h);
-        host.trim_start_matches('[').trim_end_matches(']')
+        match host.trim_start_matches('[').trim_end_matches(']') {
+            "local" | "*" => "localhost",
+            h => h.split('/').next().unwrap_or(h),
+        }
+    }
+
+    /// Names and single addresses a client may have used to reach the
+    /// target, for the certificate loopgate shows it.
+    pub fn certificate_names(&self) -> Vec<String> {
+        let mut names = vec![self.host().to_owned()];
+        for pattern in &self.addresses {
+            match &pattern.addresses {
+                Addresses::Host(h) => names.push(h.clone()),
+                Addresses::Local => {
+                    names.extend(["localhost", "127.0.0.1", "::1"].map(str::to_owned));
+                    names.extend(crate::intercept::rules::local_addresses().iter().map(IpAddr::to_string));
+                }
+                Addresses::Prefixes(prefixes) => names.extend(
+                    prefixes
+                        .iter()
+                        .filter(|p| p.len == 128)
+                        .map(|p| p.ip.to_ipv4_mapped().map_or(p.ip.to_string(), |v4| v4.to_string())),
+                ),
+            }
+        }
+        names.sort();
+        names.dedup();
+        names
     }
 }
 
@@ -201,11 +281,6 @@ impl Config {
             message: e.to_string().trim_end().to_owned(),
         })?;
         Validator { text, origin }.validate(raw)
-    }
-
-    /// The target that owns `endpoint`, if any.
-    pub fn target_for(&self, endpoint: SocketAddr) -> Option<&Target> {
-        self.targets.iter().find(|t| t.endpoints.contains(&endpoint))
     }
 }
 
@@ -261,6 +336,18 @@ mod raw {
         pub cgroups: Option<Spanned<Vec<Spanned<String>>>>,
         pub listen_port: Option<Spanned<u16>>,
         pub pin_dir: Option<Spanned<PathBuf>>,
+        pub egress: Option<Spanned<String>>,
+        pub deny: Option<Spanned<Vec<String>>>,
+        pub allow: Option<Spanned<Vec<String>>>,
+        pub on_attach: Option<Spanned<String>>,
+    }
+
+    /// One address, or several.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub enum Addresses {
+        One(String),
+        Many(Vec<String>),
     }
 
     #[derive(Deserialize, Default)]
@@ -282,7 +369,8 @@ mod raw {
     pub struct Target {
         pub name: Spanned<String>,
         pub protocol: Spanned<String>,
-        pub address: Spanned<String>,
+        pub address: Spanned<Addresses>,
+        pub unix: Option<Spanned<Vec<String>>>,
         pub identity: Option<Spanned<String>>,
         pub upstream: Option<Spanned<UpstreamConfig>>,
         pub client_tls: Option<Spanned<bool>>,
@@ -310,7 +398,8 @@ impl Validator<'_> {
     }
 
     fn validate(&self, raw: raw::File) -> Result<Config, ConfigError> {
-        let intercept = self.intercept(raw.intercept)?;
+        let raw_intercept = raw.intercept;
+        let listen_port = self.listen_port(&raw_intercept)?;
         let identity = match raw.identity {
             Some(i) => {
                 if let Err(e) = i.get_ref().oidc.validate() {
@@ -321,10 +410,18 @@ impl Validator<'_> {
             None => None,
         };
         let mut targets: Vec<Target> = Vec::with_capacity(raw.targets.len());
+        let mut table = RuleTable::default();
+        let proxy =
+            Pattern::parse(&format!("127.0.0.1:{listen_port}"), false).map_err(|message| ConfigError::Syntax {
+                path: self.origin.to_owned(),
+                message,
+            })?;
+        table.add(proxy.port, &self.prefixes_of(&proxy), Kind::Proxy, 0);
         for t in raw.targets {
-            let target = self.target(t, &targets, identity.is_some())?;
+            let target = self.target(t, &targets, &mut table, identity.is_some())?;
             targets.push(target);
         }
+        let intercept = self.intercept(raw_intercept, listen_port, &targets)?;
         let approvals = match raw.approvals {
             Some(a) => {
                 if let Err(e) = a.get_ref().validate(identity.is_some()) {
@@ -379,7 +476,24 @@ impl Validator<'_> {
         })
     }
 
-    fn intercept(&self, raw: raw::Intercept) -> Result<InterceptConfig, ConfigError> {
+    fn listen_port(&self, raw: &raw::Intercept) -> Result<u16, ConfigError> {
+        match &raw.listen_port {
+            Some(p) if *p.get_ref() == 0 => self.error(
+                "intercept.listen_port",
+                p.span(),
+                "must be a fixed port (1-65535): the kernel redirects to it",
+            ),
+            Some(p) => Ok(*p.get_ref()),
+            None => Ok(15000),
+        }
+    }
+
+    fn intercept(
+        &self,
+        raw: raw::Intercept,
+        listen_port: u16,
+        targets: &[Target],
+    ) -> Result<InterceptConfig, ConfigError> {
         let cgroups = match raw.cgroups {
             None => vec!["loopgate-agents.slice".to_owned()],
             Some(list) => {
@@ -414,17 +528,6 @@ impl Validator<'_> {
                 out
             }
         };
-        let listen_port = match raw.listen_port {
-            Some(p) if *p.get_ref() == 0 => {
-                return self.error(
-                    "intercept.listen_port",
-                    p.span(),
-                    "must be a fixed port (1-65535): the kernel redirects to it",
-                );
-            }
-            Some(p) => *p.get_ref(),
-            None => 15000,
-        };
         let pin_dir = match raw.pin_dir {
             Some(p) if !p.get_ref().is_absolute() => {
                 return self.error("intercept.pin_dir", p.span(), "must be an absolute path on bpffs");
@@ -432,14 +535,123 @@ impl Validator<'_> {
             Some(p) => p.into_inner(),
             None => PathBuf::from("/sys/fs/bpf/loopgate"),
         };
+        let egress = match raw.egress.as_ref().map(|e| (e.get_ref().as_str(), e.span())) {
+            None | Some(("deny-listed", _)) => Egress::DenyListed,
+            Some(("allow", _)) => Egress::Allow,
+            Some(("deny", _)) => Egress::Deny,
+            Some((other, span)) => {
+                return self.error(
+                    "intercept.egress",
+                    span,
+                    format!("unknown egress {other:?} (supported: \"allow\", \"deny-listed\", \"deny\")"),
+                );
+            }
+        };
+        let (deny, deny_unix) = match raw.deny {
+            Some(list) if egress == Egress::Allow => {
+                return self.error(
+                    "intercept.deny",
+                    list.span(),
+                    "needs egress = \"deny-listed\" or \"deny\"",
+                );
+            }
+            Some(list) => self.patterns("intercept.deny", list)?,
+            // The same servers' other addresses: every target's port, anywhere.
+            None if egress == Egress::DenyListed => {
+                let mut ports: Vec<u16> = targets
+                    .iter()
+                    .flat_map(|t| t.addresses.iter().filter_map(|p| p.port))
+                    .collect();
+                ports.sort_unstable();
+                ports.dedup();
+                let deny = ports
+                    .into_iter()
+                    .filter_map(|port| Pattern::parse(&format!("*:{port}"), false).ok())
+                    .collect();
+                (deny, Vec::new())
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let (allow, allow_unix) = match raw.allow {
+            Some(list) if egress == Egress::Allow => {
+                return self.error(
+                    "intercept.allow",
+                    list.span(),
+                    "needs egress = \"deny-listed\" or \"deny\"",
+                );
+            }
+            Some(list) => self.patterns("intercept.allow", list)?,
+            None => (Vec::new(), Vec::new()),
+        };
+        let on_attach = match raw.on_attach.as_ref().map(|o| (o.get_ref().as_str(), o.span())) {
+            None | Some(("kill", _)) => OnAttach::Kill,
+            Some(("record", _)) => OnAttach::Record,
+            Some((other, span)) => {
+                return self.error(
+                    "intercept.on_attach",
+                    span,
+                    format!("unknown value {other:?} (supported: \"kill\", \"record\")"),
+                );
+            }
+        };
         Ok(InterceptConfig {
             cgroups,
             listen_port,
             pin_dir,
+            egress,
+            deny,
+            allow,
+            deny_unix,
+            allow_unix,
+            on_attach,
         })
     }
 
-    fn target(&self, raw: raw::Target, earlier: &[Target], oidc_configured: bool) -> Result<Target, ConfigError> {
+    /// Egress entries: `ADDRESS:PORT` (any port allowed, host names must
+    /// resolve) or `unix:/path` (`unix:@name` for an abstract socket).
+    fn patterns(&self, key: &str, list: Spanned<Vec<String>>) -> Result<(Vec<Pattern>, Vec<String>), ConfigError> {
+        let span = list.span();
+        let (mut ip, mut unix) = (Vec::new(), Vec::new());
+        for text in list.into_inner() {
+            if let Some(path) = text.strip_prefix("unix:") {
+                self.unix_path(key, span.clone(), path)?;
+                unix.push(path.to_owned());
+                continue;
+            }
+            let pattern = Pattern::parse(&text, true).or_else(|m| self.error(key, span.clone(), m))?;
+            pattern.prefixes(&[]).or_else(|m| self.error(key, span.clone(), m))?;
+            ip.push(pattern);
+        }
+        Ok((ip, unix))
+    }
+
+    fn unix_path(&self, key: &str, span: std::ops::Range<usize>, path: &str) -> Result<(), ConfigError> {
+        if !(path.starts_with('/') || path.starts_with('@')) {
+            return self.error(
+                key,
+                span,
+                format!("{path:?}: a unix socket path is absolute (or @abstract)"),
+            );
+        }
+        if path.len() >= agent_ebpf::UNIX_PATH_MAX {
+            return self.error(key, span, format!("{path:?} is longer than a unix socket path can be"));
+        }
+        Ok(())
+    }
+
+    /// The prefixes of a pattern as the validator checks overlaps (a
+    /// `local` pattern as its fixed part).
+    fn prefixes_of(&self, pattern: &Pattern) -> Vec<crate::intercept::rules::Prefix> {
+        pattern.prefixes(&[]).unwrap_or_default()
+    }
+
+    fn target(
+        &self,
+        raw: raw::Target,
+        earlier: &[Target],
+        table: &mut RuleTable,
+        oidc_configured: bool,
+    ) -> Result<Target, ConfigError> {
         let name = raw.name.get_ref().trim().to_owned();
         if name.is_empty() {
             return self.error("target.name", raw.name.span(), "must not be empty");
@@ -468,23 +680,59 @@ impl Validator<'_> {
             }
         };
         let postgres = self.postgres(protocol, &raw, oidc_configured)?;
-        let address = raw.address.get_ref().clone();
-        let endpoints =
-            resolve(&address).or_else(|message| self.error("target.address", raw.address.span(), message))?;
-        for ep in &endpoints {
-            if let Some(other) = earlier.iter().find(|t| t.endpoints.contains(ep)) {
-                return self.error(
-                    "target.address",
-                    raw.address.span(),
-                    format!("{ep} is already intercepted for target {:?}", other.name),
-                );
-            }
+        let span = raw.address.span();
+        let texts = match raw.address.into_inner() {
+            raw::Addresses::One(a) => vec![a],
+            raw::Addresses::Many(list) => list,
+        };
+        if texts.is_empty() {
+            return self.error("target.address", span, "names no address");
         }
+        let mut addresses = Vec::new();
+        for text in &texts {
+            let pattern = Pattern::parse(text, false).or_else(|m| self.error("target.address", span.clone(), m))?;
+            let prefixes = pattern
+                .prefixes(&[])
+                .or_else(|m| self.error("target.address", span.clone(), m))?;
+            let id = earlier.len() as u32;
+            // The same address twice in one target (a name and its IP) is harmless.
+            let clash = table
+                .add(pattern.port, &prefixes, Kind::Target, id)
+                .into_iter()
+                .find(|c| *c != (Kind::Target, id));
+            match clash {
+                None => {}
+                Some((Kind::Proxy, _)) => {
+                    let message = format!("{text} is the agent's own port (intercept.listen_port)");
+                    return self.error("target.address", span.clone(), message);
+                }
+                Some((_, other)) => {
+                    let other = earlier
+                        .get(other as usize)
+                        .map_or("another target", |t| t.name.as_str());
+                    let message = format!("{text} is already intercepted for target {other:?}");
+                    return self.error("target.address", span.clone(), message);
+                }
+            }
+            addresses.push(pattern);
+        }
+        let unix = match raw.unix {
+            None => Vec::new(),
+            Some(list) => {
+                let span = list.span();
+                let paths = list.into_inner();
+                for path in &paths {
+                    self.unix_path("target.unix", span.clone(), path)?;
+                }
+                paths
+            }
+        };
         Ok(Target {
             name,
             protocol,
-            address,
-            endpoints,
+            address: texts[0].clone(),
+            addresses,
+            unix,
             postgres,
         })
     }
@@ -546,43 +794,6 @@ impl Validator<'_> {
     }
 }
 
-/// Resolves `host:port` or `[v6]:port`; a host name yields all its addresses.
-fn resolve(address: &str) -> Result<Vec<SocketAddr>, String> {
-    if let Ok(sa) = address.parse::<SocketAddr>() {
-        return check_endpoint(sa).map(|sa| vec![sa]);
-    }
-    let (host, port) = address
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{address:?} is not host:port or [v6]:port"))?;
-    if host.is_empty() || host.contains(':') {
-        return Err(format!(
-            "{address:?} is not host:port or [v6]:port (write IPv6 addresses in brackets)"
-        ));
-    }
-    port.parse::<u16>()
-        .map_err(|_| format!("{port:?} in {address:?} is not a port number"))?;
-    let mut found: Vec<SocketAddr> = address
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
-        .collect();
-    found.sort();
-    found.dedup();
-    if found.is_empty() {
-        return Err(format!("{host:?} resolved to no address"));
-    }
-    found.into_iter().map(check_endpoint).collect()
-}
-
-fn check_endpoint(sa: SocketAddr) -> Result<SocketAddr, String> {
-    if sa.port() == 0 {
-        return Err(format!("{sa}: port 0 cannot be intercepted"));
-    }
-    if sa.ip().is_unspecified() {
-        return Err(format!("{sa}: an unspecified address cannot be intercepted"));
-    }
-    Ok(sa)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -619,21 +830,80 @@ address = "[::1]:9000"
         )
         .unwrap();
         assert_eq!(config.targets.len(), 2);
-        assert_eq!(config.targets[0].endpoints, ["127.0.0.77:7777".parse().unwrap()]);
-        assert_eq!(config.targets[1].endpoints, ["[::1]:9000".parse().unwrap()]);
-        let echo = config.target_for("127.0.0.77:7777".parse().unwrap()).unwrap();
-        assert_eq!(echo.name, "echo");
+        assert_eq!(
+            config.targets[0].addresses,
+            [Pattern::parse("127.0.0.77:7777", false).unwrap()]
+        );
+        assert_eq!(
+            config.targets[1].addresses,
+            [Pattern::parse("[::1]:9000", false).unwrap()]
+        );
+        // Egress: by default the targets' ports are refused everywhere else.
+        assert_eq!(config.intercept.egress, Egress::DenyListed);
+        let deny: Vec<&str> = config.intercept.deny.iter().map(|p| p.text.as_str()).collect();
+        assert_eq!(deny, ["*:7777", "*:9000"]);
+        assert_eq!(config.intercept.on_attach, OnAttach::Kill);
+    }
+
+    #[test]
+    fn targets_take_several_addresses_prefixes_and_local() {
+        let config = parse(
+            "[[target]]\nname = \"db\"\nprotocol = \"tcp\"\naddress = [\"127.0.0.150:5432\", \"10.0.0.0/24:5432\", \"localhost:5432\"]\n\
+             unix = [\"/run/postgresql/.s.PGSQL.5432\"]\n\
+             [[target]]\nname = \"here\"\nprotocol = \"tcp\"\naddress = \"local:6000\"\n",
+        )
+        .unwrap();
+        let db = &config.targets[0];
+        assert_eq!(db.address, "127.0.0.150:5432");
+        assert_eq!(db.host(), "127.0.0.150");
+        assert_eq!(db.addresses.len(), 3);
+        assert_eq!(db.unix, ["/run/postgresql/.s.PGSQL.5432"]);
+        assert_eq!(config.targets[1].host(), "localhost");
+        assert!(config.targets[1].certificate_names().contains(&"127.0.0.1".to_owned()));
+    }
+
+    #[test]
+    fn egress_lists_are_checked() {
+        let config =
+            parse("[intercept]\negress = \"deny\"\nallow = [\"10.0.0.0/8:*\", \"*:53\", \"unix:/run/systemd/journal/socket\"]\n")
+                .unwrap();
+        assert_eq!(config.intercept.egress, Egress::Deny);
+        assert_eq!(config.intercept.allow.len(), 2);
+        assert_eq!(config.intercept.allow_unix, ["/run/systemd/journal/socket"]);
+        let (_, key, msg) = invalid("[intercept]\ndeny = [\"unix:relative\"]\n");
+        assert_eq!(key, "intercept.deny");
+        assert!(msg.contains("absolute"), "{msg}");
+        assert!(config.intercept.deny.is_empty());
+        let (line, key, _) = invalid("[intercept]\negress = \"allow\"\ndeny = [\"*:5432\"]\n");
+        assert_eq!((line, key.as_str()), (3, "intercept.deny"));
+        let (line, key, msg) = invalid("[intercept]\negress = \"open\"\n");
+        assert_eq!((line, key.as_str()), (2, "intercept.egress"));
+        assert!(msg.contains("deny-listed"), "{msg}");
+        let (_, key, msg) = invalid("[intercept]\ndeny = [\"10.0.0.0/40:*\"]\n");
+        assert_eq!(key, "intercept.deny");
+        assert!(msg.contains("prefix length"), "{msg}");
+        let (_, key, _) = invalid("[intercept]\non_attach = \"ignore\"\n");
+        assert_eq!(key, "intercept.on_attach");
+    }
+
+    #[test]
+    fn a_target_may_not_take_the_agents_own_port() {
+        let (line, key, msg) = invalid(
+            "[intercept]\nlisten_port = 15001\n[[target]]\nname = \"x\"\nprotocol = \"tcp\"\naddress = \"127.0.0.1:15001\"\n",
+        );
+        assert_eq!((line, key.as_str()), (6, "target.address"));
+        assert!(msg.contains("own port"), "{msg}");
     }
 
     #[test]
     fn host_names_resolve_to_every_address() {
         let config = parse("[[target]]\nname = \"l\"\nprotocol = \"tcp\"\naddress = \"localhost:7000\"\n").unwrap();
-        assert!(!config.targets[0].endpoints.is_empty());
+        let prefixes = config.targets[0].addresses[0].prefixes(&[]).unwrap();
+        assert!(!prefixes.is_empty());
         assert!(
-            config.targets[0]
-                .endpoints
+            prefixes
                 .iter()
-                .all(|e| e.ip().is_loopback() && e.port() == 7000)
+                .all(|p| p.len == 128 && p.ip.to_ipv4_mapped().map_or(p.ip.is_loopback(), |v4| v4.is_loopback()))
         );
     }
 
@@ -655,6 +925,9 @@ address = "[::1]:9000"
 
         let (line, key, _) = invalid("[[target]]\nname = \"x\"\nprotocol = \"tcp\"\naddress = \"nonsense\"\n");
         assert_eq!((line, key.as_str()), (4, "target.address"));
+        let (line, key, _) =
+            invalid("[[target]]\nname = \"x\"\nprotocol = \"tcp\"\naddress = \"10.0.0.1:5\"\nunix = [\"rel/path\"]\n");
+        assert_eq!((line, key.as_str()), (5, "target.unix"));
 
         let (line, key, _) = invalid("[intercept]\ncgroups = [\"/\"]\n");
         assert_eq!((line, key.as_str()), (2, "intercept.cgroups"));

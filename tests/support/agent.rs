@@ -104,8 +104,10 @@ impl Agent {
             true => extra.replacen("[approvals]\n", &format!("[approvals]\n{approvals}"), 1),
             false => format!("[approvals]\n{approvals}{extra}"),
         };
+        // `extra` may carry [intercept] keys (egress, deny, allow): they join ours.
+        let (intercept, extra) = take_table(&extra, "intercept");
         let mut toml = format!(
-            "[intercept]\ncgroups = [\"{cgroup}\"]\nlisten_port = {port}\npin_dir = \"{}\"\n\
+            "[intercept]\ncgroups = [\"{cgroup}\"]\nlisten_port = {port}\npin_dir = \"{}\"\n{intercept}\
              [audit]\ndir = \"{}\"\n[control]\nsocket = \"{}\"\n{extra}\n",
             pin_dir.display(),
             audit_dir.display(),
@@ -330,6 +332,21 @@ impl Drop for Agent {
             eprintln!("--- agent {} log ---\n{}", self.name, self.log());
         }
     }
+}
+
+/// Splits the keys of `[name]` out of a TOML text: (those keys, the rest).
+fn take_table(text: &str, name: &str) -> (String, String) {
+    let header = format!("[{name}]\n");
+    let Some(start) = text.find(&header) else {
+        return (String::new(), text.to_owned());
+    };
+    let body_start = start + header.len();
+    let body_end = text[body_start..]
+        .find("\n[")
+        .map_or(text.len(), |i| body_start + i + 1);
+    let body = text[body_start..body_end].to_owned();
+    let rest = format!("{}{}", &text[..start], &text[body_end..]);
+    (body, rest)
 }
 
 /// Kills what is left in a test cgroup (and its children), then removes it.

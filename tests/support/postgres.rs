@@ -34,6 +34,9 @@ pub struct PgOptions {
     /// ssl = on with a certificate for localhost, 127.0.0.1, ::1 and `listen`.
     pub ssl: bool,
     pub listen: IpAddr,
+    /// Listen on every address (`listen_addresses = '*'`), as a server on
+    /// the agent's own host often does; `addr` still names `listen`.
+    pub listen_all: bool,
     pub max_connections: u32,
 }
 
@@ -43,6 +46,7 @@ impl Default for PgOptions {
             auth: "scram-sha-256",
             ssl: false,
             listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            listen_all: false,
             max_connections: 20,
         }
     }
@@ -71,7 +75,11 @@ impl PgServer {
         let (uid, gid) = postgres_ids();
         chown(dir.path(), uid, gid);
         let data = dir.path().join("data");
-        let port = free_port(options.listen);
+        let port = if options.listen_all {
+            free_port(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        } else {
+            free_port(options.listen)
+        };
         // Built before anything runs, so a panic below still stops and
         // removes what was started.
         let mut server = PgServer {
@@ -117,7 +125,11 @@ impl PgServer {
             "\nport = {}\nlisten_addresses = '{}'\nunix_socket_directories = '{}'\n\
              fsync = off\nshared_buffers = 16MB\nmax_connections = {}\n",
             self.addr.port(),
-            self.options.listen,
+            if self.options.listen_all {
+                "*".to_owned()
+            } else {
+                self.options.listen.to_string()
+            },
             dir.display(),
             self.options.max_connections
         );
@@ -136,10 +148,16 @@ impl PgServer {
         fs::write(&conf_path, text).expect("write postgresql.conf");
 
         let prefix = if self.options.listen.is_ipv4() { 32 } else { 128 };
-        let hba = format!(
+        let mut hba = format!(
             "local all all trust\nhost all {SUPERUSER},{APP_USER} {}/{prefix} {}\n",
             self.options.listen, self.options.auth
         );
+        if self.options.listen_all {
+            let auth = self.options.auth;
+            hba.push_str(&format!(
+                "host all {SUPERUSER},{APP_USER} 0.0.0.0/0 {auth}\nhost all {SUPERUSER},{APP_USER} ::/0 {auth}\n"
+            ));
+        }
         fs::write(self.data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
     }
 
@@ -171,6 +189,11 @@ impl PgServer {
             chown(p, uid, gid);
         }
         (ca_path, cert_path, key_path)
+    }
+
+    /// The directory of the server's unix socket (`.s.PGSQL.<port>`).
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Runs `sql` with psql as the superuser over TCP; returns stdout

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     approval::ApprovalView,
+    intercept::Protections,
     proxy::{CounterSnapshot, SessionSummary},
 };
 
@@ -67,6 +68,9 @@ pub struct StatusReport {
     pub listen_port: u16,
     /// Generation of the pinned links this agent attached.
     pub generation: u64,
+    /// What the kernel enforces for this agent (absent from older agents).
+    #[serde(default)]
+    pub protections: Protections,
     pub cgroups: Vec<CgroupStatus>,
     pub targets: Vec<TargetStatus>,
     pub sessions: Vec<SessionSummary>,
@@ -99,6 +103,18 @@ impl std::fmt::Display for StatusReport {
             f,
             "loopgate {} (pid {}), proxy on port {}, link generation {}",
             self.version, self.pid, self.listen_port, self.generation
+        )?;
+        let p = &self.protections;
+        writeln!(
+            f,
+            "egress {}; unix sockets {}; caller's executable {}",
+            p.egress,
+            if p.unix { "checked" } else { "not checked" },
+            if p.exe_identity {
+                "from the kernel at connect"
+            } else {
+                "from /proc only"
+            }
         )?;
         writeln!(f, "intercepted cgroups:")?;
         for cg in &self.cgroups {
@@ -144,8 +160,8 @@ impl std::fmt::Display for StatusReport {
         writeln!(f, "  accepted {}  completed {}", c.accepted, c.completed)?;
         writeln!(
             f,
-            "  refused: not redirected {}, audit unavailable {}; upstream unreachable {}",
-            c.refused_not_redirected, c.refused_audit_unavailable, c.upstream_unreachable
+            "  refused: not redirected {}, by the kernel {}, audit unavailable {}; upstream unreachable {}",
+            c.refused_not_redirected, c.refused_by_kernel, c.refused_audit_unavailable, c.upstream_unreachable
         )?;
         write!(
             f,

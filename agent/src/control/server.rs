@@ -172,6 +172,7 @@ fn status(state: &ControlState) -> StatusReport {
             .map_or(0, |d| d.as_millis() as u64),
         listen_port: config.intercept.listen_port,
         generation: interceptor.generation(),
+        protections: interceptor.protections().clone(),
         cgroups: interceptor
             .cgroups()
             .iter()
@@ -187,7 +188,12 @@ fn status(state: &ControlState) -> StatusReport {
                 name: t.name.clone(),
                 protocol: t.protocol.as_str().to_owned(),
                 address: t.address.clone(),
-                endpoints: t.endpoints.iter().map(ToString::to_string).collect(),
+                endpoints: t
+                    .addresses
+                    .iter()
+                    .map(ToString::to_string)
+                    .chain(t.unix.iter().cloned())
+                    .collect(),
             })
             .collect(),
         sessions: proxy.registry.sessions(),

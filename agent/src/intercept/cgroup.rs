@@ -116,6 +116,50 @@ pub fn systemd_unit(cgroup: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The path, relative to `mount`, of the cgroup whose id (the inode of its
+/// directory, as `bpf_get_current_cgroup_id` gives it) is `id`: the kernel
+/// opens it from its file handle, so the answer is the kernel's, not a
+/// process's claim.
+pub fn path_of_id(mount: &Path, id: u64) -> io::Result<String> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    /// `FILEID_KERNFS`: a kernfs node handle is its 64-bit id.
+    const FILEID_KERNFS: i32 = 0xfe;
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        id: u64,
+    }
+    let dir = fs::File::open(mount)?;
+    let handle = Handle {
+        bytes: 8,
+        kind: FILEID_KERNFS,
+        id,
+    };
+    // SAFETY: open_by_handle_at reads the handle and returns a new fd.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            dir.as_raw_fd(),
+            (&raw const handle).cast::<libc::c_void>(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let opened = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let path = fs::read_link(format!("/proc/self/fd/{}", opened.as_raw_fd()))?;
+    let relative = path.strip_prefix(mount).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("cgroup {id} is at {}, outside {}", path.display(), mount.display()),
+        )
+    })?;
+    Ok(relative.to_string_lossy().into_owned())
+}
+
 /// Moves the calling process into `cgroup`.
 pub fn enter(cgroup: &Path) -> io::Result<()> {
     fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string())
@@ -173,6 +217,15 @@ mod tests {
             Some("session-2.scope")
         );
         assert_eq!(systemd_unit("loopgate-agents"), None);
+    }
+
+    #[test]
+    fn the_kernel_names_a_cgroup_by_its_id() {
+        let mount = cgroup2_mount().unwrap();
+        let own = cgroup_of("self").unwrap();
+        let id = fs::metadata(mount.join(&own)).unwrap().ino();
+        assert_eq!(path_of_id(&mount, id).unwrap(), own);
+        assert!(path_of_id(&mount, u64::MAX - 7).is_err());
     }
 
     #[test]

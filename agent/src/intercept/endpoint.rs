@@ -1,7 +1,7 @@
 //! Conversions between socket addresses and the kernel-shaped map types.
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use agent_ebpf::{Endpoint, SourceKey};
+use agent_ebpf::Endpoint;
 
 /// Address words as `bpf_sock_addr` holds them: network byte order in
 /// memory, IPv4 as v4-mapped IPv6.
@@ -43,15 +43,6 @@ pub fn from_endpoint(ep: &Endpoint) -> SocketAddr {
     SocketAddr::new(ip_from_words(ep.ip), u16::from_be(ep.port))
 }
 
-/// The by-source key for the peer address of an accepted connection.
-pub fn source_key(peer: SocketAddr) -> SourceKey {
-    SourceKey {
-        ip: words(peer.ip()),
-        port: peer.port(),
-        _pad: 0,
-    }
-}
-
 /// A v4-mapped IPv6 address shown as the IPv4 address it maps.
 pub fn canonical(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
@@ -84,13 +75,6 @@ mod tests {
         assert_eq!(ep.port, 5432u16.to_be());
         let v4_mapped: SocketAddr = "[::ffff:10.0.0.5]:5432".parse().unwrap();
         assert_eq!(to_endpoint(v4_mapped), ep);
-    }
-
-    #[test]
-    fn source_key_port_is_host_order() {
-        let key = source_key("127.0.0.1:40000".parse().unwrap());
-        assert_eq!(key.port, 40000);
-        assert_eq!(key.ip, to_endpoint("127.0.0.1:1".parse().unwrap()).ip);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! ```text
 //! <pin_dir>/v<LAYOUT>/maps/<MAP>                       maps, reused by every agent start
 //! <pin_dir>/v<LAYOUT>/links/<generation>/<cgroup id>_<program>
+//! <pin_dir>/v<LAYOUT>/links/<generation>/netns_<program>  the port owner (sk_lookup)
 //! ```
 //!
 //! Each agent start attaches a fresh generation of links, then retires the
@@ -58,10 +59,34 @@ impl PinLayout {
         self.links().join(generation.to_string())
     }
 
-    /// Where the link of `program` on cgroup `cgroup_id` is pinned (bpffs
-    /// refuses names with a dot).
-    pub fn link_path(&self, generation: u64, cgroup_id: u64, program: &str) -> PathBuf {
-        self.generation_dir(generation).join(format!("{cgroup_id}_{program}"))
+    /// Where the link of `program` on `owner` (a cgroup id, or `netns`) is
+    /// pinned (bpffs refuses names with a dot).
+    pub fn link_path(&self, generation: u64, owner: &str, program: &str) -> PathBuf {
+        self.generation_dir(generation).join(format!("{owner}_{program}"))
+    }
+
+    /// The state of other layout versions under the same pin directory (an
+    /// agent of another version ran here), oldest first.
+    pub fn other_versions(pin_dir: &Path) -> io::Result<Vec<PinLayout>> {
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(pin_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            let version = name
+                .to_str()
+                .and_then(|n| n.strip_prefix('v'))
+                .and_then(|v| v.parse::<u32>().ok());
+            if version.is_some_and(|v| v != LAYOUT_VERSION) {
+                out.push(PinLayout { root: entry.path() });
+            }
+        }
+        out.sort_by(|a, b| a.root.cmp(&b.root));
+        Ok(out)
     }
 
     /// Pinned link files of one generation.

@@ -54,11 +54,7 @@ impl Handler {
                 let client_tls = if pg.client_tls {
                     let ca = postgres::tls::LocalCa::load_or_create(&config.tls.ca_dir)
                         .with_context(|| format!("loopgate's local CA in {}", config.tls.ca_dir.display()))?;
-                    let mut names = vec![target.host().to_owned()];
-                    names.extend(target.endpoints.iter().map(|e| e.ip().to_string()));
-                    names.sort();
-                    names.dedup();
-                    Some(ca.server_config(&names)?)
+                    Some(ca.server_config(&target.certificate_names())?)
                 } else {
                     None
                 };

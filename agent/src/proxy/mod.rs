@@ -2,6 +2,7 @@
 //! redirected, attribute each to the process that opened it, record it, and
 //! hand it to its target's protocol handler.
 pub mod process;
+mod refusals;
 mod session;
 mod workers;
 
@@ -14,31 +15,25 @@ use std::{
 
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::watch,
+    sync::{Semaphore, watch},
     task::JoinSet,
 };
 
+pub use refusals::{record_kernel_refusals, sweep_preexisting};
 pub use session::{CounterSnapshot, Registry, Session, SessionEnd, SessionSummary, Traffic};
 pub use workers::Workers;
 
 use crate::{
-    audit::{AuditLog, Decision, Event, EventKind, Outcome, Verdict},
+    audit::{AuditLog, Decision, Event, EventKind, Outcome, ProcessInfo, Verdict},
     config::{Config, Target},
-    intercept::{Intercepted, Interceptor, endpoint},
+    intercept::{Interceptor, ListenerFds, Unverified, endpoint},
     protocols::{self, Handler, Shared},
 };
 
-/// How long the proxy waits for the kernel's record of a just-accepted
-/// connection. The record is written when the client's handshake completes,
-/// which on loopback precedes accept(); the wait only covers scheduling.
-const RECORD_WAIT: [Duration; 4] = [
-    Duration::from_millis(1),
-    Duration::from_millis(2),
-    Duration::from_millis(5),
-    Duration::from_millis(10),
-];
-
-/// The proxy's two listeners: 127.0.0.1 and [::1] on the configured port.
+/// The proxy's two listeners, on loopback ports of the kernel's choosing:
+/// intercepted connects go to `listen_port`, and the kernel's port owner
+/// (sk_lookup) hands them to these sockets — so another process holding
+/// `listen_port` receives nothing, and cannot keep the agent from starting.
 pub struct Listeners {
     v4: TcpListener,
     v6: TcpListener,
@@ -47,11 +42,20 @@ pub struct Listeners {
 impl Listeners {
     /// Binds both listeners. Done before the programs are attached, so the
     /// first redirected connect already finds the proxy.
-    pub async fn bind(port: u16) -> std::io::Result<Listeners> {
+    pub async fn bind() -> std::io::Result<Listeners> {
         Ok(Listeners {
-            v4: TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?,
-            v6: TcpListener::bind((Ipv6Addr::LOCALHOST, port)).await?,
+            v4: TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?,
+            v6: TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).await?,
         })
+    }
+
+    /// The descriptors the kernel is told to steer the port to.
+    pub fn fds(&self) -> ListenerFds {
+        use std::os::fd::AsRawFd as _;
+        ListenerFds {
+            v4: self.v4.as_raw_fd(),
+            v6: self.v6.as_raw_fd(),
+        }
     }
 
     async fn accept(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
@@ -71,6 +75,8 @@ pub struct Proxy {
     pub registry: Arc<Registry>,
     /// The threads sessions run on.
     pub workers: Workers,
+    /// One /proc scan at a time for the owners of refused connections.
+    owner_scans: Semaphore,
 }
 
 /// A target and the handler that serves its sessions.
@@ -107,6 +113,7 @@ impl Proxy {
             audit,
             registry: Arc::default(),
             workers,
+            owner_scans: Semaphore::new(1),
         }))
     }
 
@@ -176,28 +183,51 @@ impl Proxy {
     }
 
     async fn handle(&self, client: TcpStream, peer: SocketAddr, mut force_close: watch::Receiver<bool>) {
-        let peer = endpoint::canonical(peer);
         self.registry.counters.accepted.fetch_add(1, Relaxed);
-        let Some(intercepted) = self.kernel_record(peer).await else {
-            self.refuse_not_redirected(peer).await;
+        let local = match client.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(client = %peer, error = %e, "accepted connection has no local address");
+                return;
+            }
+        };
+        let intercepted = match self.interceptor.identify(local, peer) {
+            Ok(i) => i,
+            Err(unverified) => {
+                self.refuse_unverified(endpoint::canonical(peer), unverified).await;
+                return;
+            }
+        };
+        let peer = endpoint::canonical(peer);
+        let Some(route) = self.routes.get(intercepted.target) else {
+            // The record names a target this config does not have: never guess.
+            tracing::warn!(client = %peer, original = %intercepted.original, "refused connection: unknown target");
+            self.record_refusal(
+                peer,
+                Some(process::describe(&intercepted).info),
+                "intercept.unknown_target",
+                "destination is no longer a configured target",
+            )
+            .await;
             return;
         };
-        let Some((target, handler)) = self.route(intercepted.original) else {
-            // The target map and the config disagree (e.g. a target removed
-            // while the record was in flight): refuse, never guess.
-            self.refuse(peer, &intercepted, "destination is no longer a configured target")
-                .await;
-            return;
-        };
+        let described = process::describe(&intercepted);
+        if let Some(note) = &described.note {
+            tracing::warn!(pid = intercepted.tgid, comm = %intercepted.comm, note, "process changed after connect");
+        }
         let session = Session::new(
             peer,
             intercepted.original,
-            target,
-            process::describe(&intercepted),
+            route.target.clone(),
+            described.info,
             self.audit.clone(),
         );
         let mut start = self.session_event(&session, EventKind::SessionStart);
-        start.decision = Some(Decision::new(Verdict::Allow));
+        let mut decision = Decision::new(Verdict::Allow);
+        if let Some(note) = described.note {
+            decision = decision.reason(note);
+        }
+        start.decision = Some(decision);
         if let Err(e) = self.audit.append(start).await {
             // Nothing unaudited reaches a backend.
             self.registry.counters.refused_audit_unavailable.fetch_add(1, Relaxed);
@@ -214,7 +244,7 @@ impl Proxy {
         );
         self.registry.open(&session);
         let end = tokio::select! {
-            end = protocols::serve(&session, &handler, client, self.config.proxy.connect_timeout) => end,
+            end = protocols::serve(&session, &route.handler, client, self.config.proxy.connect_timeout) => end,
             _ = force_close.changed() => SessionEnd::failed("shutdown", "closed by agent shutdown after the drain timeout"),
         };
         self.registry.close(&session);
@@ -222,27 +252,6 @@ impl Proxy {
             self.registry.counters.upstream_unreachable.fetch_add(1, Relaxed);
         }
         self.record_end(&session, end).await;
-    }
-
-    /// The kernel's record for `peer`, waiting briefly for it to appear.
-    async fn kernel_record(&self, peer: SocketAddr) -> Option<Intercepted> {
-        if let Some(r) = self.interceptor.take(peer) {
-            return Some(r);
-        }
-        for wait in RECORD_WAIT {
-            tokio::time::sleep(wait).await;
-            if let Some(r) = self.interceptor.take(peer) {
-                return Some(r);
-            }
-        }
-        None
-    }
-
-    fn route(&self, original: SocketAddr) -> Option<(Arc<Target>, Arc<Handler>)> {
-        self.routes
-            .iter()
-            .find(|r| r.target.endpoints.contains(&original))
-            .map(|r| (r.target.clone(), r.handler.clone()))
     }
 
     fn session_event(&self, session: &Session, kind: EventKind) -> Event {
@@ -279,17 +288,52 @@ impl Proxy {
         }
     }
 
-    /// A connection with no kernel record reached the listener directly:
-    /// the listener is not a way in.
-    async fn refuse_not_redirected(&self, peer: SocketAddr) {
+    /// A connection the kernel did not redirect (or whose record is void)
+    /// reached the listener: it is closed, and recorded with whoever really
+    /// owns the client socket — its uid from the kernel's socket table, its
+    /// process from /proc.
+    async fn refuse_unverified(&self, peer: SocketAddr, unverified: Unverified) {
         self.registry.counters.refused_not_redirected.fetch_add(1, Relaxed);
-        tracing::warn!(client = %peer, "refused a connection the kernel did not redirect");
+        let rule = match &unverified {
+            Unverified::NotRedirected { .. } => "intercept.not_redirected",
+            Unverified::Stale { .. } => "intercept.stale_record",
+            Unverified::PeerGone => "intercept.peer_gone",
+            Unverified::Unreadable(_) => "intercept.unverifiable",
+        };
+        let process = match unverified.owner() {
+            Some((uid, inode)) => {
+                // Scans are serialised, and skipped while one runs: a flood of
+                // direct connects cannot make the agent walk /proc in parallel.
+                let pid = match self.owner_scans.try_acquire() {
+                    Ok(_permit) => process::socket_owner(inode),
+                    Err(_) => None,
+                };
+                Some(match pid {
+                    Some(pid) => process::from_proc(pid, uid),
+                    None => ProcessInfo {
+                        uid: Some(uid),
+                        user: process::user_name(uid),
+                        ..ProcessInfo::default()
+                    },
+                })
+            }
+            None => None,
+        };
+        tracing::warn!(
+            client = %peer,
+            uid = process.as_ref().and_then(|p| p.uid),
+            pid = process.as_ref().and_then(|p| p.tgid),
+            rule,
+            "refused a connection the kernel did not redirect"
+        );
+        self.record_refusal(peer, process, rule, &unverified.reason()).await;
+    }
+
+    async fn record_refusal(&self, peer: SocketAddr, process: Option<ProcessInfo>, rule: &str, reason: &str) {
         let mut e = Event::new(EventKind::SessionStart);
         e.client_address = Some(peer.to_string().into());
-        e.decision = Some(refusal(
-            "intercept.not_redirected",
-            "connection was not redirected by the kernel",
-        ));
+        e.process = process.map(Arc::new);
+        e.decision = Some(Decision::new(Verdict::Block).rule(rule).reason(reason));
         e.outcome = Some(Outcome {
             status: Some("refused".to_owned()),
             ..Outcome::default()
@@ -298,23 +342,4 @@ impl Proxy {
             tracing::error!(error = %err, "could not record a refused connection");
         }
     }
-
-    async fn refuse(&self, peer: SocketAddr, k: &Intercepted, reason: &str) {
-        tracing::warn!(client = %peer, original = %k.original, reason, "refused connection");
-        let mut e = Event::new(EventKind::SessionStart);
-        e.client_address = Some(peer.to_string().into());
-        e.process = Some(Arc::new(process::describe(k)));
-        e.decision = Some(refusal("intercept.unknown_target", reason));
-        e.outcome = Some(Outcome {
-            status: Some("refused".to_owned()),
-            ..Outcome::default()
-        });
-        if let Err(err) = self.audit.append(e).await {
-            tracing::error!(error = %err, "could not record a refused connection");
-        }
-    }
-}
-
-fn refusal(rule: &str, reason: &str) -> Decision {
-    Decision::new(Verdict::Block).rule(rule).reason(reason)
 }

@@ -119,6 +119,9 @@ impl SessionEnd {
 pub struct Counters {
     pub accepted: AtomicU64,
     pub refused_not_redirected: AtomicU64,
+    /// Connects the kernel refused (egress, agent down, unix targets, ...)
+    /// and the agent recorded.
+    pub refused_by_kernel: AtomicU64,
     pub refused_audit_unavailable: AtomicU64,
     pub upstream_unreachable: AtomicU64,
     pub completed: AtomicU64,
@@ -160,6 +163,9 @@ pub struct SessionSummary {
 pub struct CounterSnapshot {
     pub accepted: u64,
     pub refused_not_redirected: u64,
+    /// Absent from an older agent's status.
+    #[serde(default)]
+    pub refused_by_kernel: u64,
     pub refused_audit_unavailable: u64,
     pub upstream_unreachable: u64,
     pub completed: u64,
@@ -219,6 +225,7 @@ impl Registry {
         CounterSnapshot {
             accepted: c.accepted.load(Relaxed),
             refused_not_redirected: c.refused_not_redirected.load(Relaxed),
+            refused_by_kernel: c.refused_by_kernel.load(Relaxed),
             refused_audit_unavailable: c.refused_audit_unavailable.load(Relaxed),
             upstream_unreachable: c.upstream_unreachable.load(Relaxed),
             completed: c.completed.load(Relaxed),
