@@ -305,7 +305,10 @@ impl Proxy {
                 // Scans are serialised, and skipped while one runs: a flood of
                 // direct connects cannot make the agent walk /proc in parallel.
                 let pid = match self.owner_scans.try_acquire() {
-                    Ok(_permit) => process::socket_owner(inode),
+                    Ok(_permit) => tokio::task::spawn_blocking(move || process::socket_owner(inode))
+                        .await
+                        .ok()
+                        .flatten(),
                     Err(_) => None,
                 };
                 Some(match pid {
