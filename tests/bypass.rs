@@ -89,7 +89,7 @@ fn a_stale_source_port_does_not_lend_its_identity() {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line.trim(), "connected");
-    signal(&agent, libc::SIGCONT);
+    // Killed while still frozen: the connection dies in the accept queue.
     agent.kill9();
     agent.spawn();
 
@@ -568,5 +568,42 @@ fn a_direct_connect_to_the_proxy_port_is_recorded_with_its_real_owner() {
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists() || r["process"]["comm"] == "python3",
         "{r}"
+    );
+}
+
+#[test]
+fn a_target_from_another_network_namespace_is_refused() {
+    require_ebpf!();
+    let server = EchoServer::start(&unique_loopback_ip());
+    let agent = Agent::start(&[Target::tcp("echo", server.addr)], "");
+    // A process of the cgroup in a namespace of its own, listening on the
+    // agent's port there: the redirect must not land on it.
+    let script = format!(
+        "import socket\nl=socket.socket(); l.bind(('127.0.0.1',{})); l.listen(1)\n\
+         try:\n  s=socket.create_connection(('{}',{}),timeout=5); print('connected')\nexcept Exception as e: print(type(e).__name__)",
+        agent.port,
+        server.addr.ip(),
+        server.addr.port()
+    );
+    let out = agent.exec(&[
+        "unshare",
+        "-n",
+        "sh",
+        "-c",
+        &format!("ip link set lo up && exec {PYTHON} -c \"$0\""),
+        &script,
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "PermissionError",
+        "{}",
+        text(&out)
+    );
+    let events = agent.wait_events("the refusal", |e| {
+        !refusals(e, "intercept.other_network_namespace").is_empty()
+    });
+    assert_eq!(
+        refusals(&events, "intercept.other_network_namespace")[0]["target"]["name"],
+        "echo"
     );
 }

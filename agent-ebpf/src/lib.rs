@@ -135,6 +135,9 @@ pub struct State {
     /// `action::DENY` (`[intercept] egress = "deny"`).
     pub default_action: u32,
     pub _pad: u32,
+    /// Cookie of the agent's network namespace: a target is redirected only
+    /// from it (elsewhere 127.0.0.1 is another host's loopback).
+    pub netns_cookie: u64,
 }
 
 /// What connect4/connect6 learned about an intercepted socket: where it meant
@@ -183,6 +186,9 @@ pub mod refusal {
     pub const TRANSPORT: u32 = 4;
     /// A connect to a unix socket that is a target.
     pub const UNIX_TARGET: u32 = 5;
+    /// A target connected to from another network namespace than the
+    /// agent's, where its loopback is not the agent's.
+    pub const OTHER_NETNS: u32 = 6;
 }
 
 /// One refusal, as the kernel saw it.

@@ -34,8 +34,8 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_socket_cookie, bpf_map_lookup_elem,
-            bpf_probe_read_kernel, bpf_sk_release,
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_netns_cookie, bpf_get_socket_cookie,
+            bpf_map_lookup_elem, bpf_probe_read_kernel, bpf_sk_release,
         },
     },
     macros::{cgroup_sock, cgroup_sock_addr, map, sk_lookup},
@@ -224,6 +224,10 @@ fn decide(ctx: &SockAddrContext, original: Endpoint, sock_type: u32, protocol: u
     }
     if sock_type != SOCK_STREAM || protocol != IPPROTO_TCP {
         report(refusal::TRANSPORT, rule.id, original, sock_type, protocol);
+        return Verdict::Refuse;
+    }
+    if state.netns_cookie != 0 && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != state.netns_cookie {
+        report(refusal::OTHER_NETNS, rule.id, original, sock_type, protocol);
         return Verdict::Refuse;
     }
     if !agent_listening(listener) {

@@ -411,14 +411,8 @@ impl Validator<'_> {
         };
         let mut targets: Vec<Target> = Vec::with_capacity(raw.targets.len());
         let mut table = RuleTable::default();
-        let proxy =
-            Pattern::parse(&format!("127.0.0.1:{listen_port}"), false).map_err(|message| ConfigError::Syntax {
-                path: self.origin.to_owned(),
-                message,
-            })?;
-        table.add(proxy.port, &self.prefixes_of(&proxy), Kind::Proxy, 0);
         for t in raw.targets {
-            let target = self.target(t, &targets, &mut table, identity.is_some())?;
+            let target = self.target(t, &targets, &mut table, listen_port, identity.is_some())?;
             targets.push(target);
         }
         let intercept = self.intercept(raw_intercept, listen_port, &targets)?;
@@ -639,17 +633,12 @@ impl Validator<'_> {
         Ok(())
     }
 
-    /// The prefixes of a pattern as the validator checks overlaps (a
-    /// `local` pattern as its fixed part).
-    fn prefixes_of(&self, pattern: &Pattern) -> Vec<crate::intercept::rules::Prefix> {
-        pattern.prefixes(&[]).unwrap_or_default()
-    }
-
     fn target(
         &self,
         raw: raw::Target,
         earlier: &[Target],
         table: &mut RuleTable,
+        proxy_port: u16,
         oidc_configured: bool,
     ) -> Result<Target, ConfigError> {
         let name = raw.name.get_ref().trim().to_owned();
@@ -694,6 +683,11 @@ impl Validator<'_> {
             let prefixes = pattern
                 .prefixes(&[])
                 .or_else(|m| self.error("target.address", span.clone(), m))?;
+            let own = ["127.0.0.1", "::1"].map(|ip| ip.parse().expect("loopback"));
+            if pattern.port == Some(proxy_port) && prefixes.iter().any(|p| own.iter().any(|ip| p.contains(*ip))) {
+                let message = format!("{text} covers the agent's own port (intercept.listen_port) on loopback");
+                return self.error("target.address", span.clone(), message);
+            }
             let id = earlier.len() as u32;
             // The same address twice in one target (a name and its IP) is harmless.
             let clash = table
@@ -702,10 +696,6 @@ impl Validator<'_> {
                 .find(|c| *c != (Kind::Target, id));
             match clash {
                 None => {}
-                Some((Kind::Proxy, _)) => {
-                    let message = format!("{text} is the agent's own port (intercept.listen_port)");
-                    return self.error("target.address", span.clone(), message);
-                }
                 Some((_, other)) => {
                     let other = earlier
                         .get(other as usize)
@@ -892,6 +882,10 @@ address = "[::1]:9000"
             "[intercept]\nlisten_port = 15001\n[[target]]\nname = \"x\"\nprotocol = \"tcp\"\naddress = \"127.0.0.1:15001\"\n",
         );
         assert_eq!((line, key.as_str()), (6, "target.address"));
+        assert!(msg.contains("own port"), "{msg}");
+        let (_, _, msg) = invalid(
+            "[intercept]\nlisten_port = 15001\n[[target]]\nname = \"x\"\nprotocol = \"tcp\"\naddress = \"local:15001\"\n",
+        );
         assert!(msg.contains("own port"), "{msg}");
     }
 

@@ -386,9 +386,33 @@ fn next_epoch(ebpf: &mut Ebpf, egress: Egress) -> anyhow::Result<u64> {
             Egress::Allow | Egress::DenyListed => action::ALLOW,
         },
         _pad: 0,
+        netns_cookie: own_netns_cookie().context("reading this network namespace's cookie")?,
     };
     state.set(0, next, 0)?;
     Ok(next.epoch)
+}
+
+/// The cookie of the agent's network namespace (`SO_NETNS_COOKIE`), as
+/// `bpf_get_netns_cookie` gives it to the programs.
+fn own_netns_cookie() -> std::io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let mut cookie = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: SO_NETNS_COOKIE writes a u64 into cookie.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 fn load_program(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
@@ -618,6 +642,6 @@ mod tests {
         assert_eq!(size_of::<Refusal>() % 8, 0);
         assert_eq!(size_of::<RuleAddr>(), 18);
         assert_eq!(size_of::<Rule>(), 8);
-        assert_eq!(size_of::<State>(), 16);
+        assert_eq!(size_of::<State>(), 24);
     }
 }

@@ -72,6 +72,7 @@ impl KernelRefusal {
             refusal::NO_RECORD => "intercept.record_unavailable",
             refusal::TRANSPORT => "intercept.transport_not_proxied",
             refusal::UNIX_TARGET => "intercept.unix_target",
+            refusal::OTHER_NETNS => "intercept.other_network_namespace",
             _ => "intercept.refused",
         }
     }
