@@ -168,6 +168,7 @@ impl Interceptor {
         bpffs::ensure(pin_dir).with_context(|| format!("preparing pin directory {}", pin_dir.display()))?;
         let lock = lock(pin_dir)?;
         std::fs::create_dir_all(layout.maps())?;
+        check_pinned_maps(&layout.maps())?;
 
         let kernel_btf =
             btf::Btf::kernel().context("reading the kernel's BTF (loopgate needs CONFIG_DEBUG_INFO_BTF)")?;
@@ -352,6 +353,40 @@ pub fn detach(pin_dir: &Path) -> anyhow::Result<usize> {
     // state, so remove it only when empty.
     let _ = std::fs::remove_dir(pin_dir);
     Ok(n)
+}
+
+/// Refuses pinned maps whose key or value size is not this build's: aya
+/// reuses a pin by name, and a map of another shape would be read wrong.
+/// (A real layout change bumps `LAYOUT_VERSION` and gets a directory of
+/// its own; this catches a build that changed a type and forgot to.)
+fn check_pinned_maps(dir: &Path) -> anyhow::Result<()> {
+    use agent_ebpf::{ConnectRecord, Rule, RuleAddr, UnixPath};
+    let expected: [(&str, usize, usize); 5] = [
+        (maps::RULES, 4 + size_of::<RuleAddr>(), size_of::<Rule>()),
+        (maps::BY_COOKIE, 8, size_of::<ConnectRecord>()),
+        (maps::LISTENERS, 4, 4),
+        (maps::STATE, 4, size_of::<State>()),
+        (maps::UNIX, size_of::<UnixPath>(), size_of::<Rule>()),
+    ];
+    for (name, key, value) in expected {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .with_context(|| format!("reading the pinned map {}", path.display()))?;
+        if (info.key_size() as usize, info.value_size() as usize) != (key, value) {
+            bail!(
+                "the pinned map {} was made by another build (key {} / value {} bytes, this build: {key} / {value}); \
+                 run `loopgate detach` to start afresh",
+                path.display(),
+                info.key_size(),
+                info.value_size()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Takes the pin directory's lock, or says which agent holds it.
