@@ -607,3 +607,57 @@ fn a_target_from_another_network_namespace_is_refused() {
         "echo"
     );
 }
+
+#[test]
+fn a_flood_of_direct_connects_is_summarised_not_lost() {
+    require_ebpf!();
+    let server = EchoServer::start(&unique_loopback_ip());
+    let agent = Agent::start(&[Target::tcp("echo", server.addr)], "");
+    let flood = 600;
+    for _ in 0..flood {
+        drop(TcpStream::connect(("127.0.0.1", agent.port)));
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    drop(TcpStream::connect(("127.0.0.1", agent.port)));
+    let total = flood + 1;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent.counter("refused_not_redirected") < total {
+        assert!(
+            Instant::now() < deadline,
+            "refusals counted: {}",
+            agent.counter("refused_not_redirected")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let count = |events: &[Value]| {
+        let one_by_one = events
+            .iter()
+            .filter(|e| {
+                e["decision"]["rule_id"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("intercept.") && r != "intercept.refusals_suppressed")
+            })
+            .count() as u64;
+        let summarised: u64 = refusals(events, "intercept.refusals_suppressed")
+            .iter()
+            .filter_map(|e| {
+                e["decision"]["reason"]
+                    .as_str()?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum();
+        (one_by_one, summarised)
+    };
+    let events = agent.wait_events("every refusal accounted for", |e| {
+        let (one, summed) = count(e);
+        one + summed == total
+    });
+    let (one_by_one, summarised) = count(&events);
+    assert!(
+        summarised > 0 && one_by_one < total,
+        "{one_by_one} recorded, {summarised} summarised"
+    );
+}

@@ -26,9 +26,12 @@ pub use workers::Workers;
 use crate::{
     audit::{AuditLog, Decision, Event, EventKind, Outcome, ProcessInfo, Verdict},
     config::{Config, Target},
-    intercept::{Interceptor, ListenerFds, Unverified, endpoint},
+    intercept::{Interceptor, ListenerFds, Unverified, endpoint, refusals::RateLimit},
     protocols::{self, Handler, Shared},
 };
+
+/// Refused connections recorded one by one per second.
+const REFUSALS_PER_SECOND: u32 = 200;
 
 /// The proxy's two listeners, on loopback ports of the kernel's choosing:
 /// intercepted connects go to `listen_port`, and the kernel's port owner
@@ -77,6 +80,9 @@ pub struct Proxy {
     pub workers: Workers,
     /// One /proc scan at a time for the owners of refused connections.
     owner_scans: Semaphore,
+    /// Refused connections recorded one by one per second; a flood of
+    /// direct connects to the port is summarised instead.
+    refusal_limit: std::sync::Mutex<RateLimit>,
 }
 
 /// A target and the handler that serves its sessions.
@@ -114,6 +120,7 @@ impl Proxy {
             registry: Arc::default(),
             workers,
             owner_scans: Semaphore::new(1),
+            refusal_limit: std::sync::Mutex::new(RateLimit::new(REFUSALS_PER_SECOND, Duration::from_secs(1))),
         }))
     }
 
@@ -294,6 +301,19 @@ impl Proxy {
     /// process from /proc.
     async fn refuse_unverified(&self, peer: SocketAddr, unverified: Unverified) {
         self.registry.counters.refused_not_redirected.fetch_add(1, Relaxed);
+        let (record, suppressed) = self
+            .refusal_limit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(std::time::Instant::now());
+        if let Some(n) = suppressed {
+            let reason = format!("{n} more connections the kernel did not redirect, not recorded one by one");
+            self.record_refusal(peer, None, "intercept.refusals_suppressed", &reason)
+                .await;
+        }
+        if !record {
+            return;
+        }
         let rule = match &unverified {
             Unverified::NotRedirected { .. } => "intercept.not_redirected",
             Unverified::Stale { .. } => "intercept.stale_record",
