@@ -30,6 +30,15 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// Runs `body` (Python; `socket` is imported) inside the cgroup and returns
+/// what it printed, or the name of the exception it raised.
+fn try_inside(agent: &Agent, body: &str) -> String {
+    let indented: String = body.lines().map(|l| format!("  {l}\n")).collect();
+    let script = format!("import socket\ntry:\n{indented}except Exception as e:\n  print(type(e).__name__)\n");
+    let out = agent.exec(&[PYTHON, "-c", &script]);
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// Runs a Python snippet outside the cgroup as `nobody`.
 fn outside_as_nobody(script: &str) -> Output {
     Command::new("setpriv")
@@ -177,18 +186,11 @@ fn the_agent_owns_its_port_while_down_and_restarts_whoever_holds_it() {
     // While the agent is down, a redirected connect is refused by the
     // kernel at once, and reaches nobody.
     let client = format!(
-        "import socket\ntry:\n  s=socket.create_connection(('{}',{}),timeout=5); s.sendall(b'PGPASSWORD=secret'); print('sent')\n\
-         except Exception as e: print(type(e).__name__)",
+        "s=socket.create_connection(('{}',{}),timeout=5); s.sendall(b'PGPASSWORD=secret'); print('sent')",
         server.addr.ip(),
         server.addr.port()
     );
-    let out = agent.exec(&[PYTHON, "-c", &client]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "PermissionError",
-        "{}",
-        text(&out)
-    );
+    assert_eq!(try_inside(&agent, &client), "PermissionError");
 
     // The agent starts although its port is taken, and serves.
     agent.spawn();
@@ -390,33 +392,24 @@ fn egress_deny_leaves_only_targets_and_the_allow_list() {
     assert_eq!(agent.status()["protections"]["egress"], "deny");
 
     let connect = |addr: SocketAddr| {
-        let script = format!(
-            "import socket\ntry:\n  s=socket.create_connection(('{}',{}),timeout=5); s.sendall(b'x'); print(s.recv(4).decode())\n\
-             except Exception as e: print(type(e).__name__)",
+        let body = format!(
+            "s=socket.create_connection(('{}',{}),timeout=5); s.sendall(b'x'); print(s.recv(4).decode())",
             addr.ip(),
             addr.port()
         );
-        let out = agent.exec(&[PYTHON, "-c", &script]);
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        try_inside(&agent, &body)
     };
     assert_eq!(connect(target.addr), "x", "targets are reachable (through loopgate)");
     assert_eq!(connect(allowed.addr), "x", "allow-listed destinations are reachable");
     assert_eq!(connect(other.addr), "PermissionError", "everything else is refused");
     // UDP too.
     let udp = UdpSocket::bind((other.addr.ip(), 0)).unwrap();
-    let script = format!(
-        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
-         try:\n  s.sendto(b'x',('{}',{})); print('sent')\nexcept Exception as e: print(type(e).__name__)",
+    let send = format!(
+        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.sendto(b'x',('{}',{})); print('sent')",
         other.addr.ip(),
         udp.local_addr().unwrap().port()
     );
-    let out = agent.exec(&[PYTHON, "-c", &script]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "PermissionError",
-        "{}",
-        text(&out)
-    );
+    assert_eq!(try_inside(&agent, &send), "PermissionError");
     assert!(other.peers().is_empty());
     let events = agent.wait_events("two egress refusals", |e| {
         refusals(e, "intercept.egress_denied").len() == 2
@@ -435,19 +428,12 @@ fn udp_to_a_target_is_refused() {
     let server = EchoServer::start(&unique_loopback_ip());
     let agent = Agent::start(&[Target::tcp("echo", server.addr)], "");
     let udp = UdpSocket::bind(server.addr).expect("a UDP socket on the target's address");
-    let script = format!(
-        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
-         try:\n  s.sendto(b'x',('{}',{})); print('sent')\nexcept Exception as e: print(type(e).__name__)",
+    let send = format!(
+        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.sendto(b'x',('{}',{})); print('sent')",
         server.addr.ip(),
         server.addr.port()
     );
-    let out = agent.exec(&[PYTHON, "-c", &script]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "PermissionError",
-        "{}",
-        text(&out)
-    );
+    assert_eq!(try_inside(&agent, &send), "PermissionError");
     udp.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     assert!(udp.recv(&mut [0u8; 4]).is_err(), "the datagram arrived");
     let events = agent.wait_events("the refusal", |e| {

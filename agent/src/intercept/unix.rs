@@ -259,6 +259,18 @@ impl Program {
         self.push(mov_reg(reg, R10));
         self.push(add_imm(reg, i32::from(off)));
     }
+    /// `*(r10 + dst) = *(ctx + field)`, `size` bytes, through
+    /// `bpf_probe_read_kernel` (the real context is `bpf_sock_addr_kern`,
+    /// whose fields the verifier does not expose); allows on failure.
+    fn read_ctx(&mut self, dst: i16, size: i32, field: u32) {
+        self.stack_arg(R1, dst);
+        self.push(mov_imm(R2, size));
+        self.push(mov_reg(R3, R6));
+        self.push(add_imm(R3, field as i32));
+        self.push(call(HELPER_PROBE_READ_KERNEL));
+        self.jump(Cond::NeImm(R0, 0), Label::Allow);
+    }
+
     fn finish(mut self) -> Vec<Insn> {
         for (at, cond, to) in std::mem::take(&mut self.jumps) {
             let target = self
@@ -329,20 +341,9 @@ fn assemble(ctx: ContextOffsets, maps: Maps) -> Vec<Insn> {
         p.push(st_dw(R10, at, 0));
         at += 8;
     }
-    // scratch = ctx->uaddrlen
-    p.stack_arg(R1, UADDRLEN);
-    p.push(mov_imm(R2, 4));
-    p.push(mov_reg(R3, R6));
-    p.push(add_imm(R3, ctx.uaddrlen as i32));
-    p.push(call(HELPER_PROBE_READ_KERNEL));
-    p.jump(Cond::NeImm(R0, 0), Label::Allow);
-    // scratch = ctx->uaddr
-    p.stack_arg(R1, UADDR);
-    p.push(mov_imm(R2, 8));
-    p.push(mov_reg(R3, R6));
-    p.push(add_imm(R3, ctx.uaddr as i32));
-    p.push(call(HELPER_PROBE_READ_KERNEL));
-    p.jump(Cond::NeImm(R0, 0), Label::Allow);
+    // scratch = ctx->uaddrlen, ctx->uaddr
+    p.read_ctx(UADDRLEN, 4, ctx.uaddrlen);
+    p.read_ctx(UADDR, 8, ctx.uaddr);
     // r7 = path bytes given: libpq passes all of sun_path (NUL padded),
     // others the path alone; both read as the NUL-padded key.
     p.push(ldx_w(R7, R10, UADDRLEN));
