@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 mod chain;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 mod convert;
@@ -27,13 +28,16 @@ mod parquet;
 pub mod reader;
 mod retention;
 mod row;
+pub mod ship;
 mod store;
 pub mod verify;
+pub mod verify_remote;
 mod wal;
 
-pub use config::{AuditConfig, FsyncMode};
+pub use config::{AuditConfig, FsyncMode, ObjectLockMode, RemoteConfig};
 pub use event::*;
 pub use retention::Report as RetentionReport;
+pub use ship::RemoteHealth;
 pub use store::{AuditStore, Health, StoreError};
 
 use std::{future::Future, pin::Pin, sync::Arc, sync::OnceLock};
