@@ -218,6 +218,32 @@ async fn sealed_files_arrive_in_the_bucket_and_verify_from_it() {
     assert!(local.status.success(), "{}", text(&local));
 }
 
+/// With Object Lock the PUTs carry the retention headers inside the
+/// signature (presigned); the server checks it like any request.
+#[tokio::test]
+async fn object_lock_uploads_are_signed_and_accepted() {
+    let s3 = S3Server::start("audit");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, public) = keygen(dir.path());
+    let store = AuditStore::open(config(
+        &s3,
+        dir.path(),
+        Some(&key),
+        "object_lock = \"compliance\"\nobject_lock_days = 1",
+        "segment_max_events = 10",
+    ))
+    .expect("open");
+    record(&store, &host(), 0..25).await;
+    store.shutdown().await.expect("shutdown");
+    let out = verify_url(&s3, Some(&public), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("25 events in 3 objects"),
+        "{}",
+        text(&out)
+    );
+}
+
 #[tokio::test]
 async fn a_deleted_newest_object_is_reported_as_a_cut_end() {
     let s3 = S3Server::start("audit");
@@ -461,4 +487,104 @@ print(json.dumps({{"duckdb": [list(r) for r in rows], "pyarrow_rows": table.num_
         "{shown}"
     );
     assert_eq!(result["pyarrow_rows"], 65, "{shown}");
+}
+
+/// The real agent (eBPF, a proxied echo service) ships its trail; while
+/// the store's process is down `loopgate status` shows the backlog and the
+/// failing upload; the agent keeps recording, and when the store is back
+/// everything arrives and verifies.
+#[test]
+fn the_agent_ships_and_status_shows_an_outage() {
+    loopgate_e2e::require_ebpf!();
+    let mut s3 = S3Server::start("audit");
+    let echo = loopgate_e2e::EchoServer::start(&loopgate_e2e::echo::unique_loopback_ip());
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (key, public) = keygen(scratch.path());
+    let remote = s3.remote_toml(
+        PREFIX,
+        scratch.path(),
+        &format!(
+            "signing_key_file = \"{}\"\nretry_max_secs = 1\nscan_interval_secs = 1\ncheckpoint_interval_secs = 2",
+            key.display()
+        ),
+    );
+    let mut agent = loopgate_e2e::Agent::configure(&[loopgate_e2e::Target::tcp("echo", echo.addr)], &remote);
+    // Seal a segment every second, so files follow events closely.
+    let toml = std::fs::read_to_string(&agent.config).expect("read config");
+    let audit_line = format!("dir = \"{}\"\n", agent.audit_dir.display());
+    std::fs::write(
+        &agent.config,
+        toml.replacen(&audit_line, &format!("{audit_line}segment_max_age_secs = 1\n"), 1),
+    )
+    .expect("write config");
+    agent.spawn();
+
+    let session = |agent: &loopgate_e2e::Agent| {
+        let out = agent.exec(&[
+            "python3",
+            "-c",
+            loopgate_e2e::ECHO_CLIENT,
+            &echo.addr.ip().to_string(),
+            &echo.addr.port().to_string(),
+            "2",
+            "16",
+        ]);
+        assert!(out.status.success(), "{}\n{}", text(&out), agent.log());
+    };
+    let status_until = |agent: &loopgate_e2e::Agent, what: &str, done: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = agent.status();
+            if done(&status["audit"]["remote"]) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {status:#}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let head = |agent: &loopgate_e2e::Agent| agent.events().last().and_then(|e| e["seq"].as_u64()).unwrap_or(0);
+
+    session(&agent);
+    agent.wait_events("two sessions", |e| {
+        e.iter().filter(|e| e["kind"] == "session_end").count() == 2
+    });
+    let seq = head(&agent);
+    status_until(&agent, "the first sessions shipped", &|r| {
+        r["shipped_seq"].as_u64() == Some(seq) && r["last_checkpoint_seq"].as_u64() == Some(seq)
+    });
+
+    s3.stop();
+    session(&agent);
+    let status = status_until(&agent, "the upload failing", &|r| {
+        r["consecutive_failures"].as_u64() >= Some(1) && r["backlog_files"].as_u64() >= Some(1)
+    });
+    assert!(status["audit"]["remote"]["last_error"].is_string(), "{status:#}");
+    let shown = agent.loopgate(&["status"]).output().expect("status");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("UPLOAD FAILING") && shown.contains("backlog:") && shown.contains(&s3.url(PREFIX)),
+        "{shown}"
+    );
+    std::thread::sleep(outage());
+    session(&agent);
+
+    s3.start_again();
+    agent.wait_events("six sessions", |e| {
+        e.iter().filter(|e| e["kind"] == "session_end").count() == 6
+    });
+    let seq = head(&agent);
+    status_until(&agent, "the backlog shipped", &|r| {
+        r["backlog_files"].as_u64() == Some(0) && r["shipped_seq"].as_u64() == Some(seq) && r["last_error"].is_null()
+    });
+    assert!(agent.sigterm().success(), "{}", agent.log());
+
+    // Everything the agent recorded, agent_stop included, is in the bucket.
+    let local = agent.events().len();
+    let out = verify_url(&s3, Some(&public), &[]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{local} events in")),
+        "{shown}"
+    );
 }

@@ -108,14 +108,23 @@ impl S3Server {
     /// `[audit.remote]` for this server (plus `extra` keys), and its
     /// `[audit.remote.s3]` with a secret file written under `dir`.
     pub fn remote_toml(&self, prefix: &str, dir: &std::path::Path, extra: &str) -> String {
+        format!(
+            "[audit.remote]\nurl = \"{}\"\n{extra}\n{}",
+            self.url(prefix),
+            self.connection_toml("audit.remote.s3", dir)
+        )
+    }
+
+    /// A `[TABLE]` of connection settings for this server, its secret in a
+    /// file (mode 0600) under `dir`.
+    pub fn connection_toml(&self, table: &str, dir: &std::path::Path) -> String {
         use std::os::unix::fs::PermissionsExt as _;
         let secret = dir.join("s3-secret");
         std::fs::write(&secret, SECRET_KEY).expect("write secret");
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         format!(
-            "[audit.remote]\nurl = \"{}\"\n{extra}\n[audit.remote.s3]\nendpoint = \"{}\"\nallow_http = true\n\
-             access_key_id = \"{ACCESS_KEY}\"\nsecret_access_key_file = \"{}\"\n",
-            self.url(prefix),
+            "[{table}]\nendpoint = \"{}\"\nallow_http = true\naccess_key_id = \"{ACCESS_KEY}\"\n\
+             secret_access_key_file = \"{}\"\n",
             self.endpoint(),
             secret.display()
         )

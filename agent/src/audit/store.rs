@@ -78,7 +78,7 @@ impl Shared {
 }
 
 /// What an operator (or `loopgate status`) sees of the store.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Health {
     /// False while writes fail; appends are refused meanwhile.
     pub writable: bool,
@@ -90,6 +90,7 @@ pub struct Health {
     /// Seq of the newest event in the chain.
     pub last_seq: u64,
     /// Shipping to the remote store, when there is one.
+    #[serde(default)]
     pub remote: Option<RemoteHealth>,
 }
 
@@ -393,6 +394,10 @@ impl AuditSink for AuditStore {
 
     fn close(&self) -> AppendFuture<'_> {
         Box::pin(self.shutdown())
+    }
+
+    fn health(&self) -> Option<Health> {
+        Some(AuditStore::health(self))
     }
 }
 
