@@ -433,6 +433,43 @@ async fn a_full_backlog_refuses_events_until_the_store_is_back() {
     store.shutdown().await.expect("shutdown");
 }
 
+/// A fleet verified at once, each host against its own key only: one
+/// host's key cannot vouch for another host's chain.
+#[tokio::test]
+async fn each_host_is_verified_with_its_own_key() {
+    let s3 = S3Server::start("audit");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let mut dirs = Vec::new();
+    for host in ["clinic-a", "clinic-b"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (key, public) = keygen(dir.path());
+        std::fs::copy(&public, keys.path().join(format!("{host}.pub"))).expect("copy key");
+        let store = AuditStore::open(config(&s3, dir.path(), Some(&key), "", "")).expect("open");
+        record(&store, host, 0..12).await;
+        store.shutdown().await.expect("shutdown");
+        dirs.push(dir);
+    }
+    let keys_dir = keys.path().to_str().expect("utf-8");
+    let out = verify_url(&s3, None, &["--keys-dir", keys_dir]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ok: host clinic-a: 12 events") && stdout.contains("ok: host clinic-b: 12 events"),
+        "{shown}"
+    );
+
+    // clinic-a's key put up as clinic-b's: clinic-b's checkpoints are refused.
+    std::fs::copy(keys.path().join("clinic-a.pub"), keys.path().join("clinic-b.pub")).expect("swap");
+    let out = verify_url(&s3, None, &["--keys-dir", keys_dir, "--host", "clinic-b"]);
+    let shown = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("not among the trusted keys"),
+        "{shown}"
+    );
+}
+
 /// DuckDB with its httpfs extension (from PyPI, loaded from the package)
 /// reads every host's files in the bucket as one table; pyarrow's S3
 /// file system reads the same.

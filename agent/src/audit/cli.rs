@@ -68,10 +68,15 @@ pub struct RemoteArgs {
     /// Only this host (repeatable; default: every host under the prefix).
     #[arg(long = "host", requires = "url")]
     pub hosts: Vec<String>,
-    /// A trusted checkpoint key (PEM; repeatable). Without one the end of
-    /// each chain is not vouched for and only the links are checked.
+    /// A trusted checkpoint key (PEM; repeatable), for every host. Without
+    /// keys the end of each chain is not vouched for: only links are checked.
     #[arg(long = "public-key", requires = "url")]
     pub public_keys: Vec<PathBuf>,
+    /// A directory of per-host keys: host H's checkpoints must be signed by
+    /// `H.pub` (or `H.<anything>.pub`, for rotation), so one host's key
+    /// cannot vouch for another host's chain.
+    #[arg(long, requires = "url")]
+    pub keys_dir: Option<PathBuf>,
     /// Check every checkpoint, not only each host's newest.
     #[arg(long, requires = "url")]
     pub all_checkpoints: bool,
@@ -159,6 +164,11 @@ fn run_verify_remote(args: &RemoteArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return usage(e.to_string()),
     };
+    if let Some(dir) = &args.keys_dir
+        && !dir.is_dir()
+    {
+        return usage(format!("--keys-dir {} is not a directory", dir.display()));
+    }
     let store = match objstore::open(
         &url,
         &args.s3(),
@@ -174,7 +184,7 @@ fn run_verify_remote(args: &RemoteArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return usage(format!("starting the runtime: {e}")),
     };
-    let options = verify_remote::Options {
+    let mut options = verify_remote::Options {
         trusted,
         all_checkpoints: args.all_checkpoints,
         max_age: args.max_age_secs.map(Duration::from_secs),
@@ -189,13 +199,19 @@ fn run_verify_remote(args: &RemoteArgs) -> ExitCode {
         } else {
             args.hosts.clone()
         };
-        if options.trusted.is_empty() {
+        if options.trusted.is_empty() && args.keys_dir.is_none() {
             eprintln!(
                 "warning: no --public-key: checkpoints are not checked, so a cut or rewritten end would not show"
             );
         }
         let mut code = ExitCode::SUCCESS;
         for host in &hosts {
+            if let Some(dir) = &args.keys_dir {
+                match host_keys(dir, host) {
+                    Ok(keys) => options.trusted = keys,
+                    Err(e) => return usage(e),
+                }
+            }
             match verify_remote::verify_host(&store, &url, host, &options).await {
                 Ok(r) => println!("{}", describe(&r)),
                 Err(Ok(broken)) => {
@@ -210,6 +226,25 @@ fn run_verify_remote(args: &RemoteArgs) -> ExitCode {
         }
         code
     })
+}
+
+/// `host`'s keys in `dir`: `<host>.pub` and `<host>.<anything>.pub`.
+fn host_keys(dir: &Path, host: &str) -> Result<TrustedKeys, String> {
+    let mut keys = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".pub") else {
+            continue;
+        };
+        if stem == host || stem.strip_prefix(host).is_some_and(|rest| rest.starts_with('.')) {
+            keys.push(PublicKey::load(&entry.path()).map_err(|e| e.to_string())?);
+        }
+    }
+    if keys.is_empty() {
+        return Err(format!("no key for host {host} in {} ({host}.pub)", dir.display()));
+    }
+    Ok(TrustedKeys::from_keys(keys))
 }
 
 fn describe(r: &verify_remote::HostReport) -> String {

@@ -109,7 +109,11 @@ impl S3Config {
             match url.scheme() {
                 "https" => {}
                 "http" if self.allow_http => {}
-                "http" => return Err(format!("endpoint {e:?} is plain http: set allow_http = true to use it")),
+                "http" => {
+                    return Err(format!(
+                        "endpoint {e:?} is plain http: set allow_http = true (--allow-http) to use it"
+                    ));
+                }
                 other => return Err(format!("endpoint {e:?}: scheme {other:?} is not http(s)")),
             }
         }

@@ -708,6 +708,106 @@ mod tests {
         }
     }
 
+    /// An HTTPS server with its own CA serving one bundle with an ETag:
+    /// our TLS transport, the CA file, conditional GETs.
+    #[tokio::test]
+    async fn bundles_come_over_https_with_a_private_ca_and_etags() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let key = key();
+        let work = tempfile::tempdir().expect("tempdir");
+        let public = work.path().join("policy.pub");
+        std::fs::write(&public, key.public().to_pem()).expect("write");
+        let bytes = build(pack().path(), &key, 1, "t".into()).expect("build");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+        let ca = work.path().join("ca.pem");
+        std::fs::write(&ca, cert.cert.pem()).expect("write");
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into()),
+            )
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let conditional = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = conditional.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut stream) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let answer = if head.contains("if-none-match: \"v1\"") {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nConnection: close\r\n\r\n".to_vec()
+                } else {
+                    let mut a = format!(
+                        "HTTP/1.1 200 OK\r\nETag: \"v1\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        bytes.len()
+                    )
+                    .into_bytes();
+                    a.extend_from_slice(&bytes);
+                    a
+                };
+                let _ = stream.write_all(&answer).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        let config = BundleConfig {
+            url: format!("https://localhost:{port}/fleet.bundle"),
+            public_keys: vec![public],
+            poll_secs: 1,
+            cache_dir: work.path().join("cache"),
+            s3: S3Config {
+                ca_file: Some(ca),
+                ..S3Config::default()
+            },
+        };
+        let sync = BundleSync::start(&config, &RegoPolicyConfig::default())
+            .await
+            .expect("start");
+        let status = sync.status();
+        assert_eq!(
+            (status.revision, status.loaded_from.as_deref()),
+            (Some(1), Some("store"))
+        );
+        assert!(sync.poll().await.is_none(), "unchanged: 304");
+        assert_eq!(conditional.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(config.cache_dir.join(CURRENT).is_file());
+
+        // Without the private CA the store is not trusted: the cached
+        // bundle decides instead.
+        let untrusting = BundleConfig {
+            s3: S3Config::default(),
+            ..config.clone()
+        };
+        let sync = BundleSync::start(&untrusting, &RegoPolicyConfig::default())
+            .await
+            .expect("start from cache");
+        assert_eq!(sync.status().loaded_from.as_deref(), Some("cache"));
+        let empty = BundleConfig {
+            cache_dir: work.path().join("empty"),
+            ..untrusting
+        };
+        let err = BundleSync::start(&empty, &RegoPolicyConfig::default())
+            .await
+            .err()
+            .expect("no bundle at all");
+        assert!(err.to_string().contains("no cached bundle"), "{err}");
+    }
+
     #[test]
     fn dsse_pae_matches_the_spec() {
         // The example of the DSSE protocol document.
