@@ -96,6 +96,20 @@ fn verify_url(s3: &S3Server, public: Option<&Path>, extra: &[&str]) -> Output {
     cmd.output().expect("run loopgate audit verify --url")
 }
 
+/// `verify --url` exits with `code`; its stdout (a failure shows all).
+fn verify_exits(code: i32, s3: &S3Server, public: Option<&Path>, extra: &[&str]) -> String {
+    let out = verify_url(s3, public, extra);
+    assert_eq!(out.status.code(), Some(code), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts that `text` holds every one of `parts`.
+fn assert_says(text: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(text.contains(part), "{part:?} missing from:\n{text}");
+    }
+}
+
 fn text(out: &Output) -> String {
     format!(
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -195,19 +209,17 @@ async fn sealed_files_arrive_in_the_bucket_and_verify_from_it() {
     let checkpoints: Vec<&String> = keys.iter().filter(|k| k.contains("/_loopgate/checkpoints/")).collect();
     assert!(!checkpoints.is_empty(), "no checkpoint shipped: {keys:?}");
 
-    let out = verify_url(&s3, Some(&public), &[]);
-    let shown = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{shown}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains(&format!("ok: host {}: 120 events in 3 objects", host())),
-        "{shown}"
+    let stdout = verify_exits(0, &s3, Some(&public), &[]);
+    assert_says(
+        &stdout,
+        &[
+            &format!("ok: host {}: 120 events in 3 objects", host()),
+            "newest checkpoint seq 120",
+            "0 events after it not yet vouched for",
+        ],
     );
-    assert!(stdout.contains("newest checkpoint seq 120"), "{shown}");
-    assert!(stdout.contains("0 events after it not yet vouched for"), "{shown}");
     // Every checkpoint, too.
-    let out = verify_url(&s3, Some(&public), &["--all-checkpoints", "--max-age-secs", "600"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    verify_exits(0, &s3, Some(&public), &["--all-checkpoints", "--max-age-secs", "600"]);
 
     // The local trail still verifies (shipping leaves it whole).
     let local = Command::new(loopgate_bin())
@@ -235,13 +247,7 @@ async fn object_lock_uploads_are_signed_and_accepted() {
     .expect("open");
     record(&store, &host(), 0..25).await;
     store.shutdown().await.expect("shutdown");
-    let out = verify_url(&s3, Some(&public), &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("25 events in 3 objects"),
-        "{}",
-        text(&out)
-    );
+    assert_says(&verify_exits(0, &s3, Some(&public), &[]), &["25 events in 3 objects"]);
 }
 
 #[tokio::test]
@@ -259,15 +265,9 @@ async fn a_deleted_newest_object_is_reported_as_a_cut_end() {
         .await
         .expect("delete");
 
-    let out = verify_url(&s3, Some(&public), &[]);
-    let shown = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{shown}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.starts_with(&format!("BROKEN: host {}", host())), "{shown}");
-    assert!(
-        stdout.contains("ends at seq 100") && stdout.contains("vouches for seq 120") && stdout.contains("cut"),
-        "{shown}"
-    );
+    let stdout = verify_exits(1, &s3, Some(&public), &[]);
+    assert!(stdout.starts_with(&format!("BROKEN: host {}", host())), "{stdout}");
+    assert_says(&stdout, &["ends at seq 100", "vouches for seq 120", "the end was cut"]);
 
     // Without a trusted key the chain alone looks whole: why keys matter.
     let out = verify_url(&s3, None, &[]);
@@ -334,11 +334,8 @@ async fn a_rewritten_end_is_reported() {
         .await
         .expect("put forged");
 
-    let out = verify_url(&s3, Some(&public), &[]);
-    let shown = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{shown}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("seq 120") && stdout.contains("rewritten"), "{shown}");
+    let stdout = verify_exits(1, &s3, Some(&public), &[]);
+    assert_says(&stdout, &["the event at seq 120", "rewritten at or before seq 120"]);
 }
 
 #[tokio::test]
@@ -392,13 +389,7 @@ async fn a_store_outage_loses_nothing_and_shipping_recovers() {
     assert_eq!(up.remote.as_ref().and_then(|r| r.last_error.clone()), None);
     store.shutdown().await.expect("shutdown");
 
-    let out = verify_url(&s3, Some(&public), &[]);
-    let shown = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{shown}");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("70 events in 7 objects"),
-        "{shown}"
-    );
+    assert_says(&verify_exits(0, &s3, Some(&public), &[]), &["70 events in 7 objects"]);
 }
 
 #[tokio::test]
@@ -450,24 +441,15 @@ async fn each_host_is_verified_with_its_own_key() {
         dirs.push(dir);
     }
     let keys_dir = keys.path().to_str().expect("utf-8");
-    let out = verify_url(&s3, None, &["--keys-dir", keys_dir]);
-    let shown = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{shown}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("ok: host clinic-a: 12 events") && stdout.contains("ok: host clinic-b: 12 events"),
-        "{shown}"
+    assert_says(
+        &verify_exits(0, &s3, None, &["--keys-dir", keys_dir]),
+        &["ok: host clinic-a: 12 events", "ok: host clinic-b: 12 events"],
     );
 
     // clinic-a's key put up as clinic-b's: clinic-b's checkpoints are refused.
     std::fs::copy(keys.path().join("clinic-a.pub"), keys.path().join("clinic-b.pub")).expect("swap");
-    let out = verify_url(&s3, None, &["--keys-dir", keys_dir, "--host", "clinic-b"]);
-    let shown = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{shown}");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("not among the trusted keys"),
-        "{shown}"
-    );
+    let stdout = verify_exits(1, &s3, None, &["--keys-dir", keys_dir, "--host", "clinic-b"]);
+    assert_says(&stdout, &["BROKEN: host clinic-b", "not among the trusted keys"]);
 }
 
 /// DuckDB with its httpfs extension (from PyPI, loaded from the package)
@@ -617,11 +599,8 @@ fn the_agent_ships_and_status_shows_an_outage() {
 
     // Everything the agent recorded, agent_stop included, is in the bucket.
     let local = agent.events().len();
-    let out = verify_url(&s3, Some(&public), &[]);
-    let shown = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{shown}");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&format!("{local} events in")),
-        "{shown}"
+    assert_says(
+        &verify_exits(0, &s3, Some(&public), &[]),
+        &[&format!("{local} events in")],
     );
 }

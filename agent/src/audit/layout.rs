@@ -111,27 +111,10 @@ pub fn now_us() -> i64 {
 /// `since` (`YYYY-MM-DD`) on when given.
 pub fn list_sealed(dir: &Path, since: Option<&str>) -> io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    for date_dir in read_dir_sorted(dir)? {
-        let Some(date) = dir_value(&date_dir, "date=") else {
-            continue;
-        };
-        if since.is_some_and(|s| date.as_str() < s) {
-            continue;
-        }
-        for host_dir in read_dir_sorted(&date_dir)? {
-            if dir_value(&host_dir, "host=").is_none() {
-                continue;
-            }
-            for path in read_dir_sorted(&host_dir)? {
-                let sealed = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| !n.starts_with('.'))
-                    && path.is_file();
-                if sealed {
-                    out.push(path);
-                }
-            }
+    for (date, path) in partition_entries(dir)? {
+        let sealed = since.is_none_or(|s| date.as_str() >= s) && !name_of(&path).starts_with('.') && path.is_file();
+        if sealed {
+            out.push(path);
         }
     }
     Ok(out)
@@ -141,28 +124,13 @@ pub fn list_sealed(dir: &Path, since: Option<&str>) -> io::Result<Vec<PathBuf>> 
 /// name; `verify` checks that the names match the contents).
 pub fn list_files(dir: &Path) -> io::Result<Vec<DataFile>> {
     let mut out = Vec::new();
-    for date_dir in read_dir_sorted(dir)? {
-        let Some(date) = dir_value(&date_dir, "date=") else {
+    for (date, path) in partition_entries(dir)? {
+        let name = name_of(&path);
+        if name.starts_with('.') {
             continue;
-        };
-        for host_dir in read_dir_sorted(&date_dir)? {
-            if dir_value(&host_dir, "host=").is_none() {
-                continue;
-            }
-            for path in read_dir_sorted(&host_dir)? {
-                let seq = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .filter(|n| !n.starts_with('.'))
-                    .and_then(seq_of_name);
-                if let Some(first_seq) = seq {
-                    out.push(DataFile {
-                        path,
-                        first_seq,
-                        date: date.clone(),
-                    });
-                }
-            }
+        }
+        if let Some(first_seq) = seq_of_name(name) {
+            out.push(DataFile { path, first_seq, date });
         }
     }
     out.sort_by(|a, b| (a.first_seq, &a.path).cmp(&(b.first_seq, &b.path)));
@@ -173,27 +141,37 @@ pub fn list_files(dir: &Path) -> io::Result<Vec<DataFile>> {
 /// (their segments are still in the WAL and get converted again).
 pub fn remove_temp_files(dir: &Path) -> io::Result<usize> {
     let mut removed = 0;
-    for date_dir in read_dir_sorted(dir)? {
-        if dir_value(&date_dir, "date=").is_none() {
-            continue;
+    for (_, path) in partition_entries(dir)? {
+        let name = name_of(&path);
+        if name.starts_with('.') && name.ends_with(".parquet.tmp") {
+            std::fs::remove_file(&path)?;
+            removed += 1;
         }
+    }
+    Ok(removed)
+}
+
+/// Every entry of every `date=*/host=*/` directory, with its date, sorted.
+fn partition_entries(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for date_dir in read_dir_sorted(dir)? {
+        let Some(date) = dir_value(&date_dir, "date=") else {
+            continue;
+        };
         for host_dir in read_dir_sorted(&date_dir)? {
             if dir_value(&host_dir, "host=").is_none() {
                 continue;
             }
             for path in read_dir_sorted(&host_dir)? {
-                let temp = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with('.') && n.ends_with(".parquet.tmp"));
-                if temp {
-                    std::fs::remove_file(&path)?;
-                    removed += 1;
-                }
+                out.push((date.clone(), path));
             }
         }
     }
-    Ok(removed)
+    Ok(out)
+}
+
+fn name_of(path: &Path) -> &str {
+    path.file_name().and_then(|n| n.to_str()).unwrap_or_default()
 }
 
 fn dir_value(path: &Path, prefix: &str) -> Option<String> {

@@ -263,6 +263,20 @@ impl Bundle {
         Ok(dir)
     }
 
+    /// Removes the packs of other revisions under `cache_dir` (best effort).
+    fn prune_others(dir: &Path, cache_dir: &Path) {
+        let Ok(entries) = std::fs::read_dir(cache_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let old = entry.file_name().to_string_lossy().starts_with("rev-") && path != dir;
+            if old && let Err(e) = std::fs::remove_dir_all(&path) {
+                tracing::debug!(dir = %path.display(), error = %e, "could not remove an old policy bundle");
+            }
+        }
+    }
+
     pub fn describe(&self) -> String {
         format!(
             "revision {} (sha256 {}, {} files, signed by key {})",
@@ -443,6 +457,7 @@ impl BundleSync {
         let dir = bundle.unpack(&config.cache_dir)?;
         let engine = RegoPolicy::load_with(&dir, policy)?;
         save_current(&config.cache_dir, &bytes)?;
+        Bundle::prune_others(&dir, &config.cache_dir);
         tracing::info!(url = %config.url, from, bundle = %bundle.describe(), "policy bundle in force");
         let status = BundleStatus {
             url: config.url.clone(),
@@ -553,6 +568,7 @@ impl BundleSync {
         let dir = bundle.unpack(&self.config.cache_dir)?;
         self.handle.reload(&dir)?;
         save_current(&self.config.cache_dir, bytes)?;
+        Bundle::prune_others(&dir, &self.config.cache_dir);
         let mut state = self.lock();
         state.revision = bundle.payload.revision;
         state.digest = bundle.digest.clone();
