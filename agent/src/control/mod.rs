@@ -107,13 +107,13 @@ fn write_audit(f: &mut std::fmt::Formatter<'_>, h: &Health) -> std::fmt::Result 
         .map_or("nothing yet".to_owned(), |s| format!("through seq {s}"));
     writeln!(
         f,
-        "  shipping to {}: {shipped}; {} files ({} bytes) uploaded since start",
+        "  shipping to {}: {shipped}; {} file(s) ({} bytes) uploaded since start",
         r.url, r.shipped_files, r.shipped_bytes
     )?;
     if r.backlog_files > 0 {
         writeln!(
             f,
-            "  backlog: {} files ({} bytes) waiting, oldest {}{}",
+            "  backlog: {} file(s) ({} bytes) waiting, oldest {}{}",
             r.backlog_files,
             r.backlog_bytes,
             r.oldest_waiting.as_deref().unwrap_or("?"),
