@@ -4,7 +4,9 @@
 //! `CONCURRENCY`, appenders in flight, default 64; `RATE`, total events/s
 //! offered (default 0: as fast as the store acknowledges); `FSYNC`, interval|always;
 //! `FSYNC_INTERVAL_MS`, default 10;
-//! `BENCH_DIR`, parent of the store, default the system temp dir).
+//! `BENCH_DIR`, parent of the store, default the system temp dir;
+//! `REMOTE_CONFIG`, a TOML file with a `[remote]` table as under `[audit]`:
+//! ship to that store while appending, see BENCHMARKS.md).
 //! Appenders run on one current-thread runtime (one core); the store's
 //! writer and converter threads are what the agent would run.
 // The integration tests' command event: what a PostgreSQL handler records.
@@ -66,15 +68,22 @@ fn main() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::tempdir_in(parent).expect("bench dir");
+    let remote = std::env::var_os("REMOTE_CONFIG").map(|path| {
+        let text = std::fs::read_to_string(&path).expect("read REMOTE_CONFIG");
+        let parsed: AuditConfig = toml::from_str(&text).expect("REMOTE_CONFIG: a [remote] table");
+        parsed.remote.expect("REMOTE_CONFIG has no [remote] table")
+    });
+    let shipping = remote.is_some();
     let config = AuditConfig {
         dir: tmp.path().to_owned(),
         fsync,
         fsync_interval_ms: env_or("FSYNC_INTERVAL_MS", 10),
         retention_check_secs: 1_000_000,
+        remote,
         ..AuditConfig::default()
     };
     println!(
-        "events={events} concurrency={concurrency} rate={rate} fsync={fsync:?} interval={}ms segment={}MiB dir={}",
+        "events={events} concurrency={concurrency} rate={rate} fsync={fsync:?} interval={}ms segment={}MiB shipping={shipping} dir={}",
         config.fsync_interval_ms,
         config.segment_max_bytes >> 20,
         tmp.path().display()
@@ -120,6 +129,17 @@ fn main() {
         }
         let appended = start.elapsed().as_secs_f64();
         store.shutdown().await.expect("shutdown");
+        if let Some(r) = store.health().remote {
+            println!(
+                "shipped: {} files, {} bytes, through seq {:?}, backlog {} files, checkpoint seq {:?}, {:.2} s after start",
+                r.shipped_files,
+                r.shipped_bytes,
+                r.shipped_seq,
+                r.backlog_files,
+                r.last_checkpoint_seq,
+                start.elapsed().as_secs_f64()
+            );
+        }
         (appended, start.elapsed().as_secs_f64(), all)
     });
     let cpu = cpu_seconds() - cpu0;

@@ -16,7 +16,10 @@ use crate::{
     intercept::{self, Interceptor},
     mask::Masker,
     notify::notify,
-    policy::{BuiltinPolicy, PolicyError, PolicyHandle, Summary},
+    policy::{
+        BuiltinPolicy, PolicyError, PolicyHandle, RegoPolicyConfig, Summary,
+        bundle::{self, BundleSync},
+    },
     protocols::Shared,
     proxy::{self, Listeners, Proxy},
 };
@@ -61,7 +64,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "the previous run left approval requests pending; recorded as cancelled"
         );
     }
-    let (shared, policy) = shared_state(&config, approvals.clone()).await?;
+    let (shared, policy, bundle) = shared_state(&config, approvals.clone()).await?;
+    let bundle_poll = Arc::new(tokio::sync::Notify::new());
+    if let Some(sync) = &bundle {
+        tokio::spawn(poll_bundle(sync.clone(), audit.clone(), bundle_poll.clone()));
+    }
 
     // Listen first; the kernel steers the port to these sockets once
     // they are registered, whoever else holds the port.
@@ -80,6 +87,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         interceptor: interceptor.clone(),
         approvals: approvals.clone(),
         oidc: shared.oidc.clone(),
+        audit: audit.clone(),
+        bundle: bundle.clone(),
         started: std::time::SystemTime::now(),
     });
     control::serve(&config.control.socket, control.clone(), Access::Root)
@@ -141,6 +150,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             _ = sighup.recv() => match &config.policy_dir {
                 Some(dir) => record_reload(audit.clone(), dir.clone(), policy.reload(dir)).await,
+                None if bundle.is_some() => bundle_poll.notify_one(),
                 None => tracing::info!("SIGHUP: no policy directory configured; nothing to reload"),
             },
         }
@@ -167,16 +177,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// What every target shares: the masker, the policy (a reloadable handle,
-/// loaded now so a bad pack stops the agent before it intercepts anything)
-/// and the OIDC validator.
-async fn shared_state(config: &Config, approvals: Arc<Approvals>) -> anyhow::Result<(Shared, Arc<PolicyHandle>)> {
+/// loaded now so a bad pack, or no bundle at all, stops the agent before it
+/// intercepts anything) and the OIDC validator.
+async fn shared_state(
+    config: &Config,
+    approvals: Arc<Approvals>,
+) -> anyhow::Result<(Shared, Arc<PolicyHandle>, Option<Arc<BundleSync>>)> {
     let masker = Masker::from_config(&config.mask).context("[mask]")?;
-    let policy = Arc::new(match &config.policy_dir {
-        Some(dir) => {
-            PolicyHandle::load(dir).with_context(|| format!("loading the policy pack in {}", dir.display()))?
+    let mut bundle = None;
+    let policy = match (&config.policy_dir, &config.policy_bundle) {
+        (Some(dir), _) => {
+            Arc::new(PolicyHandle::load(dir).with_context(|| format!("loading the policy pack in {}", dir.display()))?)
         }
-        None => PolicyHandle::new(Arc::new(BuiltinPolicy::new(config.policy.clone()))),
-    });
+        (None, Some(b)) => {
+            let sync = BundleSync::start(b, &RegoPolicyConfig::default())
+                .await
+                .with_context(|| format!("loading the policy bundle {}", b.url))?;
+            let handle = sync.handle();
+            bundle = Some(sync);
+            handle
+        }
+        (None, None) => Arc::new(PolicyHandle::new(Arc::new(BuiltinPolicy::new(config.policy.clone())))),
+    };
     let oidc = match &config.identity {
         Some(identity) => {
             let validator = Arc::new(OidcValidator::from_config(identity).context("[identity.oidc]")?);
@@ -202,7 +224,30 @@ async fn shared_state(config: &Config, approvals: Arc<Approvals>) -> anyhow::Res
             approvals,
         },
         policy,
+        bundle,
     ))
+}
+
+/// Asks the store for a newer policy bundle every `poll_secs` (and on
+/// SIGHUP); what is loaded or refused goes into the audit trail.
+async fn poll_bundle(sync: Arc<BundleSync>, audit: AuditLog, now: Arc<tokio::sync::Notify>) {
+    let url = sync.status().url;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(sync.poll_interval()) => {}
+            _ = now.notified() => {}
+        }
+        let Some(outcome) = sync.poll().await else { continue };
+        match &outcome {
+            bundle::Outcome::Loaded(b) => tracing::info!(url = %url, bundle = %b.describe(), "policy bundle loaded"),
+            bundle::Outcome::Refused(e) => {
+                tracing::error!(url = %url, error = %e, "policy bundle refused; the previous policy stays")
+            }
+        }
+        if let Err(e) = audit.append(bundle::event(&url, &outcome)).await {
+            tracing::error!(error = %e, "could not record a policy bundle change");
+        }
+    }
 }
 
 /// Logs and records a policy reload: a bad pack never replaces a good one,

@@ -47,6 +47,8 @@ pub struct Config {
     pub policy: BuiltinPolicyConfig,
     /// A Rego policy pack (`[policy] dir`); replaces the built-in policy.
     pub policy_dir: Option<PathBuf>,
+    /// A signed policy bundle from object storage or HTTPS (`[policy.bundle]`).
+    pub policy_bundle: Option<crate::policy::bundle::BundleConfig>,
     /// OIDC token validation (`[identity.oidc]`), for targets with
     /// `identity = "oidc"`.
     pub identity: Option<IdentityConfig>,
@@ -296,8 +298,7 @@ mod raw {
     pub struct File {
         #[serde(default)]
         pub intercept: Intercept,
-        #[serde(default)]
-        pub audit: AuditConfig,
+        pub audit: Option<Spanned<AuditConfig>>,
         #[serde(default)]
         pub control: Control,
         pub approvals: Option<Spanned<ApprovalsConfig>>,
@@ -322,6 +323,7 @@ mod raw {
         #[serde(default)]
         pub builtin: BuiltinPolicyConfig,
         pub dir: Option<PathBuf>,
+        pub bundle: Option<Spanned<crate::policy::bundle::BundleConfig>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -416,6 +418,31 @@ impl Validator<'_> {
             targets.push(target);
         }
         let intercept = self.intercept(raw_intercept, listen_port, &targets)?;
+        let audit = match raw.audit {
+            Some(a) => {
+                if let Err(e) = a.get_ref().validate() {
+                    return self.error("audit", a.span(), e);
+                }
+                a.into_inner()
+            }
+            None => AuditConfig::default(),
+        };
+        let policy_bundle = match raw.policy.bundle {
+            Some(b) if raw.policy.dir.is_some() => {
+                return self.error(
+                    "policy.bundle",
+                    b.span(),
+                    "set either [policy] dir or [policy.bundle], not both",
+                );
+            }
+            Some(b) => {
+                if let Err(e) = b.get_ref().validate() {
+                    return self.error("policy.bundle", b.span(), e);
+                }
+                Some(b.into_inner())
+            }
+            None => None,
+        };
         let approvals = match raw.approvals {
             Some(a) => {
                 if let Err(e) = a.get_ref().validate(identity.is_some()) {
@@ -445,7 +472,7 @@ impl Validator<'_> {
         };
         Ok(Config {
             intercept,
-            audit: raw.audit,
+            audit,
             control: ControlConfig {
                 socket: raw
                     .control
@@ -462,6 +489,7 @@ impl Validator<'_> {
             sql: raw.sql,
             policy: raw.policy.builtin,
             policy_dir: raw.policy.dir,
+            policy_bundle,
             identity,
             tls: TlsConfig {
                 ca_dir: raw.tls.ca_dir.unwrap_or_else(|| PathBuf::from("/var/lib/loopgate/ca")),
@@ -933,6 +961,32 @@ address = "[::1]:9000"
         let (line, key, msg) = invalid("[proxy]\ndrain_timeout_secs = 5\nworkers = 0\n");
         assert_eq!((line, key.as_str()), (3, "proxy.workers"));
         assert!(msg.contains("between 1 and"), "{msg}");
+    }
+
+    #[test]
+    fn audit_remote_settings_are_checked() {
+        let (line, key, msg) = invalid("[audit]\ndir = \"/tmp/a\"\n[audit.remote]\nurl = \"https://bucket\"\n");
+        assert_eq!((line, key.as_str()), (1, "audit"));
+        assert!(msg.contains("s3://"), "{msg}");
+        let config = parse("[audit.remote]\nurl = \"s3://audit-fleet/prod\"\n").unwrap();
+        assert_eq!(config.audit.remote.unwrap().s3_url().unwrap().bucket, "audit-fleet");
+    }
+
+    #[test]
+    fn policy_bundles_are_checked() {
+        let config = parse(
+            "[policy.bundle]\nurl = \"s3://fleet-policy/hipaa.bundle\"\npublic_keys = [\"/etc/loopgate/policy.pub\"]\n",
+        )
+        .unwrap();
+        assert_eq!(config.policy_bundle.unwrap().poll_secs, 60);
+        let (_, key, msg) = invalid("[policy.bundle]\nurl = \"s3://fleet-policy/hipaa.bundle\"\n");
+        assert_eq!(key, "policy.bundle");
+        assert!(msg.contains("public_keys"), "{msg}");
+        let (_, _, msg) =
+            invalid("[policy]\ndir = \"/etc/p\"\n[policy.bundle]\nurl = \"https://x/b\"\npublic_keys = [\"/k\"]\n");
+        assert!(msg.contains("not both"), "{msg}");
+        let (_, _, msg) = invalid("[policy.bundle]\nurl = \"ftp://x/b\"\npublic_keys = [\"/k\"]\n");
+        assert!(msg.contains("https://"), "{msg}");
     }
 
     #[test]

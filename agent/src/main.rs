@@ -173,10 +173,17 @@ fn check(path: &std::path::Path) -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             }
         },
-        None => ", built-in policy".to_owned(),
+        None => match &config.policy_bundle {
+            Some(b) => format!(", policy bundle {} (fetched and verified at start)", b.url),
+            None => ", built-in policy".to_owned(),
+        },
+    };
+    let remote = match &config.audit.remote {
+        Some(r) => format!(", audit shipped to {}", r.url),
+        None => String::new(),
     };
     println!(
-        "{}: ok ({} cgroups, {} targets{policy})",
+        "{}: ok ({} cgroups, {} targets{policy}{remote})",
         path.display(),
         config.intercept.cgroups.len(),
         config.targets.len()

@@ -7,6 +7,7 @@ pub mod clinic;
 pub mod echo;
 pub mod env;
 pub mod postgres;
+pub mod s3;
 
 pub use agent::{Agent, Target};
 pub use echo::EchoServer;

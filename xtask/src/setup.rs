@@ -28,7 +28,23 @@ const TEST_PACKAGES: &[&str] = &[
 ];
 
 /// Python packages of the test venv (auditors' tools and a real driver).
-const PYTHON_PACKAGES: &[&str] = &["duckdb", "pyarrow", "psycopg[binary]"];
+/// DuckDB is pinned to the release whose httpfs extension PyPI carries
+/// (extensions load only into the DuckDB they were built for); httpfs
+/// reads the audit bucket over S3 without downloading anything at run time.
+const PYTHON_PACKAGES: &[&str] = &[
+    "duckdb==1.5.5",
+    "duckdb-extension-httpfs==1.5.5",
+    "pyarrow",
+    "psycopg[binary]",
+];
+
+/// What the venv must import for the tests (and the DuckDB version).
+const PYTHON_CHECK: &str =
+    "import duckdb, pyarrow, psycopg, duckdb_extension_httpfs; assert duckdb.__version__ == '1.5.5'";
+
+/// The S3-compatible server the off-host audit tests ship to: a real
+/// server (files on disk), built from crates.io into target/tools.
+const S3S_FS_VERSION: &str = "0.14.1";
 
 pub fn setup(test_deps: bool) -> anyhow::Result<()> {
     nightly_rust_src()?;
@@ -36,8 +52,38 @@ pub fn setup(test_deps: bool) -> anyhow::Result<()> {
     if test_deps {
         system_packages()?;
         python_venv()?;
+        s3s_fs()?;
     }
     Ok(())
+}
+
+/// `target/tools/bin/s3s-fs`, built once (about five minutes on two cores).
+fn s3s_fs() -> anyhow::Result<()> {
+    let root = util::workspace_root().join("target/tools");
+    let binary = root.join("bin/s3s-fs");
+    let have = util::output(&binary.to_string_lossy(), &["--version"]);
+    if have.is_some_and(|v| v.split_whitespace().last() == Some(S3S_FS_VERSION)) {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: building s3s-fs {S3S_FS_VERSION} into {} (a few minutes)",
+        root.display()
+    );
+    util::cargo(
+        &[
+            "install",
+            "s3s-fs",
+            "--version",
+            S3S_FS_VERSION,
+            "--locked",
+            "--features",
+            "binary",
+            "--force",
+            "--root",
+            &root.to_string_lossy(),
+        ],
+        &[],
+    )
 }
 
 fn nightly_rust_src() -> anyhow::Result<()> {
@@ -147,7 +193,7 @@ fn python_venv() -> anyhow::Result<()> {
         util::run("python3", &["-m", "venv", &venv.to_string_lossy()])?;
     }
     let python = python.to_string_lossy().into_owned();
-    if util::output(&python, &["-c", "import duckdb, pyarrow, psycopg"]).is_some() {
+    if util::output(&python, &["-c", PYTHON_CHECK]).is_some() {
         return Ok(());
     }
     let mut args = vec!["-m", "pip", "install", "-q"];

@@ -1,8 +1,10 @@
-//! `loopgate audit verify|tail|replay`.
+//! `loopgate audit verify|tail|replay|keygen|pubkey`.
 use super::config::DEFAULT_DIR;
 use super::layout::rfc3339;
 use super::row::{SESSION_ID, row_to_event, str_at};
-use super::{Event, reader, verify};
+use super::{Event, reader, verify, verify_remote};
+use crate::objstore::{self, S3Config, S3Url};
+use crate::signing::{PublicKey, SigningKey, TrustedKeys};
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,9 +16,25 @@ use uuid::Uuid;
 pub enum AuditCommand {
     /// Check the hash chain across every Parquet file and the WAL; exit 1
     /// and name the first broken file, row and event when it does not hold.
+    /// With --url, check each host's chain in object storage instead, up to
+    /// its newest signed checkpoint.
     Verify {
-        #[arg(long, default_value = DEFAULT_DIR)]
+        #[arg(long, default_value = DEFAULT_DIR, conflicts_with = "url")]
         dir: PathBuf,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Make an Ed25519 signing key for checkpoints (PKCS#8 PEM, mode 0600)
+    /// and print its public key, which verifiers need.
+    Keygen {
+        /// Where the private key goes (refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the public key (PEM) and key id of a signing key.
+    Pubkey {
+        #[arg(long)]
+        key: PathBuf,
     },
     /// Print events, oldest first, including those still only in the WAL.
     Tail {
@@ -40,12 +58,65 @@ pub enum AuditCommand {
     },
 }
 
+/// Where and how to read a remote copy of the trail.
+#[derive(clap::Args, Debug)]
+pub struct RemoteArgs {
+    /// s3://bucket/prefix of the fleet's store. Credentials come from
+    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the instance's role).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Only this host (repeatable; default: every host under the prefix).
+    #[arg(long = "host", requires = "url")]
+    pub hosts: Vec<String>,
+    /// A trusted checkpoint key (PEM; repeatable), for every host. Without
+    /// keys the end of each chain is not vouched for: only links are checked.
+    #[arg(long = "public-key", requires = "url")]
+    pub public_keys: Vec<PathBuf>,
+    /// A directory of per-host keys: host H's checkpoints must be signed by
+    /// `H.pub` (or `H.<anything>.pub`, for rotation), so one host's key
+    /// cannot vouch for another host's chain.
+    #[arg(long, requires = "url")]
+    pub keys_dir: Option<PathBuf>,
+    /// Check every checkpoint, not only each host's newest.
+    #[arg(long, requires = "url")]
+    pub all_checkpoints: bool,
+    /// Fail when a host's newest checkpoint is older than this.
+    #[arg(long, requires = "url")]
+    pub max_age_secs: Option<u64>,
+    /// S3-compatible endpoint (default: AWS, or AWS_ENDPOINT_URL).
+    #[arg(long, requires = "url")]
+    pub endpoint: Option<String>,
+    #[arg(long, requires = "url")]
+    pub region: Option<String>,
+    /// Allow a plain http:// endpoint.
+    #[arg(long, requires = "url")]
+    pub allow_http: bool,
+    /// PEM roots for an endpoint with a private CA.
+    #[arg(long, requires = "url")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl RemoteArgs {
+    fn s3(&self) -> S3Config {
+        S3Config {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            allow_http: self.allow_http,
+            ca_file: self.ca_file.clone(),
+            ..S3Config::default()
+        }
+    }
+}
+
 const EXIT_BROKEN: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 pub fn run(cmd: AuditCommand) -> ExitCode {
     match cmd {
-        AuditCommand::Verify { dir } => run_verify(&dir),
+        AuditCommand::Verify { remote, .. } if remote.url.is_some() => run_verify_remote(&remote),
+        AuditCommand::Verify { dir, .. } => run_verify(&dir),
+        AuditCommand::Keygen { out } => run_keygen(&out),
+        AuditCommand::Pubkey { key } => run_pubkey(&key),
         AuditCommand::Tail {
             follow,
             lines,
@@ -76,6 +147,178 @@ fn run_verify(dir: &Path) -> ExitCode {
         Err(Err(e)) => {
             eprintln!("error: cannot read the audit store: {e}");
             ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn run_verify_remote(args: &RemoteArgs) -> ExitCode {
+    let usage = |e: String| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_USAGE)
+    };
+    let url = match S3Url::parse(args.url.as_deref().unwrap_or_default()) {
+        Ok(u) => u,
+        Err(e) => return usage(e),
+    };
+    let trusted = match TrustedKeys::load(&args.public_keys) {
+        Ok(t) => t,
+        Err(e) => return usage(e.to_string()),
+    };
+    if let Some(dir) = &args.keys_dir
+        && !dir.is_dir()
+    {
+        return usage(format!("--keys-dir {} is not a directory", dir.display()));
+    }
+    let store = match objstore::open(
+        &url,
+        &args.s3(),
+        objstore::Open {
+            from_env: true,
+            max_retries: 3,
+        },
+    ) {
+        Ok(s) => s,
+        Err(e) => return usage(format!("{url}: {e}")),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return usage(format!("starting the runtime: {e}")),
+    };
+    let mut options = verify_remote::Options {
+        trusted,
+        all_checkpoints: args.all_checkpoints,
+        max_age: args.max_age_secs.map(Duration::from_secs),
+    };
+    runtime.block_on(async {
+        let hosts = if args.hosts.is_empty() {
+            match verify_remote::hosts(&store, &url).await {
+                Ok(h) if h.is_empty() => return usage(format!("no audit files under {url}")),
+                Ok(h) => h,
+                Err(e) => return usage(e),
+            }
+        } else {
+            args.hosts.clone()
+        };
+        if options.trusted.is_empty() && args.keys_dir.is_none() {
+            eprintln!(
+                "warning: no --public-key: checkpoints are not checked, so a cut or rewritten end would not show"
+            );
+        }
+        let mut code = ExitCode::SUCCESS;
+        for host in &hosts {
+            if let Some(dir) = &args.keys_dir {
+                match host_keys(dir, host) {
+                    Ok(keys) => options.trusted = keys,
+                    Err(e) => return usage(e),
+                }
+            }
+            match verify_remote::verify_host(&store, &url, host, &options).await {
+                Ok(r) => println!("{}", describe(&r)),
+                Err(Ok(broken)) => {
+                    println!("BROKEN: host {host}: {broken}");
+                    code = ExitCode::from(EXIT_BROKEN);
+                }
+                Err(Err(e)) => {
+                    eprintln!("error: host {host}: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
+        }
+        code
+    })
+}
+
+/// `host`'s keys in `dir`: `<host>.pub` and `<host>.<anything>.pub`.
+fn host_keys(dir: &Path, host: &str) -> Result<TrustedKeys, String> {
+    let mut keys = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".pub") else {
+            continue;
+        };
+        if stem == host || stem.strip_prefix(host).is_some_and(|rest| rest.starts_with('.')) {
+            keys.push(PublicKey::load(&entry.path()).map_err(|e| e.to_string())?);
+        }
+    }
+    if keys.is_empty() {
+        return Err(format!("no key for host {host} in {} ({host}.pub)", dir.display()));
+    }
+    Ok(TrustedKeys::from_keys(keys))
+}
+
+fn describe(r: &verify_remote::HostReport) -> String {
+    let mut line = format!(
+        "ok: host {}: {} events in {} objects, chain from genesis to seq {} hash {}",
+        r.host, r.events, r.objects, r.last_seq, r.last_hash
+    );
+    match &r.checkpoint {
+        Some(c) => line.push_str(&format!(
+            "; newest checkpoint seq {} signed {} by key {} ({} of {} checked); {} events after it not yet vouched for",
+            c.seq,
+            c.time,
+            c.key_id,
+            r.checkpoints_checked,
+            r.checkpoints_listed,
+            r.last_seq - c.seq
+        )),
+        None => line.push_str(&format!("; {} checkpoints not checked", r.checkpoints_listed)),
+    }
+    line
+}
+
+fn run_keygen(out: &Path) -> ExitCode {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let result = SigningKey::generate_pem().map_err(|e| e.to_string()).and_then(|pem| {
+        let key = SigningKey::from_pem(pem.as_bytes(), "new key").map_err(|e| e.to_string())?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(out)
+            .map_err(|e| format!("{}: {e}", out.display()))?;
+        file.write_all(pem.as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| format!("{}: {e}", out.display()))?;
+        Ok(key)
+    });
+    match result {
+        Ok(key) => {
+            eprintln!(
+                "wrote {} (key id {}); its public key:",
+                out.display(),
+                key.public().id()
+            );
+            print!("{}", key.public().to_pem());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn run_pubkey(path: &Path) -> ExitCode {
+    match SigningKey::load(Some(path), None) {
+        Ok(key) => {
+            eprintln!("key id {}", key.public().id());
+            print!("{}", key.public().to_pem());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            // A public key file: show its id.
+            match PublicKey::load(path) {
+                Ok(public) => {
+                    eprintln!("key id {}", public.id());
+                    print!("{}", public.to_pem());
+                    ExitCode::SUCCESS
+                }
+                Err(_) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            }
         }
     }
 }

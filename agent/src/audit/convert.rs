@@ -4,6 +4,7 @@ use super::chain::CellRef;
 use super::config::AuditConfig;
 use super::parquet::ChainMeta;
 use super::row::{HOST, PREV_HASH, SEQ, TIME};
+use super::ship::{self, ShipJob};
 use super::store::{Request, Shared};
 use super::{AuditError, chain, layout, parquet, retention, wal};
 use bytes::Bytes;
@@ -31,6 +32,8 @@ pub(crate) struct Converter {
     /// To append the retention event through the writer, like any event.
     /// Weak, so dropping the store still ends the writer.
     appender: mpsc::WeakSender<Request>,
+    /// New files go to the shipper, when there is a remote store.
+    ship: Option<mpsc::UnboundedSender<ShipJob>>,
     queue: VecDeque<PathBuf>,
 }
 
@@ -40,12 +43,14 @@ impl Converter {
         shared: Arc<Shared>,
         jobs: Receiver<Job>,
         appender: mpsc::WeakSender<Request>,
+        ship: Option<mpsc::UnboundedSender<ShipJob>>,
     ) -> Self {
         Converter {
             config,
             shared,
             jobs,
             appender,
+            ship,
             queue: VecDeque::new(),
         }
     }
@@ -81,7 +86,7 @@ impl Converter {
             }
             if Instant::now() >= next_retention {
                 next_retention = Instant::now() + every;
-                if let Err(e) = self.retention(now_us()) {
+                if let Err(e) = self.retention(layout::now_us()) {
                     tracing::error!(error = %e, "audit retention failed; will retry");
                 }
             }
@@ -109,7 +114,13 @@ impl Converter {
             return Ok(());
         };
         match convert_segment(&self.config, &path) {
-            Ok(()) => {
+            Ok(files) => {
+                if let Some(ship) = &self.ship {
+                    for file in files {
+                        // A closed channel: the shipper's rescan finds it.
+                        let _ = ship.send(ShipJob::Sealed(file));
+                    }
+                }
                 self.queue.pop_front();
                 self.shared.pending_segments.fetch_sub(1, Ordering::SeqCst);
                 if let Ok(mut e) = self.shared.conversion_error.lock() {
@@ -129,10 +140,14 @@ impl Converter {
     fn retention(&mut self, now_us: i64) -> Result<Option<retention::Report>, String> {
         // Convert first so the partitions on disk are complete.
         self.drain()?;
-        let Some(plan) = retention::plan(&self.config.dir, self.config.retention_days, now_us)? else {
+        // With a remote store a file goes only once it is shipped.
+        let remote = self.config.remote.is_some();
+        let may_delete = |f: &layout::DataFile| !remote || ship::is_shipped(&f.path);
+        let days = self.config.local_retention_days();
+        let Some(plan) = retention::plan(&self.config.dir, days, now_us, may_delete)? else {
             return Ok(None);
         };
-        let event = retention::event(&plan, self.config.retention_days);
+        let event = retention::event(&plan, days);
         let (reply, ack) = oneshot::channel();
         self.appender
             .upgrade()
@@ -168,10 +183,10 @@ fn lower_priority() {
 }
 
 /// Writes one day's run of a segment's records, unless an interrupted
-/// earlier conversion already did.
-fn write_run(config: &AuditConfig, segment: &Path, payloads: &[Bytes]) -> Result<(), String> {
+/// earlier conversion already did; the file's path.
+fn write_run(config: &AuditConfig, segment: &Path, payloads: &[Bytes]) -> Result<Option<PathBuf>, String> {
     let (Some(first), Some(last)) = (payloads.first(), payloads.last()) else {
-        return Ok(());
+        return Ok(None);
     };
     let bad = |what: &str| format!("{}: {what}", segment.display());
     let mut cells = Vec::new();
@@ -199,27 +214,20 @@ fn write_run(config: &AuditConfig, segment: &Path, payloads: &[Bytes]) -> Result
     let target = layout::file_path(&config.dir, host, time, meta.first_seq);
     let done = target.exists()
         && parquet::read_meta(&target).is_ok_and(|m| m.last_seq == meta.last_seq && m.last_hash == meta.last_hash);
-    if done {
-        return Ok(());
+    if !done {
+        parquet::write_encoded_file(&target, payloads, &meta, config.row_group_rows).map_err(|e| e.to_string())?;
     }
-    parquet::write_encoded_file(&target, payloads, &meta, config.row_group_rows).map_err(|e| e.to_string())
-}
-
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
+    Ok(Some(target))
 }
 
 /// Writes one segment's records as Parquet (one file per UTC day, so
 /// retention deletes whole days), then removes the segment. Idempotent: a
 /// file already written by an interrupted earlier run is recognised by its
-/// chain metadata.
-pub(crate) fn convert_segment(config: &AuditConfig, path: &Path) -> Result<(), String> {
+/// chain metadata. Returns the files.
+pub(crate) fn convert_segment(config: &AuditConfig, path: &Path) -> Result<Vec<PathBuf>, String> {
     let contents = match wal::read_segment(path) {
         Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(format!("reading {}: {e}", path.display())),
     };
     let payloads = contents.payloads;
@@ -244,10 +252,12 @@ pub(crate) fn convert_segment(config: &AuditConfig, path: &Path) -> Result<(), S
     if let Some((start, _)) = current {
         runs.push(start..payloads.len());
     }
+    let mut files = Vec::with_capacity(runs.len());
     for run in runs {
-        write_run(config, path, &payloads[run])?;
+        files.extend(write_run(config, path, &payloads[run])?);
     }
     std::fs::remove_file(path).map_err(|e| format!("removing {}: {e}", path.display()))?;
     let wal_dir = wal::wal_dir(&config.dir);
-    wal::sync_dir(&wal_dir).map_err(|e| format!("syncing {}: {e}", wal_dir.display()))
+    wal::sync_dir(&wal_dir).map_err(|e| format!("syncing {}: {e}", wal_dir.display()))?;
+    Ok(files)
 }

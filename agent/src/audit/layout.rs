@@ -50,7 +50,7 @@ pub fn rfc3339(time_us: i64) -> String {
 }
 
 /// Host names go into a directory name: keep them to a safe alphabet.
-fn safe_host(host: &str) -> String {
+pub fn safe_host(host: &str) -> String {
     let s: String = host
         .chars()
         .map(|c| {
@@ -70,42 +70,67 @@ fn safe_host(host: &str) -> String {
 
 /// The path of the file whose first event has `first_time_us` and `first_seq`.
 pub fn file_path(dir: &Path, host: &str, first_time_us: i64, first_seq: u64) -> PathBuf {
+    dir.join(relative_path(host, first_time_us, first_seq))
+}
+
+/// [`file_path`] relative to the store's root, `/`-separated: also the
+/// object key under a remote store's prefix.
+pub fn relative_path(host: &str, first_time_us: i64, first_seq: u64) -> String {
     let stamp: String = rfc3339(first_time_us)
         .chars()
         .filter(|c| *c != '-' && *c != ':')
         .collect();
-    dir.join(format!("date={}", date_of(first_time_us)))
-        .join(format!("host={}", safe_host(host)))
-        .join(format!("{stamp}-{first_seq:020}.parquet"))
+    format!(
+        "date={}/host={}/{stamp}-{first_seq:020}.parquet",
+        date_of(first_time_us),
+        safe_host(host)
+    )
+}
+
+/// First seq in a chain file's name (`…-<seq>.parquet`), if it is one.
+pub fn seq_of_name(name: &str) -> Option<u64> {
+    name.rsplit('/')
+        .next()?
+        .strip_suffix(".parquet")?
+        .rsplit('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Now, µs since the epoch.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// Every sealed file under `date=*/host=*/` (any name not starting with
+/// `.`: writers rename finished files into place), in partitions from
+/// `since` (`YYYY-MM-DD`) on when given.
+pub fn list_sealed(dir: &Path, since: Option<&str>) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for (date, path) in partition_entries(dir)? {
+        let sealed = since.is_none_or(|s| date.as_str() >= s) && !name_of(&path).starts_with('.') && path.is_file();
+        if sealed {
+            out.push(path);
+        }
+    }
+    Ok(out)
 }
 
 /// Every Parquet file of the store, in chain order (by first seq from the
 /// name; `verify` checks that the names match the contents).
 pub fn list_files(dir: &Path) -> io::Result<Vec<DataFile>> {
     let mut out = Vec::new();
-    for date_dir in read_dir_sorted(dir)? {
-        let Some(date) = dir_value(&date_dir, "date=") else {
+    for (date, path) in partition_entries(dir)? {
+        let name = name_of(&path);
+        if name.starts_with('.') {
             continue;
-        };
-        for host_dir in read_dir_sorted(&date_dir)? {
-            if dir_value(&host_dir, "host=").is_none() {
-                continue;
-            }
-            for path in read_dir_sorted(&host_dir)? {
-                let seq = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(|n| n.strip_suffix(".parquet"))
-                    .and_then(|n| n.rsplit('-').next())
-                    .and_then(|n| n.parse::<u64>().ok());
-                if let Some(first_seq) = seq {
-                    out.push(DataFile {
-                        path,
-                        first_seq,
-                        date: date.clone(),
-                    });
-                }
-            }
+        }
+        if let Some(first_seq) = seq_of_name(name) {
+            out.push(DataFile { path, first_seq, date });
         }
     }
     out.sort_by(|a, b| (a.first_seq, &a.path).cmp(&(b.first_seq, &b.path)));
@@ -116,27 +141,37 @@ pub fn list_files(dir: &Path) -> io::Result<Vec<DataFile>> {
 /// (their segments are still in the WAL and get converted again).
 pub fn remove_temp_files(dir: &Path) -> io::Result<usize> {
     let mut removed = 0;
-    for date_dir in read_dir_sorted(dir)? {
-        if dir_value(&date_dir, "date=").is_none() {
-            continue;
+    for (_, path) in partition_entries(dir)? {
+        let name = name_of(&path);
+        if name.starts_with('.') && name.ends_with(".parquet.tmp") {
+            std::fs::remove_file(&path)?;
+            removed += 1;
         }
+    }
+    Ok(removed)
+}
+
+/// Every entry of every `date=*/host=*/` directory, with its date, sorted.
+fn partition_entries(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for date_dir in read_dir_sorted(dir)? {
+        let Some(date) = dir_value(&date_dir, "date=") else {
+            continue;
+        };
         for host_dir in read_dir_sorted(&date_dir)? {
             if dir_value(&host_dir, "host=").is_none() {
                 continue;
             }
             for path in read_dir_sorted(&host_dir)? {
-                let temp = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with('.') && n.ends_with(".parquet.tmp"));
-                if temp {
-                    std::fs::remove_file(&path)?;
-                    removed += 1;
-                }
+                out.push((date.clone(), path));
             }
         }
     }
-    Ok(removed)
+    Ok(out)
+}
+
+fn name_of(path: &Path) -> &str {
+    path.file_name().and_then(|n| n.to_str()).unwrap_or_default()
 }
 
 fn dir_value(path: &Path, prefix: &str) -> Option<String> {

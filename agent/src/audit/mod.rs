@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 mod chain;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 mod convert;
@@ -27,13 +28,17 @@ mod parquet;
 pub mod reader;
 mod retention;
 mod row;
+pub mod ship;
 mod store;
 pub mod verify;
+pub mod verify_remote;
 mod wal;
 
-pub use config::{AuditConfig, FsyncMode};
+pub use config::{AuditConfig, FsyncMode, ObjectLockMode, RemoteConfig};
 pub use event::*;
+pub use layout::{now_us, rfc3339};
 pub use retention::Report as RetentionReport;
+pub use ship::RemoteHealth;
 pub use store::{AuditStore, Health, StoreError};
 
 use std::{future::Future, pin::Pin, sync::Arc, sync::OnceLock};
@@ -64,6 +69,10 @@ pub trait AuditSink: Send + Sync + 'static {
     }
     /// Flushes what is buffered; called once at shutdown.
     fn close(&self) -> AppendFuture<'_>;
+    /// The sink's state for `loopgate status`, if it has one.
+    fn health(&self) -> Option<Health> {
+        None
+    }
 }
 
 /// Cloneable handle to the agent's audit sink.
@@ -100,6 +109,10 @@ impl AuditLog {
 
     pub async fn close(&self) -> Result<(), AuditError> {
         self.sink.close().await
+    }
+
+    pub fn health(&self) -> Option<Health> {
+        self.sink.health()
     }
 }
 

@@ -14,6 +14,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
+use parquet::file::reader::ChunkReader;
 use parquet::schema::types::ColumnPath;
 use std::collections::HashMap;
 use std::fs::File;
@@ -429,7 +430,7 @@ pub fn read_meta(path: &Path) -> Result<ChainMeta, FileError> {
     meta_of(path, &builder)
 }
 
-fn meta_of(path: &Path, builder: &ParquetRecordBatchReaderBuilder<File>) -> Result<ChainMeta, FileError> {
+fn meta_of<R: ChunkReader>(path: &Path, builder: &ParquetRecordBatchReaderBuilder<R>) -> Result<ChainMeta, FileError> {
     let kv: HashMap<String, String> = builder
         .metadata()
         .file_metadata()
@@ -448,15 +449,25 @@ fn meta_of(path: &Path, builder: &ParquetRecordBatchReaderBuilder<File>) -> Resu
 
 /// A file's chain metadata and every row, in file order.
 pub fn read_file(path: &Path) -> Result<(ChainMeta, Vec<Row>), FileError> {
-    let format = |problem: String| FileError::Format {
-        path: path.to_owned(),
-        problem,
-    };
     let file = File::open(path).map_err(|source| FileError::Io {
         path: path.to_owned(),
         source,
     })?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| FileError::Parquet {
+    read_from(file, path)
+}
+
+/// [`read_file`] of a file held in memory (downloaded from a store);
+/// `shown` names it in errors.
+pub fn read_bytes(bytes: bytes::Bytes, shown: &Path) -> Result<(ChainMeta, Vec<Row>), FileError> {
+    read_from(bytes, shown)
+}
+
+fn read_from<R: ChunkReader + 'static>(reader: R, path: &Path) -> Result<(ChainMeta, Vec<Row>), FileError> {
+    let format = |problem: String| FileError::Format {
+        path: path.to_owned(),
+        problem,
+    };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(reader).map_err(|source| FileError::Parquet {
         path: path.to_owned(),
         source,
     })?;

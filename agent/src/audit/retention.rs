@@ -40,11 +40,20 @@ pub struct Report {
     pub event_seq: u64,
 }
 
-/// The oldest run of files whose day partition is past retention, if any.
-pub fn plan(dir: &Path, retention_days: u32, now_us: i64) -> Result<Option<Plan>, String> {
+/// The oldest run of files whose day partition is past retention, if any;
+/// the run stops at the first file `may_delete` refuses (not yet shipped).
+pub fn plan(
+    dir: &Path,
+    retention_days: u32,
+    now_us: i64,
+    may_delete: impl Fn(&DataFile) -> bool,
+) -> Result<Option<Plan>, String> {
     let cutoff = layout::date_of(now_us - i64::from(retention_days) * 86_400_000_000);
     let files = layout::list_files(dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
-    let expired: Vec<DataFile> = files.into_iter().take_while(|f| f.date < cutoff).collect();
+    let expired: Vec<DataFile> = files
+        .into_iter()
+        .take_while(|f| f.date < cutoff && may_delete(f))
+        .collect();
     let Some(last) = expired.last() else {
         return Ok(None);
     };
@@ -98,6 +107,7 @@ pub fn apply(dir: &Path, plan: &Plan, event_seq: u64) -> Result<Report, String> 
     write_anchor(dir, &anchor).map_err(|e| format!("writing the retention anchor: {e}"))?;
     for f in &plan.files {
         std::fs::remove_file(&f.path).map_err(|e| format!("removing {}: {e}", f.path.display()))?;
+        let _ = std::fs::remove_file(super::ship::marker(&f.path));
         // Partition directories go when they are empty; errors only mean
         // something else still lives there.
         if let Some(host_dir) = f.path.parent() {

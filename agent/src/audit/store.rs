@@ -13,6 +13,7 @@ use super::chain::{self, GENESIS_HASH};
 use super::config::{AuditConfig, FsyncMode};
 use super::convert::{Converter, Job};
 use super::row::{HASH, SEQ, int_at, str_at};
+use super::ship::{RemoteHealth, RemoteState, ShipJob, Shipper};
 use super::wal::{self, SegmentWriter};
 use super::{AppendFuture, AuditError, AuditSink, Event, layout, parquet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -39,6 +40,8 @@ pub enum StoreError {
     },
     #[error("starting the {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
+    #[error("{0}")]
+    Remote(String),
 }
 
 /// State both threads and every appender see.
@@ -50,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) pending_segments: AtomicUsize,
     pub(crate) conversion_error: Mutex<Option<String>>,
     last_seq: AtomicU64,
+    /// Shipping to `[audit.remote]`, when configured.
+    remote: Option<Arc<RemoteState>>,
 }
 
 impl Shared {
@@ -73,7 +78,7 @@ impl Shared {
 }
 
 /// What an operator (or `loopgate status`) sees of the store.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Health {
     /// False while writes fail; appends are refused meanwhile.
     pub writable: bool,
@@ -84,6 +89,9 @@ pub struct Health {
     pub conversion_error: Option<String>,
     /// Seq of the newest event in the chain.
     pub last_seq: u64,
+    /// Shipping to the remote store, when there is one.
+    #[serde(default)]
+    pub remote: Option<RemoteHealth>,
 }
 
 pub(crate) enum Request {
@@ -104,8 +112,14 @@ pub struct AuditStore {
     /// they go to the loop, which groups them under one fsync.
     inline: bool,
     jobs: Mutex<std::sync::mpsc::Sender<Job>>,
+    /// To the shipper (`[audit.remote]`): the last round at shutdown.
+    ship: Mutex<Option<tokio::sync::mpsc::UnboundedSender<ShipJob>>>,
+    shutdown_upload: Duration,
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The shipper may be in a request when the store is dropped: it is
+    /// told to stop, not waited for.
+    shipper: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Where the chain ends: the next event links to this.
@@ -157,7 +171,14 @@ impl AuditStore {
             last_seq = head.seq,
             "audit store opened"
         );
-        let shared = Arc::new(Shared::default());
+        let shipper = match &config.remote {
+            Some(_) => Some(Shipper::open(&config).map_err(StoreError::Remote)?),
+            None => None,
+        };
+        let shared = Arc::new(Shared {
+            remote: shipper.as_ref().map(|(_, state, _)| state.clone()),
+            ..Shared::default()
+        });
         shared.last_seq.store(head.seq, Ordering::SeqCst);
         shared.pending_segments.store(segments.len(), Ordering::SeqCst);
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
@@ -166,12 +187,18 @@ impl AuditStore {
             // The receiver is alive: it is moved into the thread below.
             let _ = jobs_tx.send(Job::Convert(path));
         }
-        let converter = Converter::new(config.clone(), shared.clone(), jobs_rx, tx.downgrade());
+        let ship_tx = shipper.as_ref().map(|(_, _, tx)| tx.clone());
+        let converter = Converter::new(config.clone(), shared.clone(), jobs_rx, tx.downgrade(), ship_tx.clone());
         let converter = std::thread::Builder::new()
             .name("audit-convert".into())
             .spawn(move || converter.run())
             .map_err(|e| StoreError::Thread("converter", e))?;
         let store_jobs = jobs_tx.clone();
+        let shutdown_upload = Duration::from_secs(config.remote.as_ref().map_or(0, |r| r.shutdown_upload_secs));
+        let shipper_thread = match shipper {
+            Some((shipper, _, _)) => Some(shipper.spawn().map_err(|e| StoreError::Thread("shipper", e))?),
+            None => None,
+        };
         let (syncer, syncer_thread) = SyncerHandle::spawn(tx.downgrade())?;
         let inline = config.fsync == FsyncMode::Interval;
         let writer = Arc::new(Mutex::new(Writer {
@@ -213,8 +240,11 @@ impl AuditStore {
             writer,
             inline,
             jobs: Mutex::new(store_jobs),
+            ship: Mutex::new(ship_tx),
+            shutdown_upload,
             shared,
             threads: Mutex::new(threads),
+            shipper: Mutex::new(shipper_thread),
         })
     }
 
@@ -240,6 +270,9 @@ impl AuditStore {
         }
         if self.shared.failing.load(Ordering::SeqCst) {
             return Err(self.shared.unavailable());
+        }
+        if let Some(why) = self.shared.remote.as_ref().and_then(|r| r.refusing()) {
+            return Err(AuditError::Unavailable(why));
         }
         Ok(())
     }
@@ -295,11 +328,20 @@ impl AuditStore {
             .await
             .map_err(|_| AuditError::Closed)?;
         let result = done.await.map_err(|_| AuditError::Closed)?;
-        let threads = self
+        // Every segment is a file now: one last upload round.
+        let ship = self.ship.lock().ok().and_then(|mut s| s.take());
+        if let Some(ship) = ship {
+            let (reply, shipped) = oneshot::channel();
+            if ship.send(ShipJob::Flush(self.shutdown_upload, reply)).is_ok() {
+                let _ = tokio::time::timeout(self.shutdown_upload + Duration::from_secs(5), shipped).await;
+            }
+        }
+        let mut threads = self
             .threads
             .lock()
             .map(|mut t| std::mem::take(&mut *t))
             .unwrap_or_default();
+        threads.extend(self.shipper.lock().ok().and_then(|mut s| s.take()));
         // The threads have finished their work; joining only reaps them.
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
@@ -333,6 +375,7 @@ impl AuditStore {
             pending_segments: s.pending_segments.load(Ordering::SeqCst),
             conversion_error: s.conversion_error.lock().ok().and_then(|e| e.clone()),
             last_seq: s.last_seq.load(Ordering::SeqCst),
+            remote: s.remote.as_ref().map(|r| r.health()),
         }
     }
 }
@@ -352,6 +395,10 @@ impl AuditSink for AuditStore {
     fn close(&self) -> AppendFuture<'_> {
         Box::pin(self.shutdown())
     }
+
+    fn health(&self) -> Option<Health> {
+        Some(AuditStore::health(self))
+    }
 }
 
 impl Drop for AuditStore {
@@ -364,6 +411,10 @@ impl Drop for AuditStore {
         drop(std::mem::replace(&mut self.tx, closed_tx));
         if let Ok(mut jobs) = self.jobs.lock() {
             drop(std::mem::replace(&mut *jobs, std::sync::mpsc::channel().0));
+        }
+        // The shipper ends once the converter's sender is gone too.
+        if let Ok(mut ship) = self.ship.lock() {
+            ship.take();
         }
         // The loop may be gone already (its runtime shut down) and cannot
         // be relied on to let the threads end.
@@ -782,11 +833,11 @@ impl Writer {
         if self.config.fsync == FsyncMode::Always && !self.sync() {
             return Err(self.shared.unavailable());
         }
-        if self
-            .segment
-            .as_ref()
-            .is_some_and(|s| s.len >= self.config.segment_max_bytes)
-        {
+        let full = self.segment.as_ref().is_some_and(|s| {
+            s.len >= self.config.segment_max_bytes
+                || (self.config.segment_max_events > 0 && self.segment_records >= self.config.segment_max_events)
+        });
+        if full {
             self.rotate();
         }
         Ok(())

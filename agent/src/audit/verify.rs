@@ -47,15 +47,50 @@ impl fmt::Display for Broken {
 
 /// The walk's state: what the next event must link to.
 #[derive(Clone)]
-struct Walk {
+pub(crate) struct Walk {
     anchor: Option<Anchor>,
     next: Option<(u64, String)>,
     events: u64,
     anchored_at: Option<u64>,
     vouched: bool,
+    /// Seqs whose hashes a caller wants (checkpoints), and what was found.
+    watch: std::collections::BTreeMap<u64, Option<String>>,
 }
 
 impl Walk {
+    pub(crate) fn new(anchor: Option<Anchor>) -> Self {
+        Walk {
+            anchor,
+            next: None,
+            events: 0,
+            anchored_at: None,
+            vouched: false,
+            watch: Default::default(),
+        }
+    }
+
+    /// Remembers the hash of the event at `seq` when the walk passes it.
+    pub(crate) fn watch(&mut self, seq: u64) {
+        self.watch.insert(seq, None);
+    }
+
+    /// The hash of the event at a watched `seq`, if the walk got there.
+    pub(crate) fn watched(&self, seq: u64) -> Option<&str> {
+        self.watch.get(&seq).and_then(|h| h.as_deref())
+    }
+
+    /// Seq and hash of the last event walked (0 and genesis before any).
+    pub(crate) fn head(&self) -> (u64, String) {
+        match &self.next {
+            Some((s, h)) => (s - 1, h.clone()),
+            None => (0, GENESIS_HASH.to_owned()),
+        }
+    }
+
+    pub(crate) fn events(&self) -> u64 {
+        self.events
+    }
+
     fn check(&mut self, row: &Row, file: &Path, index: usize) -> Result<(), Broken> {
         let broken = |problem: String| Broken {
             file: file.to_owned(),
@@ -110,6 +145,9 @@ impl Walk {
         {
             self.vouched = true;
         }
+        if let Some(slot) = self.watch.get_mut(&seq) {
+            *slot = Some(hash.clone());
+        }
         self.next = Some((seq + 1, hash));
         self.events += 1;
         Ok(())
@@ -131,13 +169,7 @@ pub fn verify(dir: &Path) -> Result<Verified, Result<Broken, String>> {
         return Err(Err(format!("{} is not a directory", dir.display())));
     }
     let anchor = retention::read_anchor(dir).map_err(Err)?;
-    let mut walk = Walk {
-        anchor,
-        next: None,
-        events: 0,
-        anchored_at: None,
-        vouched: false,
-    };
+    let mut walk = Walk::new(anchor);
     let mut checked: HashSet<PathBuf> = HashSet::new();
     let mut stale_passes = 0;
     let segments = loop {
@@ -163,20 +195,9 @@ pub fn verify(dir: &Path) -> Result<Verified, Result<Broken, String>> {
             }
         }
     };
-    if let (Some(a), Some(_)) = (&walk.anchor, walk.anchored_at)
-        && !walk.vouched
-    {
-        return Err(Ok(Broken {
-            file: dir.join(retention::ANCHOR_FILE),
-            row: None,
-            event_id: None,
-            problem: format!("no retention event in the chain records the cut at seq {}", a.cut_seq),
-        }));
-    }
-    let (last_seq, last_hash) = match walk.next {
-        Some((s, h)) => (s - 1, h),
-        None => (0, GENESIS_HASH.to_owned()),
-    };
+    walk.check_anchor_vouched(&dir.join(retention::ANCHOR_FILE))
+        .map_err(Ok)?;
+    let (last_seq, last_hash) = walk.head();
     Ok(Verified {
         files: checked.len(),
         segments,
@@ -213,57 +234,96 @@ fn check_wal(walk: &mut Walk, dir: &Path) -> Result<usize, Result<Broken, String
 }
 
 fn check_file(walk: &mut Walk, dir: &Path, path: &Path) -> Result<(), Broken> {
-    let broken = |row: Option<usize>, event_id: Option<String>, problem: String| Broken {
+    let (meta, rows) = parquet::read_file(path).map_err(|e| Broken {
         file: path.to_owned(),
-        row,
-        event_id,
-        problem,
-    };
-    let (meta, rows) = parquet::read_file(path).map_err(|e| broken(None, None, format!("unreadable: {e}")))?;
-    let Some(first) = rows.first() else {
-        return Err(broken(None, None, "file has no rows".into()));
-    };
-    let first_id = str_at(first, EVENT_ID).map(str::to_owned);
-    // Files are ordered by the seq in their names; a name that does not
-    // match the contents means files were renamed, swapped or planted.
-    let expected = match (str_at(first, HOST), time_at(first), int_at(first, SEQ)) {
-        (Some(host), Some(time), Some(seq)) => Some(layout::file_path(dir, host, time, seq)),
-        _ => None,
-    };
-    if expected.as_deref() != Some(path) {
-        return Err(broken(
-            Some(0),
-            first_id,
-            format!(
-                "file name does not match its first event (expected {}): \
-                 the file was renamed, moved or swapped",
-                expected.map(|p| p.display().to_string()).unwrap_or_else(|| "?".into())
-            ),
-        ));
+        row: None,
+        event_id: None,
+        problem: format!("unreadable: {e}"),
+    })?;
+    let relative = path.strip_prefix(dir).ok().and_then(Path::to_str).unwrap_or_default();
+    walk.check_file(path, relative, &meta, &rows)
+}
+
+impl Walk {
+    /// Continues the walk through one chain file: `relative` is its path
+    /// under the store's root (`date=…/host=…/name`), `shown` what errors
+    /// call it.
+    pub(crate) fn check_file(
+        &mut self,
+        shown: &Path,
+        relative: &str,
+        meta: &ChainMeta,
+        rows: &[Row],
+    ) -> Result<(), Broken> {
+        let broken = |row: Option<usize>, event_id: Option<String>, problem: String| Broken {
+            file: shown.to_owned(),
+            row,
+            event_id,
+            problem,
+        };
+        let Some(first) = rows.first() else {
+            return Err(broken(None, None, "file has no rows".into()));
+        };
+        let first_id = str_at(first, EVENT_ID).map(str::to_owned);
+        // Files are ordered by the seq in their names; a name that does not
+        // match the contents means files were renamed, swapped or planted.
+        let expected = match (str_at(first, HOST), time_at(first), int_at(first, SEQ)) {
+            (Some(host), Some(time), Some(seq)) => Some(layout::relative_path(host, time, seq)),
+            _ => None,
+        };
+        if expected.as_deref() != Some(relative) {
+            return Err(broken(
+                Some(0),
+                first_id,
+                format!(
+                    "file name does not match its first event (expected {}): \
+                     the file was renamed, moved or swapped",
+                    expected.unwrap_or_else(|| "?".into())
+                ),
+            ));
+        }
+        if self.next.is_some()
+            && meta.prev_file_last_hash != self.next.as_ref().map(|n| n.1.clone()).unwrap_or_default()
+        {
+            return Err(broken(
+                Some(0),
+                first_id,
+                "metadata prev_file_last_hash does not match the previous file's last hash \
+                 (a file before it is missing, swapped or truncated)"
+                    .into(),
+            ));
+        }
+        for (i, row) in rows.iter().enumerate() {
+            self.check(row, shown, i)?;
+        }
+        if ChainMeta::of(rows).as_ref() != Some(meta) {
+            let last = rows.len() - 1;
+            return Err(broken(
+                Some(last),
+                str_at(&rows[last], EVENT_ID).map(str::to_owned),
+                "metadata (first/last hash, seq, rows) does not match the rows \
+                 (rows were removed or added at the file's end)"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
-    if walk.next.is_some() && meta.prev_file_last_hash != walk.next.as_ref().map(|n| n.1.clone()).unwrap_or_default() {
-        return Err(broken(
-            Some(0),
-            first_id,
-            "metadata prev_file_last_hash does not match the previous file's last hash \
-             (a file before it is missing, swapped or truncated)"
-                .into(),
-        ));
+
+    /// A chain that started at a retention anchor must contain the
+    /// retention event that vouches for it.
+    pub(crate) fn check_anchor_vouched(&self, anchor_file: &Path) -> Result<(), Broken> {
+        if let (Some(a), Some(_)) = (&self.anchor, self.anchored_at)
+            && !self.vouched
+        {
+            return Err(Broken {
+                file: anchor_file.to_owned(),
+                row: None,
+                event_id: None,
+                problem: format!("no retention event in the chain records the cut at seq {}", a.cut_seq),
+            });
+        }
+        Ok(())
     }
-    for (i, row) in rows.iter().enumerate() {
-        walk.check(row, path, i)?;
-    }
-    if ChainMeta::of(&rows).as_ref() != Some(&meta) {
-        let last = rows.len() - 1;
-        return Err(broken(
-            Some(last),
-            str_at(&rows[last], EVENT_ID).map(str::to_owned),
-            "metadata (first/last hash, seq, rows) does not match the rows \
-             (rows were removed or added at the file's end)"
-                .into(),
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     approval::ApprovalView,
+    audit::Health,
     intercept::Protections,
     proxy::{CounterSnapshot, SessionSummary},
 };
@@ -81,6 +82,64 @@ pub struct StatusReport {
     #[serde(default)]
     pub pending_approvals: usize,
     pub counters: CounterSnapshot,
+    /// The audit store, and its shipping to object storage.
+    #[serde(default)]
+    pub audit: Option<Box<Health>>,
+    /// The fleet's policy bundle in force, when one is configured.
+    #[serde(default)]
+    pub policy_bundle: Option<Box<crate::policy::bundle::BundleStatus>>,
+}
+
+/// The audit lines of `loopgate status`: a failing store or upload first.
+fn write_audit(f: &mut std::fmt::Formatter<'_>, h: &Health) -> std::fmt::Result {
+    let state = if h.writable {
+        "writable"
+    } else {
+        "NOT WRITABLE (events refused)"
+    };
+    writeln!(
+        f,
+        "audit: {state}, chain at seq {}, {} WAL segments waiting for Parquet",
+        h.last_seq, h.pending_segments
+    )?;
+    for e in [&h.last_error, &h.conversion_error].into_iter().flatten() {
+        writeln!(f, "  error: {e}")?;
+    }
+    let Some(r) = &h.remote else { return Ok(()) };
+    let shipped = r
+        .shipped_seq
+        .map_or("nothing yet".to_owned(), |s| format!("through seq {s}"));
+    writeln!(
+        f,
+        "  shipping to {}: {shipped}; {} file(s) ({} bytes) uploaded since start",
+        r.url, r.shipped_files, r.shipped_bytes
+    )?;
+    if r.backlog_files > 0 {
+        writeln!(
+            f,
+            "  backlog: {} file(s) ({} bytes) waiting, oldest {}{}",
+            r.backlog_files,
+            r.backlog_bytes,
+            r.oldest_waiting.as_deref().unwrap_or("?"),
+            if r.refusing_events {
+                " — FULL: new events are refused"
+            } else {
+                ""
+            }
+        )?;
+    }
+    if let Some(e) = &r.last_error {
+        writeln!(
+            f,
+            "  UPLOAD FAILING ({} attempts in a row): {e}",
+            r.consecutive_failures
+        )?;
+    }
+    match (&r.checkpoint_key_id, r.last_checkpoint_seq) {
+        (None, _) => writeln!(f, "  checkpoints: none (no signing key)"),
+        (Some(id), Some(seq)) => writeln!(f, "  checkpoints: key {id}, last at seq {seq}"),
+        (Some(id), None) => writeln!(f, "  checkpoints: key {id}, none signed yet"),
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -155,6 +214,23 @@ impl std::fmt::Display for StatusReport {
             )?;
         }
         writeln!(f, "commands held for approval: {}", self.pending_approvals)?;
+        if let Some(b) = &self.policy_bundle {
+            writeln!(
+                f,
+                "policy bundle {}: revision {} (sha256 {}, key {}), loaded from the {}{}",
+                b.url,
+                b.revision.map_or("?".into(), |r| r.to_string()),
+                b.digest.as_deref().map_or("?", |d| &d[..d.len().min(16)]),
+                b.key_id.as_deref().unwrap_or("?"),
+                b.loaded_from.as_deref().unwrap_or("?"),
+                b.last_error
+                    .as_deref()
+                    .map_or(String::new(), |e| format!("; LAST FETCH FAILED: {e}"))
+            )?;
+        }
+        if let Some(audit) = &self.audit {
+            write_audit(f, audit)?;
+        }
         let c = &self.counters;
         writeln!(f, "counters:")?;
         writeln!(f, "  accepted {}  completed {}", c.accepted, c.completed)?;

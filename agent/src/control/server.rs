@@ -9,6 +9,7 @@ use tokio::{
 use super::{CgroupStatus, MAX_LINE, Request, Response, StatusReport, TargetStatus};
 use crate::{
     approval::{Approvals, Approver, Choice, DecideError},
+    audit::AuditLog,
     identity::OidcValidator,
     intercept::Interceptor,
     proxy::Proxy,
@@ -23,6 +24,8 @@ pub struct ControlState {
     pub interceptor: Arc<Interceptor>,
     pub approvals: Arc<Approvals>,
     pub oidc: Option<Arc<OidcValidator>>,
+    pub audit: AuditLog,
+    pub bundle: Option<Arc<crate::policy::bundle::BundleSync>>,
     pub started: SystemTime,
 }
 
@@ -200,5 +203,7 @@ fn status(state: &ControlState) -> StatusReport {
         worker_sessions: proxy.workers.loads(),
         pending_approvals: state.approvals.pending(),
         counters: proxy.registry.counters(),
+        audit: state.audit.health().map(Box::new),
+        policy_bundle: state.bundle.as_ref().map(|b| Box::new(b.status())),
     }
 }

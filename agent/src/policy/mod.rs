@@ -5,6 +5,7 @@
 //! [`BuiltinPolicy`] without touching them. [`PolicyInput`] serializes to the
 //! JSON document a Rego policy sees as `input`.
 mod builtin;
+pub mod bundle;
 pub mod cli;
 mod handle;
 mod rego;
