@@ -10,44 +10,28 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use super::{Approvals, Approver, Choice, DecideError, Decided};
-use crate::{http, identity::OidcValidator};
+use crate::{
+    http::server::{self, Answer, Ask},
+    identity::OidcValidator,
+};
 
 /// Binds `addr` and serves the API in the background.
 pub async fn serve_http(addr: SocketAddr, approvals: Arc<Approvals>, oidc: Arc<OidcValidator>) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let (approvals, oidc) = (approvals.clone(), oidc.clone());
-                    tokio::spawn(async move { exchange(stream, &approvals, &oidc).await });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "approvals API accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            }
+    server::spawn(listener, None, move |ask| {
+        let (approvals, oidc) = (approvals.clone(), oidc.clone());
+        async move {
+            let (status, body) = route(ask, &approvals, &oidc).await;
+            Answer::json(status, &body)
         }
     });
     Ok(())
 }
 
-async fn exchange(mut stream: TcpStream, approvals: &Approvals, oidc: &OidcValidator) {
-    let request = tokio::time::timeout(std::time::Duration::from_secs(10), http::read_request(&mut stream)).await;
-    let (status, body) = match request {
-        Err(_) => (408, json!({"error": "request timed out"})),
-        Ok(Err((status, message))) => (status, json!({"error": message})),
-        Ok(Ok(request)) => route(request, approvals, oidc).await,
-    };
-    if let Err(e) = http::respond(&mut stream, status, body.to_string().as_bytes()).await {
-        tracing::debug!(error = %e, "approvals API response not delivered");
-    }
-}
-
-async fn route(request: http::HttpRequest, approvals: &Approvals, oidc: &OidcValidator) -> (u16, Value) {
+async fn route(request: Ask, approvals: &Approvals, oidc: &OidcValidator) -> (u16, Value) {
     let Some(token) = request.bearer.as_deref() else {
         return (401, json!({"error": "an OIDC bearer token is required"}));
     };

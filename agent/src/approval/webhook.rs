@@ -3,13 +3,13 @@
 //! `loopgate approvals show --json` prints it. Everything interpolated into
 //! the text is escaped, so a command cannot forge mentions, links or
 //! formatting in the message.
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use rustls::ClientConfig;
 use serde_json::json;
 use url::Url;
 
 use super::{ApprovalView, Resolution};
+use crate::http::{HttpClient, Timeouts};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// The command is cut in the message; the full masked text is in `approval`.
@@ -17,7 +17,7 @@ const COMMAND_IN_TEXT: usize = 500;
 
 pub struct Webhook {
     url: Url,
-    tls: Arc<ClientConfig>,
+    http: HttpClient,
     link_base: Option<String>,
 }
 
@@ -25,7 +25,7 @@ impl Webhook {
     pub fn new(url: &str, ca_file: Option<&std::path::Path>, link_base: Option<String>) -> Result<Webhook, String> {
         Ok(Webhook {
             url: Url::parse(url).map_err(|e| e.to_string())?,
-            tls: crate::http::client_tls(ca_file)?,
+            http: HttpClient::new(crate::http::client_tls(ca_file)?, Timeouts::total(TIMEOUT)),
             link_base,
         })
     }
@@ -43,12 +43,12 @@ impl Webhook {
 
     fn post(&self, id: &str, payload: serde_json::Value) {
         let body = payload.to_string().into_bytes();
-        let (url, tls, id) = (self.url.clone(), self.tls.clone(), id.to_owned());
+        let (url, http, id) = (self.url.clone(), self.http.clone(), id.to_owned());
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
         rt.spawn(async move {
-            match crate::http::post_json(&url, &tls, &body, TIMEOUT).await {
+            match http.post_json(&url, body).await {
                 Ok(_) => tracing::debug!(approval = %id, "approval webhook delivered"),
                 Err(e) => tracing::warn!(approval = %id, error = %e, "approval webhook failed"),
             }

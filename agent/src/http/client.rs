@@ -1,20 +1,31 @@
-//! A small HTTP/1.1 client (OIDC discovery and JWKS documents, approval
-//! webhooks) over tokio and rustls (ring), so no second HTTP and TLS stack
-//! enters the agent. One request per connection, no redirects, bounded size
-//! and time.
+//! The HTTP client every part of the agent uses — OIDC discovery and JWKS,
+//! approval webhooks, object storage — on hyper's HTTP/1.1 over tokio and
+//! rustls (ring), with a small pool of kept-alive connections per origin.
+//! Answers are read whole, up to a size the caller names, within the
+//! request timeout; redirects are not followed.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use std::sync::Arc;
-use std::time::Duration;
-
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::client::conn::http1::{self, SendRequest};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
 use url::Url;
 
 /// Discovery documents, key sets and webhook answers are a few KiB; this is
 /// far above that.
-const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+
+/// Idle connections kept per origin.
+const POOL_PER_ORIGIN: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -22,16 +33,32 @@ pub enum FetchError {
     Connect(std::io::Error),
     #[error("tls: {0}")]
     Tls(String),
-    #[error("io: {0}")]
-    Io(std::io::Error),
+    #[error("{0}")]
+    Http(String),
     #[error("timed out")]
     Timeout,
     #[error("HTTP status {0}")]
     Status(u16),
-    #[error("response larger than {MAX_RESPONSE_BYTES} bytes")]
-    TooLarge,
-    #[error("malformed HTTP response: {0}")]
-    Malformed(&'static str),
+    #[error("response larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("bad URL: {0}")]
+    Url(&'static str),
+}
+
+/// Timeouts of one request.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// TCP connect plus TLS handshake.
+    pub connect: Duration,
+    /// From sending the request to the last byte of the answer.
+    pub request: Duration,
+}
+
+impl Timeouts {
+    /// One budget for the whole exchange.
+    pub fn total(d: Duration) -> Timeouts {
+        Timeouts { connect: d, request: d }
+    }
 }
 
 /// TLS settings for HTTPS requests: the roots in `ca_file` (PEM), or the
@@ -51,216 +78,256 @@ pub fn client_tls(ca_file: Option<&std::path::Path>) -> Result<Arc<ClientConfig>
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
-/// GET `url`; the body of a 200 answer.
-pub async fn get(url: &Url, tls: &Arc<ClientConfig>, timeout: Duration) -> Result<Vec<u8>, FetchError> {
-    let request = Request {
-        method: "GET",
-        body: None,
-    };
-    tokio::time::timeout(timeout, send(url, tls, request))
-        .await
-        .map_err(|_| FetchError::Timeout)?
+/// A client: its TLS roots, timeouts and connection pool. Cheap to clone.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Arc<Inner>,
 }
 
-/// POST `body` as JSON to `url`; the body of a 2xx answer.
-pub async fn post_json(
-    url: &Url,
-    tls: &Arc<ClientConfig>,
-    body: &[u8],
-    timeout: Duration,
-) -> Result<Vec<u8>, FetchError> {
-    let request = Request {
-        method: "POST",
-        body: Some(body),
-    };
-    tokio::time::timeout(timeout, send(url, tls, request))
-        .await
-        .map_err(|_| FetchError::Timeout)?
-}
-
-struct Request<'a> {
-    method: &'static str,
-    /// Sent as `application/json`.
-    body: Option<&'a [u8]>,
-}
-
-async fn send(url: &Url, tls: &Arc<ClientConfig>, req: Request<'_>) -> Result<Vec<u8>, FetchError> {
-    let host = url.host_str().ok_or(FetchError::Malformed("no host"))?;
-    let port = url.port_or_known_default().ok_or(FetchError::Malformed("no port"))?;
-    // `host_str` keeps IPv6 brackets, which the resolver does not want.
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let tcp = TcpStream::connect((bare, port)).await.map_err(FetchError::Connect)?;
-    let _ = tcp.set_nodelay(true);
-    let host_header = match url.port() {
-        Some(p) => format!("{host}:{p}"),
-        None => host.to_string(),
-    };
-    let mut target = url.path().to_string();
-    if let Some(q) = url.query() {
-        target.push('?');
-        target.push_str(q);
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("timeouts", &self.inner.timeouts)
+            .finish()
     }
-    let mut request = format!(
-        "{} {target} HTTP/1.1\r\nHost: {host_header}\r\nAccept: application/json\r\nUser-Agent: loopgate\r\nConnection: close\r\n",
-        req.method
-    )
-    .into_bytes();
-    if let Some(body) = req.body {
-        request.extend_from_slice(
-            format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()).as_bytes(),
-        );
+}
+
+struct Inner {
+    tls: Arc<ClientConfig>,
+    timeouts: Timeouts,
+    idle: Mutex<HashMap<Origin, Vec<SendRequest<Full<Bytes>>>>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Origin {
+    https: bool,
+    host: String,
+    port: u16,
+}
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+impl HttpClient {
+    pub fn new(tls: Arc<ClientConfig>, timeouts: Timeouts) -> HttpClient {
+        HttpClient {
+            inner: Arc::new(Inner {
+                tls,
+                timeouts,
+                idle: Mutex::new(HashMap::new()),
+            }),
+        }
     }
-    request.extend_from_slice(b"\r\n");
-    request.extend_from_slice(req.body.unwrap_or_default());
-    let raw = if url.scheme() == "https" {
-        let name = ServerName::try_from(bare.to_string()).map_err(|e| FetchError::Tls(e.to_string()))?;
-        let mut stream = tokio_rustls::TlsConnector::from(tls.clone())
-            .connect(name, tcp)
+
+    /// GET `url`; the body of a 2xx answer.
+    pub async fn get(&self, url: &Url) -> Result<Bytes, FetchError> {
+        let request = http::Request::get(url.as_str())
+            .header(http::header::ACCEPT, "application/json")
+            .body(Full::default())
+            .map_err(|e| FetchError::Http(e.to_string()))?;
+        self.expect_ok(request).await
+    }
+
+    /// POST `body` as JSON to `url`; the body of a 2xx answer.
+    pub async fn post_json(&self, url: &Url, body: Vec<u8>) -> Result<Bytes, FetchError> {
+        let request = http::Request::post(url.as_str())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| FetchError::Http(e.to_string()))?;
+        self.expect_ok(request).await
+    }
+
+    async fn expect_ok(&self, request: http::Request<Full<Bytes>>) -> Result<Bytes, FetchError> {
+        let response = self.send(request, MAX_DOCUMENT_BYTES).await?;
+        if !response.status().is_success() {
+            return Err(FetchError::Status(response.status().as_u16()));
+        }
+        Ok(response.into_body())
+    }
+
+    /// Sends `request` (absolute URI) and reads its answer whole, at most
+    /// `max_body` bytes, within the timeouts.
+    pub async fn send(
+        &self,
+        mut request: http::Request<Full<Bytes>>,
+        max_body: usize,
+    ) -> Result<http::Response<Bytes>, FetchError> {
+        let uri = request.uri().clone();
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(FetchError::Url("not http(s)")),
+        };
+        let authority = uri.authority().ok_or(FetchError::Url("no host"))?.clone();
+        let origin = Origin {
+            https,
+            port: authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
+            host: authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+        };
+        // HTTP/1.1 origin form: the path in the request line, the
+        // authority in Host.
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        *request.uri_mut() = path.parse().map_err(|_| FetchError::Url("bad path"))?;
+        let host = http::HeaderValue::from_str(authority.as_str()).map_err(|_| FetchError::Url("bad host"))?;
+        let headers = request.headers_mut();
+        headers.insert(http::header::HOST, host);
+        headers
+            .entry(http::header::USER_AGENT)
+            .or_insert(http::HeaderValue::from_static("loopgate"));
+        let mut sender = match self.take_idle(&origin) {
+            Some(s) => s,
+            None => self.connect(&origin).await?,
+        };
+        let exchange = async {
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| FetchError::Http(e.to_string()))?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, max_body)
+                .collect()
+                .await
+                .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
+                    Ok(_) => FetchError::TooLarge(max_body),
+                    Err(e) => FetchError::Http(e.to_string()),
+                })?
+                .to_bytes();
+            Ok::<_, FetchError>((parts, body))
+        };
+        let (parts, body) = tokio::time::timeout(self.inner.timeouts.request, exchange)
             .await
-            .map_err(|e| FetchError::Tls(e.to_string()))?;
-        stream.write_all(&request).await.map_err(FetchError::Io)?;
-        read_all(&mut stream).await?
-    } else {
-        let mut stream = tcp;
-        stream.write_all(&request).await.map_err(FetchError::Io)?;
-        read_all(&mut stream).await?
-    };
-    parse_response(&raw)
-}
+            .map_err(|_| FetchError::Timeout)??;
+        let close = parts
+            .headers
+            .get(http::header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        if !close {
+            self.put_idle(origin, sender);
+        }
+        Ok(http::Response::from_parts(parts, body))
+    }
 
-/// Reads to EOF. A TLS peer that closes without close_notify surfaces as
-/// UnexpectedEof; the framing check in `parse_response` decides whether the
-/// body is complete, so that is not an error here.
-async fn read_all<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, FetchError> {
-    let mut buf = Vec::with_capacity(8 * 1024);
-    let mut chunk = [0u8; 8 * 1024];
-    loop {
-        match stream.read(&mut chunk).await {
-            Ok(0) => return Ok(buf),
-            Ok(n) => {
-                if buf.len() + n > MAX_RESPONSE_BYTES + 16 * 1024 {
-                    return Err(FetchError::TooLarge);
-                }
-                buf.extend_from_slice(&chunk[..n]);
+    fn take_idle(&self, origin: &Origin) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(origin)?;
+        while let Some(s) = list.pop() {
+            if s.is_ready() && !s.is_closed() {
+                return Some(s);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => return Ok(buf),
-            Err(e) => return Err(FetchError::Io(e)),
         }
+        None
     }
-}
 
-fn parse_response(raw: &[u8]) -> Result<Vec<u8>, FetchError> {
-    let head_end = find(raw, b"\r\n\r\n").ok_or(FetchError::Malformed("no end of headers"))?;
-    let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| FetchError::Malformed("headers are not UTF-8"))?;
-    let body = &raw[head_end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut fields = status_line.splitn(3, ' ');
-    let version = fields.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(FetchError::Malformed("not HTTP/1.x"));
-    }
-    let status: u16 = fields
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or(FetchError::Malformed("bad status line"))?;
-    if !(200..300).contains(&status) {
-        return Err(FetchError::Status(status));
-    }
-    let mut content_length = None;
-    let mut chunked = false;
-    for line in lines {
-        let (name, value) = line.split_once(':').ok_or(FetchError::Malformed("bad header line"))?;
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            let n: usize = value.parse().map_err(|_| FetchError::Malformed("bad content-length"))?;
-            content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().split(',').any(|v| v.trim() == "chunked");
+    fn put_idle(&self, origin: Origin, sender: SendRequest<Full<Bytes>>) {
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(origin).or_default();
+        list.retain(|s| !s.is_closed());
+        if list.len() < POOL_PER_ORIGIN {
+            list.push(sender);
         }
     }
-    if chunked {
-        return dechunk(body);
-    }
-    match content_length {
-        Some(n) if n > MAX_RESPONSE_BYTES => Err(FetchError::TooLarge),
-        Some(n) if body.len() < n => Err(FetchError::Malformed("body shorter than content-length")),
-        Some(n) => Ok(body[..n].to_vec()),
-        None if body.len() > MAX_RESPONSE_BYTES => Err(FetchError::TooLarge),
-        None => Ok(body.to_vec()),
-    }
-}
 
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, FetchError> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = find(rest, b"\r\n").ok_or(FetchError::Malformed("truncated chunk size"))?;
-        let size_text = std::str::from_utf8(&rest[..line_end]).map_err(|_| FetchError::Malformed("bad chunk size"))?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| FetchError::Malformed("bad chunk size"))?;
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if size > MAX_RESPONSE_BYTES || out.len() + size > MAX_RESPONSE_BYTES {
-            return Err(FetchError::TooLarge);
-        }
-        if rest.len() < size + 2 || &rest[size..size + 2] != b"\r\n" {
-            return Err(FetchError::Malformed("truncated chunk"));
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
+    async fn connect(&self, origin: &Origin) -> Result<SendRequest<Full<Bytes>>, FetchError> {
+        let connect = async {
+            let tcp = TcpStream::connect((origin.host.as_str(), origin.port))
+                .await
+                .map_err(FetchError::Connect)?;
+            let _ = tcp.set_nodelay(true);
+            let io: Box<dyn Io> = if origin.https {
+                let name = ServerName::try_from(origin.host.clone()).map_err(|e| FetchError::Tls(e.to_string()))?;
+                let tls = tokio_rustls::TlsConnector::from(self.inner.tls.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| FetchError::Tls(e.to_string()))?;
+                Box::new(tls)
+            } else {
+                Box::new(tcp)
+            };
+            let (sender, connection) = http1::handshake(hyper_util::rt::TokioIo::new(io))
+                .await
+                .map_err(|e| FetchError::Http(e.to_string()))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "HTTP connection ended");
+                }
+            });
+            Ok(sender)
+        };
+        tokio::time::timeout(self.inner.timeouts.connect, connect)
+            .await
+            .map_err(|_| FetchError::Timeout)?
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::server::{self, Answer, Ask};
 
-    #[test]
-    fn content_length_and_chunked_bodies() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: y\r\n\r\n{}trailing").unwrap();
-        assert_eq!(r, b"{}");
-        let r = parse_response(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{\"\r\n3;x=1\r\na\"}\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!(r, b"{\"a\"}");
-        let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\nuntil-eof").unwrap();
-        assert_eq!(r, b"until-eof");
+    fn client() -> HttpClient {
+        HttpClient::new(client_tls(None).unwrap(), Timeouts::total(Duration::from_secs(5)))
     }
 
-    #[test]
-    fn errors_instead_of_panics() {
+    async fn serve(handler: impl Fn(Ask) -> Answer + Send + Sync + 'static) -> Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handler = Arc::new(handler);
+        server::spawn(listener, None, move |ask| {
+            let handler = handler.clone();
+            async move { handler(ask) }
+        });
+        Url::parse(&format!("http://{addr}/")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn gets_and_posts_carry_path_and_body() {
+        let url = serve(|ask| Answer::json(200, &serde_json::json!({"path": ask.path, "body": ask.body.len()}))).await;
+        let c = client();
+        let got = c.get(&url.join("a?x=1").unwrap()).await.unwrap();
+        assert_eq!(&got[..], br#"{"body":0,"path":"/a"}"#);
+        let got = c.post_json(&url.join("b").unwrap(), b"{}".to_vec()).await.unwrap();
+        assert_eq!(&got[..], br#"{"body":2,"path":"/b"}"#);
+        // The server answers `Connection: close`: nothing stale is pooled.
+        assert_eq!(c.inner.idle.lock().unwrap().values().map(Vec::len).sum::<usize>(), 0);
+    }
+
+    #[tokio::test]
+    async fn statuses_sizes_and_dead_ports_are_errors() {
+        let url = serve(|ask| match ask.path.as_str() {
+            "/big" => Answer::json(200, &serde_json::json!({"x": "a".repeat(MAX_DOCUMENT_BYTES)})),
+            _ => Answer::json(302, &serde_json::json!({})),
+        })
+        .await;
+        let c = client();
+        assert!(matches!(c.get(&url).await, Err(FetchError::Status(302))));
         assert!(matches!(
-            parse_response(b"HTTP/1.1 302 Found\r\nLocation: /x\r\n\r\n"),
-            Err(FetchError::Status(302))
+            c.get(&url.join("big").unwrap()).await,
+            Err(FetchError::TooLarge(_))
         ));
-        for bad in [
-            &b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"[..],
-            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
-            b"SSH-2.0\r\n\r\n",
-            b"HTTP/1.1 200 OK",
-            b"HTTP/1.1 200 OK\r\nbroken\r\n\r\n",
-        ] {
-            assert!(parse_response(bad).is_err(), "{}", String::from_utf8_lossy(bad));
-        }
-        let big = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", MAX_RESPONSE_BYTES + 1);
-        assert!(matches!(parse_response(big.as_bytes()), Err(FetchError::TooLarge)));
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let dead = Url::parse(&format!("http://{closed}/")).unwrap();
+        assert!(c.get(&dead).await.is_err());
+        assert!(matches!(
+            c.get(&Url::parse("ftp://x/").unwrap()).await,
+            Err(FetchError::Url(_))
+        ));
     }
 }

@@ -1,10 +1,8 @@
-//! Minimal HTTP/1.1 over tokio, enough for what the agent speaks: a client
-//! for OIDC documents and approval webhooks, and the server side of the
-//! loopback approvals API. No framework: one request per connection,
-//! bounded sizes and times, nothing kept alive.
-mod client;
-mod server;
+//! One HTTP stack for the agent, hyper 1.x over tokio and rustls (ring):
+//! the client (OIDC documents, approval webhooks, object storage) and the
+//! server (the loopback approvals API). Later protocols (the Kubernetes and
+//! FHIR proxies) build on the same crates.
+pub mod client;
+pub mod server;
 
-pub use client::FetchError;
-pub use client::{client_tls, get, post_json};
-pub use server::{HttpRequest, MAX_BODY, read_request, respond};
+pub use client::{FetchError, HttpClient, MAX_DOCUMENT_BYTES, Timeouts, client_tls};

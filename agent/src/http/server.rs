@@ -1,155 +1,210 @@
-//! The server half: read one request, write one response. Sizes are capped
-//! so a local client cannot make the agent buffer without bound.
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+//! The HTTP server every part of the agent uses (the loopback approvals
+//! API; the test issuer): hyper's HTTP/1.1 over tokio, plain or TLS, with
+//! bounds so a local client cannot make the agent buffer or wait without
+//! end — headers within 16 KiB and 10 s, a body within 16 KiB and 10 s, one
+//! request per connection.
+use std::{future::Future, sync::Arc, time::Duration};
 
-/// Request line plus headers.
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_rustls::TlsAcceptor;
+
+/// Request line plus headers (hyper's smallest read buffer is 8 KiB).
 const MAX_HEAD: usize = 16 * 1024;
 /// Request bodies are small JSON documents (a denial reason).
 pub const MAX_BODY: usize = 16 * 1024;
+/// Time for the headers, and then for the body.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One parsed request.
-#[derive(Debug, PartialEq, Eq)]
-pub struct HttpRequest {
-    pub method: String,
+/// A request as handlers see it: read whole, within the bounds.
+#[derive(Debug)]
+pub struct Ask {
+    pub method: http::Method,
     /// Path without the query string.
     pub path: String,
     /// The `Authorization: Bearer` token, if any.
     pub bearer: Option<String>,
-    pub body: Vec<u8>,
+    pub body: Bytes,
 }
 
-/// Reads one request. Errors are the status and text to answer with.
-pub async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Result<HttpRequest, (u16, &'static str)> {
-    let mut buf = Vec::with_capacity(1024);
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err((431, "request headers too large"));
-        }
-        let mut chunk = [0u8; 2048];
-        let n = stream.read(&mut chunk).await.map_err(|_| (400, "read failed"))?;
-        if n == 0 {
-            return Err((400, "incomplete request"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| (400, "headers are not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let mut request_line = lines.next().unwrap_or_default().split(' ');
-    let (Some(method), Some(target), Some(version)) = (request_line.next(), request_line.next(), request_line.next())
-    else {
-        return Err((400, "bad request line"));
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err((505, "HTTP/1.x only"));
-    }
-    let mut content_length = 0usize;
-    let mut bearer = None;
-    for line in lines {
-        let (name, value) = line.split_once(':').ok_or((400, "bad header line"))?;
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            content_length = value.parse().map_err(|_| (400, "bad content-length"))?;
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err((411, "send a content-length"));
-        } else if name.eq_ignore_ascii_case("authorization") {
-            let mut parts = value.splitn(2, ' ');
-            if parts.next().is_some_and(|s| s.eq_ignore_ascii_case("bearer")) {
-                bearer = parts.next().map(|t| t.trim().to_owned());
-            }
+/// A JSON answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(status: u16, value: &serde_json::Value) -> Answer {
+        Answer {
+            status,
+            body: Bytes::from(value.to_string()),
         }
     }
-    if content_length > MAX_BODY {
-        return Err((413, "request body too large"));
+
+    fn error(status: u16, message: &str) -> Answer {
+        Answer::json(status, &serde_json::json!({ "error": message }))
     }
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < content_length {
-        let mut chunk = [0u8; 2048];
-        let n = stream.read(&mut chunk).await.map_err(|_| (400, "read failed"))?;
-        if n == 0 {
-            return Err((400, "body shorter than content-length"));
+
+    fn into_response(self) -> http::Response<Full<Bytes>> {
+        let mut response = http::Response::new(Full::new(self.body));
+        *response.status_mut() =
+            http::StatusCode::from_u16(self.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+/// Serves `listener` in the background, over TLS when `tls` is given: each
+/// connection on a task of its own, each request answered by `handler`.
+pub fn spawn<H, F>(listener: TcpListener, tls: Option<TlsAcceptor>, handler: H) -> JoinHandle<()>
+where
+    H: Fn(Ask) -> F + Send + Sync + 'static,
+    F: Future<Output = Answer> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (handler, tls) = (handler.clone(), tls.clone());
+            tokio::spawn(async move {
+                match tls {
+                    Some(acceptor) => {
+                        if let Ok(Ok(stream)) = tokio::time::timeout(READ_TIMEOUT, acceptor.accept(stream)).await {
+                            connection(TokioIo::new(stream), handler).await;
+                        }
+                    }
+                    None => connection(TokioIo::new(stream), handler).await,
+                }
+            });
         }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    body.truncate(content_length);
-    let path = target.split('?').next().unwrap_or_default().to_owned();
-    Ok(HttpRequest {
-        method: method.to_owned(),
-        path,
-        bearer,
-        body,
     })
 }
 
-/// Writes a JSON response and closes the exchange.
-pub async fn respond<S: AsyncWrite + Unpin>(stream: &mut S, status: u16, json: &[u8]) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        411 => "Length Required",
-        413 => "Payload Too Large",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "Error",
+async fn connection<I, H, F>(io: I, handler: Arc<H>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    H: Fn(Ask) -> F + Send + Sync + 'static,
+    F: Future<Output = Answer> + Send + 'static,
+{
+    let service = service_fn(move |request: http::Request<Incoming>| {
+        let handler = handler.clone();
+        async move { Ok::<_, std::convert::Infallible>(answer(request, &*handler).await.into_response()) }
+    });
+    let served = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .keep_alive(false)
+        .serve_connection(io, service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "HTTP connection ended");
+    }
+}
+
+async fn answer<H, F>(request: http::Request<Incoming>, handler: &H) -> Answer
+where
+    H: Fn(Ask) -> F,
+    F: Future<Output = Answer>,
+{
+    let (parts, body) = request.into_parts();
+    let body = match tokio::time::timeout(READ_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+        Err(_) => return Answer::error(408, "request timed out"),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Answer::error(413, "request body too large");
+        }
+        Ok(Err(_)) => return Answer::error(400, "incomplete request body"),
+        Ok(Ok(collected)) => collected.to_bytes(),
     };
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        json.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(json);
-    stream.write_all(&out).await?;
-    stream.shutdown().await
+    let bearer = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+        });
+    handler(Ask {
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        bearer,
+        body,
+    })
+    .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    async fn parse(raw: &[u8]) -> Result<HttpRequest, (u16, &'static str)> {
-        let mut r = raw;
-        read_request(&mut r).await
+    async fn server() -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        spawn(listener, None, |ask: Ask| async move {
+            Answer::json(
+                200,
+                &serde_json::json!({"method": ask.method.as_str(), "path": ask.path, "bearer": ask.bearer, "body": String::from_utf8_lossy(&ask.body)}),
+            )
+        });
+        addr
+    }
+
+    async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     #[tokio::test]
-    async fn requests_parse_with_bearer_and_body() {
-        let r = parse(b"POST /v1/approvals/ab12/deny?x=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok.en\r\nContent-Length: 4\r\n\r\n{}  extra")
-            .await
-            .unwrap();
-        assert_eq!(r.method, "POST");
-        assert_eq!(r.path, "/v1/approvals/ab12/deny");
-        assert_eq!(r.bearer.as_deref(), Some("tok.en"));
-        assert_eq!(r.body, b"{}  ");
+    async fn requests_reach_the_handler_with_bearer_and_body() {
+        let addr = server().await;
+        let got = raw(
+            addr,
+            b"POST /v1/approvals/ab12/deny?x=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok.en\r\nContent-Length: 2\r\n\r\n{}",
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
+        assert!(
+            got.contains(r#""path":"/v1/approvals/ab12/deny""#) && got.contains(r#""bearer":"tok.en""#),
+            "{got}"
+        );
+        assert!(got.contains(r#""body":"{}""#), "{got}");
     }
 
     #[tokio::test]
-    async fn bad_requests_get_a_status_not_a_panic() {
-        for (raw, status) in [
-            (&b"GET / HTTP/1.1\r\nHost"[..], 400),
-            (b"GET /\r\n\r\n", 400),
-            (b"GET / SPDY/3\r\n\r\n", 505),
-            (b"GET / HTTP/1.1\r\nbroken\r\n\r\n", 400),
-            (b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
-            (b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", 413),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 411),
-            (b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab", 400),
-        ] {
-            assert_eq!(
-                parse(raw).await.unwrap_err().0,
-                status,
-                "{}",
-                String::from_utf8_lossy(raw)
-            );
-        }
-        let huge = vec![b'a'; MAX_HEAD + 10];
-        assert_eq!(parse(&huge).await.unwrap_err().0, 431);
+    async fn oversized_and_malformed_requests_are_answered_not_served() {
+        let addr = server().await;
+        let big = format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{}",
+            MAX_BODY + 1,
+            "a".repeat(MAX_BODY + 1)
+        );
+        assert!(raw(addr, big.as_bytes()).await.starts_with("HTTP/1.1 413"));
+        let huge_head = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD * 2));
+        let got = raw(addr, huge_head.as_bytes()).await;
+        assert!(got.starts_with("HTTP/1.1 431") || got.is_empty(), "{got}");
+        let got = raw(addr, b"GET / SPDY/3\r\n\r\n").await;
+        assert!(!got.contains(r#""path""#), "{got}");
+        let got = raw(addr, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n").await;
+        assert!(got.starts_with("HTTP/1.1 400"), "{got}");
     }
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::config::check_fetch_url;
-use crate::http::{self, FetchError};
+use crate::http::{FetchError, HttpClient, Timeouts};
 
 /// Why the key set could not be (re)fetched; for logs, not for clients.
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +45,7 @@ struct Discovery {
 pub(crate) struct KeyStore {
     issuer: String,
     discovery_url: Url,
-    tls: Arc<ClientConfig>,
-    timeout: Duration,
+    http: HttpClient,
     min_refetch: Duration,
     keys: RwLock<Option<Arc<CoreJsonWebKeySet>>>,
     /// Serialises fetches (one in flight) and holds their bookkeeping.
@@ -72,8 +71,7 @@ impl KeyStore {
         Ok(KeyStore {
             issuer: issuer.to_string(),
             discovery_url,
-            tls,
-            timeout,
+            http: HttpClient::new(tls, Timeouts::total(timeout)),
             min_refetch,
             keys: RwLock::new(None),
             fetch: tokio::sync::Mutex::new(FetchState::default()),
@@ -131,12 +129,10 @@ impl KeyStore {
                 None => return Err(error),
             },
         };
-        let body = http::get(&jwks_uri, &self.tls, self.timeout)
-            .await
-            .map_err(|source| KeyFetchError::Jwks {
-                url: jwks_uri.to_string(),
-                source,
-            })?;
+        let body = self.http.get(&jwks_uri).await.map_err(|source| KeyFetchError::Jwks {
+            url: jwks_uri.to_string(),
+            source,
+        })?;
         let set: CoreJsonWebKeySet =
             serde_json::from_slice(&body).map_err(|e| KeyFetchError::BadJwks(e.to_string()))?;
         // A set without one usable key is a broken answer, not a rotation.
@@ -149,7 +145,9 @@ impl KeyStore {
     }
 
     async fn discover(&self) -> Result<Url, KeyFetchError> {
-        let body = http::get(&self.discovery_url, &self.tls, self.timeout)
+        let body = self
+            .http
+            .get(&self.discovery_url)
             .await
             .map_err(|source| KeyFetchError::Discovery {
                 url: self.discovery_url.to_string(),

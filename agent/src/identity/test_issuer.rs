@@ -21,12 +21,12 @@ use ring::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
 use rustls_pki_types::PrivatePkcs8KeyDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use super::config::OidcConfig;
+use crate::http::server::{self, Answer, Ask};
 
 const RSA_KEYS: [&str; 3] = [
     "-----BEGIN PRIVATE KEY-----
@@ -209,7 +209,7 @@ impl TestIssuer {
             discovery_requests: AtomicUsize::new(0),
             jwks_requests: AtomicUsize::new(0),
         });
-        let server = tokio::spawn(serve(listener, inner.clone()));
+        let server = serve(listener, inner.clone());
         Ok(TestIssuer {
             inner,
             addr,
@@ -375,7 +375,7 @@ impl TestIssuer {
         socket.set_reuseaddr(true)?;
         socket.bind(self.addr)?;
         let listener = socket.listen(64)?;
-        *self.server.lock().unwrap() = Some(tokio::spawn(serve(listener, self.inner.clone())));
+        *self.server.lock().unwrap() = Some(serve(listener, self.inner.clone()));
         Ok(())
     }
 }
@@ -409,37 +409,16 @@ fn jwks_json(keys: &Keys) -> Value {
     json!({ "keys": published })
 }
 
-async fn serve(listener: TcpListener, inner: Arc<Inner>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+fn serve(listener: TcpListener, inner: Arc<Inner>) -> JoinHandle<()> {
+    let tls = inner.tls.clone();
+    server::spawn(listener, tls, move |ask| {
         let inner = inner.clone();
-        tokio::spawn(async move {
-            match &inner.tls {
-                Some(acceptor) => {
-                    if let Ok(tls) = acceptor.accept(stream).await {
-                        answer(tls, &inner).await;
-                    }
-                }
-                None => answer(stream, &inner).await,
-            }
-        });
-    }
+        async move { answer(&ask, &inner) }
+    })
 }
 
-async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, inner: &Inner) {
-    let mut request = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => request.extend_from_slice(&buf[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&request);
-    let path = text.split(' ').nth(1).unwrap_or("");
-    let (status, body) = match path {
+fn answer(ask: &Ask, inner: &Inner) -> Answer {
+    match ask.path.as_str() {
         "/.well-known/openid-configuration" => {
             inner.discovery_requests.fetch_add(1, Ordering::Relaxed);
             let issuer = &inner.issuer;
@@ -452,19 +431,12 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, inner: &Inner)
                 "subject_types_supported": ["public"],
                 "id_token_signing_alg_values_supported": ["RS256", "PS256", "ES256"],
             });
-            ("200 OK", doc.to_string())
+            Answer::json(200, &doc)
         }
         "/jwks" => {
             inner.jwks_requests.fetch_add(1, Ordering::Relaxed);
-            let body = jwks_json(&inner.keys.lock().unwrap()).to_string();
-            ("200 OK", body)
+            Answer::json(200, &jwks_json(&inner.keys.lock().unwrap()))
         }
-        _ => ("404 Not Found", "{}".to_string()),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
+        _ => Answer::json(404, &json!({})),
+    }
 }
