@@ -9,11 +9,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use loopgate::protocols::postgres::{
-    config::{AuthMethod, Secret, TlsMode},
-    frame::{self, MAX_MESSAGE},
-    tls::{self, LocalCa},
-    upstream::{self, Upstream, UpstreamError, UpstreamSettings},
+use loopgate::{
+    protocols::postgres::{
+        config::{AuthMethod, Secret, TlsMode},
+        frame::{self, MAX_MESSAGE},
+        upstream::{self, Upstream, UpstreamError, UpstreamSettings},
+    },
+    tls::LocalCa,
 };
 use loopgate_e2e::postgres::{APP_PASSWORD, APP_USER, PgOptions, PgServer};
 use pgwire::messages::{DecodeContext, PgWireBackendMessage, ProtocolVersion};
@@ -31,7 +33,7 @@ fn settings(password: Option<&str>, tls: TlsMode, ca: Option<&Path>) -> Upstream
     UpstreamSettings {
         user: APP_USER.into(),
         secret: password.map(|p| Secret::new(p.into())),
-        tls: tls::client_config(tls, ca).expect("client config"),
+        tls: upstream::tls_config(tls, ca).expect("client config"),
         database: None,
         require_auth: None,
     }
@@ -334,7 +336,7 @@ async fn local_ca_leaf_is_accepted_by_libpq_verify_full() {
             "certificate verify failed",
         ),
     ] {
-        let config = ca.server_config(&cert_names).unwrap();
+        let config = ca.server_config(&cert_names, &[upstream::ALPN]).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = tokio::spawn(async move {

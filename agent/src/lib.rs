@@ -17,3 +17,4 @@ pub mod protocols;
 pub mod proxy;
 pub mod signing;
 pub mod sql;
+pub mod tls;

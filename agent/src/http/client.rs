@@ -64,27 +64,11 @@ impl Timeouts {
 /// TLS settings for HTTPS requests: the roots in `ca_file` (PEM), or the
 /// public web roots when none is given.
 pub fn client_tls(ca_file: Option<&std::path::Path>) -> Result<Arc<ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            use rustls_pki_types::{CertificateDer, pem::PemObject as _};
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| e.to_string())? {
-                roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-            }
-            if roots.is_empty() {
-                return Err("no certificates in the file".into());
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    let auth = match ca_file {
+        Some(path) => crate::tls::ServerAuth::CaFile(path.to_path_buf()),
+        None => crate::tls::ServerAuth::WebRoots,
+    };
+    crate::tls::client_config(&auth, &[b"http/1.1"]).map_err(|e| e.to_string())
 }
 
 /// A client: its TLS roots, timeouts and connection pool. Cheap to clone.

@@ -172,11 +172,11 @@ impl TestIssuer {
     /// The same over https, with a leaf for 127.0.0.1 from a local CA kept in
     /// `ca_dir`; trust `<ca_dir>/ca.pem` (returned) through `ca_file`.
     pub async fn start_tls(ca_dir: &Path) -> std::io::Result<(TestIssuer, std::path::PathBuf)> {
-        let ca = crate::protocols::postgres::tls::LocalCa::load_or_create(ca_dir).map_err(std::io::Error::other)?;
-        let server = ca.server_config(&["127.0.0.1".into()]).map_err(std::io::Error::other)?;
-        let mut server = (*server).clone();
-        server.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let issuer = Self::start_inner(Some(TlsAcceptor::from(Arc::new(server)))).await?;
+        let ca = crate::tls::LocalCa::load_or_create(ca_dir).map_err(std::io::Error::other)?;
+        let server = ca
+            .server_config(&["127.0.0.1".into()], &[b"http/1.1"])
+            .map_err(std::io::Error::other)?;
+        let issuer = Self::start_inner(Some(TlsAcceptor::from(server))).await?;
         Ok((issuer, ca.cert_path()))
     }
 

@@ -52,9 +52,9 @@ impl Handler {
                 let upstream = postgres::upstream::UpstreamSettings::from_config(&pg.upstream)
                     .with_context(|| format!("target {:?}: upstream credentials", target.name))?;
                 let client_tls = if pg.client_tls {
-                    let ca = postgres::tls::LocalCa::load_or_create(&config.tls.ca_dir)
+                    let ca = crate::tls::LocalCa::load_or_create(&config.tls.ca_dir)
                         .with_context(|| format!("loopgate's local CA in {}", config.tls.ca_dir.display()))?;
-                    Some(ca.server_config(&target.certificate_names())?)
+                    Some(ca.server_config(&target.certificate_names(), &[postgres::upstream::ALPN])?)
                 } else {
                     None
                 };

@@ -9,9 +9,9 @@
 //!   the ordered queue that ties the two.
 //! - `rows`: masking of results, COPY data and server messages.
 //! - `record`: the audit events of commands.
-//! - `upstream`, `scram`, `tls`, `config`: loopgate's own connection to the
-//!   server with the target's stored credential (the automation never sees
-//!   it), over TLS when configured.
+//! - `upstream`, `scram`, `config`: loopgate's own connection to the server
+//!   with the target's stored credential (the automation never sees it),
+//!   over TLS when configured (`crate::tls`).
 mod backend;
 mod cancel;
 mod catalog;
@@ -26,7 +26,6 @@ mod rows;
 pub mod scram;
 mod startup;
 mod stream;
-pub mod tls;
 pub mod upstream;
 mod wire;
 

@@ -22,11 +22,33 @@ use tokio::{
 use tokio_rustls::TlsConnector;
 
 use super::{
-    config::{AuthMethod, Secret, UpstreamConfig, UpstreamConfigError},
+    config::{AuthMethod, Secret, TlsMode, UpstreamConfig, UpstreamConfigError},
     frame::{self, FrameError, STARTUP_MAX_LEN},
     scram::{ScramClient, ScramError},
-    tls::{self, TlsError},
 };
+use crate::tls::{self, ServerAuth, TlsError};
+
+/// ALPN name PostgreSQL 17+ expects; older servers ignore it.
+pub const ALPN: &[u8] = b"postgresql";
+
+/// The client TLS config for a target's `tls` mode: `None` for disable.
+/// `require` encrypts without authenticating the server (like libpq's
+/// sslmode=require); `verify-full` checks the chain against `ca_file` and
+/// the name or address passed as server name.
+pub fn tls_config(mode: TlsMode, ca_file: Option<&std::path::Path>) -> Result<Option<Arc<ClientConfig>>, TlsError> {
+    let auth = match (mode, ca_file) {
+        (TlsMode::Disable, _) => return Ok(None),
+        (TlsMode::Require, _) => ServerAuth::None,
+        (TlsMode::VerifyFull, Some(path)) => ServerAuth::CaFile(path.to_path_buf()),
+        (TlsMode::VerifyFull, None) => {
+            return Err(TlsError::CaFile {
+                path: Default::default(),
+                reason: "tls = \"verify-full\" needs ca_file".into(),
+            });
+        }
+    };
+    tls::client_config(&auth, &[ALPN]).map(Some)
+}
 
 /// What [`connect`] needs, resolved from the target's config once.
 #[derive(Clone, Debug)]
@@ -48,7 +70,7 @@ impl UpstreamSettings {
         Ok(UpstreamSettings {
             user: cfg.user.clone(),
             secret: cfg.load_secret()?,
-            tls: tls::client_config(cfg.tls, cfg.ca_file.as_deref())?,
+            tls: tls_config(cfg.tls, cfg.ca_file.as_deref())?,
             database: cfg.database.clone(),
             require_auth: cfg.require_auth.clone(),
         })
@@ -582,7 +604,7 @@ mod tests {
     async fn tls_required_but_server_says_no() {
         let (addr, _t) = fake_server(vec![b"N".to_vec()]).await;
         let mut s = settings(Some("pw"));
-        s.tls = tls::client_config(super::super::config::TlsMode::Require, None).unwrap();
+        s.tls = tls_config(TlsMode::Require, None).unwrap();
         let err = connect(addr, "localhost", &s, &[]).await.unwrap_err();
         assert!(matches!(err, UpstreamError::TlsRefused), "{err}");
     }

@@ -1,14 +1,8 @@
-//! TLS on both sides of a PostgreSQL session, with rustls (ring provider).
-//!
-//! - Toward clients: [`LocalCa`], loopgate's own CA, issues a certificate for
-//!   the names the client dialled. `sslmode=require` clients accept any
-//!   certificate; `verify-full` clients trust the CA file the operator
-//!   distributes (`<dir>/ca.pem`).
-//! - Toward the server: [`client_config`] for the target's `tls` mode.
+//! loopgate's local CA.
 use std::{
     collections::HashMap,
     fs,
-    io::{self, Write},
+    io::Write,
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -18,43 +12,13 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     PKCS_ECDSA_P256_SHA256,
 };
-use rustls::{
-    ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    crypto::{CryptoProvider, ring},
-};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject};
+use rustls::ServerConfig;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
-use super::config::TlsMode;
+use super::{TlsError, provider};
 
-/// ALPN name PostgreSQL 17+ expects; older servers ignore it.
-const ALPN_POSTGRESQL: &[u8] = b"postgresql";
-
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
-    #[error("{path} has mode {mode:04o}; loopgate's CA key must be 0600 in a 0700 directory")]
-    Mode { path: PathBuf, mode: u32 },
-    #[error("loopgate's CA in {dir}: {reason}")]
-    Ca { dir: PathBuf, reason: String },
-    #[error("cannot issue a certificate for {names:?}: {reason}")]
-    Issue { names: Vec<String>, reason: String },
-    #[error("CA file {path}: {reason}")]
-    CaFile { path: PathBuf, reason: String },
-    #[error("tls = \"verify-full\" needs ca_file")]
-    MissingCaFile,
-    #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(ring::default_provider())
-}
+/// What a cached server config is for: its names and ALPN protocols.
+type Leaf = (Vec<String>, Vec<Vec<u8>>);
 
 /// loopgate's local CA: an ECDSA P-256 key and self-signed certificate in a
 /// directory only root can read, made on first use and reused afterwards so
@@ -63,7 +27,7 @@ pub struct LocalCa {
     dir: PathBuf,
     issuer: Issuer<'static, KeyPair>,
     ca_der: CertificateDer<'static>,
-    cache: Mutex<HashMap<Vec<String>, Arc<ServerConfig>>>,
+    cache: Mutex<HashMap<Leaf, Arc<ServerConfig>>>,
 }
 
 impl LocalCa {
@@ -138,15 +102,18 @@ impl LocalCa {
     }
 
     /// A server config presenting a leaf for `host_names` (DNS names or IP
-    /// addresses), issued once per distinct set and cached.
-    pub fn server_config(&self, host_names: &[String]) -> Result<Arc<ServerConfig>, TlsError> {
-        let mut key: Vec<String> = host_names.to_vec();
-        key.sort();
-        key.dedup();
+    /// addresses) and offering `alpn`, issued once per distinct set and
+    /// cached.
+    pub fn server_config(&self, host_names: &[String], alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut names: Vec<String> = host_names.to_vec();
+        names.sort();
+        names.dedup();
+        let cache_key = (names.clone(), alpn.iter().map(|p| p.to_vec()).collect::<Vec<_>>());
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(config) = cache.get(&key) {
+        if let Some(config) = cache.get(&cache_key) {
             return Ok(config.clone());
         }
+        let key = names;
         let issue_err = |reason: String| TlsError::Issue {
             names: key.clone(),
             reason,
@@ -170,9 +137,9 @@ impl LocalCa {
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(vec![leaf.der().clone(), self.ca_der.clone()], key_der)?;
-        config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let config = Arc::new(config);
-        cache.insert(key, config.clone());
+        cache.insert(cache_key, config.clone());
         Ok(config)
     }
 }
@@ -212,84 +179,14 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), TlsError> {
     fs::rename(&tmp, path).map_err(err("cannot rename", path))
 }
 
-/// The rustls client config for a target's `tls` mode: `None` for disable.
-/// `require` encrypts without authenticating the server (like libpq's
-/// sslmode=require); `verify-full` checks the chain against `ca_file` and the
-/// name or IP address the caller passes as server name.
-pub fn client_config(mode: TlsMode, ca_file: Option<&Path>) -> Result<Option<Arc<ClientConfig>>, TlsError> {
-    let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-    let mut config = match mode {
-        TlsMode::Disable => return Ok(None),
-        TlsMode::Require => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoCertificateCheck(provider())))
-            .with_no_client_auth(),
-        TlsMode::VerifyFull => {
-            let path = ca_file.ok_or(TlsError::MissingCaFile)?;
-            let ca_err = |reason: String| TlsError::CaFile {
-                path: path.to_path_buf(),
-                reason,
-            };
-            let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| ca_err(e.to_string()))? {
-                roots
-                    .add(cert.map_err(|e| ca_err(e.to_string()))?)
-                    .map_err(|e| ca_err(e.to_string()))?;
-            }
-            if roots.is_empty() {
-                return Err(ca_err("no certificates in the file".into()));
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
-    };
-    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
-    Ok(Some(Arc::new(config)))
-}
-
-/// `tls = "require"`: any certificate is accepted, but the handshake
-/// signatures are still checked, so the session keys are bound to the key in
-/// the certificate the server presented.
-#[derive(Debug)]
-struct NoCertificateCheck(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoCertificateCheck {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::{ServerAuth, client_config};
+    use rustls::ClientConfig;
+    use rustls_pki_types::ServerName;
+
+    const ALPN: &[&[u8]] = &[b"postgresql"];
 
     #[test]
     fn local_ca_is_created_private_and_reused() {
@@ -312,37 +209,46 @@ mod tests {
     }
 
     #[test]
-    fn server_configs_are_cached_per_name_set() {
+    fn server_configs_are_cached_per_name_set_and_alpn() {
         let base = tempfile::tempdir().unwrap();
         let ca = LocalCa::load_or_create(base.path()).unwrap();
-        let a = ca.server_config(&["db.example".into(), "10.0.0.5".into()]).unwrap();
-        let b = ca.server_config(&["10.0.0.5".into(), "db.example".into()]).unwrap();
+        let a = ca
+            .server_config(&["db.example".into(), "10.0.0.5".into()], ALPN)
+            .unwrap();
+        let b = ca
+            .server_config(&["10.0.0.5".into(), "db.example".into()], ALPN)
+            .unwrap();
         assert!(Arc::ptr_eq(&a, &b));
-        let c = ca.server_config(&["other.example".into()]).unwrap();
+        let c = ca.server_config(&["other.example".into()], ALPN).unwrap();
         assert!(!Arc::ptr_eq(&a, &c));
+        let h2 = ca
+            .server_config(&["db.example".into(), "10.0.0.5".into()], &[b"h2", b"http/1.1"])
+            .unwrap();
+        assert!(!Arc::ptr_eq(&a, &h2));
+        assert_eq!(h2.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
     }
 
-    /// A reloaded CA still issues leaves a verify-full client accepts, for
+    /// A reloaded CA still issues leaves a verifying client accepts, for
     /// the right name only.
     #[tokio::test]
     async fn leaves_verify_against_the_stored_ca() {
         let base = tempfile::tempdir().unwrap();
         drop(LocalCa::load_or_create(base.path()).unwrap());
         let ca = LocalCa::load_or_create(base.path()).unwrap();
-        let server = ca.server_config(&["db.example".into(), "127.0.0.1".into()]).unwrap();
-        let client = client_config(TlsMode::VerifyFull, Some(&ca.cert_path()))
-            .unwrap()
+        let server = ca
+            .server_config(&["db.example".into(), "127.0.0.1".into()], ALPN)
             .unwrap();
+        let client = client_config(&ServerAuth::CaFile(ca.cert_path()), ALPN).unwrap();
 
         for (name, ok) in [("db.example", true), ("127.0.0.1", true), ("evil.example", false)] {
             let result = handshake(server.clone(), client.clone(), name).await;
             assert_eq!(result.is_ok(), ok, "{name}: {result:?}");
         }
-        let require = client_config(TlsMode::Require, None).unwrap().unwrap();
-        handshake(server, require, "evil.example").await.unwrap();
+        let encrypt_only = client_config(&ServerAuth::None, ALPN).unwrap();
+        handshake(server, encrypt_only, "evil.example").await.unwrap();
     }
 
-    async fn handshake(server: Arc<ServerConfig>, client: Arc<ClientConfig>, name: &str) -> Result<(), io::Error> {
+    async fn handshake(server: Arc<ServerConfig>, client: Arc<ClientConfig>, name: &str) -> Result<(), std::io::Error> {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let acceptor = tokio_rustls::TlsAcceptor::from(server);
         let srv = tokio::spawn(async move { acceptor.accept(b).await.map(|_| ()) });
@@ -353,18 +259,5 @@ mod tests {
             .map(|_| ());
         let _ = srv.await;
         res
-    }
-
-    #[test]
-    fn client_config_modes() {
-        assert!(client_config(TlsMode::Disable, None).unwrap().is_none());
-        assert!(matches!(
-            client_config(TlsMode::VerifyFull, None),
-            Err(TlsError::MissingCaFile)
-        ));
-        let dir = tempfile::tempdir().unwrap();
-        let empty = dir.path().join("empty.pem");
-        fs::write(&empty, "").unwrap();
-        assert!(client_config(TlsMode::VerifyFull, Some(&empty)).is_err());
     }
 }
