@@ -15,6 +15,7 @@ pub mod objstore;
 pub mod policy;
 pub mod protocols;
 pub mod proxy;
+pub mod session;
 pub mod signing;
 pub mod sql;
 pub mod tls;

@@ -30,7 +30,7 @@ impl Approver {
         gids.push(cred.gid());
         gids.sort_unstable();
         gids.dedup();
-        let user = crate::proxy::process::user_name(uid).unwrap_or_else(|| uid.to_string());
+        let user = crate::session::process::user_name(uid).unwrap_or_else(|| uid.to_string());
         let unit = cred
             .pid()
             .and_then(|pid| cgroup::cgroup_of(&pid.to_string()).ok())

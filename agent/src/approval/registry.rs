@@ -16,9 +16,7 @@ use uuid::Uuid;
 
 use super::{ApprovalView, Approver, ProcessView, journal::Journal, now_unix_ms, webhook::Webhook};
 use crate::{
-    audit::{
-        AuditError, AuditLog, CommandInfo, Decision, Event, EventKind, Principal, ProcessInfo, TargetRef, Verdict,
-    },
+    audit::{AuditError, AuditLog, CommandInfo, Decision, Event, EventKind, Verdict},
     policy::Hold,
 };
 
@@ -26,13 +24,10 @@ use crate::{
 /// who sent it. Every `approval` event of the request repeats it.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Origin {
-    pub session_id: Uuid,
+    #[serde(flatten)]
+    pub session: crate::session::Context,
     /// The held command's `command` event.
     pub command_id: Uuid,
-    pub client_address: Option<Arc<str>>,
-    pub principal: Option<Arc<Principal>>,
-    pub process: Arc<ProcessInfo>,
-    pub target: Arc<TargetRef>,
 }
 
 /// What a handler asks to hold.
@@ -232,7 +227,7 @@ impl Approvals {
                 resolve: tx,
             },
         );
-        tracing::info!(approval = %id, rule = %request.hold.rule_id, session = %request.origin.session_id, "command held for approval");
+        tracing::info!(approval = %id, rule = %request.hold.rule_id, session = %request.origin.session.session_id, "command held for approval");
         if let Some(webhook) = &self.webhook {
             webhook.announce(&view);
         }
@@ -542,7 +537,7 @@ fn withdrawn_by_agent() -> Resolution {
 }
 
 fn is_requester(who: &Approver, request: &Context) -> bool {
-    let request = &request.origin;
+    let request = &request.origin.session;
     let principal = request.principal.as_ref();
     let subject = principal.and_then(|p| p.subject.as_deref());
     let email = principal.and_then(|p| p.email.as_deref());
@@ -553,13 +548,8 @@ fn is_requester(who: &Approver, request: &Context) -> bool {
 
 /// An `approval` event for request `id`, tied to the held command.
 fn transition(context: &Context, id: &str, verdict: Verdict) -> Event {
-    let request = &context.origin;
-    let mut e = Event::new(EventKind::Approval).session(request.session_id);
-    e.command_id = Some(request.command_id);
-    e.client_address = request.client_address.clone();
-    e.principal = request.principal.clone();
-    e.process = Some(request.process.clone());
-    e.target = Some(request.target.clone());
+    let mut e = context.origin.session.event(EventKind::Approval);
+    e.command_id = Some(context.origin.command_id);
     let mut d = Decision::new(verdict).rule(&context.rule_id);
     d.approval_id = Some(id.to_owned());
     e.decision = Some(d);
@@ -568,13 +558,14 @@ fn transition(context: &Context, id: &str, verdict: Verdict) -> Event {
 
 fn view_of(id: &str, r: &HoldRequest) -> ApprovalView {
     let now = now_unix_ms();
-    let p = &r.origin.process;
+    let p = &r.origin.session.process;
     ApprovalView {
         id: id.to_owned(),
         requested_unix_ms: now,
         expires_unix_ms: now + r.hold.timeout.as_millis() as u64,
         requester: r
             .origin
+            .session
             .principal
             .as_ref()
             .and_then(|p| p.subject.clone())
@@ -587,7 +578,7 @@ fn view_of(id: &str, r: &HoldRequest) -> ApprovalView {
             exe: p.exe.clone(),
             unit: p.unit.clone(),
         },
-        target: r.origin.target.name.clone(),
+        target: r.origin.session.target.name.clone(),
         command: r.command.clone(),
         parameters: r.parameters.clone(),
         rule_id: r.hold.rule_id.clone(),
@@ -615,58 +606,26 @@ fn new_id() -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicBool;
-
     use super::*;
-    use crate::audit::{AppendFuture, AuditSink};
-
-    /// Keeps events in memory; fails appends while `failing` is set.
-    #[derive(Clone, Default)]
-    struct Memory {
-        events: Arc<Mutex<Vec<Event>>>,
-        failing: Arc<AtomicBool>,
-    }
-
-    impl AuditSink for Memory {
-        fn append(&self, event: Event) -> AppendFuture<'_> {
-            Box::pin(async move {
-                if self.failing.load(Ordering::SeqCst) {
-                    return Err(AuditError::Unavailable("disk full".into()));
-                }
-                self.events.lock().unwrap().push(event);
-                Ok(())
-            })
-        }
-        fn close(&self) -> AppendFuture<'_> {
-            Box::pin(async { Ok(()) })
-        }
-    }
-
-    impl Memory {
-        fn verdicts(&self) -> Vec<&'static str> {
-            let events = self.events.lock().unwrap();
-            events
-                .iter()
-                .filter_map(|e| e.decision.as_ref().map(|d| d.verdict.as_str()))
-                .collect()
-        }
-    }
+    use crate::audit::{Principal, ProcessInfo, TargetRef, memory::MemorySink as Memory};
 
     fn request(timeout: Duration, min: u32) -> HoldRequest {
         HoldRequest {
             origin: Origin {
-                session_id: Uuid::now_v7(),
+                session: crate::session::Context {
+                    session_id: Uuid::now_v7(),
+                    client_address: None,
+                    principal: Some(Arc::new(Principal {
+                        subject: Some("unix:ci".into()),
+                        ..Principal::default()
+                    })),
+                    process: Arc::new(ProcessInfo {
+                        uid: Some(1000),
+                        ..ProcessInfo::default()
+                    }),
+                    target: Arc::new(TargetRef::default()),
+                },
                 command_id: Uuid::now_v7(),
-                client_address: None,
-                principal: Some(Arc::new(Principal {
-                    subject: Some("unix:ci".into()),
-                    ..Principal::default()
-                })),
-                process: Arc::new(ProcessInfo {
-                    uid: Some(1000),
-                    ..ProcessInfo::default()
-                }),
-                target: Arc::new(TargetRef::default()),
             },
             command: "COPY patients TO STDOUT".into(),
             parameters: vec![],
@@ -772,7 +731,7 @@ mod tests {
         let (memory, approvals) = setup();
         let mut ticket = approvals.hold(request(Duration::from_secs(60), 1)).await.unwrap();
         let id = ticket.view().id.clone();
-        memory.failing.store(true, Ordering::SeqCst);
+        memory.fail(true);
         let alice = approver("unix:alice", 1001, &["phi-approvers"]);
         assert!(matches!(
             approvals.decide(&id, &alice, Choice::Approve).await,
@@ -832,7 +791,7 @@ mod tests {
             None,
         );
         assert_eq!(second.recover().await.unwrap(), 1);
-        let events = memory.events.lock().unwrap().clone();
+        let events = memory.events();
         assert_eq!(events.len(), 1);
         let d = events[0].decision.as_ref().unwrap();
         assert_eq!(d.verdict, Verdict::Cancelled);

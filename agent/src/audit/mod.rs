@@ -24,6 +24,8 @@ pub mod config;
 mod convert;
 mod event;
 mod layout;
+#[cfg(test)]
+pub mod memory;
 mod parquet;
 pub mod reader;
 mod retention;

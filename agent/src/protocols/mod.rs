@@ -4,7 +4,7 @@
 pub mod postgres;
 pub mod tcp;
 
-use std::{io, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::net::TcpStream;
@@ -15,7 +15,7 @@ use crate::{
     identity::OidcValidator,
     mask::Masker,
     policy::{self, PolicyEngine},
-    proxy::{Session, SessionEnd},
+    session::{Session, SessionEnd},
     sql::{AnalysisCache, Analyzer},
 };
 
@@ -95,14 +95,4 @@ pub async fn serve(session: &Session, handler: &Handler, client: TcpStream, conn
         Handler::Tcp => tcp::serve(session, client, connect_timeout).await,
         Handler::Postgres(svc) => postgres::serve(svc, session, client, connect_timeout).await,
     }
-}
-
-/// Connects to the destination the client asked for. The agent runs outside
-/// the intercepted cgroups, so this connect is never redirected.
-pub async fn connect_upstream(session: &Session, timeout: Duration) -> io::Result<TcpStream> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(session.original))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
-    Ok(stream)
 }

@@ -13,13 +13,13 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::proxy::{Session, SessionEnd};
+use crate::session::{EndStatus, Session, SessionEnd};
 
 pub async fn serve(session: &Session, client: TcpStream, connect_timeout: Duration) -> SessionEnd {
-    let upstream = match super::connect_upstream(session, connect_timeout).await {
+    let upstream = match crate::session::connect_upstream(session, connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
-            return SessionEnd::failed("unreachable", format!("connect to {}: {e}", session.original));
+            return SessionEnd::failed(EndStatus::Unreachable, format!("connect to {}: {e}", session.original));
         }
     };
     let _ = client.set_nodelay(true);
@@ -28,7 +28,7 @@ pub async fn serve(session: &Session, client: TcpStream, connect_timeout: Durati
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok(_) => SessionEnd::ok(),
         Err(e) if is_disconnect(&e) => SessionEnd::ok(),
-        Err(e) => SessionEnd::failed("error", format!("relay: {e}")),
+        Err(e) => SessionEnd::failed(EndStatus::Error, format!("relay: {e}")),
     }
 }
 

@@ -1,9 +1,8 @@
 //! The proxy: loopback listeners that receive the connections the kernel
 //! redirected, attribute each to the process that opened it, record it, and
 //! hand it to its target's protocol handler.
-pub mod process;
 mod refusals;
-mod session;
+mod registry;
 mod workers;
 
 use anyhow::Context as _;
@@ -20,7 +19,7 @@ use tokio::{
 };
 
 pub use refusals::{record_kernel_refusals, sweep_preexisting};
-pub use session::{CounterSnapshot, Registry, Session, SessionEnd, SessionSummary, Traffic};
+pub use registry::{CounterSnapshot, Registry, SessionSummary};
 pub use workers::Workers;
 
 use crate::{
@@ -28,6 +27,7 @@ use crate::{
     config::{Config, Target},
     intercept::{Interceptor, ListenerFds, Unverified, endpoint, refusals::RateLimit},
     protocols::{self, Handler, Shared},
+    session::{EndStatus, Session, SessionEnd, process},
 };
 
 /// Refused connections recorded one by one per second.
@@ -225,11 +225,12 @@ impl Proxy {
         let session = Session::new(
             peer,
             intercepted.original,
-            route.target.clone(),
+            &route.target.name,
+            route.target.protocol.as_str(),
             described.info,
             self.audit.clone(),
         );
-        let mut start = self.session_event(&session, EventKind::SessionStart);
+        let mut start = session.event(EventKind::SessionStart);
         let mut decision = Decision::new(Verdict::Allow);
         if let Some(note) = described.note {
             decision = decision.reason(note);
@@ -252,40 +253,31 @@ impl Proxy {
         self.registry.open(&session);
         let end = tokio::select! {
             end = protocols::serve(&session, &route.handler, client, self.config.proxy.connect_timeout) => end,
-            _ = force_close.changed() => SessionEnd::failed("shutdown", "closed by agent shutdown after the drain timeout"),
+            _ = force_close.changed() => SessionEnd::failed(EndStatus::Shutdown, "closed by agent shutdown after the drain timeout"),
         };
         self.registry.close(&session);
-        if end.status == "unreachable" {
+        if end.status == EndStatus::Unreachable {
             self.registry.counters.upstream_unreachable.fetch_add(1, Relaxed);
         }
         self.record_end(&session, end).await;
     }
 
-    fn session_event(&self, session: &Session, kind: EventKind) -> Event {
-        let mut e = Event::new(kind).session(session.id);
-        e.client_address = Some(Arc::clone(&session.client_address));
-        e.process = Some(Arc::clone(&session.process));
-        e.principal = session.principal.get().cloned();
-        e.target = Some(session.target_ref());
-        e
-    }
-
     async fn record_end(&self, session: &Session, end: SessionEnd) {
         tracing::info!(
             session = %session.id,
-            status = end.status,
+            status = end.status.as_str(),
             bytes_to_server = session.traffic.to_server.load(Relaxed),
             bytes_to_client = session.traffic.to_client.load(Relaxed),
             "session ended"
         );
-        let mut e = self.session_event(session, EventKind::SessionEnd);
+        let mut e = session.event(EventKind::SessionEnd);
         e.duration_us = Some(session.started.elapsed().as_micros() as u64);
         e.decision = end
             .reason
             .as_ref()
             .map(|reason| Decision::new(Verdict::Error).reason(reason.clone()));
         e.outcome = Some(Outcome {
-            status: Some(end.status.to_owned()),
+            status: Some(end.status.as_str().to_owned()),
             bytes_to_client: Some(session.traffic.to_client.load(Relaxed)),
             bytes_to_server: Some(session.traffic.to_server.load(Relaxed)),
             ..Outcome::default()

@@ -19,7 +19,8 @@ use crate::{
     },
 };
 
-use super::{Registry, process};
+use super::Registry;
+use crate::session::process;
 
 /// Refusals recorded one by one per second; beyond, one summary event.
 const PER_SECOND: u32 = 200;

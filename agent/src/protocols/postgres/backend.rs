@@ -28,7 +28,7 @@ use super::{
 use crate::{
     audit::{Event, Outcome},
     mask::{MaskAction, MaskRule},
-    proxy::Session,
+    session::Session,
 };
 
 /// How long the masking plan of a RowDescription is reused for identical

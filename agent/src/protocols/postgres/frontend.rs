@@ -22,7 +22,7 @@ use super::{
 use crate::{
     approval::{HoldRequest, Origin, Resolution, Ticket},
     policy::{Hold, PolicyDecision, PolicyInput, Principal, ProcessInfo, SessionInfo},
-    proxy::Session,
+    session::Session,
     sql::{Analysis, AnalyzedStatement},
 };
 
@@ -334,12 +334,8 @@ impl<'s> Frontend<'s> {
     ) -> HoldRequest {
         HoldRequest {
             origin: Origin {
-                session_id: self.session.id,
+                session: self.session.context(),
                 command_id,
-                client_address: Some(Arc::clone(&self.session.client_address)),
-                principal: self.session.principal.get().cloned(),
-                process: Arc::clone(&self.session.process),
-                target: self.session.target_ref(),
             },
             command,
             parameters,

@@ -49,7 +49,7 @@ use crate::{
     identity::OidcValidator,
     mask::Masker,
     policy::{self, PolicyEngine},
-    proxy::{Session, SessionEnd},
+    session::{EndStatus, Session, SessionEnd},
     sql::AnalysisCache,
 };
 
@@ -84,9 +84,9 @@ pub async fn serve(svc: &Service, session: &Session, client: TcpStream, connect_
     let opening = match startup::open(client, svc.client_tls.as_ref()).await {
         Ok(o) => o,
         Err(SessionError::Closed) => {
-            return SessionEnd::failed("closed", "client left during startup");
+            return SessionEnd::failed(EndStatus::Closed, "client left during startup");
         }
-        Err(e) => return SessionEnd::failed("protocol_error", e.to_string()),
+        Err(e) => return SessionEnd::failed(EndStatus::ProtocolError, e.to_string()),
     };
     let (mut stream, parameters, buf) = match opening {
         Opening::Cancel { pid, secret } => {
@@ -95,7 +95,7 @@ pub async fn serve(svc: &Service, session: &Session, client: TcpStream, connect_
             return if known {
                 SessionEnd::ok()
             } else {
-                SessionEnd::failed("refused", "cancel request with an unknown key")
+                SessionEnd::failed(EndStatus::Refused, "cancel request with an unknown key")
             };
         }
         Opening::Session {
@@ -131,9 +131,9 @@ pub async fn serve(svc: &Service, session: &Session, client: TcpStream, connect_
             let message = format!("loopgate: the database refused or could not be reached (SQLSTATE {code})");
             let _ = stream.write_all(&wire::fatal(&code, &message)).await;
             let status = if matches!(e, UpstreamError::Connect(_)) {
-                "unreachable"
+                EndStatus::Unreachable
             } else {
-                "upstream_refused"
+                EndStatus::UpstreamRefused
             };
             return SessionEnd::failed(status, format!("upstream login failed: SQLSTATE {code}"));
         }
@@ -167,7 +167,7 @@ pub async fn serve(svc: &Service, session: &Session, client: TcpStream, connect_
             ));
             relay(svc, session, stream, buf, upstream, &catalog, cancel).await
         }
-        Err(_) => SessionEnd::failed("closed", "client left during startup"),
+        Err(_) => SessionEnd::failed(EndStatus::Closed, "client left during startup"),
     };
     if let Some(key) = key {
         svc.cancels.unregister(key);
@@ -196,7 +196,7 @@ async fn authenticate(
             groups: Vec::new(),
         });
     };
-    let closed = || SessionEnd::failed("closed", "client left during authentication");
+    let closed = || SessionEnd::failed(EndStatus::Closed, "client left during authentication");
     stream
         .write_all(&wire::authentication_cleartext())
         .await
@@ -216,7 +216,7 @@ async fn authenticate(
         let _ = stream
             .write_all(&wire::fatal(sqlstate::INVALID_AUTHORIZATION, &message))
             .await;
-        SessionEnd::failed("auth_failed", reason)
+        SessionEnd::failed(EndStatus::AuthFailed, reason)
     };
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return Err(refuse(stream, "expected a token as the password".to_owned()).await);
@@ -270,13 +270,13 @@ async fn relay(
             let _ = client_tx
                 .write_all(&wire::fatal(sqlstate::PROTOCOL_VIOLATION, &message))
                 .await;
-            SessionEnd::failed("protocol_error", reason)
+            SessionEnd::failed(EndStatus::ProtocolError, reason)
         }
         Err(SessionError::Frame(e)) => {
             let _ = client_tx
                 .write_all(&wire::fatal(sqlstate::PROTOCOL_VIOLATION, &format!("loopgate: {e}")))
                 .await;
-            SessionEnd::failed("protocol_error", e.to_string())
+            SessionEnd::failed(EndStatus::ProtocolError, e.to_string())
         }
         Err(SessionError::Audit(e)) => {
             let _ = client_tx
@@ -285,9 +285,9 @@ async fn relay(
                     "loopgate: the audit trail is unavailable; the session is closed",
                 ))
                 .await;
-            SessionEnd::failed("audit_unavailable", e.to_string())
+            SessionEnd::failed(EndStatus::AuditUnavailable, e.to_string())
         }
-        Err(SessionError::Io(e)) => SessionEnd::failed("closed", format!("connection error: {e}")),
+        Err(SessionError::Io(e)) => SessionEnd::failed(EndStatus::Closed, format!("connection error: {e}")),
         Err(SessionError::Closed) => SessionEnd::ok(),
     }
 }

@@ -1,16 +1,14 @@
 //! The audit records of a PostgreSQL session's commands.
-use std::sync::Arc;
-
 use crate::{
     audit::{CommandInfo, Decision, Event, EventKind, Outcome, Verdict},
     policy::Hold,
-    proxy::Session,
+    session::Session,
     sql::AnalyzedStatement,
 };
 
 /// The `command` event for `stmt`, before it is forwarded or refused.
 pub fn command(session: &Session, stmt: &AnalyzedStatement, decision: Decision, parameters: Vec<String>) -> Event {
-    let mut e = base(session, EventKind::Command);
+    let mut e = session.event(EventKind::Command);
     let (kind, mut tables, columns) = match &stmt.classification {
         Ok(c) => (
             Some(c.kind.as_str().to_owned()),
@@ -39,7 +37,7 @@ pub fn command(session: &Session, stmt: &AnalyzedStatement, decision: Decision, 
 
 /// The `command_result` event of a finished command.
 pub fn result(session: &Session, command: &super::pending::Command, outcome: Outcome) -> Event {
-    let mut e = base(session, EventKind::CommandResult);
+    let mut e = session.event(EventKind::CommandResult);
     e.command_id = Some(command.event_id);
     e.command = Some(CommandInfo {
         fingerprint: Some(command.fingerprint.clone()),
@@ -67,13 +65,4 @@ pub fn hold(hold: &Hold) -> Decision {
 pub fn gated(hold: &Hold, threshold: u64) -> Decision {
     let reason = format!("{}; results pause after {threshold} rows until approved", hold.reason);
     Decision::new(Verdict::Allow).rule(&hold.rule_id).reason(reason)
-}
-
-fn base(session: &Session, kind: EventKind) -> Event {
-    let mut e = Event::new(kind).session(session.id);
-    e.client_address = Some(Arc::clone(&session.client_address));
-    e.principal = session.principal.get().cloned();
-    e.process = Some(Arc::clone(&session.process));
-    e.target = Some(session.target_ref());
-    e
 }

@@ -12,10 +12,9 @@ use super::{
 };
 use crate::{
     audit::{AuditConfig, AuditLog, AuditStore, ProcessInfo},
-    config::{Protocol, Target},
     mask::{MaskConfig, Masker},
     policy::{self, BuiltinPolicy, BuiltinPolicyConfig},
-    proxy::Session,
+    session::Session,
     sql::{AnalysisCache, Analyzer, SqlConfig},
 };
 
@@ -73,14 +72,8 @@ fn session(dir: &std::path::Path) -> Session {
         "127.0.0.1:40000".parse().unwrap(),
         // Nothing listens on port 1: the catalog's side connection fails fast.
         "127.0.0.1:1".parse().unwrap(),
-        Arc::new(Target {
-            name: "db".into(),
-            protocol: Protocol::Postgres,
-            address: "127.0.0.1:1".into(),
-            addresses: vec![crate::intercept::rules::Pattern::parse("127.0.0.1:1", false).unwrap()],
-            unix: Vec::new(),
-            postgres: None,
-        }),
+        "db",
+        "postgres",
         ProcessInfo::default(),
         AuditLog::new(
             AuditStore::open(AuditConfig {

@@ -1,118 +1,18 @@
-//! A session: one intercepted client connection, from accept to close.
+//! Live sessions and agent-wide counters, for `loopgate status`.
 use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
-    time::{Instant, SystemTime},
+    time::SystemTime,
 };
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{
-    audit::{AuditLog, Principal, ProcessInfo, TargetRef},
-    config::Target,
-};
-
-/// Everything a protocol handler knows about its session.
-pub struct Session {
-    pub id: Uuid,
-    /// The client's socket address (loopback) as accepted.
-    pub client: SocketAddr,
-    /// Where the client meant to connect; the handler connects here.
-    pub original: SocketAddr,
-    pub target: Arc<Target>,
-    pub process: Arc<ProcessInfo>,
-    /// Who the client authenticated as; set once by the protocol handler.
-    pub principal: OnceLock<Arc<Principal>>,
-    pub audit: AuditLog,
-    pub traffic: Arc<Traffic>,
-    pub started: Instant,
-    /// `client` as events record it, formatted once: every statement
-    /// records it twice (command and result).
-    pub client_address: Arc<str>,
-    /// The target as events record it, built once.
-    target_ref: Arc<TargetRef>,
-}
-
-impl Session {
-    /// A new session (fresh id, no principal yet, started now).
-    pub fn new(
-        client: SocketAddr,
-        original: SocketAddr,
-        target: Arc<Target>,
-        process: ProcessInfo,
-        audit: AuditLog,
-    ) -> Self {
-        Session {
-            id: Uuid::now_v7(),
-            client,
-            original,
-            process: Arc::new(process),
-            principal: OnceLock::new(),
-            audit,
-            traffic: Arc::default(),
-            started: Instant::now(),
-            client_address: client.to_string().into(),
-            target_ref: Arc::new(TargetRef {
-                name: target.name.clone(),
-                protocol: target.protocol.as_str().to_owned(),
-                address: original.to_string(),
-            }),
-            target,
-        }
-    }
-
-    /// Counts bytes sent to the server (for `status` and the session record).
-    pub fn add_to_server(&self, n: usize) {
-        self.traffic.to_server.fetch_add(n as u64, Relaxed);
-    }
-
-    /// Counts bytes sent to the client.
-    pub fn add_to_client(&self, n: usize) {
-        self.traffic.to_client.fetch_add(n as u64, Relaxed);
-    }
-
-    /// The target as audit events name it.
-    pub fn target_ref(&self) -> Arc<TargetRef> {
-        Arc::clone(&self.target_ref)
-    }
-}
-
-/// Bytes relayed so far, updated as they flow so `status` shows live numbers.
-#[derive(Debug, Default)]
-pub struct Traffic {
-    pub to_server: AtomicU64,
-    pub to_client: AtomicU64,
-}
-
-/// How a session ended, as the audit records it.
-#[derive(Debug, Clone)]
-pub struct SessionEnd {
-    /// "ok", "unreachable", "error", "shutdown", ...
-    pub status: &'static str,
-    /// A PHI-free description of what went wrong.
-    pub reason: Option<String>,
-}
-
-impl SessionEnd {
-    pub fn ok() -> Self {
-        SessionEnd {
-            status: "ok",
-            reason: None,
-        }
-    }
-
-    pub fn failed(status: &'static str, reason: impl Into<String>) -> Self {
-        SessionEnd {
-            status,
-            reason: Some(reason.into()),
-        }
-    }
-}
+use crate::session::{Session, Traffic};
 
 /// Agent-wide counters since start.
 #[derive(Debug, Default)]
