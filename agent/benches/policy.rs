@@ -8,8 +8,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use loopgate::{
     mask::{MaskConfig, Masker},
     policy::{
-        BuiltinPolicy, PolicyEngine, PolicyInput, Principal, ProcessInfo, RegoPolicy, RegoPolicyConfig, SessionInfo,
-        TargetInfo,
+        Action, BuiltinPolicy, PolicyEngine, PolicyInput, Principal, ProcessInfo, RegoPolicy, RegoPolicyConfig,
+        SessionInfo, TargetInfo,
     },
     sql::{Analyzer, SqlConfig},
 };
@@ -72,7 +72,9 @@ fn bench(c: &mut Criterion) {
             principal: &principal,
             process: &process,
             target: &target,
-            statement: &analysis.statements[0],
+            action: Action::Sql {
+                statement: &analysis.statements[0],
+            },
             session: Some(&session),
             time: SystemTime::now(),
         };

@@ -70,7 +70,12 @@ fn dynamic_reason(dynamic: &DynamicSql) -> String {
 impl PolicyEngine for BuiltinPolicy {
     fn decide(&self, input: &PolicyInput<'_>) -> PolicyDecision {
         let c = &self.config;
-        let classification = match &input.statement.classification {
+        // Only SQL has destructive forms the built-in policy knows; other
+        // actions are decided by a policy pack.
+        let Some(statement) = input.statement() else {
+            return PolicyDecision::allow();
+        };
+        let classification = match &statement.classification {
             Ok(classification) => classification,
             Err(_) if c.allow_unparseable => return PolicyDecision::allow(),
             Err(error) => return PolicyDecision::deny(rule_ids::UNPARSEABLE, error.to_string()),
@@ -104,7 +109,7 @@ mod tests {
     use super::*;
     use crate::{
         mask::{MaskConfig, Masker},
-        policy::{Principal, ProcessInfo, TargetInfo},
+        policy::{Action, Principal, ProcessInfo, TargetInfo},
         sql::{Analyzer, SqlConfig},
     };
 
@@ -138,7 +143,7 @@ mod tests {
                     principal: &principal,
                     process: &process,
                     target: &target,
-                    statement,
+                    action: Action::Sql { statement },
                     session: None,
                     time: std::time::SystemTime::now(),
                 })
@@ -286,7 +291,9 @@ mod tests {
                 protocol: "postgres".into(),
                 identity: String::new(),
             },
-            statement: &analysis.statements[0],
+            action: Action::Sql {
+                statement: &analysis.statements[0],
+            },
             session: None,
             time: std::time::UNIX_EPOCH + std::time::Duration::from_secs(86_400 * 4 + 3600 * 9 + 60 * 30),
         };
@@ -305,6 +312,52 @@ mod tests {
         );
         assert!(json["session"].is_null());
         assert_eq!(json["target"]["identity"], "");
+        // The same statement as a tagged action.
+        assert_eq!(json["action"]["kind"], "sql");
+        assert_eq!(json["action"]["statement"], json["statement"]);
+    }
+
+    #[test]
+    fn other_actions_serialize_by_kind_without_a_statement() {
+        let principal = Principal::default();
+        let process = ProcessInfo::default();
+        let target = TargetInfo::default();
+        let request = crate::policy::HttpRequest {
+            method: "GET".into(),
+            host: "k8s.example.org".into(),
+            path: "/api/v1/namespaces/ward/secrets".into(),
+            query: None,
+            kubernetes: Some(crate::policy::KubernetesRequest {
+                verb: "list".into(),
+                resource: "secrets".into(),
+                version: "v1".into(),
+                namespace: Some("ward".into()),
+                ..Default::default()
+            }),
+        };
+        let input = |action| PolicyInput {
+            principal: &principal,
+            process: &process,
+            target: &target,
+            action,
+            session: None,
+            time: std::time::SystemTime::now(),
+        };
+        let exec = serde_json::to_value(input(Action::SshExec { command: "uptime" })).unwrap();
+        assert_eq!(
+            exec["action"],
+            serde_json::json!({"kind": "ssh_exec", "command": "uptime"})
+        );
+        assert!(exec.get("statement").is_none(), "{exec}");
+        let http = serde_json::to_value(input(Action::HttpRequest(&request))).unwrap();
+        assert_eq!(http["action"]["kind"], "http_request");
+        assert_eq!(http["action"]["kubernetes"]["verb"], "list");
+        assert_eq!(http["action"]["kubernetes"]["namespace"], "ward");
+        let forward = serde_json::to_value(input(Action::SshForward { host: "db", port: 5432 })).unwrap();
+        assert_eq!(forward["action"]["port"], 5432);
+        // The built-in policy knows only SQL's destructive forms.
+        let policy = BuiltinPolicy::new(BuiltinPolicyConfig::default());
+        assert_eq!(policy.decide(&input(Action::SshShell)), PolicyDecision::allow());
     }
 
     #[test]

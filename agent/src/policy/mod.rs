@@ -68,18 +68,147 @@ pub struct SessionInfo {
     pub application_name: Option<String>,
 }
 
-/// Everything a policy decides on, for one statement.
-#[derive(Clone, Copy, Debug, Serialize)]
+/// Everything a policy decides on, for one command.
+///
+/// Serialized as the Rego `input`: `principal`, `process`, `target`,
+/// `action` (tagged by `kind`), `session`, `time` — and, for SQL,
+/// `statement` (the same as `action.statement`), so packs written for
+/// SQL alone keep working.
+#[derive(Clone, Copy, Debug)]
 pub struct PolicyInput<'a> {
     pub principal: &'a Principal,
     pub process: &'a ProcessInfo,
     pub target: &'a TargetInfo,
-    pub statement: &'a AnalyzedStatement,
+    pub action: Action<'a>,
     pub session: Option<&'a SessionInfo>,
-    /// When the statement arrived; serialized as [`InputTime`] so Rego
+    /// When the command arrived; serialized as [`InputTime`] so Rego
     /// rules need no time builtins.
-    #[serde(serialize_with = "serialize_time")]
     pub time: SystemTime,
+}
+
+impl<'a> PolicyInput<'a> {
+    /// The SQL statement, when the action is one.
+    pub fn statement(&self) -> Option<&'a AnalyzedStatement> {
+        match self.action {
+            Action::Sql { statement } => Some(statement),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for PolicyInput<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("principal", self.principal)?;
+        m.serialize_entry("process", self.process)?;
+        m.serialize_entry("target", self.target)?;
+        m.serialize_entry("action", &self.action)?;
+        if let Some(statement) = self.statement() {
+            m.serialize_entry("statement", statement)?;
+        }
+        m.serialize_entry("session", &self.session)?;
+        m.serialize_entry("time", &InputTime::of(self.time))?;
+        m.end()
+    }
+}
+
+/// What a command does, as `input.action`: tagged by `kind`, one kind per
+/// thing a protocol lets a client do. The policy README documents each.
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action<'a> {
+    /// A SQL statement (PostgreSQL targets).
+    Sql { statement: &'a AnalyzedStatement },
+    /// `ssh host command`: one command run without a terminal.
+    SshExec { command: &'a str },
+    /// An interactive shell.
+    SshShell,
+    /// An SFTP operation (`read`, `write`, `remove`, `rename`, ...) on a path.
+    SshSftp { operation: &'a str, path: &'a str },
+    /// A port forward (`direct-tcpip`) to host:port, as the target sees it.
+    SshForward { host: &'a str, port: u16 },
+    /// One HTTP request (HTTPS and HTTP targets: the Kubernetes API, FHIR).
+    HttpRequest(&'a HttpRequest),
+}
+
+impl Action<'_> {
+    /// What identifies this action for the decision cache, or `None` when
+    /// its decision must not be cached (an unparsed statement: its reason
+    /// carries the parser's position). For SQL: the normalized text plus
+    /// the literal LIMIT — the classification is a function of those, and
+    /// text (unlike a 64-bit fingerprint) cannot be made to collide.
+    pub fn cache_key(&self, field: &mut impl FnMut(&str)) -> Option<()> {
+        match self {
+            Action::Sql { statement } => {
+                let c = statement.classification.as_ref().ok()?;
+                field("sql");
+                field(&c.limit.map_or_else(|| "-".to_string(), |l| l.to_string()));
+                field(&statement.normalized_text);
+            }
+            Action::SshExec { command } => {
+                field("ssh_exec");
+                field(command);
+            }
+            Action::SshShell => field("ssh_shell"),
+            Action::SshSftp { operation, path } => {
+                field("ssh_sftp");
+                field(operation);
+                field(path);
+            }
+            Action::SshForward { host, port } => {
+                field("ssh_forward");
+                field(host);
+                field(&port.to_string());
+            }
+            Action::HttpRequest(r) => {
+                field("http_request");
+                // Serialized whole: every field a rule may read is in the key.
+                field(&serde_json::to_string(r).ok()?);
+            }
+        }
+        Some(())
+    }
+
+    /// A short, PHI-free name of the action for logs: the statement's
+    /// fingerprint, or the kind.
+    pub fn log_name(&self) -> String {
+        match self {
+            Action::Sql { statement } => statement.fingerprint.to_string(),
+            Action::SshExec { .. } => "ssh_exec".into(),
+            Action::SshShell => "ssh_shell".into(),
+            Action::SshSftp { operation, .. } => format!("ssh_sftp {operation}"),
+            Action::SshForward { .. } => "ssh_forward".into(),
+            Action::HttpRequest(r) => format!("http_request {}", r.method),
+        }
+    }
+}
+
+/// `input.action` of kind `http_request`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HttpRequest {
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub query: Option<String>,
+    /// The request as the Kubernetes API conventions read it, for a
+    /// Kubernetes target.
+    pub kubernetes: Option<KubernetesRequest>,
+}
+
+/// A Kubernetes API request's parts (`input.action.kubernetes`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KubernetesRequest {
+    /// get, list, watch, create, update, patch, delete, deletecollection,
+    /// or the subresource verb (exec, attach, portforward, log, ...).
+    pub verb: String,
+    /// Empty for the core group.
+    pub group: String,
+    pub version: String,
+    pub resource: String,
+    pub subresource: Option<String>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
 }
 
 /// `input.time`: UTC, so working-hours rules read the same on every host.
@@ -106,10 +235,6 @@ impl InputTime {
             minute: (of_day % 3600 / 60) as u8,
         }
     }
-}
-
-fn serialize_time<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    InputTime::of(*time).serialize(s)
 }
 
 /// Human approval needed before the statement runs.

@@ -349,7 +349,7 @@ impl PolicyEngine for RegoPolicy {
             Err(message) => {
                 tracing::warn!(
                     rule_id = POLICY_ERROR_RULE,
-                    fingerprint = %input.statement.fingerprint,
+                    action = %input.action.log_name(),
                     target = %input.target.name,
                     error = %redact_quoted(&message),
                     "policy evaluation failed; statement denied"
@@ -472,21 +472,17 @@ impl RawDecision {
 }
 
 /// Everything the decision may depend on, length-prefixed into one string
-/// (one allocation, no ambiguity between fields). The statement part is
-/// the normalized text plus the literal LIMIT: the classification is a
-/// function of those, and the text (unlike the 64-bit fingerprint) cannot
-/// be made to collide. Unparsed statements are not cached: their reason
-/// carries the parser's position.
+/// (one allocation, no ambiguity between fields): who, from which process,
+/// to which target, and the action's own key ([`Action::cache_key`]).
 fn cache_key(input: &PolicyInput<'_>) -> Option<String> {
-    let c = input.statement.classification.as_ref().ok()?;
     let p = input.principal;
     let proc = input.process;
     let t = input.target;
     let db = input.session.and_then(|s| s.database.as_deref());
     let mut key = String::with_capacity(
-        64 + p.subject.len()
+        128 + p.subject.len()
             + p.groups.iter().map(|g| g.len() + 4).sum::<usize>()
-            + input.statement.normalized_text.len()
+            + input.statement().map_or(0, |s| s.normalized_text.len())
             + proc.exe.as_deref().map_or(0, str::len)
             + proc.unit.as_deref().map_or(0, str::len),
     );
@@ -508,8 +504,7 @@ fn cache_key(input: &PolicyInput<'_>) -> Option<String> {
     field(&t.protocol);
     field(&t.identity);
     field(db.unwrap_or("\u{0}"));
-    field(&c.limit.map_or_else(|| "-".to_string(), |l| l.to_string()));
-    field(&input.statement.normalized_text);
+    input.action.cache_key(&mut field)?;
     Some(key)
 }
 

@@ -9,7 +9,7 @@ use std::{
 use super::*;
 use crate::{
     mask::{MaskAction, MaskConfig, Masker},
-    policy::{PolicyHandle, Principal, ProcessInfo, SessionInfo, TargetInfo, cli, watch},
+    policy::{Action, PolicyHandle, Principal, ProcessInfo, SessionInfo, TargetInfo, cli, watch},
     sql::{Analyzer, SqlConfig},
 };
 
@@ -77,7 +77,9 @@ fn decide(policy: &dyn PolicyEngine, who: &Caller, sql: &str) -> PolicyDecision 
         principal: &who.principal,
         process: &process,
         target: &who.target,
-        statement: &analysis.statements[0],
+        action: Action::Sql {
+            statement: &analysis.statements[0],
+        },
         session: Some(&session),
         time: SystemTime::now(),
     })
@@ -491,4 +493,36 @@ fn reloads_while_sessions_decide() {
     for t in deciders {
         t.join().unwrap();
     }
+}
+
+#[test]
+fn a_pack_decides_other_actions_by_kind_and_caches_them_apart() {
+    let dir = tiny_pack(
+        "default decision := {\"decision\": \"allow\"}\n\
+         decision := {\"decision\": \"deny\", \"rule_id\": \"no_rm\", \"reason\": \"rm is refused\"} if {\n\
+         \tinput.action.kind == \"ssh_exec\"\n\
+         \tstartswith(input.action.command, \"rm \")\n\
+         }",
+    );
+    let policy = RegoPolicy::load(dir.path()).unwrap();
+    let who = analyst();
+    let process = ProcessInfo::default();
+    let exec = |command| {
+        policy.decide(&PolicyInput {
+            principal: &who.principal,
+            process: &process,
+            target: &who.target,
+            action: Action::SshExec { command },
+            session: None,
+            time: SystemTime::now(),
+        })
+    };
+    // Twice each: the second answer comes from the cache, under its own key.
+    for _ in 0..2 {
+        assert_eq!(rule(&exec("rm -rf /srv/phi")), "no_rm");
+        assert_eq!(rule(&exec("uptime")), "allow");
+    }
+    assert!(policy.cache_stats().0 >= 2, "{:?}", policy.cache_stats());
+    // SQL still decides through the same pack.
+    assert_eq!(rule(&decide(&policy, &who, "select 1")), "allow");
 }

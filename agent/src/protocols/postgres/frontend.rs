@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     approval::{HoldRequest, Origin, Resolution, Ticket},
-    policy::{Hold, PolicyDecision, PolicyInput, Principal, ProcessInfo, SessionInfo},
+    policy::{Action, Hold, PolicyDecision, PolicyInput, Principal, ProcessInfo, SessionInfo},
     session::Session,
     sql::{Analysis, AnalyzedStatement},
 };
@@ -486,7 +486,7 @@ impl<'s> Frontend<'s> {
             principal: &self.principal,
             process: &self.process,
             target: &self.svc.target,
-            statement: stmt,
+            action: Action::Sql { statement: stmt },
             session: Some(&self.session_info),
             time: std::time::SystemTime::now(),
         };
