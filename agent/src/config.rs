@@ -17,10 +17,11 @@ use toml::Spanned;
 use crate::{approval::ApprovalsConfig, audit::AuditConfig, identity::IdentityConfig};
 
 use crate::{
+    identity::Mode,
     intercept::rules::{Addresses, Kind, Pattern, RuleTable},
     mask::MaskConfig,
     policy::BuiltinPolicyConfig,
-    protocols::postgres::config::UpstreamConfig,
+    protocols::postgres::config::PostgresSettings,
     sql::SqlConfig,
 };
 
@@ -134,51 +135,23 @@ pub struct ProxyConfig {
     pub workers: usize,
 }
 
-/// The protocol a target speaks, which picks its handler.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The protocol a target speaks, with that protocol's own settings (each
+/// protocol module defines and validates its table): it picks the handler.
+#[derive(Clone, Debug)]
 pub enum Protocol {
     /// Bytes passed through unchanged, counted and recorded per session.
     Tcp,
     /// PostgreSQL wire protocol: per-statement decisions, masking, audit.
-    Postgres,
+    Postgres(Box<PostgresSettings>),
 }
 
 impl Protocol {
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
-            Protocol::Postgres => "postgres",
+            Protocol::Postgres(_) => "postgres",
         }
     }
-}
-
-/// How a target establishes who the caller is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Identity {
-    /// The process the kernel saw is the identity (no token asked).
-    Process,
-    /// An OIDC token, presented on the protocol's own channel (PostgreSQL:
-    /// the password), validated, and bound to the process the kernel saw.
-    Oidc,
-}
-
-impl Identity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Identity::Process => "process",
-            Identity::Oidc => "oidc",
-        }
-    }
-}
-
-/// The PostgreSQL part of a target.
-#[derive(Clone, Debug)]
-pub struct PostgresTarget {
-    pub identity: Identity,
-    pub upstream: UpstreamConfig,
-    /// Answer a client's SSLRequest with TLS (a certificate from loopgate's
-    /// local CA); otherwise it is answered 'N'.
-    pub client_tls: bool,
 }
 
 impl fmt::Display for Protocol {
@@ -192,6 +165,9 @@ impl fmt::Display for Protocol {
 pub struct Target {
     pub name: String,
     pub protocol: Protocol,
+    /// How the target establishes who the caller is (protocols with
+    /// commands; `process` for the rest).
+    pub identity: Mode,
     /// The first address as written in the config: the server's name for
     /// TLS.
     pub address: String,
@@ -200,8 +176,6 @@ pub struct Target {
     pub addresses: Vec<Pattern>,
     /// Unix socket paths the server listens on; connects to them are refused.
     pub unix: Vec<String>,
-    /// Set for `protocol = "postgres"`.
-    pub postgres: Option<PostgresTarget>,
 }
 
 impl Target {
@@ -374,7 +348,7 @@ mod raw {
         pub address: Spanned<Addresses>,
         pub unix: Option<Spanned<Vec<String>>>,
         pub identity: Option<Spanned<String>>,
-        pub upstream: Option<Spanned<UpstreamConfig>>,
+        pub upstream: Option<Spanned<crate::protocols::postgres::config::UpstreamConfig>>,
         pub client_tls: Option<Spanned<bool>>,
     }
 }
@@ -683,7 +657,7 @@ impl Validator<'_> {
         let supported = "(supported: \"tcp\", \"postgres\")";
         let protocol = match raw.protocol.get_ref().as_str() {
             "tcp" => Protocol::Tcp,
-            "postgres" => Protocol::Postgres,
+            "postgres" => Protocol::Postgres(Box::new(self.postgres(&raw)?)),
             "ssh" | "https" => {
                 let message = format!(
                     "{:?} is not supported by this build yet {supported}",
@@ -696,7 +670,8 @@ impl Validator<'_> {
                 return self.error("target.protocol", raw.protocol.span(), message);
             }
         };
-        let postgres = self.postgres(protocol, &raw, oidc_configured)?;
+        self.refuse_foreign_keys(&protocol, &raw)?;
+        let identity = self.identity(&protocol, &raw, oidc_configured)?;
         let span = raw.address.span();
         let texts = match raw.address.into_inner() {
             raw::Addresses::One(a) => vec![a],
@@ -748,37 +723,35 @@ impl Validator<'_> {
         Ok(Target {
             name,
             protocol,
+            identity,
             address: texts[0].clone(),
             addresses,
             unix,
-            postgres,
         })
     }
 
-    /// The PostgreSQL keys of a target: required for postgres, refused for others.
-    fn postgres(
-        &self,
-        protocol: Protocol,
-        raw: &raw::Target,
-        oidc_configured: bool,
-    ) -> Result<Option<PostgresTarget>, ConfigError> {
-        if protocol != Protocol::Postgres {
-            if let Some(u) = &raw.upstream {
-                return self.error(
-                    "target.upstream",
-                    u.span(),
-                    format!("only postgres targets take an upstream; this one is {protocol}"),
-                );
+    /// `identity` of a target: for the protocols that have callers to tell
+    /// apart (all but `tcp`); `oidc` needs `[identity.oidc]`.
+    fn identity(&self, protocol: &Protocol, raw: &raw::Target, oidc_configured: bool) -> Result<Mode, ConfigError> {
+        let given = raw.identity.as_ref().map(|i| (i.get_ref().as_str(), i.span()));
+        match (protocol, given) {
+            (Protocol::Tcp, Some((_, span))) => self.error("target.identity", span, "tcp targets take no identity"),
+            (_, None | Some(("process", _))) => Ok(Mode::Process),
+            (_, Some(("oidc", _))) if oidc_configured => Ok(Mode::Oidc),
+            (_, Some(("oidc", span))) => self.error(
+                "target.identity",
+                span,
+                "\"oidc\" needs an [identity.oidc] table (issuer, audience)",
+            ),
+            (_, Some((other, span))) => {
+                let message = format!("unknown identity {other:?} (supported: \"process\", \"oidc\")");
+                self.error("target.identity", span, message)
             }
-            if let Some(i) = &raw.identity {
-                return self.error(
-                    "target.identity",
-                    i.span(),
-                    format!("{protocol} targets take no identity"),
-                );
-            }
-            return Ok(None);
         }
+    }
+
+    /// The PostgreSQL keys of a target, which its protocol module checks.
+    fn postgres(&self, raw: &raw::Target) -> Result<PostgresSettings, ConfigError> {
         let Some(upstream) = &raw.upstream else {
             return self.error(
                 "target.upstream",
@@ -786,29 +759,31 @@ impl Validator<'_> {
                 "a postgres target needs [target.upstream] (user and password_file or credential)",
             );
         };
-        if let Err(e) = upstream.get_ref().validate() {
-            return self.error("target.upstream", upstream.span(), e.to_string());
+        let client_tls = raw.client_tls.as_ref().is_some_and(|t| *t.get_ref());
+        PostgresSettings::new(upstream.get_ref().clone(), client_tls)
+            .or_else(|e| self.error("target.upstream", upstream.span(), e.to_string()))
+    }
+
+    /// Keys a protocol does not take are errors, not silently ignored.
+    fn refuse_foreign_keys(&self, protocol: &Protocol, raw: &raw::Target) -> Result<(), ConfigError> {
+        if matches!(protocol, Protocol::Postgres(_)) {
+            return Ok(());
         }
-        let identity = match raw.identity.as_ref().map(|i| (i.get_ref().as_str(), i.span())) {
-            None | Some(("process", _)) => Identity::Process,
-            Some(("oidc", _)) if oidc_configured => Identity::Oidc,
-            Some(("oidc", span)) => {
-                return self.error(
-                    "target.identity",
-                    span,
-                    "\"oidc\" needs an [identity.oidc] table (issuer, audience)",
-                );
-            }
-            Some((other, span)) => {
-                let message = format!("unknown identity {other:?} (supported: \"process\", \"oidc\")");
-                return self.error("target.identity", span, message);
-            }
-        };
-        Ok(Some(PostgresTarget {
-            identity,
-            upstream: upstream.get_ref().clone(),
-            client_tls: raw.client_tls.as_ref().is_some_and(|t| *t.get_ref()),
-        }))
+        if let Some(u) = &raw.upstream {
+            return self.error(
+                "target.upstream",
+                u.span(),
+                format!("only postgres targets take an upstream; this one is {protocol}"),
+            );
+        }
+        if let Some(t) = &raw.client_tls {
+            return self.error(
+                "target.client_tls",
+                t.span(),
+                format!("only postgres targets take client_tls; this one is {protocol}"),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -1017,9 +992,11 @@ address = "[::1]:9000"
         let text = "[[target]]\nname = \"db\"\nprotocol = \"postgres\"\naddress = \"127.0.0.1:5432\"\nidentity = \"process\"\n\
                     [target.upstream]\nuser = \"app\"\npassword_file = \"/etc/loopgate/secrets/db\"\ntls = \"disable\"\n";
         let config = parse(text).unwrap();
-        let pg = config.targets[0].postgres.as_ref().unwrap();
+        let Protocol::Postgres(pg) = &config.targets[0].protocol else {
+            panic!("not postgres");
+        };
         assert_eq!(pg.upstream.user, "app");
-        assert_eq!(pg.identity, Identity::Process);
+        assert_eq!(config.targets[0].identity, Mode::Process);
         assert_eq!(config.targets[0].host(), "127.0.0.1");
 
         let (line, key, _) =

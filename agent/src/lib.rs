@@ -5,6 +5,7 @@ pub mod approval;
 pub mod audit;
 pub mod config;
 pub mod control;
+pub mod enforce;
 pub mod exec;
 pub mod http;
 pub mod identity;

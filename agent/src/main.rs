@@ -4,9 +4,9 @@ use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use loopgate::{
     agent,
-    approval::cli::{self as approvals_cli, ApprovalsArgs},
     audit::cli::{self as audit_cli, AuditCommand},
     config::{Config, DEFAULT_PATH},
+    control::approvals_cli::{self, ApprovalsArgs},
     control::{self, Request, Response},
     exec, intercept,
     policy::cli::{self as policy_cli, PolicyCommand},

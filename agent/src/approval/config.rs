@@ -3,6 +3,9 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use serde::Deserialize;
 
+/// The approvals socket unless the config moves it (`[approvals] socket`).
+pub const DEFAULT_SOCKET: &str = "/run/loopgate/approvals.sock";
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApprovalsConfig {
@@ -24,7 +27,7 @@ pub struct ApprovalsConfig {
 impl Default for ApprovalsConfig {
     fn default() -> Self {
         ApprovalsConfig {
-            socket: PathBuf::from(super::cli::DEFAULT_SOCKET),
+            socket: PathBuf::from(DEFAULT_SOCKET),
             state_dir: PathBuf::from("/var/lib/loopgate/approvals"),
             http_listen: None,
             webhook_url: None,

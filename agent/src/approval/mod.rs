@@ -8,10 +8,10 @@
 //! - `journal`: pending requests on disk, so that a request cut short by a
 //!   crash or restart is still recorded as cancelled.
 //! - `webhook`: the notification (JSON with Slack-compatible text).
-//! - `api`: the loopback HTTP API; `cli`: `loopgate approvals`.
+//! - `api`: the loopback HTTP API. (`loopgate approvals`, a client of the
+//!   approvals socket, is `control::approvals_cli`.)
 mod api;
 mod approver;
-pub mod cli;
 mod config;
 mod journal;
 mod registry;
@@ -19,7 +19,7 @@ mod webhook;
 
 pub use api::{decided_json, serve_http};
 pub use approver::Approver;
-pub use config::ApprovalsConfig;
+pub use config::{ApprovalsConfig, DEFAULT_SOCKET};
 pub use registry::{Approvals, Choice, DecideError, Decided, HoldError, HoldRequest, Origin, Resolution, Ticket};
 
 use serde::{Deserialize, Serialize};

@@ -3,6 +3,7 @@
 //! answers only approval requests, deciding who the caller is from the
 //! kernel's peer credentials or an OIDC token. One JSON request line in,
 //! one JSON response line out.
+pub mod approvals_cli;
 mod client;
 mod server;
 

@@ -4,7 +4,8 @@
 //! `config` the `[identity]` tables; `jwt` JWS parsing and header rules;
 //! `keys` discovery + JWKS cache (fetched with `crate::http`); `claims`
 //! claim checks; `cache` validated tokens; `binding` token-to-process rules;
-//! `oidc` the validator tying them together.
+//! `oidc` the validator tying them together; `principal` the one function
+//! that turns a caller (its process, and a token if presented) into a principal.
 
 mod binding;
 mod cache;
@@ -14,6 +15,7 @@ pub mod error;
 mod jwt;
 pub mod keys;
 pub mod oidc;
+mod principal;
 #[cfg(any(test, feature = "test-issuer"))]
 pub mod test_issuer;
 #[cfg(test)]
@@ -25,3 +27,4 @@ pub use config::{BindingRule, ConfigError, IdentityConfig, OidcConfig};
 pub use error::TokenError;
 pub use keys::KeyFetchError;
 pub use oidc::{OidcValidator, ValidatorStats};
+pub use principal::{Authenticator, Mode};

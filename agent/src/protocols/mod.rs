@@ -4,19 +4,18 @@
 pub mod postgres;
 pub mod tcp;
 
-use std::{sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
-use anyhow::Context as _;
 use tokio::net::TcpStream;
 
 use crate::{
     approval::Approvals,
-    config::{Config, Identity, Protocol, Target},
-    identity::OidcValidator,
+    enforce::Enforcer,
+    identity::{Authenticator, OidcValidator},
     mask::Masker,
     policy::{self, PolicyEngine},
     session::{Session, SessionEnd},
-    sql::{AnalysisCache, Analyzer},
+    sql::SqlConfig,
 };
 
 /// What every target's handler shares: built once by the agent.
@@ -37,55 +36,32 @@ pub enum Handler {
     Postgres(Box<postgres::Service>),
 }
 
-impl Handler {
-    /// Builds the handler of `target`: reads its secrets and prepares what
-    /// its sessions share. Fails at agent start, not at the first session.
-    pub fn for_target(target: &Target, config: &Config, shared: &Shared) -> anyhow::Result<Handler> {
-        let masker = &shared.masker;
-        match target.protocol {
-            Protocol::Tcp => Ok(Handler::Tcp),
-            Protocol::Postgres => {
-                let pg = target
-                    .postgres
-                    .as_ref()
-                    .context("postgres target without its settings")?;
-                let upstream = postgres::upstream::UpstreamSettings::from_config(&pg.upstream)
-                    .with_context(|| format!("target {:?}: upstream credentials", target.name))?;
-                let client_tls = if pg.client_tls {
-                    let ca = crate::tls::LocalCa::load_or_create(&config.tls.ca_dir)
-                        .with_context(|| format!("loopgate's local CA in {}", config.tls.ca_dir.display()))?;
-                    Some(ca.server_config(&target.certificate_names(), &[postgres::upstream::ALPN])?)
-                } else {
-                    None
-                };
-                Ok(Handler::Postgres(Box::new(postgres::Service {
-                    analysis: AnalysisCache::new(Analyzer::new(&config.sql, masker.clone())),
-                    policy: shared.policy.clone(),
-                    masker: masker.clone(),
-                    target: policy::TargetInfo {
-                        name: target.name.clone(),
-                        protocol: target.protocol.as_str().to_owned(),
-                        identity: pg.identity.as_str().to_owned(),
-                    },
-                    upstream,
-                    server_name: target.host().to_owned(),
-                    client_tls,
-                    identity: pg.identity,
-                    oidc: match pg.identity {
-                        Identity::Oidc => Some(
-                            shared
-                                .oidc
-                                .clone()
-                                .context("identity = \"oidc\" without [identity.oidc]")?,
-                        ),
-                        Identity::Process => None,
-                    },
-                    cancels: Default::default(),
-                    tables: Default::default(),
-                    approvals: shared.approvals.clone(),
-                })))
-            }
-        }
+/// What a protocol builds its handler from: the target's protocol-neutral
+/// facts and the agent's shared parts. Each protocol adds its own settings.
+pub struct Build<'a> {
+    pub name: &'a str,
+    /// The host name or IP a server certificate must match.
+    pub host: &'a str,
+    /// Names a client may have used to reach the target, for certificates
+    /// loopgate shows it.
+    pub certificate_names: Vec<String>,
+    /// How callers are identified.
+    pub identity: Authenticator,
+    pub sql: &'a SqlConfig,
+    /// loopgate's local CA.
+    pub ca_dir: &'a Path,
+    pub shared: &'a Shared,
+}
+
+impl Build<'_> {
+    /// The enforcement point of this target, speaking `protocol`.
+    pub fn enforcer(&self, protocol: &str) -> Enforcer {
+        let target = policy::TargetInfo {
+            name: self.name.to_owned(),
+            protocol: protocol.to_owned(),
+            identity: self.identity.mode().as_str().to_owned(),
+        };
+        Enforcer::new(self.shared.policy.clone(), self.shared.approvals.clone(), target)
     }
 }
 

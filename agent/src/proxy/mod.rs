@@ -24,9 +24,10 @@ pub use workers::Workers;
 
 use crate::{
     audit::{AuditLog, Decision, Event, EventKind, Outcome, ProcessInfo, Verdict},
-    config::{Config, Target},
+    config::{Config, Protocol, Target},
+    identity::Authenticator,
     intercept::{Interceptor, ListenerFds, Unverified, endpoint, refusals::RateLimit},
-    protocols::{self, Handler, Shared},
+    protocols::{self, Build, Handler, Shared, postgres},
     session::{EndStatus, Session, SessionEnd, process},
 };
 
@@ -91,6 +92,24 @@ struct Route {
     handler: Arc<Handler>,
 }
 
+/// Builds the handler of target `t`: one line per protocol, each protocol
+/// building its own service from its own settings.
+fn handler(t: &Target, config: &Config, shared: &Shared) -> anyhow::Result<Handler> {
+    let build = Build {
+        name: &t.name,
+        host: t.host(),
+        certificate_names: t.certificate_names(),
+        identity: Authenticator::new(t.identity, shared.oidc.as_ref()).map_err(anyhow::Error::msg)?,
+        sql: &config.sql,
+        ca_dir: &config.tls.ca_dir,
+        shared,
+    };
+    Ok(match &t.protocol {
+        Protocol::Tcp => Handler::Tcp,
+        Protocol::Postgres(pg) => Handler::Postgres(Box::new(postgres::Service::new(pg, &build)?)),
+    })
+}
+
 impl Proxy {
     /// Builds every target's handler (reading secrets, preparing caches)
     /// and starts the session workers; an error here stops the agent
@@ -107,7 +126,7 @@ impl Proxy {
             .map(|t| {
                 Ok(Route {
                     target: Arc::new(t.clone()),
-                    handler: Arc::new(Handler::for_target(t, &config, shared)?),
+                    handler: Arc::new(handler(t, &config, shared)?),
                 })
             })
             .collect::<anyhow::Result<_>>()?;

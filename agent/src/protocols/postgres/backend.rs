@@ -284,7 +284,7 @@ impl<'s> Backend<'s> {
         };
         let mut request = gate.request;
         request.rows_sent = Some(gate.progress.rows.load(Ordering::Relaxed) + self.tally.rows);
-        let (code, why) = match self.svc.approvals.hold(request).await {
+        let (code, why) = match self.svc.enforcer.request(request).await {
             Ok(mut ticket) => {
                 let (message, hint) = ticket.view().notice();
                 out.extend_from_slice(&wire::notice(&message, &hint));

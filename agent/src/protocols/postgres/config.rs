@@ -18,6 +18,23 @@ use std::{
 
 use serde::Deserialize;
 
+/// A PostgreSQL target's own settings.
+#[derive(Clone, Debug)]
+pub struct PostgresSettings {
+    pub upstream: UpstreamConfig,
+    /// Answer a client's SSLRequest with TLS (a certificate from loopgate's
+    /// local CA); otherwise it is answered 'N'.
+    pub client_tls: bool,
+}
+
+impl PostgresSettings {
+    /// Checked settings: the upstream table must be usable.
+    pub fn new(upstream: UpstreamConfig, client_tls: bool) -> Result<Self, UpstreamConfigError> {
+        upstream.validate()?;
+        Ok(PostgresSettings { upstream, client_tls })
+    }
+}
+
 /// How loopgate protects its connection to the upstream server.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]

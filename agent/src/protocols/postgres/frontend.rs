@@ -20,8 +20,9 @@ use super::{
     wire::{self, sqlstate},
 };
 use crate::{
-    approval::{HoldRequest, Origin, Resolution, Ticket},
-    policy::{Action, Hold, PolicyDecision, PolicyInput, Principal, ProcessInfo, SessionInfo},
+    approval::{HoldRequest, Resolution},
+    enforce::{self, Caller, held_before_run},
+    policy::{Action, PolicyDecision},
     session::Session,
     sql::{Analysis, AnalyzedStatement},
 };
@@ -53,9 +54,7 @@ pub(super) struct Frontend<'s> {
     session: &'s Session,
     catalog: &'s tokio::sync::Mutex<Catalog>,
     /// The caller as the policy sees it, built once per session.
-    principal: Principal,
-    process: ProcessInfo,
-    session_info: SessionInfo,
+    caller: Caller,
     statements: HashMap<Bytes, Arc<Prepared>>,
     portals: HashMap<Bytes, Portal>,
     /// After a refused extended-protocol message, everything up to the next
@@ -83,7 +82,7 @@ enum Flow {
 
 /// A statement held for approval, and what is forwarded once approved.
 struct Held {
-    ticket: Ticket,
+    hold: enforce::Held,
     /// What the server side expects once the statement is forwarded.
     release: Pending,
     /// The client's message (Query or Execute), forwarded on approval.
@@ -103,12 +102,7 @@ impl<'s> Frontend<'s> {
             svc,
             session,
             catalog,
-            principal: svc.principal_of(session),
-            process: svc.process_of(session),
-            session_info: SessionInfo {
-                id: session.id.to_string(),
-                ..SessionInfo::default()
-            },
+            caller: Caller::of(session, None, None),
             statements: HashMap::new(),
             portals: HashMap::new(),
             skipping: false,
@@ -138,7 +132,7 @@ impl<'s> Frontend<'s> {
                 Flow::Hold(mut held) => {
                     // What came before the held statement goes ahead.
                     self.forward(server, &mut out).await?;
-                    let Some(resolution) = wait_for(&mut held.ticket, client, &mut buf).await else {
+                    let Some(resolution) = wait_for(&mut held.hold, client, &mut buf).await else {
                         // The client left; dropping the ticket cancels the request.
                         return Ok(());
                     };
@@ -161,18 +155,20 @@ impl<'s> Frontend<'s> {
     /// Acts on a held statement's outcome: approved, it is forwarded in
     /// its place; otherwise the client gets the reason as an error.
     async fn released(&mut self, held: Held, resolution: Resolution, out: &mut BytesMut) -> Result<(), SessionError> {
-        if resolution.is_approved() {
-            self.queue(held.release).await?;
-            out.extend_from_slice(&held.message);
-            return Ok(());
+        let Held {
+            hold,
+            release,
+            message,
+            extended,
+        } = held;
+        match hold.release(resolution) {
+            Ok(_) => {
+                self.queue(release).await?;
+                out.extend_from_slice(&message);
+                Ok(())
+            }
+            Err(refusal) => self.refuse(wire::refusal(&refusal), extended).await,
         }
-        let code = wire::unapproved_code(&resolution);
-        let message = format!(
-            "{}; the statement was not run",
-            resolution.refusal(&held.ticket.view().id)
-        );
-        let error = wire::error(code, &message);
-        self.refuse(error, held.extended).await
     }
 
     /// Answers a statement with loopgate's own error, as its protocol
@@ -277,7 +273,7 @@ impl<'s> Frontend<'s> {
             .find_map(|(d, c)| held_before_run(d).map(|hold| (hold, c.event_id)));
         if let Some((hold, command_id)) = held {
             let text: Vec<&str> = analysis.statements.iter().map(|s| s.normalized_text.as_str()).collect();
-            let request = self.hold_request(command_id, text.join("; "), Vec::new(), hold);
+            let request = enforce::hold_request(self.session, command_id, text.join("; "), Vec::new(), hold);
             return self
                 .hold(request, Pending::Query(commands), frame.bytes.freeze(), false)
                 .await;
@@ -288,7 +284,7 @@ impl<'s> Frontend<'s> {
     }
 
     /// Opens an approval request for a statement and tells the client what
-    /// it waits for; the caller waits on the returned ticket.
+    /// it waits for; the caller waits on the returned hold.
     async fn hold(
         &mut self,
         request: HoldRequest,
@@ -296,52 +292,25 @@ impl<'s> Frontend<'s> {
         message: Bytes,
         extended: bool,
     ) -> Result<Option<Box<Held>>, SessionError> {
-        let ticket = match self.svc.approvals.hold(request).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(session = %self.session.id, error = %e, "cannot hold a statement for approval");
-                let error = wire::error(
-                    sqlstate::SYSTEM_ERROR,
-                    &format!(
-                        "loopgate: this statement needs approval, which cannot be requested now ({e}); it was not run"
-                    ),
-                );
-                self.refuse(error, extended).await?;
+        let hold = match self.svc.enforcer.open(self.session, request).await {
+            Ok(h) => h,
+            Err(refusal) => {
+                self.refuse(wire::refusal(&refusal), extended).await?;
                 return Ok(None);
             }
         };
-        let (message_text, hint) = ticket.view().notice();
+        let (message_text, hint) = hold.notice();
         self.queue(Pending::Reply {
             bytes: wire::notice(&message_text, &hint),
             ready: false,
         })
         .await?;
         Ok(Some(Box::new(Held {
-            ticket,
+            hold,
             release,
             message,
             extended,
         })))
-    }
-
-    /// What an approval request says about a statement of this session.
-    fn hold_request(
-        &self,
-        command_id: uuid::Uuid,
-        command: String,
-        parameters: Vec<String>,
-        hold: &Hold,
-    ) -> HoldRequest {
-        HoldRequest {
-            origin: Origin {
-                session: self.session.context(),
-                command_id,
-            },
-            command,
-            parameters,
-            hold: hold.clone(),
-            rows_sent: None,
-        }
     }
 
     /// Parse: the statement is analysed and decided now, once, and executed
@@ -444,7 +413,13 @@ impl<'s> Frontend<'s> {
             }
         };
         if let (Some(hold), Some(parameters)) = (hold, held_parameters) {
-            let request = self.hold_request(command.event_id, stmt.normalized_text.clone(), parameters, hold);
+            let request = enforce::hold_request(
+                self.session,
+                command.event_id,
+                stmt.normalized_text.clone(),
+                parameters,
+                hold,
+            );
             return self
                 .hold(request, Pending::Execute(command), frame.bytes.freeze(), true)
                 .await;
@@ -482,15 +457,7 @@ impl<'s> Frontend<'s> {
     }
 
     fn decide(&self, stmt: &AnalyzedStatement) -> PolicyDecision {
-        let input = PolicyInput {
-            principal: &self.principal,
-            process: &self.process,
-            target: &self.svc.target,
-            action: Action::Sql { statement: stmt },
-            session: Some(&self.session_info),
-            time: std::time::SystemTime::now(),
-        };
-        self.svc.policy.decide(&input)
+        self.svc.enforcer.decide(&self.caller, Action::Sql { statement: stmt })
     }
 
     /// Records an allowed or held statement; an allowed one may be
@@ -509,51 +476,63 @@ impl<'s> Frontend<'s> {
                 Err(e) => {
                     tracing::warn!(session = %self.session.id, error = %e, "refusing COPY: its columns are unknown");
                     let reason = "the columns of this COPY could not be determined, so its data cannot be masked";
-                    let event =
-                        record::command(self.session, stmt, record::block(COPY_UNKNOWN_RULE, reason), parameters);
-                    if self.session.audit.append(event).await.is_err() {
-                        tracing::error!(session = %self.session.id, "could not record a refused COPY");
-                    }
-                    let message = format!("loopgate: statement refused by rule {COPY_UNKNOWN_RULE}: {reason}");
-                    return Err(wire::error(sqlstate::FEATURE_NOT_SUPPORTED, &message));
+                    let info = record::command_info(stmt, parameters);
+                    let refusal = match self
+                        .svc
+                        .enforcer
+                        .refuse(self.session, info, COPY_UNKNOWN_RULE, reason)
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!(session = %self.session.id, error = %e, "could not record a refused COPY");
+                            enforce::Refusal {
+                                cause: enforce::Cause::Policy,
+                                rule_id: Some(COPY_UNKNOWN_RULE.into()),
+                                reason: reason.into(),
+                            }
+                        }
+                    };
+                    return Err(wire::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        &refusal.message("statement"),
+                    ));
                 }
             },
             None => Vec::new(),
         };
-        let threshold = match decision {
-            PolicyDecision::Hold(hold) => hold.row_threshold.map(|t| (hold, t)),
-            _ => None,
-        };
-        let recorded = match (decision, threshold) {
-            (_, Some((hold, t))) => record::gated(hold, t),
-            (PolicyDecision::Hold(hold), None) => record::hold(hold),
-            _ => record::allow(),
-        };
-        let gate_parameters = threshold.map(|_| parameters.clone());
-        let event = record::command(self.session, stmt, recorded, parameters);
-        let event_id = event.event_id;
-        if let Err(e) = self.session.audit.append(event).await {
-            tracing::error!(session = %self.session.id, error = %e, "refusing statement: audit unavailable");
-            return Err(wire::error(
-                sqlstate::SYSTEM_ERROR,
-                "loopgate: the audit trail cannot record this statement, so it was not run; try again later",
-            ));
-        }
+        // The gate's request shows the parameters too; copied only then.
+        let gate_parameters =
+            matches!(decision, PolicyDecision::Hold(h) if h.row_threshold.is_some()).then(|| parameters.clone());
+        let info = record::command_info(stmt, parameters);
+        let admitted = self
+            .svc
+            .enforcer
+            .admit(self.session, decision, info)
+            .await
+            .map_err(|refusal| wire::refusal(&refusal))?;
+        let gate = admitted.threshold.as_ref().map(|(hold, threshold)| {
+            let parameters = gate_parameters.unwrap_or_default();
+            let request = enforce::hold_request(
+                self.session,
+                admitted.event_id,
+                stmt.normalized_text.clone(),
+                parameters,
+                hold,
+            );
+            Box::new(Gate {
+                threshold: *threshold,
+                request,
+                progress: progress.unwrap_or_default(),
+            })
+        });
         Ok(Command {
-            event_id,
+            event_id: admitted.event_id,
             fingerprint: stmt.fingerprint.to_string(),
-            mask: decision.mask_overrides().to_vec(),
+            mask: admitted.mask,
             copy_columns,
-            started: Instant::now(),
-            gate: threshold.map(|(hold, threshold)| {
-                let parameters = gate_parameters.unwrap_or_default();
-                let request = self.hold_request(event_id, stmt.normalized_text.clone(), parameters, hold);
-                Box::new(Gate {
-                    threshold,
-                    request,
-                    progress: progress.unwrap_or_default(),
-                })
-            }),
+            started: admitted.started,
+            gate,
         })
     }
 
@@ -565,16 +544,18 @@ impl<'s> Frontend<'s> {
         decision: &PolicyDecision,
     ) -> Result<BytesMut, SessionError> {
         let (rule, reason) = refusal_text(decision);
+        let mut refusal = None;
         for stmt in statements {
-            let event = record::command(self.session, stmt, record::block(&rule, &reason), Vec::new());
-            self.record(event).await?;
+            let info = record::command_info(stmt, Vec::new());
+            let refused = self.svc.enforcer.refuse(self.session, info, &rule, &reason).await;
+            refusal = Some(refused.map_err(SessionError::Audit)?);
         }
-        let message = format!("loopgate: statement refused by rule {rule}: {reason}");
-        Ok(wire::error(sqlstate::INSUFFICIENT_PRIVILEGE, &message))
-    }
-
-    async fn record(&self, event: crate::audit::Event) -> Result<(), SessionError> {
-        self.session.audit.append(event).await.map_err(SessionError::Audit)
+        let refusal = refusal.unwrap_or(enforce::Refusal {
+            cause: enforce::Cause::Policy,
+            rule_id: Some(rule),
+            reason,
+        });
+        Ok(wire::refusal(&refusal))
     }
 
     /// Refuses an extended-protocol message: the error goes to the client
@@ -611,10 +592,14 @@ impl<'s> Frontend<'s> {
 
 /// Waits for a held statement's outcome while watching the client: `None`
 /// if it disconnects. What it sends meanwhile is buffered, up to a limit.
-async fn wait_for<R: AsyncRead + Unpin>(ticket: &mut Ticket, client: &mut R, buf: &mut BytesMut) -> Option<Resolution> {
+async fn wait_for<R: AsyncRead + Unpin>(
+    held: &mut enforce::Held,
+    client: &mut R,
+    buf: &mut BytesMut,
+) -> Option<Resolution> {
     loop {
         tokio::select! {
-            r = ticket.wait() => return Some(r),
+            r = held.wait() => return Some(r),
             n = client.read_buf(buf), if buf.len() < HELD_READ_LIMIT => match n {
                 Ok(0) | Err(_) => return None,
                 Ok(_) => {}
@@ -685,15 +670,6 @@ fn parse_bind<'b>(body: &'b [u8], fe: &Frontend<'_>) -> Result<Bound<'b>, Sessio
         statement,
         parameters,
     })
-}
-
-/// The hold of a statement that waits before it runs (a hold with a row
-/// threshold runs at once and pauses its results instead).
-fn held_before_run(decision: &PolicyDecision) -> Option<&Hold> {
-    match decision {
-        PolicyDecision::Hold(hold) if hold.row_threshold.is_none() => Some(hold),
-        _ => None,
-    }
 }
 
 fn refusal_text(d: &PolicyDecision) -> (String, String) {

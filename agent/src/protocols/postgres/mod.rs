@@ -31,6 +31,7 @@ mod wire;
 
 use std::{sync::Arc, time::Duration};
 
+use anyhow::Context as _;
 use bytes::BytesMut;
 use tokio::{io::AsyncWriteExt as _, net::TcpStream, sync::mpsc};
 
@@ -42,15 +43,15 @@ use self::{
     upstream::{UpstreamError, UpstreamSettings},
     wire::sqlstate,
 };
+use super::Build;
 use crate::{
-    approval::Approvals,
     audit::{AuditError, Principal},
-    config::Identity,
-    identity::OidcValidator,
+    enforce::Enforcer,
+    identity::Authenticator,
     mask::Masker,
-    policy::{self, PolicyEngine},
+    protocols::postgres::config::PostgresSettings,
     session::{EndStatus, Session, SessionEnd},
-    sql::AnalysisCache,
+    sql::{AnalysisCache, Analyzer},
 };
 
 /// How many answers the client side may queue ahead of the server side
@@ -60,23 +61,48 @@ const PIPELINE_DEPTH: usize = 1024;
 /// Everything a target's PostgreSQL sessions share; built once at start.
 pub struct Service {
     pub analysis: AnalysisCache,
-    pub policy: Arc<dyn PolicyEngine>,
+    /// Decide, record, refuse or hold each statement.
+    pub enforcer: Enforcer,
     pub masker: Masker,
-    pub target: policy::TargetInfo,
     pub upstream: UpstreamSettings,
     /// Host name or IP the upstream certificate must match (verify-full).
     pub server_name: String,
     /// loopgate's TLS server config, when the target offers TLS to clients.
     pub client_tls: Option<Arc<rustls::ServerConfig>>,
     /// How callers are identified.
-    pub identity: Identity,
-    /// Token validation, for `identity = "oidc"`.
-    pub oidc: Option<Arc<OidcValidator>>,
+    pub identity: Authenticator,
     pub cancels: CancelRegistry,
     /// Real names of the tables and columns results come from.
     pub tables: catalog::TableCache,
-    /// Where held statements wait for approval.
-    pub approvals: Arc<Approvals>,
+}
+
+impl Service {
+    /// The service of a PostgreSQL target: reads its secrets and prepares
+    /// what its sessions share. Fails at agent start, not at the first
+    /// session.
+    pub fn new(settings: &PostgresSettings, build: &Build<'_>) -> anyhow::Result<Service> {
+        let masker = &build.shared.masker;
+        let upstream = UpstreamSettings::from_config(&settings.upstream)
+            .with_context(|| format!("target {:?}: upstream credentials", build.name))?;
+        let client_tls = if settings.client_tls {
+            let ca = crate::tls::LocalCa::load_or_create(build.ca_dir)
+                .with_context(|| format!("loopgate's local CA in {}", build.ca_dir.display()))?;
+            Some(ca.server_config(&build.certificate_names, &[upstream::ALPN])?)
+        } else {
+            None
+        };
+        Ok(Service {
+            analysis: AnalysisCache::new(Analyzer::new(build.sql, masker.clone())),
+            enforcer: build.enforcer("postgres"),
+            masker: masker.clone(),
+            upstream,
+            server_name: build.host.to_owned(),
+            client_tls,
+            identity: build.identity.clone(),
+            cancels: Default::default(),
+            tables: Default::default(),
+        })
+    }
 }
 
 /// Serves one intercepted PostgreSQL connection.
@@ -183,33 +209,6 @@ async fn authenticate(
     session: &Session,
     stream: &mut stream::PgStream,
 ) -> Result<Principal, SessionEnd> {
-    let process = &session.process;
-    let Some(oidc) = svc.oidc.as_ref().filter(|_| svc.identity == Identity::Oidc) else {
-        let user = process
-            .user
-            .clone()
-            .unwrap_or_else(|| process.uid.map_or_else(|| "?".to_owned(), |u| u.to_string()));
-        return Ok(Principal {
-            subject: Some(format!("unix:{user}")),
-            issuer: Some("kernel".to_owned()),
-            email: None,
-            groups: Vec::new(),
-        });
-    };
-    let closed = || SessionEnd::failed(EndStatus::Closed, "client left during authentication");
-    stream
-        .write_all(&wire::authentication_cleartext())
-        .await
-        .map_err(|_| closed())?;
-    let mut buf = BytesMut::new();
-    let message = frame::read_frame(stream, &mut buf, true, frame::MAX_STARTUP_MESSAGE).await;
-    let token = match message {
-        Ok(Some(f)) if f.tag == Some(b'p') => frame::cstr(f.body())
-            .and_then(|(t, _)| std::str::from_utf8(t).ok())
-            .map(str::to_owned),
-        Ok(None) => return Err(closed()),
-        _ => None,
-    };
     let refuse = async |stream: &mut stream::PgStream, reason: String| {
         tracing::warn!(session = %session.id, %reason, "authentication refused");
         let message = format!("loopgate: authentication failed: {reason}");
@@ -218,22 +217,31 @@ async fn authenticate(
             .await;
         SessionEnd::failed(EndStatus::AuthFailed, reason)
     };
-    let Some(token) = token.filter(|t| !t.is_empty()) else {
-        return Err(refuse(stream, "expected a token as the password".to_owned()).await);
+    let token = if svc.identity.wants_token() {
+        let closed = || SessionEnd::failed(EndStatus::Closed, "client left during authentication");
+        stream
+            .write_all(&wire::authentication_cleartext())
+            .await
+            .map_err(|_| closed())?;
+        let mut buf = BytesMut::new();
+        let message = frame::read_frame(stream, &mut buf, true, frame::MAX_STARTUP_MESSAGE).await;
+        match message {
+            Ok(Some(f)) if f.tag == Some(b'p') => frame::cstr(f.body())
+                .and_then(|(t, _)| std::str::from_utf8(t).ok())
+                .map(str::to_owned),
+            Ok(None) => return Err(closed()),
+            _ => None,
+        }
+    } else {
+        None
     };
-    let validated = match oidc.validate(&token).await {
-        Ok(v) => v,
-        Err(e) => return Err(refuse(stream, format!("token refused: {e}")).await),
-    };
-    if let Err(e) = oidc.check_binding(&validated, process.uid.unwrap_or(u32::MAX), process.unit.as_deref()) {
-        return Err(refuse(stream, format!("token refused: {e}")).await);
+    match svc.identity.principal(&session.process, token.as_deref()).await {
+        Ok(principal) => Ok(principal),
+        Err(reason) if token.as_deref().is_none_or(str::is_empty) => {
+            Err(refuse(stream, format!("{reason} as the password")).await)
+        }
+        Err(reason) => Err(refuse(stream, reason).await),
     }
-    Ok(Principal {
-        subject: Some(validated.subject),
-        issuer: Some(validated.issuer),
-        email: validated.email,
-        groups: validated.groups,
-    })
 }
 
 /// Runs the two directions until either side ends the session.
@@ -289,31 +297,6 @@ async fn relay(
         }
         Err(SessionError::Io(e)) => SessionEnd::failed(EndStatus::Closed, format!("connection error: {e}")),
         Err(SessionError::Closed) => SessionEnd::ok(),
-    }
-}
-
-impl Service {
-    /// The caller as the policy sees it.
-    pub fn principal_of(&self, session: &Session) -> policy::Principal {
-        match session.principal.get() {
-            Some(p) => policy::Principal {
-                subject: p.subject.clone().unwrap_or_default(),
-                groups: p.groups.clone(),
-            },
-            None => policy::Principal::default(),
-        }
-    }
-
-    pub fn process_of(&self, session: &Session) -> policy::ProcessInfo {
-        let p = &session.process;
-        policy::ProcessInfo {
-            pid: p.tgid.unwrap_or(0),
-            uid: p.uid.unwrap_or(u32::MAX),
-            user: p.user.clone(),
-            unit: p.unit.clone(),
-            exe: p.exe.clone(),
-            comm: p.comm.clone().unwrap_or_default(),
-        }
     }
 }
 

@@ -43,13 +43,16 @@ fn service(audit: AuditLog) -> Service {
     let masker = Masker::new(&MaskConfig::default(), None).unwrap();
     Service {
         analysis: AnalysisCache::new(Analyzer::new(&SqlConfig::default(), masker.clone())),
-        policy: Arc::new(BuiltinPolicy::new(BuiltinPolicyConfig::default())),
+        enforcer: crate::enforce::Enforcer::new(
+            Arc::new(BuiltinPolicy::new(BuiltinPolicyConfig::default())),
+            crate::approval::Approvals::new(audit, None, None),
+            policy::TargetInfo {
+                name: "db".into(),
+                protocol: "postgres".into(),
+                identity: "process".into(),
+            },
+        ),
         masker,
-        target: policy::TargetInfo {
-            name: "db".into(),
-            protocol: "postgres".into(),
-            identity: "process".into(),
-        },
         upstream: UpstreamSettings {
             user: "app".into(),
             secret: None,
@@ -59,11 +62,9 @@ fn service(audit: AuditLog) -> Service {
         },
         server_name: "127.0.0.1".into(),
         client_tls: None,
-        identity: crate::config::Identity::Process,
-        oidc: None,
+        identity: crate::identity::Authenticator::Process,
         cancels: Default::default(),
         tables: Default::default(),
-        approvals: crate::approval::Approvals::new(audit, None, None),
     }
 }
 

@@ -59,6 +59,18 @@ pub fn unapproved_code(resolution: &crate::approval::Resolution) -> &'static str
     }
 }
 
+/// The ErrorResponse of a statement the enforcement point did not let run,
+/// with the SQLSTATE a client can act on.
+pub fn refusal(refusal: &crate::enforce::Refusal) -> BytesMut {
+    use crate::enforce::Cause;
+    let code = match &refusal.cause {
+        Cause::Policy => sqlstate::INSUFFICIENT_PRIVILEGE,
+        Cause::AuditUnavailable | Cause::HoldUnavailable => sqlstate::SYSTEM_ERROR,
+        Cause::Unapproved(resolution) => unapproved_code(resolution),
+    };
+    error(code, &refusal.message("statement"))
+}
+
 /// A NoticeResponse: psql and libpq print it as it arrives.
 pub fn notice(message: &str, hint: &str) -> BytesMut {
     let fields = vec![

@@ -43,9 +43,6 @@ pub enum ApprovalsCommand {
     },
 }
 
-/// The default socket; the agent's config can move it (`[approvals] socket`).
-pub const DEFAULT_SOCKET: &str = "/run/loopgate/approvals.sock";
-
 pub fn run(args: ApprovalsArgs) -> ExitCode {
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => Some(t.trim().to_owned()),
@@ -55,7 +52,9 @@ pub fn run(args: ApprovalsArgs) -> ExitCode {
         },
         (None, None) => None,
     };
-    let socket = args.socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    let socket = args
+        .socket
+        .unwrap_or_else(|| PathBuf::from(crate::approval::DEFAULT_SOCKET));
     let (request, json) = match args.command {
         ApprovalsCommand::List { json } => (Request::ApprovalsList { token }, json),
         ApprovalsCommand::Show { id, json } => (Request::ApprovalsShow { id, token }, json),
