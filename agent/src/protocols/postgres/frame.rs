@@ -266,6 +266,157 @@ pub fn take_i32(body: &mut &[u8]) -> Option<i32> {
     Some(v)
 }
 
+/// A client's Bind message, decoded and checked: every length within the
+/// body, format codes 0 or 1, as many format codes as the protocol allows
+/// (none, one for all, or one each).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Bind<'a> {
+    pub portal: &'a [u8],
+    pub statement: &'a [u8],
+    pub parameters: Vec<Parameter<'a>>,
+    /// Result column format codes, as the client asked (same rules).
+    pub result_formats: Vec<i16>,
+}
+
+/// One bound parameter value (`None` is SQL NULL).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parameter<'a> {
+    pub value: Option<&'a [u8]>,
+    pub binary: bool,
+}
+
+/// Decodes a Bind body (after the tag and length).
+pub fn decode_bind(body: &[u8]) -> Result<Bind<'_>, &'static str> {
+    let (portal, rest) = cstr(body).ok_or("portal name without NUL")?;
+    let (statement, mut rest) = cstr(rest).ok_or("statement name without NUL")?;
+    let formats = take_formats(&mut rest)?;
+    let n = take_i16(&mut rest).ok_or("truncated parameter count")?;
+    let n = usize::try_from(n).map_err(|_| "negative parameter count")?;
+    if formats.len() > 1 && formats.len() != n {
+        return Err("parameter format count matches neither 1 nor the parameter count");
+    }
+    let mut parameters = Vec::with_capacity(n.min(rest.len() / 4));
+    for i in 0..n {
+        let len = take_i32(&mut rest).ok_or("truncated parameter length")?;
+        let value = match len {
+            -1 => None,
+            len if len < 0 => return Err("negative parameter length"),
+            len => Some(take(&mut rest, len as usize)?),
+        };
+        let binary = match formats.as_slice() {
+            [] => false,
+            [one] => *one == 1,
+            each => each[i] == 1,
+        };
+        parameters.push(Parameter { value, binary });
+    }
+    let result_formats = take_formats(&mut rest)?;
+    if !rest.is_empty() {
+        return Err("trailing bytes after the result formats");
+    }
+    Ok(Bind {
+        portal,
+        statement,
+        parameters,
+        result_formats,
+    })
+}
+
+/// A count-prefixed list of format codes, each 0 (text) or 1 (binary).
+fn take_formats(rest: &mut &[u8]) -> Result<Vec<i16>, &'static str> {
+    let n = take_i16(rest).ok_or("truncated format count")?;
+    let n = usize::try_from(n).map_err(|_| "negative format count")?;
+    let mut formats = Vec::with_capacity(n.min(rest.len() / 2));
+    for _ in 0..n {
+        match take_i16(rest).ok_or("truncated format code")? {
+            f @ (0 | 1) => formats.push(f),
+            _ => return Err("format code is neither 0 (text) nor 1 (binary)"),
+        }
+    }
+    Ok(formats)
+}
+
+#[cfg(test)]
+mod bind_tests {
+    use super::*;
+
+    fn body(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    #[test]
+    fn a_bind_decodes_values_formats_and_nulls() {
+        let b = body(&[
+            b"p1\0s1\0",
+            &1i16.to_be_bytes(),
+            &1i16.to_be_bytes(), // every parameter binary
+            &2i16.to_be_bytes(),
+            &4i32.to_be_bytes(),
+            &7i32.to_be_bytes(),
+            &(-1i32).to_be_bytes(),
+            &2i16.to_be_bytes(),
+            &0i16.to_be_bytes(),
+            &1i16.to_be_bytes(),
+        ]);
+        let bind = decode_bind(&b).unwrap();
+        assert_eq!((bind.portal, bind.statement), (&b"p1"[..], &b"s1"[..]));
+        assert_eq!(
+            bind.parameters,
+            [
+                Parameter {
+                    value: Some(&7i32.to_be_bytes()[..]),
+                    binary: true
+                },
+                Parameter {
+                    value: None,
+                    binary: true
+                }
+            ]
+        );
+        assert_eq!(bind.result_formats, [0, 1]);
+    }
+
+    #[test]
+    fn malformed_binds_are_errors_not_panics() {
+        let good = body(&[
+            b"\0\0",
+            &0i16.to_be_bytes(),
+            &1i16.to_be_bytes(),
+            &3i32.to_be_bytes(),
+            b"abc",
+            &0i16.to_be_bytes(),
+        ]);
+        assert!(decode_bind(&good).is_ok());
+        // Every truncation fails cleanly.
+        for cut in 0..good.len() {
+            assert!(decode_bind(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let lying_length = body(&[
+            b"\0\0",
+            &0i16.to_be_bytes(),
+            &1i16.to_be_bytes(),
+            &i32::MAX.to_be_bytes(),
+            b"abc",
+            &0i16.to_be_bytes(),
+        ]);
+        assert!(decode_bind(&lying_length).is_err());
+        let two_formats_one_value = body(&[
+            b"\0\0",
+            &2i16.to_be_bytes(),
+            &[0, 0, 0, 1],
+            &1i16.to_be_bytes(),
+            &0i32.to_be_bytes(),
+            &0i16.to_be_bytes(),
+        ]);
+        assert!(decode_bind(&two_formats_one_value).is_err());
+        let format_two = body(&[b"\0\0", &1i16.to_be_bytes(), &2i16.to_be_bytes()]);
+        assert!(decode_bind(&format_two).is_err());
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(decode_bind(&trailing).is_err());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

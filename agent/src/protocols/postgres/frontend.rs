@@ -13,7 +13,7 @@ use tokio::{
 use super::{
     Service, SessionError,
     catalog::Catalog,
-    frame::{self, Frame, MAX_MESSAGE, cstr, take_i16, take_i32},
+    frame::{self, Frame, MAX_MESSAGE, cstr},
     pending::{Command, Gate, GateProgress, Pending},
     record,
     rows::Column,
@@ -351,11 +351,14 @@ impl<'s> Frontend<'s> {
         if self.skipping {
             return Ok(());
         }
-        let Bound {
-            portal,
-            statement,
-            parameters,
-        } = parse_bind(frame.body(), self)?;
+        let bind =
+            frame::decode_bind(frame.body()).map_err(|e| SessionError::Protocol(format!("malformed Bind: {e}")))?;
+        let (portal, statement) = (bind.portal, bind.statement);
+        let parameters = bind
+            .parameters
+            .iter()
+            .map(|p| self.mask_parameter(p.value, p.binary))
+            .collect();
         if let Some(prepared) = self.statements.get(statement).cloned() {
             let gate =
                 matches!(&prepared.decision, PolicyDecision::Hold(h) if h.row_threshold.is_some()).then(Arc::default);
@@ -619,56 +622,6 @@ fn statement_text(body: &[u8]) -> Result<&str, BytesMut> {
             "22021",
             "loopgate: statement text must be valid UTF-8 (set client_encoding to UTF8)",
         )
-    })
-}
-
-/// What a Bind says: portal name, statement name, and the parameter values
-/// as recorded (masked).
-struct Bound<'b> {
-    portal: &'b [u8],
-    statement: &'b [u8],
-    parameters: Vec<String>,
-}
-
-fn parse_bind<'b>(body: &'b [u8], fe: &Frontend<'_>) -> Result<Bound<'b>, SessionError> {
-    let (portal, rest) = cstr(body).ok_or_else(|| malformed("Bind"))?;
-    let (statement, mut rest) = cstr(rest).ok_or_else(|| malformed("Bind"))?;
-    let n_formats = take_i16(&mut rest).ok_or_else(|| malformed("Bind"))?;
-    if n_formats < 0 {
-        return Err(malformed("Bind"));
-    }
-    let mut formats = Vec::with_capacity(n_formats as usize);
-    for _ in 0..n_formats {
-        formats.push(take_i16(&mut rest).ok_or_else(|| malformed("Bind"))?);
-    }
-    let n_params = take_i16(&mut rest).ok_or_else(|| malformed("Bind"))?;
-    if n_params < 0 {
-        return Err(malformed("Bind"));
-    }
-    let mut parameters = Vec::with_capacity(n_params as usize);
-    for i in 0..n_params as usize {
-        let len = take_i32(&mut rest).ok_or_else(|| malformed("Bind"))?;
-        let binary = match formats.len() {
-            0 => false,
-            1 => formats[0] == 1,
-            _ => formats.get(i).copied() == Some(1),
-        };
-        if len < 0 {
-            parameters.push(fe.mask_parameter(None, binary));
-            continue;
-        }
-        let len = len as usize;
-        if rest.len() < len {
-            return Err(malformed("Bind"));
-        }
-        let (value, tail) = rest.split_at(len);
-        rest = tail;
-        parameters.push(fe.mask_parameter(Some(value), binary));
-    }
-    Ok(Bound {
-        portal,
-        statement,
-        parameters,
     })
 }
 
