@@ -658,7 +658,7 @@ impl Validator<'_> {
         let protocol = match raw.protocol.get_ref().as_str() {
             "tcp" => Protocol::Tcp,
             "postgres" => Protocol::Postgres(Box::new(self.postgres(&raw)?)),
-            "ssh" | "https" => {
+            "ssh" | "https" | "http" => {
                 let message = format!(
                     "{:?} is not supported by this build yet {supported}",
                     raw.protocol.get_ref()

@@ -51,8 +51,9 @@ pub struct TargetInfo {
     pub protocol: String,
     /// How the target establishes the caller: `process` (the kernel's
     /// attribution is the identity, no token is asked, the principal is
-    /// `unix:<user>`) or `token` (OIDC; an empty subject means nobody
-    /// authenticated). Empty means `token`, so policies fail towards asking.
+    /// `unix:<user>`) or `oidc` (a token; an empty subject means nobody
+    /// authenticated). Anything but `process` — empty, or the older
+    /// `token` — is read as `oidc`, so policies fail towards asking.
     pub identity: String,
 }
 
@@ -248,7 +249,8 @@ pub struct Hold {
     /// Denied when not approved within this time.
     pub timeout: Duration,
     /// Hold only if the statement would touch more rows than this (the
-    /// handler checks, e.g. with EXPLAIN); `None` holds always.
+    /// handler pauses the results there until approved); `None` holds before
+    /// the command runs.
     pub row_threshold: Option<u64>,
     /// Mask rules applied to the results if approved, before the configured ones.
     pub mask: Vec<MaskRule>,
