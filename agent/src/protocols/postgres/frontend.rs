@@ -478,28 +478,7 @@ impl<'s> Frontend<'s> {
                 Ok(columns) => columns,
                 Err(e) => {
                     tracing::warn!(session = %self.session.id, error = %e, "refusing COPY: its columns are unknown");
-                    let reason = "the columns of this COPY could not be determined, so its data cannot be masked";
-                    let info = record::command_info(stmt, parameters);
-                    let refusal = match self
-                        .svc
-                        .enforcer
-                        .refuse(self.session, info, COPY_UNKNOWN_RULE, reason)
-                        .await
-                    {
-                        Ok(r) => r,
-                        Err(e) => {
-                            tracing::error!(session = %self.session.id, error = %e, "could not record a refused COPY");
-                            enforce::Refusal {
-                                cause: enforce::Cause::Policy,
-                                rule_id: Some(COPY_UNKNOWN_RULE.into()),
-                                reason: reason.into(),
-                            }
-                        }
-                    };
-                    return Err(wire::error(
-                        sqlstate::FEATURE_NOT_SUPPORTED,
-                        &refusal.message("statement"),
-                    ));
+                    return Err(self.refuse_copy(stmt, parameters).await);
                 }
             },
             None => Vec::new(),
@@ -537,6 +516,19 @@ impl<'s> Frontend<'s> {
             started: admitted.started,
             gate,
         })
+    }
+
+    /// Records a COPY whose columns are unknown as refused (its data could
+    /// not be masked) and returns the error for the client.
+    async fn refuse_copy(&self, stmt: &AnalyzedStatement, parameters: Vec<String>) -> BytesMut {
+        let reason = "the columns of this COPY could not be determined, so its data cannot be masked";
+        let info = record::command_info(stmt, parameters);
+        let enforcer = &self.svc.enforcer;
+        if let Err(e) = enforcer.refuse(self.session, info, COPY_UNKNOWN_RULE, reason).await {
+            tracing::error!(session = %self.session.id, error = %e, "could not record a refused COPY");
+        }
+        let message = format!("loopgate: statement refused by rule {COPY_UNKNOWN_RULE}: {reason}");
+        wire::error(sqlstate::FEATURE_NOT_SUPPORTED, &message)
     }
 
     /// Records `statements` as refused by `decision` and returns the error
