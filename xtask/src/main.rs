@@ -40,6 +40,11 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Show loopgate at work (as root): a throwaway PostgreSQL with
+    /// synthetic patients, the agent with the HIPAA pack, an automation's
+    /// queries masked, blocked, held and approved, the auditor's query and
+    /// the chain verified; everything it starts is removed at the end.
+    Demo,
     /// Format check and clippy with warnings as errors.
     Lint,
     /// Run the benchmarks (see BENCHMARKS.md).
@@ -74,6 +79,7 @@ fn main() -> ExitCode {
             .and_then(|()| build_release())
             .and_then(|()| run(args)),
         Command::Test { args } => setup::setup(true).and_then(|()| test(args)),
+        Command::Demo => setup::setup(true).and_then(|()| demo()),
         Command::Lint => lint(),
         Command::Bench { args } => setup::setup(true).and_then(|()| bench(args)),
         Command::Fuzz { seconds } => setup::setup(false).and_then(|()| fuzz(seconds)),
@@ -129,17 +135,30 @@ fn run(args: Vec<OsString>) -> anyhow::Result<()> {
     util::exec_as_root(&binary, &args)
 }
 
+/// The demo binary (tests/demo), with the agent and the venv it drives.
+fn demo() -> anyhow::Result<()> {
+    util::cargo(&["build", "--package", "loopgate"], &[])?;
+    let env = agent_env();
+    let args = ["run", "--quiet", "--package", "loopgate-e2e", "--bin", "loopgate-demo"];
+    util::cargo_os(&args.map(OsString::from), &env)
+}
+
+/// Where the end-to-end tests and the demo find the agent and Python.
+fn agent_env() -> [(&'static str, OsString); 2] {
+    let root = util::workspace_root();
+    [
+        ("LOOPGATE_BIN", root.join("target/debug/loopgate").into_os_string()),
+        ("LOOPGATE_PYTHON", root.join("target/venv/bin/python3").into_os_string()),
+    ]
+}
+
 /// Unit and integration tests of every crate, then the end-to-end tests,
 /// which find the agent binary and the Python venv through the environment.
 fn test(args: Vec<OsString>) -> anyhow::Result<()> {
     util::cargo(&["build", "--package", "loopgate"], &[])?;
     let root = util::workspace_root();
     let binary = root.join("target/debug/loopgate");
-    let python = root.join("target/venv/bin/python3");
-    let env = [
-        ("LOOPGATE_BIN", binary.as_os_str().to_owned()),
-        ("LOOPGATE_PYTHON", python.as_os_str().to_owned()),
-    ];
+    let env = agent_env();
     let mut cargo_args: Vec<OsString> = ["test", "--workspace", "--exclude", "agent-ebpf"]
         .iter()
         .map(OsString::from)
