@@ -39,17 +39,7 @@ pub fn install(destdir: Option<&Path>) -> anyhow::Result<()> {
         copy(&packaging.join("agent.toml"), &config, 0o600)?;
     }
     fs::set_permissions(dest("/etc/loopgate"), fs::Permissions::from_mode(0o700))?;
-    let policies = root.join("policies");
-    for entry in fs::read_dir(&policies)? {
-        let path = entry?.path();
-        if path.is_file() {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            copy(&path, &dest(&format!("/etc/loopgate/policies/{name}")), 0o644)?;
-        }
-    }
+    copy_policies(&dest("/etc/loopgate/policies"))?;
     if destdir.is_none() && Path::new("/run/systemd/system").exists() {
         util::run("systemctl", &["daemon-reload"])?;
         eprintln!("xtask: installed; start it with `systemctl enable --now loopgate`");
@@ -59,7 +49,18 @@ pub fn install(destdir: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn copy(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
+/// The HIPAA pack's files into `dir`.
+pub fn copy_policies(dir: &Path) -> anyhow::Result<()> {
+    for entry in fs::read_dir(util::workspace_root().join("policies"))? {
+        let path = entry?.path();
+        if let (true, Some(name)) = (path.is_file(), path.file_name()) {
+            copy(&path, &dir.join(name), 0o644)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn copy(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
     if let Some(dir) = to.parent() {
         fs::create_dir_all(dir)?;
     }

@@ -1,6 +1,7 @@
 //! `cargo xtask`: set up a machine, build, run, test, benchmark and install
 //! loopgate. Every step is idempotent and safe to repeat.
 mod install;
+mod package;
 mod setup;
 mod util;
 
@@ -58,6 +59,17 @@ enum Command {
         #[arg(default_value_t = 60)]
         seconds: u64,
     },
+    /// Build a Debian package (target/package/loopgate_VERSION_ARCH.deb):
+    /// binary, units, default config, the policy pack, and maintainer
+    /// scripts that create the `loopgate` group and never attach on install.
+    Package {
+        /// Package this binary as it is instead of building a release one.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Where the package goes [default: target/package].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Install the binary, systemd units, default config and policies.
     Install {
         /// Stage into this directory instead of / (for packaging).
@@ -83,6 +95,17 @@ fn main() -> ExitCode {
         Command::Lint => lint(),
         Command::Bench { args } => setup::setup(true).and_then(|()| bench(args)),
         Command::Fuzz { seconds } => setup::setup(false).and_then(|()| fuzz(seconds)),
+        Command::Package { binary, out } => {
+            let root = util::workspace_root();
+            let built = match binary {
+                Some(b) => Ok(b),
+                None => setup::setup(false)
+                    .and_then(|()| build_release())
+                    .map(|()| root.join("target/release/loopgate")),
+            };
+            let out = out.unwrap_or_else(|| root.join("target/package"));
+            built.and_then(|b| package::package(&b, &out).map(drop))
+        }
         Command::Install { destdir, no_build } => {
             let built = if no_build {
                 Ok(())

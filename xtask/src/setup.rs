@@ -25,6 +25,8 @@ const TEST_PACKAGES: &[&str] = &[
     "curl",
     // Only `cargo xtask bench` uses it (pgbench against pgbouncer).
     "pgbouncer",
+    // The package test installs the .deb into a fresh Debian tree.
+    "debootstrap",
 ];
 
 /// Python packages of the test venv (auditors' tools and a real driver).
@@ -42,6 +44,9 @@ const PYTHON_PACKAGES: &[&str] = &[
 const PYTHON_CHECK: &str =
     "import duckdb, pyarrow, psycopg, duckdb_extension_httpfs; assert duckdb.__version__ == '1.5.5'";
 
+/// The package test's fresh Debian tree, in target/tools.
+pub const DEBIAN_TREE: &str = "debian-minbase.tar";
+
 /// The S3-compatible server the off-host audit tests ship to: a real
 /// server (files on disk), built from crates.io into target/tools.
 const S3S_FS_VERSION: &str = "0.14.1";
@@ -53,6 +58,7 @@ pub fn setup(test_deps: bool) -> anyhow::Result<()> {
         system_packages()?;
         python_venv()?;
         s3s_fs()?;
+        debian_tree()?;
     }
     Ok(())
 }
@@ -84,6 +90,45 @@ fn s3s_fs() -> anyhow::Result<()> {
         ],
         &[],
     )
+}
+
+/// A minimal Debian tree (debootstrap, minbase) as a tarball in
+/// target/tools, which the package test unpacks for each run: the .deb is
+/// installed there, never on this machine. Built once (a minute or two,
+/// from the machine's Debian mirror).
+fn debian_tree() -> anyhow::Result<()> {
+    let tools = util::workspace_root().join("target/tools");
+    let tarball = tools.join(DEBIAN_TREE);
+    if tarball.exists() || !util::is_root() || util::output("debootstrap", &["--version"]).is_none() {
+        return Ok(());
+    }
+    let suite = util::output("sh", &["-c", ". /etc/os-release && echo $VERSION_CODENAME"])
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "bookworm".to_owned());
+    let work = tools.join("debian-tree.tmp");
+    if work.exists() {
+        fs::remove_dir_all(&work)?;
+    }
+    fs::create_dir_all(&work)?;
+    eprintln!("xtask: building a minimal Debian {suite} tree for the package test (debootstrap)");
+    util::run(
+        "debootstrap",
+        &[
+            "--variant=minbase",
+            &suite,
+            &work.to_string_lossy(),
+            "http://deb.debian.org/debian",
+        ],
+    )?;
+    let partial = tools.join(format!("{DEBIAN_TREE}.partial"));
+    util::run(
+        "tar",
+        &["-C", &work.to_string_lossy(), "-cf", &partial.to_string_lossy(), "."],
+    )?;
+    fs::rename(&partial, &tarball)?;
+    fs::remove_dir_all(&work)?;
+    Ok(())
 }
 
 fn nightly_rust_src() -> anyhow::Result<()> {
