@@ -82,6 +82,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             runtime.spawn(record_reload(audit.clone(), dir_shown.clone(), result));
         })
     });
+    let web = match config.approvals.web_listen {
+        Some(addr) => {
+            let logins = Arc::new(crate::approval::WebLogins::default());
+            let bound = crate::approval::serve_web(addr, approvals.clone(), logins.clone())
+                .await
+                .with_context(|| format!("listening for the approvals page on {addr}"))?;
+            tracing::info!(address = %bound, "approvals page served");
+            Some((logins, bound))
+        }
+        None => None,
+    };
     let control = Arc::new(ControlState {
         proxy: proxy.clone(),
         interceptor: interceptor.clone(),
@@ -90,6 +101,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         audit: audit.clone(),
         bundle: bundle.clone(),
         started: std::time::SystemTime::now(),
+        web,
     });
     control::serve(&config.control.socket, control.clone(), Access::Root)
         .with_context(|| format!("opening the control socket {}", config.control.socket.display()))?;

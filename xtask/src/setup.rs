@@ -27,6 +27,9 @@ const TEST_PACKAGES: &[&str] = &[
     "pgbouncer",
     // The package test installs the .deb into a fresh Debian tree.
     "debootstrap",
+    // The approvals page is tested in a real browser, headless.
+    "chromium",
+    "chromium-driver",
 ];
 
 /// Python packages of the test venv (auditors' tools and a real driver).
@@ -38,11 +41,13 @@ const PYTHON_PACKAGES: &[&str] = &[
     "duckdb-extension-httpfs==1.5.5",
     "pyarrow",
     "psycopg[binary]",
+    // Drives Debian's chromium through chromedriver (the approvals page test).
+    "selenium",
 ];
 
 /// What the venv must import for the tests (and the DuckDB version).
 const PYTHON_CHECK: &str =
-    "import duckdb, pyarrow, psycopg, duckdb_extension_httpfs; assert duckdb.__version__ == '1.5.5'";
+    "import duckdb, pyarrow, psycopg, selenium, duckdb_extension_httpfs; assert duckdb.__version__ == '1.5.5'";
 
 /// The package test's fresh Debian tree, in target/tools.
 pub const DEBIAN_TREE: &str = "debian-minbase.tar";

@@ -52,12 +52,12 @@ async fn route(request: Ask, approvals: &Approvals, oidc: &OidcValidator) -> (u1
             Err(e) => error(&e),
         },
         ("POST", ["v1", "approvals", id, action @ ("approve" | "deny")]) => {
+            let reason = serde_json::from_slice::<Value>(&request.body)
+                .ok()
+                .and_then(|v| v.get("reason").and_then(Value::as_str).map(str::to_owned));
             let choice = if *action == "approve" {
-                Choice::Approve
+                Choice::Approve { reason }
             } else {
-                let reason = serde_json::from_slice::<Value>(&request.body)
-                    .ok()
-                    .and_then(|v| v.get("reason").and_then(Value::as_str).map(str::to_owned));
                 Choice::Deny { reason }
             };
             match approvals.decide(id, &who, choice).await {
@@ -79,7 +79,8 @@ pub fn decided_json(id: &str, decided: &Decided) -> Value {
     }
 }
 
-fn error(e: &DecideError) -> (u16, Value) {
+/// The HTTP status and JSON of a refused decision (the page answers the same).
+pub(super) fn error(e: &DecideError) -> (u16, Value) {
     let status = match e {
         DecideError::NotFound(_) => 404,
         DecideError::NotApprover { .. } | DecideError::SelfApproval(_) => 403,

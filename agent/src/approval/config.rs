@@ -16,6 +16,9 @@ pub struct ApprovalsConfig {
     pub state_dir: PathBuf,
     /// Loopback address of the HTTP API (OIDC bearer tokens); off if unset.
     pub http_listen: Option<SocketAddr>,
+    /// Loopback address of the approvals page (sign-in by one-time links
+    /// from `loopgate approvals web`); off if unset.
+    pub web_listen: Option<SocketAddr>,
     /// Where each new request is POSTed (JSON; Slack-compatible `text`).
     pub webhook_url: Option<String>,
     /// CA bundle for an https webhook with a private CA.
@@ -30,6 +33,7 @@ impl Default for ApprovalsConfig {
             socket: PathBuf::from(DEFAULT_SOCKET),
             state_dir: PathBuf::from("/var/lib/loopgate/approvals"),
             http_listen: None,
+            web_listen: None,
             webhook_url: None,
             webhook_ca_file: None,
             link_base: None,
@@ -49,6 +53,13 @@ impl ApprovalsConfig {
             if !oidc_configured {
                 return Err("http_listen needs [identity.oidc]: the API takes OIDC bearer tokens".into());
             }
+        }
+        if let Some(addr) = self.web_listen
+            && !addr.ip().is_loopback()
+        {
+            return Err(format!(
+                "web_listen = \"{addr}\" is not a loopback address; the approvals page signs in by the kernel's word, which holds on this host only"
+            ));
         }
         if let Some(url) = &self.webhook_url {
             let parsed = url::Url::parse(url).map_err(|e| format!("webhook_url: {e}"))?;

@@ -15,12 +15,16 @@ mod approver;
 mod config;
 mod journal;
 mod registry;
+mod web;
 mod webhook;
 
 pub use api::{decided_json, serve_http};
 pub use approver::Approver;
 pub use config::{ApprovalsConfig, DEFAULT_SOCKET};
-pub use registry::{Approvals, Choice, DecideError, Decided, HoldError, HoldRequest, Origin, Resolution, Ticket};
+pub use registry::{
+    Approvals, Choice, DecideError, Decided, Ended, HoldError, HoldRequest, Origin, Resolution, Ticket,
+};
+pub use web::{WebLogins, serve_web};
 
 use serde::{Deserialize, Serialize};
 

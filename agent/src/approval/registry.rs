@@ -89,8 +89,13 @@ impl Resolution {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Choice {
-    Approve,
-    Deny { reason: Option<String> },
+    /// `reason` is recorded with the approval (why it is fine to run).
+    Approve {
+        reason: Option<String>,
+    },
+    Deny {
+        reason: Option<String>,
+    },
 }
 
 /// What a decision did.
@@ -153,8 +158,25 @@ struct Entry {
     resolve: oneshot::Sender<Resolution>,
 }
 
+/// Requests kept in the decision history (`Approvals::history`).
+const HISTORY: usize = 200;
+
+/// A request that ended, as the approvals page lists it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Ended {
+    pub approval: ApprovalView,
+    /// `approved`, `denied`, `timed_out` or `cancelled`.
+    pub outcome: String,
+    /// Who approved or denied (empty for a timeout or withdrawal).
+    pub by: Vec<String>,
+    pub reason: Option<String>,
+    pub ended_unix_ms: u64,
+}
+
 pub struct Approvals {
     pending: Mutex<HashMap<String, Entry>>,
+    /// The newest ended requests, oldest first.
+    ended: Mutex<std::collections::VecDeque<Ended>>,
     audit: AuditLog,
     journal: Option<Journal>,
     webhook: Option<Webhook>,
@@ -180,6 +202,7 @@ impl Approvals {
     pub fn new(audit: AuditLog, journal: Option<Journal>, webhook: Option<Webhook>) -> Arc<Self> {
         Arc::new(Approvals {
             pending: Mutex::new(HashMap::new()),
+            ended: Mutex::default(),
             audit,
             journal,
             webhook,
@@ -267,6 +290,46 @@ impl Approvals {
         views
     }
 
+    /// Requests that ended, newest first, that `who` could have decided.
+    pub fn history(&self, who: &Approver) -> Vec<Ended> {
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        ended
+            .iter()
+            .rev()
+            .filter(|e| who.uid == Some(0) || who.in_group(&e.approval.approver_group))
+            .cloned()
+            .collect()
+    }
+
+    /// Tells the webhook and keeps the request in the history, with the
+    /// approver's `note` (an approval's reason).
+    fn conclude(&self, view: &ApprovalView, resolution: &Resolution, note: Option<&str>) {
+        if let Some(webhook) = &self.webhook {
+            webhook.conclude(view, resolution);
+        }
+        let (outcome, by, reason) = match resolution {
+            Resolution::Approved { approvers } => ("approved", approvers.clone(), note.map(str::to_owned)),
+            Resolution::Denied { approver, reason } => ("denied", vec![approver.clone()], reason.clone()),
+            Resolution::TimedOut { after } => (
+                "timed_out",
+                Vec::new(),
+                Some(format!("no decision within {}s", after.as_secs())),
+            ),
+            Resolution::Withdrawn { reason } => ("cancelled", Vec::new(), Some(reason.clone())),
+        };
+        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        if ended.len() == HISTORY {
+            ended.pop_front();
+        }
+        ended.push_back(Ended {
+            approval: view.clone(),
+            outcome: outcome.to_owned(),
+            by,
+            reason,
+            ended_unix_ms: now_unix_ms(),
+        });
+    }
+
     pub fn show(&self, who: &Approver, id: &str) -> Result<ApprovalView, DecideError> {
         let pending = self.lock();
         let entry = pending.get(id).ok_or_else(|| DecideError::NotFound(id.to_owned()))?;
@@ -299,7 +362,7 @@ impl Approvals {
                 });
             }
             match &choice {
-                Choice::Approve => {
+                Choice::Approve { .. } => {
                     if is_requester(who, &entry.context) {
                         return Err(DecideError::SelfApproval(who.name.clone()));
                     }
@@ -331,7 +394,10 @@ impl Approvals {
                 let mut event = transition(&context, id, Verdict::Approved);
                 if let Some(d) = event.decision.as_mut() {
                     d.approver = Some(who.name.clone());
-                    d.reason = Some(format!("approval {have} of {need}; still held"));
+                    d.reason = Some(match &choice {
+                        Choice::Approve { reason: Some(r) } => format!("approval {have} of {need}; still held: {r}"),
+                        _ => format!("approval {have} of {need}; still held"),
+                    });
                 }
                 if let Err(e) = self.audit.append(event).await {
                     if let Some(entry) = self.lock().get_mut(id) {
@@ -349,16 +415,23 @@ impl Approvals {
                 } else {
                     Decided::Denied
                 };
-                let event = self.outcome_event(&entry, &resolution, Some(who));
+                let note = match &choice {
+                    Choice::Approve { reason } => reason.as_deref(),
+                    Choice::Deny { .. } => None,
+                };
+                let mut event = self.outcome_event(&entry, &resolution, Some(who));
+                if let (Some(d), Some(note)) = (event.decision.as_mut(), note) {
+                    d.reason = Some(format!("{}: {note}", d.reason.as_deref().unwrap_or_default()));
+                }
                 if let Err(e) = self.audit.append(event).await {
                     let withdrawn = Resolution::Withdrawn {
                         reason: "the audit trail could not record its decision".into(),
                     };
-                    self.close(entry, withdrawn);
+                    self.close(entry, withdrawn, None);
                     return Err(DecideError::Audit(e));
                 }
                 tracing::info!(approval = %id, approver = %who.name, ?decided, "approval decided");
-                self.close(entry, resolution);
+                self.close(entry, resolution, note);
                 Ok(decided)
             }
         }
@@ -377,7 +450,7 @@ impl Approvals {
             if let Err(e) = self.audit.append(event).await {
                 tracing::error!(approval = %entry.view.id, error = %e, "could not record a withdrawn approval");
             }
-            self.close(entry, resolution);
+            self.close(entry, resolution, None);
         }
     }
 
@@ -405,13 +478,11 @@ impl Approvals {
     }
 
     /// Ends a request: journal entry removed, outcome announced, waiter told.
-    fn close(&self, entry: Entry, resolution: Resolution) {
+    fn close(&self, entry: Entry, resolution: Resolution, note: Option<&str>) {
         if let Some(journal) = &self.journal {
             journal.remove(&entry.view.id);
         }
-        if let Some(webhook) = &self.webhook {
-            webhook.conclude(&entry.view, &resolution);
-        }
+        self.conclude(&entry.view, &resolution, note);
         // The waiter may have left; then nobody needs telling.
         let _ = entry.resolve.send(resolution);
     }
@@ -452,9 +523,7 @@ impl Approvals {
             return false;
         };
         let event = self.outcome_event(&entry, &resolution, None);
-        if let Some(webhook) = &self.webhook {
-            webhook.conclude(&entry.view, &resolution);
-        }
+        self.conclude(&entry.view, &resolution, None);
         let _ = entry.resolve.send(resolution);
         let (approvals, id) = (self.clone(), id.to_owned());
         match tokio::runtime::Handle::try_current() {
@@ -670,27 +739,33 @@ mod tests {
         let same_subject = approver("unix:ci", 4242, &["phi-approvers"]);
 
         assert!(matches!(
-            approvals.decide(&id, &outsider, Choice::Approve).await,
+            approvals.decide(&id, &outsider, Choice::Approve { reason: None }).await,
             Err(DecideError::NotApprover { .. })
         ));
         for requester in [&same_uid, &same_subject] {
             assert!(matches!(
-                approvals.decide(&id, requester, Choice::Approve).await,
+                approvals.decide(&id, requester, Choice::Approve { reason: None }).await,
                 Err(DecideError::SelfApproval(_))
             ));
         }
         assert_eq!(
-            approvals.decide(&id, &alice, Choice::Approve).await.unwrap(),
+            approvals
+                .decide(&id, &alice, Choice::Approve { reason: None })
+                .await
+                .unwrap(),
             Decided::Counted { have: 1, need: 2 }
         );
         assert!(matches!(
-            approvals.decide(&id, &alice, Choice::Approve).await,
+            approvals.decide(&id, &alice, Choice::Approve { reason: None }).await,
             Err(DecideError::AlreadyApproved(_))
         ));
         assert!(approvals.list(&outsider).is_empty());
         assert_eq!(approvals.list(&bob)[0].approvals, ["unix:alice"]);
         assert_eq!(
-            approvals.decide(&id, &bob, Choice::Approve).await.unwrap(),
+            approvals
+                .decide(&id, &bob, Choice::Approve { reason: None })
+                .await
+                .unwrap(),
             Decided::Released
         );
         assert_eq!(
@@ -700,7 +775,7 @@ mod tests {
             }
         );
         assert!(matches!(
-            approvals.decide(&id, &bob, Choice::Approve).await,
+            approvals.decide(&id, &bob, Choice::Approve { reason: None }).await,
             Err(DecideError::NotFound(_))
         ));
         assert_eq!(memory.verdicts(), ["hold", "approved", "approved"]);
@@ -734,7 +809,7 @@ mod tests {
         memory.fail(true);
         let alice = approver("unix:alice", 1001, &["phi-approvers"]);
         assert!(matches!(
-            approvals.decide(&id, &alice, Choice::Approve).await,
+            approvals.decide(&id, &alice, Choice::Approve { reason: None }).await,
             Err(DecideError::Audit(_))
         ));
         assert!(

@@ -34,13 +34,21 @@ pub enum ApprovalsCommand {
         json: bool,
     },
     /// Approve: the held command runs once enough approvers have.
-    Approve { id: String },
+    Approve {
+        id: String,
+        /// Why it may run (recorded with your approval).
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Deny: the held command fails with your reason.
     Deny {
         id: String,
         #[arg(long)]
         reason: Option<String>,
     },
+    /// A one-time link that signs you in to the approvals page (valid a
+    /// minute, for one use); the agent knows you as this socket's peer.
+    Web,
 }
 
 pub fn run(args: ApprovalsArgs) -> ExitCode {
@@ -58,15 +66,16 @@ pub fn run(args: ApprovalsArgs) -> ExitCode {
     let (request, json) = match args.command {
         ApprovalsCommand::List { json } => (Request::ApprovalsList { token }, json),
         ApprovalsCommand::Show { id, json } => (Request::ApprovalsShow { id, token }, json),
-        ApprovalsCommand::Approve { id } => (
+        ApprovalsCommand::Approve { id, reason } => (
             Request::ApprovalsDecide {
                 id,
                 approve: true,
-                reason: None,
+                reason,
                 token,
             },
             false,
         ),
+        ApprovalsCommand::Web => (Request::ApprovalsWeb { token }, false),
         ApprovalsCommand::Deny { id, reason } => (
             Request::ApprovalsDecide {
                 id,
@@ -112,6 +121,11 @@ pub fn run(args: ApprovalsArgs) -> ExitCode {
                 Some("denied") => println!("denied {id}: the command fails with your reason"),
                 _ => println!("{decision}"),
             }
+            ExitCode::SUCCESS
+        }
+        Ok(Response::WebLink { url }) => {
+            println!("{url}");
+            eprintln!("open it within a minute; it signs in once, as you");
             ExitCode::SUCCESS
         }
         Ok(Response::Error { message }) => fail(&message),

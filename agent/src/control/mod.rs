@@ -40,6 +40,10 @@ pub enum Request {
         reason: Option<String>,
         token: Option<String>,
     },
+    /// A one-time sign-in link to the approvals page for the caller.
+    ApprovalsWeb {
+        token: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -51,6 +55,10 @@ pub enum Response {
     },
     Approval {
         approval: ApprovalView,
+    },
+    /// A one-time sign-in link to the approvals page.
+    WebLink {
+        url: String,
     },
     /// `result`: `released`, `counted` (with `have` of `need`) or `denied`.
     Decided {

@@ -27,6 +27,8 @@ pub struct ControlState {
     pub audit: AuditLog,
     pub bundle: Option<Arc<crate::policy::bundle::BundleSync>>,
     pub started: SystemTime,
+    /// The approvals page's sign-ins and its address, when it is served.
+    pub web: Option<(Arc<crate::approval::WebLogins>, std::net::SocketAddr)>,
 }
 
 /// Who may connect, and so what a socket answers.
@@ -106,7 +108,8 @@ async fn approvals(request: Request, peer: Approver, state: &ControlState) -> Re
     let token = match &request {
         Request::ApprovalsList { token }
         | Request::ApprovalsShow { token, .. }
-        | Request::ApprovalsDecide { token, .. } => token.as_deref(),
+        | Request::ApprovalsDecide { token, .. }
+        | Request::ApprovalsWeb { token } => token.as_deref(),
         Request::Status => None,
     };
     let who = match token {
@@ -138,7 +141,7 @@ async fn approvals(request: Request, peer: Approver, state: &ControlState) -> Re
             id, approve, reason, ..
         } => {
             let choice = if approve {
-                Choice::Approve
+                Choice::Approve { reason }
             } else {
                 Choice::Deny { reason }
             };
@@ -149,6 +152,15 @@ async fn approvals(request: Request, peer: Approver, state: &ControlState) -> Re
                 Err(e) => decide_error(&e),
             }
         }
+        Request::ApprovalsWeb { .. } => match &state.web {
+            Some((logins, addr)) => match logins.link(who) {
+                Some(token) => Response::WebLink {
+                    url: format!("http://{addr}/login?t={token}"),
+                },
+                None => error("no randomness for a sign-in link"),
+            },
+            None => error("the approvals page is off: set [approvals] web_listen"),
+        },
         Request::Status => error("status is not an approval request"),
     }
 }

@@ -192,7 +192,7 @@ async fn a_held_command_runs_once_approved() {
     assert_eq!(h.trail(), [("command", "hold"), ("approval", "hold")]);
     let id = held.id().to_owned();
     h.approvals
-        .decide(&id, &approver("alice"), Choice::Approve)
+        .decide(&id, &approver("alice"), Choice::Approve { reason: None })
         .await
         .unwrap();
     let resolution = held.wait().await;

@@ -25,16 +25,43 @@ pub struct Ask {
     pub method: http::Method,
     /// Path without the query string.
     pub path: String,
+    /// The query string, if any.
+    pub query: Option<String>,
     /// The `Authorization: Bearer` token, if any.
     pub bearer: Option<String>,
+    pub headers: http::HeaderMap,
     pub body: Bytes,
 }
 
-/// A JSON answer.
+impl Ask {
+    /// The value of cookie `name`, if the request carries it.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix(name)?.strip_prefix('='))
+    }
+
+    /// The value of query parameter `name` (no percent-decoding: for
+    /// tokens of URL-safe characters).
+    pub fn query_value(&self, name: &str) -> Option<&str> {
+        self.query
+            .as_deref()?
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    }
+}
+
+/// An answer: JSON unless a constructor says otherwise.
 #[derive(Debug)]
 pub struct Answer {
     pub status: u16,
     pub body: Bytes,
+    pub content_type: &'static str,
+    /// Further headers (a cookie, a redirect's location, a CSP).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl Answer {
@@ -42,7 +69,38 @@ impl Answer {
         Answer {
             status,
             body: Bytes::from(value.to_string()),
+            content_type: "application/json",
+            headers: Vec::new(),
         }
+    }
+
+    /// A page of loopgate's own (static HTML).
+    pub fn html(body: &'static str) -> Answer {
+        Answer {
+            status: 200,
+            body: Bytes::from_static(body.as_bytes()),
+            content_type: "text/html; charset=utf-8",
+            headers: Vec::new(),
+        }
+    }
+
+    /// A 303 to `location`.
+    pub fn redirect(location: &'static str) -> Answer {
+        let mut answer = Answer::json(303, &serde_json::json!({ "location": location }));
+        answer
+            .headers
+            .push((http::header::LOCATION, http::HeaderValue::from_static(location)));
+        answer
+    }
+
+    /// Adds a header; a value that is not a valid header is dropped (and
+    /// logged): handlers build them from their own safe strings.
+    pub fn with(mut self, name: http::HeaderName, value: &str) -> Answer {
+        match http::HeaderValue::from_str(value) {
+            Ok(v) => self.headers.push((name, v)),
+            Err(_) => tracing::error!(header = %name, "invalid header value dropped"),
+        }
+        self
     }
 
     fn error(status: u16, message: &str) -> Answer {
@@ -56,9 +114,16 @@ impl Answer {
         let headers = response.headers_mut();
         headers.insert(
             http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
+            http::HeaderValue::from_static(self.content_type),
         );
         headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+        headers.insert(
+            http::header::X_CONTENT_TYPE_OPTIONS,
+            http::HeaderValue::from_static("nosniff"),
+        );
+        for (name, value) in self.headers {
+            headers.append(name, value);
+        }
         response
     }
 }
@@ -143,7 +208,9 @@ where
     handler(Ask {
         method: parts.method,
         path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
         bearer,
+        headers: parts.headers,
         body,
     })
     .await
