@@ -2,7 +2,11 @@
 //! it reaches the database. Statements are analysed (once per distinct
 //! text, cached), decided by the policy engine, recorded, and only then
 //! forwarded; a refused statement never reaches the server.
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Instant,
+};
 
 use bytes::{Bytes, BytesMut};
 use tokio::{
@@ -14,7 +18,7 @@ use super::{
     Service, SessionError,
     catalog::Catalog,
     frame::{self, Frame, MAX_MESSAGE, cstr, take_i16, take_i32},
-    pending::{Command, Gate, GateProgress, Pending},
+    pending::{Command, Gate, GateProgress, Pending, Target},
     record,
     rows::Column,
     wire::{self, sqlstate},
@@ -46,6 +50,9 @@ struct Portal {
     /// Row-threshold progress across the portal's Executes; only for a
     /// statement whose hold has a row threshold.
     gate: Option<Arc<GateProgress>>,
+    /// A Describe of the portal or its statement went ahead of its rows,
+    /// so the server side knows their columns.
+    described: bool,
 }
 
 pub(super) struct Frontend<'s> {
@@ -57,6 +64,8 @@ pub(super) struct Frontend<'s> {
     process: ProcessInfo,
     session_info: SessionInfo,
     statements: HashMap<Bytes, Arc<Prepared>>,
+    /// Statements described since they were parsed.
+    described: HashSet<Bytes>,
     portals: HashMap<Bytes, Portal>,
     /// After a refused extended-protocol message, everything up to the next
     /// Sync is dropped, as the server itself does after an error.
@@ -110,6 +119,7 @@ impl<'s> Frontend<'s> {
                 ..SessionInfo::default()
             },
             statements: HashMap::new(),
+            described: HashSet::new(),
             portals: HashMap::new(),
             skipping: false,
             pending,
@@ -166,6 +176,7 @@ impl<'s> Frontend<'s> {
             out.extend_from_slice(&held.message);
             return Ok(());
         }
+        record_unrun(self.session, &held.release, resolution_status(&resolution));
         let code = wire::unapproved_code(&resolution);
         let message = format!(
             "{}; the statement was not run",
@@ -199,7 +210,7 @@ impl<'s> Frontend<'s> {
                 }
             }
             b'P' => self.parse(frame, out).await?,
-            b'B' => self.bind(frame, out)?,
+            b'B' => self.bind(frame, out).await?,
             b'E' => {
                 if let Some(held) = self.execute(frame, out).await? {
                     return Ok(Flow::Hold(held));
@@ -210,11 +221,21 @@ impl<'s> Frontend<'s> {
                 self.queue(Pending::Sync).await?;
                 out.extend_from_slice(&frame.bytes);
             }
-            b'D' | b'C' | b'H' => {
+            b'D' | b'C' => {
                 if !self.skipping {
+                    let target = Target::parse(frame.body()).ok_or_else(|| malformed("Describe or Close"))?;
                     if tag == b'C' {
-                        self.close(&frame);
+                        self.close(&target);
+                        self.queue(Pending::Close(target)).await?;
+                    } else {
+                        self.mark_described(&target);
+                        self.queue(Pending::Describe { target, forward: true }).await?;
                     }
+                    out.extend_from_slice(&frame.bytes);
+                }
+            }
+            b'H' => {
+                if !self.skipping {
                     out.extend_from_slice(&frame.bytes);
                 }
             }
@@ -254,6 +275,10 @@ impl<'s> Frontend<'s> {
                 return Ok(None);
             }
         };
+        // A simple Query destroys the unnamed statement and portal.
+        self.statements.remove(&b""[..]);
+        self.described.remove(&b""[..]);
+        self.portals.remove(&b""[..]);
         let analysis = self.svc.analysis.analyze(text);
         let decisions: Vec<PolicyDecision> = analysis.statements.iter().map(|s| self.decide(s)).collect();
         if let Some(refusal) = decisions.iter().find(|d| matches!(d, PolicyDecision::Deny { .. })) {
@@ -300,6 +325,7 @@ impl<'s> Frontend<'s> {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(session = %self.session.id, error = %e, "cannot hold a statement for approval");
+                record_unrun(self.session, &release, "refused");
                 let error = wire::error(
                     sqlstate::SYSTEM_ERROR,
                     &format!(
@@ -376,13 +402,16 @@ impl<'s> Frontend<'s> {
             let reply = self.refusal(&analysis.statements, &decision).await?;
             return self.refuse_extended(reply).await;
         }
+        let name = Bytes::copy_from_slice(name);
+        self.described.remove(&name);
         self.statements
-            .insert(Bytes::copy_from_slice(name), Arc::new(Prepared { analysis, decision }));
+            .insert(name.clone(), Arc::new(Prepared { analysis, decision }));
+        self.queue(Pending::Parse { statement: name }).await?;
         out.extend_from_slice(&frame.bytes);
         Ok(())
     }
 
-    fn bind(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), SessionError> {
+    async fn bind(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), SessionError> {
         if self.skipping {
             return Ok(());
         }
@@ -390,23 +419,70 @@ impl<'s> Frontend<'s> {
             portal,
             statement,
             parameters,
+            formats,
         } = parse_bind(frame.body(), self)?;
-        if let Some(prepared) = self.statements.get(statement).cloned() {
+        let (portal, statement) = (Bytes::copy_from_slice(portal), Bytes::copy_from_slice(statement));
+        if let Some(prepared) = self.statements.get(&statement).cloned() {
             let gate =
                 matches!(&prepared.decision, PolicyDecision::Hold(h) if h.row_threshold.is_some()).then(Arc::default);
             let portal_state = Portal {
                 prepared,
                 parameters,
                 gate,
+                described: self.described.contains(&statement),
             };
-            self.portals.insert(Bytes::copy_from_slice(portal), portal_state);
+            self.portals.insert(portal.clone(), portal_state);
         } else {
             // The server answers an unknown statement with its own error;
             // an Execute of this portal is refused below.
-            self.portals.remove(portal);
+            self.portals.remove(&portal);
         }
+        self.queue(Pending::Bind {
+            portal,
+            statement,
+            formats,
+        })
+        .await?;
         out.extend_from_slice(&frame.bytes);
         Ok(())
+    }
+
+    fn mark_described(&mut self, target: &Target) {
+        match target {
+            Target::Statement(name) => {
+                if self.statements.contains_key(name) {
+                    self.described.insert(name.clone());
+                }
+            }
+            Target::Portal(name) => {
+                if let Some(p) = self.portals.get_mut(name) {
+                    p.described = true;
+                }
+            }
+        }
+    }
+
+    /// Before an Execute of a portal whose columns the server side has not
+    /// been told: loopgate's own Describe, answered to loopgate only, so
+    /// its rows are masked by their real columns.
+    async fn describe_first(&mut self, portal: &[u8], out: &mut BytesMut) -> Result<(), SessionError> {
+        let Some(p) = self.portals.get_mut(portal) else {
+            return Ok(());
+        };
+        if p.described {
+            return Ok(());
+        }
+        p.described = true;
+        let mut body = Vec::with_capacity(portal.len() + 2);
+        body.push(b'P');
+        body.extend_from_slice(portal);
+        body.push(0);
+        frame::put_message(out, b'D', &body);
+        self.queue(Pending::Describe {
+            target: Target::Portal(Bytes::copy_from_slice(portal)),
+            forward: false,
+        })
+        .await
     }
 
     /// Execute: recorded with its bound parameters; held ones wait here.
@@ -430,6 +506,9 @@ impl<'s> Frontend<'s> {
                 fingerprint: String::new(),
                 mask: Vec::new(),
                 copy_columns: Vec::new(),
+                copy_types: Vec::new(),
+                copy_format: None,
+                portal: Some(Bytes::copy_from_slice(portal)),
                 started: Instant::now(),
                 gate: None,
             }))
@@ -440,13 +519,15 @@ impl<'s> Frontend<'s> {
         let hold = held_before_run(&prepared.decision);
         // The request shows the parameters too; copied only when held.
         let held_parameters = hold.map(|_| parameters.clone());
-        let command = match self.record_allowed(stmt, &prepared.decision, parameters, gate).await {
+        let mut command = match self.record_allowed(stmt, &prepared.decision, parameters, gate).await {
             Ok(command) => command,
             Err(reply) => {
                 self.refuse_extended(reply).await?;
                 return Ok(None);
             }
         };
+        command.portal = Some(Bytes::copy_from_slice(portal));
+        self.describe_first(portal, out).await?;
         if let (Some(hold), Some(parameters)) = (hold, held_parameters) {
             let request = self.hold_request(command.event_id, stmt.normalized_text.clone(), parameters, hold);
             return self
@@ -458,31 +539,26 @@ impl<'s> Frontend<'s> {
         Ok(None)
     }
 
-    fn close(&mut self, frame: &Frame) {
-        let Some((&kind, rest)) = frame.body().split_first() else {
-            return;
-        };
-        let Some((name, _)) = cstr(rest) else {
-            return;
-        };
-        match kind {
-            b'S' => {
+    fn close(&mut self, target: &Target) {
+        match target {
+            Target::Statement(name) => {
                 self.statements.remove(name);
+                self.described.remove(name);
             }
-            b'P' => {
+            Target::Portal(name) => {
                 self.portals.remove(name);
             }
-            _ => {}
         }
     }
 
-    /// The real columns of a COPY TO's data: its query is described (not
-    /// run) on the session's side connection.
-    async fn describe_copy(&self, query: &str) -> Result<Vec<Column>, String> {
+    /// The real columns of a COPY TO's data and their types: its query is
+    /// described (not run) on the session's side connection.
+    async fn describe_copy(&self, query: &str) -> Result<(Vec<Column>, Vec<u32>), String> {
         let mut catalog = self.catalog.lock().await;
         let fields = catalog.describe(query).await?;
+        let types = fields.iter().map(|f| f.type_oid).collect();
         let fields: Vec<(String, u32, i16)> = fields.into_iter().map(|f| (f.name, f.table_oid, f.attnum)).collect();
-        Ok(catalog.resolve(&self.svc.tables, &fields).await)
+        Ok((catalog.resolve(&self.svc.tables, &fields).await, types))
     }
 
     fn decide(&self, stmt: &AnalyzedStatement) -> PolicyDecision {
@@ -507,7 +583,8 @@ impl<'s> Frontend<'s> {
         parameters: Vec<String>,
         progress: Option<Arc<GateProgress>>,
     ) -> Result<Command, BytesMut> {
-        let copy_columns = match stmt.classification.as_ref().ok().and_then(|c| c.copy_query.as_deref()) {
+        let copy_format = stmt.classification.as_ref().ok().and_then(|c| c.copy_format.clone());
+        let (copy_columns, copy_types) = match stmt.classification.as_ref().ok().and_then(|c| c.copy_query.as_deref()) {
             Some(query) => match self.describe_copy(query).await {
                 Ok(columns) => columns,
                 Err(e) => {
@@ -515,14 +592,16 @@ impl<'s> Frontend<'s> {
                     let reason = "the columns of this COPY could not be determined, so its data cannot be masked";
                     let event =
                         record::command(self.session, stmt, record::block(COPY_UNKNOWN_RULE, reason), parameters);
+                    let result = record::not_run(self.session, &event, "blocked");
                     if self.session.audit.append(event).await.is_err() {
                         tracing::error!(session = %self.session.id, "could not record a refused COPY");
                     }
+                    self.session.audit.submit(result);
                     let message = format!("loopgate: statement refused by rule {COPY_UNKNOWN_RULE}: {reason}");
                     return Err(wire::error(sqlstate::FEATURE_NOT_SUPPORTED, &message));
                 }
             },
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new()),
         };
         let threshold = match decision {
             PolicyDecision::Hold(hold) => hold.row_threshold.map(|t| (hold, t)),
@@ -548,6 +627,9 @@ impl<'s> Frontend<'s> {
             fingerprint: stmt.fingerprint.to_string(),
             mask: decision.mask_overrides().to_vec(),
             copy_columns,
+            copy_types,
+            copy_format,
+            portal: None,
             started: Instant::now(),
             gate: threshold.map(|(hold, threshold)| {
                 let parameters = gate_parameters.unwrap_or_default();
@@ -571,7 +653,9 @@ impl<'s> Frontend<'s> {
         let (rule, reason) = refusal_text(decision);
         for stmt in statements {
             let event = record::command(self.session, stmt, record::block(&rule, &reason), Vec::new());
+            let result = record::not_run(self.session, &event, "blocked");
             self.record(event).await?;
+            self.session.audit.submit(result);
         }
         let message = format!("loopgate: statement refused by rule {rule}: {reason}");
         Ok(wire::error(sqlstate::INSUFFICIENT_PRIVILEGE, &message))
@@ -647,6 +731,8 @@ struct Bound<'b> {
     portal: &'b [u8],
     statement: &'b [u8],
     parameters: Vec<String>,
+    /// Result-column format codes (none: all text; one: all alike).
+    formats: Vec<i16>,
 }
 
 fn parse_bind<'b>(body: &'b [u8], fe: &Frontend<'_>) -> Result<Bound<'b>, SessionError> {
@@ -684,11 +770,47 @@ fn parse_bind<'b>(body: &'b [u8], fe: &Frontend<'_>) -> Result<Bound<'b>, Sessio
         rest = tail;
         parameters.push(fe.mask_parameter(Some(value), binary));
     }
+    let n_results = take_i16(&mut rest).ok_or_else(|| malformed("Bind"))?;
+    if n_results < 0 {
+        return Err(malformed("Bind"));
+    }
+    let mut result_formats = Vec::with_capacity(n_results as usize);
+    for _ in 0..n_results {
+        result_formats.push(take_i16(&mut rest).ok_or_else(|| malformed("Bind"))?);
+    }
     Ok(Bound {
         portal,
         statement,
         parameters,
+        formats: result_formats,
     })
+}
+
+/// Records `command_result` for the commands of a held statement that will
+/// not run (denied, timed out, or the hold could not be requested).
+fn record_unrun(session: &Session, release: &Pending, status: &str) {
+    let commands: &[Command] = match release {
+        Pending::Query(commands) => commands,
+        Pending::Execute(command) => std::slice::from_ref(command),
+        _ => &[],
+    };
+    for c in commands.iter().filter(|c| !c.event_id.is_nil()) {
+        let outcome = crate::audit::Outcome {
+            status: Some(status.to_owned()),
+            rows: Some(0),
+            ..crate::audit::Outcome::default()
+        };
+        session.audit.submit(record::result(session, c, outcome));
+    }
+}
+
+fn resolution_status(resolution: &Resolution) -> &'static str {
+    match resolution {
+        Resolution::Approved { .. } => "ok",
+        Resolution::Denied { .. } => "denied",
+        Resolution::TimedOut { .. } => "timed_out",
+        Resolution::Withdrawn { .. } => "withdrawn",
+    }
 }
 
 /// The hold of a statement that waits before it runs (a hold with a row

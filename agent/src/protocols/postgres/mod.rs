@@ -16,6 +16,7 @@ mod backend;
 mod cancel;
 mod catalog;
 pub mod config;
+mod copy;
 pub mod frame;
 mod frontend;
 mod pending;
@@ -26,6 +27,7 @@ mod rows;
 pub mod scram;
 mod startup;
 mod stream;
+mod types;
 pub mod upstream;
 mod wire;
 

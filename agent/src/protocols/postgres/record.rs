@@ -50,6 +50,24 @@ pub fn result(session: &Session, command: &super::pending::Command, outcome: Out
     e
 }
 
+/// The `command_result` of a recorded `command` that never reached the
+/// server (blocked, or refused after a hold): nothing ran, no rows.
+pub fn not_run(session: &Session, command: &Event, status: &str) -> Event {
+    let mut e = base(session, EventKind::CommandResult);
+    e.command_id = Some(command.event_id);
+    e.command = Some(CommandInfo {
+        fingerprint: command.command.as_ref().and_then(|c| c.fingerprint.clone()),
+        ..CommandInfo::default()
+    });
+    e.duration_us = Some(0);
+    e.outcome = Some(Outcome {
+        status: Some(status.to_owned()),
+        rows: Some(0),
+        ..Outcome::default()
+    });
+    e
+}
+
 pub fn allow() -> Decision {
     Decision::new(Verdict::Allow)
 }
