@@ -178,7 +178,7 @@ fn lint() -> anyhow::Result<()> {
 }
 
 /// The parsers that take untrusted bytes, each fuzzed in turn.
-const FUZZ_TARGETS: [&str; 3] = ["pg_server_message", "sql_analyze", "mask_free_text"];
+const FUZZ_TARGETS: [&str; 4] = ["pg_server_message", "sql_analyze", "mask_free_text", "pg_extended"];
 
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
     // Through rustup's `cargo` (not $CARGO), so `+nightly` selects the toolchain.

@@ -19,6 +19,8 @@ pub mod config;
 mod copy;
 pub mod frame;
 mod frontend;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod harness;
 mod pending;
 mod record;
 #[cfg(test)]
