@@ -24,9 +24,10 @@ fn psql_is_served_masked_and_recorded_without_knowing_the_password() {
     for line in &lines {
         let f: Vec<&str> = line.split('|').collect();
         assert_eq!(f.len(), 9, "{line}");
-        for (i, col) in [(2, "ssn"), (3, "phone"), (4, "email"), (5, "mrn"), (6, "dob")] {
+        for (i, col) in [(2, "ssn"), (3, "phone"), (4, "email"), (5, "mrn")] {
             assert!(f[i].contains('*'), "{col} is masked: {line}");
         }
+        assert_eq!(f[6], "1900-01-01", "dob is masked to the sentinel date: {line}");
         assert!(f[2].starts_with("***-**-"), "ssn keeps only its last four: {line}");
     }
     assert!(!has_ssn(&out), "no SSN reaches the client");
@@ -212,9 +213,11 @@ fn copy_to_stdout_is_masked() {
             let fields: Vec<&str> = line.split('\t').collect();
             assert_eq!(fields.len(), 9, "{line}");
             assert!(fields[1].starts_with("Patient "), "{sql}: {line}");
-            for (i, col) in [(2, "ssn"), (3, "phone"), (4, "email"), (5, "mrn"), (6, "dob")] {
+            for (i, col) in [(2, "ssn"), (3, "phone"), (4, "email"), (5, "mrn")] {
                 assert!(fields[i].contains('*'), "{sql}: {col} is masked: {line}");
             }
+            // A masked date is still a date: the sentinel.
+            assert_eq!(fields[6], "1900-01-01", "{sql}: dob is masked: {line}");
         }
         assert!(!has_ssn(&out) && !out.contains("@example.org"), "{sql}");
     }
@@ -228,7 +231,7 @@ fn aliases_do_not_dodge_column_rules() {
     for line in out.lines() {
         let fields: Vec<&str> = line.split('|').collect();
         assert!(
-            fields[0].contains('*') && fields[1].contains('*') && fields[2].contains('*'),
+            fields[0].contains('*') && fields[1] == "1900-01-01" && fields[2].contains('*'),
             "{line}"
         );
         assert!(fields[3].starts_with("Patient "), "{line}");
@@ -440,13 +443,16 @@ fn tokens_groups_and_units_decide_with_the_policy_pack() {
     let row: Vec<&str> = stdout.trim().split('|').collect();
     assert_eq!(row[0], "Patient 1", "clinical staff see names");
     assert!(row[1].starts_with("***-**-"), "nobody sees an SSN: {stdout}");
-    assert!(row[2].starts_with("19"), "clinical staff see birth dates: {stdout}");
+    assert!(
+        row[2].starts_with("19") && row[2] != "1900-01-01",
+        "clinical staff see birth dates: {stdout}"
+    );
 
     let out = psql_with_token(&f, None, &analyst, one);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let row: Vec<&str> = stdout.trim().split('|').collect();
     assert!(
-        row[0].contains('*') && row[1].starts_with("***-**-") && row[2].contains('*'),
+        row[0].contains('*') && row[1].starts_with("***-**-") && row[2] == "1900-01-01",
         "{stdout}"
     );
 

@@ -220,7 +220,13 @@ fn lint() -> anyhow::Result<()> {
 }
 
 /// The parsers that take untrusted bytes, each fuzzed in turn.
-const FUZZ_TARGETS: [&str; 4] = ["pg_server_message", "pg_bind", "sql_analyze", "mask_free_text"];
+const FUZZ_TARGETS: [&str; 5] = [
+    "pg_server_message",
+    "pg_bind",
+    "pg_extended",
+    "sql_analyze",
+    "mask_free_text",
+];
 
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
     // Through rustup's `cargo` (not $CARGO), so `+nightly` selects the toolchain.

@@ -30,7 +30,13 @@ const TEST_PACKAGES: &[&str] = &[
     // The approvals page is tested in a real browser, headless.
     "chromium",
     "chromium-driver",
+    // tests/drivers.rs: pgjdbc and a JDK to run it (`java File.java`).
+    "libpostgresql-jdbc-java",
+    "default-jdk-headless",
 ];
+
+/// node-postgres, installed into target/node for tests/drivers.rs.
+const NODE_PACKAGES: &[&str] = &["pg@8.23.1"];
 
 /// Python packages of the test venv (auditors' tools and a real driver).
 /// DuckDB is pinned to the release whose httpfs extension PyPI carries
@@ -43,11 +49,12 @@ const PYTHON_PACKAGES: &[&str] = &[
     "psycopg[binary]",
     // Drives Debian's chromium through chromedriver (the approvals page test).
     "selenium",
+    "asyncpg",
 ];
 
 /// What the venv must import for the tests (and the DuckDB version).
 const PYTHON_CHECK: &str =
-    "import duckdb, pyarrow, psycopg, selenium, duckdb_extension_httpfs; assert duckdb.__version__ == '1.5.5'";
+    "import duckdb, pyarrow, psycopg, asyncpg, selenium, duckdb_extension_httpfs; assert duckdb.__version__ == '1.5.5'";
 
 /// The package test's fresh Debian tree, in target/tools.
 pub const DEBIAN_TREE: &str = "debian-minbase.tar";
@@ -62,6 +69,7 @@ pub fn setup(test_deps: bool) -> anyhow::Result<()> {
     if test_deps {
         system_packages()?;
         python_venv()?;
+        node_packages()?;
         s3s_fs()?;
         debian_tree()?;
     }
@@ -249,4 +257,35 @@ fn python_venv() -> anyhow::Result<()> {
     let mut args = vec!["-m", "pip", "install", "-q"];
     args.extend(PYTHON_PACKAGES);
     util::run(&python, &args)
+}
+
+/// `target/node/node_modules/pg`: node-postgres for the driver tests. npm
+/// comes with Node.js, or from Debian's `npm` when Node.js lacks it.
+fn node_packages() -> anyhow::Result<()> {
+    let prefix = util::workspace_root().join("target/node");
+    if prefix.join("node_modules/pg/package.json").exists() {
+        return Ok(());
+    }
+    if util::output("npm", &["--version"]).is_none() {
+        if !Path::new("/etc/debian_version").exists() || !util::is_root() {
+            eprintln!("xtask: the driver tests need Node.js and npm (Debian: apt-get install nodejs npm)");
+            return Ok(());
+        }
+        util::run_in(
+            &util::workspace_root(),
+            "apt-get",
+            &["install", "-y", "-q", "--no-install-recommends", "nodejs", "npm"],
+            &[("DEBIAN_FRONTEND", os("noninteractive"))],
+        )?;
+    }
+    fs::create_dir_all(&prefix)?;
+    let mut args = vec![
+        "install",
+        "--no-audit",
+        "--no-fund",
+        "--prefix",
+        prefix.to_str().context("non-UTF-8 path")?,
+    ];
+    args.extend(NODE_PACKAGES);
+    util::run("npm", &args)
 }

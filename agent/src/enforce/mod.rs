@@ -112,6 +112,18 @@ pub enum Cause {
 }
 
 impl Refusal {
+    /// The `outcome.status` of the command's `command_result`: it did not
+    /// run, and this says why.
+    pub fn status(&self) -> &'static str {
+        match &self.cause {
+            Cause::Policy => "blocked",
+            Cause::AuditUnavailable | Cause::HoldUnavailable => "refused",
+            Cause::Unapproved(Resolution::Denied { .. }) => "denied",
+            Cause::Unapproved(Resolution::TimedOut { .. }) => "timed_out",
+            Cause::Unapproved(_) => "withdrawn",
+        }
+    }
+
     /// The client's message: `loopgate: <noun> refused by rule R: reason`,
     /// or the approval's end, or the audit's unavailability. `noun` is the
     /// protocol's word for a command ("statement", "command", "request").
@@ -233,7 +245,8 @@ impl Enforcer {
         }
     }
 
-    /// Records a command refused by `rule_id`; the refusal to render.
+    /// Records a command refused by `rule_id`, and its result (it did not
+    /// run: status `blocked`, no rows); the refusal to render.
     pub async fn refuse(
         &self,
         session: &Session,
@@ -241,17 +254,35 @@ impl Enforcer {
         rule_id: &str,
         reason: &str,
     ) -> Result<Refusal, AuditError> {
+        let fingerprint = info.fingerprint.clone();
         let event = command_event(
             session,
             info,
             Decision::new(Recorded::Block).rule(rule_id).reason(reason),
         );
+        let command_id = event.event_id;
         session.audit.append(event).await?;
-        Ok(Refusal {
+        let refusal = Refusal {
             cause: Cause::Policy,
             rule_id: Some(rule_id.to_owned()),
             reason: reason.to_owned(),
-        })
+        };
+        session
+            .audit
+            .submit(not_run(session, command_id, fingerprint, refusal.status()));
+        Ok(refusal)
+    }
+
+    /// Records the result of an admitted command that did not run (its
+    /// hold was denied, timed out or could not be requested).
+    pub fn unrun(&self, session: &Session, admitted: &Admitted, refusal: &Refusal) {
+        let event = not_run(
+            session,
+            admitted.event_id,
+            admitted.fingerprint.clone(),
+            refusal.status(),
+        );
+        session.audit.submit(event);
     }
 
     /// Records an allowed or held command before it is forwarded; a record
@@ -344,6 +375,18 @@ impl Enforcer {
             tracing::error!(session = %session.id, error = %e, "could not record a command's result");
         }
     }
+}
+
+/// The `command_result` of a command that never reached the backend.
+pub fn not_run(session: &Session, command_id: Uuid, fingerprint: Option<String>, status: &str) -> Event {
+    let outcome = Outcome {
+        status: Some(status.to_owned()),
+        rows: Some(0),
+        ..Outcome::default()
+    };
+    let mut e = result_event(session, command_id, fingerprint, Instant::now(), outcome);
+    e.duration_us = Some(0);
+    e
 }
 
 /// What an approval request says about a command of `session`.

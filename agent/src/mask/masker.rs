@@ -196,12 +196,7 @@ impl Masker {
                     None if self.inner.scan_unmatched => (self.plan_action(MaskAction::Scan, c), None),
                     None => (ColumnPlan::Keep, None),
                 };
-                PlannedColumn {
-                    plan,
-                    rule,
-                    announce_as_text: matches!(plan, ColumnPlan::Mask(m) if m != MaskMode::Null)
-                        && !is_plain_text_type(c.type_oid),
-                }
+                PlannedColumn { plan, rule }
             })
             .collect();
         ResultMasker {
@@ -299,17 +294,17 @@ fn is_plain_text_type(oid: u32) -> bool {
     matches!(oid, 0 | 18 | 19 | 25 | 114 | 142 | 705 | 1042 | 1043 | 3802) || oid >= 16384
 }
 
-/// Types worth running detectors on: text-like types and arrays of them.
+/// Types worth running detectors on: text-like types, arrays of them, and
+/// records (`row(...)`, whose fields the protocol handler scans one by one).
 fn is_scannable_type(oid: u32) -> bool {
-    // text[], varchar[], bpchar[], name[], json[], jsonb[], xml[]
-    is_plain_text_type(oid) || matches!(oid, 1009 | 1015 | 1014 | 1003 | 199 | 3807 | 143)
+    // text[], varchar[], bpchar[], name[], json[], jsonb[], xml[], record, record[]
+    is_plain_text_type(oid) || matches!(oid, 1009 | 1015 | 1014 | 1003 | 199 | 3807 | 143 | 2249 | 2287)
 }
 
 #[derive(Clone, Debug)]
 struct PlannedColumn {
     plan: ColumnPlan,
     rule: Option<Arc<str>>,
-    announce_as_text: bool,
 }
 
 /// A result's masking plan. One per result set; not shared between threads.
@@ -333,36 +328,57 @@ impl ResultMasker {
     }
 
     /// Masks one non-NULL value of column `col` (SQL NULLs stay NULL and
-    /// are not passed here). A column index outside the plan is a handler
-    /// bug: the value is withheld (NULL), never passed through.
+    /// are not passed here) and counts it when changed. A column index
+    /// outside the plan is a handler bug: the value is withheld (NULL),
+    /// never passed through.
     pub fn mask_value<'v>(&self, col: usize, value: &'v [u8]) -> MaskedValue<'v> {
-        let Some(column) = self.columns.get(col) else {
+        let masked = match self.columns.get(col) {
+            Some(column) if column.plan == ColumnPlan::Scan { framed: true } => {
+                if self.masker.inner.column_detectors.find_all(value).is_empty() {
+                    MaskedValue::Original(value)
+                } else {
+                    MaskedValue::Null
+                }
+            }
+            _ => self.mask_part(col, value),
+        };
+        if masked.is_changed() {
             self.count();
+        }
+        masked
+    }
+
+    /// Masks `value` as text under column `col`'s plan, without counting:
+    /// for a part of a field (an element of an array, a field of a record)
+    /// whose field the caller counts once with [`ResultMasker::note_masked`].
+    pub fn mask_part<'v>(&self, col: usize, value: &'v [u8]) -> MaskedValue<'v> {
+        let Some(column) = self.columns.get(col) else {
             return MaskedValue::Null;
         };
         match column.plan {
             ColumnPlan::Keep => MaskedValue::Original(value),
-            ColumnPlan::Mask(MaskMode::Null) => {
-                self.count();
-                MaskedValue::Null
-            }
-            ColumnPlan::Mask(mode) => {
-                self.count();
-                MaskedValue::Masked(self.masker.inner.replacer.replace(mode, value))
-            }
-            ColumnPlan::Scan { framed } => {
+            ColumnPlan::Mask(MaskMode::Null) => MaskedValue::Null,
+            ColumnPlan::Mask(mode) => MaskedValue::Masked(self.masker.inner.replacer.replace(mode, value)),
+            ColumnPlan::Scan { .. } => {
                 let ranges = self.masker.inner.column_detectors.find_all(value);
                 if ranges.is_empty() {
-                    return MaskedValue::Original(value);
-                }
-                self.count();
-                if framed {
-                    MaskedValue::Null
+                    MaskedValue::Original(value)
                 } else {
                     MaskedValue::Masked(self.masker.replace_ranges(value, &ranges))
                 }
             }
         }
+    }
+
+    /// Counts one masked field (see [`ResultMasker::mask_part`]).
+    pub fn note_masked(&self) {
+        self.count();
+    }
+
+    /// The redaction token, for callers that build a masked value of
+    /// their own encoding (a JSON string, a bytea).
+    pub fn redact_token(&self) -> &str {
+        self.masker.inner.replacer.redact_token()
     }
 
     fn count(&self) {
@@ -381,13 +397,6 @@ impl ResultMasker {
     /// The rule pattern that decided the column, if any (for the audit record).
     pub fn column_rule(&self, col: usize) -> Option<&str> {
         self.columns.get(col).and_then(|c| c.rule.as_deref())
-    }
-
-    /// The handler must announce this column as `text` (RowDescription type
-    /// OID 25): its values are replaced by tokens the original type cannot
-    /// hold (e.g. `***` in an integer or date column).
-    pub fn announce_as_text(&self, col: usize) -> bool {
-        self.columns.get(col).is_some_and(|c| c.announce_as_text)
     }
 
     /// Whether any column can change (lets the handler skip row rewriting).
@@ -512,7 +521,7 @@ mod tests {
     }
 
     #[test]
-    fn non_text_types_are_not_scanned_and_masked_ones_become_text() {
+    fn non_text_types_are_not_scanned() {
         let masker = Masker::new(&MaskConfig::default(), None).unwrap();
         let cols = [
             ColumnDesc {
@@ -530,9 +539,7 @@ mod tests {
         ];
         let plan = masker.plan(&cols, &[]);
         assert_eq!(plan.column_plan(0), Some(ColumnPlan::Keep));
-        assert!(!plan.announce_as_text(0));
-        assert_eq!(text(&plan.mask_value(1, &[0, 0, 1, 2])).unwrap(), "***");
-        assert!(plan.announce_as_text(1));
+        assert_eq!(plan.column_plan(1), Some(ColumnPlan::Mask(MaskMode::Redact)));
     }
 
     #[test]

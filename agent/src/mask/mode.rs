@@ -52,6 +52,10 @@ impl Replacer {
         }
     }
 
+    pub fn redact_token(&self) -> &str {
+        &self.redact_token
+    }
+
     pub fn has_hash_key(&self) -> bool {
         self.hmac.is_some()
     }

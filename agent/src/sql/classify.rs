@@ -3,12 +3,12 @@
 use std::{collections::HashSet, ops::ControlFlow};
 
 use sqlparser::ast::{
-    CopySource, CopyTarget, Expr, FromTable, Ident, LimitClause, ObjectName, ObjectNamePart, ObjectType, Query,
-    SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, TableObject, Value, ValueWithSpan,
-    Visit, VisitMut, Visitor, VisitorMut,
+    CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr, FromTable, Ident, LimitClause,
+    ObjectName, ObjectNamePart, ObjectType, Query, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement,
+    TableFactor, TableObject, Value, ValueWithSpan, Visit, VisitMut, Visitor, VisitorMut,
 };
 
-use super::{Classification, DynamicSql, ProjectedColumn, StatementKind};
+use super::{Classification, CopyFormat, CopyFormatKind, DynamicSql, ProjectedColumn, StatementKind};
 
 /// PostgreSQL's rendering of an identifier after case folding: unquoted
 /// names have ASCII letters lower-cased (as PostgreSQL folds them); the
@@ -406,6 +406,7 @@ pub(crate) fn classify(statement: &Statement, dynamic_functions: &HashSet<String
 
     let mut extra_reads = Vec::new();
     let mut copy_query = None;
+    let mut copy_format = None;
     let mut columns = Vec::new();
     let mut has_where = false;
     let (mut has_limit, mut limit) = (false, None);
@@ -440,7 +441,15 @@ pub(crate) fn classify(statement: &Statement, dynamic_functions: &HashSet<String
             has_where = dml_where;
             kind
         }
-        Statement::Copy { source, to, target, .. } => {
+        Statement::Copy {
+            source,
+            to,
+            target,
+            options,
+            legacy_options,
+            ..
+        } => {
+            copy_format = Some(copy_format_of(options, legacy_options));
             if let CopyTarget::Program { .. } = target {
                 c.dynamic.get_or_insert(DynamicSql::CopyProgram);
             }
@@ -596,5 +605,49 @@ pub(crate) fn classify(statement: &Statement, dynamic_functions: &HashSet<String
         dynamic: c.dynamic,
         explain: clear_writes,
         copy_query,
+        copy_format,
     }
+}
+
+/// The data format a COPY statement's options name.
+fn copy_format_of(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> CopyFormat {
+    let mut f = CopyFormat::default();
+    for o in options {
+        match o {
+            CopyOption::Format(name) => {
+                f.kind = match name.value.to_ascii_lowercase().as_str() {
+                    "csv" => CopyFormatKind::Csv,
+                    "binary" => CopyFormatKind::Binary,
+                    _ => CopyFormatKind::Text,
+                }
+            }
+            CopyOption::Delimiter(c) => f.delimiter = Some(*c),
+            CopyOption::Null(n) => f.null = Some(n.clone()),
+            CopyOption::Header(h) => f.header = *h,
+            CopyOption::Quote(c) => f.quote = Some(*c),
+            CopyOption::Escape(c) => f.escape = Some(*c),
+            _ => {}
+        }
+    }
+    for o in legacy {
+        match o {
+            CopyLegacyOption::Binary => f.kind = CopyFormatKind::Binary,
+            CopyLegacyOption::Delimiter(c) => f.delimiter = Some(*c),
+            CopyLegacyOption::Null(n) => f.null = Some(n.clone()),
+            CopyLegacyOption::Header => f.header = true,
+            CopyLegacyOption::Csv(csv) => {
+                f.kind = CopyFormatKind::Csv;
+                for c in csv {
+                    match c {
+                        CopyLegacyCsvOption::Header => f.header = true,
+                        CopyLegacyCsvOption::Quote(q) => f.quote = Some(*q),
+                        CopyLegacyCsvOption::Escape(e) => f.escape = Some(*e),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    f
 }

@@ -252,6 +252,30 @@ pub struct Classification {
     /// from the parse tree), so the proxy can learn the columns' real names
     /// without running anything.
     pub copy_query: Option<String>,
+    /// For `COPY`: the data format and its options, so COPY data can be
+    /// read field by field.
+    pub copy_format: Option<CopyFormat>,
+}
+
+/// A COPY statement's data format (`WITH (FORMAT csv, HEADER, ...)` or the
+/// older `CSV HEADER` spelling). Unset options take PostgreSQL's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CopyFormat {
+    pub kind: CopyFormatKind,
+    pub delimiter: Option<char>,
+    pub null: Option<String>,
+    pub header: bool,
+    pub quote: Option<char>,
+    pub escape: Option<char>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyFormatKind {
+    #[default]
+    Text,
+    Csv,
+    Binary,
 }
 
 /// Why SQL could not be analyzed. Messages never quote the SQL's values.
@@ -433,6 +457,7 @@ impl Analyzer {
                 dynamic: Some(DynamicSql::DoBlock),
                 explain: false,
                 copy_query: None,
+                copy_format: None,
             });
         }
         let parsed = Parser::new(&PostgreSqlDialect {})

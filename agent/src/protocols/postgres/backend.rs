@@ -3,13 +3,13 @@
 //! server messages are scanned, and each finished command is recorded with
 //! its outcome.
 use std::{
-    collections::{BTreeSet, VecDeque},
-    sync::atomic::Ordering,
+    collections::{BTreeSet, HashMap, VecDeque},
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use bytes::{Bytes, BytesMut};
-use pgwire::messages::{DecodeContext, Message as _, PgWireBackendMessage};
+use pgwire::messages::{DecodeContext, Message as _, PgWireBackendMessage, data::RowDescription};
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
     sync::mpsc,
@@ -19,10 +19,11 @@ use super::{
     Service, SessionError,
     cancel::CancelTarget,
     catalog::Catalog,
+    copy::CopyOut,
     frame::{self, Frame, MAX_MESSAGE},
-    pending::{Command, Pending},
+    pending::{Command, Pending, Target},
     record,
-    rows::{self, ResultMask},
+    rows::{self, Column, ResultMask},
     wire::{self, sqlstate},
 };
 use crate::{
@@ -46,6 +47,48 @@ struct Planned {
     at: Instant,
 }
 
+/// What a prepared statement's or portal's result looks like, as far as
+/// loopgate has been told.
+#[derive(Clone)]
+enum Shape {
+    /// Not described (yet), or its description was lost with an error.
+    Unknown,
+    /// Returns no rows.
+    NoData,
+    Rows(Arc<Described>),
+}
+
+/// A described result: the server's description and the real columns.
+struct Described {
+    /// The RowDescription as the server sent it.
+    description: Bytes,
+    columns: Vec<Column>,
+}
+
+/// A plan built for some result of a statement or portal, reused for the
+/// next with the same formats and policy overrides.
+struct CachedPlan {
+    formats: Vec<i16>,
+    overrides: Vec<MaskRule>,
+    mask: ResultMask,
+}
+
+struct StatementState {
+    shape: Shape,
+    plan: Option<CachedPlan>,
+}
+
+struct PortalState {
+    statement: Bytes,
+    /// From the statement at Bind, or the portal's own Describe.
+    shape: Shape,
+    /// The portal was described itself: its description carries the
+    /// result formats already.
+    own: bool,
+    formats: Vec<i16>,
+    plan: Option<CachedPlan>,
+}
+
 /// Accounting of the command whose results are streaming.
 #[derive(Default)]
 struct Tally {
@@ -66,15 +109,20 @@ pub(super) struct Backend<'s> {
     status: u8,
     result: Option<ResultMask>,
     last_planned: Option<Planned>,
-    copy: Option<Copy>,
+    copy: Option<CopyOut>,
+    /// Prepared statements and portals of the session, as the server
+    /// answered their Parse, Bind, Describe and Close.
+    statements: HashMap<Bytes, StatementState>,
+    portals: HashMap<Bytes, PortalState>,
     tally: Tally,
     /// Where to cancel the server's running query (a denied row gate).
     cancel: Option<CancelTarget>,
     /// The current command's results were denied past its row threshold:
     /// the client has its error; everything up to ReadyForQuery is dropped.
     discarding: bool,
-    /// The current command's gate was denied (recorded as its status).
-    denied: bool,
+    /// The current command's status when loopgate ended its results
+    /// (a denied gate, refused COPY data).
+    forced_status: Option<&'static str>,
     /// Results of commands finished since the last write to the client:
     /// recorded right after that write, so chaining them (encoding and
     /// hashing) does not hold up the reply; on drop for whatever is left.
@@ -86,18 +134,13 @@ impl Drop for Backend<'_> {
     /// and the backend's future being dropped mid-write — what finished is
     /// recorded.
     fn drop(&mut self) {
+        self.abandon();
         self.record_results();
     }
 }
 
 /// Results kept back at most, whatever the client's reads (a long pipeline).
 const MAX_UNRECORDED: usize = 64;
-
-/// An ongoing COPY TO: text data masked per line, or binary data withheld.
-struct Copy {
-    mask: ResultMask,
-    binary: bool,
-}
 
 impl<'s> Backend<'s> {
     pub fn new(
@@ -116,10 +159,12 @@ impl<'s> Backend<'s> {
             result: None,
             last_planned: None,
             copy: None,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
             tally: Tally::default(),
             cancel,
             discarding: false,
-            denied: false,
+            forced_status: None,
             results: Vec::new(),
         }
     }
@@ -187,13 +232,28 @@ impl<'s> Backend<'s> {
         let start = out.len();
         let tag = frame.tag.unwrap_or(0);
         match tag {
-            b'T' => self.describe(&frame, out).await?,
+            b'T' => {
+                if let Some(Pending::Describe { .. }) = self.queue.front() {
+                    self.described(&frame, out).await?;
+                } else {
+                    self.describe(&frame, out).await?;
+                }
+            }
+            b'n' => self.described(&frame, out).await?,
+            b't' => {
+                if !matches!(self.queue.front(), Some(Pending::Describe { forward: false, .. })) {
+                    out.extend_from_slice(&frame.bytes);
+                }
+            }
+            b'1' | b'2' | b'3' => {
+                self.completed(tag);
+                out.extend_from_slice(&frame.bytes);
+            }
             b'D' => {
                 self.tally.rows += 1;
-                if self.result.is_none() {
-                    let columns = frame::peek_i16(frame.body()).unwrap_or(0).max(0) as usize;
-                    let overrides = self.current().map(|c| c.mask.clone()).unwrap_or_default();
-                    self.result = Some(ResultMask::blind(&self.svc.masker, columns, &overrides));
+                let columns = frame::peek_i16(frame.body()).unwrap_or(0).max(0) as usize;
+                if self.result.as_ref().is_none_or(|m| m.width() != columns) {
+                    self.result = Some(self.plan_execute(columns));
                 }
                 if let Some(mask) = self.result.as_mut()
                     && !mask.data_row(&frame, out).map_err(SessionError::Protocol)?
@@ -218,7 +278,6 @@ impl<'s> Backend<'s> {
                 let code = rows::error_code(&frame);
                 let masked = rows::server_message(&self.svc.masker, &frame).map_err(SessionError::Protocol)?;
                 out.extend_from_slice(masked.as_deref().unwrap_or(&frame.bytes));
-                self.copy = None;
                 self.finish("error", code);
                 self.skip_after_error();
             }
@@ -234,12 +293,14 @@ impl<'s> Backend<'s> {
             b'H' => self.copy_out_start(&frame, out),
             b'd' => self.copy_data(&frame, out),
             b'c' => {
-                if !self.copy.as_ref().is_some_and(|c| c.binary) {
+                if let Some(Err(e)) = self.copy.as_ref().map(CopyOut::done) {
+                    self.refuse_copy(&e, out);
+                } else {
                     out.extend_from_slice(&frame.bytes);
                 }
             }
             b'A' => self.notification(&frame, out)?,
-            b'1' | b'2' | b'3' | b't' | b'n' | b'S' | b'G' | b'W' | b'K' => out.extend_from_slice(&frame.bytes),
+            b'S' | b'G' | b'W' | b'K' => out.extend_from_slice(&frame.bytes),
             other => {
                 return Err(SessionError::Protocol(format!(
                     "unexpected server message type {:?}",
@@ -264,7 +325,7 @@ impl<'s> Backend<'s> {
     fn at_gate(&self, frame: &Frame) -> bool {
         let row = match frame.tag {
             Some(b'D') => true,
-            Some(b'd') => self.copy.as_ref().is_some_and(|c| !c.binary),
+            Some(b'd') => self.copy.is_some(),
             _ => false,
         };
         row && !self.discarding
@@ -308,7 +369,7 @@ impl<'s> Backend<'s> {
         let message = format!("{why}; the rest of the result was withheld and the query cancelled");
         out.extend_from_slice(&wire::error(code, &message));
         self.discarding = true;
-        self.denied = true;
+        self.forced_status = Some("denied");
         if let Some(target) = self.cancel.clone() {
             // Cancelled in the background: the server side must keep
             // draining meanwhile.
@@ -380,20 +441,14 @@ impl<'s> Backend<'s> {
 
     /// Records the result of the current command and moves to the next.
     fn finish(&mut self, status: &str, error_code: Option<String>) {
-        let status = if std::mem::take(&mut self.denied) {
-            "denied"
-        } else {
-            status
-        };
+        let status = self.forced_status.take().unwrap_or(status);
         let tally = std::mem::take(&mut self.tally);
-        let (masked, mut columns) = (tally.masked, tally.masked_columns);
-        let (masked, columns) = match self.result.take() {
-            Some(mask) => {
-                mask.masked_columns(&mut columns);
-                (masked + mask.masked_count(), columns)
-            }
-            None => (masked, columns),
-        };
+        let (mut masked, mut columns) = (tally.masked, tally.masked_columns);
+        let copy = self.copy.take().map(CopyOut::into_mask);
+        for mask in [self.result.take(), copy].into_iter().flatten() {
+            mask.masked_columns(&mut columns);
+            masked += mask.masked_count();
+        }
         let outcome = Outcome {
             status: Some(status.to_owned()),
             rows: Some(tally.rows),
@@ -437,12 +492,246 @@ impl<'s> Backend<'s> {
                 Pending::Sync | Pending::Query(_) => break,
                 Pending::Execute(c) => {
                     keep_result(&mut self.results, self.session, c, skipped());
-                    self.queue.pop_front();
                 }
-                Pending::Reply { .. } => {
-                    self.queue.pop_front();
+                // Whether the server got to these is not known: what they
+                // named is forgotten, so its rows are described again.
+                Pending::Parse { statement } => {
+                    self.statements.remove(statement);
+                }
+                Pending::Bind { portal, .. } => {
+                    self.portals.remove(portal);
+                }
+                Pending::Describe { target, .. } | Pending::Close(target) => self.forget(&target.clone()),
+                Pending::Reply { .. } => {}
+            }
+            self.queue.pop_front();
+        }
+    }
+
+    fn forget(&mut self, target: &Target) {
+        match target {
+            Target::Statement(name) => {
+                self.statements.remove(name);
+            }
+            Target::Portal(name) => {
+                self.portals.remove(name);
+            }
+        }
+    }
+
+    /// ParseComplete, BindComplete or CloseComplete: what the message at
+    /// the head of the queue set up or closed now exists or is gone.
+    fn completed(&mut self, tag: u8) {
+        let expected = matches!(
+            (tag, self.queue.front()),
+            (b'1', Some(Pending::Parse { .. })) | (b'2', Some(Pending::Bind { .. })) | (b'3', Some(Pending::Close(_)))
+        );
+        if !expected {
+            tracing::warn!(session = %self.session.id, tag = %(tag as char), "server answer out of step with the queue");
+            return;
+        }
+        match self.queue.pop_front() {
+            Some(Pending::Parse { statement }) => {
+                self.statements.insert(
+                    statement,
+                    StatementState {
+                        shape: Shape::Unknown,
+                        plan: None,
+                    },
+                );
+            }
+            Some(Pending::Bind {
+                portal,
+                statement,
+                formats,
+            }) => {
+                let shape = self
+                    .statements
+                    .get(&statement)
+                    .map_or(Shape::Unknown, |s| s.shape.clone());
+                self.portals.insert(
+                    portal,
+                    PortalState {
+                        statement,
+                        shape,
+                        own: false,
+                        formats,
+                        plan: None,
+                    },
+                );
+            }
+            Some(Pending::Close(target)) => self.forget(&target),
+            _ => {}
+        }
+    }
+
+    /// The answer to a Describe (RowDescription or NoData): kept for the
+    /// statement or portal; forwarded unless loopgate asked.
+    async fn described(&mut self, frame: &Frame, out: &mut BytesMut) -> Result<(), SessionError> {
+        let Some(Pending::Describe { target, forward }) = self.queue.front() else {
+            out.extend_from_slice(&frame.bytes);
+            return Ok(());
+        };
+        let (target, forward) = (target.clone(), *forward);
+        self.queue.pop_front();
+        let shape = match frame.tag {
+            Some(b'T') => {
+                let f = frame;
+                let desc = rows::decode_description(f).map_err(SessionError::Protocol)?;
+                let fields: Vec<(String, u32, i16)> = desc
+                    .fields
+                    .iter()
+                    .map(|f| (f.name.clone(), f.table_id as u32, f.column_id))
+                    .collect();
+                let columns = self.catalog.lock().await.resolve(&self.svc.tables, &fields).await;
+                let description = f.bytes.clone().freeze();
+                Shape::Rows(Arc::new(Described { description, columns }))
+            }
+            _ => Shape::NoData,
+        };
+        if forward {
+            out.extend_from_slice(&frame.bytes);
+        }
+        match target {
+            Target::Statement(name) => {
+                self.statements.insert(name, StatementState { shape, plan: None });
+            }
+            Target::Portal(name) => {
+                if let Some(p) = self.portals.get_mut(&name) {
+                    p.shape = shape;
+                    p.own = true;
+                    p.plan = None;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// The masking plan of the rows now arriving for an Execute: its
+    /// portal's description with the portal's formats. Rows whose columns
+    /// loopgate does not know are withheld, never forwarded.
+    fn plan_execute(&mut self, width: usize) -> ResultMask {
+        let (portal, overrides) = match self.current() {
+            Some(c) => (c.portal.clone(), c.mask.clone()),
+            None => (None, Vec::new()),
+        };
+        let planned = portal.and_then(|p| self.portal_plan(&p, &overrides));
+        match planned {
+            Some(mask) if mask.width() == width => mask,
+            _ => {
+                tracing::warn!(session = %self.session.id, "rows of a result whose columns are unknown: withheld");
+                ResultMask::withheld(&self.svc.masker, width)
+            }
+        }
+    }
+
+    fn portal_plan(&mut self, portal: &[u8], overrides: &[MaskRule]) -> Option<ResultMask> {
+        let overrides_full = [overrides, &[MaskRule::new(rows::UNRESOLVED, MaskAction::Redact)]].concat();
+        let p = self.portals.get_mut(portal)?;
+        let fits = |c: &Option<CachedPlan>, formats: &[i16]| {
+            c.as_ref()
+                .filter(|c| c.formats == formats && c.overrides == overrides)
+                .map(|c| c.mask.fresh())
+        };
+        if let Some(mask) = fits(&p.plan, &p.formats) {
+            return Some(mask);
+        }
+        let Shape::Rows(described) = p.shape.clone() else {
+            return None;
+        };
+        if !p.own
+            && let Some(mask) = self
+                .statements
+                .get(&p.statement)
+                .and_then(|s| fits(&s.plan, &p.formats))
+        {
+            p.plan = Some(CachedPlan {
+                formats: p.formats.clone(),
+                overrides: overrides.to_vec(),
+                mask: mask.fresh(),
+            });
+            return Some(mask);
+        }
+        let raw = Frame {
+            tag: Some(b'T'),
+            bytes: BytesMut::from(&described.description[..]),
+        };
+        let mut desc: RowDescription = match rows::decode_description(&raw) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(session = %self.session.id, error = %e, "cannot decode a kept description");
+                return None;
+            }
+        };
+        if !p.own {
+            for (i, f) in desc.fields.iter_mut().enumerate() {
+                f.format_code = match p.formats.len() {
+                    0 => 0,
+                    1 => p.formats[0],
+                    _ => p.formats.get(i).copied().unwrap_or(0),
+                };
+            }
+        }
+        let (mask, _) = match ResultMask::from_description(&self.svc.masker, desc, &described.columns, &overrides_full)
+        {
+            Ok(planned) => planned,
+            Err(e) => {
+                tracing::warn!(session = %self.session.id, error = %e, "cannot plan a portal's result");
+                return None;
+            }
+        };
+        let cached = || CachedPlan {
+            formats: p.formats.clone(),
+            overrides: overrides.to_vec(),
+            mask: mask.fresh(),
+        };
+        if !p.own
+            && let Some(s) = self.statements.get_mut(&p.statement)
+        {
+            s.plan = Some(cached());
+        }
+        p.plan = Some(cached());
+        Some(mask)
+    }
+
+    /// When the session ends with commands unfinished (the client left
+    /// mid-result, or the server closed): each gets its result record,
+    /// with the rows and masking so far.
+    fn abandon(&mut self) {
+        if matches!(self.queue.front(), Some(Pending::Query(_) | Pending::Execute(_))) && self.current().is_some() {
+            self.finish("abandoned", None);
+        }
+        while let Some(p) = self.queue.pop_front() {
+            let commands = match p {
+                Pending::Query(commands) => commands.into_iter().skip(std::mem::take(&mut self.statement)).collect(),
+                Pending::Execute(c) => vec![c],
+                _ => Vec::new(),
+            };
+            for c in &commands {
+                let outcome = Outcome {
+                    status: Some("abandoned".to_owned()),
+                    rows: Some(0),
+                    ..Outcome::default()
+                };
+                keep_result(&mut self.results, self.session, c, outcome);
+            }
+        }
+    }
+
+    /// Ends a COPY whose data cannot be masked: the client gets one error,
+    /// and nothing more of this command (no CommandComplete).
+    fn refuse_copy(&mut self, why: &str, out: &mut BytesMut) {
+        tracing::warn!(session = %self.session.id, error = %why, "refusing COPY data");
+        let message = format!("loopgate: this COPY's data cannot be masked ({why}); the rest was withheld");
+        out.extend_from_slice(&wire::error(sqlstate::FEATURE_NOT_SUPPORTED, &message));
+        self.discarding = true;
+        self.forced_status = Some("refused");
+        if let Some(target) = self.cancel.clone() {
+            tokio::spawn(async move {
+                if let Err(e) = target.send().await {
+                    tracing::warn!(error = %e, "could not cancel a refused COPY");
+                }
+            });
         }
     }
 
@@ -460,7 +749,7 @@ impl<'s> Backend<'s> {
             match p {
                 Pending::Query(_) | Pending::Sync => break,
                 Pending::Execute(c) => keep_result(&mut self.results, self.session, &c, skipped()),
-                Pending::Reply { .. } => {}
+                _ => {}
             }
         }
         self.statement = 0;
@@ -468,40 +757,44 @@ impl<'s> Backend<'s> {
 
     fn copy_out_start(&mut self, frame: &Frame, out: &mut BytesMut) {
         let binary = frame.body().first() == Some(&1);
-        let (columns, mut overrides) = self
+        let (columns, types, format, mut overrides) = self
             .current()
-            .map(|c| (c.copy_columns.clone(), c.mask.clone()))
+            .map(|c| {
+                (
+                    c.copy_columns.clone(),
+                    c.copy_types.clone(),
+                    c.copy_format.clone(),
+                    c.mask.clone(),
+                )
+            })
             .unwrap_or_default();
         overrides.push(MaskRule::new(rows::UNRESOLVED, MaskAction::Redact));
-        self.copy = Some(Copy {
-            mask: ResultMask::for_copy(&self.svc.masker, &columns, &overrides),
-            binary,
-        });
         out.extend_from_slice(&frame.bytes);
-        if binary {
-            // Binary COPY cannot be masked field by field: the data is
-            // withheld and the client told why (fail closed).
-            out.extend_from_slice(&wire::error(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                "loopgate: binary COPY TO is refused because its values cannot be masked; use text or csv format",
-            ));
+        let mask = ResultMask::for_copy(&self.svc.masker, &columns, &types, binary, &overrides);
+        match CopyOut::new(mask, format.as_ref(), binary) {
+            Ok(copy) => self.copy = Some(copy),
+            Err(e) => self.refuse_copy(&e, out),
         }
     }
 
     fn copy_data(&mut self, frame: &Frame, out: &mut BytesMut) {
         let Some(copy) = self.copy.as_mut() else {
-            out.extend_from_slice(&frame.bytes);
+            if !self.discarding {
+                // COPY data outside a COPY loopgate saw start: withheld.
+                self.refuse_copy("data without a CopyOutResponse", out);
+            }
             return;
         };
-        if copy.binary {
-            return;
-        }
-        self.tally.rows += 1;
         let mut data = Vec::with_capacity(frame.body().len() + 16);
-        for line in frame.body().split_inclusive(|&b| b == b'\n') {
-            copy.mask.copy_line(&self.svc.masker, line, &mut data);
+        match copy.data(frame.body(), &mut data) {
+            Ok(rows) => {
+                self.tally.rows += rows;
+                if !data.is_empty() {
+                    frame::put_message(out, b'd', &data);
+                }
+            }
+            Err(e) => self.refuse_copy(&e, out),
         }
-        frame::put_message(out, b'd', &data);
     }
 
     fn notification(&mut self, frame: &Frame, out: &mut BytesMut) -> Result<(), SessionError> {

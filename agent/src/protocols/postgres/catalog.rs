@@ -68,6 +68,7 @@ pub struct Field {
     pub name: String,
     pub table_oid: u32,
     pub attnum: i16,
+    pub type_oid: u32,
 }
 
 impl Catalog {
@@ -215,6 +216,7 @@ impl Catalog {
                             name: f.name,
                             table_oid: f.table_id as u32,
                             attnum: f.column_id,
+                            type_oid: f.type_id,
                         })
                         .collect();
                 }

@@ -2,7 +2,11 @@
 //! it reaches the database. Statements are analysed (once per distinct
 //! text, cached), decided by the policy engine, recorded, and only then
 //! forwarded; a refused statement never reaches the server.
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Instant,
+};
 
 use bytes::{Bytes, BytesMut};
 use tokio::{
@@ -14,7 +18,7 @@ use super::{
     Service, SessionError,
     catalog::Catalog,
     frame::{self, Frame, MAX_MESSAGE, cstr},
-    pending::{Command, Gate, GateProgress, Pending},
+    pending::{Command, Gate, GateProgress, Pending, Target},
     record,
     rows::Column,
     wire::{self, sqlstate},
@@ -47,6 +51,9 @@ struct Portal {
     /// Row-threshold progress across the portal's Executes; only for a
     /// statement whose hold has a row threshold.
     gate: Option<Arc<GateProgress>>,
+    /// A Describe of the portal or its statement went ahead of its rows,
+    /// so the server side knows their columns.
+    described: bool,
 }
 
 pub(super) struct Frontend<'s> {
@@ -56,6 +63,8 @@ pub(super) struct Frontend<'s> {
     /// The caller as the policy sees it, built once per session.
     caller: Caller,
     statements: HashMap<Bytes, Arc<Prepared>>,
+    /// Statements described since they were parsed.
+    described: HashSet<Bytes>,
     portals: HashMap<Bytes, Portal>,
     /// After a refused extended-protocol message, everything up to the next
     /// Sync is dropped, as the server itself does after an error.
@@ -104,6 +113,7 @@ impl<'s> Frontend<'s> {
             catalog,
             caller: Caller::of(session, None, None),
             statements: HashMap::new(),
+            described: HashSet::new(),
             portals: HashMap::new(),
             skipping: false,
             pending,
@@ -167,7 +177,10 @@ impl<'s> Frontend<'s> {
                 out.extend_from_slice(&message);
                 Ok(())
             }
-            Err(refusal) => self.refuse(wire::refusal(&refusal), extended).await,
+            Err(refusal) => {
+                record_unrun(self.session, &release, refusal.status());
+                self.refuse(wire::refusal(&refusal), extended).await
+            }
         }
     }
 
@@ -195,7 +208,7 @@ impl<'s> Frontend<'s> {
                 }
             }
             b'P' => self.parse(frame, out).await?,
-            b'B' => self.bind(frame, out)?,
+            b'B' => self.bind(frame, out).await?,
             b'E' => {
                 if let Some(held) = self.execute(frame, out).await? {
                     return Ok(Flow::Hold(held));
@@ -206,11 +219,21 @@ impl<'s> Frontend<'s> {
                 self.queue(Pending::Sync).await?;
                 out.extend_from_slice(&frame.bytes);
             }
-            b'D' | b'C' | b'H' => {
+            b'D' | b'C' => {
                 if !self.skipping {
+                    let target = Target::parse(frame.body()).ok_or_else(|| malformed("Describe or Close"))?;
                     if tag == b'C' {
-                        self.close(&frame);
+                        self.close(&target);
+                        self.queue(Pending::Close(target)).await?;
+                    } else {
+                        self.mark_described(&target);
+                        self.queue(Pending::Describe { target, forward: true }).await?;
                     }
+                    out.extend_from_slice(&frame.bytes);
+                }
+            }
+            b'H' => {
+                if !self.skipping {
                     out.extend_from_slice(&frame.bytes);
                 }
             }
@@ -250,6 +273,10 @@ impl<'s> Frontend<'s> {
                 return Ok(None);
             }
         };
+        // A simple Query destroys the unnamed statement and portal.
+        self.statements.remove(&b""[..]);
+        self.described.remove(&b""[..]);
+        self.portals.remove(&b""[..]);
         let analysis = self.svc.analysis.analyze(text);
         let decisions: Vec<PolicyDecision> = analysis.statements.iter().map(|s| self.decide(s)).collect();
         if let Some(refusal) = decisions.iter().find(|d| matches!(d, PolicyDecision::Deny { .. })) {
@@ -295,6 +322,7 @@ impl<'s> Frontend<'s> {
         let hold = match self.svc.enforcer.open(self.session, request).await {
             Ok(h) => h,
             Err(refusal) => {
+                record_unrun(self.session, &release, refusal.status());
                 self.refuse(wire::refusal(&refusal), extended).await?;
                 return Ok(None);
             }
@@ -341,40 +369,92 @@ impl<'s> Frontend<'s> {
             let reply = self.refusal(&analysis.statements, &decision).await?;
             return self.refuse_extended(reply).await;
         }
+        let name = Bytes::copy_from_slice(name);
+        self.described.remove(&name);
         self.statements
-            .insert(Bytes::copy_from_slice(name), Arc::new(Prepared { analysis, decision }));
+            .insert(name.clone(), Arc::new(Prepared { analysis, decision }));
+        self.queue(Pending::Parse { statement: name }).await?;
         out.extend_from_slice(&frame.bytes);
         Ok(())
     }
 
-    fn bind(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), SessionError> {
+    async fn bind(&mut self, frame: Frame, out: &mut BytesMut) -> Result<(), SessionError> {
         if self.skipping {
             return Ok(());
         }
         let bind =
             frame::decode_bind(frame.body()).map_err(|e| SessionError::Protocol(format!("malformed Bind: {e}")))?;
-        let (portal, statement) = (bind.portal, bind.statement);
         let parameters = bind
             .parameters
             .iter()
             .map(|p| self.mask_parameter(p.value, p.binary))
             .collect();
-        if let Some(prepared) = self.statements.get(statement).cloned() {
+        let (portal, statement) = (
+            Bytes::copy_from_slice(bind.portal),
+            Bytes::copy_from_slice(bind.statement),
+        );
+        let formats = bind.result_formats;
+        if let Some(prepared) = self.statements.get(&statement).cloned() {
             let gate =
                 matches!(&prepared.decision, PolicyDecision::Hold(h) if h.row_threshold.is_some()).then(Arc::default);
             let portal_state = Portal {
                 prepared,
                 parameters,
                 gate,
+                described: self.described.contains(&statement),
             };
-            self.portals.insert(Bytes::copy_from_slice(portal), portal_state);
+            self.portals.insert(portal.clone(), portal_state);
         } else {
             // The server answers an unknown statement with its own error;
             // an Execute of this portal is refused below.
-            self.portals.remove(portal);
+            self.portals.remove(&portal);
         }
+        self.queue(Pending::Bind {
+            portal,
+            statement,
+            formats,
+        })
+        .await?;
         out.extend_from_slice(&frame.bytes);
         Ok(())
+    }
+
+    fn mark_described(&mut self, target: &Target) {
+        match target {
+            Target::Statement(name) => {
+                if self.statements.contains_key(name) {
+                    self.described.insert(name.clone());
+                }
+            }
+            Target::Portal(name) => {
+                if let Some(p) = self.portals.get_mut(name) {
+                    p.described = true;
+                }
+            }
+        }
+    }
+
+    /// Before an Execute of a portal whose columns the server side has not
+    /// been told: loopgate's own Describe, answered to loopgate only, so
+    /// its rows are masked by their real columns.
+    async fn describe_first(&mut self, portal: &[u8], out: &mut BytesMut) -> Result<(), SessionError> {
+        let Some(p) = self.portals.get_mut(portal) else {
+            return Ok(());
+        };
+        if p.described {
+            return Ok(());
+        }
+        p.described = true;
+        let mut body = Vec::with_capacity(portal.len() + 2);
+        body.push(b'P');
+        body.extend_from_slice(portal);
+        body.push(0);
+        frame::put_message(out, b'D', &body);
+        self.queue(Pending::Describe {
+            target: Target::Portal(Bytes::copy_from_slice(portal)),
+            forward: false,
+        })
+        .await
     }
 
     /// Execute: recorded with its bound parameters; held ones wait here.
@@ -398,6 +478,9 @@ impl<'s> Frontend<'s> {
                 fingerprint: String::new(),
                 mask: Vec::new(),
                 copy_columns: Vec::new(),
+                copy_types: Vec::new(),
+                copy_format: None,
+                portal: Some(Bytes::copy_from_slice(portal)),
                 started: Instant::now(),
                 gate: None,
             }))
@@ -408,13 +491,15 @@ impl<'s> Frontend<'s> {
         let hold = held_before_run(&prepared.decision);
         // The request shows the parameters too; copied only when held.
         let held_parameters = hold.map(|_| parameters.clone());
-        let command = match self.record_allowed(stmt, &prepared.decision, parameters, gate).await {
+        let mut command = match self.record_allowed(stmt, &prepared.decision, parameters, gate).await {
             Ok(command) => command,
             Err(reply) => {
                 self.refuse_extended(reply).await?;
                 return Ok(None);
             }
         };
+        command.portal = Some(Bytes::copy_from_slice(portal));
+        self.describe_first(portal, out).await?;
         if let (Some(hold), Some(parameters)) = (hold, held_parameters) {
             let request = enforce::hold_request(
                 self.session,
@@ -432,31 +517,26 @@ impl<'s> Frontend<'s> {
         Ok(None)
     }
 
-    fn close(&mut self, frame: &Frame) {
-        let Some((&kind, rest)) = frame.body().split_first() else {
-            return;
-        };
-        let Some((name, _)) = cstr(rest) else {
-            return;
-        };
-        match kind {
-            b'S' => {
+    fn close(&mut self, target: &Target) {
+        match target {
+            Target::Statement(name) => {
                 self.statements.remove(name);
+                self.described.remove(name);
             }
-            b'P' => {
+            Target::Portal(name) => {
                 self.portals.remove(name);
             }
-            _ => {}
         }
     }
 
-    /// The real columns of a COPY TO's data: its query is described (not
-    /// run) on the session's side connection.
-    async fn describe_copy(&self, query: &str) -> Result<Vec<Column>, String> {
+    /// The real columns of a COPY TO's data and their types: its query is
+    /// described (not run) on the session's side connection.
+    async fn describe_copy(&self, query: &str) -> Result<(Vec<Column>, Vec<u32>), String> {
         let mut catalog = self.catalog.lock().await;
         let fields = catalog.describe(query).await?;
+        let types = fields.iter().map(|f| f.type_oid).collect();
         let fields: Vec<(String, u32, i16)> = fields.into_iter().map(|f| (f.name, f.table_oid, f.attnum)).collect();
-        Ok(catalog.resolve(&self.svc.tables, &fields).await)
+        Ok((catalog.resolve(&self.svc.tables, &fields).await, types))
     }
 
     fn decide(&self, stmt: &AnalyzedStatement) -> PolicyDecision {
@@ -473,7 +553,8 @@ impl<'s> Frontend<'s> {
         parameters: Vec<String>,
         progress: Option<Arc<GateProgress>>,
     ) -> Result<Command, BytesMut> {
-        let copy_columns = match stmt.classification.as_ref().ok().and_then(|c| c.copy_query.as_deref()) {
+        let copy_format = stmt.classification.as_ref().ok().and_then(|c| c.copy_format.clone());
+        let (copy_columns, copy_types) = match stmt.classification.as_ref().ok().and_then(|c| c.copy_query.as_deref()) {
             Some(query) => match self.describe_copy(query).await {
                 Ok(columns) => columns,
                 Err(e) => {
@@ -481,7 +562,7 @@ impl<'s> Frontend<'s> {
                     return Err(self.refuse_copy(stmt, parameters).await);
                 }
             },
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new()),
         };
         // The gate's request shows the parameters too; copied only then.
         let gate_parameters =
@@ -513,6 +594,9 @@ impl<'s> Frontend<'s> {
             fingerprint: stmt.fingerprint.to_string(),
             mask: admitted.mask,
             copy_columns,
+            copy_types,
+            copy_format,
+            portal: None,
             started: admitted.started,
             gate,
         })
@@ -615,6 +699,24 @@ fn statement_text(body: &[u8]) -> Result<&str, BytesMut> {
             "loopgate: statement text must be valid UTF-8 (set client_encoding to UTF8)",
         )
     })
+}
+
+/// Records `command_result` for the commands of a held statement that will
+/// not run (denied, timed out, or the hold could not be requested).
+fn record_unrun(session: &Session, release: &Pending, status: &str) {
+    let commands: &[Command] = match release {
+        Pending::Query(commands) => commands,
+        Pending::Execute(command) => std::slice::from_ref(command),
+        _ => &[],
+    };
+    for c in commands.iter().filter(|c| !c.event_id.is_nil()) {
+        let outcome = crate::audit::Outcome {
+            status: Some(status.to_owned()),
+            rows: Some(0),
+            ..crate::audit::Outcome::default()
+        };
+        session.audit.submit(record::result(session, c, outcome));
+    }
 }
 
 fn refusal_text(d: &PolicyDecision) -> (String, String) {

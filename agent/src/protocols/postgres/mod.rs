@@ -16,8 +16,11 @@ mod backend;
 mod cancel;
 mod catalog;
 pub mod config;
+mod copy;
 pub mod frame;
 mod frontend;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod harness;
 mod pending;
 mod record;
 #[cfg(test)]
@@ -26,6 +29,7 @@ mod rows;
 pub mod scram;
 mod startup;
 mod stream;
+mod types;
 pub mod upstream;
 mod wire;
 
@@ -297,6 +301,47 @@ async fn relay(
         }
         Err(SessionError::Io(e)) => SessionEnd::failed(EndStatus::Closed, format!("connection error: {e}")),
         Err(SessionError::Closed) => SessionEnd::ok(),
+    }
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl Service {
+    /// A service with the built-in policy, default masking and no upstream
+    /// secret, for the tests and fuzz harnesses that drive the frontend and
+    /// backend directly.
+    pub(crate) fn for_tests(audit: crate::audit::AuditLog) -> Service {
+        use crate::{
+            mask::MaskConfig,
+            policy::{BuiltinPolicy, BuiltinPolicyConfig, TargetInfo},
+            sql::SqlConfig,
+        };
+        let masker = Masker::new(&MaskConfig::default(), None).expect("the default masking config is valid");
+        let target = TargetInfo {
+            name: "db".into(),
+            protocol: "postgres".into(),
+            identity: "process".into(),
+        };
+        Service {
+            analysis: AnalysisCache::new(Analyzer::new(&SqlConfig::default(), masker.clone())),
+            enforcer: Enforcer::new(
+                Arc::new(BuiltinPolicy::new(BuiltinPolicyConfig::default())),
+                crate::approval::Approvals::new(audit, None, None),
+                target,
+            ),
+            masker,
+            upstream: UpstreamSettings {
+                user: "app".into(),
+                secret: None,
+                tls: None,
+                database: None,
+                require_auth: None,
+            },
+            server_name: "127.0.0.1".into(),
+            client_tls: None,
+            identity: Authenticator::Process,
+            cancels: Default::default(),
+            tables: Default::default(),
+        }
     }
 }
 

@@ -14,10 +14,10 @@ use std::{
     time::Instant,
 };
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use uuid::Uuid;
 
-use crate::{approval::HoldRequest, mask::MaskRule};
+use crate::{approval::HoldRequest, mask::MaskRule, sql::CopyFormat};
 
 /// A statement that was recorded and forwarded; its result is recorded
 /// when the server completes it.
@@ -30,6 +30,13 @@ pub struct Command {
     pub mask: Vec<MaskRule>,
     /// For `COPY ... TO`, the columns of its data, by real name.
     pub copy_columns: Vec<super::rows::Column>,
+    /// For `COPY ... TO`, the type OID of each of `copy_columns`.
+    pub copy_types: Vec<u32>,
+    /// For `COPY`, its data format as the statement names it.
+    pub copy_format: Option<CopyFormat>,
+    /// The portal an Execute runs: its rows are masked by the portal's
+    /// description, whenever and however often it was described.
+    pub portal: Option<Bytes>,
     pub started: Instant,
     /// A row-threshold hold: past `threshold` rows the results wait for
     /// approval. Cleared once approved.
@@ -68,4 +75,40 @@ pub enum Pending {
     /// with `ready`, followed by ReadyForQuery with the current transaction
     /// status (the answer to a refused simple Query).
     Reply { bytes: BytesMut, ready: bool },
+    /// A forwarded Parse: ends with ParseComplete.
+    Parse { statement: Bytes },
+    /// A forwarded Bind: ends with BindComplete. `formats` are the result
+    /// format codes the client asked for.
+    Bind {
+        portal: Bytes,
+        statement: Bytes,
+        formats: Vec<i16>,
+    },
+    /// A forwarded Describe: ends with RowDescription or NoData (after a
+    /// ParameterDescription for a statement). Loopgate's own (`forward`
+    /// false) is answered to loopgate only.
+    Describe { target: Target, forward: bool },
+    /// A forwarded Close: ends with CloseComplete.
+    Close(Target),
+}
+
+/// A prepared statement or a portal, by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Statement(Bytes),
+    Portal(Bytes),
+}
+
+impl Target {
+    /// From a Describe or Close body: `S` or `P`, then the name.
+    pub fn parse(body: &[u8]) -> Option<Target> {
+        let (&kind, rest) = body.split_first()?;
+        let (name, _) = super::frame::cstr(rest)?;
+        let name = Bytes::copy_from_slice(name);
+        match kind {
+            b'S' => Some(Target::Statement(name)),
+            b'P' => Some(Target::Portal(name)),
+            _ => None,
+        }
+    }
 }

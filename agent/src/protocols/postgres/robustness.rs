@@ -1,21 +1,13 @@
 //! Hostile and malformed input on both sides of a session: whatever bytes
 //! arrive, the relay ends with an error or carries on — it never panics.
 //! Inputs are generated from a fixed seed, so a failure reproduces.
-use std::sync::Arc;
-
 use bytes::BytesMut;
 use tokio::{io::AsyncWriteExt as _, sync::mpsc};
 
-use super::{
-    Service, backend::Backend, catalog::Catalog, frame::put_message, frontend::Frontend, pending::Pending,
-    upstream::UpstreamSettings,
-};
+use super::{Service, backend::Backend, catalog::Catalog, frame::put_message, frontend::Frontend, pending::Pending};
 use crate::{
     audit::{AuditConfig, AuditLog, AuditStore, ProcessInfo},
-    mask::{MaskConfig, Masker},
-    policy::{self, BuiltinPolicy, BuiltinPolicyConfig},
     session::Session,
-    sql::{AnalysisCache, Analyzer, SqlConfig},
 };
 
 /// xorshift64*: small, deterministic, good enough to make garbage.
@@ -36,35 +28,6 @@ impl Rng {
     fn bytes(&mut self, max: usize) -> Vec<u8> {
         let n = self.below(max + 1);
         (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
-fn service(audit: AuditLog) -> Service {
-    let masker = Masker::new(&MaskConfig::default(), None).unwrap();
-    Service {
-        analysis: AnalysisCache::new(Analyzer::new(&SqlConfig::default(), masker.clone())),
-        enforcer: crate::enforce::Enforcer::new(
-            Arc::new(BuiltinPolicy::new(BuiltinPolicyConfig::default())),
-            crate::approval::Approvals::new(audit, None, None),
-            policy::TargetInfo {
-                name: "db".into(),
-                protocol: "postgres".into(),
-                identity: "process".into(),
-            },
-        ),
-        masker,
-        upstream: UpstreamSettings {
-            user: "app".into(),
-            secret: None,
-            tls: None,
-            database: None,
-            require_auth: None,
-        },
-        server_name: "127.0.0.1".into(),
-        client_tls: None,
-        identity: crate::identity::Authenticator::Process,
-        cancels: Default::default(),
-        tables: Default::default(),
     }
 }
 
@@ -115,7 +78,7 @@ fn message(rng: &mut Rng, tags: &[u8], plausible: &[&[u8]]) -> Vec<u8> {
 async fn garbage_from_either_side_never_panics() {
     let dir = tempfile::tempdir().unwrap();
     let session = session(dir.path());
-    let svc = service(session.audit.clone());
+    let svc = Service::for_tests(session.audit.clone());
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let client_plausible: &[&[u8]] = &[
         b"select 1\0",

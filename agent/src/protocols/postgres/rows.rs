@@ -10,11 +10,11 @@ use pgwire::messages::{
     response::{ErrorResponse, NoticeResponse},
 };
 
-use super::frame::{Frame, take_i16, take_i32};
-use crate::mask::{ColumnDesc, MaskRule, MaskedValue, Masker, ResultMasker};
-
-/// The OID of `text`: masked values of other types are announced as text.
-const TEXT_OID: u32 = 25;
+use super::{
+    frame::{Frame, take_i16, take_i32},
+    types::{self, Codec},
+};
+use crate::mask::{ColumnDesc, MaskAction, MaskRule, MaskedValue, Masker, ResultMasker};
 
 /// A result column as masking rules see it.
 #[derive(Clone, Debug)]
@@ -42,6 +42,8 @@ pub struct ResultMask {
     plan: ResultMasker,
     /// Shared by the plan's fresh copies.
     names: Arc<[String]>,
+    /// Type and format of each column's values.
+    codecs: Arc<[Codec]>,
     /// Columns in which at least one value was changed.
     changed: Vec<bool>,
 }
@@ -49,14 +51,22 @@ pub struct ResultMask {
 impl ResultMask {
     /// Plans masking for a result described by `desc`, whose columns are
     /// `columns` (real name and table where known, else the output name).
-    /// Returns the description to send instead of the original when a
-    /// column must be announced as text.
+    /// The one place a description and the statement's facts become a
+    /// plan. Returns the description to send instead of the original when
+    /// the plan changes it; today never, as masked values keep their type.
     pub fn from_description(
         masker: &Masker,
-        mut desc: RowDescription,
+        desc: RowDescription,
         columns: &[Column],
         overrides: &[MaskRule],
     ) -> Result<(ResultMask, Option<BytesMut>), String> {
+        if columns.len() != desc.fields.len() {
+            return Err(format!(
+                "{} result columns resolved for {} described",
+                columns.len(),
+                desc.fields.len()
+            ));
+        }
         let descs: Vec<ColumnDesc<'_>> = desc
             .fields
             .iter()
@@ -69,25 +79,25 @@ impl ResultMask {
             })
             .collect();
         let plan = masker.plan(&descs, overrides);
-        let rewrite = (0..desc.fields.len()).any(|i| plan.announce_as_text(i) && desc.fields[i].type_id != TEXT_OID);
         let names: Arc<[String]> = desc.fields.iter().map(|f| f.name.clone()).collect();
+        let codecs: Arc<[Codec]> = desc
+            .fields
+            .iter()
+            .map(|f| Codec {
+                oid: f.type_id,
+                binary: f.format_code == 1,
+            })
+            .collect();
         let changed = vec![false; names.len()];
-        let rewritten = if rewrite {
-            for (i, f) in desc.fields.iter_mut().enumerate() {
-                if plan.announce_as_text(i) {
-                    f.type_id = TEXT_OID;
-                    f.type_size = -1;
-                    f.type_modifier = -1;
-                }
-            }
-            let mut out = BytesMut::new();
-            desc.encode(&mut out)
-                .map_err(|e| format!("re-encoding RowDescription: {e}"))?;
-            Some(out)
-        } else {
-            None
-        };
-        Ok((ResultMask { plan, names, changed }, rewritten))
+        Ok((
+            ResultMask {
+                plan,
+                names,
+                codecs,
+                changed,
+            },
+            None,
+        ))
     }
 
     /// The same plan for another result with the same description,
@@ -96,16 +106,17 @@ impl ResultMask {
         ResultMask {
             plan: self.plan.fresh(),
             names: Arc::clone(&self.names),
+            codecs: Arc::clone(&self.codecs),
             changed: vec![false; self.changed.len()],
         }
     }
 
-    /// A plan for rows that arrive without a description (an Execute with
-    /// no Describe): every column is scanned by the detectors.
-    pub fn blind(masker: &Masker, columns: usize, overrides: &[MaskRule]) -> ResultMask {
+    /// A plan for rows whose columns loopgate does not know (no description
+    /// could be had): every value is withheld as NULL, never forwarded.
+    pub fn withheld(masker: &Masker, columns: usize) -> ResultMask {
         let descs = vec![
             ColumnDesc {
-                name: "?column?",
+                name: UNRESOLVED,
                 table: None,
                 type_oid: 0,
                 binary: false,
@@ -113,28 +124,65 @@ impl ResultMask {
             columns
         ];
         ResultMask {
-            plan: masker.plan(&descs, overrides),
-            names: vec!["?column?".to_owned(); columns].into(),
+            plan: masker.plan(&descs, &[MaskRule::new("*", MaskAction::Null)]),
+            names: vec![UNRESOLVED.to_owned(); columns].into(),
+            codecs: vec![Codec::text(0); columns].into(),
             changed: vec![false; columns],
         }
     }
 
-    /// A plan for COPY TO data of the given columns (text format).
-    pub fn for_copy(masker: &Masker, columns: &[Column], overrides: &[MaskRule]) -> ResultMask {
+    /// A plan for COPY TO data of the given columns and types, whose
+    /// values arrive as text (text and CSV) or in binary.
+    pub fn for_copy(
+        masker: &Masker,
+        columns: &[Column],
+        types: &[u32],
+        binary: bool,
+        overrides: &[MaskRule],
+    ) -> ResultMask {
+        let type_of = |i: usize| types.get(i).copied().unwrap_or(0);
         let descs: Vec<ColumnDesc<'_>> = columns
             .iter()
-            .map(|c| ColumnDesc {
+            .enumerate()
+            .map(|(i, c)| ColumnDesc {
                 name: &c.name,
                 table: c.table.as_deref(),
-                type_oid: TEXT_OID,
-                binary: false,
+                type_oid: type_of(i),
+                binary,
             })
             .collect();
         ResultMask {
             plan: masker.plan(&descs, overrides),
             names: columns.iter().map(|c| c.name.clone()).collect(),
+            codecs: (0..columns.len())
+                .map(|i| Codec {
+                    oid: type_of(i),
+                    binary,
+                })
+                .collect(),
             changed: vec![false; columns.len()],
         }
+    }
+
+    /// Number of columns of the planned result.
+    pub fn width(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Masks one field of column `col` by its type, noting the column as
+    /// changed. COPY data and DataRows share it.
+    pub fn field<'v>(&mut self, col: usize, value: &'v [u8]) -> MaskedValue<'v> {
+        let Some(codec) = self.codecs.get(col).copied() else {
+            self.plan.note_masked();
+            return MaskedValue::Null;
+        };
+        let masked = types::mask_field(&self.plan, col, codec, value);
+        if masked.is_changed()
+            && let Some(c) = self.changed.get_mut(col)
+        {
+            *c = true;
+        }
+        masked
     }
 
     /// Masks one DataRow. Returns `None` when nothing changed (the original
@@ -168,22 +216,14 @@ impl ResultMask {
             }
             let (value, rest) = body.split_at(len);
             body = rest;
-            match self.plan.mask_value(col, value) {
-                MaskedValue::Original(v) => {
+            let masked = self.field(col, value);
+            any |= masked.is_changed();
+            match masked.as_bytes() {
+                Some(v) => {
                     out.put_i32(v.len() as i32);
                     out.put_slice(v);
                 }
-                MaskedValue::Masked(v) => {
-                    any = true;
-                    self.changed[col] = true;
-                    out.put_i32(v.len() as i32);
-                    out.put_slice(&v);
-                }
-                MaskedValue::Null => {
-                    any = true;
-                    self.changed[col] = true;
-                    out.put_i32(-1);
-                }
+                None => out.put_i32(-1),
             }
         }
         if !body.is_empty() {
@@ -196,42 +236,6 @@ impl ResultMask {
         let len = (out.len() - start - 1) as i32;
         out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
         Ok(true)
-    }
-
-    /// Masks one line of COPY text-format data (tab-separated, `\N` for
-    /// NULL). A line that does not have the expected number of fields (CSV,
-    /// another delimiter) is masked as free text instead.
-    pub fn copy_line(&mut self, masker: &Masker, line: &[u8], out: &mut Vec<u8>) {
-        let trimmed = line.strip_suffix(b"\n").unwrap_or(line);
-        let fields: Vec<&[u8]> = trimmed.split(|&b| b == b'\t').collect();
-        if fields.len() != self.names.len() || self.names.is_empty() {
-            let text = String::from_utf8_lossy(line);
-            out.extend_from_slice(masker.mask_free_text(&text).as_bytes());
-            return;
-        }
-        for (col, value) in fields.iter().enumerate() {
-            if col > 0 {
-                out.push(b'\t');
-            }
-            if *value == b"\\N" {
-                out.extend_from_slice(value);
-                continue;
-            }
-            match self.plan.mask_value(col, value) {
-                MaskedValue::Original(v) => out.extend_from_slice(v),
-                MaskedValue::Masked(v) => {
-                    self.changed[col] = true;
-                    out.extend_from_slice(&v);
-                }
-                MaskedValue::Null => {
-                    self.changed[col] = true;
-                    out.extend_from_slice(b"\\N");
-                }
-            }
-        }
-        if line.ends_with(b"\n") {
-            out.push(b'\n');
-        }
     }
 
     pub fn masked_count(&self) -> u64 {
@@ -368,10 +372,8 @@ mod tests {
                 .unwrap()
         );
         let got = fields(&out);
-        assert!(
-            got.iter().all(|v| v.as_deref().is_some_and(|v| v.contains('*'))),
-            "{got:?}"
-        );
+        assert_eq!(got[0].as_deref(), Some("***-**-6789"));
+        assert_eq!(got[1].as_deref(), Some("1900-01-01"), "a date stays a date");
     }
 
     #[test]
@@ -433,14 +435,8 @@ mod tests {
     fn masks_phi_columns_and_keeps_the_rest() {
         let m = masker();
         let (mut mask, rewritten) = plan(&m, &[("id", 23), ("name", 25), ("ssn", 25), ("dob", 1082)]);
-        // dob is a date column whose masked value is no date: announced as text.
-        let rewritten = rewritten.expect("dob announced as text");
-        let mut b = rewritten.clone();
-        let desc = RowDescription::decode(&mut b, &DecodeContext::default())
-            .unwrap()
-            .unwrap();
-        assert_eq!(desc.fields[3].type_id, TEXT_OID);
-        assert_eq!(desc.fields[0].type_id, 23);
+        // dob stays a date: its masked value is a sentinel date.
+        assert!(rewritten.is_none());
 
         let mut out = BytesMut::new();
         let changed = mask
@@ -454,7 +450,7 @@ mod tests {
         assert_eq!(got[0].as_deref(), Some("7"));
         assert_eq!(got[1].as_deref(), Some("Ann Lee"));
         assert_ne!(got[2].as_deref(), Some("123-45-6789"));
-        assert_ne!(got[3].as_deref(), Some("1980-02-03"));
+        assert_eq!(got[3].as_deref(), Some("1900-01-01"));
         assert!(mask.masked_count() >= 2);
         let mut cols = BTreeSet::new();
         mask.masked_columns(&mut cols);
@@ -494,24 +490,6 @@ mod tests {
             };
             assert!(mask.data_row(&f, &mut out).is_err());
         }
-    }
-
-    #[test]
-    fn copy_lines_are_masked_by_column() {
-        let m = masker();
-        let columns: Vec<Column> = ["id", "ssn", "note"]
-            .iter()
-            .map(|n| Column {
-                name: n.to_string(),
-                table: None,
-            })
-            .collect();
-        let mut mask = ResultMask::for_copy(&m, &columns, &[]);
-        let mut out = Vec::new();
-        mask.copy_line(&m, b"1\t123-45-6789\t\\N\n", &mut out);
-        let line = String::from_utf8(out).unwrap();
-        assert!(line.starts_with("1\t") && line.ends_with("\t\\N\n"), "{line}");
-        assert!(!line.contains("123-45-6789"));
     }
 
     #[test]
