@@ -64,6 +64,11 @@ fn dynamic_reason(dynamic: &DynamicSql) -> String {
             format!("{name}() runs SQL that cannot be checked and is refused")
         }
         DynamicSql::CopyProgram => "COPY ... PROGRAM runs a server command and is refused".to_string(),
+        DynamicSql::FunctionBody { language } => {
+            format!(
+                "a {language} function body that cannot be analysed is refused: what it does when called is unknown"
+            )
+        }
     }
 }
 

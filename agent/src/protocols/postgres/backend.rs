@@ -4,7 +4,7 @@
 //! its outcome.
 use std::{
     collections::{BTreeSet, VecDeque},
-    sync::atomic::Ordering,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -29,6 +29,7 @@ use crate::{
     audit::{Event, Outcome},
     mask::{MaskAction, MaskRule},
     proxy::Session,
+    sql::lineage::Lineage,
 };
 
 /// How long the masking plan of a RowDescription is reused for identical
@@ -41,9 +42,20 @@ const PLAN_REUSE: Duration = Duration::from_secs(1);
 struct Planned {
     description: Bytes,
     overrides: Vec<MaskRule>,
+    lineage: Option<Arc<Lineage>>,
     mask: ResultMask,
     rewritten: Option<BytesMut>,
     at: Instant,
+}
+
+/// Whether two commands' results have the same lineage (a reused plan
+/// must mask the same derived columns).
+fn same_lineage(a: Option<&Arc<Lineage>>, b: Option<&Arc<Lineage>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 /// Accounting of the command whose results are streaming.
@@ -325,10 +337,12 @@ impl<'s> Backend<'s> {
     /// (so an alias cannot dodge a rule), plans masking, and forwards it.
     async fn describe(&mut self, frame: &Frame, out: &mut BytesMut) -> Result<(), SessionError> {
         let overrides = self.current().map_or(&[][..], |c| &c.mask[..]);
+        let lineage = self.current().and_then(|c| c.lineage.clone());
         if let Some(p) = &self.last_planned
             && p.at.elapsed() < PLAN_REUSE
             && p.description == frame.bytes
             && p.overrides == overrides
+            && same_lineage(p.lineage.as_ref(), lineage.as_ref())
         {
             self.result = Some(p.mask.fresh());
             out.extend_from_slice(p.rewritten.as_deref().unwrap_or(&frame.bytes));
@@ -347,12 +361,14 @@ impl<'s> Backend<'s> {
             &[MaskRule::new(rows::UNRESOLVED, MaskAction::Redact)],
         ]
         .concat();
-        let (mask, rewritten) = ResultMask::from_description(&self.svc.masker, desc, &columns, &overrides)
-            .map_err(SessionError::Protocol)?;
+        let (mask, rewritten) =
+            ResultMask::from_description(&self.svc.masker, desc, &columns, &overrides, lineage.as_deref())
+                .map_err(SessionError::Protocol)?;
         out.extend_from_slice(rewritten.as_deref().unwrap_or(&frame.bytes));
         self.last_planned = Some(Planned {
             description: frame.bytes.clone().freeze(),
             overrides: command_overrides,
+            lineage,
             mask: mask.fresh(),
             rewritten,
             at: Instant::now(),
@@ -468,13 +484,13 @@ impl<'s> Backend<'s> {
 
     fn copy_out_start(&mut self, frame: &Frame, out: &mut BytesMut) {
         let binary = frame.body().first() == Some(&1);
-        let (columns, mut overrides) = self
+        let (columns, mut overrides, lineage) = self
             .current()
-            .map(|c| (c.copy_columns.clone(), c.mask.clone()))
+            .map(|c| (c.copy_columns.clone(), c.mask.clone(), c.lineage.clone()))
             .unwrap_or_default();
         overrides.push(MaskRule::new(rows::UNRESOLVED, MaskAction::Redact));
         self.copy = Some(Copy {
-            mask: ResultMask::for_copy(&self.svc.masker, &columns, &overrides),
+            mask: ResultMask::for_copy(&self.svc.masker, &columns, &overrides, lineage.as_deref()),
             binary,
         });
         out.extend_from_slice(&frame.bytes);

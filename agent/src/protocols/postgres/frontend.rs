@@ -430,6 +430,7 @@ impl<'s> Frontend<'s> {
                 fingerprint: String::new(),
                 mask: Vec::new(),
                 copy_columns: Vec::new(),
+                lineage: None,
                 started: Instant::now(),
                 gate: None,
             }))
@@ -548,6 +549,7 @@ impl<'s> Frontend<'s> {
             fingerprint: stmt.fingerprint.to_string(),
             mask: decision.mask_overrides().to_vec(),
             copy_columns,
+            lineage: stmt.classification.as_ref().ok().map(|c| Arc::clone(&c.lineage)),
             started: Instant::now(),
             gate: threshold.map(|(hold, threshold)| {
                 let parameters = gate_parameters.unwrap_or_default();

@@ -30,6 +30,9 @@ pub struct Command {
     pub mask: Vec<MaskRule>,
     /// For `COPY ... TO`, the columns of its data, by real name.
     pub copy_columns: Vec<super::rows::Column>,
+    /// Where the statement's result columns come from, for masking values
+    /// derived from PHI (`None`: unknown, masked as PHI).
+    pub lineage: Option<Arc<crate::sql::lineage::Lineage>>,
     pub started: Instant,
     /// A row-threshold hold: past `threshold` rows the results wait for
     /// approval. Cleared once approved.

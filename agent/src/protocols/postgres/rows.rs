@@ -11,7 +11,10 @@ use pgwire::messages::{
 };
 
 use super::frame::{Frame, take_i16, take_i32};
-use crate::mask::{ColumnDesc, MaskRule, MaskedValue, Masker, ResultMasker};
+use crate::{
+    mask::{ColumnDesc, MaskAction, MaskRule, MaskedValue, Masker, ResultMasker},
+    sql::lineage::{Derivation, Lineage, ResultLineage},
+};
 
 /// The OID of `text`: masked values of other types are announced as text.
 const TEXT_OID: u32 = 25;
@@ -28,6 +31,67 @@ pub struct Column {
 /// Name given to a column that comes from a table loopgate could not
 /// identify; an override rule masks it whole (fail closed).
 pub const UNRESOLVED: &str = "loopgate_unresolved_column";
+
+/// Name given to a column the server attributes to no table whose values
+/// lineage derives from PHI (or cannot explain); masked whole.
+pub const DERIVED: &str = "loopgate_derived_phi";
+
+/// Integer and boolean types: the only ones a safe function's result is
+/// trusted in (see `sql::functions::SAFE`).
+fn is_count_type(oid: u32) -> bool {
+    matches!(oid, 16 | 20 | 21 | 23)
+}
+
+/// Renames to [`DERIVED`] every column the server attributes to no table
+/// (`table: None`, not [`UNRESOLVED`]) whose values derive from PHI by
+/// `lineage`: from a column a rule masks (`overrides` first), from a whole
+/// row, through a function lineage cannot see into, or from anything when
+/// lineage is missing or cannot place the column. `types` are the columns'
+/// type OIDs where known.
+fn with_lineage(
+    masker: &Masker,
+    columns: &[Column],
+    types: Option<&[u32]>,
+    lineage: Option<&Lineage>,
+    overrides: &[MaskRule],
+) -> Vec<Column> {
+    let aligned = match lineage.map(|l| &l.result) {
+        Some(ResultLineage::NoData) => return columns.to_vec(),
+        Some(ResultLineage::Columns(_)) => lineage.map(|l| l.align(columns.len())).unwrap_or_default(),
+        Some(ResultLineage::Unknown) | None => vec![None; columns.len()],
+    };
+    let phi = |i: usize, d: &Derivation| {
+        let trusted_safe = d.safe && types.and_then(|t| t.get(i)).is_some_and(|t| is_count_type(*t));
+        !trusted_safe
+            && (d.opaque
+                || d.sources
+                    .iter()
+                    .any(|s| s.whole_row() || masker.masks_column(&s.column, Some(&s.table), overrides)))
+    };
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let tableless = c.table.is_none() && c.name != UNRESOLVED;
+            let derived_phi = tableless && aligned.get(i).and_then(Option::as_ref).is_none_or(|d| phi(i, d));
+            if derived_phi {
+                Column {
+                    name: DERIVED.to_owned(),
+                    table: None,
+                }
+            } else {
+                c.clone()
+            }
+        })
+        .collect()
+}
+
+/// `overrides` with the rule that masks [`DERIVED`] columns first.
+fn with_derived_rule(overrides: &[MaskRule]) -> Vec<MaskRule> {
+    std::iter::once(MaskRule::new(DERIVED, MaskAction::Redact))
+        .chain(overrides.iter().cloned())
+        .collect()
+}
 
 /// Decodes a RowDescription.
 pub fn decode_description(frame: &Frame) -> Result<RowDescription, String> {
@@ -48,19 +112,25 @@ pub struct ResultMask {
 
 impl ResultMask {
     /// Plans masking for a result described by `desc`, whose columns are
-    /// `columns` (real name and table where known, else the output name).
-    /// Returns the description to send instead of the original when a
-    /// column must be announced as text.
+    /// `columns` (real name and table where known, else the output name),
+    /// produced by a statement of the given `lineage` (`None`: unknown, so
+    /// every column without a table is masked whole). Returns the
+    /// description to send instead of the original when a column must be
+    /// announced as text.
     pub fn from_description(
         masker: &Masker,
         mut desc: RowDescription,
         columns: &[Column],
         overrides: &[MaskRule],
+        lineage: Option<&Lineage>,
     ) -> Result<(ResultMask, Option<BytesMut>), String> {
+        let types: Vec<u32> = desc.fields.iter().map(|f| f.type_id).collect();
+        let columns = with_lineage(masker, columns, Some(&types), lineage, overrides);
+        let overrides = &with_derived_rule(overrides)[..];
         let descs: Vec<ColumnDesc<'_>> = desc
             .fields
             .iter()
-            .zip(columns)
+            .zip(&columns)
             .map(|(f, c)| ColumnDesc {
                 name: &c.name,
                 table: c.table.as_deref(),
@@ -119,8 +189,16 @@ impl ResultMask {
         }
     }
 
-    /// A plan for COPY TO data of the given columns (text format).
-    pub fn for_copy(masker: &Masker, columns: &[Column], overrides: &[MaskRule]) -> ResultMask {
+    /// A plan for COPY TO data of the given columns (text format), from a
+    /// statement of the given `lineage` (see [`ResultMask::from_description`]).
+    pub fn for_copy(
+        masker: &Masker,
+        columns: &[Column],
+        overrides: &[MaskRule],
+        lineage: Option<&Lineage>,
+    ) -> ResultMask {
+        let columns = &with_lineage(masker, columns, None, lineage, overrides)[..];
+        let overrides = &with_derived_rule(overrides)[..];
         let descs: Vec<ColumnDesc<'_>> = columns
             .iter()
             .map(|c| ColumnDesc {
@@ -317,6 +395,14 @@ mod tests {
         Masker::new(&MaskConfig::default(), None).unwrap()
     }
 
+    /// The lineage of a statement that returns no table data.
+    fn no_phi_lineage() -> Lineage {
+        Lineage {
+            result: ResultLineage::NoData,
+            ..Lineage::unknown()
+        }
+    }
+
     fn frame(bytes: BytesMut) -> Frame {
         Frame {
             tag: Some(bytes[0]),
@@ -344,7 +430,7 @@ mod tests {
                 table: None,
             })
             .collect();
-        ResultMask::from_description(m, desc, &columns, &[]).unwrap()
+        ResultMask::from_description(m, desc, &columns, &[], Some(&no_phi_lineage())).unwrap()
     }
 
     #[test]
@@ -361,7 +447,7 @@ mod tests {
                 table: Some("patients".into()),
             },
         ];
-        let (mut mask, _) = ResultMask::from_description(&m, desc, &columns, &[]).unwrap();
+        let (mut mask, _) = ResultMask::from_description(&m, desc, &columns, &[], None).unwrap();
         let mut out = BytesMut::new();
         assert!(
             mask.data_row(&row(&[Some("123-45-6789"), Some("1980-02-03")]), &mut out)
@@ -372,6 +458,75 @@ mod tests {
             got.iter().all(|v| v.as_deref().is_some_and(|v| v.contains('*'))),
             "{got:?}"
         );
+    }
+
+    fn lineage_of(sql: &str) -> Lineage {
+        let analyzer = crate::sql::Analyzer::new(&crate::sql::SqlConfig::default(), masker());
+        let analysis = analyzer.analyze(sql);
+        (*analysis.statements[0].classification.as_ref().unwrap().lineage).clone()
+    }
+
+    /// The first field's value after masking a one-row result of `sql`
+    /// whose fields the server attributes to no table.
+    fn derived(sql: &str, fields: &[(&str, u32)], values: &[Option<&str>], overrides: &[MaskRule]) -> Vec<String> {
+        let m = masker();
+        let desc = decode_description(&description(fields)).unwrap();
+        let columns: Vec<Column> = fields
+            .iter()
+            .map(|(n, _)| Column {
+                name: n.to_string(),
+                table: None,
+            })
+            .collect();
+        let lineage = lineage_of(sql);
+        let (mut mask, _) = ResultMask::from_description(&m, desc, &columns, overrides, Some(&lineage)).unwrap();
+        let mut out = BytesMut::new();
+        let r = row(values);
+        if !mask.data_row(&r, &mut out).unwrap() {
+            out = r.bytes.clone();
+        }
+        fields_of(&out)
+    }
+
+    fn fields_of(bytes: &[u8]) -> Vec<String> {
+        fields(bytes).into_iter().map(|v| v.unwrap_or_default()).collect()
+    }
+
+    #[test]
+    fn values_derived_from_phi_are_masked_whole() {
+        let got = derived(
+            "select reverse(ssn) as r, upper(city) as c, count(*) as n from patients",
+            &[("r", 25), ("c", 25), ("n", 20)],
+            &[Some("9876-54-321"), Some("BOSTON"), Some("3")],
+            &[],
+        );
+        assert_eq!(got, ["***", "BOSTON", "3"]);
+        // A function lineage cannot see into: masked, whatever it returns.
+        let got = derived("select my_func(id) from visits", &[("my_func", 25)], &[Some("x")], &[]);
+        assert_eq!(got, ["***"]);
+        // A safe function's result arriving as text is not trusted.
+        let got = derived(
+            "select length(ssn) from patients",
+            &[("length", 25)],
+            &[Some("11")],
+            &[],
+        );
+        assert_eq!(got, ["***"]);
+        // A principal allowed to see the column sees what derives from it.
+        let keep = [MaskRule::new("patients.ssn", MaskAction::Keep)];
+        let got = derived(
+            "select reverse(ssn) from patients",
+            &[("reverse", 25)],
+            &[Some("x")],
+            &keep,
+        );
+        assert_eq!(got, ["x"]);
+        // A result lineage cannot place (FETCH) is masked where tableless.
+        let got = derived("fetch 1 from c", &[("a", 25)], &[Some("x")], &[]);
+        assert_eq!(got, ["***"]);
+        // Statements without table data are left alone.
+        let got = derived("show timezone", &[("TimeZone", 25)], &[Some("UTC")], &[]);
+        assert_eq!(got, ["UTC"]);
     }
 
     #[test]
@@ -506,7 +661,7 @@ mod tests {
                 table: None,
             })
             .collect();
-        let mut mask = ResultMask::for_copy(&m, &columns, &[]);
+        let mut mask = ResultMask::for_copy(&m, &columns, &[], Some(&no_phi_lineage()));
         let mut out = Vec::new();
         mask.copy_line(&m, b"1\t123-45-6789\t\\N\n", &mut out);
         let line = String::from_utf8(out).unwrap();
