@@ -127,8 +127,9 @@ struct Collector<'a> {
     /// First data-modifying statement met (the top one or one in a CTE):
     /// its kind and whether it has a WHERE.
     first_dml: Option<(StatementKind, bool)>,
-    /// Every data-modifying statement's kind (the top one and CTEs').
-    dml_kinds: Vec<StatementKind>,
+    /// Every data-modifying statement's kind (the top one and CTEs') and
+    /// whether it has a WHERE.
+    dml_kinds: Vec<(StatementKind, bool)>,
     /// Functions called that are not known built-ins.
     unknown_functions: Vec<String>,
 }
@@ -157,7 +158,7 @@ impl Collector<'_> {
     }
 
     fn note_dml(&mut self, kind: StatementKind, has_where: bool) {
-        self.dml_kinds.push(kind);
+        self.dml_kinds.push((kind, has_where));
         if self.first_dml.is_none() {
             self.first_dml = Some((kind, has_where));
         }
@@ -610,14 +611,23 @@ pub(crate) fn classify(statement: &Statement, dynamic_functions: &HashSet<String
 
     let unknown_functions = dedup(c.unknown_functions);
     let mut effects = vec![kind];
+    let mut unbounded_writes = Vec::new();
     if !clear_writes {
-        effects.extend(c.dml_kinds);
+        effects.extend(c.dml_kinds.iter().map(|(k, _)| *k));
+        unbounded_writes.extend(
+            c.dml_kinds
+                .iter()
+                .filter(|(k, has_where)| !has_where && matches!(k, StatementKind::Delete | StatementKind::Update))
+                .map(|(k, _)| *k),
+        );
         if !unknown_functions.is_empty() {
             effects.push(StatementKind::Call);
         }
     }
     effects.sort_by_key(|k| k.as_str());
     effects.dedup();
+    unbounded_writes.sort_by_key(|k| k.as_str());
+    unbounded_writes.dedup();
     let predicate_columns = dedup(lineage.predicate_sources.iter().map(ToString::to_string).collect());
     Classification {
         kind,
@@ -631,6 +641,7 @@ pub(crate) fn classify(statement: &Statement, dynamic_functions: &HashSet<String
         explain: clear_writes,
         copy_query,
         effects,
+        unbounded_writes,
         unknown_functions,
         predicate_columns,
         stores_phi: false,

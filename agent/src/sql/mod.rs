@@ -264,6 +264,10 @@ pub struct Classification {
     /// when it calls a function not known to be read-only (whose body
     /// loopgate cannot see: it counts as a write).
     pub effects: Vec<StatementKind>,
+    /// `delete` / `update` when the statement (or a CTE of it, or the body
+    /// of a function it creates) deletes or updates without a WHERE: every
+    /// row of the table, as irreversible as TRUNCATE.
+    pub unbounded_writes: Vec<StatementKind>,
     /// Functions called that are not known built-ins (see `sql::functions`);
     /// their results are masked as PHI and their calls count as writes.
     pub unknown_functions: Vec<String>,
@@ -463,6 +467,7 @@ impl Analyzer {
                 explain: false,
                 copy_query: None,
                 effects: vec![StatementKind::DoBlock],
+                unbounded_writes: Vec::new(),
                 unknown_functions: Vec::new(),
                 predicate_columns: Vec::new(),
                 stores_phi: false,
@@ -521,10 +526,11 @@ fn stores_phi(statement: &sqlparser::ast::Statement, lineage: &lineage::Lineage,
         return false;
     };
     let phi = |d: &lineage::Derivation| {
-        d.opaque
-            || d.sources
-                .iter()
-                .any(|s| s.whole_row() || masker.masks_column(&s.column, Some(&s.table), &[]))
+        !d.safe
+            && (d.opaque
+                || d.sources
+                    .iter()
+                    .any(|s| s.whole_row() || masker.masks_column(&s.column, Some(&s.table), &[])))
     };
     // INSERT into named columns: a column masked by name stays masked.
     let targets: Vec<String> = match statement {

@@ -52,8 +52,10 @@ pub(crate) fn analyse(statement: &Statement, c: &mut Classification, analyzer: &
         "plpgsql" => plpgsql_body(&body, c, &language),
         _ => unknown(c, &language),
     }
-    c.effects.sort_by_key(|k| k.as_str());
-    c.effects.dedup();
+    for list in [&mut c.effects, &mut c.unbounded_writes] {
+        list.sort_by_key(|k| k.as_str());
+        list.dedup();
+    }
 }
 
 fn string_literal(e: &Expr) -> Option<String> {
@@ -78,6 +80,9 @@ fn sql_body(body: &str, c: &mut Classification, analyzer: &Analyzer) {
         match stmt.classification {
             Ok(inner) => {
                 c.effects.extend(inner.effects);
+                c.unbounded_writes.extend(inner.unbounded_writes);
+                c.tables_written.extend(inner.tables_written);
+                c.tables_read.extend(inner.tables_read);
                 c.unknown_functions.extend(inner.unknown_functions);
                 if let Some(d) = inner.dynamic {
                     c.dynamic.get_or_insert(d);
@@ -87,8 +92,10 @@ fn sql_body(body: &str, c: &mut Classification, analyzer: &Analyzer) {
             Err(_) => unknown(c, "sql"),
         }
     }
-    c.unknown_functions.sort_unstable();
-    c.unknown_functions.dedup();
+    for list in [&mut c.unknown_functions, &mut c.tables_written, &mut c.tables_read] {
+        list.sort_unstable();
+        list.dedup();
+    }
 }
 
 fn plpgsql_body(body: &str, c: &mut Classification, language: &str) {
@@ -96,14 +103,36 @@ fn plpgsql_body(body: &str, c: &mut Classification, language: &str) {
         unknown(c, language);
         return;
     };
+    // Words, with `;` kept as a separator between commands.
     let words: Vec<String> = toks
         .iter()
         .filter_map(|t| match &t.token {
             Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+            Token::SemiColon => Some(";".to_owned()),
             _ => None,
         })
         .collect();
+    // `FOR UPDATE`, `FOR NO KEY UPDATE`: row locks, not writes.
+    let lock = |i: usize| i > 0 && matches!(words[i - 1].as_str(), "FOR" | "KEY");
+    // DELETE / UPDATE with no WHERE before the command's `;`.
     for (i, word) in words.iter().enumerate() {
+        if lock(i) {
+            continue;
+        }
+        let kind = match word.as_str() {
+            "DELETE" => StatementKind::Delete,
+            "UPDATE" => StatementKind::Update,
+            _ => continue,
+        };
+        let command = words[i..].iter().take_while(|w| *w != ";");
+        if !command.into_iter().any(|w| w == "WHERE") {
+            c.unbounded_writes.push(kind);
+        }
+    }
+    for (i, word) in words.iter().enumerate() {
+        if lock(i) {
+            continue;
+        }
         let next = words.get(i + 1).map(String::as_str);
         let effect = match (word.as_str(), next) {
             ("EXECUTE", _) => {
