@@ -70,7 +70,12 @@ impl Detector {
             Detector::Zip => Some(match_zip),
         };
         match scanner {
-            Some(matcher) => Matches::Scan(Scan { text, pos: 0, matcher }),
+            Some(matcher) => Matches::Scan(Scan {
+                text,
+                pos: 0,
+                matcher,
+                digit_bounded: self.digit_bounded(),
+            }),
             None => Matches::Empty,
         }
     }
@@ -78,6 +83,13 @@ impl Detector {
     /// Convenience over [`Detector::find`] for `&str`.
     pub fn find_str<'t>(&'t self, text: &'t str) -> Matches<'t> {
         self.find(text.as_bytes())
+    }
+
+    /// Numbers (SSN, phone, card) end where the digits end, not at a word
+    /// boundary: a derived value glued to letters (`'a' || ssn`, the error
+    /// text `"123-45-6789x"`) still holds the number.
+    fn digit_bounded(&self) -> bool {
+        matches!(self, Detector::Ssn | Detector::Phone | Detector::Card)
     }
 
     /// Whether the detector can only match text that contains an ASCII digit
@@ -116,6 +128,8 @@ pub struct Scan<'t> {
     text: &'t [u8],
     pos: usize,
     matcher: Matcher,
+    /// Starts may follow a letter (not a digit): see [`Detector::digit_bounded`].
+    digit_bounded: bool,
 }
 
 impl Iterator for Scan<'_> {
@@ -129,7 +143,12 @@ impl Iterator for Scan<'_> {
             if !(c.is_ascii_alphanumeric() || c == b'(' || c == b'+') {
                 continue;
             }
-            if start > 0 && is_word(b[start - 1]) {
+            let glued = if self.digit_bounded {
+                b[start].is_ascii_digit() && start > 0 && b[start - 1].is_ascii_digit()
+            } else {
+                false
+            };
+            if glued || (!self.digit_bounded && start > 0 && is_word(b[start - 1])) {
                 continue;
             }
             if let Some(end) = (self.matcher)(b, start) {
@@ -183,6 +202,16 @@ fn ends_cleanly(b: &[u8], end: usize) -> bool {
     }
 }
 
+/// [`ends_cleanly`] for numbers: a letter after the digits ends them.
+fn number_ends(b: &[u8], end: usize) -> bool {
+    match b.get(end) {
+        None => true,
+        Some(c) if c.is_ascii_digit() => false,
+        Some(b'-' | b'.' | b'/') => digit(b, end + 1).is_none(),
+        Some(_) => true,
+    }
+}
+
 fn starts_cleanly(b: &[u8], start: usize) -> bool {
     // "1-123-45-6789" or "v1.2.3.4.5": preceded by a digit and separator.
     !(start >= 2 && matches!(b[start - 1], b'-' | b'.' | b'/') && b[start - 2].is_ascii_digit())
@@ -204,7 +233,7 @@ fn match_ssn(b: &[u8], s: usize) -> Option<usize> {
     let serial = digits(b, s + 7, 4)?;
     let end = s + 11;
     let valid = area != 0 && area != 666 && area < 900 && group != 0 && serial != 0;
-    (valid && ends_cleanly(b, end)).then_some(end)
+    (valid && number_ends(b, end)).then_some(end)
 }
 
 fn is_phone_sep(c: u8) -> bool {
@@ -240,7 +269,7 @@ fn match_nanp(b: &[u8], mut p: usize) -> Option<usize> {
     digits(b, p, 4)?;
     p += 4;
     let nanp = (200..1000).contains(&area) && (200..1000).contains(&exchange);
-    (nanp && ends_cleanly(b, p)).then_some(p)
+    (nanp && number_ends(b, p)).then_some(p)
 }
 
 fn match_phone(b: &[u8], s: usize) -> Option<usize> {
@@ -374,7 +403,7 @@ fn match_card(b: &[u8], s: usize) -> Option<usize> {
             _ => break,
         }
     }
-    let ok = (13..=19).contains(&n) && ends_cleanly(b, p) && luhn_valid(&seen[..n]);
+    let ok = (13..=19).contains(&n) && number_ends(b, p) && luhn_valid(&seen[..n]);
     ok.then_some(p)
 }
 
@@ -485,17 +514,25 @@ impl DetectorSet {
         if self.detectors.is_empty() || !self.may_match(text) {
             return Vec::new();
         }
+        let mut found = self.find_plain(text);
+        super::decoded::find(text, |decoded| !self.find_plain(decoded).is_empty(), &mut found);
+        merge_ranges(found)
+    }
+
+    /// What the detectors find in `text` as it is (no decoding).
+    fn find_plain(&self, text: &[u8]) -> Vec<Range<usize>> {
         let mut found: Vec<Range<usize>> = Vec::new();
         for detector in &self.detectors {
             found.extend(detector.find(text));
         }
-        merge_ranges(found)
+        found
     }
 
     /// Cheap pre-check: most detectors need a digit, email needs an `@`,
-    /// an MRN regex can match anything.
+    /// an MRN regex can match anything; encoded PHI (hex, base64, escapes)
+    /// needs a run long enough to hold a value.
     fn may_match(&self, text: &[u8]) -> bool {
-        if self.has_regex {
+        if self.has_regex || text.len() >= super::decoded::MIN_ENCODED {
             return true;
         }
         text.iter()
@@ -536,7 +573,14 @@ mod tests {
             )
             .is_empty()
         );
-        assert!(found(&Detector::Ssn, "123-45-67890 x123-45-6789 123-45-6789-2 123-45 6789").is_empty());
+        assert!(found(&Detector::Ssn, "123-45-67890 1123-45-6789 123-45-6789-2 123-45 6789").is_empty());
+        // Glued to letters, a number is still one: derived values and the
+        // errors that quote them (`'a' || ssn`, `"123-45-6789x"`).
+        assert_eq!(
+            found(&Detector::Ssn, "x123-45-6789 \"123-45-6789x\" a_123-45-6789_b"),
+            ["123-45-6789", "123-45-6789", "123-45-6789"]
+        );
+        assert_eq!(found(&Detector::Phone, "tel555-234-5678ext"), ["555-234-5678"]);
     }
 
     #[test]

@@ -206,6 +206,31 @@ impl Masker {
         }
     }
 
+    /// Whether values of column `name` (of `table`, when known) are masked
+    /// whole by the first matching rule, `overrides` first: the columns
+    /// whose derived values lineage masks too. `scan` and `keep` do not
+    /// count (a `keep` override lets the caller see the column, and so what
+    /// derives from it).
+    pub fn masks_column(&self, name: &str, table: Option<&str>, overrides: &[MaskRule]) -> bool {
+        let (lower, table_lower) = (name.to_lowercase(), table.map(str::to_lowercase));
+        let overridden = overrides
+            .iter()
+            .map(CompiledRule::new)
+            .find(|r| r.matches(&lower, table_lower.as_deref()));
+        let action = match overridden {
+            Some(r) => Some(r.action),
+            None => self
+                .configured_rule(&ColumnDesc {
+                    name,
+                    table,
+                    type_oid: 0,
+                    binary: false,
+                })
+                .map(|r| r.action),
+        };
+        action.and_then(MaskAction::mode).is_some()
+    }
+
     /// First configured rule matching the column, memoized by name and
     /// table: results with the same columns come back again and again.
     fn configured_rule(&self, column: &ColumnDesc<'_>) -> Option<&CompiledRule> {

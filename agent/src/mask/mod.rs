@@ -6,6 +6,7 @@
 //! [`ResultMasker::mask_value`] then masks each value without allocating
 //! for untouched ones. [`Masker::mask_free_text`] covers error and notice
 //! messages and recorded literals.
+mod decoded;
 mod detect;
 mod masker;
 mod mode;

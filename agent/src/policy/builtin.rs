@@ -1,6 +1,12 @@
 //! The policy in force when none is configured: refuse what cannot be seen
 //! (unparseable and dynamic SQL) and the irreversible (DROP DATABASE,
-//! DROP TABLE, TRUNCATE); allow the rest.
+//! DROP TABLE, TRUNCATE, DELETE or UPDATE of every row); allow the rest.
+//!
+//! A statement is judged by everything it can do (`Classification::effects`):
+//! its data-modifying CTEs and the body of a function it creates count, so
+//! `WITH d AS (DELETE FROM t) SELECT 1` is a DELETE of every row and
+//! `CREATE FUNCTION f() ... AS 'TRUNCATE t'` is a TRUNCATE. A function body
+//! that cannot be analysed is dynamic SQL.
 use serde::Deserialize;
 
 use super::{PolicyDecision, PolicyEngine, PolicyInput};
@@ -13,6 +19,7 @@ pub mod rule_ids {
     pub const DROP_DATABASE: &str = "builtin.block_drop_database";
     pub const DROP_TABLE: &str = "builtin.block_drop_table";
     pub const TRUNCATE: &str = "builtin.block_truncate";
+    pub const UNBOUNDED_WRITE: &str = "builtin.block_unbounded_write";
 }
 
 /// `[policy.builtin]` in the agent config.
@@ -31,6 +38,9 @@ pub struct BuiltinPolicyConfig {
     pub block_drop_table: bool,
     /// Block TRUNCATE. Default `true`.
     pub block_truncate: bool,
+    /// Block DELETE and UPDATE without WHERE (every row: as irreversible
+    /// as TRUNCATE). Default `true`.
+    pub block_unbounded_writes: bool,
 }
 
 impl Default for BuiltinPolicyConfig {
@@ -41,6 +51,7 @@ impl Default for BuiltinPolicyConfig {
             block_drop_database: true,
             block_drop_table: true,
             block_truncate: true,
+            block_unbounded_writes: true,
         }
     }
 }
@@ -64,6 +75,11 @@ fn dynamic_reason(dynamic: &DynamicSql) -> String {
             format!("{name}() runs SQL that cannot be checked and is refused")
         }
         DynamicSql::CopyProgram => "COPY ... PROGRAM runs a server command and is refused".to_string(),
+        DynamicSql::FunctionBody { language } => {
+            format!(
+                "a {language} function body that cannot be analysed is refused: what it does when called is unknown"
+            )
+        }
     }
 }
 
@@ -86,19 +102,32 @@ impl PolicyEngine for BuiltinPolicy {
             return PolicyDecision::deny(rule_ids::DYNAMIC_SQL, dynamic_reason(dynamic));
         }
         let tables = || classification.tables_written.join(", ");
-        match classification.kind {
-            StatementKind::DropDatabase if c.block_drop_database => {
-                PolicyDecision::deny(rule_ids::DROP_DATABASE, "DROP DATABASE is not allowed")
-            }
-            StatementKind::DropTable if c.block_drop_table => PolicyDecision::deny(
+        let does = |kind: StatementKind| classification.kind == kind || classification.effects.contains(&kind);
+        if c.block_drop_database && does(StatementKind::DropDatabase) {
+            return PolicyDecision::deny(rule_ids::DROP_DATABASE, "DROP DATABASE is not allowed");
+        }
+        if c.block_drop_table && does(StatementKind::DropTable) {
+            return PolicyDecision::deny(
                 rule_ids::DROP_TABLE,
                 format!("DROP TABLE is not allowed ({})", tables()),
-            ),
-            StatementKind::Truncate if c.block_truncate => {
-                PolicyDecision::deny(rule_ids::TRUNCATE, format!("TRUNCATE is not allowed ({})", tables()))
-            }
-            _ => PolicyDecision::allow(),
+            );
         }
+        if c.block_truncate && does(StatementKind::Truncate) {
+            return PolicyDecision::deny(rule_ids::TRUNCATE, format!("TRUNCATE is not allowed ({})", tables()));
+        }
+        if c.block_unbounded_writes
+            && let Some(kind) = classification.unbounded_writes.first()
+        {
+            return PolicyDecision::deny(
+                rule_ids::UNBOUNDED_WRITE,
+                format!(
+                    "{} without WHERE changes every row and is not allowed ({})",
+                    kind.as_str().to_uppercase(),
+                    tables()
+                ),
+            );
+        }
+        PolicyDecision::allow()
     }
 }
 
@@ -202,6 +231,73 @@ mod tests {
             assert!(d.is_allow(), "{sql}: {d:?}");
             assert!(d.mask_overrides().is_empty());
         }
+    }
+
+    /// What a statement can do includes what its CTEs and the functions it
+    /// creates can do.
+    #[test]
+    fn destructive_work_inside_ctes_and_function_bodies_is_blocked() {
+        let p = BuiltinPolicy::default();
+        for (sql, rule) in [
+            (
+                "with d as (delete from patients returning *) select count(*) from d",
+                rule_ids::UNBOUNDED_WRITE,
+            ),
+            (
+                "with u as (update patients set ssn = null returning id) select 1",
+                rule_ids::UNBOUNDED_WRITE,
+            ),
+            ("delete from patients", rule_ids::UNBOUNDED_WRITE),
+            (
+                "create function f() returns void language sql as 'truncate patients'",
+                rule_ids::TRUNCATE,
+            ),
+            (
+                "create or replace function pg_temp.f() returns void as $$ drop table patients $$ language sql",
+                rule_ids::DROP_TABLE,
+            ),
+            (
+                "create function f() returns void language plpgsql as $$ begin truncate visits; end $$",
+                rule_ids::TRUNCATE,
+            ),
+            (
+                "create function f() returns void language plpgsql as $$ begin delete from visits; end $$",
+                rule_ids::UNBOUNDED_WRITE,
+            ),
+            (
+                "create function f() returns void language plpgsql as $$ begin execute 'drop ' || 'table patients'; end $$",
+                rule_ids::DYNAMIC_SQL,
+            ),
+            (
+                "create function f() returns int language plpython3u as 'return 1'",
+                rule_ids::DYNAMIC_SQL,
+            ),
+            (
+                "create function f() returns void language sql as 'selec oops'",
+                rule_ids::DYNAMIC_SQL,
+            ),
+        ] {
+            assert_eq!(one_rule(&p, sql).as_deref(), Some(rule), "{sql}");
+        }
+        for sql in [
+            "with d as (delete from visits where id = 1 returning *) select * from d",
+            "create function f(i int) returns int language sql as 'select i + 1'",
+            "create function g() returns void language plpgsql as $$ begin delete from visits where id = 1;              perform 1 from visits for update; end $$",
+            "select my_report()",
+        ] {
+            assert_eq!(one_rule(&p, sql), None, "{sql}");
+        }
+        // A call of a function loopgate does not know counts as a write.
+        let analyzer = Analyzer::new(
+            &SqlConfig::default(),
+            Masker::new(&MaskConfig::default(), None).unwrap(),
+        );
+        let c = analyzer.analyze("select my_report()").statements[0]
+            .classification
+            .clone()
+            .unwrap();
+        assert!(c.effects.contains(&StatementKind::Call), "{:?}", c.effects);
+        assert_eq!(c.unknown_functions, ["my_report"]);
     }
 
     #[test]

@@ -64,8 +64,9 @@ impl PolicyHandle {
 }
 
 impl PolicyEngine for PolicyHandle {
+    /// The invariants first (see `policy::invariants`), then the engine in force.
     fn decide(&self, input: &PolicyInput<'_>) -> PolicyDecision {
-        self.current().decide(input)
+        super::invariants::check(input).unwrap_or_else(|| self.current().decide(input))
     }
 }
 

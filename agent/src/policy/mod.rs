@@ -8,6 +8,7 @@ mod builtin;
 pub mod bundle;
 pub mod cli;
 mod handle;
+pub mod invariants;
 mod rego;
 
 pub use builtin::{BuiltinPolicy, BuiltinPolicyConfig, rule_ids};

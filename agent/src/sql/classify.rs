@@ -127,11 +127,23 @@ struct Collector<'a> {
     /// First data-modifying statement met (the top one or one in a CTE):
     /// its kind and whether it has a WHERE.
     first_dml: Option<(StatementKind, bool)>,
+    /// Every data-modifying statement's kind (the top one and CTEs') and
+    /// whether it has a WHERE.
+    dml_kinds: Vec<(StatementKind, bool)>,
+    /// Functions called that are not known built-ins.
+    unknown_functions: Vec<String>,
 }
 
 impl Collector<'_> {
     fn note_function(&mut self, name: &ObjectName) {
         let base = base_name(name);
+        let schema = (name.0.len() > 1).then(|| match &name.0[name.0.len() - 2] {
+            ObjectNamePart::Identifier(ident) => ident.value.to_lowercase(),
+            other => other.to_string().to_lowercase(),
+        });
+        if super::functions::classify(schema.as_deref(), &base) == super::functions::FunctionClass::Opaque {
+            self.unknown_functions.push(normalize_name(name));
+        }
         if self.dynamic.is_none() && self.dynamic_functions.contains(&base) {
             self.dynamic = Some(DynamicSql::Function { name: base });
         }
@@ -146,6 +158,7 @@ impl Collector<'_> {
     }
 
     fn note_dml(&mut self, kind: StatementKind, has_where: bool) {
+        self.dml_kinds.push((kind, has_where));
         if self.first_dml.is_none() {
             self.first_dml = Some((kind, has_where));
         }
@@ -401,8 +414,11 @@ pub(crate) fn classify(statement: &Statement, dynamic_functions: &HashSet<String
         scopes: Vec::new(),
         dynamic: None,
         first_dml: None,
+        dml_kinds: Vec::new(),
+        unknown_functions: Vec::new(),
     };
     let _ = statement.visit(&mut c);
+    let lineage = super::lineage::of_statement(statement);
 
     let mut extra_reads = Vec::new();
     let mut copy_query = None;
@@ -558,7 +574,15 @@ pub(crate) fn classify(statement: &Statement, dynamic_functions: &HashSet<String
             if *analyze {
                 // EXPLAIN ANALYZE runs the statement: classify it as that.
                 let inner = classify(statement, dynamic_functions);
-                return Classification { explain: true, ..inner };
+                let lineage = super::lineage::Lineage {
+                    result: super::lineage::ResultLineage::NoData,
+                    ..(*inner.lineage).clone()
+                };
+                return Classification {
+                    explain: true,
+                    lineage: std::sync::Arc::new(lineage),
+                    ..inner
+                };
             }
             clear_writes = true;
             StatementKind::Explain
@@ -594,6 +618,26 @@ pub(crate) fn classify(statement: &Statement, dynamic_functions: &HashSet<String
         reads.append(&mut written);
     }
 
+    let unknown_functions = dedup(c.unknown_functions);
+    let mut effects = vec![kind];
+    let mut unbounded_writes = Vec::new();
+    if !clear_writes {
+        effects.extend(c.dml_kinds.iter().map(|(k, _)| *k));
+        unbounded_writes.extend(
+            c.dml_kinds
+                .iter()
+                .filter(|(k, has_where)| !has_where && matches!(k, StatementKind::Delete | StatementKind::Update))
+                .map(|(k, _)| *k),
+        );
+        if !unknown_functions.is_empty() {
+            effects.push(StatementKind::Call);
+        }
+    }
+    effects.sort_by_key(|k| k.as_str());
+    effects.dedup();
+    unbounded_writes.sort_by_key(|k| k.as_str());
+    unbounded_writes.dedup();
+    let predicate_columns = dedup(lineage.predicate_sources.iter().map(ToString::to_string).collect());
     Classification {
         kind,
         tables_read: dedup(reads),
@@ -606,6 +650,12 @@ pub(crate) fn classify(statement: &Statement, dynamic_functions: &HashSet<String
         explain: clear_writes,
         copy_query,
         copy_format,
+        effects,
+        unbounded_writes,
+        unknown_functions,
+        predicate_columns,
+        stores_phi: false,
+        lineage: std::sync::Arc::new(lineage),
     }
 }
 

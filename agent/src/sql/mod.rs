@@ -19,6 +19,9 @@
 //! statement is parsed once.
 mod cache;
 mod classify;
+mod functions;
+pub mod lineage;
+mod routine;
 mod tokens;
 
 pub use cache::{AnalysisCache, CacheStats, ShapeCache};
@@ -197,6 +200,9 @@ pub enum DynamicSql {
     Function { name: String },
     /// `COPY ... TO/FROM PROGRAM`: runs a shell command on the server.
     CopyProgram,
+    /// `CREATE FUNCTION` whose body cannot be analysed: another language,
+    /// PL/pgSQL that runs `EXECUTE`, SQL that does not parse.
+    FunctionBody { language: String },
 }
 
 /// One output column as written in the statement. Literals inside the
@@ -255,6 +261,33 @@ pub struct Classification {
     /// For `COPY`: the data format and its options, so COPY data can be
     /// read field by field.
     pub copy_format: Option<CopyFormat>,
+    /// Everything the statement may do, sorted: its own kind, each
+    /// data-modifying CTE's, what the body of a function it creates does
+    /// (`CREATE FUNCTION ... AS 'TRUNCATE t'` has `truncate`), and `call`
+    /// when it calls a function not known to be read-only (whose body
+    /// loopgate cannot see: it counts as a write).
+    pub effects: Vec<StatementKind>,
+    /// `delete` / `update` when the statement (or a CTE of it, or the body
+    /// of a function it creates) deletes or updates without a WHERE: every
+    /// row of the table, as irreversible as TRUNCATE.
+    pub unbounded_writes: Vec<StatementKind>,
+    /// Functions called that are not known built-ins (see `sql::functions`);
+    /// their results are masked as PHI and their calls count as writes.
+    pub unknown_functions: Vec<String>,
+    /// `table.column` of every column used in a WHERE, JOIN ... ON, HAVING
+    /// or FILTER condition, anywhere in the statement (as resolved by
+    /// lineage; an unqualified column of a join names each table that may
+    /// hold it). A filter on a PHI column is an oracle on its values.
+    pub predicate_columns: Vec<String>,
+    /// The statement stores rows derived from PHI in a table or view
+    /// (CREATE TABLE AS, SELECT INTO, CREATE VIEW, INSERT ... SELECT into a
+    /// column not itself masked): the new object's columns would no longer
+    /// be recognisable as PHI. Decided with the mask rules by name; a `*`
+    /// over a table or an unknown function counts as PHI.
+    pub stores_phi: bool,
+    /// Where each output column's values come from (see `sql::lineage`).
+    #[serde(skip)]
+    pub lineage: Arc<lineage::Lineage>,
 }
 
 /// A COPY statement's data format (`WITH (FORMAT csv, HEADER, ...)` or the
@@ -458,6 +491,12 @@ impl Analyzer {
                 explain: false,
                 copy_query: None,
                 copy_format: None,
+                effects: vec![StatementKind::DoBlock],
+                unbounded_writes: Vec::new(),
+                unknown_functions: Vec::new(),
+                predicate_columns: Vec::new(),
+                stores_phi: false,
+                lineage: Arc::new(lineage::Lineage::unknown()),
             });
         }
         let parsed = Parser::new(&PostgreSqlDialect {})
@@ -466,7 +505,12 @@ impl Analyzer {
             .parse_statements()
             .map_err(|e| self.parse_error(e))?;
         match parsed.as_slice() {
-            [one] => Ok(classify::classify(one, &self.dynamic_functions)),
+            [one] => {
+                let mut c = classify::classify(one, &self.dynamic_functions);
+                routine::analyse(one, &mut c, self);
+                c.stores_phi = stores_phi(one, &c.lineage, &self.masker);
+                Ok(c)
+            }
             [] => Err(SqlError::Parse {
                 message: "no statement".to_string(),
                 line: None,
@@ -498,6 +542,32 @@ impl Analyzer {
             column,
         }
     }
+}
+
+/// Whether `statement` stores PHI-derived rows: see
+/// [`Classification::stores_phi`].
+fn stores_phi(statement: &sqlparser::ast::Statement, lineage: &lineage::Lineage, masker: &Masker) -> bool {
+    let Some(stored) = &lineage.stored else {
+        return false;
+    };
+    let phi = |d: &lineage::Derivation| {
+        !d.safe
+            && (d.opaque
+                || d.sources
+                    .iter()
+                    .any(|s| s.whole_row() || masker.masks_column(&s.column, Some(&s.table), &[])))
+    };
+    // INSERT into named columns: a column masked by name stays masked.
+    let targets: Vec<String> = match statement {
+        sqlparser::ast::Statement::Insert(insert) => {
+            insert.columns.iter().map(|c| c.to_string().to_lowercase()).collect()
+        }
+        _ => Vec::new(),
+    };
+    stored.iter().enumerate().any(|(i, column)| {
+        let target_masked = targets.get(i).is_some_and(|t| masker.masks_column(t, None, &[]));
+        !target_masked && (column.expands || phi(&column.derivation))
+    })
 }
 
 /// `... at Line: 3, Column: 14` → (3, 14).

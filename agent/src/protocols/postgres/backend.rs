@@ -30,6 +30,7 @@ use crate::{
     audit::{Event, Outcome},
     mask::{MaskAction, MaskRule},
     session::Session,
+    sql::lineage::Lineage,
 };
 
 /// How long the masking plan of a RowDescription is reused for identical
@@ -42,6 +43,7 @@ const PLAN_REUSE: Duration = Duration::from_secs(1);
 struct Planned {
     description: Bytes,
     overrides: Vec<MaskRule>,
+    lineage: Option<Arc<Lineage>>,
     mask: ResultMask,
     rewritten: Option<BytesMut>,
     at: Instant,
@@ -70,6 +72,8 @@ struct Described {
 struct CachedPlan {
     formats: Vec<i16>,
     overrides: Vec<MaskRule>,
+    /// The lineage of the statement it was planned for.
+    lineage: Option<Arc<Lineage>>,
     mask: ResultMask,
 }
 
@@ -87,6 +91,16 @@ struct PortalState {
     own: bool,
     formats: Vec<i16>,
     plan: Option<CachedPlan>,
+}
+
+/// Whether two commands' results have the same lineage (a reused plan
+/// must mask the same derived columns).
+fn same_lineage(a: Option<&Arc<Lineage>>, b: Option<&Arc<Lineage>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 /// Accounting of the command whose results are streaming.
@@ -386,10 +400,12 @@ impl<'s> Backend<'s> {
     /// (so an alias cannot dodge a rule), plans masking, and forwards it.
     async fn describe(&mut self, frame: &Frame, out: &mut BytesMut) -> Result<(), SessionError> {
         let overrides = self.current().map_or(&[][..], |c| &c.mask[..]);
+        let lineage = self.current().and_then(|c| c.lineage.clone());
         if let Some(p) = &self.last_planned
             && p.at.elapsed() < PLAN_REUSE
             && p.description == frame.bytes
             && p.overrides == overrides
+            && same_lineage(p.lineage.as_ref(), lineage.as_ref())
         {
             self.result = Some(p.mask.fresh());
             out.extend_from_slice(p.rewritten.as_deref().unwrap_or(&frame.bytes));
@@ -408,12 +424,14 @@ impl<'s> Backend<'s> {
             &[MaskRule::new(rows::UNRESOLVED, MaskAction::Redact)],
         ]
         .concat();
-        let (mask, rewritten) = ResultMask::from_description(&self.svc.masker, desc, &columns, &overrides)
-            .map_err(SessionError::Protocol)?;
+        let (mask, rewritten) =
+            ResultMask::from_description(&self.svc.masker, desc, &columns, &overrides, lineage.as_deref())
+                .map_err(SessionError::Protocol)?;
         out.extend_from_slice(rewritten.as_deref().unwrap_or(&frame.bytes));
         self.last_planned = Some(Planned {
             description: frame.bytes.clone().freeze(),
             overrides: command_overrides,
+            lineage,
             mask: mask.fresh(),
             rewritten,
             at: Instant::now(),
@@ -615,7 +633,8 @@ impl<'s> Backend<'s> {
             Some(c) => (c.portal.clone(), c.mask.clone()),
             None => (None, Vec::new()),
         };
-        let planned = portal.and_then(|p| self.portal_plan(&p, &overrides));
+        let lineage = self.current().and_then(|c| c.lineage.clone());
+        let planned = portal.and_then(|p| self.portal_plan(&p, &overrides, lineage));
         match planned {
             Some(mask) if mask.width() == width => mask,
             _ => {
@@ -625,12 +644,21 @@ impl<'s> Backend<'s> {
         }
     }
 
-    fn portal_plan(&mut self, portal: &[u8], overrides: &[MaskRule]) -> Option<ResultMask> {
+    fn portal_plan(
+        &mut self,
+        portal: &[u8],
+        overrides: &[MaskRule],
+        lineage: Option<Arc<Lineage>>,
+    ) -> Option<ResultMask> {
         let overrides_full = [overrides, &[MaskRule::new(rows::UNRESOLVED, MaskAction::Redact)]].concat();
         let p = self.portals.get_mut(portal)?;
         let fits = |c: &Option<CachedPlan>, formats: &[i16]| {
             c.as_ref()
-                .filter(|c| c.formats == formats && c.overrides == overrides)
+                .filter(|c| {
+                    c.formats == formats
+                        && c.overrides == overrides
+                        && same_lineage(c.lineage.as_ref(), lineage.as_ref())
+                })
                 .map(|c| c.mask.fresh())
         };
         if let Some(mask) = fits(&p.plan, &p.formats) {
@@ -648,6 +676,7 @@ impl<'s> Backend<'s> {
             p.plan = Some(CachedPlan {
                 formats: p.formats.clone(),
                 overrides: overrides.to_vec(),
+                lineage: lineage.clone(),
                 mask: mask.fresh(),
             });
             return Some(mask);
@@ -672,8 +701,14 @@ impl<'s> Backend<'s> {
                 };
             }
         }
-        let (mask, _) = match ResultMask::from_description(&self.svc.masker, desc, &described.columns, &overrides_full)
-        {
+        let planned = ResultMask::from_description(
+            &self.svc.masker,
+            desc,
+            &described.columns,
+            &overrides_full,
+            lineage.as_deref(),
+        );
+        let (mask, _) = match planned {
             Ok(planned) => planned,
             Err(e) => {
                 tracing::warn!(session = %self.session.id, error = %e, "cannot plan a portal's result");
@@ -683,6 +718,7 @@ impl<'s> Backend<'s> {
         let cached = || CachedPlan {
             formats: p.formats.clone(),
             overrides: overrides.to_vec(),
+            lineage: lineage.clone(),
             mask: mask.fresh(),
         };
         if !p.own
@@ -757,7 +793,7 @@ impl<'s> Backend<'s> {
 
     fn copy_out_start(&mut self, frame: &Frame, out: &mut BytesMut) {
         let binary = frame.body().first() == Some(&1);
-        let (columns, types, format, mut overrides) = self
+        let (columns, types, format, mut overrides, lineage) = self
             .current()
             .map(|c| {
                 (
@@ -765,12 +801,20 @@ impl<'s> Backend<'s> {
                     c.copy_types.clone(),
                     c.copy_format.clone(),
                     c.mask.clone(),
+                    c.lineage.clone(),
                 )
             })
             .unwrap_or_default();
         overrides.push(MaskRule::new(rows::UNRESOLVED, MaskAction::Redact));
         out.extend_from_slice(&frame.bytes);
-        let mask = ResultMask::for_copy(&self.svc.masker, &columns, &types, binary, &overrides);
+        let mask = ResultMask::for_copy(
+            &self.svc.masker,
+            &columns,
+            &types,
+            binary,
+            &overrides,
+            lineage.as_deref(),
+        );
         match CopyOut::new(mask, format.as_ref(), binary) {
             Ok(copy) => self.copy = Some(copy),
             Err(e) => self.refuse_copy(&e, out),

@@ -505,7 +505,7 @@ mod tests {
                 table: Some("patients".into()),
             })
             .collect();
-        let mask = ResultMask::for_copy(&masker, &columns, types, binary, &[]);
+        let mask = ResultMask::for_copy(&masker, &columns, types, binary, &[], None);
         CopyOut::new(mask, Some(&format), binary).unwrap()
     }
 

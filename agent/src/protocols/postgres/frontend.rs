@@ -481,6 +481,7 @@ impl<'s> Frontend<'s> {
                 copy_types: Vec::new(),
                 copy_format: None,
                 portal: Some(Bytes::copy_from_slice(portal)),
+                lineage: None,
                 started: Instant::now(),
                 gate: None,
             }))
@@ -597,6 +598,7 @@ impl<'s> Frontend<'s> {
             copy_types,
             copy_format,
             portal: None,
+            lineage: stmt.classification.as_ref().ok().map(|c| Arc::clone(&c.lineage)),
             started: admitted.started,
             gate,
         })

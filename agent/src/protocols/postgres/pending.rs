@@ -37,6 +37,9 @@ pub struct Command {
     /// The portal an Execute runs: its rows are masked by the portal's
     /// description, whenever and however often it was described.
     pub portal: Option<Bytes>,
+    /// Where the statement's result columns come from, for masking values
+    /// derived from PHI (`None`: unknown, masked as PHI).
+    pub lineage: Option<Arc<crate::sql::lineage::Lineage>>,
     pub started: Instant,
     /// A row-threshold hold: past `threshold` rows the results wait for
     /// approval. Cleared once approved.

@@ -14,7 +14,10 @@ use super::{
     frame::{Frame, take_i16, take_i32},
     types::{self, Codec},
 };
-use crate::mask::{ColumnDesc, MaskAction, MaskRule, MaskedValue, Masker, ResultMasker};
+use crate::{
+    mask::{ColumnDesc, MaskAction, MaskRule, MaskedValue, Masker, ResultMasker},
+    sql::lineage::{Derivation, Lineage, ResultLineage},
+};
 
 /// A result column as masking rules see it.
 #[derive(Clone, Debug)]
@@ -28,6 +31,67 @@ pub struct Column {
 /// Name given to a column that comes from a table loopgate could not
 /// identify; an override rule masks it whole (fail closed).
 pub const UNRESOLVED: &str = "loopgate_unresolved_column";
+
+/// Name given to a column the server attributes to no table whose values
+/// lineage derives from PHI (or cannot explain); masked whole.
+pub const DERIVED: &str = "loopgate_derived_phi";
+
+/// Integer and boolean types: the only ones a safe function's result is
+/// trusted in (see `sql::functions::SAFE`).
+fn is_count_type(oid: u32) -> bool {
+    matches!(oid, 16 | 20 | 21 | 23)
+}
+
+/// Renames to [`DERIVED`] every column the server attributes to no table
+/// (`table: None`, not [`UNRESOLVED`]) whose values derive from PHI by
+/// `lineage`: from a column a rule masks (`overrides` first), from a whole
+/// row, through a function lineage cannot see into, or from anything when
+/// lineage is missing or cannot place the column. `types` are the columns'
+/// type OIDs where known.
+fn with_lineage(
+    masker: &Masker,
+    columns: &[Column],
+    types: Option<&[u32]>,
+    lineage: Option<&Lineage>,
+    overrides: &[MaskRule],
+) -> Vec<Column> {
+    let aligned = match lineage.map(|l| &l.result) {
+        Some(ResultLineage::NoData) => return columns.to_vec(),
+        Some(ResultLineage::Columns(_)) => lineage.map(|l| l.align(columns.len())).unwrap_or_default(),
+        Some(ResultLineage::Unknown) | None => vec![None; columns.len()],
+    };
+    let phi = |i: usize, d: &Derivation| {
+        let trusted_safe = d.safe && types.and_then(|t| t.get(i)).is_some_and(|t| is_count_type(*t));
+        !trusted_safe
+            && (d.opaque
+                || d.sources
+                    .iter()
+                    .any(|s| s.whole_row() || masker.masks_column(&s.column, Some(&s.table), overrides)))
+    };
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let tableless = c.table.is_none() && c.name != UNRESOLVED;
+            let derived_phi = tableless && aligned.get(i).and_then(Option::as_ref).is_none_or(|d| phi(i, d));
+            if derived_phi {
+                Column {
+                    name: DERIVED.to_owned(),
+                    table: None,
+                }
+            } else {
+                c.clone()
+            }
+        })
+        .collect()
+}
+
+/// `overrides` with the rule that masks [`DERIVED`] columns first.
+fn with_derived_rule(overrides: &[MaskRule]) -> Vec<MaskRule> {
+    std::iter::once(MaskRule::new(DERIVED, MaskAction::Redact))
+        .chain(overrides.iter().cloned())
+        .collect()
+}
 
 /// Decodes a RowDescription.
 pub fn decode_description(frame: &Frame) -> Result<RowDescription, String> {
@@ -50,15 +114,18 @@ pub struct ResultMask {
 
 impl ResultMask {
     /// Plans masking for a result described by `desc`, whose columns are
-    /// `columns` (real name and table where known, else the output name).
-    /// The one place a description and the statement's facts become a
-    /// plan. Returns the description to send instead of the original when
-    /// the plan changes it; today never, as masked values keep their type.
+    /// `columns` (real name and table where known, else the output name),
+    /// produced by a statement of the given `lineage` (`None`: unknown, so
+    /// every column without a table is masked whole). The one place a
+    /// description and the statement's facts become a plan. Returns the
+    /// description to send instead of the original when the plan changes
+    /// it; today never, as masked values keep their type.
     pub fn from_description(
         masker: &Masker,
         desc: RowDescription,
         columns: &[Column],
         overrides: &[MaskRule],
+        lineage: Option<&Lineage>,
     ) -> Result<(ResultMask, Option<BytesMut>), String> {
         if columns.len() != desc.fields.len() {
             return Err(format!(
@@ -67,10 +134,13 @@ impl ResultMask {
                 desc.fields.len()
             ));
         }
+        let types: Vec<u32> = desc.fields.iter().map(|f| f.type_id).collect();
+        let columns = with_lineage(masker, columns, Some(&types), lineage, overrides);
+        let overrides = &with_derived_rule(overrides)[..];
         let descs: Vec<ColumnDesc<'_>> = desc
             .fields
             .iter()
-            .zip(columns)
+            .zip(&columns)
             .map(|(f, c)| ColumnDesc {
                 name: &c.name,
                 table: c.table.as_deref(),
@@ -132,15 +202,20 @@ impl ResultMask {
     }
 
     /// A plan for COPY TO data of the given columns and types, whose
-    /// values arrive as text (text and CSV) or in binary.
+    /// values arrive as text (text and CSV) or in binary, from a statement
+    /// of the given `lineage` (see [`ResultMask::from_description`]).
     pub fn for_copy(
         masker: &Masker,
         columns: &[Column],
         types: &[u32],
         binary: bool,
         overrides: &[MaskRule],
+        lineage: Option<&Lineage>,
     ) -> ResultMask {
         let type_of = |i: usize| types.get(i).copied().unwrap_or(0);
+        let known_types = (types.len() == columns.len()).then_some(types);
+        let columns = &with_lineage(masker, columns, known_types, lineage, overrides)[..];
+        let overrides = &with_derived_rule(overrides)[..];
         let descs: Vec<ColumnDesc<'_>> = columns
             .iter()
             .enumerate()
@@ -321,6 +396,14 @@ mod tests {
         Masker::new(&MaskConfig::default(), None).unwrap()
     }
 
+    /// The lineage of a statement that returns no table data.
+    fn no_phi_lineage() -> Lineage {
+        Lineage {
+            result: ResultLineage::NoData,
+            ..Lineage::unknown()
+        }
+    }
+
     fn frame(bytes: BytesMut) -> Frame {
         Frame {
             tag: Some(bytes[0]),
@@ -348,7 +431,7 @@ mod tests {
                 table: None,
             })
             .collect();
-        ResultMask::from_description(m, desc, &columns, &[]).unwrap()
+        ResultMask::from_description(m, desc, &columns, &[], Some(&no_phi_lineage())).unwrap()
     }
 
     #[test]
@@ -365,7 +448,7 @@ mod tests {
                 table: Some("patients".into()),
             },
         ];
-        let (mut mask, _) = ResultMask::from_description(&m, desc, &columns, &[]).unwrap();
+        let (mut mask, _) = ResultMask::from_description(&m, desc, &columns, &[], None).unwrap();
         let mut out = BytesMut::new();
         assert!(
             mask.data_row(&row(&[Some("123-45-6789"), Some("1980-02-03")]), &mut out)
@@ -374,6 +457,75 @@ mod tests {
         let got = fields(&out);
         assert_eq!(got[0].as_deref(), Some("***-**-6789"));
         assert_eq!(got[1].as_deref(), Some("1900-01-01"), "a date stays a date");
+    }
+
+    fn lineage_of(sql: &str) -> Lineage {
+        let analyzer = crate::sql::Analyzer::new(&crate::sql::SqlConfig::default(), masker());
+        let analysis = analyzer.analyze(sql);
+        (*analysis.statements[0].classification.as_ref().unwrap().lineage).clone()
+    }
+
+    /// The first field's value after masking a one-row result of `sql`
+    /// whose fields the server attributes to no table.
+    fn derived(sql: &str, fields: &[(&str, u32)], values: &[Option<&str>], overrides: &[MaskRule]) -> Vec<String> {
+        let m = masker();
+        let desc = decode_description(&description(fields)).unwrap();
+        let columns: Vec<Column> = fields
+            .iter()
+            .map(|(n, _)| Column {
+                name: n.to_string(),
+                table: None,
+            })
+            .collect();
+        let lineage = lineage_of(sql);
+        let (mut mask, _) = ResultMask::from_description(&m, desc, &columns, overrides, Some(&lineage)).unwrap();
+        let mut out = BytesMut::new();
+        let r = row(values);
+        if !mask.data_row(&r, &mut out).unwrap() {
+            out = r.bytes.clone();
+        }
+        fields_of(&out)
+    }
+
+    fn fields_of(bytes: &[u8]) -> Vec<String> {
+        fields(bytes).into_iter().map(|v| v.unwrap_or_default()).collect()
+    }
+
+    #[test]
+    fn values_derived_from_phi_are_masked_whole() {
+        let got = derived(
+            "select reverse(ssn) as r, upper(city) as c, count(*) as n from patients",
+            &[("r", 25), ("c", 25), ("n", 20)],
+            &[Some("9876-54-321"), Some("BOSTON"), Some("3")],
+            &[],
+        );
+        assert_eq!(got, ["***", "BOSTON", "3"]);
+        // A function lineage cannot see into: masked, whatever it returns.
+        let got = derived("select my_func(id) from visits", &[("my_func", 25)], &[Some("x")], &[]);
+        assert_eq!(got, ["***"]);
+        // A safe function's result arriving as text is not trusted.
+        let got = derived(
+            "select length(ssn) from patients",
+            &[("length", 25)],
+            &[Some("11")],
+            &[],
+        );
+        assert_eq!(got, ["***"]);
+        // A principal allowed to see the column sees what derives from it.
+        let keep = [MaskRule::new("patients.ssn", MaskAction::Keep)];
+        let got = derived(
+            "select reverse(ssn) from patients",
+            &[("reverse", 25)],
+            &[Some("x")],
+            &keep,
+        );
+        assert_eq!(got, ["x"]);
+        // A result lineage cannot place (FETCH) is masked where tableless.
+        let got = derived("fetch 1 from c", &[("a", 25)], &[Some("x")], &[]);
+        assert_eq!(got, ["***"]);
+        // Statements without table data are left alone.
+        let got = derived("show timezone", &[("TimeZone", 25)], &[Some("UTC")], &[]);
+        assert_eq!(got, ["UTC"]);
     }
 
     #[test]
