@@ -88,7 +88,7 @@ fn results_of<'e>(events: &'e [Value], text: &str) -> Vec<&'e Value> {
     results_where(events, |t| t.contains(text))
 }
 
-fn results_where<'e>(events: &'e [Value], pick: impl Fn(&str) -> bool) -> Vec<&'e Value> {
+fn results_where(events: &[Value], pick: impl Fn(&str) -> bool) -> Vec<&Value> {
     let ids: Vec<&Value> = commands(events)
         .into_iter()
         .filter(|c| c["command"]["text"].as_str().is_some_and(&pick))
