@@ -396,6 +396,23 @@ impl<'s> Backend<'s> {
         Ok(())
     }
 
+    /// A RowDescription decoded, and its columns as the real `table.column`
+    /// they come from (through the catalog).
+    async fn real_columns(
+        catalog: &tokio::sync::Mutex<Catalog>,
+        svc: &Service,
+        frame: &Frame,
+    ) -> Result<(RowDescription, Vec<Column>), SessionError> {
+        let desc = rows::decode_description(frame).map_err(SessionError::Protocol)?;
+        let fields: Vec<(String, u32, i16)> = desc
+            .fields
+            .iter()
+            .map(|f| (f.name.clone(), f.table_id as u32, f.column_id))
+            .collect();
+        let columns = catalog.lock().await.resolve(&svc.tables, &fields).await;
+        Ok((desc, columns))
+    }
+
     /// A RowDescription: resolves its columns to the real `table.column`
     /// (so an alias cannot dodge a rule), plans masking, and forwards it.
     async fn describe(&mut self, frame: &Frame, out: &mut BytesMut) -> Result<(), SessionError> {
@@ -412,13 +429,7 @@ impl<'s> Backend<'s> {
             return Ok(());
         }
         let command_overrides = overrides.to_vec();
-        let desc = rows::decode_description(frame).map_err(SessionError::Protocol)?;
-        let fields: Vec<(String, u32, i16)> = desc
-            .fields
-            .iter()
-            .map(|f| (f.name.clone(), f.table_id as u32, f.column_id))
-            .collect();
-        let columns = self.catalog.lock().await.resolve(&self.svc.tables, &fields).await;
+        let (desc, columns) = Self::real_columns(self.catalog, self.svc, frame).await?;
         let overrides = [
             &command_overrides[..],
             &[MaskRule::new(rows::UNRESOLVED, MaskAction::Redact)],
@@ -594,15 +605,8 @@ impl<'s> Backend<'s> {
         self.queue.pop_front();
         let shape = match frame.tag {
             Some(b'T') => {
-                let f = frame;
-                let desc = rows::decode_description(f).map_err(SessionError::Protocol)?;
-                let fields: Vec<(String, u32, i16)> = desc
-                    .fields
-                    .iter()
-                    .map(|f| (f.name.clone(), f.table_id as u32, f.column_id))
-                    .collect();
-                let columns = self.catalog.lock().await.resolve(&self.svc.tables, &fields).await;
-                let description = f.bytes.clone().freeze();
+                let (_, columns) = Self::real_columns(self.catalog, self.svc, frame).await?;
+                let description = frame.bytes.clone().freeze();
                 Shape::Rows(Arc::new(Described { description, columns }))
             }
             _ => Shape::NoData,
