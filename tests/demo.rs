@@ -15,6 +15,7 @@ fn the_demo_runs_every_step_and_leaves_nothing_behind() {
         "a blocked DROP",
         "an export held, then approved",
         "the chain verified",
+        "the week's report",
     ] {
         assert!(narration.contains(&format!("ok     {step}")), "{step}:\n{narration}");
     }
@@ -27,6 +28,11 @@ fn the_demo_runs_every_step_and_leaves_nothing_behind() {
         !seen.contains("987-65-432") || seen.contains("***-**-432"),
         "{narration}"
     );
+    // The report names who was refused and who approved, and its page is kept.
+    assert!(narration.contains("approved by unix:"), "{narration}");
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/demo/audit-report.html"))
+        .expect("the demo keeps the report's page");
+    assert!(page.contains("<svg") && page.contains("Refusals"), "{page}");
     // Its cgroup is gone.
     let cgroup = narration
         .split("runs in cgroup ")

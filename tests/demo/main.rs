@@ -8,10 +8,12 @@
 //! cgroup. Each step says what it shows and checks that it happened: a
 //! step that does not do what it narrates stops the demo with an error.
 //! At the end the auditor's DuckDB query runs over the audit files and
-//! `loopgate audit verify` checks the chain. Everything it started is
-//! stopped and removed, on failure too.
+//! `loopgate audit verify` checks the chain, and `loopgate audit report`
+//! summarises the run (its HTML page is kept in target/demo/). Everything
+//! else it started is stopped and removed, on failure too.
 use std::{
     os::unix::fs::PermissionsExt as _,
+    path::Path,
     process::{Child, Command, ExitCode, Output, Stdio},
     time::{Duration, Instant},
 };
@@ -19,7 +21,7 @@ use std::{
 use loopgate_e2e::{
     Agent, PgServer, Target,
     clinic::policy_pack,
-    ebpf_available,
+    ebpf_available, loopgate_bin,
     postgres::{APP_PASSWORD, APP_USER, PgOptions},
     python,
 };
@@ -32,6 +34,8 @@ const APPROVER_UID: u32 = 1;
 /// Rows a bulk read may return before it pauses for approval.
 const ROW_THRESHOLD: u64 = 5;
 const PATIENTS: usize = 20;
+/// Where the report's page is kept after the demo.
+const REPORT_PAGE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/demo/audit-report.html");
 
 type Step = Result<String, String>;
 type StepFn = fn(&mut Demo) -> Step;
@@ -48,7 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let steps: [(&str, StepFn); 7] = [
+    let steps: [(&str, StepFn); 8] = [
         ("masked rows", Demo::masked_rows),
         ("a script's tool call", Demo::python_tool_call),
         ("a blocked DROP", Demo::blocked_drop),
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         ("a bulk read paused, then denied", Demo::row_gate),
         ("the auditor's query", Demo::auditor_query),
         ("the chain verified", Demo::verify),
+        ("the week's report", Demo::report),
     ];
     let mut summary = Vec::new();
     let mut failed = false;
@@ -306,6 +311,32 @@ impl Demo {
             Some(0) => Ok("loopgate audit verify: the hash chain is intact".into()),
             other => Err(format!("verify exited with {other:?}")),
         }
+    }
+
+    fn report(&mut self) -> Step {
+        let page = Path::new(REPORT_PAGE);
+        if let Some(dir) = page.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let out = run({
+            let mut c = Command::new(loopgate_bin());
+            c.args(["audit", "report", "--since", "1h", "--dir"])
+                .arg(&self.agent.audit_dir)
+                .arg("--html")
+                .arg(page);
+            c
+        })?;
+        eprintln!("{}", indent(&out));
+        for needed in ["blocked", "approved by", "denied"] {
+            if !out.contains(needed) {
+                return Err(format!("the report does not say {needed:?}"));
+            }
+        }
+        let page = std::fs::canonicalize(page).map_err(|e| format!("{}: {e}", page.display()))?;
+        Ok(format!(
+            "per principal and target, refusals and approvals; the page: {}",
+            page.display()
+        ))
     }
 
     fn approvals(&self, args: &[&str]) -> Result<String, String> {

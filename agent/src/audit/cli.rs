@@ -1,8 +1,8 @@
-//! `loopgate audit verify|tail|replay|keygen|pubkey`.
+//! `loopgate audit verify|tail|replay|report|keygen|pubkey`.
 use super::config::DEFAULT_DIR;
 use super::layout::rfc3339;
-use super::row::{SESSION_ID, row_to_event, str_at};
-use super::{Event, reader, verify, verify_remote};
+use super::row::{SESSION_ID, row_to_event, str_at, time_at};
+use super::{Event, reader, report, verify, verify_remote};
 use crate::objstore::{self, S3Config, S3Url};
 use crate::signing::{PublicKey, SigningKey, TrustedKeys};
 use std::collections::VecDeque;
@@ -55,6 +55,19 @@ pub enum AuditCommand {
         session_id: Uuid,
         #[arg(long, default_value = DEFAULT_DIR)]
         dir: PathBuf,
+    },
+    /// What happened over a period: per principal and target, the sessions,
+    /// commands, refusals, holds and approvals, and values masked; with
+    /// --html, the same as one self-contained page with charts.
+    Report {
+        /// How far back: 30m, 12h, 7d, 4w.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        #[arg(long, default_value = DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Also write the report as an HTML page here.
+        #[arg(long)]
+        html: Option<PathBuf>,
     },
 }
 
@@ -124,6 +137,7 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
             json,
         } => run_tail(&dir, follow, lines, json),
         AuditCommand::Replay { session_id, dir } => run_replay(&dir, session_id),
+        AuditCommand::Report { since, dir, html } => run_report(&dir, &since, html.as_deref()),
     }
 }
 
@@ -440,6 +454,44 @@ fn run_tail(dir: &Path, follow: bool, lines: Option<usize>, json: bool) -> ExitC
             Err(e) => eprintln!("warning: reading {}: {e}", dir.display()),
         }
     }
+}
+
+fn run_report(dir: &Path, since: &str, html: Option<&Path>) -> ExitCode {
+    let span = match report::parse_since(since) {
+        Ok(us) => us,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let until = super::now_us();
+    let mut report = report::Report::new(until.saturating_sub(span), until);
+    let mut failed = None;
+    let result = reader::read_after(dir, 0, |row| {
+        if time_at(row).is_some_and(|t| t >= report.since_us) {
+            match row_to_event(row) {
+                Ok(e) => report.add(&e),
+                Err(e) => failed = Some(e.to_string()),
+            }
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("error: reading {}: {e}", dir.display());
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if let Some(e) = failed {
+        eprintln!("error: undecodable event: {e}");
+        return ExitCode::from(EXIT_BROKEN);
+    }
+    print!("{}", report.text());
+    if let Some(path) = html {
+        if let Err(e) = std::fs::write(path, report.html()) {
+            eprintln!("error: writing {}: {e}", path.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+        println!("\nwrote {}", path.display());
+    }
+    ExitCode::SUCCESS
 }
 
 fn run_replay(dir: &Path, session: Uuid) -> ExitCode {
