@@ -4,6 +4,10 @@
 //!
 //! Run as root: `cargo xtask bench -- --bench pgbench` (env PGBENCH_SECONDS
 //! sets the length of each run, default 10).
+//!
+//! Besides throughput it reports the proxy's CPU per transaction (loopgate's
+//! and pgbouncer's own processes, every thread, from the kernel's schedstat):
+//! on a shared machine that moves far less than TPS does.
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::unix::fs::PermissionsExt as _,
@@ -58,8 +62,8 @@ fn main() {
     std::fs::set_permissions(logs.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     println!("pgbench, scale {SCALE}, {seconds} s per run, simple protocol; 2 CPUs shared by client, proxy and server");
     println!(
-        "{:<10} {:>7} {:<22} {:>9} {:>8} {:>9} {:>9} {:>9}",
-        "workload", "clients", "path", "TPS", "vs direct", "lat avg", "p50", "p99"
+        "{:<10} {:>7} {:<22} {:>9} {:>8} {:>9} {:>9} {:>9} {:>12}",
+        "workload", "clients", "path", "TPS", "vs direct", "lat avg", "p50", "p99", "proxy CPU/tx"
     );
     // PGBENCH_ONLY=loopgate (or direct, pgbouncer) runs one path, e.g. to profile it.
     let only = std::env::var("PGBENCH_ONLY").ok();
@@ -86,6 +90,12 @@ fn main() {
                     format!("--log-prefix={}", log_prefix.display()),
                 ];
                 args.extend(flag.map(str::to_owned));
+                let proxy_pid = match path {
+                    "direct" => None,
+                    "loopgate" => agent.pid(),
+                    _ => bouncer.pid(),
+                };
+                let cpu_before = proxy_pid.map(cpu_ns);
                 let out = match path {
                     "direct" => Command::new(&pgbench)
                         .args(&args)
@@ -120,13 +130,20 @@ fn main() {
                     String::from_utf8_lossy(&out.stderr)
                 );
                 let tps = number_after(&stdout, "tps = ").unwrap_or(0.0);
+                let transactions = number_after(&stdout, "actually processed: ").unwrap_or(0.0);
+                let cpu_per_tx = match (proxy_pid, cpu_before) {
+                    (Some(pid), Some(before)) if transactions > 0.0 => {
+                        format!("{:.1}µs", cpu_ns(pid).saturating_sub(before) as f64 / 1000.0 / transactions)
+                    }
+                    _ => "-".to_owned(),
+                };
                 let avg = number_after(&stdout, "latency average = ").unwrap_or(0.0);
                 let (p50, p99) = percentiles(logs.path(), &log_prefix);
                 if path == "direct" {
                     direct_tps = tps;
                 }
                 println!(
-                    "{workload:<10} {clients:>7} {path:<22} {tps:>9.0} {:>7.0}% {avg:>7.3}ms {p50:>7.3}ms {p99:>7.3}ms",
+                    "{workload:<10} {clients:>7} {path:<22} {tps:>9.0} {:>7.0}% {avg:>7.3}ms {p50:>7.3}ms {p99:>7.3}ms {cpu_per_tx:>12}",
                     100.0 * tps / direct_tps.max(1.0)
                 );
             }
@@ -138,6 +155,19 @@ fn main() {
 fn number_after(text: &str, marker: &str) -> Option<f64> {
     let rest = &text[text.find(marker)? + marker.len()..];
     rest.split_whitespace().next()?.parse().ok()
+}
+
+/// CPU time (ns) of every thread of `pid` so far: the first field of each
+/// thread's schedstat, which the kernel keeps in nanoseconds.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// p50 and p99 latency (ms) from pgbench's per-transaction logs.
@@ -211,6 +241,14 @@ impl PgBouncer {
             std::thread::sleep(Duration::from_millis(50));
         }
         PgBouncer { child, port, _dir: dir }
+    }
+}
+
+impl PgBouncer {
+    /// pgbouncer's own pid (the child of `runuser`).
+    fn pid(&self) -> Option<u32> {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.child.id())).ok()?;
+        children.split_whitespace().next()?.parse().ok()
     }
 }
 
