@@ -28,14 +28,14 @@ use crate::{
 /// addresses of `local` targets, host names, unix listeners) are re-read.
 const REFRESH: Duration = Duration::from_secs(10);
 
-fn spawn_refresh(interceptor: Arc<Interceptor>, config: Arc<Config>) {
+fn spawn_refresh(interceptor: Arc<Interceptor>, plan: Arc<intercept::Plan>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(REFRESH);
         tick.tick().await;
         loop {
             tick.tick().await;
-            let (interceptor, config) = (interceptor.clone(), config.clone());
-            match tokio::task::spawn_blocking(move || interceptor.refresh(&config)).await {
+            let (interceptor, plan) = (interceptor.clone(), plan.clone());
+            match tokio::task::spawn_blocking(move || interceptor.refresh(&plan)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "could not refresh the interception rules"),
                 Err(e) => tracing::error!(error = %e, "interception refresh failed"),
@@ -49,7 +49,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("loopgate run needs root (it loads eBPF programs and attaches them to cgroups)");
     }
-    let cgroups = intercept::intercepted_cgroups(&config)?;
+    let cgroups = intercept::intercepted_cgroups(&config.interception())?;
     let config = Arc::new(config);
     let audit = AuditLog::new(
         AuditStore::open(config.audit.clone())
@@ -74,7 +74,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // they are registered, whoever else holds the port.
     let port = config.intercept.listen_port;
     let listeners = Listeners::bind().await.context("listening on 127.0.0.1 and [::1]")?;
-    let interceptor = Arc::new(Interceptor::start(&config, cgroups, listeners.fds())?);
+    let interceptor = Arc::new(Interceptor::start(&config.interception(), cgroups, listeners.fds())?);
     let proxy = Proxy::new(config.clone(), interceptor.clone(), audit.clone(), &shared)?;
     let _watcher = config.policy_dir.as_ref().map(|dir| {
         let (audit, runtime, dir_shown) = (audit.clone(), tokio::runtime::Handle::current(), dir.clone());
@@ -133,7 +133,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
     }
     proxy::sweep_preexisting(&interceptor, &config, &audit).await;
-    spawn_refresh(interceptor.clone(), config.clone());
+    spawn_refresh(interceptor.clone(), Arc::new(config.interception()));
     tracing::info!(
         port,
         cgroups = ?config.intercept.cgroups,

@@ -18,12 +18,18 @@ use crate::{approval::ApprovalsConfig, audit::AuditConfig, identity::IdentityCon
 
 use crate::{
     identity::Mode,
-    intercept::rules::{Addresses, Kind, Pattern, RuleTable},
+    intercept::{
+        Plan, TargetMatch,
+        rules::{Addresses, Kind, Pattern, RuleTable},
+    },
     mask::MaskConfig,
     policy::BuiltinPolicyConfig,
     protocols::postgres::config::PostgresSettings,
     sql::SqlConfig,
 };
+
+// `[intercept]` is interception's own table; config reads it.
+pub use crate::intercept::settings::{Egress, InterceptConfig, OnAttach};
 
 /// Where `loopgate run` looks for its config when none is named.
 pub const DEFAULT_PATH: &str = "/etc/loopgate/agent.toml";
@@ -62,61 +68,6 @@ pub struct TlsConfig {
     /// Where loopgate keeps its local CA (key root-only), which signs the
     /// certificates it shows clients that ask for TLS.
     pub ca_dir: PathBuf,
-}
-
-#[derive(Clone, Debug)]
-pub struct InterceptConfig {
-    /// cgroup v2 paths relative to the cgroup2 mount.
-    pub cgroups: Vec<String>,
-    /// Intercepted connects go to 127.0.0.1 and [::1] at this port, which
-    /// the kernel steers to the agent's own listeners alone.
-    pub listen_port: u16,
-    /// Directory under bpffs where programs' links and maps are pinned.
-    pub pin_dir: PathBuf,
-    /// What intercepted processes may reach besides the targets.
-    pub egress: Egress,
-    /// Refused destinations (`deny-listed` and `deny`).
-    pub deny: Vec<Pattern>,
-    /// Reachable destinations (`deny`, or exceptions to `deny`).
-    pub allow: Vec<Pattern>,
-    /// Unix socket paths refused (`unix:/path` entries of `deny`).
-    pub deny_unix: Vec<String>,
-    /// Unix socket paths reachable (`unix:/path` entries of `allow`).
-    pub allow_unix: Vec<String>,
-    /// Connections to targets that intercepted processes opened before the
-    /// programs were attached.
-    pub on_attach: OnAttach,
-}
-
-/// `[intercept] egress`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Egress {
-    /// Anything that is not a target is reached directly.
-    Allow,
-    /// Everything except the `deny` list (by default every target's port on
-    /// any address: the same server's other addresses).
-    DenyListed,
-    /// Only the targets and the `allow` list.
-    Deny,
-}
-
-impl Egress {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Egress::Allow => "allow",
-            Egress::DenyListed => "deny-listed",
-            Egress::Deny => "deny",
-        }
-    }
-}
-
-/// `[intercept] on_attach`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OnAttach {
-    /// Closed (the process gets ECONNABORTED) and recorded.
-    Kill,
-    /// Recorded and left open.
-    Record,
 }
 
 #[derive(Clone, Debug)]
@@ -231,6 +182,23 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// What interception needs of this configuration: `[intercept]` and
+    /// each target's addresses and unix paths, in target order.
+    pub fn interception(&self) -> Plan {
+        Plan {
+            settings: self.intercept.clone(),
+            targets: self
+                .targets
+                .iter()
+                .map(|t| TargetMatch {
+                    name: t.name.clone(),
+                    addresses: t.addresses.clone(),
+                    unix: t.unix.clone(),
+                })
+                .collect(),
+        }
+    }
+
     /// Loads `path`; a missing file at the default path yields the built-in
     /// default, a missing file named explicitly is an error.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {

@@ -133,7 +133,10 @@ fn main() {
                 let transactions = number_after(&stdout, "actually processed: ").unwrap_or(0.0);
                 let cpu_per_tx = match (proxy_pid, cpu_before) {
                     (Some(pid), Some(before)) if transactions > 0.0 => {
-                        format!("{:.1}µs", cpu_ns(pid).saturating_sub(before) as f64 / 1000.0 / transactions)
+                        format!(
+                            "{:.1}µs",
+                            cpu_ns(pid).saturating_sub(before) as f64 / 1000.0 / transactions
+                        )
                     }
                     _ => "-".to_owned(),
                 };

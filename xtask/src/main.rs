@@ -1,6 +1,7 @@
 //! `cargo xtask`: set up a machine, build, run, test, benchmark and install
 //! loopgate. Every step is idempotent and safe to repeat.
 mod install;
+mod layers;
 mod package;
 mod setup;
 mod util;
@@ -204,6 +205,7 @@ fn test(args: Vec<OsString>) -> anyhow::Result<()> {
 
 fn lint() -> anyhow::Result<()> {
     util::cargo(&["fmt", "--all", "--check"], &[])?;
+    layers::check(&util::workspace_root().join("agent/src"))?;
     util::cargo(
         &[
             "clippy",

@@ -11,6 +11,7 @@ pub mod endpoint;
 mod pins;
 pub mod refusals;
 pub mod rules;
+pub mod settings;
 mod sync;
 mod unix;
 
@@ -33,8 +34,9 @@ use aya::{
 
 pub use cgroup::Cgroup;
 pub use pins::PinLayout;
+pub use settings::{Plan, TargetMatch};
 
-use crate::config::{Config, Egress};
+use settings::Egress;
 
 /// The compiled eBPF object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loopgate-ebpf"));
@@ -56,7 +58,7 @@ const CGROUP_PROGRAMS: [&str; 7] = [
 pub struct Intercepted {
     /// Where the client meant to connect.
     pub original: SocketAddr,
-    /// Index of the target it matched (`config.targets`).
+    /// Index of the target it matched (`plan.targets`).
     pub target: usize,
     pub tgid: u32,
     pub pid: u32,
@@ -159,11 +161,11 @@ pub struct ListenerFds {
 
 impl Interceptor {
     /// Takes over (or creates) the pinned state: loads the programs with the
-    /// pinned maps, brings the rules in line with `config`, starts a new
+    /// pinned maps, brings the rules in line with `plan`, starts a new
     /// epoch, attaches a new generation of links (the port owner first, then
     /// the agent's listeners, then every cgroup), and retires the old ones.
-    pub fn start(config: &Config, cgroups: Vec<Cgroup>, listeners: ListenerFds) -> anyhow::Result<Interceptor> {
-        let pin_dir = &config.intercept.pin_dir;
+    pub fn start(plan: &Plan, cgroups: Vec<Cgroup>, listeners: ListenerFds) -> anyhow::Result<Interceptor> {
+        let pin_dir = &plan.settings.pin_dir;
         let layout = PinLayout::new(pin_dir);
         bpffs::ensure(pin_dir).with_context(|| format!("preparing pin directory {}", pin_dir.display()))?;
         let lock = lock(pin_dir)?;
@@ -178,7 +180,7 @@ impl Interceptor {
 
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(layout.maps())
-            .override_global(globals::PROXY_PORT, &config.intercept.listen_port, true)
+            .override_global(globals::PROXY_PORT, &plan.settings.listen_port, true)
             .override_global(globals::KERNEL, &offsets, true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs")?;
@@ -187,12 +189,12 @@ impl Interceptor {
         for name in names {
             load_program(&mut ebpf, name)?;
         }
-        let unix = load_unix_connect(&ebpf, unix_ctx, config)?;
+        let unix = load_unix_connect(&ebpf, unix_ctx, plan)?;
 
         let mut synced = sync::Synced::default();
-        synced.rules(&mut ebpf, config)?;
-        synced.unix_rules(&mut ebpf, config)?;
-        let epoch = next_epoch(&mut ebpf, config.intercept.egress)?;
+        synced.rules(&mut ebpf, plan)?;
+        synced.unix_rules(&mut ebpf, plan)?;
+        let epoch = next_epoch(&mut ebpf, plan.settings.egress)?;
 
         let previous = layout.generations()?;
         let generation = previous.last().map_or(1, |g| g + 1);
@@ -223,7 +225,7 @@ impl Interceptor {
         let protections = Protections {
             unix: unix.is_some(),
             exe_identity: offsets.valid & agent_ebpf::offsets::EXE != 0,
-            egress: config.intercept.egress.as_str().to_owned(),
+            egress: plan.settings.egress.as_str().to_owned(),
         };
         Ok(Interceptor {
             records: HashMap::try_from(records)?,
@@ -274,17 +276,17 @@ impl Interceptor {
     /// Brings addresses that change while the agent runs (this host's
     /// interface addresses for `local` targets, host names, unix listeners'
     /// bound names) into the kernel's maps.
-    pub fn refresh(&self, config: &Config) -> anyhow::Result<()> {
+    pub fn refresh(&self, plan: &Plan) -> anyhow::Result<()> {
         let mut synced = self.sync.lock().unwrap_or_else(|p| p.into_inner());
-        synced.refresh(config)
+        synced.refresh(plan)
     }
 
     /// TCP connections that processes in the intercepted cgroups hold to
     /// targets or refused destinations: opened before the programs were
     /// attached (or while they were not), so they never met the hooks.
     /// Each comes with the index of the target it reaches, if any.
-    pub fn preexisting(&self, config: &Config) -> anyhow::Result<Vec<(diag::InetSocket, Option<usize>)>> {
-        let table = sync::build_table(config, &rules::local_addresses())?;
+    pub fn preexisting(&self, plan: &Plan) -> anyhow::Result<Vec<(diag::InetSocket, Option<usize>)>> {
+        let table = sync::build_table(plan, &rules::local_addresses())?;
         let inside = cgroup_ids_below(&self.cgroups);
         let sockets = diag::tcp_sockets().context("listing TCP connections")?;
         Ok(sockets
@@ -293,7 +295,7 @@ impl Interceptor {
             .filter_map(|s| match table.lookup(s.remote) {
                 Some((rules::Kind::Target, id)) => Some((s, Some(id as usize))),
                 Some((rules::Kind::Deny, _)) => Some((s, None)),
-                None if config.intercept.egress == Egress::Deny => Some((s, None)),
+                None if plan.settings.egress == Egress::Deny => Some((s, None)),
                 _ => None,
             })
             .collect())
@@ -319,11 +321,11 @@ impl Interceptor {
 /// Opens (creating if missing) the configured cgroups, refusing if this
 /// process runs inside one of them: its own upstream connects would be
 /// redirected to itself.
-pub fn intercepted_cgroups(config: &Config) -> anyhow::Result<Vec<Cgroup>> {
+pub fn intercepted_cgroups(plan: &Plan) -> anyhow::Result<Vec<Cgroup>> {
     let mount = cgroup::cgroup2_mount()?;
     let own = cgroup::cgroup_of("self").context("reading this process's cgroup")?;
     let mut cgroups = Vec::new();
-    for relative in &config.intercept.cgroups {
+    for relative in &plan.settings.cgroups {
         let cg = Cgroup::open_or_create(&mount, relative)
             .with_context(|| format!("opening cgroup {}", mount.join(relative).display()))?;
         if cg.covers(&own) {
@@ -547,14 +549,10 @@ fn unix_context(btf: &btf::Btf) -> unix::ContextOffsets {
 /// when the config has unix rules or egress is `deny`. Unix targets on a
 /// kernel without the hook stop the agent; `egress = "deny"` there covers
 /// IP only, and says so.
-fn load_unix_connect(
-    ebpf: &Ebpf,
-    ctx: unix::ContextOffsets,
-    config: &Config,
-) -> anyhow::Result<Option<unix::UnixConnect>> {
-    let targets = config.targets.iter().any(|t| !t.unix.is_empty());
-    let lists = !config.intercept.deny_unix.is_empty() || !config.intercept.allow_unix.is_empty();
-    let deny = config.intercept.egress == Egress::Deny;
+fn load_unix_connect(ebpf: &Ebpf, ctx: unix::ContextOffsets, plan: &Plan) -> anyhow::Result<Option<unix::UnixConnect>> {
+    let targets = plan.targets.iter().any(|t| !t.unix.is_empty());
+    let lists = !plan.settings.deny_unix.is_empty() || !plan.settings.allow_unix.is_empty();
+    let deny = plan.settings.egress == Egress::Deny;
     if !(targets || lists || deny) {
         return Ok(None);
     }

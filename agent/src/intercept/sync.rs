@@ -18,11 +18,11 @@ use aya::{
     },
 };
 
+use super::Plan;
 use super::{
     diag,
     rules::{self, Kind, Pattern, RuleTable},
 };
-use crate::config::Config;
 
 /// What the maps hold, and handles to change them later.
 #[derive(Default)]
@@ -35,31 +35,31 @@ pub struct Synced {
 
 impl Synced {
     /// Builds the rule table from `config` and writes it.
-    pub fn rules(&mut self, ebpf: &mut Ebpf, config: &Config) -> anyhow::Result<()> {
+    pub fn rules(&mut self, ebpf: &mut Ebpf, plan: &Plan) -> anyhow::Result<()> {
         let map = ebpf
             .take_map(maps::RULES)
             .ok_or_else(|| anyhow!("map {} missing from the eBPF object", maps::RULES))?;
         self.rules = Some(LpmTrie::try_from(map)?);
-        let table = build_table(config, &rules::local_addresses())?;
+        let table = build_table(plan, &rules::local_addresses())?;
         self.write_rules(&table)
     }
 
-    pub fn unix_rules(&mut self, ebpf: &mut Ebpf, config: &Config) -> anyhow::Result<()> {
+    pub fn unix_rules(&mut self, ebpf: &mut Ebpf, plan: &Plan) -> anyhow::Result<()> {
         let map = ebpf
             .take_map(maps::UNIX)
             .ok_or_else(|| anyhow!("map {} missing from the eBPF object", maps::UNIX))?;
         self.unix = Some(HashMap::try_from(map)?);
-        self.write_unix(config)
+        self.write_unix(plan)
     }
 
     /// Re-resolves what can change under a running agent. A name that no
     /// longer resolves keeps its previous addresses (logged).
-    pub fn refresh(&mut self, config: &Config) -> anyhow::Result<()> {
-        match build_table(config, &rules::local_addresses()) {
+    pub fn refresh(&mut self, plan: &Plan) -> anyhow::Result<()> {
+        match build_table(plan, &rules::local_addresses()) {
             Ok(table) => self.write_rules(&table)?,
             Err(e) => tracing::warn!(error = %e, "keeping the previous interception rules"),
         }
-        self.write_unix(config)
+        self.write_unix(plan)
     }
 
     fn write_rules(&mut self, table: &RuleTable) -> anyhow::Result<()> {
@@ -88,9 +88,9 @@ impl Synced {
         Ok(())
     }
 
-    fn write_unix(&mut self, config: &Config) -> anyhow::Result<()> {
+    fn write_unix(&mut self, plan: &Plan) -> anyhow::Result<()> {
         let map = self.unix.as_mut().context("unix rule map not taken")?;
-        let listeners = if config.targets.iter().any(|t| !t.unix.is_empty()) {
+        let listeners = if plan.targets.iter().any(|t| !t.unix.is_empty()) {
             diag::unix_listeners().unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "cannot list unix listeners; matching unix targets by configured path only");
                 Vec::new()
@@ -101,8 +101,8 @@ impl Synced {
         // At an equal path: a target, then deny, then allow.
         let mut wanted: StdHashMap<UnixPath, Rule> = StdHashMap::new();
         let lists = [
-            (&config.intercept.allow_unix, action::ALLOW),
-            (&config.intercept.deny_unix, action::DENY),
+            (&plan.settings.allow_unix, action::ALLOW),
+            (&plan.settings.deny_unix, action::DENY),
         ];
         for (list, action) in lists {
             for (i, path) in list.iter().enumerate() {
@@ -111,7 +111,7 @@ impl Synced {
                 }
             }
         }
-        for (i, target) in config.targets.iter().enumerate() {
+        for (i, target) in plan.targets.iter().enumerate() {
             for path in &target.unix {
                 for name in unix_names(path, &listeners) {
                     let rule = Rule {
@@ -145,9 +145,9 @@ impl Synced {
 
 /// The whole rule table: the agent's own address, every target, the
 /// egress deny and allow entries.
-pub fn build_table(config: &Config, local: &[IpAddr]) -> anyhow::Result<RuleTable> {
+pub fn build_table(plan: &Plan, local: &[IpAddr]) -> anyhow::Result<RuleTable> {
     let mut table = RuleTable::default();
-    let port = config.intercept.listen_port;
+    let port = plan.settings.listen_port;
     for own in [format!("127.0.0.1:{port}"), format!("[::1]:{port}")] {
         let pattern = Pattern::parse(&own, false).map_err(anyhow::Error::msg)?;
         table.add(
@@ -157,7 +157,7 @@ pub fn build_table(config: &Config, local: &[IpAddr]) -> anyhow::Result<RuleTabl
             0,
         );
     }
-    for (i, target) in config.targets.iter().enumerate() {
+    for (i, target) in plan.targets.iter().enumerate() {
         for pattern in &target.addresses {
             let prefixes = pattern
                 .prefixes(local)
@@ -165,10 +165,7 @@ pub fn build_table(config: &Config, local: &[IpAddr]) -> anyhow::Result<RuleTabl
             table.add(pattern.port, &prefixes, Kind::Target, i as u32);
         }
     }
-    let lists = [
-        (&config.intercept.deny, Kind::Deny),
-        (&config.intercept.allow, Kind::Allow),
-    ];
+    let lists = [(&plan.settings.deny, Kind::Deny), (&plan.settings.allow, Kind::Allow)];
     for (list, kind) in lists {
         for (i, pattern) in list.iter().enumerate() {
             let prefixes = pattern.prefixes(local).map_err(|e| anyhow!("{pattern}: {e}"))?;
@@ -270,7 +267,7 @@ mod tests {
             "t",
         )
         .unwrap();
-        let table = build_table(&config, &["192.0.2.1".parse().unwrap()]).unwrap();
+        let table = build_table(&config.interception(), &["192.0.2.1".parse().unwrap()]).unwrap();
         let lookup = |s: &str| table.lookup(s.parse().unwrap());
         assert_eq!(lookup("127.0.0.1:15009"), Some((Kind::Proxy, 0)));
         assert_eq!(lookup("[::1]:15009"), Some((Kind::Proxy, 0)));

@@ -185,7 +185,7 @@ async fn record_summary(audit: &AuditLog, n: u64) {
 /// place: closed (`on_attach = "kill"`, the default) or left open, and
 /// recorded either way.
 pub async fn sweep_preexisting(interceptor: &Interceptor, config: &Config, audit: &AuditLog) {
-    let found = match interceptor.preexisting(config) {
+    let found = match interceptor.preexisting(&config.interception()) {
         Ok(found) => found,
         Err(e) => {
             tracing::error!(error = %e, "cannot list connections opened before interception");
