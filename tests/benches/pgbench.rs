@@ -1,6 +1,6 @@
 //! pgbench through loopgate against direct and against pgbouncer (session
-//! mode), in one run on one server: `-S` (select only) and TPC-B, 1 and 8
-//! clients. loopgate runs with masking, the built-in policy and audit on.
+//! mode), in one run on one server: `-S` (select only) and TPC-B, 1, 4 and
+//! 8 clients. loopgate runs with masking, the built-in policy and audit on.
 //!
 //! Run as root: `cargo xtask bench -- --bench pgbench` (env PGBENCH_SECONDS
 //! sets the length of each run, default 10).
@@ -62,14 +62,15 @@ fn main() {
     std::fs::set_permissions(logs.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     println!("pgbench, scale {SCALE}, {seconds} s per run, simple protocol; 2 CPUs shared by client, proxy and server");
     println!(
-        "{:<10} {:>7} {:<22} {:>9} {:>8} {:>9} {:>9} {:>9} {:>12}",
-        "workload", "clients", "path", "TPS", "vs direct", "lat avg", "p50", "p99", "proxy CPU/tx"
+        "{:<10} {:>7} {:<22} {:>9} {:>8} {:>9} {:>9} {:>9} {:>12} {:>12}",
+        "workload", "clients", "path", "TPS", "vs direct", "lat avg", "p50", "p99", "proxy CPU/tx", "vs pgbouncer"
     );
     // PGBENCH_ONLY=loopgate (or direct, pgbouncer) runs one path, e.g. to profile it.
     let only = std::env::var("PGBENCH_ONLY").ok();
     for (workload, flag) in [("select", Some("-S")), ("tpc-b", None)] {
-        for clients in [1, 8] {
+        for clients in [1, 4, 8] {
             let mut direct_tps = 0.0;
+            let mut bouncer_cpu = None;
             for path in ["direct", "pgbouncer (session)", "loopgate"] {
                 if only.as_deref().is_some_and(|o| !path.starts_with(o)) {
                     continue;
@@ -131,13 +132,18 @@ fn main() {
                 );
                 let tps = number_after(&stdout, "tps = ").unwrap_or(0.0);
                 let transactions = number_after(&stdout, "actually processed: ").unwrap_or(0.0);
-                let cpu_per_tx = match (proxy_pid, cpu_before) {
+                let cpu_us = match (proxy_pid, cpu_before) {
                     (Some(pid), Some(before)) if transactions > 0.0 => {
-                        format!(
-                            "{:.1}µs",
-                            cpu_ns(pid).saturating_sub(before) as f64 / 1000.0 / transactions
-                        )
+                        Some(cpu_ns(pid).saturating_sub(before) as f64 / 1000.0 / transactions)
                     }
+                    _ => None,
+                };
+                if path.starts_with("pgbouncer") {
+                    bouncer_cpu = cpu_us;
+                }
+                let cpu_per_tx = cpu_us.map_or("-".to_owned(), |us| format!("{us:.1}µs"));
+                let vs_bouncer = match (path, cpu_us, bouncer_cpu) {
+                    ("loopgate", Some(us), Some(b)) if b > 0.0 => format!("{:.2}×", us / b),
                     _ => "-".to_owned(),
                 };
                 let avg = number_after(&stdout, "latency average = ").unwrap_or(0.0);
@@ -146,7 +152,7 @@ fn main() {
                     direct_tps = tps;
                 }
                 println!(
-                    "{workload:<10} {clients:>7} {path:<22} {tps:>9.0} {:>7.0}% {avg:>7.3}ms {p50:>7.3}ms {p99:>7.3}ms {cpu_per_tx:>12}",
+                    "{workload:<10} {clients:>7} {path:<22} {tps:>9.0} {:>7.0}% {avg:>7.3}ms {p50:>7.3}ms {p99:>7.3}ms {cpu_per_tx:>12} {vs_bouncer:>12}",
                     100.0 * tps / direct_tps.max(1.0)
                 );
             }
