@@ -1,0 +1,521 @@
+//! SSH end to end: a real OpenSSH sshd started here (random port, its own
+//! host key), the agent with the HIPAA pack in front of it, and the real
+//! OpenSSH client (ssh, sftp) inside the intercepted cgroup, trusting
+//! loopgate's SSH host CA through an `@cert-authority` line.
+use std::{
+    fs,
+    net::{Ipv4Addr, TcpStream},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use loopgate_e2e::{Agent, Target, clinic::has_ssn, clinic::policy_pack, postgres::free_port, require_ebpf};
+use serde_json::{Value, json};
+
+/// The approver group is a unix group every Debian/Ubuntu has (`users`).
+const APPROVERS_GID: u32 = 100;
+/// `daemon`: an approver that is not the requester (root).
+const ALICE: u32 = 1;
+const SSN: &str = "512-34-7788";
+
+/// A throwaway sshd on 127.0.0.1 and 127.0.0.2, its own host key, root
+/// logging in only with loopgate's key.
+struct Sshd {
+    port: u16,
+    /// The server's host public key, `ssh-ed25519 AAAA...`.
+    host_key: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Sshd {
+    fn start(dir: &Path, client_key: &Path) -> Sshd {
+        let port = free_port(Ipv4Addr::LOCALHOST.into());
+        let host_key = dir.join("ssh_host_ed25519_key");
+        keygen(&host_key);
+        let authorized = dir.join("authorized_keys");
+        fs::copy(client_key.with_extension("pub"), &authorized).unwrap();
+        let config = dir.join("sshd_config");
+        fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nListenAddress 127.0.0.2\nHostKey {}\nPidFile {}\n\
+                 AuthorizedKeysFile {}\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nUsePAM no\nSubsystem sftp internal-sftp\nAllowTcpForwarding yes\n\
+                 LogLevel VERBOSE\n",
+                host_key.display(),
+                dir.join("sshd.pid").display(),
+                authorized.display()
+            ),
+        )
+        .unwrap();
+        fs::create_dir_all("/run/sshd").unwrap();
+        let log = dir.join("sshd.log");
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start sshd");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not start: {}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let host_key = fs::read_to_string(host_key.with_extension("pub")).unwrap();
+        let host_key = host_key.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        Sshd {
+            port,
+            host_key,
+            child,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn keygen(path: &Path) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "loopgate-test", "-f"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The agent in front of an sshd, and what the clients need.
+struct Fixture {
+    // Dropped in order: the agent (and its cgroup), then the server.
+    agent: Agent,
+    sshd: Sshd,
+    dir: tempfile::TempDir,
+    /// The client's known_hosts: loopgate's `@cert-authority` line only.
+    known_hosts: PathBuf,
+    /// A configured PHI path on the "remote" host.
+    phi: PathBuf,
+}
+
+impl Fixture {
+    /// An sshd, the HIPAA pack (PHI paths: `<dir>/phi`), and an agent with
+    /// target `box` (127.0.0.1) and, when `impostor`, target `impostor`
+    /// (127.0.0.2, the same server) whose pinned host key is another one.
+    fn start(impostor: bool) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let key = dir.path().join("loopgate_ed25519");
+        keygen(&key);
+        let sshd = Sshd::start(dir.path(), &key);
+        let phi = dir.path().join("phi");
+        fs::create_dir_all(&phi).unwrap();
+        fs::write(phi.join("records.csv"), format!("name,ssn\nalice,{SSN}\n")).unwrap();
+
+        let groups = fs::read_to_string("/etc/group").unwrap();
+        let group = groups
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.get(2) == Some(&APPROVERS_GID.to_string().as_str())).then(|| f[0].to_owned())
+            })
+            .expect("a group with gid 100");
+        let policies = policy_pack(dir.path(), json!({ "group": group, "timeout_secs": 120 }));
+        let catalog_path = policies.join("phi_catalog.json");
+        let mut catalog: Value = serde_json::from_slice(&fs::read(&catalog_path).unwrap()).unwrap();
+        catalog["phi_catalog"]["ssh"]["phi_paths"] = json!([phi.display().to_string()]);
+        fs::write(&catalog_path, serde_json::to_vec_pretty(&catalog).unwrap()).unwrap();
+
+        let pinned = dir.path().join("upstream_known_hosts");
+        let mut pins = format!("[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key);
+        let mut targets = vec![ssh_target("box", sshd.port, "127.0.0.1", &key, &pinned)];
+        if impostor {
+            let other = dir.path().join("other_host_key");
+            keygen(&other);
+            let other = fs::read_to_string(other.with_extension("pub")).unwrap();
+            let other: Vec<&str> = other.split_whitespace().take(2).collect();
+            pins.push_str(&format!("[127.0.0.2]:{} {}\n", sshd.port, other.join(" ")));
+            targets.push(ssh_target("impostor", sshd.port, "127.0.0.2", &key, &pinned));
+        }
+        fs::write(&pinned, pins).unwrap();
+        let extra = format!(
+            "[tls]\nca_dir = \"{}\"\n[policy]\ndir = \"{}\"\n",
+            dir.path().join("ca").display(),
+            policies.display()
+        );
+        let agent = Agent::start(&targets, &extra);
+
+        let out = agent.loopgate(&["ssh", "known-hosts"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let line = String::from_utf8(out.stdout).unwrap();
+        assert!(line.starts_with("@cert-authority * ssh-ed25519 "), "{line}");
+        let known_hosts = dir.path().join("client_known_hosts");
+        fs::write(&known_hosts, &line).unwrap();
+        Fixture {
+            agent,
+            sshd,
+            dir,
+            known_hosts,
+            phi,
+        }
+    }
+
+    /// OpenSSH client options: no config, only our known_hosts, strict.
+    fn options(&self, known_hosts: &Path) -> Vec<String> {
+        [
+            "-F",
+            "/dev/null",
+            "-o",
+            &format!("UserKnownHostsFile={}", known_hosts.display()),
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// `ssh [extra] root@HOST -p PORT COMMAND` inside the cgroup.
+    fn ssh_to(&self, host: &str, known_hosts: &Path, extra: &[&str], command: &str) -> Output {
+        let mut args = vec!["ssh".to_owned()];
+        args.extend(self.options(known_hosts));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(["-p".into(), self.sshd.port.to_string(), format!("root@{host}")]);
+        if !command.is_empty() {
+            args.push(command.into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.agent.exec(&args)
+    }
+
+    fn ssh(&self, command: &str) -> Output {
+        self.ssh_to("127.0.0.1", &self.known_hosts, &[], command)
+    }
+
+    /// `ssh root@127.0.0.1 COMMAND` started in the background.
+    fn spawn_ssh(&self, command: &str) -> Child {
+        let mut cmd = self.agent.loopgate(&["exec"]);
+        cmd.arg("--").arg("ssh").args(self.options(&self.known_hosts));
+        cmd.args(["-p", &self.sshd.port.to_string(), "root@127.0.0.1", command]);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    }
+
+    fn context(&self, out: &Output) -> String {
+        format!(
+            "status {:?}\nstdout: {}\nstderr: {}\nagent:\n{}\nsshd:\n{}",
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr),
+            self.agent.log(),
+            self.sshd.log()
+        )
+    }
+}
+
+fn ssh_target(name: &str, port: u16, ip: &str, key: &Path, pinned: &Path) -> Target {
+    Target {
+        name: name.into(),
+        protocol: "ssh".into(),
+        address: format!("{ip}:{port}"),
+        extra: format!(
+            "identity = \"process\"\n[target.ssh]\nuser = \"root\"\nkey_file = \"{}\"\nknown_hosts = \"{}\"\n",
+            key.display(),
+            pinned.display()
+        ),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn commands<'e>(events: &'e [Value], kind: &str) -> Vec<&'e Value> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "command" && e["command"]["kind"] == kind)
+        .collect()
+}
+
+fn result_of<'e>(events: &'e [Value], command: &Value) -> Option<&'e Value> {
+    events
+        .iter()
+        .find(|e| e["kind"] == "command_result" && e["command_id"] == command["event_id"])
+}
+
+#[test]
+fn exec_masking_refusals_sftp_and_forwards() {
+    require_ebpf!();
+    let f = Fixture::start(false);
+
+    // Allowed: the output comes back, the exit status too.
+    let out = f.ssh("echo hello; exit 3");
+    assert_eq!(out.status.code(), Some(3), "{}", f.context(&out));
+    assert_eq!(text(&out.stdout), "hello\n");
+
+    // PHI in a remote cat is masked on stdout and stderr.
+    let records = f.phi.join("records.csv");
+    let out = f.ssh(&format!("cat {0}; cat {0} >&2", records.display()));
+    assert!(out.status.success(), "{}", f.context(&out));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stdout.starts_with("name,ssn\nalice,") && !has_ssn(&stdout), "{stdout}");
+    assert!(stderr.contains("alice,") && !has_ssn(&stderr), "{stderr}");
+
+    // Refused on a multiplexed connection: exit 126 and why; the next
+    // command on the same connection runs.
+    let mux = f.dir.path().join("mux");
+    let control = [format!("ControlPath={}", mux.display())];
+    let master = f
+        .agent
+        .loopgate(&["exec"])
+        .arg("--")
+        .arg("ssh")
+        .args(f.options(&f.known_hosts))
+        .args([
+            "-o",
+            "ControlMaster=yes",
+            "-o",
+            &control[0],
+            "-o",
+            "ControlPersist=60",
+            "-N",
+            "-f",
+        ])
+        .args(["-p", &f.sshd.port.to_string(), "root@127.0.0.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(master.success(), "master: {master}\n{}", f.agent.log());
+    let via_mux = ["-o", "ControlMaster=no", "-o", control[0].as_str()];
+    let out = f.ssh_to(
+        "127.0.0.1",
+        &f.known_hosts,
+        &via_mux,
+        &format!("rm -f {}", records.display()),
+    );
+    assert_eq!(out.status.code(), Some(126), "{}", f.context(&out));
+    assert!(
+        text(&out.stderr).contains("hipaa.deny_ssh_phi_delete"),
+        "{}",
+        f.context(&out)
+    );
+    assert!(records.exists(), "the refused rm ran");
+    let out = f.ssh_to("127.0.0.1", &f.known_hosts, &via_mux, "echo again");
+    assert!(out.status.success(), "{}", f.context(&out));
+    assert_eq!(text(&out.stdout), "again\n");
+    let exit = ["-O", "exit"];
+    let _ = f.ssh_to("127.0.0.1", &f.known_hosts, &[&via_mux[..], &exit[..]].concat(), "");
+
+    // sftp: put and get, byte for byte.
+    let local = f.dir.path().join("upload.bin");
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(&local, &payload).unwrap();
+    let remote = f.dir.path().join("remote");
+    fs::create_dir_all(&remote).unwrap();
+    fs::write(remote.join("notes.txt"), "ward rounds at nine\n").unwrap();
+    let batch = f.dir.path().join("batch");
+    let fetched = f.dir.path().join("fetched.txt");
+    fs::write(
+        &batch,
+        format!(
+            "put {} {}/up.bin\nget {}/notes.txt {}\n",
+            local.display(),
+            remote.display(),
+            remote.display(),
+            fetched.display()
+        ),
+    )
+    .unwrap();
+    let mut args = vec!["sftp".to_owned(), "-b".into(), batch.display().to_string()];
+    args.extend(f.options(&f.known_hosts));
+    args.extend(["-P".into(), f.sshd.port.to_string(), "root@127.0.0.1".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = f.agent.exec(&args);
+    assert!(out.status.success(), "{}", f.context(&out));
+    assert_eq!(fs::read(remote.join("up.bin")).unwrap(), payload);
+    assert_eq!(fs::read_to_string(&fetched).unwrap(), "ward rounds at nine\n");
+
+    // A port forward is refused by the pack; the client says so.
+    let target = format!("127.0.0.1:{}", f.sshd.port);
+    let out = f.ssh_to("127.0.0.1", &f.known_hosts, &["-W", &target], "");
+    assert_ne!(out.status.code(), Some(0), "{}", f.context(&out));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("administratively prohibited") || stderr.contains("stdio forwarding failed"),
+        "{}",
+        f.context(&out)
+    );
+
+    // The audit: every request with principal, process and decision.
+    let events = f
+        .agent
+        .wait_events("the forward's record", |e| !commands(e, "ssh_forward").is_empty());
+    let execs = commands(&events, "ssh_exec");
+    assert_eq!(execs.len(), 4, "{execs:?}");
+    for c in execs
+        .iter()
+        .chain(&commands(&events, "ssh_sftp"))
+        .chain(&commands(&events, "ssh_forward"))
+    {
+        assert_eq!(c["principal"]["subject"], "unix:root", "{c}");
+        assert_eq!(c["process"]["comm"], "ssh", "{c}");
+        assert!(c["decision"]["verdict"].is_string(), "{c}");
+        assert_eq!(c["target"]["name"], "box", "{c}");
+    }
+    let rm = execs
+        .iter()
+        .find(|c| c["command"]["text"].as_str().unwrap().starts_with("rm -f"))
+        .unwrap();
+    assert_eq!(rm["decision"]["verdict"], "block");
+    assert_eq!(rm["decision"]["rule_id"], "hipaa.deny_ssh_phi_delete");
+    let events = f.agent.wait_events("every result", |e| {
+        commands(e, "ssh_exec").iter().all(|c| result_of(e, c).is_some())
+    });
+    let echo = commands(&events, "ssh_exec")[0];
+    assert_eq!(echo["decision"]["verdict"], "allow");
+    let outcome = &result_of(&events, echo).unwrap()["outcome"];
+    assert_eq!(
+        (outcome["status"].as_str(), outcome["error_code"].as_str()),
+        (Some("failed"), Some("exit:3"))
+    );
+    let cat = commands(&events, "ssh_exec")[1];
+    assert!(
+        result_of(&events, cat).unwrap()["outcome"]["masked_count"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
+    assert_eq!(result_of(&events, rm).unwrap()["outcome"]["status"], "blocked");
+    let forward = commands(&events, "ssh_forward")[0];
+    assert_eq!(forward["decision"]["rule_id"], "hipaa.deny_ssh_forward");
+    assert_eq!(commands(&events, "ssh_sftp")[0]["decision"]["verdict"], "allow");
+    // The two commands on the multiplexed connection shared one session.
+    let again = commands(&events, "ssh_exec")[3];
+    assert_eq!(rm["session_id"], again["session_id"]);
+    assert!(!events.iter().any(|e| has_ssn(&e.to_string())), "raw PHI in the audit");
+    let (code, report) = f.agent.verify_audit();
+    assert_eq!(code, Some(0), "{report}");
+}
+
+/// `loopgate approvals ARGS` as the approver.
+fn approvals(f: &Fixture, args: &[&str]) -> Output {
+    f.agent.approvals_as(ALICE, &[APPROVERS_GID], args)
+}
+
+fn wait_pending(f: &Fixture) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = approvals(f, &["list", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        if let Some(first) = list.first() {
+            return first["id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "nothing pending\n{}", f.agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn held_commands_wait_for_approval() {
+    require_ebpf!();
+    let f = Fixture::start(false);
+    let archive = format!("tar -cf /dev/null {} && echo archived", f.phi.display());
+
+    // Approved: the client waits, is told why, then the command runs.
+    let client = f.spawn_ssh(&archive);
+    let id = wait_pending(&f);
+    let out = approvals(&f, &["approve", &id, "--reason", "monthly export"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = client.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", f.context(&out));
+    assert_eq!(text(&out.stdout), "archived\n");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&id) && stderr.contains("hipaa.hold_ssh_phi_archive"),
+        "{stderr}"
+    );
+
+    // Denied: exit 126, and the reason.
+    let client = f.spawn_ssh(&archive);
+    let id = wait_pending(&f);
+    let out = approvals(&f, &["deny", &id, "--reason", "not today"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = client.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(126), "{}", f.context(&out));
+    assert_eq!(text(&out.stdout), "");
+    assert!(text(&out.stderr).contains("denied"), "{}", f.context(&out));
+
+    let events = f.agent.wait_events("both results", |e| {
+        let held = commands(e, "ssh_exec");
+        held.len() == 2 && held.iter().all(|c| result_of(e, c).is_some())
+    });
+    let held = commands(&events, "ssh_exec");
+    assert!(held.iter().all(|c| c["decision"]["verdict"] == "hold"));
+    assert_eq!(result_of(&events, held[0]).unwrap()["outcome"]["status"], "ok");
+    assert_eq!(result_of(&events, held[1]).unwrap()["outcome"]["status"], "denied");
+}
+
+#[test]
+fn untrusting_clients_and_impostor_servers_are_refused() {
+    require_ebpf!();
+    let f = Fixture::start(true);
+
+    // A client that does not trust loopgate's CA refuses the host itself.
+    let empty = f.dir.path().join("empty_known_hosts");
+    fs::write(&empty, "").unwrap();
+    let out = f.ssh_to("127.0.0.1", &empty, &[], "true");
+    assert_eq!(out.status.code(), Some(255), "{}", f.context(&out));
+    assert!(
+        text(&out.stderr).contains("Host key verification failed"),
+        "{}",
+        f.context(&out)
+    );
+
+    // The certificate covers the name the client used: the same client
+    // trusts the CA for 127.0.0.1 and gets in.
+    let out = f.ssh("true");
+    assert!(out.status.success(), "{}", f.context(&out));
+
+    // The server behind `impostor` does not show the pinned key: refused.
+    let out = f.ssh_to("127.0.0.2", &f.known_hosts, &[], "true");
+    assert_eq!(out.status.code(), Some(255), "{}", f.context(&out));
+    assert!(text(&out.stderr).contains("not the pinned one"), "{}", f.context(&out));
+    let events = f.agent.wait_events("the impostor's session end", |e| {
+        e.iter()
+            .any(|e| e["kind"] == "session_end" && e["target"]["name"] == "impostor")
+    });
+    let end = events
+        .iter()
+        .find(|e| e["kind"] == "session_end" && e["target"]["name"] == "impostor")
+        .unwrap();
+    assert_eq!(end["outcome"]["status"], "refused", "{end}");
+    assert!(
+        end["decision"]["reason"].as_str().unwrap().contains("host key"),
+        "{end}"
+    );
+    assert!(
+        commands(&events, "ssh_exec")
+            .iter()
+            .all(|c| c["target"]["name"] == "box")
+    );
+}
