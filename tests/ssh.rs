@@ -279,6 +279,26 @@ fn exec_masking_refusals_sftp_and_forwards() {
     assert!(stdout.starts_with("name,ssn\nalice,") && !has_ssn(&stdout), "{stdout}");
     assert!(stderr.contains("alice,") && !has_ssn(&stderr), "{stderr}");
 
+    // An interactive shell on a pty: masked as it streams, recorded as a shell.
+    let mut shell = f.agent.loopgate(&["exec"]);
+    shell.arg("--").arg("ssh").args(f.options(&f.known_hosts));
+    shell.args(["-tt", "-p", &f.sshd.port.to_string(), "root@127.0.0.1"]);
+    let mut shell = shell
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = shell.stdin.take().unwrap();
+        writeln!(stdin, "cat {}; exit 0", records.display()).unwrap();
+    }
+    let out = shell.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", f.context(&out));
+    let typed = text(&out.stdout);
+    assert!(typed.contains("alice,") && !has_ssn(&typed), "{typed}");
+
     // Refused on a multiplexed connection: exit 126 and why; the next
     // command on the same connection runs.
     let mux = f.dir.path().join("mux");
@@ -371,11 +391,12 @@ fn exec_masking_refusals_sftp_and_forwards() {
         .wait_events("the forward's record", |e| !commands(e, "ssh_forward").is_empty());
     let execs = commands(&events, "ssh_exec");
     assert_eq!(execs.len(), 4, "{execs:?}");
-    for c in execs
-        .iter()
-        .chain(&commands(&events, "ssh_sftp"))
-        .chain(&commands(&events, "ssh_forward"))
-    {
+    let others = [
+        commands(&events, "ssh_sftp"),
+        commands(&events, "ssh_forward"),
+        commands(&events, "ssh_shell"),
+    ];
+    for c in execs.iter().chain(others.iter().flatten()) {
         assert_eq!(c["principal"]["subject"], "unix:root", "{c}");
         assert_eq!(c["process"]["comm"], "ssh", "{c}");
         assert!(c["decision"]["verdict"].is_string(), "{c}");
@@ -408,6 +429,12 @@ fn exec_masking_refusals_sftp_and_forwards() {
     let forward = commands(&events, "ssh_forward")[0];
     assert_eq!(forward["decision"]["rule_id"], "hipaa.deny_ssh_forward");
     assert_eq!(commands(&events, "ssh_sftp")[0]["decision"]["verdict"], "allow");
+    let shell = commands(&events, "ssh_shell")[0];
+    assert!(
+        shell["command"]["text"].as_str().unwrap().starts_with("shell (pty "),
+        "{shell}"
+    );
+    assert_eq!(result_of(&events, shell).unwrap()["outcome"]["error_code"], "exit:0");
     // The two commands on the multiplexed connection shared one session.
     let again = commands(&events, "ssh_exec")[3];
     assert_eq!(rm["session_id"], again["session_id"]);
