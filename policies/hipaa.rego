@@ -158,6 +158,24 @@ deny contains {"rank": 40, "rule_id": "hipaa.deny_ssh_phi_delete", "reason": rea
 	reason := sprintf("deleting PHI paths over SSH (%s) is not allowed", [p])
 }
 
+# SFTP: files under PHI paths are read, never changed, over SFTP.
+sftp_changes := {"write", "remove", "rename", "mkdir", "rmdir", "setstat", "symlink"}
+
+sftp_paths contains input.action.path if input.action.kind == "ssh_sftp"
+
+sftp_paths contains input.action.to if {
+	input.action.kind == "ssh_sftp"
+	input.action.to != null
+}
+
+deny contains {"rank": 40, "rule_id": "hipaa.deny_sftp_phi_write", "reason": reason} if {
+	input.action.operation in sftp_changes
+	some path in sftp_paths
+	some root in ssh.phi_paths
+	startswith(path, root)
+	reason := sprintf("SFTP %s under a PHI path is not allowed", [input.action.operation])
+}
+
 hold contains {"rank": 20, "rule_id": "hipaa.hold_ssh_db_dump", "reason": reason, "row_threshold": null} if {
 	some p in ssh_programs
 	p in ssh.dump_programs

@@ -258,6 +258,24 @@ test_ssh_archives_elsewhere_allowed if {
 	cat.decision == "allow"
 }
 
+sftp(operation, path, to) := ssh_req("process", {"kind": "ssh_sftp", "operation": operation, "path": path, "to": to})
+
+test_sftp_changes_under_phi_paths_denied if {
+	w := loopgate.decision with input as sftp("write", "/srv/phi/new.csv", null)
+	w.rule_id == "hipaa.deny_sftp_phi_write"
+	into := loopgate.decision with input as sftp("rename", "/tmp/x.csv", "/srv/phi/x.csv")
+	into.rule_id == "hipaa.deny_sftp_phi_write"
+	rm := loopgate.decision with input as sftp("remove", "/var/lib/ehr/a", null)
+	rm.decision == "deny"
+}
+
+test_sftp_reads_and_other_paths_allowed if {
+	r := loopgate.decision with input as sftp("read", "/srv/phi/records.csv", null)
+	r.decision == "allow"
+	w := loopgate.decision with input as sftp("write", "/tmp/upload.bin", null)
+	w.decision == "allow"
+}
+
 test_ssh_oidc_targets_need_a_principal if {
 	i := object.union(ssh_req("oidc", {"kind": "ssh_exec", "command": "uptime"}), {"principal": nobody})
 	d := loopgate.decision with input as i

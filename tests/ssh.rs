@@ -373,6 +373,25 @@ fn exec_masking_refusals_sftp_and_forwards() {
     assert!(out.status.success(), "{}", f.context(&out));
     assert_eq!(fs::read(remote.join("up.bin")).unwrap(), payload);
     assert_eq!(fs::read_to_string(&fetched).unwrap(), "ward rounds at nine\n");
+    // Changes under a PHI path are refused operation by operation ("-":
+    // the batch goes on), the session stays usable.
+    let dropped = f.phi.join("dropped.bin");
+    fs::write(
+        &batch,
+        format!(
+            "-put {} {}\n-rm {}\nls {}\n",
+            local.display(),
+            dropped.display(),
+            records.display(),
+            remote.display()
+        ),
+    )
+    .unwrap();
+    let out = f.agent.exec(&args);
+    assert!(out.status.success(), "{}", f.context(&out));
+    assert!(text(&out.stderr).contains("Permission denied"), "{}", f.context(&out));
+    assert!(text(&out.stdout).contains("up.bin"), "{}", f.context(&out));
+    assert!(!dropped.exists() && records.exists());
 
     // A port forward is refused by the pack; the client says so.
     let target = format!("127.0.0.1:{}", f.sshd.port);
@@ -428,7 +447,35 @@ fn exec_masking_refusals_sftp_and_forwards() {
     assert_eq!(result_of(&events, rm).unwrap()["outcome"]["status"], "blocked");
     let forward = commands(&events, "ssh_forward")[0];
     assert_eq!(forward["decision"]["rule_id"], "hipaa.deny_ssh_forward");
-    assert_eq!(commands(&events, "ssh_sftp")[0]["decision"]["verdict"], "allow");
+    let sftp = commands(&events, "ssh_sftp");
+    assert_eq!(sftp[0]["command"]["text"], "subsystem sftp");
+    assert_eq!(sftp[0]["decision"]["verdict"], "allow");
+    let op = |text: String| {
+        sftp.iter()
+            .find(|c| c["command"]["text"] == text.as_str())
+            .unwrap_or_else(|| panic!("no {text} in {sftp:?}"))
+    };
+    let put = op(format!("sftp write {}/up.bin", remote.display()));
+    assert_eq!(put["decision"]["verdict"], "allow");
+    assert_eq!(result_of(&events, put).unwrap()["outcome"]["status"], "ok");
+    let get = op(format!("sftp read {}/notes.txt", remote.display()));
+    assert_eq!(result_of(&events, get).unwrap()["outcome"]["status"], "ok");
+    for refused in [
+        op(format!("sftp write {}", dropped.display())),
+        op(format!("sftp remove {}", records.display())),
+    ] {
+        assert_eq!(refused["decision"]["rule_id"], "hipaa.deny_sftp_phi_write", "{refused}");
+        assert_eq!(result_of(&events, refused).unwrap()["outcome"]["status"], "blocked");
+    }
+    let list = format!("sftp list {}", remote.display());
+    let texts: Vec<&str> = sftp.iter().map(|c| c["command"]["text"].as_str().unwrap()).collect();
+    let listed = sftp
+        .iter()
+        .find(|c| c["command"]["text"].as_str().unwrap().starts_with(&list));
+    assert_eq!(
+        listed.unwrap_or_else(|| panic!("the ls is not recorded: {texts:?}"))["decision"]["verdict"],
+        "allow"
+    );
     let shell = commands(&events, "ssh_shell")[0];
     assert!(
         shell["command"]["text"].as_str().unwrap().starts_with("shell (pty "),

@@ -127,9 +127,15 @@ pub enum Action<'a> {
     /// An interactive shell; `term` is the terminal the client asked for
     /// (`null` without a pty).
     SshShell { pty: bool, term: Option<&'a str> },
-    /// An SFTP operation (`read`, `write`, `remove`, `rename`, ...) on a
-    /// path; `session` (path empty) when the sftp subsystem starts.
-    SshSftp { operation: &'a str, path: &'a str },
+    /// An SFTP operation (`read`, `write`, `list`, `remove`, `rename`,
+    /// `mkdir`, `rmdir`, `setstat`, `symlink`) on a path, `to` the second
+    /// path of a rename or symlink; `session` (path empty) when the sftp
+    /// subsystem starts.
+    SshSftp {
+        operation: &'a str,
+        path: &'a str,
+        to: Option<&'a str>,
+    },
     /// A forward: `channel` is `direct-tcpip` (`ssh -L`, host:port as the
     /// target sees it), `direct-streamlocal` (a unix socket path in `host`,
     /// port 0), `tcpip-forward` (`ssh -R`), `agent` or `x11`.
@@ -161,10 +167,11 @@ impl Action<'_> {
                 field(if *pty { "pty" } else { "-" });
                 field(term.unwrap_or("-"));
             }
-            Action::SshSftp { operation, path } => {
+            Action::SshSftp { operation, path, to } => {
                 field("ssh_sftp");
                 field(operation);
                 field(path);
+                field(to.unwrap_or("\0"));
             }
             Action::SshForward { channel, host, port } => {
                 field("ssh_forward");

@@ -52,6 +52,7 @@ impl Request {
             Request::Subsystem(name) if name == "sftp" => Some(Action::SshSftp {
                 operation: "session",
                 path: "",
+                to: None,
             }),
             Request::Subsystem(_) => None,
         }

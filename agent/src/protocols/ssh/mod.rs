@@ -9,13 +9,15 @@
 //! - `upstream`: loopgate's own connection to the server.
 //! - `command`: requests as policy actions and audit records.
 //! - `channel`: one channel's decision and relay; `output`: masking of
-//!   exec and shell output as it streams.
+//!   exec and shell output as it streams; `sftp`: SFTP packets, so each
+//!   file operation is decided and recorded.
 mod channel;
 mod command;
 pub mod config;
 pub mod hostca;
 mod output;
 mod server;
+mod sftp;
 mod upstream;
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
