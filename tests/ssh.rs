@@ -593,3 +593,90 @@ fn untrusting_clients_and_impostor_servers_are_refused() {
             .all(|c| c["target"]["name"] == "box")
     );
 }
+
+#[test]
+fn git_pushes_and_clones_over_ssh() {
+    require_ebpf!();
+    let f = Fixture::start(false);
+    let git = |dir: &Path, args: &[&str]| {
+        let out = Command::new("git").arg("-C").arg(dir).args(args).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+    };
+    let repo = f.dir.path().join("repo.git");
+    fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "--bare"]);
+    let work = f.dir.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q"]);
+    // Binary content and a line that looks like PHI: git's own protocol
+    // must arrive unchanged (transfer protocols are not masked).
+    let blob: Vec<u8> = (0..50_000u32).map(|i| (i * 13 % 256) as u8).collect();
+    fs::write(work.join("blob.bin"), &blob).unwrap();
+    fs::write(work.join("fixture.txt"), format!("test value {SSN}\n")).unwrap();
+    git(&work, &["add", "."]);
+    git(
+        &work,
+        &[
+            "-c",
+            "user.name=ci",
+            "-c",
+            "user.email=ci@example.org",
+            "commit",
+            "-q",
+            "-m",
+            "seed",
+        ],
+    );
+    let ssh = format!("GIT_SSH_COMMAND=ssh {}", f.options(&f.known_hosts).join(" "));
+    let url = format!("ssh://root@127.0.0.1:{}{}", f.sshd.port, repo.display());
+    let work_dir = work.display().to_string();
+    let out = f.agent.exec(&[
+        "env",
+        &ssh,
+        "git",
+        "-C",
+        &work_dir,
+        "push",
+        "-q",
+        &url,
+        "HEAD:refs/heads/main",
+    ]);
+    assert!(out.status.success(), "{}", f.context(&out));
+    let clone = f.dir.path().join("clone");
+    let clone_dir = clone.display().to_string();
+    let out = f
+        .agent
+        .exec(&["env", &ssh, "git", "clone", "-q", "-b", "main", &url, &clone_dir]);
+    assert!(out.status.success(), "{}", f.context(&out));
+    assert_eq!(fs::read(clone.join("blob.bin")).unwrap(), blob);
+    assert_eq!(
+        fs::read_to_string(clone.join("fixture.txt")).unwrap(),
+        format!("test value {SSN}\n")
+    );
+
+    let events = f.agent.wait_events("both git commands and their results", |e| {
+        let execs = commands(e, "ssh_exec");
+        execs.len() == 2 && execs.iter().all(|c| result_of(e, c).is_some())
+    });
+    let execs = commands(&events, "ssh_exec");
+    assert!(
+        execs[0]["command"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("git-receive-pack"),
+        "{}",
+        execs[0]
+    );
+    assert!(
+        execs[1]["command"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("git-upload-pack"),
+        "{}",
+        execs[1]
+    );
+    for c in execs {
+        assert_eq!(c["decision"]["verdict"], "allow");
+        assert_eq!(result_of(&events, c).unwrap()["outcome"]["error_code"], "exit:0");
+    }
+}
