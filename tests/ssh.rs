@@ -117,6 +117,12 @@ impl Fixture {
     /// target `box` (127.0.0.1) and, when `impostor`, target `impostor`
     /// (127.0.0.2, the same server) whose pinned host key is another one.
     fn start(impostor: bool) -> Fixture {
+        Fixture::start_with(impostor, "process", "")
+    }
+
+    /// As [`start`](Self::start), targets with `identity` and the agent
+    /// config with `extra`.
+    fn start_with(impostor: bool, identity: &str, extra: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let key = dir.path().join("loopgate_ed25519");
@@ -142,18 +148,18 @@ impl Fixture {
 
         let pinned = dir.path().join("upstream_known_hosts");
         let mut pins = format!("[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key);
-        let mut targets = vec![ssh_target("box", sshd.port, "127.0.0.1", &key, &pinned)];
+        let mut targets = vec![ssh_target("box", identity, sshd.port, "127.0.0.1", &key, &pinned)];
         if impostor {
             let other = dir.path().join("other_host_key");
             keygen(&other);
             let other = fs::read_to_string(other.with_extension("pub")).unwrap();
             let other: Vec<&str> = other.split_whitespace().take(2).collect();
             pins.push_str(&format!("[127.0.0.2]:{} {}\n", sshd.port, other.join(" ")));
-            targets.push(ssh_target("impostor", sshd.port, "127.0.0.2", &key, &pinned));
+            targets.push(ssh_target("impostor", identity, sshd.port, "127.0.0.2", &key, &pinned));
         }
         fs::write(&pinned, pins).unwrap();
         let extra = format!(
-            "[tls]\nca_dir = \"{}\"\n[policy]\ndir = \"{}\"\n",
+            "[tls]\nca_dir = \"{}\"\n[policy]\ndir = \"{}\"\n{extra}",
             dir.path().join("ca").display(),
             policies.display()
         );
@@ -231,13 +237,13 @@ impl Fixture {
     }
 }
 
-fn ssh_target(name: &str, port: u16, ip: &str, key: &Path, pinned: &Path) -> Target {
+fn ssh_target(name: &str, identity: &str, port: u16, ip: &str, key: &Path, pinned: &Path) -> Target {
     Target {
         name: name.into(),
         protocol: "ssh".into(),
         address: format!("{ip}:{port}"),
         extra: format!(
-            "identity = \"process\"\n[target.ssh]\nuser = \"root\"\nkey_file = \"{}\"\nknown_hosts = \"{}\"\n",
+            "identity = \"{identity}\"\n[target.ssh]\nuser = \"root\"\nkey_file = \"{}\"\nknown_hosts = \"{}\"\n",
             key.display(),
             pinned.display()
         ),
@@ -679,4 +685,68 @@ fn git_pushes_and_clones_over_ssh() {
         assert_eq!(c["decision"]["verdict"], "allow");
         assert_eq!(result_of(&events, c).unwrap()["outcome"]["error_code"], "exit:0");
     }
+}
+
+#[test]
+fn oidc_targets_take_the_token_as_the_answer() {
+    require_ebpf!();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let issuer = runtime
+        .block_on(loopgate::identity::test_issuer::TestIssuer::start())
+        .unwrap();
+    let extra = format!(
+        "[identity.oidc]\nissuer = \"{}\"\naudience = \"loopgate\"\n",
+        issuer.issuer()
+    );
+    let f = Fixture::start_with(false, "oidc", &extra);
+    let mut claims = issuer.claims("ci-bot", "loopgate");
+    claims["groups"] = json!(["deployers"]);
+    // The client's "password" prompt is answered by SSH_ASKPASS: the token.
+    let ask = |token: &str, name: &str| {
+        let file = f.dir.path().join(format!("{name}.token"));
+        fs::write(&file, token).unwrap();
+        let script = f.dir.path().join(format!("{name}.askpass"));
+        fs::write(&script, format!("#!/bin/sh\ncat {}\n", file.display())).unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        let mut args: Vec<String> = vec!["env".into(), format!("SSH_ASKPASS={}", script.display())];
+        args.extend(["SSH_ASKPASS_REQUIRE=force".into(), "ssh".into()]);
+        args.extend(
+            f.options(&f.known_hosts)
+                .into_iter()
+                .map(|o| o.replace("BatchMode=yes", "BatchMode=no")),
+        );
+        args.extend(["-o".into(), "NumberOfPasswordPrompts=1".into()]);
+        args.extend([
+            "-p".into(),
+            f.sshd.port.to_string(),
+            "root@127.0.0.1".into(),
+            "echo in".into(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        f.agent.exec(&args)
+    };
+    let out = ask(&issuer.mint(&claims), "good");
+    assert!(out.status.success(), "{}", f.context(&out));
+    assert_eq!(text(&out.stdout), "in\n");
+    let out = ask("not-a-token", "bad");
+    assert_eq!(out.status.code(), Some(255), "{}", f.context(&out));
+
+    let events = f.agent.wait_events("both sessions' ends", |e| {
+        e.iter().filter(|e| e["kind"] == "session_end").count() >= 2
+    });
+    let exec = commands(&events, "ssh_exec");
+    assert_eq!(exec.len(), 1);
+    assert_eq!(exec[0]["principal"]["subject"], "ci-bot");
+    assert_eq!(exec[0]["principal"]["groups"], json!(["deployers"]));
+    let refused = events
+        .iter()
+        .find(|e| e["kind"] == "session_end" && e["outcome"]["status"] == "auth_failed")
+        .expect("the bad token's session refused");
+    assert!(
+        refused["decision"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("token refused"),
+        "{refused}"
+    );
 }
