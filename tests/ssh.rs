@@ -4,14 +4,18 @@
 //! loopgate's SSH host CA through an `@cert-authority` line.
 use std::{
     fs,
-    net::{Ipv4Addr, TcpStream},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use loopgate_e2e::{Agent, Target, clinic::has_ssn, clinic::policy_pack, postgres::free_port, require_ebpf};
+use loopgate_e2e::{
+    Agent, Target,
+    clinic::{has_ssn, policy_pack},
+    require_ebpf,
+    sshd::{Sshd, keygen},
+};
 use serde_json::{Value, json};
 
 /// The approver group is a unix group every Debian/Ubuntu has (`users`).
@@ -19,86 +23,6 @@ const APPROVERS_GID: u32 = 100;
 /// `daemon`: an approver that is not the requester (root).
 const ALICE: u32 = 1;
 const SSN: &str = "512-34-7788";
-
-/// A throwaway sshd on 127.0.0.1 and 127.0.0.2, its own host key, root
-/// logging in only with loopgate's key.
-struct Sshd {
-    port: u16,
-    /// The server's host public key, `ssh-ed25519 AAAA...`.
-    host_key: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Sshd {
-    fn start(dir: &Path, client_key: &Path) -> Sshd {
-        let port = free_port(Ipv4Addr::LOCALHOST.into());
-        let host_key = dir.join("ssh_host_ed25519_key");
-        keygen(&host_key);
-        let authorized = dir.join("authorized_keys");
-        fs::copy(client_key.with_extension("pub"), &authorized).unwrap();
-        let config = dir.join("sshd_config");
-        fs::write(
-            &config,
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nListenAddress 127.0.0.2\nHostKey {}\nPidFile {}\n\
-                 AuthorizedKeysFile {}\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\nUsePAM no\nSubsystem sftp internal-sftp\nAllowTcpForwarding yes\n\
-                 LogLevel VERBOSE\n",
-                host_key.display(),
-                dir.join("sshd.pid").display(),
-                authorized.display()
-            ),
-        )
-        .unwrap();
-        fs::create_dir_all("/run/sshd").unwrap();
-        let log = dir.join("sshd.log");
-        let child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start sshd");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "sshd did not start: {}",
-                fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let host_key = fs::read_to_string(host_key.with_extension("pub")).unwrap();
-        let host_key = host_key.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-        Sshd {
-            port,
-            host_key,
-            child,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn keygen(path: &Path) {
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "loopgate-test", "-f"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
 
 /// The agent in front of an sshd, and what the clients need.
 struct Fixture {
