@@ -187,8 +187,13 @@ async fn run(ctx: &Ctx<'_>, rx: &mut ChannelReadHalf, tx: &ClientTx, request: Re
         }
     };
     let outcome = relay(ctx, rx, tx, &request, early).await;
+    // An SFTP operation that could not be recorded ends the session.
+    let end = match outcome.status.as_deref() {
+        Some(AUDIT_UNAVAILABLE) => ChannelEnd::AuditUnavailable,
+        _ => ChannelEnd::Done,
+    };
     svc.enforcer.finish(session, &admitted, outcome).await;
-    ChannelEnd::Done
+    end
 }
 
 /// The rule id of a refused unknown subsystem.
@@ -567,6 +572,9 @@ fn signal_text(signal: &Sig) -> String {
     }
 }
 
+/// The status of a relay that stopped because a record could not be written.
+const AUDIT_UNAVAILABLE: &str = "audit_unavailable";
+
 /// Why an SFTP relay stopped early.
 enum SftpStop {
     /// The client broke the SFTP protocol.
@@ -657,7 +665,7 @@ async fn sftp_relay(
             tracing::warn!(session = %session.id, error = %e, "closing an SFTP channel on a protocol error");
             "protocol_error"
         }
-        Some(SftpStop::Audit) => "audit_unavailable",
+        Some(SftpStop::Audit) => AUDIT_UNAVAILABLE,
         _ => "ok",
     };
     Outcome {

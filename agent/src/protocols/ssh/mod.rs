@@ -17,7 +17,7 @@ pub mod config;
 pub mod hostca;
 mod output;
 mod server;
-mod sftp;
+pub mod sftp;
 mod upstream;
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
@@ -149,9 +149,10 @@ pub async fn serve(svc: &Service, session: &Session, client: TcpStream, connect_
     let mut channels: FuturesUnordered<ChannelTask<'_>> = FuturesUnordered::new();
     let mut end: Option<SessionEnd> = None;
     let mut refused: Option<String> = None;
+    let mut handler_alive = true;
     let result = loop {
         tokio::select! {
-            event = events.recv() => match event {
+            event = events.recv(), if handler_alive => match event {
                 Some(Event::Authenticated(principal)) => {
                     let _ = session.principal.set(Arc::new(principal));
                     match upstream::connect(&svc.upstream, session.original, connect_timeout).await {
@@ -189,7 +190,7 @@ pub async fn serve(svc: &Service, session: &Session, client: TcpStream, connect_
                     }
                 }
                 // The handler is gone: the session is ending.
-                None => {}
+                None => handler_alive = false,
             },
             Some(channel_end) = channels.next(), if !channels.is_empty() => {
                 if channel_end == ChannelEnd::AuditUnavailable {
