@@ -303,6 +303,22 @@ fn exec_masking_refusals_sftp_and_forwards() {
     assert!(out.status.success(), "{}", f.context(&out));
     assert_eq!(fs::read(remote.join("up.bin")).unwrap(), payload);
     assert_eq!(fs::read_to_string(&fetched).unwrap(), "ward rounds at nine\n");
+    // scp, legacy protocol (-O: `scp -f` run remotely, not masked) and SFTP mode.
+    for (mode, name) in [("-O", "legacy.bin"), ("-s", "sftp.bin")] {
+        let copy = f.dir.path().join(name);
+        let mut args = vec!["scp".to_owned(), "-q".into(), mode.into()];
+        args.extend(f.options(&f.known_hosts));
+        args.extend(["-P".into(), f.sshd.port.to_string()]);
+        args.extend([
+            format!("root@127.0.0.1:{}/up.bin", remote.display()),
+            copy.display().to_string(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = f.agent.exec(&args);
+        assert!(out.status.success(), "scp {mode}: {}", f.context(&out));
+        assert_eq!(fs::read(&copy).unwrap(), payload, "scp {mode}");
+    }
+
     // Changes under a PHI path are refused operation by operation ("-":
     // the batch goes on), the session stays usable.
     let dropped = f.phi.join("dropped.bin");
@@ -339,7 +355,9 @@ fn exec_masking_refusals_sftp_and_forwards() {
         .agent
         .wait_events("the forward's record", |e| !commands(e, "ssh_forward").is_empty());
     let execs = commands(&events, "ssh_exec");
-    assert_eq!(execs.len(), 4, "{execs:?}");
+    assert_eq!(execs.len(), 5, "{execs:?}");
+    let scp = execs[4]["command"]["text"].as_str().unwrap();
+    assert!(scp.starts_with("scp -f"), "{scp}");
     let others = [
         commands(&events, "ssh_sftp"),
         commands(&events, "ssh_forward"),
