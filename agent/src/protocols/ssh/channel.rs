@@ -1,25 +1,23 @@
-//! One client channel, from open to close: a session channel's request
-//! (exec, shell, subsystem) or a forward is decided at the enforcement
-//! point, then relayed to an upstream channel of its own, or refused in
-//! SSH's terms (a line on stderr and exit status 126; a forward's channel
-//! is closed) while the connection stays usable for the next request.
-use std::{collections::HashMap, sync::Arc, time::Duration};
+//! One session channel, from open to close: its request (exec, shell,
+//! subsystem) is decided at the enforcement point, then relayed to an
+//! upstream channel of its own, or refused in SSH's terms (a line on
+//! stderr and exit status 126) while the connection stays usable for the
+//! next request. Forwards are in `forward.rs`, SFTP in `sftp_relay.rs`.
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig, server};
 
 use super::{
     Service,
-    command::{PtyRequest, Request, forward_info},
+    command::{PtyRequest, Request},
     output::StreamMasker,
-    sftp::{self, Framer},
     upstream::Upstream,
 };
 use crate::{
     approval::Resolution,
-    audit::{CommandInfo, Outcome},
-    enforce::{self, Admitted, Caller, Command, Refusal, Verdict},
-    policy::Action,
+    audit::Outcome,
+    enforce::{self, Admitted, Caller, Command, Verdict},
     session::Session,
 };
 
@@ -31,8 +29,8 @@ const FLUSH_AFTER: Duration = Duration::from_millis(25);
 /// Data a client may send while its request waits for approval.
 const MAX_EARLY_DATA: usize = 1 << 20;
 
-type ClientTx = ChannelWriteHalf<server::Msg>;
-type UpstreamTx = ChannelWriteHalf<russh::client::Msg>;
+pub(super) type ClientTx = ChannelWriteHalf<server::Msg>;
+pub(super) type UpstreamTx = ChannelWriteHalf<russh::client::Msg>;
 
 /// What every channel of one session shares.
 #[derive(Clone)]
@@ -54,12 +52,12 @@ pub enum ChannelEnd {
 
 /// What the client sent before its request was decided or approved.
 #[derive(Default)]
-struct Early {
-    pty: Option<PtyRequest>,
-    env: Vec<(String, String)>,
-    data: Vec<Bytes>,
+pub(super) struct Early {
+    pub(super) pty: Option<PtyRequest>,
+    pub(super) env: Vec<(String, String)>,
+    pub(super) data: Vec<Bytes>,
     bytes: usize,
-    eof: bool,
+    pub(super) eof: bool,
 }
 
 impl Early {
@@ -108,13 +106,13 @@ pub async fn session_channel(ctx: &Ctx<'_>, channel: russh::Channel<server::Msg>
                 continue;
             }
             Some(ChannelMsg::AgentForward { .. }) => {
-                if unrelayed(ctx, "agent", "", 0).await == ChannelEnd::AuditUnavailable {
+                if super::forward::unrelayed(ctx, "agent", "", 0).await == ChannelEnd::AuditUnavailable {
                     return ChannelEnd::AuditUnavailable;
                 }
                 continue;
             }
             Some(ChannelMsg::RequestX11 { .. }) => {
-                if unrelayed(ctx, "x11", "", 0).await == ChannelEnd::AuditUnavailable {
+                if super::forward::unrelayed(ctx, "x11", "", 0).await == ChannelEnd::AuditUnavailable {
                     return ChannelEnd::AuditUnavailable;
                 }
                 continue;
@@ -189,7 +187,7 @@ async fn run(ctx: &Ctx<'_>, rx: &mut ChannelReadHalf, tx: &ClientTx, request: Re
     let outcome = relay(ctx, rx, tx, &request, early).await;
     // An SFTP operation that could not be recorded ends the session.
     let end = match outcome.status.as_deref() {
-        Some(AUDIT_UNAVAILABLE) => ChannelEnd::AuditUnavailable,
+        Some(super::sftp_relay::AUDIT_UNAVAILABLE) => ChannelEnd::AuditUnavailable,
         _ => ChannelEnd::Done,
     };
     svc.enforcer.finish(session, &admitted, outcome).await;
@@ -198,11 +196,9 @@ async fn run(ctx: &Ctx<'_>, rx: &mut ChannelReadHalf, tx: &ClientTx, request: Re
 
 /// The rule id of a refused unknown subsystem.
 pub const UNKNOWN_SUBSYSTEM_RULE: &str = "loopgate.ssh_unknown_subsystem";
-/// The rule id of a forward loopgate does not relay (agent, X11, `-R`).
-pub const UNRELAYED_RULE: &str = "loopgate.ssh_forward_not_relayed";
 
 /// Waits for the approval while watching the client; `None` when it left.
-async fn wait_for_approval(
+pub(super) async fn wait_for_approval(
     rx: &mut ChannelReadHalf,
     held: &mut enforce::Held,
     early: &mut Early,
@@ -226,7 +222,7 @@ async fn wait_for_approval(
 }
 
 /// The result of a held request whose client left before the decision.
-fn withdrawn(session: &Session, admitted: &Admitted) {
+pub(super) fn withdrawn(session: &Session, admitted: &Admitted) {
     let event = enforce::not_run(session, admitted.event_id, admitted.fingerprint.clone(), "withdrawn");
     session.audit.submit(event);
 }
@@ -239,159 +235,6 @@ async fn refuse_on_channel(tx: &ClientTx, message: &str) {
     let _ = tx.exit_status(REFUSED_STATUS).await;
     let _ = tx.eof().await;
     let _ = tx.close().await;
-}
-
-/// Agent and X11 forwarding and `ssh -R` are recorded and decided, but
-/// never relayed: even an allowed one is refused, saying so.
-pub async fn unrelayed(ctx: &Ctx<'_>, channel: &str, host: &str, port: u16) -> ChannelEnd {
-    let Ctx { svc, session, .. } = ctx;
-    let info = forward_info(&svc.masker, channel, host, port);
-    let action = Action::SshForward { channel, host, port };
-    let verdict = svc.enforcer.begin(session, &ctx.caller, Command { action, info }).await;
-    let refusal = Refusal {
-        cause: enforce::Cause::Policy,
-        rule_id: Some(UNRELAYED_RULE.to_owned()),
-        reason: format!("{channel} forwarding is not relayed by loopgate"),
-    };
-    match verdict {
-        Err(e) => {
-            tracing::error!(session = %session.id, error = %e, "cannot record a refused SSH forward");
-            return ChannelEnd::AuditUnavailable;
-        }
-        Ok(Verdict::Refused(_)) => {}
-        Ok(Verdict::Forward(admitted)) => svc.enforcer.unrun(session, &admitted, &refusal),
-        Ok(Verdict::Held { admitted, held }) => {
-            drop(held);
-            svc.enforcer.unrun(session, &admitted, &refusal);
-        }
-    }
-    ChannelEnd::Done
-}
-
-/// A forward the client asked for.
-pub struct Forward<'a> {
-    /// `direct-tcpip` or `direct-streamlocal`.
-    pub kind: &'a str,
-    /// Host (or socket path) and port as the target sees them.
-    pub host: &'a str,
-    pub port: u16,
-    pub originator: (&'a str, u32),
-}
-
-/// A forward channel (`direct-tcpip`, `direct-streamlocal`): decided, then
-/// opened upstream and accepted, relayed byte for byte; or refused (the
-/// client's "open failed: administratively prohibited").
-pub async fn forward_channel(
-    ctx: &Ctx<'_>,
-    channel: russh::Channel<server::Msg>,
-    reply: server::ChannelOpenHandle,
-    forward: Forward<'_>,
-) -> ChannelEnd {
-    let Ctx { svc, session, .. } = ctx;
-    let Forward {
-        kind,
-        host,
-        port,
-        originator,
-    } = forward;
-    let info = forward_info(&svc.masker, kind, host, port);
-    let action = Action::SshForward {
-        channel: kind,
-        host,
-        port,
-    };
-    let prohibited = russh::ChannelOpenFailure::AdministrativelyProhibited;
-    let admitted = match svc.enforcer.begin(session, &ctx.caller, Command { action, info }).await {
-        Err(e) => {
-            tracing::error!(session = %session.id, error = %e, "cannot record a refused SSH forward");
-            reply.reject(prohibited).await;
-            return ChannelEnd::AuditUnavailable;
-        }
-        Ok(Verdict::Refused(_)) => {
-            reply.reject(prohibited).await;
-            return ChannelEnd::Done;
-        }
-        Ok(Verdict::Forward(admitted)) => admitted,
-        Ok(Verdict::Held { admitted, mut held }) => {
-            // No channel to tell the client on: the open waits.
-            let resolution = held.wait().await;
-            if let Err(refusal) = held.release(resolution) {
-                svc.enforcer.unrun(session, &admitted, &refusal);
-                reply.reject(prohibited).await;
-                return ChannelEnd::Done;
-            }
-            admitted
-        }
-    };
-    let opened = if kind == "direct-streamlocal" {
-        ctx.upstream.channel_open_direct_streamlocal(host).await
-    } else {
-        ctx.upstream
-            .channel_open_direct_tcpip(host, u32::from(port), originator.0, originator.1)
-            .await
-    };
-    let outcome = match opened {
-        Ok(up) => {
-            reply.accept().await;
-            let (mut rx, tx) = channel.split();
-            let (mut up_rx, up_tx) = up.split();
-            let outcome = pipe(session, &mut rx, &tx, &mut up_rx, &up_tx).await;
-            let _ = tx.close().await;
-            outcome
-        }
-        Err(e) => {
-            tracing::info!(session = %session.id, error = %e, "the server refused a forward");
-            reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
-            Outcome {
-                status: Some("error".into()),
-                error_code: Some("open_failed".into()),
-                ..Outcome::default()
-            }
-        }
-    };
-    svc.enforcer.finish(session, &admitted, outcome).await;
-    ChannelEnd::Done
-}
-
-/// Bytes both ways, unchanged, until either side closes.
-async fn pipe(
-    session: &Session,
-    rx: &mut ChannelReadHalf,
-    tx: &ClientTx,
-    up_rx: &mut ChannelReadHalf,
-    up_tx: &UpstreamTx,
-) -> Outcome {
-    let (mut to_server, mut to_client) = (0u64, 0u64);
-    loop {
-        tokio::select! {
-            msg = rx.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => {
-                    to_server += data.len() as u64;
-                    session.add_to_server(data.len());
-                    if up_tx.data_bytes(data).await.is_err() { break; }
-                }
-                Some(ChannelMsg::Eof) => { let _ = up_tx.eof().await; }
-                None | Some(ChannelMsg::Close) => { let _ = up_tx.close().await; break; }
-                Some(_) => {}
-            },
-            msg = up_rx.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => {
-                    to_client += data.len() as u64;
-                    session.add_to_client(data.len());
-                    if tx.data_bytes(data).await.is_err() { break; }
-                }
-                Some(ChannelMsg::Eof) => { let _ = tx.eof().await; }
-                None | Some(ChannelMsg::Close) => break,
-                Some(_) => {}
-            },
-        }
-    }
-    Outcome {
-        status: Some("ok".into()),
-        bytes_to_client: Some(to_client),
-        bytes_to_server: Some(to_server),
-        ..Outcome::default()
-    }
 }
 
 /// Opens the upstream channel for an admitted request, replays what the
@@ -443,7 +286,7 @@ async fn relay(ctx: &Ctx<'_>, rx: &mut ChannelReadHalf, tx: &ClientTx, request: 
         return failed("request_failed");
     }
     if matches!(request, Request::Subsystem(name) if name == "sftp") {
-        let outcome = sftp_relay(ctx, rx, tx, &mut up_rx, &up_tx, early).await;
+        let outcome = super::sftp_relay::relay(ctx, rx, tx, &mut up_rx, &up_tx, early).await;
         let _ = tx.close().await;
         return outcome;
     }
@@ -531,9 +374,9 @@ async fn relay(ctx: &Ctx<'_>, rx: &mut ChannelReadHalf, tx: &ClientTx, request: 
 }
 
 #[derive(Default)]
-struct Counts {
-    to_client: u64,
-    to_server: u64,
+pub(super) struct Counts {
+    pub(super) to_client: u64,
+    pub(super) to_server: u64,
 }
 
 async fn send(
@@ -569,229 +412,5 @@ fn signal_text(signal: &Sig) -> String {
     match signal {
         Sig::Custom(name) => name.clone(),
         other => format!("{other:?}"),
-    }
-}
-
-/// The status of a relay that stopped because a record could not be written.
-const AUDIT_UNAVAILABLE: &str = "audit_unavailable";
-
-/// Why an SFTP relay stopped early.
-enum SftpStop {
-    /// The client broke the SFTP protocol.
-    Protocol(sftp::SftpError),
-    /// An operation's record could not be written.
-    Audit,
-    /// The client or the server went away.
-    Gone,
-}
-
-/// The SFTP requests of one channel: each operation loopgate decides
-/// (opens, removals, renames, directories, attributes) goes to the
-/// enforcement point and, once admitted, waits for the server's reply to
-/// record its result; a refused one is answered with a STATUS
-/// "permission denied" and never reaches the server.
-async fn sftp_relay(
-    ctx: &Ctx<'_>,
-    rx: &mut ChannelReadHalf,
-    tx: &ClientTx,
-    up_rx: &mut ChannelReadHalf,
-    up_tx: &UpstreamTx,
-    early: Early,
-) -> Outcome {
-    let Ctx { svc, session, .. } = ctx;
-    let mut relay = SftpRelay {
-        ctx,
-        from_client: Framer::default(),
-        from_server: Framer::default(),
-        pending: HashMap::new(),
-        counts: Counts::default(),
-        operations: 0,
-    };
-    let mut stop = None;
-    for data in early.data {
-        relay.counts.to_server += data.len() as u64;
-        relay.from_client.push(&data);
-    }
-    if let Err(e) = relay.client_packets(rx, tx, up_tx).await {
-        stop = Some(e);
-    }
-    if early.eof {
-        let _ = up_tx.eof().await;
-    }
-    let mut server_framing = true;
-    while stop.is_none() {
-        tokio::select! {
-            msg = rx.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => {
-                    relay.counts.to_server += data.len() as u64;
-                    relay.from_client.push(&data);
-                    if let Err(e) = relay.client_packets(rx, tx, up_tx).await {
-                        stop = Some(e);
-                    }
-                }
-                Some(ChannelMsg::Eof) => { let _ = up_tx.eof().await; }
-                None | Some(ChannelMsg::Close) => stop = Some(SftpStop::Gone),
-                Some(_) => {}
-            },
-            msg = up_rx.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => {
-                    if server_framing {
-                        relay.from_server.push(&data);
-                        server_framing = relay.server_replies().await;
-                    }
-                    relay.counts.to_client += data.len() as u64;
-                    session.add_to_client(data.len());
-                    if tx.data_bytes(data).await.is_err() { stop = Some(SftpStop::Gone); }
-                }
-                Some(ChannelMsg::ExtendedData { data, ext }) => { let _ = tx.extended_data_bytes(ext, data).await; }
-                Some(ChannelMsg::ExitStatus { exit_status }) => { let _ = tx.exit_status(exit_status).await; }
-                Some(ChannelMsg::Eof) => { let _ = tx.eof().await; }
-                None | Some(ChannelMsg::Close) => stop = Some(SftpStop::Gone),
-                Some(_) => {}
-            },
-        }
-    }
-    let _ = up_tx.close().await;
-    // Operations the server never answered: the session ended under them.
-    for (_, admitted) in relay.pending.drain() {
-        let outcome = Outcome {
-            status: Some("closed".into()),
-            ..Outcome::default()
-        };
-        svc.enforcer.finish(session, &admitted, outcome).await;
-    }
-    let status = match stop {
-        Some(SftpStop::Protocol(e)) => {
-            tracing::warn!(session = %session.id, error = %e, "closing an SFTP channel on a protocol error");
-            "protocol_error"
-        }
-        Some(SftpStop::Audit) => AUDIT_UNAVAILABLE,
-        _ => "ok",
-    };
-    Outcome {
-        status: Some(status.into()),
-        rows: Some(relay.operations),
-        bytes_to_client: Some(relay.counts.to_client),
-        bytes_to_server: Some(relay.counts.to_server),
-        ..Outcome::default()
-    }
-}
-
-struct SftpRelay<'c, 's> {
-    ctx: &'c Ctx<'s>,
-    from_client: Framer,
-    from_server: Framer,
-    /// Admitted operations by request id, until the server answers.
-    pending: HashMap<u32, Admitted>,
-    counts: Counts,
-    /// Operations decided.
-    operations: u64,
-}
-
-impl SftpRelay<'_, '_> {
-    /// Decides and forwards every complete client packet.
-    async fn client_packets(
-        &mut self,
-        rx: &mut ChannelReadHalf,
-        tx: &ClientTx,
-        up_tx: &UpstreamTx,
-    ) -> Result<(), SftpStop> {
-        let Ctx { svc, session, .. } = self.ctx;
-        while let Some(packet) = self.from_client.next_packet().map_err(SftpStop::Protocol)? {
-            let Some(op) = sftp::operation(&packet).map_err(SftpStop::Protocol)? else {
-                session.add_to_server(packet.len());
-                up_tx.data_bytes(packet).await.map_err(|_| SftpStop::Gone)?;
-                continue;
-            };
-            self.operations += 1;
-            let shown = match &op.to {
-                Some(to) => format!("sftp {} {} {to}", op.name, op.path),
-                None => format!("sftp {} {}", op.name, op.path),
-            };
-            let info = CommandInfo {
-                text: Some(svc.masker.mask_free_text(&shown).into_owned()),
-                kind: Some("ssh_sftp".to_owned()),
-                ..CommandInfo::default()
-            };
-            let action = Action::SshSftp {
-                operation: op.name,
-                path: &op.path,
-                to: op.to.as_deref(),
-            };
-            let refused =
-                |refusal: &Refusal| sftp::status(op.id, sftp::FX_PERMISSION_DENIED, &refusal.message("operation"));
-            let admitted = match svc
-                .enforcer
-                .begin(session, &self.ctx.caller, Command { action, info })
-                .await
-            {
-                Err(e) => {
-                    tracing::error!(session = %session.id, error = %e, "cannot record a refused SFTP operation");
-                    return Err(SftpStop::Audit);
-                }
-                Ok(Verdict::Refused(refusal)) => {
-                    tx.data_bytes(refused(&refusal)).await.map_err(|_| SftpStop::Gone)?;
-                    continue;
-                }
-                Ok(Verdict::Forward(admitted)) => admitted,
-                Ok(Verdict::Held { admitted, mut held }) => {
-                    let (message, hint) = held.notice();
-                    let message = message.replace("this statement waits", "this operation waits");
-                    let _ = tx
-                        .extended_data_bytes(1, Bytes::from(format!("{message}\n{hint}\n")))
-                        .await;
-                    let mut early = Early::default();
-                    let resolution = wait_for_approval(rx, &mut held, &mut early).await;
-                    for data in early.data {
-                        self.counts.to_server += data.len() as u64;
-                        self.from_client.push(&data);
-                    }
-                    let Some(resolution) = resolution else {
-                        drop(held);
-                        withdrawn(session, &admitted);
-                        return Err(SftpStop::Gone);
-                    };
-                    if let Err(refusal) = held.release(resolution) {
-                        svc.enforcer.unrun(session, &admitted, &refusal);
-                        tx.data_bytes(refused(&refusal)).await.map_err(|_| SftpStop::Gone)?;
-                        continue;
-                    }
-                    admitted
-                }
-            };
-            self.pending.insert(op.id, admitted);
-            session.add_to_server(packet.len());
-            up_tx.data_bytes(packet).await.map_err(|_| SftpStop::Gone)?;
-        }
-        Ok(())
-    }
-
-    /// Records the results of admitted operations the server answered.
-    /// `false` once the server's stream cannot be framed (it is relayed
-    /// on, unread).
-    async fn server_replies(&mut self) -> bool {
-        let Ctx { svc, session, .. } = self.ctx;
-        loop {
-            let packet = match self.from_server.next_packet() {
-                Ok(Some(p)) => p,
-                Ok(None) => return true,
-                Err(e) => {
-                    tracing::warn!(session = %session.id, error = %e, "cannot frame the server's SFTP replies");
-                    return false;
-                }
-            };
-            let Some((id, code)) = sftp::reply(&packet) else {
-                continue;
-            };
-            let Some(admitted) = self.pending.remove(&id) else {
-                continue;
-            };
-            let outcome = Outcome {
-                status: Some(if code == 0 { "ok" } else { "error" }.into()),
-                error_code: (code != 0).then(|| format!("sftp:{code}")),
-                ..Outcome::default()
-            };
-            svc.enforcer.finish(session, &admitted, outcome).await;
-        }
     }
 }

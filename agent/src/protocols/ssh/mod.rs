@@ -8,16 +8,18 @@
 //! - `server`: the client's authentication and channel opens, as events.
 //! - `upstream`: loopgate's own connection to the server.
 //! - `command`: requests as policy actions and audit records.
-//! - `channel`: one channel's decision and relay; `output`: masking of
-//!   exec and shell output as it streams; `sftp`: SFTP packets, so each
-//!   file operation is decided and recorded.
+//! - `channel`: a session channel's request, decided and relayed;
+//!   `forward`: forward channels; `sftp_relay` with `sftp`: SFTP operation
+//!   by operation; `output`: masking of exec and shell output as it streams.
 mod channel;
 mod command;
 pub mod config;
+mod forward;
 pub mod hostca;
 mod output;
 mod server;
 pub mod sftp;
+mod sftp_relay;
 mod upstream;
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
@@ -186,7 +188,7 @@ pub async fn serve(svc: &Service, session: &Session, client: TcpStream, connect_
                     if let Some(c) = &ctx {
                         let c = c.clone();
                         let port = u16::try_from(port).unwrap_or(0);
-                        channels.push(Box::pin(async move { channel::unrelayed(&c, "tcpip-forward", &address, port).await }));
+                        channels.push(Box::pin(async move { forward::unrelayed(&c, "tcpip-forward", &address, port).await }));
                     }
                 }
                 // The handler is gone: the session is ending.
@@ -231,22 +233,22 @@ fn channel_task<'s>(ctx: Ctx<'s>, opened: Opened) -> ChannelTask<'s> {
                 originator_port,
             } => {
                 let port = u16::try_from(port).unwrap_or(0);
-                let forward = channel::Forward {
+                let forward = forward::Forward {
                     kind: "direct-tcpip",
                     host: &host,
                     port,
                     originator: (&originator, originator_port),
                 };
-                channel::forward_channel(&ctx, channel, reply, forward).await
+                forward::forward_channel(&ctx, channel, reply, forward).await
             }
             Opened::DirectStreamlocal { channel, reply, path } => {
-                let forward = channel::Forward {
+                let forward = forward::Forward {
                     kind: "direct-streamlocal",
                     host: &path,
                     port: 0,
                     originator: ("", 0),
                 };
-                channel::forward_channel(&ctx, channel, reply, forward).await
+                forward::forward_channel(&ctx, channel, reply, forward).await
             }
         }
     })
