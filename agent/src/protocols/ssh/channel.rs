@@ -162,8 +162,7 @@ async fn run(ctx: &Ctx<'_>, rx: &mut ChannelReadHalf, tx: &ClientTx, request: Re
         }
         Ok(Verdict::Forward(admitted)) => admitted,
         Ok(Verdict::Held { admitted, mut held }) => {
-            let (message, hint) = held.notice();
-            let message = message.replace("this statement waits", "this command waits");
+            let (message, hint) = held.notice_for("command");
             let notice = format!("{message}{newline}{hint}{newline}");
             if tx.extended_data_bytes(1, Bytes::from(notice)).await.is_err() {
                 return ChannelEnd::Done;

@@ -289,3 +289,77 @@ impl server::Handler for ClientHandler {
         Ok(false)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use russh::server::Handler as _;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    fn handler(identity: Authenticator) -> (ClientHandler, mpsc::UnboundedReceiver<Event>) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let process = ProcessInfo {
+            uid: Some(1000),
+            user: Some("etl".into()),
+            ..ProcessInfo::default()
+        };
+        let handler = ClientHandler {
+            identity,
+            process: Arc::new(process),
+            events,
+            authenticated: false,
+        };
+        (handler, rx)
+    }
+
+    #[tokio::test]
+    async fn process_identity_accepts_any_method_and_names_the_process() {
+        let (mut h, mut rx) = handler(Authenticator::Process);
+        assert!(matches!(h.auth_none("anyone").await.unwrap(), Auth::Accept));
+        let Some(Event::Authenticated(principal)) = rx.recv().await else {
+            panic!("no principal")
+        };
+        assert_eq!(principal.subject.as_deref(), Some("unix:etl"));
+        // Later attempts (a second method) are accepted without a new principal.
+        assert!(matches!(h.auth_password("x", "y").await.unwrap(), Auth::Accept));
+        assert!(rx.try_recv().is_err());
+        let (mut h, _rx) = handler(Authenticator::Process);
+        assert!(matches!(h.auth_password("x", "anything").await.unwrap(), Auth::Accept));
+    }
+
+    #[cfg(feature = "test-issuer")]
+    #[tokio::test]
+    async fn oidc_identity_asks_for_a_token_and_refuses_without_one() {
+        let issuer = crate::identity::test_issuer::TestIssuer::start().await.unwrap();
+        let oidc = crate::identity::OidcValidator::new(issuer.oidc_config("loopgate"), vec![]).unwrap();
+        oidc.refresh().await.unwrap();
+        let (mut h, mut rx) = handler(Authenticator::Oidc(Arc::new(oidc)));
+        let Auth::Reject {
+            proceed_with_methods: Some(methods),
+            ..
+        } = h.auth_none("u").await.unwrap()
+        else {
+            panic!("none was not refused with the token methods")
+        };
+        assert!(methods.contains(&russh::MethodKind::KeyboardInteractive));
+        let Auth::Partial { prompts, .. } = h.auth_keyboard_interactive("u", "", None).await.unwrap() else {
+            panic!("no token prompt")
+        };
+        assert_eq!(prompts[0].0, TOKEN_PROMPT);
+        assert!(matches!(
+            h.auth_password("u", "not-a-token").await.unwrap(),
+            Auth::Reject { .. }
+        ));
+        let Some(Event::AuthRefused(reason)) = rx.recv().await else {
+            panic!("the refusal was not reported")
+        };
+        assert!(reason.contains("token refused"), "{reason}");
+        let token = issuer.mint(&issuer.claims("ci-bot", "loopgate"));
+        assert!(matches!(h.auth_password("u", &token).await.unwrap(), Auth::Accept));
+        let Some(Event::Authenticated(principal)) = rx.recv().await else {
+            panic!("no principal")
+        };
+        assert_eq!(principal.subject.as_deref(), Some("ci-bot"));
+    }
+}

@@ -179,8 +179,7 @@ impl SftpRelay<'_, '_> {
                 }
                 Ok(Verdict::Forward(admitted)) => admitted,
                 Ok(Verdict::Held { admitted, mut held }) => {
-                    let (message, hint) = held.notice();
-                    let message = message.replace("this statement waits", "this operation waits");
+                    let (message, hint) = held.notice_for("operation");
                     let _ = tx
                         .extended_data_bytes(1, Bytes::from(format!("{message}\n{hint}\n")))
                         .await;
