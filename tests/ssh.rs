@@ -146,7 +146,8 @@ impl Fixture {
         let mut cmd = self.agent.loopgate(&["exec"]);
         cmd.arg("--").arg("ssh").args(self.options(&self.known_hosts));
         cmd.args(["-p", &self.sshd.port.to_string(), "root@127.0.0.1", command]);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.spawn().unwrap()
     }
 
     fn context(&self, out: &Output) -> String {
@@ -461,16 +462,24 @@ fn wait_pending(f: &Fixture) -> String {
 fn held_commands_wait_for_approval() {
     require_ebpf!();
     let f = Fixture::start(false);
-    let archive = format!("tar -cf /dev/null {} && echo archived", f.phi.display());
+    let archive = format!("tar -cf /dev/null {} && echo archived && wc -c", f.phi.display());
 
-    // Approved: the client waits, is told why, then the command runs.
-    let client = f.spawn_ssh(&archive);
+    // Approved: the client waits, is told why, then the command runs with
+    // all the input it sent meanwhile (more than loopgate buffers: the
+    // rest waits in SSH flow control).
+    let mut client = f.spawn_ssh(&archive);
+    let mut stdin = client.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write as _;
+        stdin.write_all(&vec![b'x'; 3 << 20]).unwrap();
+    });
     let id = wait_pending(&f);
     let out = approvals(&f, &["approve", &id, "--reason", "monthly export"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = client.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", f.context(&out));
-    assert_eq!(text(&out.stdout), "archived\n");
+    writer.join().unwrap();
+    assert_eq!(text(&out.stdout), format!("archived\n{}\n", 3 << 20));
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains(&id) && stderr.contains("hipaa.hold_ssh_phi_archive"),
@@ -478,7 +487,8 @@ fn held_commands_wait_for_approval() {
     );
 
     // Denied: exit 126, and the reason.
-    let client = f.spawn_ssh(&archive);
+    let mut client = f.spawn_ssh(&archive);
+    drop(client.stdin.take());
     let id = wait_pending(&f);
     let out = approvals(&f, &["deny", &id, "--reason", "not today"]);
     assert!(out.status.success(), "{}", text(&out.stderr));

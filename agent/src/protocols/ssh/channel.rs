@@ -26,7 +26,8 @@ use crate::{
 pub const REFUSED_STATUS: u32 = 126;
 /// How long a partial output line waits for its end before it is sent.
 const FLUSH_AFTER: Duration = Duration::from_millis(25);
-/// Data a client may send while its request waits for approval.
+/// Input taken from a client while its request waits for approval;
+/// beyond it the client is not read until the decision.
 const MAX_EARLY_DATA: usize = 1 << 20;
 
 pub(super) type ClientTx = ChannelWriteHalf<server::Msg>;
@@ -62,12 +63,15 @@ pub(super) struct Early {
 
 impl Early {
     fn data(&mut self, data: Bytes) {
-        // Beyond the bound the client is sending a stream, not keystrokes;
-        // what does not fit is dropped rather than held in memory.
-        if self.bytes + data.len() <= MAX_EARLY_DATA {
-            self.bytes += data.len();
-            self.data.push(data);
-        }
+        self.bytes += data.len();
+        self.data.push(data);
+    }
+
+    /// Whether no more input is taken while the request waits: the
+    /// client's further input stays in SSH flow control (its window), so
+    /// nothing is dropped and memory stays bounded.
+    fn full(&self) -> bool {
+        self.bytes >= MAX_EARLY_DATA
     }
 }
 
@@ -118,7 +122,11 @@ pub async fn session_channel(ctx: &Ctx<'_>, channel: russh::Channel<server::Msg>
                 continue;
             }
             Some(ChannelMsg::Data { data }) => {
-                early.data(data);
+                // Input before any request is kept up to the bound, not
+                // without one (no flow control holds it back here).
+                if !early.full() {
+                    early.data(data);
+                }
                 continue;
             }
             Some(ChannelMsg::Eof) => {
@@ -205,7 +213,7 @@ pub(super) async fn wait_for_approval(
     loop {
         tokio::select! {
             resolution = held.wait() => return Some(resolution),
-            msg = rx.wait() => match msg {
+            msg = rx.wait(), if !early.full() => match msg {
                 None | Some(ChannelMsg::Close) => return None,
                 Some(ChannelMsg::Eof) => early.eof = true,
                 Some(ChannelMsg::Data { data }) => early.data(data),
