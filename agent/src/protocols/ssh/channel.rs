@@ -133,17 +133,29 @@ pub async fn session_channel(ctx: &Ctx<'_>, channel: russh::Channel<server::Msg>
                 early.eof = true;
                 continue;
             }
-            Some(ChannelMsg::Exec { command, .. }) => Request::Exec(String::from_utf8_lossy(&command).into_owned()),
+            Some(ChannelMsg::Exec { command, .. }) => {
+                let text = String::from_utf8_lossy(&command).into_owned();
+                return run(ctx, &mut rx, &tx, Request::Exec(text), early, command).await;
+            }
             Some(ChannelMsg::RequestShell { .. }) => Request::Shell,
             Some(ChannelMsg::RequestSubsystem { name, .. }) => Request::Subsystem(name),
             Some(_) => continue,
         };
-        return run(ctx, &mut rx, &tx, request, early).await;
+        return run(ctx, &mut rx, &tx, request, early, Vec::new()).await;
     }
 }
 
-/// Decides `request` and runs it upstream, or refuses it.
-async fn run(ctx: &Ctx<'_>, rx: &mut ChannelReadHalf, tx: &ClientTx, request: Request, mut early: Early) -> ChannelEnd {
+/// Decides `request` and runs it upstream, or refuses it. `raw` is an
+/// exec's command as the client sent it (forwarded as is, even when it is
+/// not UTF-8; the policy and the audit see its lossy text).
+async fn run(
+    ctx: &Ctx<'_>,
+    rx: &mut ChannelReadHalf,
+    tx: &ClientTx,
+    request: Request,
+    mut early: Early,
+    raw: Vec<u8>,
+) -> ChannelEnd {
     let Ctx { svc, session, .. } = ctx;
     let newline = if early.pty.is_some() { "\r\n" } else { "\n" };
     let info = request.info(&svc.masker, early.pty.as_ref());
@@ -191,7 +203,7 @@ async fn run(ctx: &Ctx<'_>, rx: &mut ChannelReadHalf, tx: &ClientTx, request: Re
             admitted
         }
     };
-    let outcome = relay(ctx, rx, tx, &request, early).await;
+    let outcome = relay(ctx, rx, tx, &request, early, raw).await;
     // An SFTP operation that could not be recorded ends the session.
     let end = match outcome.status.as_deref() {
         Some(super::sftp_relay::AUDIT_UNAVAILABLE) => ChannelEnd::AuditUnavailable,
@@ -247,7 +259,14 @@ async fn refuse_on_channel(tx: &ClientTx, message: &str) {
 /// Opens the upstream channel for an admitted request, replays what the
 /// client set up (pty, environment, early input) and relays both ways,
 /// masking text output; the outcome carries the exit status.
-async fn relay(ctx: &Ctx<'_>, rx: &mut ChannelReadHalf, tx: &ClientTx, request: &Request, early: Early) -> Outcome {
+async fn relay(
+    ctx: &Ctx<'_>,
+    rx: &mut ChannelReadHalf,
+    tx: &ClientTx,
+    request: &Request,
+    early: Early,
+    raw: Vec<u8>,
+) -> Outcome {
     let Ctx { svc, session, .. } = ctx;
     let newline = if early.pty.is_some() { "\r\n" } else { "\n" };
     let failed = |code: &str| Outcome {
@@ -274,7 +293,7 @@ async fn relay(ctx: &Ctx<'_>, rx: &mut ChannelReadHalf, tx: &ClientTx, request: 
         let _ = up_tx.set_env(false, name.as_str(), value.as_str()).await;
     }
     let sent = match request {
-        Request::Exec(command) => up_tx.exec(true, command.as_bytes()).await,
+        Request::Exec(_) => up_tx.exec(true, raw).await,
         Request::Shell => up_tx.request_shell(true).await,
         Request::Subsystem(name) => up_tx.request_subsystem(true, name.as_str()).await,
     };
