@@ -553,6 +553,50 @@ fn untrusting_clients_and_impostor_servers_are_refused() {
 }
 
 #[test]
+fn rsync_copies_both_ways_over_ssh() {
+    require_ebpf!();
+    let f = Fixture::start(false);
+    let local = f.dir.path().join("tree");
+    fs::create_dir_all(local.join("sub")).unwrap();
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 256) as u8).collect();
+    fs::write(local.join("sub/blob.bin"), &blob).unwrap();
+    fs::write(local.join("fixture.txt"), format!("test value {SSN}\n")).unwrap();
+    let remote = f.dir.path().join("mirror");
+    let back = f.dir.path().join("back");
+    let ssh = format!("ssh {}", f.options(&f.known_hosts).join(" "));
+    let port = f.sshd.port.to_string();
+    let shell = format!("{ssh} -p {port}");
+    let up = [
+        format!("{}/", local.display()),
+        format!("root@127.0.0.1:{}/", remote.display()),
+    ];
+    let down = [
+        format!("root@127.0.0.1:{}/", remote.display()),
+        format!("{}/", back.display()),
+    ];
+    for [from, to] in [&up, &down] {
+        let out = f.agent.exec(&["rsync", "-a", "-e", &shell, from, to]);
+        assert!(out.status.success(), "rsync {from} {to}: {}", f.context(&out));
+    }
+    assert_eq!(fs::read(back.join("sub/blob.bin")).unwrap(), blob);
+    assert_eq!(
+        fs::read_to_string(back.join("fixture.txt")).unwrap(),
+        format!("test value {SSN}\n")
+    );
+    let events = f.agent.wait_events("both rsync commands and their results", |e| {
+        let execs = commands(e, "ssh_exec");
+        execs.len() == 2 && execs.iter().all(|c| result_of(e, c).is_some())
+    });
+    for c in commands(&events, "ssh_exec") {
+        assert!(
+            c["command"]["text"].as_str().unwrap().starts_with("rsync --server"),
+            "{c}"
+        );
+        assert_eq!(result_of(&events, c).unwrap()["outcome"]["error_code"], "exit:0");
+    }
+}
+
+#[test]
 fn git_pushes_and_clones_over_ssh() {
     require_ebpf!();
     let f = Fixture::start(false);
