@@ -351,10 +351,24 @@ fn exec_masking_refusals_sftp_and_forwards() {
         f.context(&out)
     );
 
+    // Once the pack allows forwards (reloaded live), the same forward is
+    // relayed: the client reads sshd's banner through the tunnel.
+    let catalog_path = f.dir.path().join("policies/phi_catalog.json");
+    let mut catalog: Value = serde_json::from_slice(&fs::read(&catalog_path).unwrap()).unwrap();
+    catalog["phi_catalog"]["ssh"]["allow_forward"] = json!(true);
+    fs::write(&catalog_path, serde_json::to_vec_pretty(&catalog).unwrap()).unwrap();
+    f.agent.wait_events("the policy reload", |e| {
+        e.iter()
+            .any(|e| e["kind"] == "policy_reload" && e["decision"]["verdict"] != "error")
+    });
+    let out = f.ssh_to("127.0.0.1", &f.known_hosts, &["-W", &target], "");
+    assert!(text(&out.stdout).starts_with("SSH-2.0-OpenSSH"), "{}", f.context(&out));
+
     // The audit: every request with principal, process and decision.
-    let events = f
-        .agent
-        .wait_events("the forward's record", |e| !commands(e, "ssh_forward").is_empty());
+    let events = f.agent.wait_events("the forwards' records", |e| {
+        let forwards = commands(e, "ssh_forward");
+        forwards.len() == 2 && result_of(e, forwards[1]).is_some()
+    });
     let execs = commands(&events, "ssh_exec");
     assert_eq!(execs.len(), 5, "{execs:?}");
     let scp = execs[4]["command"]["text"].as_str().unwrap();
@@ -394,8 +408,15 @@ fn exec_masking_refusals_sftp_and_forwards() {
             >= 2
     );
     assert_eq!(result_of(&events, rm).unwrap()["outcome"]["status"], "blocked");
-    let forward = commands(&events, "ssh_forward")[0];
-    assert_eq!(forward["decision"]["rule_id"], "hipaa.deny_ssh_forward");
+    let forwards = commands(&events, "ssh_forward");
+    assert_eq!(forwards[0]["decision"]["rule_id"], "hipaa.deny_ssh_forward");
+    // The destination is recorded with the detectors' masking (an IP
+    // address is an identifier under HIPAA), its port as it is.
+    let recorded = forwards[0]["command"]["text"].as_str().unwrap();
+    assert_eq!(recorded, format!("direct-tcpip ***:{}", f.sshd.port));
+    assert_eq!(forwards[1]["decision"]["verdict"], "allow");
+    let relayed = &result_of(&events, forwards[1]).unwrap()["outcome"];
+    assert!(relayed["bytes_to_client"].as_u64().unwrap() > 0, "{relayed}");
     let sftp = commands(&events, "ssh_sftp");
     assert_eq!(sftp[0]["command"]["text"], "subsystem sftp");
     assert_eq!(sftp[0]["decision"]["verdict"], "allow");
