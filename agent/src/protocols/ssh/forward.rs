@@ -19,7 +19,8 @@ use crate::{
 pub const UNRELAYED_RULE: &str = "loopgate.ssh_forward_not_relayed";
 
 /// Agent and X11 forwarding and `ssh -R` are recorded and decided, but
-/// never relayed: even an allowed one is refused, saying so.
+/// never relayed: the client's request fails even when the policy allows
+/// it, and the result is recorded as not run.
 pub async fn unrelayed(ctx: &Ctx<'_>, channel: &str, host: &str, port: u16) -> ChannelEnd {
     let Ctx { svc, session, .. } = ctx;
     let info = forward_info(&svc.masker, channel, host, port);
