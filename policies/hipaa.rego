@@ -114,6 +114,81 @@ unbounded if {
 
 unbounded if stmt.limit > threshold
 
+# --- SSH ---
+
+ssh := data.phi_catalog.ssh
+
+ssh_command := input.action.command if input.action.kind == "ssh_exec"
+
+# The words of an exec'd command line, shell separators read as spaces
+# (`a;b`, `a|b`, `a&&b`); a best-effort reading, not a shell parser.
+ssh_words := {w |
+	line := replace(replace(replace(replace(ssh_command, ";", " "), "|", " "), "&", " "), "\t", " ")
+	some w in split(line, " ")
+	w != ""
+}
+
+# Programs named in the command line, by base name (`/usr/bin/pg_dump`).
+ssh_programs := {p |
+	some w in ssh_words
+	parts := split(w, "/")
+	p := parts[count(parts) - 1]
+}
+
+# Words naming a configured PHI path (`/srv/phi/x`, `-C/srv/phi`,
+# `--file=/srv/phi/y`): any word that contains one errs towards PHI.
+ssh_phi_paths := {w |
+	some w in ssh_words
+	some root in ssh.phi_paths
+	contains(w, root)
+}
+
+# A forward is a tunnel whose traffic loopgate cannot see.
+deny contains {"rank": 30, "rule_id": "hipaa.deny_ssh_forward", "reason": reason} if {
+	input.action.kind == "ssh_forward"
+	not ssh.allow_forward
+	reason := sprintf("SSH forwarding (%s) is not allowed: a tunnel's traffic cannot be checked", [input.action.channel])
+}
+
+# Destroying PHI records on a host is not undone by an approval.
+deny contains {"rank": 40, "rule_id": "hipaa.deny_ssh_phi_delete", "reason": reason} if {
+	some p in ssh_programs
+	p in ssh.delete_programs
+	count(ssh_phi_paths) > 0
+	reason := sprintf("deleting PHI paths over SSH (%s) is not allowed", [p])
+}
+
+# SFTP: files under PHI paths are read, never changed, over SFTP.
+sftp_changes := {"write", "remove", "rename", "mkdir", "rmdir", "setstat", "symlink"}
+
+sftp_paths contains input.action.path if input.action.kind == "ssh_sftp"
+
+sftp_paths contains input.action.to if {
+	input.action.kind == "ssh_sftp"
+	input.action.to != null
+}
+
+deny contains {"rank": 40, "rule_id": "hipaa.deny_sftp_phi_write", "reason": reason} if {
+	input.action.operation in sftp_changes
+	some path in sftp_paths
+	some root in ssh.phi_paths
+	startswith(path, root)
+	reason := sprintf("SFTP %s under a PHI path is not allowed", [input.action.operation])
+}
+
+hold contains {"rank": 20, "rule_id": "hipaa.hold_ssh_db_dump", "reason": reason, "row_threshold": null} if {
+	some p in ssh_programs
+	p in ssh.dump_programs
+	reason := sprintf("a database dump over SSH (%s) needs approval", [p])
+}
+
+hold contains {"rank": 20, "rule_id": "hipaa.hold_ssh_phi_archive", "reason": reason, "row_threshold": null} if {
+	some p in ssh_programs
+	p in ssh.archive_programs
+	count(ssh_phi_paths) > 0
+	reason := sprintf("an archive of PHI paths over SSH (%s) needs approval", [p])
+}
+
 # --- mask ---
 
 # Every PHI column of every PHI table the statement touches, as

@@ -184,3 +184,100 @@ test_returning_of_phi_write_masked if {
 	d.decision == "allow"
 	{"column": "patients.ssn", "mode": "partial"} in d.mask
 }
+
+# --- SSH ---
+
+ssh_req(identity, action) := {
+	"principal": principal("unix:deploy", []),
+	"process": {"pid": 42, "uid": 1000, "user": "deploy", "unit": "etl.service", "exe": "/usr/bin/ssh", "comm": "ssh"},
+	"target": {"name": "ehr-host", "protocol": "ssh", "identity": identity},
+	"action": action,
+	"session": {"id": "s-1", "database": null, "application_name": null},
+	"time": {"unix_secs": 1795680000, "weekday": 4, "hour": 14, "minute": 0},
+}
+
+exec(command) := ssh_req("process", {"kind": "ssh_exec", "command": command})
+
+test_ssh_exec_allowed if {
+	d := loopgate.decision with input as exec("uptime; df -h")
+	d.decision == "allow"
+	d.mask == []
+}
+
+test_ssh_shell_and_sftp_allowed if {
+	shell := loopgate.decision with input as ssh_req("process", {"kind": "ssh_shell", "pty": true, "term": "xterm"})
+	shell.decision == "allow"
+	sftp := loopgate.decision with input as ssh_req("process", {"kind": "ssh_sftp", "operation": "session", "path": ""})
+	sftp.decision == "allow"
+}
+
+test_ssh_forwards_denied if {
+	tunnel := {"kind": "ssh_forward", "channel": "direct-tcpip", "host": "db", "port": 5432}
+	d := loopgate.decision with input as ssh_req("process", tunnel)
+	d.decision == "deny"
+	d.rule_id == "hipaa.deny_ssh_forward"
+	agent := loopgate.decision with input as ssh_req("process", {"kind": "ssh_forward", "channel": "agent", "host": "", "port": 0})
+	agent.rule_id == "hipaa.deny_ssh_forward"
+}
+
+test_ssh_forward_allowed_when_configured if {
+	tunnel := {"kind": "ssh_forward", "channel": "direct-tcpip", "host": "db", "port": 5432}
+	d := loopgate.decision with input as ssh_req("process", tunnel) with data.phi_catalog.ssh.allow_forward as true
+	d.decision == "allow"
+}
+
+test_ssh_deleting_phi_paths_denied if {
+	d := loopgate.decision with input as exec("rm -rf /srv/phi/2024")
+	d.decision == "deny"
+	d.rule_id == "hipaa.deny_ssh_phi_delete"
+	tmp := loopgate.decision with input as exec("rm -rf /tmp/scratch")
+	tmp.decision == "allow"
+}
+
+test_ssh_database_dumps_held if {
+	d := loopgate.decision with input as exec("/usr/bin/pg_dump -Fc clinic > /tmp/c.dump")
+	d.decision == "hold"
+	d.rule_id == "hipaa.hold_ssh_db_dump"
+	d.approval.row_threshold == null
+	piped := loopgate.decision with input as exec("cd /tmp&&mysqldump ehr|gzip")
+	piped.rule_id == "hipaa.hold_ssh_db_dump"
+}
+
+test_ssh_archives_of_phi_paths_held if {
+	d := loopgate.decision with input as exec("tar czf - /srv/phi/records")
+	d.decision == "hold"
+	d.rule_id == "hipaa.hold_ssh_phi_archive"
+	c := loopgate.decision with input as exec("tar -C/var/lib/ehr -cf - .")
+	c.rule_id == "hipaa.hold_ssh_phi_archive"
+}
+
+test_ssh_archives_elsewhere_allowed if {
+	d := loopgate.decision with input as exec("tar czf - /var/log/nginx")
+	d.decision == "allow"
+	cat := loopgate.decision with input as exec("cat /srv/phi/records.csv")
+	cat.decision == "allow"
+}
+
+sftp(operation, path, to) := ssh_req("process", {"kind": "ssh_sftp", "operation": operation, "path": path, "to": to})
+
+test_sftp_changes_under_phi_paths_denied if {
+	w := loopgate.decision with input as sftp("write", "/srv/phi/new.csv", null)
+	w.rule_id == "hipaa.deny_sftp_phi_write"
+	into := loopgate.decision with input as sftp("rename", "/tmp/x.csv", "/srv/phi/x.csv")
+	into.rule_id == "hipaa.deny_sftp_phi_write"
+	rm := loopgate.decision with input as sftp("remove", "/var/lib/ehr/a", null)
+	rm.decision == "deny"
+}
+
+test_sftp_reads_and_other_paths_allowed if {
+	r := loopgate.decision with input as sftp("read", "/srv/phi/records.csv", null)
+	r.decision == "allow"
+	w := loopgate.decision with input as sftp("write", "/tmp/upload.bin", null)
+	w.decision == "allow"
+}
+
+test_ssh_oidc_targets_need_a_principal if {
+	i := object.union(ssh_req("oidc", {"kind": "ssh_exec", "command": "uptime"}), {"principal": nobody})
+	d := loopgate.decision with input as i
+	d.rule_id == "hipaa.deny_unknown_principal"
+}

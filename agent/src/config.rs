@@ -24,7 +24,10 @@ use crate::{
     },
     mask::MaskConfig,
     policy::BuiltinPolicyConfig,
-    protocols::postgres::config::PostgresSettings,
+    protocols::{
+        postgres::config::PostgresSettings,
+        ssh::config::{SshConfig, SshSettings},
+    },
     sql::SqlConfig,
 };
 
@@ -94,6 +97,9 @@ pub enum Protocol {
     Tcp,
     /// PostgreSQL wire protocol: per-statement decisions, masking, audit.
     Postgres(Box<PostgresSettings>),
+    /// SSH: per-request decisions (exec, shell, sftp, forwards), output
+    /// masking, audit; loopgate is the clients' host CA.
+    Ssh(Box<SshSettings>),
 }
 
 impl Protocol {
@@ -101,6 +107,7 @@ impl Protocol {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Postgres(_) => "postgres",
+            Protocol::Ssh(_) => "ssh",
         }
     }
 }
@@ -318,6 +325,7 @@ mod raw {
         pub identity: Option<Spanned<String>>,
         pub upstream: Option<Spanned<crate::protocols::postgres::config::UpstreamConfig>>,
         pub client_tls: Option<Spanned<bool>>,
+        pub ssh: Option<Spanned<crate::protocols::ssh::config::SshConfig>>,
     }
 }
 
@@ -622,11 +630,12 @@ impl Validator<'_> {
                 format!("{name:?} is used by another target"),
             );
         }
-        let supported = "(supported: \"tcp\", \"postgres\")";
+        let supported = "(supported: \"tcp\", \"postgres\", \"ssh\")";
         let protocol = match raw.protocol.get_ref().as_str() {
             "tcp" => Protocol::Tcp,
             "postgres" => Protocol::Postgres(Box::new(self.postgres(&raw)?)),
-            "ssh" | "https" | "http" => {
+            "ssh" => Protocol::Ssh(Box::new(self.ssh(&raw)?)),
+            "https" | "http" => {
                 let message = format!(
                     "{:?} is not supported by this build yet {supported}",
                     raw.protocol.get_ref()
@@ -732,8 +741,28 @@ impl Validator<'_> {
             .or_else(|e| self.error("target.upstream", upstream.span(), e.to_string()))
     }
 
+    /// The `[target.ssh]` table of an SSH target, which its module checks.
+    fn ssh(&self, raw: &raw::Target) -> Result<SshSettings, ConfigError> {
+        let Some(table) = &raw.ssh else {
+            return self.error(
+                "target.ssh",
+                raw.name.span(),
+                "an ssh target needs [target.ssh] (user, key_file or password_file, known_hosts or host_key)",
+            );
+        };
+        let config: SshConfig = table.get_ref().clone();
+        SshSettings::new(config).or_else(|e| self.error("target.ssh", table.span(), e.to_string()))
+    }
+
     /// Keys a protocol does not take are errors, not silently ignored.
     fn refuse_foreign_keys(&self, protocol: &Protocol, raw: &raw::Target) -> Result<(), ConfigError> {
+        if let (Some(t), false) = (&raw.ssh, matches!(protocol, Protocol::Ssh(_))) {
+            return self.error(
+                "target.ssh",
+                t.span(),
+                format!("only ssh targets take [target.ssh]; this one is {protocol}"),
+            );
+        }
         if matches!(protocol, Protocol::Postgres(_)) {
             return Ok(());
         }
@@ -953,6 +982,35 @@ address = "[::1]:9000"
         assert!(msg.contains("[identity.oidc]"), "{msg}");
         let (_, _, msg) = invalid("[approvals]\nwebhook_url = \"ftp://hooks.example\"\n");
         assert!(msg.contains("http(s)"), "{msg}");
+    }
+
+    #[test]
+    fn ssh_targets_take_an_ssh_table() {
+        let text = "[[target]]\nname = \"bastion\"\nprotocol = \"ssh\"\naddress = \"10.0.0.7:22\"\n\
+                    [target.ssh]\nuser = \"deploy\"\nkey_file = \"/etc/loopgate/ssh/deploy\"\n\
+                    known_hosts = \"/etc/loopgate/ssh/known_hosts\"\nnames = [\"bastion.internal\"]\n";
+        let config = parse(text).unwrap();
+        let Protocol::Ssh(ssh) = &config.targets[0].protocol else {
+            panic!("not ssh");
+        };
+        assert_eq!(ssh.user, "deploy");
+        assert!(ssh.mask_output);
+        assert_eq!(ssh.names, ["bastion.internal"]);
+        assert_eq!(config.targets[0].protocol.as_str(), "ssh");
+
+        let (line, key, msg) = invalid("[[target]]\nname = \"b\"\nprotocol = \"ssh\"\naddress = \"10.0.0.7:22\"\n");
+        assert_eq!((line, key.as_str()), (2, "target.ssh"));
+        assert!(msg.contains("[target.ssh]"), "{msg}");
+        let (line, key, msg) = invalid(&text.replace("known_hosts = \"/etc/loopgate/ssh/known_hosts\"", ""));
+        assert_eq!((line, key.as_str()), (5, "target.ssh"));
+        assert!(msg.contains("pinned"), "{msg}");
+        let err = parse(&text.replace("user = \"deploy\"", "user = \"deploy\"\nkeyfile = \"x\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("keyfile") && err.contains("line 7"), "{err}");
+        let (_, key, msg) = invalid(&text.replace("protocol = \"ssh\"", "protocol = \"tcp\""));
+        assert_eq!(key, "target.ssh");
+        assert!(msg.contains("only ssh targets"), "{msg}");
     }
 
     #[test]

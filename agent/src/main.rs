@@ -73,10 +73,27 @@ enum Command {
     /// Work with the Rego policy pack.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// loopgate's SSH host CA.
+    #[command(subcommand)]
+    Ssh(SshCommand),
     /// Validate a configuration file (and the policy pack it names).
     Check {
         #[arg(long, short, default_value = DEFAULT_PATH)]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SshCommand {
+    /// Print the `@cert-authority` line for /etc/ssh/ssh_known_hosts that
+    /// makes OpenSSH clients trust the host certificates of SSH targets
+    /// (creates the CA on first use).
+    KnownHosts {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The hosts the line covers (a known_hosts pattern list).
+        #[arg(long, default_value = "*")]
+        hosts: String,
     },
 }
 
@@ -152,6 +169,19 @@ fn main() -> ExitCode {
         Command::Audit(cmd) => audit_cli::run(cmd),
         Command::Policy(cmd) => policy_cli::run(cmd),
         Command::Approvals(args) => approvals_cli::run(args),
+        Command::Ssh(SshCommand::KnownHosts { config, hosts }) => {
+            let config = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match loopgate::protocols::ssh::hostca::HostCa::load_or_create(&config.tls.ca_dir) {
+                Ok(ca) => {
+                    println!("{}", ca.known_hosts_line(&hosts));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e.into()),
+            }
+        }
         Command::Check { config } => check(&config),
     }
 }

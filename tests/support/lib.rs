@@ -8,6 +8,7 @@ pub mod echo;
 pub mod env;
 pub mod postgres;
 pub mod s3;
+pub mod sshd;
 
 pub use agent::{Agent, Target};
 pub use echo::EchoServer;

@@ -20,6 +20,8 @@ const TEST_PACKAGES: &[&str] = &[
     "postgresql-client",
     "openssh-server",
     "openssh-client",
+    // tests/ssh.rs: rsync over ssh through loopgate.
+    "rsync",
     "iproute2",
     "python3-venv",
     "curl",

@@ -67,9 +67,15 @@ impl ApprovalView {
     /// What the waiting client is told (a PostgreSQL notice, which psql
     /// prints as it arrives), and a hint on how it gets decided.
     pub fn notice(&self) -> (String, String) {
+        self.notice_for("statement")
+    }
+
+    /// [`notice`](Self::notice) in the protocol's own word for what waits
+    /// ("statement", "command", "operation").
+    pub fn notice_for(&self, noun: &str) -> (String, String) {
         let waiting = match self.rows_sent {
             Some(rows) => format!("the rest of this result (after {rows} rows) waits"),
-            None => "this statement waits".to_owned(),
+            None => format!("this {noun} waits"),
         };
         let message = format!(
             "loopgate: {waiting} for approval {} (rule {}: {})",

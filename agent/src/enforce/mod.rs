@@ -156,6 +156,11 @@ impl Held {
         self.ticket.view().notice()
     }
 
+    /// [`notice`](Self::notice) naming what waits in the protocol's word.
+    pub fn notice_for(&self, noun: &str) -> (String, String) {
+        self.ticket.view().notice_for(noun)
+    }
+
     /// The approval request's id.
     pub fn id(&self) -> &str {
         &self.ticket.view().id

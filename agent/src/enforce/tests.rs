@@ -173,7 +173,10 @@ async fn an_unrecordable_command_is_refused_fail_closed() {
     let enforcer = h.enforcer(PolicyDecision::deny("r", "x"));
     let caller = Caller::of(&h.session, None, None);
     let command = Command {
-        action: Action::SshShell,
+        action: Action::SshShell {
+            pty: true,
+            term: Some("xterm"),
+        },
         info: CommandInfo::default(),
     };
     assert!(enforcer.begin(&h.session, &caller, command).await.is_err());

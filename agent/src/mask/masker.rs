@@ -286,6 +286,16 @@ impl Masker {
         Cow::Owned(String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
     }
 
+    /// [`mask_free_text`](Self::mask_free_text) for bytes that need not be
+    /// UTF-8 (a remote command's output). Borrowed when clean.
+    pub fn mask_free_bytes<'t>(&self, bytes: &'t [u8]) -> Cow<'t, [u8]> {
+        let ranges = self.inner.free_text_detectors.find_all(bytes);
+        if ranges.is_empty() {
+            return Cow::Borrowed(bytes);
+        }
+        Cow::Owned(self.replace_ranges(bytes, &ranges))
+    }
+
     fn replace_ranges(&self, value: &[u8], ranges: &[Range<usize>]) -> Vec<u8> {
         let mut out = Vec::with_capacity(value.len() + 16);
         let mut last = 0;

@@ -20,6 +20,7 @@ pub mod rule_ids {
     pub const DROP_TABLE: &str = "builtin.block_drop_table";
     pub const TRUNCATE: &str = "builtin.block_truncate";
     pub const UNBOUNDED_WRITE: &str = "builtin.block_unbounded_write";
+    pub const SSH_FORWARD: &str = "builtin.block_ssh_forward";
 }
 
 /// `[policy.builtin]` in the agent config.
@@ -41,6 +42,9 @@ pub struct BuiltinPolicyConfig {
     /// Block DELETE and UPDATE without WHERE (every row: as irreversible
     /// as TRUNCATE). Default `true`.
     pub block_unbounded_writes: bool,
+    /// Block SSH forwarding (`ssh -L`/`-R`, unix sockets, agent, X11): a
+    /// forward is a tunnel whose traffic loopgate cannot see. Default `true`.
+    pub block_ssh_forward: bool,
 }
 
 impl Default for BuiltinPolicyConfig {
@@ -52,6 +56,7 @@ impl Default for BuiltinPolicyConfig {
             block_drop_table: true,
             block_truncate: true,
             block_unbounded_writes: true,
+            block_ssh_forward: true,
         }
     }
 }
@@ -86,8 +91,16 @@ fn dynamic_reason(dynamic: &DynamicSql) -> String {
 impl PolicyEngine for BuiltinPolicy {
     fn decide(&self, input: &PolicyInput<'_>) -> PolicyDecision {
         let c = &self.config;
-        // Only SQL has destructive forms the built-in policy knows; other
-        // actions are decided by a policy pack.
+        // Besides forwards, only SQL has forms the built-in policy knows;
+        // other actions are decided by a policy pack.
+        if let super::Action::SshForward { channel, .. } = input.action
+            && c.block_ssh_forward
+        {
+            return PolicyDecision::deny(
+                rule_ids::SSH_FORWARD,
+                format!("SSH forwarding ({channel}) is not allowed: its traffic cannot be checked"),
+            );
+        }
         let Some(statement) = input.statement() else {
             return PolicyDecision::allow();
         };
@@ -449,11 +462,27 @@ mod tests {
         assert_eq!(http["action"]["kind"], "http_request");
         assert_eq!(http["action"]["kubernetes"]["verb"], "list");
         assert_eq!(http["action"]["kubernetes"]["namespace"], "ward");
-        let forward = serde_json::to_value(input(Action::SshForward { host: "db", port: 5432 })).unwrap();
+        let tunnel = Action::SshForward {
+            channel: "direct-tcpip",
+            host: "db",
+            port: 5432,
+        };
+        let forward = serde_json::to_value(input(tunnel)).unwrap();
         assert_eq!(forward["action"]["port"], 5432);
-        // The built-in policy knows only SQL's destructive forms.
+        assert_eq!(forward["action"]["channel"], "direct-tcpip");
+        // The built-in policy knows SQL's destructive forms and refuses forwards.
         let policy = BuiltinPolicy::new(BuiltinPolicyConfig::default());
-        assert_eq!(policy.decide(&input(Action::SshShell)), PolicyDecision::allow());
+        let shell = Action::SshShell {
+            pty: true,
+            term: Some("xterm"),
+        };
+        assert_eq!(policy.decide(&input(shell)), PolicyDecision::allow());
+        assert_eq!(policy.decide(&input(tunnel)).rule_id(), Some(rule_ids::SSH_FORWARD));
+        let open = BuiltinPolicy::new(BuiltinPolicyConfig {
+            block_ssh_forward: false,
+            ..BuiltinPolicyConfig::default()
+        });
+        assert_eq!(open.decide(&input(tunnel)), PolicyDecision::allow());
     }
 
     #[test]

@@ -124,12 +124,22 @@ pub enum Action<'a> {
     Sql { statement: &'a AnalyzedStatement },
     /// `ssh host command`: one command run without a terminal.
     SshExec { command: &'a str },
-    /// An interactive shell.
-    SshShell,
-    /// An SFTP operation (`read`, `write`, `remove`, `rename`, ...) on a path.
-    SshSftp { operation: &'a str, path: &'a str },
-    /// A port forward (`direct-tcpip`) to host:port, as the target sees it.
-    SshForward { host: &'a str, port: u16 },
+    /// An interactive shell; `term` is the terminal the client asked for
+    /// (`null` without a pty).
+    SshShell { pty: bool, term: Option<&'a str> },
+    /// An SFTP operation (`read`, `write`, `list`, `remove`, `rename`,
+    /// `mkdir`, `rmdir`, `setstat`, `symlink`) on a path, `to` the second
+    /// path of a rename or symlink; `session` (path empty) when the sftp
+    /// subsystem starts.
+    SshSftp {
+        operation: &'a str,
+        path: &'a str,
+        to: Option<&'a str>,
+    },
+    /// A forward: `channel` is `direct-tcpip` (`ssh -L`, host:port as the
+    /// target sees it), `direct-streamlocal` (a unix socket path in `host`,
+    /// port 0), `tcpip-forward` (`ssh -R`), `agent` or `x11`.
+    SshForward { channel: &'a str, host: &'a str, port: u16 },
     /// One HTTP request (HTTPS and HTTP targets: the Kubernetes API, FHIR).
     HttpRequest(&'a HttpRequest),
 }
@@ -152,14 +162,20 @@ impl Action<'_> {
                 field("ssh_exec");
                 field(command);
             }
-            Action::SshShell => field("ssh_shell"),
-            Action::SshSftp { operation, path } => {
+            Action::SshShell { pty, term } => {
+                field("ssh_shell");
+                field(if *pty { "pty" } else { "-" });
+                field(term.unwrap_or("-"));
+            }
+            Action::SshSftp { operation, path, to } => {
                 field("ssh_sftp");
                 field(operation);
                 field(path);
+                field(to.unwrap_or("\0"));
             }
-            Action::SshForward { host, port } => {
+            Action::SshForward { channel, host, port } => {
                 field("ssh_forward");
+                field(channel);
                 field(host);
                 field(&port.to_string());
             }
@@ -178,7 +194,7 @@ impl Action<'_> {
         match self {
             Action::Sql { statement } => statement.fingerprint.to_string(),
             Action::SshExec { .. } => "ssh_exec".into(),
-            Action::SshShell => "ssh_shell".into(),
+            Action::SshShell { .. } => "ssh_shell".into(),
             Action::SshSftp { operation, .. } => format!("ssh_sftp {operation}"),
             Action::SshForward { .. } => "ssh_forward".into(),
             Action::HttpRequest(r) => format!("http_request {}", r.method),

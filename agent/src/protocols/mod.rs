@@ -2,6 +2,7 @@
 //! of its target; the handler serves it until either side closes and says
 //! how it ended.
 pub mod postgres;
+pub mod ssh;
 pub mod tcp;
 
 use std::{path::Path, sync::Arc, time::Duration};
@@ -34,6 +35,7 @@ pub struct Shared {
 pub enum Handler {
     Tcp,
     Postgres(Box<postgres::Service>),
+    Ssh(Box<ssh::Service>),
 }
 
 /// What a protocol builds its handler from: the target's protocol-neutral
@@ -70,5 +72,6 @@ pub async fn serve(session: &Session, handler: &Handler, client: TcpStream, conn
     match handler {
         Handler::Tcp => tcp::serve(session, client, connect_timeout).await,
         Handler::Postgres(svc) => postgres::serve(svc, session, client, connect_timeout).await,
+        Handler::Ssh(svc) => ssh::serve(svc, session, client, connect_timeout).await,
     }
 }

@@ -1,0 +1,238 @@
+//! The `[target.ssh]` table of an SSH target: who loopgate logs in as
+//! upstream, with which secret, how the server's host key is pinned, and
+//! what clients are shown.
+//!
+//! ```toml
+//! [target.ssh]
+//! user = "deploy"                                  # the upstream login
+//! key_file = "/etc/loopgate/ssh/deploy_ed25519"   # or password_file (mode 0600)
+//! known_hosts = "/etc/loopgate/ssh/known_hosts"   # or host_key = "ssh-ed25519 AAAA..."
+//! mask_output = true                               # PHI detectors on exec/shell output
+//! names = ["db1.internal"]                         # more names for the host certificate
+//! ```
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use russh::keys::{PrivateKey, PublicKey};
+use serde::Deserialize;
+
+/// `[target.ssh]` as written in the config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshConfig {
+    /// The login loopgate uses upstream, whatever the client asked for.
+    pub user: String,
+    /// An OpenSSH private key (unencrypted), mode 0600 or stricter.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// A file holding the upstream password (one line), mode 0600.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// An OpenSSH known_hosts file holding the server's host key.
+    #[serde(default)]
+    pub known_hosts: Option<PathBuf>,
+    /// The server's host key, `ALGORITHM BASE64` as in a `.pub` file.
+    #[serde(default)]
+    pub host_key: Option<String>,
+    /// Mask PHI in exec and shell output (stdout and stderr).
+    #[serde(default = "yes")]
+    pub mask_output: bool,
+    /// Names and addresses the host certificate is valid for, besides the
+    /// target's addresses.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How the upstream server's host key is pinned.
+#[derive(Clone, Debug)]
+pub enum HostKeyPin {
+    /// Entries of a known_hosts file for the target's host and port.
+    KnownHosts(PathBuf),
+    /// One key, given in the config.
+    Key(Box<PublicKey>),
+}
+
+/// Where loopgate's upstream secret comes from.
+#[derive(Clone, Debug)]
+pub enum CredentialSource {
+    KeyFile(PathBuf),
+    PasswordFile(PathBuf),
+}
+
+/// An SSH target's checked settings.
+#[derive(Clone, Debug)]
+pub struct SshSettings {
+    pub user: String,
+    pub credential: CredentialSource,
+    pub host_key: HostKeyPin,
+    pub mask_output: bool,
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshConfigError {
+    #[error("ssh.user must not be empty")]
+    EmptyUser,
+    #[error("set one of ssh.key_file and ssh.password_file")]
+    NoCredential,
+    #[error("set either ssh.key_file or ssh.password_file, not both")]
+    TwoCredentials,
+    #[error(
+        "set one of ssh.known_hosts and ssh.host_key: the upstream host key must be pinned (ssh-keyscan HOST > FILE)"
+    )]
+    NoHostKey,
+    #[error("set either ssh.known_hosts or ssh.host_key, not both")]
+    TwoHostKeys,
+    #[error("ssh.host_key is not an OpenSSH public key (\"ssh-ed25519 AAAA...\"): {0}")]
+    BadHostKey(String),
+    #[error("ssh.names entry {0:?} is empty or has spaces or commas")]
+    BadName(String),
+    #[error("{path} has mode {mode:04o}: it must not be accessible by group or others (chmod 600)")]
+    SecretFileMode { path: PathBuf, mode: u32 },
+    #[error("cannot read {path}: {reason}")]
+    SecretFileRead { path: PathBuf, reason: String },
+    #[error("{0} is empty")]
+    EmptySecret(PathBuf),
+}
+
+impl SshSettings {
+    /// Checks what serde cannot: one credential, one pin, a usable key.
+    pub fn new(raw: SshConfig) -> Result<Self, SshConfigError> {
+        if raw.user.trim().is_empty() {
+            return Err(SshConfigError::EmptyUser);
+        }
+        let credential = match (raw.key_file, raw.password_file) {
+            (Some(_), Some(_)) => return Err(SshConfigError::TwoCredentials),
+            (Some(k), None) => CredentialSource::KeyFile(k),
+            (None, Some(p)) => CredentialSource::PasswordFile(p),
+            (None, None) => return Err(SshConfigError::NoCredential),
+        };
+        let host_key = match (raw.known_hosts, raw.host_key) {
+            (Some(_), Some(_)) => return Err(SshConfigError::TwoHostKeys),
+            (Some(path), None) => HostKeyPin::KnownHosts(path),
+            (None, Some(text)) => HostKeyPin::Key(Box::new(
+                PublicKey::from_openssh(text.trim()).map_err(|e| SshConfigError::BadHostKey(e.to_string()))?,
+            )),
+            (None, None) => return Err(SshConfigError::NoHostKey),
+        };
+        if let Some(bad) = raw.names.iter().find(|n| n.is_empty() || n.contains([' ', ',', '\t'])) {
+            return Err(SshConfigError::BadName(bad.clone()));
+        }
+        Ok(SshSettings {
+            user: raw.user,
+            credential,
+            host_key,
+            mask_output: raw.mask_output,
+            names: raw.names,
+        })
+    }
+}
+
+/// loopgate's upstream secret, read at agent start.
+pub enum Credential {
+    Key(std::sync::Arc<PrivateKey>),
+    Password(String),
+}
+
+impl CredentialSource {
+    /// Reads the secret. A file readable by group or others is refused:
+    /// the secret must stay with the agent.
+    pub fn load(&self) -> Result<Credential, SshConfigError> {
+        match self {
+            CredentialSource::KeyFile(path) => {
+                let text = read_private(path)?;
+                let key = PrivateKey::from_openssh(text.trim()).map_err(|e| SshConfigError::SecretFileRead {
+                    path: path.clone(),
+                    reason: format!("not an unencrypted OpenSSH private key: {e}"),
+                })?;
+                if key.is_encrypted() {
+                    return Err(SshConfigError::SecretFileRead {
+                        path: path.clone(),
+                        reason: "the key is encrypted; loopgate needs it without a passphrase".into(),
+                    });
+                }
+                Ok(Credential::Key(std::sync::Arc::new(key)))
+            }
+            CredentialSource::PasswordFile(path) => {
+                let text = read_private(path)?;
+                let password = text.trim_end_matches(['\n', '\r']).to_owned();
+                if password.is_empty() {
+                    return Err(SshConfigError::EmptySecret(path.clone()));
+                }
+                Ok(Credential::Password(password))
+            }
+        }
+    }
+}
+
+fn read_private(path: &Path) -> Result<String, SshConfigError> {
+    let read_err = |reason: String| SshConfigError::SecretFileRead {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = fs::metadata(path).map_err(|e| read_err(e.to_string()))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(SshConfigError::SecretFileMode {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let bytes = fs::read(path).map_err(|e| read_err(e.to_string()))?;
+    String::from_utf8(bytes).map_err(|_| read_err("not UTF-8".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINazRXOCpouM1+WUJbwK8KYoG7kO4radcH9VDulimEvn";
+
+    fn raw(toml_text: &str) -> SshConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn a_credential_and_a_pin_are_required() {
+        let ok = SshSettings::new(raw(&format!(
+            "user = \"deploy\"\nkey_file = \"/k\"\nhost_key = \"{KEY}\""
+        )))
+        .unwrap();
+        assert!(ok.mask_output);
+        assert!(matches!(ok.host_key, HostKeyPin::Key(_)));
+        let err = |text: &str| SshSettings::new(raw(text)).unwrap_err().to_string();
+        assert!(err("user = \"d\"\nknown_hosts = \"/h\"").contains("key_file"));
+        assert!(err("user = \"d\"\nkey_file = \"/k\"").contains("pinned"));
+        assert!(
+            err("user = \"d\"\nkey_file = \"/k\"\npassword_file = \"/p\"\nknown_hosts = \"/h\"").contains("not both")
+        );
+        assert!(err("user = \"\"\nkey_file = \"/k\"\nknown_hosts = \"/h\"").contains("user"));
+        assert!(err("user = \"d\"\nkey_file = \"/k\"\nhost_key = \"ssh-ed25519 nonsense\"").contains("host_key"));
+        assert!(err("user = \"d\"\nkey_file = \"/k\"\nknown_hosts = \"/h\"\nnames = [\"a b\"]").contains("names"));
+        assert!(toml::from_str::<SshConfig>("user = \"d\"\nkey = \"/k\"").is_err());
+    }
+
+    #[test]
+    fn secrets_readable_by_others_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        fs::write(&path, "hunter2\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let source = CredentialSource::PasswordFile(path.clone());
+        assert!(matches!(source.load(), Err(SshConfigError::SecretFileMode { .. })));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let Ok(Credential::Password(p)) = source.load() else {
+            panic!("password not read")
+        };
+        assert_eq!(p, "hunter2");
+        fs::write(&path, "not a key").unwrap();
+        assert!(CredentialSource::KeyFile(path).load().is_err());
+    }
+}

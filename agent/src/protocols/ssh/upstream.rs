@@ -1,0 +1,133 @@
+//! loopgate's own SSH connection to the target (russh client): the host
+//! key must be the pinned one, and loopgate logs in with its stored
+//! credential — the automation never holds it.
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use russh::{
+    client,
+    keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate, known_hosts},
+};
+use tokio::sync::Mutex;
+
+use super::config::{Credential, HostKeyPin};
+
+/// What loopgate checks and presents upstream.
+pub struct UpstreamSettings {
+    pub user: String,
+    pub credential: Credential,
+    pub pin: HostKeyPin,
+    /// The name the known_hosts file knows the server by.
+    pub host: String,
+}
+
+/// Why the upstream session could not be established. The messages are
+/// safe for the client: no secret, no key material.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot reach the server: {0}")]
+    Connect(String),
+    #[error("the server's host key {fingerprint} is not the pinned one")]
+    HostKeyMismatch { fingerprint: String },
+    #[error("the server refused loopgate's login as {user}")]
+    AuthRefused { user: String },
+    #[error("SSH error with the server: {0}")]
+    Protocol(String),
+}
+
+/// An established, authenticated upstream session.
+pub type Upstream = client::Handle<Verifier>;
+
+/// Checks the server's host key against the pin, and remembers a mismatch
+/// so the error can say so (russh reports only that the key was refused).
+pub struct Verifier {
+    pin: HostKeyPin,
+    host: String,
+    port: u16,
+    refused: Arc<Mutex<Option<String>>>,
+}
+
+impl Verifier {
+    fn accepts(&self, key: &PublicKey) -> bool {
+        match &self.pin {
+            HostKeyPin::Key(pinned) => pinned.key_data() == key.key_data(),
+            HostKeyPin::KnownHosts(path) => known_hosts::known_host_keys_path(&self.host, self.port, path)
+                .map(|entries| entries.iter().any(|(_, k)| k.key_data() == key.key_data()))
+                .unwrap_or(false),
+        }
+    }
+}
+
+impl client::Handler for Verifier {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, server: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let key = match server {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
+            // Certificates are not requested (no host_key_certificates);
+            // should one come, its key must still be the pinned one.
+            PublicKeyOrCertificate::Certificate(c) => PublicKey::new(c.public_key().clone(), ""),
+        };
+        if self.accepts(&key) {
+            return Ok(true);
+        }
+        let fingerprint = key.fingerprint(Default::default()).to_string();
+        *self.refused.lock().await = Some(fingerprint);
+        Ok(false)
+    }
+}
+
+/// Connects to `addr`, checks the host key and logs in.
+pub async fn connect(
+    settings: &UpstreamSettings,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<Upstream, UpstreamError> {
+    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| UpstreamError::Connect("connect timed out".into()))?
+        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    let refused = Arc::new(Mutex::new(None));
+    let verifier = Verifier {
+        pin: settings.pin.clone(),
+        host: settings.host.clone(),
+        port: addr.port(),
+        refused: refused.clone(),
+    };
+    let config = Arc::new(client::Config {
+        inactivity_timeout: None,
+        nodelay: true,
+        ..client::Config::default()
+    });
+    let handshake = tokio::time::timeout(timeout, client::connect_stream(config, stream, verifier)).await;
+    let mut handle = match handshake {
+        Err(_) => return Err(UpstreamError::Connect("SSH handshake timed out".into())),
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            if let Some(fingerprint) = refused.lock().await.take() {
+                return Err(UpstreamError::HostKeyMismatch { fingerprint });
+            }
+            return Err(UpstreamError::Protocol(e.to_string()));
+        }
+    };
+    let auth = match &settings.credential {
+        Credential::Key(key) => {
+            let hash = handle.best_supported_rsa_hash().await.ok().flatten().flatten();
+            handle
+                .authenticate_publickey(settings.user.clone(), PrivateKeyWithHashAlg::new(key.clone(), hash))
+                .await
+        }
+        Credential::Password(password) => {
+            handle
+                .authenticate_password(settings.user.clone(), password.clone())
+                .await
+        }
+    };
+    match auth {
+        Ok(result) if result.success() => Ok(handle),
+        Ok(_) => Err(UpstreamError::AuthRefused {
+            user: settings.user.clone(),
+        }),
+        Err(e) => Err(UpstreamError::Protocol(e.to_string())),
+    }
+}

@@ -1,0 +1,159 @@
+//! SSH through loopgate against direct, on one sshd: the latency of
+//! `ssh host true` (a whole connection: handshake, auth, exec, close) and
+//! the throughput of an scp download (SFTP mode). loopgate runs with the
+//! built-in policy, output masking and audit on.
+//!
+//! Run as root: `cargo xtask bench -- --bench ssh` (env SSH_BENCH_RUNS
+//! sets the number of connections, default 200; SSH_BENCH_MIB the file
+//! size, default 1024).
+use std::{
+    fs,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use loopgate_e2e::{
+    Agent, Target,
+    sshd::{Sshd, keygen},
+};
+
+/// Runs `ssh ... true` N times and prints the wall time of each, in ms.
+const LOOP: &str = r#"
+import subprocess, sys, time
+n = int(sys.argv[1])
+for _ in range(n):
+    t = time.perf_counter()
+    subprocess.run(sys.argv[2:], check=True)
+    print((time.perf_counter() - t) * 1000)
+"#;
+
+fn main() {
+    if !loopgate_e2e::ebpf_available() {
+        eprintln!("the ssh benchmark needs root and cgroup v2");
+        return;
+    }
+    let env = |name: &str, default: u64| std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+    let runs = env("SSH_BENCH_RUNS", 200);
+    let mib = env("SSH_BENCH_MIB", 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("loopgate_ed25519");
+    keygen(&key);
+    let sshd = Sshd::start(dir.path(), &key);
+    let pinned = dir.path().join("pinned");
+    fs::write(&pinned, format!("[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key)).unwrap();
+    let target = Target {
+        name: "bench-host".into(),
+        protocol: "ssh".into(),
+        address: format!("127.0.0.1:{}", sshd.port),
+        extra: format!(
+            "identity = \"process\"\n[target.ssh]\nuser = \"root\"\nkey_file = \"{}\"\nknown_hosts = \"{}\"\n",
+            key.display(),
+            pinned.display()
+        ),
+    };
+    let extra = format!("[tls]\nca_dir = \"{}\"\n", dir.path().join("ca").display());
+    let agent = Agent::start(&[target], &extra);
+    let line = agent.loopgate(&["ssh", "known-hosts"]).output().unwrap().stdout;
+    let through_hosts = dir.path().join("through_known_hosts");
+    fs::write(&through_hosts, line).unwrap();
+    // Direct: the same client, outside the cgroup, trusting the real key.
+    let direct_hosts = dir.path().join("direct_known_hosts");
+    fs::write(&direct_hosts, format!("[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key)).unwrap();
+
+    let ssh = |known_hosts: &Path, identity: bool| {
+        let mut args: Vec<String> = [
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(["-o".into(), format!("UserKnownHostsFile={}", known_hosts.display())]);
+        args.extend(["-o".into(), "GlobalKnownHostsFile=/dev/null".into()]);
+        if identity {
+            args.extend([
+                "-i".into(),
+                key.display().to_string(),
+                "-o".into(),
+                "IdentitiesOnly=yes".into(),
+            ]);
+        }
+        args.extend(["-o".into(), "LogLevel=ERROR".into()]);
+        args
+    };
+    let script = dir.path().join("loop.py");
+    fs::write(&script, LOOP).unwrap();
+    let python = loopgate_e2e::python().display().to_string();
+    let latency = |through: bool| {
+        let mut args = vec![
+            python.clone(),
+            script.display().to_string(),
+            runs.to_string(),
+            "ssh".into(),
+        ];
+        args.extend(ssh(if through { &through_hosts } else { &direct_hosts }, !through));
+        args.extend([
+            "-p".into(),
+            sshd.port.to_string(),
+            "root@127.0.0.1".into(),
+            "true".into(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = if through {
+            agent.exec(&args)
+        } else {
+            Command::new(args[0]).args(&args[1..]).output().unwrap()
+        };
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut ms: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms[((ms.len() as f64 * q) as usize).min(ms.len() - 1)];
+        (at(0.5), at(0.99))
+    };
+    println!("ssh host true x{runs} (a new connection each), ms; 2 CPUs shared by client, proxy and server");
+    let (d50, d99) = latency(false);
+    let (t50, t99) = latency(true);
+    println!("  direct          p50 {d50:7.2}  p99 {d99:7.2}");
+    println!(
+        "  through loopgate p50 {t50:7.2}  p99 {t99:7.2}  (added p50 {:.2}, p99 {:.2})",
+        t50 - d50,
+        t99 - d99
+    );
+
+    let file = dir.path().join("payload.bin");
+    let f = fs::File::create(&file).unwrap();
+    f.set_len(mib << 20).unwrap();
+    drop(f);
+    let copy = |through: bool| {
+        let mut args = vec!["scp".to_owned(), "-q".into()];
+        args.extend(ssh(if through { &through_hosts } else { &direct_hosts }, !through));
+        args.extend(["-P".into(), sshd.port.to_string()]);
+        args.extend([format!("root@127.0.0.1:{}", file.display()), "/dev/null".into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let started = Instant::now();
+        let out = if through {
+            agent.exec(&args)
+        } else {
+            Command::new(args[0]).args(&args[1..]).output().unwrap()
+        };
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        started.elapsed()
+    };
+    let rate = |d: Duration| mib as f64 / d.as_secs_f64();
+    let direct = copy(false);
+    let through = copy(true);
+    println!("scp (SFTP) download of {mib} MiB, MiB/s");
+    println!("  direct           {:8.1}", rate(direct));
+    println!(
+        "  through loopgate {:8.1}  (ratio {:.2})",
+        rate(through),
+        direct.as_secs_f64() / through.as_secs_f64()
+    );
+}

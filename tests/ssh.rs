@@ -1,0 +1,769 @@
+//! SSH end to end: a real OpenSSH sshd started here (random port, its own
+//! host key), the agent with the HIPAA pack in front of it, and the real
+//! OpenSSH client (ssh, sftp) inside the intercepted cgroup, trusting
+//! loopgate's SSH host CA through an `@cert-authority` line.
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use loopgate_e2e::{
+    Agent, Target,
+    clinic::{has_ssn, policy_pack},
+    require_ebpf,
+    sshd::{Sshd, keygen},
+};
+use serde_json::{Value, json};
+
+/// The approver group is a unix group every Debian/Ubuntu has (`users`).
+const APPROVERS_GID: u32 = 100;
+/// `daemon`: an approver that is not the requester (root).
+const ALICE: u32 = 1;
+const SSN: &str = "512-34-7788";
+
+/// The agent in front of an sshd, and what the clients need.
+struct Fixture {
+    // Dropped in order: the agent (and its cgroup), then the server.
+    agent: Agent,
+    sshd: Sshd,
+    dir: tempfile::TempDir,
+    /// The client's known_hosts: loopgate's `@cert-authority` line only.
+    known_hosts: PathBuf,
+    /// A configured PHI path on the "remote" host.
+    phi: PathBuf,
+}
+
+impl Fixture {
+    /// An sshd, the HIPAA pack (PHI paths: `<dir>/phi`), and an agent with
+    /// target `box` (127.0.0.1) and, when `impostor`, target `impostor`
+    /// (127.0.0.2, the same server) whose pinned host key is another one.
+    fn start(impostor: bool) -> Fixture {
+        Fixture::start_with(impostor, "process", "")
+    }
+
+    /// As [`start`](Self::start), targets with `identity` and the agent
+    /// config with `extra`.
+    fn start_with(impostor: bool, identity: &str, extra: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let key = dir.path().join("loopgate_ed25519");
+        keygen(&key);
+        let sshd = Sshd::start(dir.path(), &key);
+        let phi = dir.path().join("phi");
+        fs::create_dir_all(&phi).unwrap();
+        fs::write(phi.join("records.csv"), format!("name,ssn\nalice,{SSN}\n")).unwrap();
+
+        let groups = fs::read_to_string("/etc/group").unwrap();
+        let group = groups
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.get(2) == Some(&APPROVERS_GID.to_string().as_str())).then(|| f[0].to_owned())
+            })
+            .expect("a group with gid 100");
+        let policies = policy_pack(dir.path(), json!({ "group": group, "timeout_secs": 120 }));
+        let catalog_path = policies.join("phi_catalog.json");
+        let mut catalog: Value = serde_json::from_slice(&fs::read(&catalog_path).unwrap()).unwrap();
+        catalog["phi_catalog"]["ssh"]["phi_paths"] = json!([phi.display().to_string()]);
+        fs::write(&catalog_path, serde_json::to_vec_pretty(&catalog).unwrap()).unwrap();
+
+        let pinned = dir.path().join("upstream_known_hosts");
+        let mut pins = format!("[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key);
+        let mut targets = vec![ssh_target("box", identity, sshd.port, "127.0.0.1", &key, &pinned)];
+        if impostor {
+            let other = dir.path().join("other_host_key");
+            keygen(&other);
+            let other = fs::read_to_string(other.with_extension("pub")).unwrap();
+            let other: Vec<&str> = other.split_whitespace().take(2).collect();
+            pins.push_str(&format!("[127.0.0.2]:{} {}\n", sshd.port, other.join(" ")));
+            targets.push(ssh_target("impostor", identity, sshd.port, "127.0.0.2", &key, &pinned));
+        }
+        fs::write(&pinned, pins).unwrap();
+        let extra = format!(
+            "[tls]\nca_dir = \"{}\"\n[policy]\ndir = \"{}\"\n{extra}",
+            dir.path().join("ca").display(),
+            policies.display()
+        );
+        let agent = Agent::start(&targets, &extra);
+
+        let out = agent.loopgate(&["ssh", "known-hosts"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let line = String::from_utf8(out.stdout).unwrap();
+        assert!(line.starts_with("@cert-authority * ssh-ed25519 "), "{line}");
+        let known_hosts = dir.path().join("client_known_hosts");
+        fs::write(&known_hosts, &line).unwrap();
+        Fixture {
+            agent,
+            sshd,
+            dir,
+            known_hosts,
+            phi,
+        }
+    }
+
+    /// OpenSSH client options: no config, only our known_hosts, strict.
+    fn options(&self, known_hosts: &Path) -> Vec<String> {
+        [
+            "-F",
+            "/dev/null",
+            "-o",
+            &format!("UserKnownHostsFile={}", known_hosts.display()),
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// `ssh [extra] root@HOST -p PORT COMMAND` inside the cgroup.
+    fn ssh_to(&self, host: &str, known_hosts: &Path, extra: &[&str], command: &str) -> Output {
+        let mut args = vec!["ssh".to_owned()];
+        args.extend(self.options(known_hosts));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(["-p".into(), self.sshd.port.to_string(), format!("root@{host}")]);
+        if !command.is_empty() {
+            args.push(command.into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.agent.exec(&args)
+    }
+
+    fn ssh(&self, command: &str) -> Output {
+        self.ssh_to("127.0.0.1", &self.known_hosts, &[], command)
+    }
+
+    /// `ssh root@127.0.0.1 COMMAND` started in the background.
+    fn spawn_ssh(&self, command: &str) -> Child {
+        let mut cmd = self.agent.loopgate(&["exec"]);
+        cmd.arg("--").arg("ssh").args(self.options(&self.known_hosts));
+        cmd.args(["-p", &self.sshd.port.to_string(), "root@127.0.0.1", command]);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    }
+
+    fn context(&self, out: &Output) -> String {
+        format!(
+            "status {:?}\nstdout: {}\nstderr: {}\nagent:\n{}\nsshd:\n{}",
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr),
+            self.agent.log(),
+            self.sshd.log()
+        )
+    }
+}
+
+fn ssh_target(name: &str, identity: &str, port: u16, ip: &str, key: &Path, pinned: &Path) -> Target {
+    Target {
+        name: name.into(),
+        protocol: "ssh".into(),
+        address: format!("{ip}:{port}"),
+        extra: format!(
+            "identity = \"{identity}\"\n[target.ssh]\nuser = \"root\"\nkey_file = \"{}\"\nknown_hosts = \"{}\"\n",
+            key.display(),
+            pinned.display()
+        ),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn commands<'e>(events: &'e [Value], kind: &str) -> Vec<&'e Value> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "command" && e["command"]["kind"] == kind)
+        .collect()
+}
+
+fn result_of<'e>(events: &'e [Value], command: &Value) -> Option<&'e Value> {
+    events
+        .iter()
+        .find(|e| e["kind"] == "command_result" && e["command_id"] == command["event_id"])
+}
+
+#[test]
+fn exec_masking_refusals_sftp_and_forwards() {
+    require_ebpf!();
+    let f = Fixture::start(false);
+
+    // Allowed: the output comes back, the exit status too.
+    let out = f.ssh("echo hello; exit 3");
+    assert_eq!(out.status.code(), Some(3), "{}", f.context(&out));
+    assert_eq!(text(&out.stdout), "hello\n");
+
+    // PHI in a remote cat is masked on stdout and stderr.
+    let records = f.phi.join("records.csv");
+    let out = f.ssh(&format!("cat {0}; cat {0} >&2", records.display()));
+    assert!(out.status.success(), "{}", f.context(&out));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stdout.starts_with("name,ssn\nalice,") && !has_ssn(&stdout), "{stdout}");
+    assert!(stderr.contains("alice,") && !has_ssn(&stderr), "{stderr}");
+
+    // An interactive shell on a pty: masked as it streams, recorded as a shell.
+    let mut shell = f.agent.loopgate(&["exec"]);
+    shell.arg("--").arg("ssh").args(f.options(&f.known_hosts));
+    shell.args(["-tt", "-p", &f.sshd.port.to_string(), "root@127.0.0.1"]);
+    let mut shell = shell
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = shell.stdin.take().unwrap();
+        writeln!(stdin, "cat {}; exit 0", records.display()).unwrap();
+    }
+    let out = shell.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", f.context(&out));
+    let typed = text(&out.stdout);
+    assert!(typed.contains("alice,") && !has_ssn(&typed), "{typed}");
+
+    // Refused on a multiplexed connection: exit 126 and why; the next
+    // command on the same connection runs.
+    let mux = f.dir.path().join("mux");
+    let control = [format!("ControlPath={}", mux.display())];
+    let master = f
+        .agent
+        .loopgate(&["exec"])
+        .arg("--")
+        .arg("ssh")
+        .args(f.options(&f.known_hosts))
+        .args([
+            "-o",
+            "ControlMaster=yes",
+            "-o",
+            &control[0],
+            "-o",
+            "ControlPersist=60",
+            "-N",
+            "-f",
+        ])
+        .args(["-p", &f.sshd.port.to_string(), "root@127.0.0.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(master.success(), "master: {master}\n{}", f.agent.log());
+    let via_mux = ["-o", "ControlMaster=no", "-o", control[0].as_str()];
+    let out = f.ssh_to(
+        "127.0.0.1",
+        &f.known_hosts,
+        &via_mux,
+        &format!("rm -f {}", records.display()),
+    );
+    assert_eq!(out.status.code(), Some(126), "{}", f.context(&out));
+    assert!(
+        text(&out.stderr).contains("hipaa.deny_ssh_phi_delete"),
+        "{}",
+        f.context(&out)
+    );
+    assert!(records.exists(), "the refused rm ran");
+    let out = f.ssh_to("127.0.0.1", &f.known_hosts, &via_mux, "echo again");
+    assert!(out.status.success(), "{}", f.context(&out));
+    assert_eq!(text(&out.stdout), "again\n");
+    let exit = ["-O", "exit"];
+    let _ = f.ssh_to("127.0.0.1", &f.known_hosts, &[&via_mux[..], &exit[..]].concat(), "");
+
+    // sftp: put and get, byte for byte.
+    let local = f.dir.path().join("upload.bin");
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(&local, &payload).unwrap();
+    let remote = f.dir.path().join("remote");
+    fs::create_dir_all(&remote).unwrap();
+    fs::write(remote.join("notes.txt"), "ward rounds at nine\n").unwrap();
+    let batch = f.dir.path().join("batch");
+    let fetched = f.dir.path().join("fetched.txt");
+    fs::write(
+        &batch,
+        format!(
+            "put {} {}/up.bin\nget {}/notes.txt {}\n",
+            local.display(),
+            remote.display(),
+            remote.display(),
+            fetched.display()
+        ),
+    )
+    .unwrap();
+    let mut args = vec!["sftp".to_owned(), "-b".into(), batch.display().to_string()];
+    args.extend(f.options(&f.known_hosts));
+    args.extend(["-P".into(), f.sshd.port.to_string(), "root@127.0.0.1".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = f.agent.exec(&args);
+    assert!(out.status.success(), "{}", f.context(&out));
+    assert_eq!(fs::read(remote.join("up.bin")).unwrap(), payload);
+    assert_eq!(fs::read_to_string(&fetched).unwrap(), "ward rounds at nine\n");
+    // scp, legacy protocol (-O: `scp -f` run remotely, not masked) and SFTP mode.
+    for (mode, name) in [("-O", "legacy.bin"), ("-s", "sftp.bin")] {
+        let copy = f.dir.path().join(name);
+        let mut args = vec!["scp".to_owned(), "-q".into(), mode.into()];
+        args.extend(f.options(&f.known_hosts));
+        args.extend(["-P".into(), f.sshd.port.to_string()]);
+        args.extend([
+            format!("root@127.0.0.1:{}/up.bin", remote.display()),
+            copy.display().to_string(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = f.agent.exec(&args);
+        assert!(out.status.success(), "scp {mode}: {}", f.context(&out));
+        assert_eq!(fs::read(&copy).unwrap(), payload, "scp {mode}");
+    }
+
+    // Changes under a PHI path are refused operation by operation ("-":
+    // the batch goes on), the session stays usable.
+    let dropped = f.phi.join("dropped.bin");
+    fs::write(
+        &batch,
+        format!(
+            "-put {} {}\n-rm {}\nls {}\n",
+            local.display(),
+            dropped.display(),
+            records.display(),
+            remote.display()
+        ),
+    )
+    .unwrap();
+    let out = f.agent.exec(&args);
+    assert!(out.status.success(), "{}", f.context(&out));
+    assert!(text(&out.stderr).contains("Permission denied"), "{}", f.context(&out));
+    assert!(text(&out.stdout).contains("up.bin"), "{}", f.context(&out));
+    assert!(!dropped.exists() && records.exists());
+
+    // A port forward is refused by the pack; the client says so.
+    let target = format!("127.0.0.1:{}", f.sshd.port);
+    let out = f.ssh_to("127.0.0.1", &f.known_hosts, &["-W", &target], "");
+    assert_ne!(out.status.code(), Some(0), "{}", f.context(&out));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("administratively prohibited") || stderr.contains("stdio forwarding failed"),
+        "{}",
+        f.context(&out)
+    );
+
+    // Once the pack allows forwards (reloaded live), the same forward is
+    // relayed: the client reads sshd's banner through the tunnel.
+    let catalog_path = f.dir.path().join("policies/phi_catalog.json");
+    let mut catalog: Value = serde_json::from_slice(&fs::read(&catalog_path).unwrap()).unwrap();
+    catalog["phi_catalog"]["ssh"]["allow_forward"] = json!(true);
+    fs::write(&catalog_path, serde_json::to_vec_pretty(&catalog).unwrap()).unwrap();
+    f.agent.wait_events("the policy reload", |e| {
+        e.iter()
+            .any(|e| e["kind"] == "policy_reload" && e["decision"]["verdict"] != "error")
+    });
+    let out = f.ssh_to("127.0.0.1", &f.known_hosts, &["-W", &target], "");
+    assert!(text(&out.stdout).starts_with("SSH-2.0-OpenSSH"), "{}", f.context(&out));
+
+    // The audit: every request with principal, process and decision.
+    let events = f.agent.wait_events("the forwards' records", |e| {
+        let forwards = commands(e, "ssh_forward");
+        forwards.len() == 2 && result_of(e, forwards[1]).is_some()
+    });
+    let execs = commands(&events, "ssh_exec");
+    assert_eq!(execs.len(), 5, "{execs:?}");
+    let scp = execs[4]["command"]["text"].as_str().unwrap();
+    assert!(scp.starts_with("scp -f"), "{scp}");
+    let others = [
+        commands(&events, "ssh_sftp"),
+        commands(&events, "ssh_forward"),
+        commands(&events, "ssh_shell"),
+    ];
+    for c in execs.iter().chain(others.iter().flatten()) {
+        assert_eq!(c["principal"]["subject"], "unix:root", "{c}");
+        assert_eq!(c["process"]["comm"], "ssh", "{c}");
+        assert!(c["decision"]["verdict"].is_string(), "{c}");
+        assert_eq!(c["target"]["name"], "box", "{c}");
+    }
+    let rm = execs
+        .iter()
+        .find(|c| c["command"]["text"].as_str().unwrap().starts_with("rm -f"))
+        .unwrap();
+    assert_eq!(rm["decision"]["verdict"], "block");
+    assert_eq!(rm["decision"]["rule_id"], "hipaa.deny_ssh_phi_delete");
+    let events = f.agent.wait_events("every result", |e| {
+        commands(e, "ssh_exec").iter().all(|c| result_of(e, c).is_some())
+    });
+    let echo = commands(&events, "ssh_exec")[0];
+    assert_eq!(echo["decision"]["verdict"], "allow");
+    let outcome = &result_of(&events, echo).unwrap()["outcome"];
+    assert_eq!(
+        (outcome["status"].as_str(), outcome["error_code"].as_str()),
+        (Some("failed"), Some("exit:3"))
+    );
+    let cat = commands(&events, "ssh_exec")[1];
+    assert!(
+        result_of(&events, cat).unwrap()["outcome"]["masked_count"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
+    assert_eq!(result_of(&events, rm).unwrap()["outcome"]["status"], "blocked");
+    let forwards = commands(&events, "ssh_forward");
+    assert_eq!(forwards[0]["decision"]["rule_id"], "hipaa.deny_ssh_forward");
+    // The destination is recorded with the detectors' masking (an IP
+    // address is an identifier under HIPAA), its port as it is.
+    let recorded = forwards[0]["command"]["text"].as_str().unwrap();
+    assert_eq!(recorded, format!("direct-tcpip ***:{}", f.sshd.port));
+    assert_eq!(forwards[1]["decision"]["verdict"], "allow");
+    let relayed = &result_of(&events, forwards[1]).unwrap()["outcome"];
+    assert!(relayed["bytes_to_client"].as_u64().unwrap() > 0, "{relayed}");
+    let sftp = commands(&events, "ssh_sftp");
+    assert_eq!(sftp[0]["command"]["text"], "subsystem sftp");
+    assert_eq!(sftp[0]["decision"]["verdict"], "allow");
+    let op = |text: String| {
+        sftp.iter()
+            .find(|c| c["command"]["text"] == text.as_str())
+            .unwrap_or_else(|| panic!("no {text} in {sftp:?}"))
+    };
+    let put = op(format!("sftp write {}/up.bin", remote.display()));
+    assert_eq!(put["decision"]["verdict"], "allow");
+    assert_eq!(result_of(&events, put).unwrap()["outcome"]["status"], "ok");
+    let get = op(format!("sftp read {}/notes.txt", remote.display()));
+    assert_eq!(result_of(&events, get).unwrap()["outcome"]["status"], "ok");
+    for refused in [
+        op(format!("sftp write {}", dropped.display())),
+        op(format!("sftp remove {}", records.display())),
+    ] {
+        assert_eq!(refused["decision"]["rule_id"], "hipaa.deny_sftp_phi_write", "{refused}");
+        assert_eq!(result_of(&events, refused).unwrap()["outcome"]["status"], "blocked");
+    }
+    let list = format!("sftp list {}", remote.display());
+    let texts: Vec<&str> = sftp.iter().map(|c| c["command"]["text"].as_str().unwrap()).collect();
+    let listed = sftp
+        .iter()
+        .find(|c| c["command"]["text"].as_str().unwrap().starts_with(&list));
+    assert_eq!(
+        listed.unwrap_or_else(|| panic!("the ls is not recorded: {texts:?}"))["decision"]["verdict"],
+        "allow"
+    );
+    let shell = commands(&events, "ssh_shell")[0];
+    assert!(
+        shell["command"]["text"].as_str().unwrap().starts_with("shell (pty "),
+        "{shell}"
+    );
+    assert_eq!(result_of(&events, shell).unwrap()["outcome"]["error_code"], "exit:0");
+    // The two commands on the multiplexed connection shared one session.
+    let again = commands(&events, "ssh_exec")[3];
+    assert_eq!(rm["session_id"], again["session_id"]);
+    assert!(!events.iter().any(|e| has_ssn(&e.to_string())), "raw PHI in the audit");
+    let (code, report) = f.agent.verify_audit();
+    assert_eq!(code, Some(0), "{report}");
+}
+
+/// `loopgate approvals ARGS` as the approver.
+fn approvals(f: &Fixture, args: &[&str]) -> Output {
+    f.agent.approvals_as(ALICE, &[APPROVERS_GID], args)
+}
+
+fn wait_pending(f: &Fixture) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = approvals(f, &["list", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        if let Some(first) = list.first() {
+            return first["id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "nothing pending\n{}", f.agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn held_commands_wait_for_approval() {
+    require_ebpf!();
+    let f = Fixture::start(false);
+    let archive = format!("tar -cf /dev/null {} && echo archived && wc -c", f.phi.display());
+
+    // Approved: the client waits, is told why, then the command runs with
+    // all the input it sent meanwhile (more than loopgate buffers: the
+    // rest waits in SSH flow control).
+    let mut client = f.spawn_ssh(&archive);
+    let mut stdin = client.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write as _;
+        stdin.write_all(&vec![b'x'; 3 << 20]).unwrap();
+    });
+    let id = wait_pending(&f);
+    let out = approvals(&f, &["approve", &id, "--reason", "monthly export"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = client.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", f.context(&out));
+    writer.join().unwrap();
+    assert_eq!(text(&out.stdout), format!("archived\n{}\n", 3 << 20));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&id) && stderr.contains("hipaa.hold_ssh_phi_archive"),
+        "{stderr}"
+    );
+
+    // Denied: exit 126, and the reason.
+    let mut client = f.spawn_ssh(&archive);
+    drop(client.stdin.take());
+    let id = wait_pending(&f);
+    let out = approvals(&f, &["deny", &id, "--reason", "not today"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = client.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(126), "{}", f.context(&out));
+    assert_eq!(text(&out.stdout), "");
+    assert!(text(&out.stderr).contains("denied"), "{}", f.context(&out));
+
+    let events = f.agent.wait_events("both results", |e| {
+        let held = commands(e, "ssh_exec");
+        held.len() == 2 && held.iter().all(|c| result_of(e, c).is_some())
+    });
+    let held = commands(&events, "ssh_exec");
+    assert!(held.iter().all(|c| c["decision"]["verdict"] == "hold"));
+    assert_eq!(result_of(&events, held[0]).unwrap()["outcome"]["status"], "ok");
+    assert_eq!(result_of(&events, held[1]).unwrap()["outcome"]["status"], "denied");
+}
+
+#[test]
+fn untrusting_clients_and_impostor_servers_are_refused() {
+    require_ebpf!();
+    let f = Fixture::start(true);
+
+    // A client that does not trust loopgate's CA refuses the host itself.
+    let empty = f.dir.path().join("empty_known_hosts");
+    fs::write(&empty, "").unwrap();
+    let out = f.ssh_to("127.0.0.1", &empty, &[], "true");
+    assert_eq!(out.status.code(), Some(255), "{}", f.context(&out));
+    assert!(
+        text(&out.stderr).contains("Host key verification failed"),
+        "{}",
+        f.context(&out)
+    );
+
+    // The certificate covers the name the client used: the same client
+    // trusts the CA for 127.0.0.1 and gets in.
+    let out = f.ssh("true");
+    assert!(out.status.success(), "{}", f.context(&out));
+
+    // The server behind `impostor` does not show the pinned key: refused.
+    let out = f.ssh_to("127.0.0.2", &f.known_hosts, &[], "true");
+    assert_eq!(out.status.code(), Some(255), "{}", f.context(&out));
+    assert!(text(&out.stderr).contains("not the pinned one"), "{}", f.context(&out));
+    let events = f.agent.wait_events("the impostor's session end", |e| {
+        e.iter()
+            .any(|e| e["kind"] == "session_end" && e["target"]["name"] == "impostor")
+    });
+    let end = events
+        .iter()
+        .find(|e| e["kind"] == "session_end" && e["target"]["name"] == "impostor")
+        .unwrap();
+    assert_eq!(end["outcome"]["status"], "refused", "{end}");
+    assert!(
+        end["decision"]["reason"].as_str().unwrap().contains("host key"),
+        "{end}"
+    );
+    assert!(
+        commands(&events, "ssh_exec")
+            .iter()
+            .all(|c| c["target"]["name"] == "box")
+    );
+}
+
+#[test]
+fn rsync_copies_both_ways_over_ssh() {
+    require_ebpf!();
+    let f = Fixture::start(false);
+    let local = f.dir.path().join("tree");
+    fs::create_dir_all(local.join("sub")).unwrap();
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 256) as u8).collect();
+    fs::write(local.join("sub/blob.bin"), &blob).unwrap();
+    fs::write(local.join("fixture.txt"), format!("test value {SSN}\n")).unwrap();
+    let remote = f.dir.path().join("mirror");
+    let back = f.dir.path().join("back");
+    let ssh = format!("ssh {}", f.options(&f.known_hosts).join(" "));
+    let port = f.sshd.port.to_string();
+    let shell = format!("{ssh} -p {port}");
+    let up = [
+        format!("{}/", local.display()),
+        format!("root@127.0.0.1:{}/", remote.display()),
+    ];
+    let down = [
+        format!("root@127.0.0.1:{}/", remote.display()),
+        format!("{}/", back.display()),
+    ];
+    for [from, to] in [&up, &down] {
+        let out = f.agent.exec(&["rsync", "-a", "-e", &shell, from, to]);
+        assert!(out.status.success(), "rsync {from} {to}: {}", f.context(&out));
+    }
+    assert_eq!(fs::read(back.join("sub/blob.bin")).unwrap(), blob);
+    assert_eq!(
+        fs::read_to_string(back.join("fixture.txt")).unwrap(),
+        format!("test value {SSN}\n")
+    );
+    let events = f.agent.wait_events("both rsync commands and their results", |e| {
+        let execs = commands(e, "ssh_exec");
+        execs.len() == 2 && execs.iter().all(|c| result_of(e, c).is_some())
+    });
+    for c in commands(&events, "ssh_exec") {
+        assert!(
+            c["command"]["text"].as_str().unwrap().starts_with("rsync --server"),
+            "{c}"
+        );
+        assert_eq!(result_of(&events, c).unwrap()["outcome"]["error_code"], "exit:0");
+    }
+}
+
+#[test]
+fn git_pushes_and_clones_over_ssh() {
+    require_ebpf!();
+    let f = Fixture::start(false);
+    let git = |dir: &Path, args: &[&str]| {
+        let out = Command::new("git").arg("-C").arg(dir).args(args).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+    };
+    let repo = f.dir.path().join("repo.git");
+    fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "--bare"]);
+    let work = f.dir.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q"]);
+    // Binary content and a line that looks like PHI: git's own protocol
+    // must arrive unchanged (transfer protocols are not masked).
+    let blob: Vec<u8> = (0..50_000u32).map(|i| (i * 13 % 256) as u8).collect();
+    fs::write(work.join("blob.bin"), &blob).unwrap();
+    fs::write(work.join("fixture.txt"), format!("test value {SSN}\n")).unwrap();
+    git(&work, &["add", "."]);
+    git(
+        &work,
+        &[
+            "-c",
+            "user.name=ci",
+            "-c",
+            "user.email=ci@example.org",
+            "commit",
+            "-q",
+            "-m",
+            "seed",
+        ],
+    );
+    let ssh = format!("GIT_SSH_COMMAND=ssh {}", f.options(&f.known_hosts).join(" "));
+    let url = format!("ssh://root@127.0.0.1:{}{}", f.sshd.port, repo.display());
+    let work_dir = work.display().to_string();
+    let out = f.agent.exec(&[
+        "env",
+        &ssh,
+        "git",
+        "-C",
+        &work_dir,
+        "push",
+        "-q",
+        &url,
+        "HEAD:refs/heads/main",
+    ]);
+    assert!(out.status.success(), "{}", f.context(&out));
+    let clone = f.dir.path().join("clone");
+    let clone_dir = clone.display().to_string();
+    let out = f
+        .agent
+        .exec(&["env", &ssh, "git", "clone", "-q", "-b", "main", &url, &clone_dir]);
+    assert!(out.status.success(), "{}", f.context(&out));
+    assert_eq!(fs::read(clone.join("blob.bin")).unwrap(), blob);
+    assert_eq!(
+        fs::read_to_string(clone.join("fixture.txt")).unwrap(),
+        format!("test value {SSN}\n")
+    );
+
+    let events = f.agent.wait_events("both git commands and their results", |e| {
+        let execs = commands(e, "ssh_exec");
+        execs.len() == 2 && execs.iter().all(|c| result_of(e, c).is_some())
+    });
+    let execs = commands(&events, "ssh_exec");
+    assert!(
+        execs[0]["command"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("git-receive-pack"),
+        "{}",
+        execs[0]
+    );
+    assert!(
+        execs[1]["command"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("git-upload-pack"),
+        "{}",
+        execs[1]
+    );
+    for c in execs {
+        assert_eq!(c["decision"]["verdict"], "allow");
+        assert_eq!(result_of(&events, c).unwrap()["outcome"]["error_code"], "exit:0");
+    }
+}
+
+#[test]
+fn oidc_targets_take_the_token_as_the_answer() {
+    require_ebpf!();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let issuer = runtime
+        .block_on(loopgate::identity::test_issuer::TestIssuer::start())
+        .unwrap();
+    let extra = format!(
+        "[identity.oidc]\nissuer = \"{}\"\naudience = \"loopgate\"\n",
+        issuer.issuer()
+    );
+    let f = Fixture::start_with(false, "oidc", &extra);
+    let mut claims = issuer.claims("ci-bot", "loopgate");
+    claims["groups"] = json!(["deployers"]);
+    // The client's "password" prompt is answered by SSH_ASKPASS: the token.
+    let ask = |token: &str, name: &str| {
+        let file = f.dir.path().join(format!("{name}.token"));
+        fs::write(&file, token).unwrap();
+        let script = f.dir.path().join(format!("{name}.askpass"));
+        fs::write(&script, format!("#!/bin/sh\ncat {}\n", file.display())).unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        let mut args: Vec<String> = vec!["env".into(), format!("SSH_ASKPASS={}", script.display())];
+        args.extend(["SSH_ASKPASS_REQUIRE=force".into(), "ssh".into()]);
+        args.extend(
+            f.options(&f.known_hosts)
+                .into_iter()
+                .map(|o| o.replace("BatchMode=yes", "BatchMode=no")),
+        );
+        args.extend(["-o".into(), "NumberOfPasswordPrompts=1".into()]);
+        args.extend([
+            "-p".into(),
+            f.sshd.port.to_string(),
+            "root@127.0.0.1".into(),
+            "echo in".into(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        f.agent.exec(&args)
+    };
+    let out = ask(&issuer.mint(&claims), "good");
+    assert!(out.status.success(), "{}", f.context(&out));
+    assert_eq!(text(&out.stdout), "in\n");
+    let out = ask("not-a-token", "bad");
+    assert_eq!(out.status.code(), Some(255), "{}", f.context(&out));
+
+    let events = f.agent.wait_events("both sessions' ends", |e| {
+        e.iter().filter(|e| e["kind"] == "session_end").count() >= 2
+    });
+    let exec = commands(&events, "ssh_exec");
+    assert_eq!(exec.len(), 1);
+    assert_eq!(exec[0]["principal"]["subject"], "ci-bot");
+    assert_eq!(exec[0]["principal"]["groups"], json!(["deployers"]));
+    let refused = events
+        .iter()
+        .find(|e| e["kind"] == "session_end" && e["outcome"]["status"] == "auth_failed")
+        .expect("the bad token's session refused");
+    assert!(
+        refused["decision"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("token refused"),
+        "{refused}"
+    );
+}
