@@ -288,6 +288,27 @@ pub struct Classification {
     /// Where each output column's values come from (see `sql::lineage`).
     #[serde(skip)]
     pub lineage: Arc<lineage::Lineage>,
+    /// What the statement does to the session's SQL-level prepared
+    /// statements (`PREPARE`, `EXECUTE`, `DEALLOCATE`, `DISCARD ALL`), so
+    /// a proxy can judge and mask `EXECUTE name` as the statement it runs.
+    #[serde(skip)]
+    pub prepared: Option<PreparedOp>,
+}
+
+/// A statement's effect on SQL-level prepared statements. Names are
+/// case-folded as PostgreSQL folds them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PreparedOp {
+    /// `PREPARE name AS statement`: what `statement` does when executed.
+    Prepare {
+        name: String,
+        statement: Arc<Classification>,
+    },
+    /// `EXECUTE name (...)`.
+    Execute { name: String },
+    /// `DEALLOCATE name`, or every one (`DEALLOCATE ALL`, `DISCARD ALL`)
+    /// when `name` is `None`.
+    Deallocate { name: Option<String> },
 }
 
 /// A COPY statement's data format (`WITH (FORMAT csv, HEADER, ...)` or the
@@ -497,20 +518,16 @@ impl Analyzer {
                 predicate_columns: Vec::new(),
                 stores_phi: false,
                 lineage: Arc::new(lineage::Lineage::unknown()),
+                prepared: None,
             });
         }
         let parsed = Parser::new(&PostgreSqlDialect {})
             .with_recursion_limit(self.config.max_nesting)
-            .with_tokens_with_locations(toks)
+            .with_tokens_with_locations(tokens::plain_catalog_operators(toks))
             .parse_statements()
             .map_err(|e| self.parse_error(e))?;
         match parsed.as_slice() {
-            [one] => {
-                let mut c = classify::classify(one, &self.dynamic_functions);
-                routine::analyse(one, &mut c, self);
-                c.stores_phi = stores_phi(one, &c.lineage, &self.masker);
-                Ok(c)
-            }
+            [one] => Ok(self.classify_statement(one)),
             [] => Err(SqlError::Parse {
                 message: "no statement".to_string(),
                 line: None,
@@ -522,6 +539,41 @@ impl Analyzer {
                 line: None,
                 column: None,
             }),
+        }
+    }
+
+    fn classify_statement(&self, statement: &sqlparser::ast::Statement) -> Classification {
+        let mut c = classify::classify(statement, &self.dynamic_functions);
+        routine::analyse(statement, &mut c, self);
+        c.stores_phi = stores_phi(statement, &c.lineage, &self.masker);
+        c.prepared = self.prepared_op(statement);
+        c
+    }
+
+    /// See [`Classification::prepared`]: a PREPARE's statement is
+    /// classified as a statement of its own.
+    fn prepared_op(&self, statement: &sqlparser::ast::Statement) -> Option<PreparedOp> {
+        use sqlparser::ast::{DiscardObject, Statement};
+        match statement {
+            Statement::Prepare { name, statement, .. } => Some(PreparedOp::Prepare {
+                name: classify::normalize_ident(name),
+                statement: Arc::new(self.classify_statement(statement)),
+            }),
+            Statement::Execute {
+                name: Some(name),
+                immediate: false,
+                ..
+            } => Some(PreparedOp::Execute {
+                name: classify::normalize_name(name),
+            }),
+            Statement::Deallocate { name, .. } => Some(PreparedOp::Deallocate {
+                name: (name.quote_style.is_some() || !name.value.eq_ignore_ascii_case("all"))
+                    .then(|| classify::normalize_ident(name)),
+            }),
+            Statement::Discard {
+                object_type: DiscardObject::ALL,
+            } => Some(PreparedOp::Deallocate { name: None }),
+            _ => None,
         }
     }
 
