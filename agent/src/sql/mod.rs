@@ -295,6 +295,29 @@ pub struct Classification {
     pub prepared: Option<PreparedOp>,
 }
 
+impl Classification {
+    /// Whether this classification depends on the statement's literal
+    /// values, not only on its shape: a function body is a string
+    /// (`CREATE FUNCTION ... AS 'TRUNCATE t'`), COPY options are strings
+    /// (`DELIMITER '|'`). Such a classification is not shared by statements
+    /// of the same shape, nor a decision on it by statements of the same
+    /// normalized text.
+    pub fn depends_on_literals(&self) -> bool {
+        self.copy_format.is_some()
+            || self
+                .effects
+                .iter()
+                .any(|k| matches!(k, StatementKind::CreateFunction | StatementKind::CreateOther))
+    }
+
+    /// Whether this classification is of the statement an `EXECUTE name`
+    /// runs in one session: the same text means another statement in
+    /// another session, so a decision on it is never reused by text.
+    pub fn is_executed_prepared(&self) -> bool {
+        matches!(self.prepared, Some(PreparedOp::Execute { .. }))
+    }
+}
+
 /// A statement's effect on SQL-level prepared statements. Names are
 /// case-folded as PostgreSQL folds them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -481,7 +504,9 @@ impl Analyzer {
                         all_from_shapes = false;
                         let fresh = self.classify_tokens(toks);
                         // Errors carry positions in this text: not shared.
-                        if let (Ok(c), Some(cache)) = (&fresh, shapes) {
+                        if let (Ok(c), Some(cache)) = (&fresh, shapes)
+                            && !c.depends_on_literals()
+                        {
                             cache.put(key, c);
                         }
                         fresh

@@ -571,12 +571,18 @@ impl<'s> Frontend<'s> {
                     _ => None,
                 };
                 note_prepared(&mut known, s);
-                match runs {
-                    Some(c) => AnalyzedStatement {
-                        classification: Ok((*c).clone()),
+                match (runs, s.classification.as_ref().ok().and_then(|c| c.prepared.clone())) {
+                    (Some(c), executes) => AnalyzedStatement {
+                        // Marked as an EXECUTE's: its decision is not cached
+                        // by text (the same text runs another statement in
+                        // another session).
+                        classification: Ok(Classification {
+                            prepared: executes,
+                            ..(*c).clone()
+                        }),
                         ..s.clone()
                     },
-                    None => s.clone(),
+                    (None, _) => s.clone(),
                 }
             })
             .collect();
