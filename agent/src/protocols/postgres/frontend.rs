@@ -35,6 +35,11 @@ use crate::{
 struct Prepared {
     analysis: Arc<Analysis>,
     decision: PolicyDecision,
+    /// Parsed under a name loopgate already knew: the server refuses that
+    /// (42P05) unless the earlier Parse failed there, and which of the two
+    /// texts a Bind then runs is not known here, so an Execute of it is
+    /// refused until the client closes the name.
+    ambiguous: bool,
 }
 
 impl Prepared {
@@ -302,6 +307,7 @@ impl<'s> Frontend<'s> {
         }
         for stmt in &analysis.statements {
             note_prepared(&mut self.sql_prepared, stmt);
+            self.deallocated(stmt);
         }
         let held = decisions
             .iter()
@@ -379,9 +385,16 @@ impl<'s> Frontend<'s> {
             return self.refuse_extended(reply).await;
         }
         let name = Bytes::copy_from_slice(name);
+        let ambiguous = !name.is_empty() && self.statements.contains_key(&name);
         self.described.remove(&name);
-        self.statements
-            .insert(name.clone(), Arc::new(Prepared { analysis, decision }));
+        self.statements.insert(
+            name.clone(),
+            Arc::new(Prepared {
+                analysis,
+                decision,
+                ambiguous,
+            }),
+        );
         self.queue(Pending::Parse { statement: name }).await?;
         out.extend_from_slice(&frame.bytes);
         Ok(())
@@ -478,6 +491,14 @@ impl<'s> Frontend<'s> {
             return Ok(None);
         };
         let prepared = bound.prepared.clone();
+        if prepared.ambiguous {
+            let reply = wire::error(
+                "42P05",
+                "loopgate: this prepared statement's name was parsed twice; close it (or DEALLOCATE it) and parse it again",
+            );
+            self.refuse_extended(reply).await?;
+            return Ok(None);
+        }
         let parameters = bound.parameters.clone();
         let gate = bound.gate.clone();
         let Some(stmt) = prepared.statement() else {
@@ -510,6 +531,7 @@ impl<'s> Frontend<'s> {
         };
         command.portal = Some(Bytes::copy_from_slice(portal));
         note_prepared(&mut self.sql_prepared, stmt);
+        self.deallocated(stmt);
         self.describe_first(portal, out).await?;
         if let (Some(hold), Some(parameters)) = (hold, held_parameters) {
             let request = enforce::hold_request(
@@ -526,6 +548,26 @@ impl<'s> Frontend<'s> {
         self.queue(Pending::Execute(command)).await?;
         out.extend_from_slice(&frame.bytes);
         Ok(None)
+    }
+
+    /// `DEALLOCATE name` and `DISCARD ALL` close protocol-level prepared
+    /// statements too (one namespace on the server).
+    fn deallocated(&mut self, stmt: &AnalyzedStatement) {
+        let Some(PreparedOp::Deallocate { name }) = stmt.classification.as_ref().ok().and_then(|c| c.prepared.as_ref())
+        else {
+            return;
+        };
+        match name {
+            Some(name) => {
+                let key = Bytes::copy_from_slice(name.trim_matches('"').as_bytes());
+                self.statements.remove(&key);
+                self.described.remove(&key);
+            }
+            None => {
+                self.statements.retain(|name, _| name.is_empty());
+                self.described.retain(|name| name.is_empty());
+            }
+        }
     }
 
     fn close(&mut self, target: &Target) {

@@ -616,6 +616,21 @@ mod tests {
         }
     }
 
+    /// A second Parse of a known name fails at the server (the first text
+    /// stays) while loopgate cannot tell which text runs: an Execute of it
+    /// is refused rather than masked by the wrong statement's lineage.
+    #[test]
+    fn a_named_statement_parsed_twice_is_not_executed() {
+        let harness = Harness::new();
+        // Parse "a" ssn; Sync; Parse "a" SET (the model refuses: exists); Sync;
+        // Bind p a; Execute p; Sync.
+        let script = [0, 2, 0, 6, 0, 2, 4, 6, 1, 2, 2, 0, 4, 2, 0, 6];
+        let received = harness.received(&script);
+        assert_eq!(check_rows(&received), Ok(0));
+        let text = String::from_utf8_lossy(&received);
+        assert!(text.contains("parsed twice"), "{text}");
+    }
+
     /// pgjdbc's pattern: described once, executed again without Describe,
     /// and a portal read two rows at a time.
     #[test]
