@@ -569,3 +569,36 @@ fn catalog_operator_spelling_parses() {
         names(&["pg_catalog.pg_class", "pg_catalog.pg_namespace"])
     );
 }
+
+/// Every output column of a query has its lineage entry (the sql_analyze
+/// fuzz target checks the same on any text).
+#[test]
+fn every_output_column_has_a_lineage_entry() {
+    let a = analyzer();
+    for sql in [
+        "select * from patients",
+        "select p.*, 1 from patients p",
+        "select ssn, email as e, upper(name) from patients where id = 1",
+        "select ssn from patients union select 'x' from visits",
+        "with c as (select ssn from patients) select * from c",
+        "select x from patients, lateral (select email || '' as x) l",
+        "select (select max(email) from patients) from generate_series(1, 2)",
+        "values (1, 2)",
+        "select distinct on (id) id, ssn from patients order by id",
+        "insert into visits (patient) select id from patients returning id, patient",
+    ] {
+        for s in &a.analyze(sql).statements {
+            let c = s.classification.as_ref().unwrap_or_else(|e| panic!("{sql}: {e}"));
+            if let lineage::ResultLineage::Columns(columns) = &c.lineage.result
+                && c.kind == StatementKind::Select
+            {
+                // (VALUES lists no projected columns; lineage has them.)
+                assert!(
+                    c.columns.is_empty() || columns.len() == c.columns.len(),
+                    "{sql}: {columns:?} / {:?}",
+                    c.columns
+                );
+            }
+        }
+    }
+}
