@@ -28,6 +28,41 @@ phi_tables := phi_read | phi_written
 
 words := {w | some w in split(lower(input.statement.normalized_text), " ")}
 
+# What the statement can do: its own kind, each data-modifying CTE's, and
+# what the body of a function it creates does (`effects`), as the
+# built-in policy judges it. `CREATE FUNCTION f() ... AS 'TRUNCATE t'` is a
+# TRUNCATE; `WITH d AS (DELETE ...) SELECT` is a DELETE.
+does(kind) if stmt.kind == kind
+
+does(kind) if kind in stmt.effects
+
+# --- predicates on PHI ---
+
+# `where ssn like '1%'` answers a question about a value the caller may not
+# see: repeated, it reads the value out. `phi_catalog.refuse_phi_predicates`
+# is "off" (default), "deny" or "hold" for such filters (WHERE, JOIN ... ON,
+# HAVING, FILTER, anywhere in the statement) on a PHI column hidden from
+# the caller (none of its groups in the column's `visible_to`).
+predicate_setting := object.get(data.phi_catalog, "refuse_phi_predicates", "off")
+
+# `table.column` (table as written, schema kept) → PHI column hidden from
+# the caller.
+hidden_predicate(ref) if {
+	parts := split(ref, ".")
+	count(parts) > 1
+	column := parts[count(parts) - 1]
+	table := concat(".", array.slice(parts, 0, count(parts) - 1))
+	spec := entry(table).columns[column]
+	not visible(spec)
+}
+
+visible(spec) if {
+	some g in input.principal.groups
+	g in spec.visible_to
+}
+
+hidden_predicates := sort([ref | some ref in stmt.predicate_columns; hidden_predicate(ref)])
+
 # --- deny ---
 
 # Token targets need an authenticated subject; process-identity targets
@@ -51,16 +86,17 @@ deny contains {"rank": 30, "rule_id": "hipaa.deny_dynamic_sql", "reason": reason
 }
 
 deny contains {"rank": 40, "rule_id": "hipaa.deny_truncate", "reason": reason} if {
-	stmt.kind == "truncate"
+	does("truncate")
 	reason := sprintf("TRUNCATE is not allowed (%s)", [concat(", ", stmt.tables_written)])
 }
 
 deny contains {"rank": 40, "rule_id": "hipaa.deny_drop_database", "reason": "DROP DATABASE and DROP SCHEMA are not allowed"} if {
-	stmt.kind in {"drop_database", "drop_schema"}
+	some kind in {"drop_database", "drop_schema"}
+	does(kind)
 }
 
 deny contains {"rank": 40, "rule_id": "hipaa.deny_drop_phi_table", "reason": reason} if {
-	stmt.kind == "drop_table"
+	does("drop_table")
 	count(phi_written) > 0
 	reason := sprintf("DROP TABLE of PHI tables is not allowed (%s)", [concat(", ", sort(phi_written))])
 }
@@ -68,13 +104,25 @@ deny contains {"rank": 40, "rule_id": "hipaa.deny_drop_phi_table", "reason": rea
 # ALTER TABLE ... DROP [COLUMN | CONSTRAINT] on a PHI table destroys data
 # or the constraints that protect it.
 deny contains {"rank": 40, "rule_id": "hipaa.deny_alter_drop_phi", "reason": reason} if {
-	stmt.kind == "alter"
+	does("alter")
 	count(phi_written) > 0
 	"drop" in words
 	reason := sprintf("ALTER ... DROP on PHI tables is not allowed (%s)", [concat(", ", sort(phi_written))])
 }
 
+deny contains {"rank": 50, "rule_id": "hipaa.deny_phi_predicate", "reason": reason} if {
+	predicate_setting == "deny"
+	count(hidden_predicates) > 0
+	reason := sprintf("a filter on PHI columns you may not see (%s) reveals their values", [concat(", ", hidden_predicates)])
+}
+
 # --- hold ---
+
+hold contains {"rank": 40, "rule_id": "hipaa.hold_phi_predicate", "reason": reason, "row_threshold": null} if {
+	predicate_setting == "hold"
+	count(hidden_predicates) > 0
+	reason := sprintf("a filter on PHI columns you may not see (%s) needs approval", [concat(", ", hidden_predicates)])
+}
 
 # COPY ... TO of a PHI table (or a query over one): always held.
 hold contains {"rank": 10, "rule_id": "hipaa.hold_phi_export", "reason": reason, "row_threshold": null} if {

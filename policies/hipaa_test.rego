@@ -281,3 +281,86 @@ test_ssh_oidc_targets_need_a_principal if {
 	d := loopgate.decision with input as i
 	d.rule_id == "hipaa.deny_unknown_principal"
 }
+
+# --- effects: what the statement's CTEs and created functions do ---
+
+effects(s, kinds) := object.union(s, {"effects": kinds})
+
+test_truncate_in_a_function_body_denied if {
+	s := effects(stmt("create_function", [], ["visits"]), ["create_function", "truncate"])
+	d := loopgate.decision with input as ask(s)
+	d.rule_id == "hipaa.deny_truncate"
+}
+
+test_drop_of_phi_in_a_function_body_denied if {
+	s := effects(stmt("create_function", [], ["patients"]), ["create_function", "drop_table"])
+	d := loopgate.decision with input as ask(s)
+	d.rule_id == "hipaa.deny_drop_phi_table"
+}
+
+test_drop_schema_in_a_cte_or_body_denied if {
+	s := effects(where(stmt("select", [], [])), ["drop_schema", "select"])
+	d := loopgate.decision with input as ask(s)
+	d.rule_id == "hipaa.deny_drop_database"
+}
+
+test_harmless_function_allowed if {
+	s := effects(stmt("create_function", [], []), ["create_function"])
+	d := loopgate.decision with input as ask(s)
+	d.decision == "allow"
+}
+
+# --- predicates on PHI columns ---
+
+filtered(s, columns) := object.union(where(s), {"predicate_columns": columns})
+
+by_ssn := filtered(stmt("select", ["patients"], []), ["patients.id", "patients.ssn"])
+
+test_phi_predicates_allowed_by_default if {
+	d := loopgate.decision with input as ask(by_ssn)
+	d.decision == "allow"
+}
+
+test_phi_predicates_denied_when_set_to_deny if {
+	d := loopgate.decision with input as ask(by_ssn)
+		with data.phi_catalog.refuse_phi_predicates as "deny"
+	d.decision == "deny"
+	d.rule_id == "hipaa.deny_phi_predicate"
+	d.reason == "a filter on PHI columns you may not see (patients.ssn) reveals their values"
+}
+
+test_phi_predicates_held_when_set_to_hold if {
+	d := loopgate.decision with input as ask(by_ssn)
+		with data.phi_catalog.refuse_phi_predicates as "hold"
+	d.decision == "hold"
+	d.rule_id == "hipaa.hold_phi_predicate"
+	d.approval.row_threshold == null
+	{"column": "patients.ssn", "mode": "partial"} in d.mask
+}
+
+test_predicates_on_columns_the_caller_sees_allowed if {
+	s := filtered(stmt("select", ["patients"], []), ["patients.name", "patients.dob"])
+	d := loopgate.decision with input as req(clinician, "token", s, "")
+		with data.phi_catalog.refuse_phi_predicates as "deny"
+	d.decision == "allow"
+}
+
+test_predicates_on_hidden_columns_refused_for_clinicians_too if {
+	d := loopgate.decision with input as req(clinician, "token", by_ssn, "")
+		with data.phi_catalog.refuse_phi_predicates as "deny"
+	d.rule_id == "hipaa.deny_phi_predicate"
+}
+
+test_schema_qualified_phi_predicate_refused if {
+	s := filtered(stmt("select", ["public.patients"], []), ["public.patients.email"])
+	d := loopgate.decision with input as ask(s)
+		with data.phi_catalog.refuse_phi_predicates as "deny"
+	d.rule_id == "hipaa.deny_phi_predicate"
+}
+
+test_non_phi_predicates_allowed if {
+	s := filtered(stmt("select", ["patients", "scratch"], []), ["patients.id", "patients.city", "scratch.ssn"])
+	d := loopgate.decision with input as ask(s)
+		with data.phi_catalog.refuse_phi_predicates as "deny"
+	d.decision == "allow"
+}

@@ -147,13 +147,22 @@ pub enum Action<'a> {
 impl Action<'_> {
     /// What identifies this action for the decision cache, or `None` when
     /// its decision must not be cached (an unparsed statement: its reason
-    /// carries the parser's position). For SQL: the normalized text plus
-    /// the literal LIMIT — the classification is a function of those, and
+    /// carries the parser's position; a statement whose classification its
+    /// literals or the session decide, see below). For SQL: the normalized
+    /// text plus the literal LIMIT — the classification is a function of
+    /// those, except for [`Classification::depends_on_literals`] and
+    /// [`Classification::is_executed_prepared`], which are not cached — and
     /// text (unlike a 64-bit fingerprint) cannot be made to collide.
     pub fn cache_key(&self, field: &mut impl FnMut(&str)) -> Option<()> {
         match self {
             Action::Sql { statement } => {
                 let c = statement.classification.as_ref().ok()?;
+                // A function body or COPY option changes what the statement
+                // does, and `EXECUTE name` runs whatever the session
+                // prepared: the normalized text does not determine these.
+                if c.depends_on_literals() || c.is_executed_prepared() {
+                    return None;
+                }
                 field("sql");
                 field(&c.limit.map_or_else(|| "-".to_string(), |l| l.to_string()));
                 field(&statement.normalized_text);

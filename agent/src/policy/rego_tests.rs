@@ -304,11 +304,7 @@ fn reload_keeps_the_old_policy_on_error_and_clears_the_cache() {
     assert_eq!(rule(&decide(&handle, &a, "truncate scratch")), "hipaa.deny_truncate");
 
     // A valid change is picked up, and the cached decision with it.
-    std::fs::write(
-        &hipaa,
-        good.replace("stmt.kind == \"truncate\"", "stmt.kind == \"no-such-kind\""),
-    )
-    .unwrap();
+    std::fs::write(&hipaa, good.replace("does(\"truncate\")", "does(\"no-such-kind\")")).unwrap();
     let summary = handle.reload(dir.path()).unwrap();
     assert_eq!(summary.data_files.len(), 1);
     assert!(decide(&handle, &a, "truncate scratch").is_allow());
@@ -525,4 +521,69 @@ fn a_pack_decides_other_actions_by_kind_and_caches_them_apart() {
     assert!(policy.cache_stats().0 >= 2, "{:?}", policy.cache_stats());
     // SQL still decides through the same pack.
     assert_eq!(rule(&decide(&policy, &who, "select 1")), "allow");
+}
+
+/// The pack judges a statement by everything it can do, as the built-in
+/// policy does: a function body or a data-modifying CTE counts.
+#[test]
+fn pack_judges_function_bodies_and_ctes() {
+    let p = pack();
+    let a = analyst();
+    for (sql, expected) in [
+        (
+            "create function f() returns void language sql as 'truncate visits'",
+            "hipaa.deny_truncate",
+        ),
+        (
+            "create function f() returns void language sql as 'drop table patients'",
+            "hipaa.deny_drop_phi_table",
+        ),
+        (
+            "create function f() returns void language plpgsql as $$ begin drop schema public cascade; end $$",
+            "hipaa.deny_drop_database",
+        ),
+    ] {
+        let d = decide(&p, &a, sql);
+        assert!(matches!(d, PolicyDecision::Deny { .. }), "{sql}: {d:?}");
+        assert_eq!(rule(&d), expected, "{sql}");
+    }
+    assert!(decide(&p, &a, "create function f() returns int language sql as 'select 1'").is_allow());
+}
+
+/// `refuse_phi_predicates`: off by default; "deny" refuses a filter on a
+/// PHI column the caller may not see, "hold" waits for approval, on SQL
+/// as the analyzer classifies it.
+#[test]
+fn pack_refuses_phi_predicates_when_asked() {
+    let sql = "select id from patients where ssn like '1%'";
+    let join = "select v.id from visits v join patients p on p.email = v.reason where v.id = 1";
+    let a = analyst();
+    assert!(decide(&pack(), &a, sql).is_allow());
+    let setting = |value: &str| {
+        let dir = pack_copy();
+        let path = dir.path().join("phi_catalog.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let changed = text.replace(
+            "\"refuse_phi_predicates\": \"off\"",
+            &format!("\"refuse_phi_predicates\": \"{value}\""),
+        );
+        assert_ne!(text, changed, "the catalogue names the setting");
+        std::fs::write(&path, changed).unwrap();
+        let policy = RegoPolicy::load(dir.path()).unwrap();
+        (policy, dir)
+    };
+    let (deny, _d) = setting("deny");
+    for q in [sql, join] {
+        let d = decide(&deny, &a, q);
+        assert_eq!(rule(&d), "hipaa.deny_phi_predicate", "{q}: {d:?}");
+    }
+    assert!(decide(&deny, &a, "select ssn from patients where id = 1").is_allow());
+    // Clinical staff may see email, not ssn.
+    let staff = caller("bob", &["clinical-staff"], "oidc");
+    assert!(decide(&deny, &staff, join).is_allow());
+    assert_eq!(rule(&decide(&deny, &staff, sql)), "hipaa.deny_phi_predicate");
+    let (hold, _h) = setting("hold");
+    let d = decide(&hold, &a, sql);
+    assert!(matches!(d, PolicyDecision::Hold(_)), "{d:?}");
+    assert_eq!(rule(&d), "hipaa.hold_phi_predicate");
 }

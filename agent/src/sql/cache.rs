@@ -141,7 +141,7 @@ mod tests {
     use super::*;
     use crate::{
         mask::{MaskConfig, Masker},
-        sql::SqlConfig,
+        sql::{SqlConfig, StatementKind},
     };
 
     fn cache(config: SqlConfig) -> AnalysisCache {
@@ -189,6 +189,28 @@ mod tests {
         c.analyze("selec 1");
         c.analyze("selec 2");
         assert_eq!(c.stats().shape_hits, 1);
+    }
+
+    /// A function body and COPY options are literals that decide what the
+    /// statement does: statements of one shape but other literals are
+    /// classified afresh.
+    #[test]
+    fn literal_bodies_and_copy_options_are_not_shared_by_shape() {
+        let c = cache(SqlConfig::default());
+        let body = |b: &str| format!("create or replace function f() returns void language sql as '{b}'");
+        let harmless = c.analyze(&body("select 1"));
+        let truncates = c.analyze(&body("truncate visits"));
+        let effects = |a: &Analysis| a.statements[0].classification.as_ref().unwrap().effects.clone();
+        assert!(!effects(&harmless).contains(&StatementKind::Truncate));
+        assert!(effects(&truncates).contains(&StatementKind::Truncate));
+        let comma = c.analyze("copy patients to stdout (format csv, delimiter ',')");
+        let pipe = c.analyze("copy patients to stdout (format csv, delimiter '|')");
+        let delimiter = |a: &Analysis| {
+            let c = a.statements[0].classification.as_ref().unwrap();
+            c.copy_format.as_ref().and_then(|f| f.delimiter)
+        };
+        assert_eq!((delimiter(&comma), delimiter(&pipe)), (Some(','), Some('|')));
+        assert_eq!(c.stats().shape_hits, 0);
     }
 
     #[test]

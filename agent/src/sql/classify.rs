@@ -656,6 +656,7 @@ pub(crate) fn classify(statement: &Statement, dynamic_functions: &HashSet<String
         predicate_columns,
         stores_phi: false,
         lineage: std::sync::Arc::new(lineage),
+        prepared: None,
     }
 }
 

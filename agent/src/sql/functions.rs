@@ -307,6 +307,10 @@ pub const KNOWN: &[&str] = &[
     "to_regproc",
     "to_regnamespace",
     "to_regrole",
+    // what pg_dump and psql ask of the catalog, unqualified
+    "acldefault",
+    "aclexplode",
+    "makeaclitem",
 ];
 
 /// Whether `name` (already lower-case, schema stripped) is a known built-in.
@@ -353,6 +357,10 @@ fn is_catalog_info(name: &str) -> bool {
         "pg_char_to_encoding",
         "pg_client_encoding",
         "pg_sleep",
+        "pg_options_to_table",
+        "pg_tablespace_location",
+        "pg_describe_object",
+        "pg_identify_object",
     ];
     PREFIXES.iter().any(|p| name.starts_with(p))
 }

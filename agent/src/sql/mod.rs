@@ -288,6 +288,50 @@ pub struct Classification {
     /// Where each output column's values come from (see `sql::lineage`).
     #[serde(skip)]
     pub lineage: Arc<lineage::Lineage>,
+    /// What the statement does to the session's SQL-level prepared
+    /// statements (`PREPARE`, `EXECUTE`, `DEALLOCATE`, `DISCARD ALL`), so
+    /// a proxy can judge and mask `EXECUTE name` as the statement it runs.
+    #[serde(skip)]
+    pub prepared: Option<PreparedOp>,
+}
+
+impl Classification {
+    /// Whether this classification depends on the statement's literal
+    /// values, not only on its shape: a function body is a string
+    /// (`CREATE FUNCTION ... AS 'TRUNCATE t'`), COPY options are strings
+    /// (`DELIMITER '|'`). Such a classification is not shared by statements
+    /// of the same shape, nor a decision on it by statements of the same
+    /// normalized text.
+    pub fn depends_on_literals(&self) -> bool {
+        self.copy_format.is_some()
+            || self
+                .effects
+                .iter()
+                .any(|k| matches!(k, StatementKind::CreateFunction | StatementKind::CreateOther))
+    }
+
+    /// Whether this classification is of the statement an `EXECUTE name`
+    /// runs in one session: the same text means another statement in
+    /// another session, so a decision on it is never reused by text.
+    pub fn is_executed_prepared(&self) -> bool {
+        matches!(self.prepared, Some(PreparedOp::Execute { .. }))
+    }
+}
+
+/// A statement's effect on SQL-level prepared statements. Names are
+/// case-folded as PostgreSQL folds them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PreparedOp {
+    /// `PREPARE name AS statement`: what `statement` does when executed.
+    Prepare {
+        name: String,
+        statement: Arc<Classification>,
+    },
+    /// `EXECUTE name (...)`.
+    Execute { name: String },
+    /// `DEALLOCATE name`, or every one (`DEALLOCATE ALL`, `DISCARD ALL`)
+    /// when `name` is `None`.
+    Deallocate { name: Option<String> },
 }
 
 /// A COPY statement's data format (`WITH (FORMAT csv, HEADER, ...)` or the
@@ -460,7 +504,9 @@ impl Analyzer {
                         all_from_shapes = false;
                         let fresh = self.classify_tokens(toks);
                         // Errors carry positions in this text: not shared.
-                        if let (Ok(c), Some(cache)) = (&fresh, shapes) {
+                        if let (Ok(c), Some(cache)) = (&fresh, shapes)
+                            && !c.depends_on_literals()
+                        {
                             cache.put(key, c);
                         }
                         fresh
@@ -497,20 +543,16 @@ impl Analyzer {
                 predicate_columns: Vec::new(),
                 stores_phi: false,
                 lineage: Arc::new(lineage::Lineage::unknown()),
+                prepared: None,
             });
         }
         let parsed = Parser::new(&PostgreSqlDialect {})
             .with_recursion_limit(self.config.max_nesting)
-            .with_tokens_with_locations(toks)
+            .with_tokens_with_locations(tokens::plain_catalog_operators(toks))
             .parse_statements()
             .map_err(|e| self.parse_error(e))?;
         match parsed.as_slice() {
-            [one] => {
-                let mut c = classify::classify(one, &self.dynamic_functions);
-                routine::analyse(one, &mut c, self);
-                c.stores_phi = stores_phi(one, &c.lineage, &self.masker);
-                Ok(c)
-            }
+            [one] => Ok(self.classify_statement(one)),
             [] => Err(SqlError::Parse {
                 message: "no statement".to_string(),
                 line: None,
@@ -522,6 +564,41 @@ impl Analyzer {
                 line: None,
                 column: None,
             }),
+        }
+    }
+
+    fn classify_statement(&self, statement: &sqlparser::ast::Statement) -> Classification {
+        let mut c = classify::classify(statement, &self.dynamic_functions);
+        routine::analyse(statement, &mut c, self);
+        c.stores_phi = stores_phi(statement, &c.lineage, &self.masker);
+        c.prepared = self.prepared_op(statement);
+        c
+    }
+
+    /// See [`Classification::prepared`]: a PREPARE's statement is
+    /// classified as a statement of its own.
+    fn prepared_op(&self, statement: &sqlparser::ast::Statement) -> Option<PreparedOp> {
+        use sqlparser::ast::{DiscardObject, Statement};
+        match statement {
+            Statement::Prepare { name, statement, .. } => Some(PreparedOp::Prepare {
+                name: classify::normalize_ident(name),
+                statement: Arc::new(self.classify_statement(statement)),
+            }),
+            Statement::Execute {
+                name: Some(name),
+                immediate: false,
+                ..
+            } => Some(PreparedOp::Execute {
+                name: classify::normalize_name(name),
+            }),
+            Statement::Deallocate { name, .. } => Some(PreparedOp::Deallocate {
+                name: (name.quote_style.is_some() || !name.value.eq_ignore_ascii_case("all"))
+                    .then(|| classify::normalize_ident(name)),
+            }),
+            Statement::Discard {
+                object_type: DiscardObject::ALL,
+            } => Some(PreparedOp::Deallocate { name: None }),
+            _ => None,
         }
     }
 

@@ -504,3 +504,101 @@ fn a_cursor_is_described_by_its_query() {
     assert_eq!(c.limit, Some(5));
     assert_eq!(one("FETCH 100 FROM c").kind, StatementKind::Fetch);
 }
+
+/// pg_dump's and pg_dumpall's own statements (captured from a real run):
+/// every one parses, and none calls a function lineage treats as opaque
+/// (its result would be masked whole and pg_dump would choke on it).
+#[test]
+fn pg_dump_statements_are_analysed() {
+    let a = analyzer();
+    let fixture = include_str!("testdata/pg_dump_15.sql");
+    let mut n = 0;
+    for block in fixture.split("\n-- next\n") {
+        for s in &a.analyze(block).statements {
+            n += 1;
+            let c = s.classification.as_ref().unwrap_or_else(|e| panic!("{e}:\n{block}"));
+            assert!(c.unknown_functions.is_empty(), "{:?}:\n{block}", c.unknown_functions);
+            if c.kind != StatementKind::Execute {
+                assert_eq!(c.dynamic, None, "{block}");
+            }
+        }
+    }
+    assert!(n > 80, "{n} statements");
+}
+
+#[test]
+fn sql_level_prepared_statements_are_followed() {
+    let prepared = one("PREPARE dumpFunc(pg_catalog.oid) AS SELECT ssn FROM patients WHERE id = $1");
+    let Some(PreparedOp::Prepare { name, statement }) = &prepared.prepared else {
+        panic!("{:?}", prepared.prepared);
+    };
+    assert_eq!(name, "dumpfunc");
+    assert_eq!(statement.kind, StatementKind::Select);
+    assert_eq!(statement.tables_read, names(&["patients"]));
+    assert_eq!(
+        one("EXECUTE dumpFunc('1')").prepared,
+        Some(PreparedOp::Execute {
+            name: "dumpfunc".into()
+        })
+    );
+    assert_eq!(
+        one("EXECUTE \"Q\"").prepared,
+        Some(PreparedOp::Execute { name: "\"Q\"".into() })
+    );
+    for all in ["deallocate all", "DEALLOCATE PREPARE ALL", "discard all"] {
+        assert_eq!(one(all).prepared, Some(PreparedOp::Deallocate { name: None }), "{all}");
+    }
+    assert_eq!(
+        one("deallocate prepare q").prepared,
+        Some(PreparedOp::Deallocate { name: Some("q".into()) })
+    );
+    assert_eq!(one("select 1").prepared, None);
+}
+
+#[test]
+fn catalog_operator_spelling_parses() {
+    let c = one(
+        "SELECT c.oid FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n \
+         ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+         WHERE c.relkind OPERATOR(pg_catalog.=) ANY (array['r', 'S']) \
+         AND c.relname OPERATOR(pg_catalog.~) '^(patients)$' COLLATE pg_catalog.default",
+    );
+    assert_eq!(c.kind, StatementKind::Select);
+    assert_eq!(
+        c.tables_read,
+        names(&["pg_catalog.pg_class", "pg_catalog.pg_namespace"])
+    );
+}
+
+/// Every output column of a query has its lineage entry (the sql_analyze
+/// fuzz target checks the same on any text).
+#[test]
+fn every_output_column_has_a_lineage_entry() {
+    let a = analyzer();
+    for sql in [
+        "select * from patients",
+        "select p.*, 1 from patients p",
+        "select ssn, email as e, upper(name) from patients where id = 1",
+        "select ssn from patients union select 'x' from visits",
+        "with c as (select ssn from patients) select * from c",
+        "select x from patients, lateral (select email || '' as x) l",
+        "select (select max(email) from patients) from generate_series(1, 2)",
+        "values (1, 2)",
+        "select distinct on (id) id, ssn from patients order by id",
+        "insert into visits (patient) select id from patients returning id, patient",
+    ] {
+        for s in &a.analyze(sql).statements {
+            let c = s.classification.as_ref().unwrap_or_else(|e| panic!("{sql}: {e}"));
+            if let lineage::ResultLineage::Columns(columns) = &c.lineage.result
+                && c.kind == StatementKind::Select
+            {
+                // (VALUES lists no projected columns; lineage has them.)
+                assert!(
+                    c.columns.is_empty() || columns.len() == c.columns.len(),
+                    "{sql}: {columns:?} / {:?}",
+                    c.columns
+                );
+            }
+        }
+    }
+}

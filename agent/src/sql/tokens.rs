@@ -237,6 +237,68 @@ pub(crate) fn is_do_block(tokens: &[TokenWithSpan]) -> bool {
         )
 }
 
+/// `OPERATOR(pg_catalog.=)` (and `OPERATOR(=)`) is the built-in operator
+/// spelled so that no `search_path` can redirect it; pg_dump and psql write
+/// their catalog queries this way. The parser takes `a OPERATOR(x.=) b` but
+/// not `... OPERATOR(x.=) ANY (...)`, so the built-in spelling becomes the
+/// plain operator token before parsing. An operator of any other schema is
+/// left as written (a user's operator: its function is not known).
+pub(crate) fn plain_catalog_operators(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let is_operator_word =
+        |t: &Token| matches!(t, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("operator"));
+    if !tokens.iter().any(|t| is_operator_word(&t.token)) {
+        return tokens;
+    }
+    let mut out = Vec::with_capacity(tokens.len());
+    let mut i = 0;
+    while i < tokens.len() {
+        if is_operator_word(&tokens[i].token)
+            && let Some((op, next)) = catalog_operator(&tokens, i + 1)
+        {
+            out.push(TokenWithSpan {
+                token: op,
+                span: tokens[i].span,
+            });
+            i = next;
+            continue;
+        }
+        out.push(tokens[i].clone());
+        i += 1;
+    }
+    out
+}
+
+/// After `OPERATOR` at `start`: `( [pg_catalog .] op )` → the operator
+/// token and the index after `)`.
+fn catalog_operator(tokens: &[TokenWithSpan], start: usize) -> Option<(Token, usize)> {
+    let significant: Vec<(usize, &Token)> = tokens[start..]
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !matches!(t.token, Token::Whitespace(_)))
+        .take(5)
+        .map(|(i, t)| (start + i, &t.token))
+        .collect();
+    let [(_, Token::LParen), rest @ ..] = significant.as_slice() else {
+        return None;
+    };
+    let (op, close) = match rest {
+        [
+            (_, Token::Word(schema)),
+            (_, Token::Period),
+            (_, op),
+            (close, Token::RParen),
+            ..,
+        ] if schema.quote_style.is_none() && schema.value.eq_ignore_ascii_case("pg_catalog") => (*op, *close),
+        [(_, op), (close, Token::RParen), ..] => (*op, *close),
+        _ => return None,
+    };
+    let plain = !matches!(
+        op,
+        Token::Word(_) | Token::LParen | Token::RParen | Token::Period | Token::Whitespace(_) | Token::EOF
+    );
+    plain.then(|| (op.clone(), close + 1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,5 +377,18 @@ mod tests {
         assert!(is_do_block(&tokenize("  /* x */ Do $$ begin end $$").unwrap()));
         assert!(!is_do_block(&tokenize("select do from t").unwrap()));
         assert!(!is_do_block(&tokenize("\"do\" x").unwrap()));
+    }
+
+    #[test]
+    fn catalog_operators_become_plain_operators() {
+        let plain = |sql: &str| normalized_text(&plain_catalog_operators(tokenize(sql).unwrap()));
+        assert_eq!(
+            plain("select 1 where a OPERATOR(pg_catalog.=) ANY (b) and c operator( pg_catalog . ~ ) 'x'"),
+            "select ? where a = ANY (b) and c ~ ?"
+        );
+        assert_eq!(plain("select a OPERATOR(=) b"), "select a = b");
+        // A user's operator, and a word named operator, stay as written.
+        assert_eq!(plain("select a OPERATOR(public.=) b"), "select a OPERATOR(public.=) b");
+        assert_eq!(plain("select operator from t"), "select operator from t");
     }
 }

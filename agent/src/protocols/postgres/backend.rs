@@ -78,12 +78,19 @@ struct CachedPlan {
 }
 
 struct StatementState {
+    /// Which Parse made it: a name (the unnamed statement above all) is
+    /// parsed again and again, and a portal bound earlier keeps the plan
+    /// of the statement it was bound from.
+    parse: u64,
     shape: Shape,
     plan: Option<CachedPlan>,
 }
 
 struct PortalState {
     statement: Bytes,
+    /// The [`StatementState::parse`] of the statement it was bound from:
+    /// the statement's cached plan is shared only while it is that one.
+    parse: u64,
     /// From the statement at Bind, or the portal's own Describe.
     shape: Shape,
     /// The portal was described itself: its description carries the
@@ -128,6 +135,8 @@ pub(super) struct Backend<'s> {
     /// answered their Parse, Bind, Describe and Close.
     statements: HashMap<Bytes, StatementState>,
     portals: HashMap<Bytes, PortalState>,
+    /// Parses completed so far (numbers [`StatementState::parse`]).
+    parses: u64,
     tally: Tally,
     /// Where to cancel the server's running query (a denied row gate).
     cancel: Option<CancelTarget>,
@@ -175,6 +184,7 @@ impl<'s> Backend<'s> {
             copy: None,
             statements: HashMap::new(),
             portals: HashMap::new(),
+            parses: 0,
             tally: Tally::default(),
             cancel,
             discarding: false,
@@ -561,9 +571,11 @@ impl<'s> Backend<'s> {
         }
         match self.queue.pop_front() {
             Some(Pending::Parse { statement }) => {
+                self.parses += 1;
                 self.statements.insert(
                     statement,
                     StatementState {
+                        parse: self.parses,
                         shape: Shape::Unknown,
                         plan: None,
                     },
@@ -574,14 +586,15 @@ impl<'s> Backend<'s> {
                 statement,
                 formats,
             }) => {
-                let shape = self
+                let (shape, parse) = self
                     .statements
                     .get(&statement)
-                    .map_or(Shape::Unknown, |s| s.shape.clone());
+                    .map_or((Shape::Unknown, 0), |s| (s.shape.clone(), s.parse));
                 self.portals.insert(
                     portal,
                     PortalState {
                         statement,
+                        parse,
                         shape,
                         own: false,
                         formats,
@@ -616,7 +629,16 @@ impl<'s> Backend<'s> {
         }
         match target {
             Target::Statement(name) => {
-                self.statements.insert(name, StatementState { shape, plan: None });
+                // Described again: the same statement, a fresh plan.
+                let parse = self.statements.get(&name).map_or(0, |s| s.parse);
+                self.statements.insert(
+                    name,
+                    StatementState {
+                        parse,
+                        shape,
+                        plan: None,
+                    },
+                );
             }
             Target::Portal(name) => {
                 if let Some(p) = self.portals.get_mut(&name) {
@@ -671,10 +693,12 @@ impl<'s> Backend<'s> {
         let Shape::Rows(described) = p.shape.clone() else {
             return None;
         };
+        let parse = p.parse;
         if !p.own
             && let Some(mask) = self
                 .statements
                 .get(&p.statement)
+                .filter(|s| parse != 0 && s.parse == parse)
                 .and_then(|s| fits(&s.plan, &p.formats))
         {
             p.plan = Some(CachedPlan {
@@ -727,6 +751,8 @@ impl<'s> Backend<'s> {
         };
         if !p.own
             && let Some(s) = self.statements.get_mut(&p.statement)
+            && parse != 0
+            && s.parse == parse
         {
             s.plan = Some(cached());
         }

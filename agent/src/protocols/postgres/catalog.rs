@@ -168,7 +168,7 @@ impl Catalog {
         let sql = format!(
             "SELECT a.attrelid, c.relname, a.attnum, a.attname FROM pg_catalog.pg_attribute a \
              JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-             WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attrelid IN ({list})"
+             WHERE a.attnum <> 0 AND NOT a.attisdropped AND a.attrelid IN ({list})"
         );
         let rows = self.query(&sql).await?;
         let mut fetched: HashMap<u32, TableInfo> = HashMap::new();

@@ -28,13 +28,18 @@ use crate::{
     enforce::{self, Caller, held_before_run},
     policy::{Action, PolicyDecision},
     session::Session,
-    sql::{Analysis, AnalyzedStatement},
+    sql::{Analysis, AnalyzedStatement, Classification, PreparedOp},
 };
 
 /// A prepared statement as the client named it.
 struct Prepared {
     analysis: Arc<Analysis>,
     decision: PolicyDecision,
+    /// Parsed under a name loopgate already knew: the server refuses that
+    /// (42P05) unless the earlier Parse failed there, and which of the two
+    /// texts a Bind then runs is not known here, so an Execute of it is
+    /// refused until the client closes the name.
+    ambiguous: bool,
 }
 
 impl Prepared {
@@ -66,6 +71,11 @@ pub(super) struct Frontend<'s> {
     /// Statements described since they were parsed.
     described: HashSet<Bytes>,
     portals: HashMap<Bytes, Portal>,
+    /// SQL-level prepared statements (`PREPARE name AS ...`) by name: what
+    /// `EXECUTE name` runs. `None` when the name was prepared twice: the
+    /// second PREPARE fails at the server unless the first one did, and
+    /// which of them runs is not known here, so its EXECUTE stays refused.
+    sql_prepared: HashMap<String, Option<Arc<Classification>>>,
     /// After a refused extended-protocol message, everything up to the next
     /// Sync is dropped, as the server itself does after an error.
     skipping: bool,
@@ -115,6 +125,7 @@ impl<'s> Frontend<'s> {
             statements: HashMap::new(),
             described: HashSet::new(),
             portals: HashMap::new(),
+            sql_prepared: HashMap::new(),
             skipping: false,
             pending,
         }
@@ -277,7 +288,7 @@ impl<'s> Frontend<'s> {
         self.statements.remove(&b""[..]);
         self.described.remove(&b""[..]);
         self.portals.remove(&b""[..]);
-        let analysis = self.svc.analysis.analyze(text);
+        let analysis = self.resolve_executes(self.svc.analysis.analyze(text));
         let decisions: Vec<PolicyDecision> = analysis.statements.iter().map(|s| self.decide(s)).collect();
         if let Some(refusal) = decisions.iter().find(|d| matches!(d, PolicyDecision::Deny { .. })) {
             let reply = self.refusal(&analysis.statements, refusal).await?;
@@ -293,6 +304,10 @@ impl<'s> Frontend<'s> {
                     return Ok(None);
                 }
             }
+        }
+        for stmt in &analysis.statements {
+            note_prepared(&mut self.sql_prepared, stmt);
+            self.deallocated(stmt);
         }
         let held = decisions
             .iter()
@@ -370,9 +385,16 @@ impl<'s> Frontend<'s> {
             return self.refuse_extended(reply).await;
         }
         let name = Bytes::copy_from_slice(name);
+        let ambiguous = !name.is_empty() && self.statements.contains_key(&name);
         self.described.remove(&name);
-        self.statements
-            .insert(name.clone(), Arc::new(Prepared { analysis, decision }));
+        self.statements.insert(
+            name.clone(),
+            Arc::new(Prepared {
+                analysis,
+                decision,
+                ambiguous,
+            }),
+        );
         self.queue(Pending::Parse { statement: name }).await?;
         out.extend_from_slice(&frame.bytes);
         Ok(())
@@ -469,6 +491,14 @@ impl<'s> Frontend<'s> {
             return Ok(None);
         };
         let prepared = bound.prepared.clone();
+        if prepared.ambiguous {
+            let reply = wire::error(
+                "42P05",
+                "loopgate: this prepared statement's name was parsed twice; close it (or DEALLOCATE it) and parse it again",
+            );
+            self.refuse_extended(reply).await?;
+            return Ok(None);
+        }
         let parameters = bound.parameters.clone();
         let gate = bound.gate.clone();
         let Some(stmt) = prepared.statement() else {
@@ -500,6 +530,8 @@ impl<'s> Frontend<'s> {
             }
         };
         command.portal = Some(Bytes::copy_from_slice(portal));
+        note_prepared(&mut self.sql_prepared, stmt);
+        self.deallocated(stmt);
         self.describe_first(portal, out).await?;
         if let (Some(hold), Some(parameters)) = (hold, held_parameters) {
             let request = enforce::hold_request(
@@ -516,6 +548,26 @@ impl<'s> Frontend<'s> {
         self.queue(Pending::Execute(command)).await?;
         out.extend_from_slice(&frame.bytes);
         Ok(None)
+    }
+
+    /// `DEALLOCATE name` and `DISCARD ALL` close protocol-level prepared
+    /// statements too (one namespace on the server).
+    fn deallocated(&mut self, stmt: &AnalyzedStatement) {
+        let Some(PreparedOp::Deallocate { name }) = stmt.classification.as_ref().ok().and_then(|c| c.prepared.as_ref())
+        else {
+            return;
+        };
+        match name {
+            Some(name) => {
+                let key = Bytes::copy_from_slice(name.trim_matches('"').as_bytes());
+                self.statements.remove(&key);
+                self.described.remove(&key);
+            }
+            None => {
+                self.statements.retain(|name, _| name.is_empty());
+                self.described.retain(|name| name.is_empty());
+            }
+        }
     }
 
     fn close(&mut self, target: &Target) {
@@ -538,6 +590,45 @@ impl<'s> Frontend<'s> {
         let types = fields.iter().map(|f| f.type_oid).collect();
         let fields: Vec<(String, u32, i16)> = fields.into_iter().map(|f| (f.name, f.table_oid, f.attnum)).collect();
         Ok((catalog.resolve(&self.svc.tables, &fields).await, types))
+    }
+
+    /// `EXECUTE name` of a statement this session prepared with `PREPARE`
+    /// (earlier, or earlier in the same string) is decided, recorded and
+    /// masked as the statement it runs; an unknown name stays dynamic SQL,
+    /// which the built-in policy and the HIPAA pack refuse. (An EXECUTE
+    /// sent by Parse is not resolved: the name could be prepared again
+    /// before the portal runs.)
+    fn resolve_executes(&self, analysis: Arc<Analysis>) -> Arc<Analysis> {
+        let touches = |s: &AnalyzedStatement| s.classification.as_ref().is_ok_and(|c| c.prepared.is_some());
+        if !analysis.statements.iter().any(touches) {
+            return analysis;
+        }
+        let mut known = self.sql_prepared.clone();
+        let statements = analysis
+            .statements
+            .iter()
+            .map(|s| {
+                let runs = match s.classification.as_ref().ok().and_then(|c| c.prepared.as_ref()) {
+                    Some(PreparedOp::Execute { name }) => known.get(name).cloned().flatten(),
+                    _ => None,
+                };
+                note_prepared(&mut known, s);
+                match (runs, s.classification.as_ref().ok().and_then(|c| c.prepared.clone())) {
+                    (Some(c), executes) => AnalyzedStatement {
+                        // Marked as an EXECUTE's: its decision is not cached
+                        // by text (the same text runs another statement in
+                        // another session).
+                        classification: Ok(Classification {
+                            prepared: executes,
+                            ..(*c).clone()
+                        }),
+                        ..s.clone()
+                    },
+                    (None, _) => s.clone(),
+                }
+            })
+            .collect();
+        Arc::new(Analysis { statements })
     }
 
     fn decide(&self, stmt: &AnalyzedStatement) -> PolicyDecision {
@@ -701,6 +792,28 @@ fn statement_text(body: &[u8]) -> Result<&str, BytesMut> {
             "loopgate: statement text must be valid UTF-8 (set client_encoding to UTF8)",
         )
     })
+}
+
+/// Follows what `stmt` does to the SQL-level prepared statements in `known`.
+fn note_prepared(known: &mut HashMap<String, Option<Arc<Classification>>>, stmt: &AnalyzedStatement) {
+    match stmt.classification.as_ref().ok().and_then(|c| c.prepared.as_ref()) {
+        Some(PreparedOp::Prepare { name, statement }) => {
+            let entry = known.entry(name.clone());
+            match entry {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    e.insert(None);
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(Some(Arc::clone(statement)));
+                }
+            }
+        }
+        Some(PreparedOp::Deallocate { name: Some(name) }) => {
+            known.remove(name);
+        }
+        Some(PreparedOp::Deallocate { name: None }) => known.clear(),
+        Some(PreparedOp::Execute { .. }) | None => {}
+    }
 }
 
 /// Records `command_result` for the commands of a held statement that will

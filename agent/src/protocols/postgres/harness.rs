@@ -46,6 +46,10 @@ const QUERIES: &[(&str, &[(&str, u32)])] = &[
     ("SELECT ssn FROM patients WHERE id = $1", &[("ssn", 25)]),
     ("SELECT array_agg(ssn) AS ssn FROM patients", &[("ssn", 1009)]),
     ("SET search_path = public", &[]),
+    // Two statements with the same lineage (a value derived from dob, named
+    // d) and different types: a plan made for one must never mask the other.
+    ("SELECT dob + 0 AS d FROM patients", &[("d", 1082)]),
+    ("SELECT dob::text AS d FROM patients", &[("d", 25)]),
 ];
 
 /// Statement and portal names; the unnamed one twice as likely.
@@ -113,15 +117,22 @@ impl Harness {
     /// Runs the client script that `data` encodes through the real relay:
     /// the rows the client got, or `Err` naming a raw PHI value among them.
     pub fn run(&self, data: &[u8]) -> Result<usize, String> {
+        check_rows(&self.received(data))
+    }
+
+    /// Everything the client received for the script `data` encodes.
+    fn received(&self, data: &[u8]) -> Vec<u8> {
         let script = client_script(data);
         self.runtime.block_on(self.relay(script))
     }
 
-    async fn relay(&self, script: Vec<u8>) -> Result<usize, String> {
+    async fn relay(&self, script: Vec<u8>) -> Vec<u8> {
         let (mut app, proxy_client) = tokio::io::duplex(1 << 22);
         let (proxy_server, model_end) = tokio::io::duplex(1 << 22);
-        app.write_all(&script).await.map_err(|e| e.to_string())?;
-        app.shutdown().await.map_err(|e| e.to_string())?;
+        // The duplex buffer holds any script the fuzzer makes (bounded by
+        // libFuzzer's input size), so these writes cannot block or fail.
+        let _ = app.write_all(&script).await;
+        let _ = app.shutdown().await;
         let (mut client_rx, mut client_tx) = tokio::io::split(proxy_client);
         let (mut server_rx, mut server_tx) = tokio::io::split(proxy_server);
         let catalog = tokio::sync::Mutex::new(Catalog::new(
@@ -151,7 +162,7 @@ impl Harness {
             out
         };
         let (_, _, (), received) = tokio::join!(frontend, backend, model_server(model_end), received);
-        check_rows(&received)
+        received
     }
 }
 
@@ -547,6 +558,77 @@ mod tests {
             // (NAMES[0] is the unnamed statement and portal.)
             assert_eq!(harness.run(&script).unwrap(), ROWS);
         }
+    }
+
+    /// The fields of every DataRow in `received`, in order.
+    fn data_rows(received: &[u8]) -> Vec<Vec<Option<Vec<u8>>>> {
+        let mut rows = Vec::new();
+        let mut rest = received;
+        while rest.len() >= 5 {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            let (tag, mut body) = (rest[0], &rest[5..1 + len]);
+            rest = &rest[1 + len..];
+            if tag != b'D' {
+                continue;
+            }
+            let n = take_i16(&mut body).unwrap();
+            let row = (0..n)
+                .map(|_| {
+                    let len = take_i32(&mut body).unwrap();
+                    (len >= 0).then(|| {
+                        let (v, tail) = body.split_at(len as usize);
+                        body = tail;
+                        v.to_vec()
+                    })
+                })
+                .collect();
+            rows.push(row);
+        }
+        rows
+    }
+
+    /// A portal bound from the unnamed statement keeps that statement's
+    /// plan (columns, lineage, masks) after a later Parse replaced the
+    /// unnamed statement — and the new statement never takes the portal's
+    /// plan, even with the same lineage: Parse "" (a date), Describe, Bind
+    /// p binary; Parse "" (text), Describe, Bind "" binary; Execute p;
+    /// Execute "".
+    #[test]
+    fn a_portal_outlives_its_unnamed_statement() {
+        let harness = Harness::new();
+        let (date, text) = (5u8, 6u8);
+        assert_eq!(QUERIES[usize::from(date)].1, &[("d", 1082)]);
+        assert_eq!(QUERIES[usize::from(text)].1, &[("d", 25)]);
+        let script = [
+            0, 0, date, 2, 0, 1, 1, 2, 0, 2, // Parse "" date, Describe S "", Bind p binary
+            0, 0, text, 2, 0, 1, 1, 0, 0, 2, // Parse "" text, Describe S "", Bind "" binary
+            4, 2, 0, 4, 0, 0, 6, // Execute p, Execute "", Sync
+        ];
+        let rows = data_rows(&harness.received(&script));
+        assert_eq!(rows.len(), 2 * ROWS);
+        // 1900-01-01, the masked date, as days since 2000-01-01.
+        let sentinel = (-36524i32).to_be_bytes().to_vec();
+        for row in &rows[..ROWS] {
+            assert_eq!(row, &[Some(sentinel.clone())], "the portal's rows: a binary date");
+        }
+        for row in &rows[ROWS..] {
+            assert_eq!(row, &[Some(b"***".to_vec())], "the new statement's rows: text");
+        }
+    }
+
+    /// A second Parse of a known name fails at the server (the first text
+    /// stays) while loopgate cannot tell which text runs: an Execute of it
+    /// is refused rather than masked by the wrong statement's lineage.
+    #[test]
+    fn a_named_statement_parsed_twice_is_not_executed() {
+        let harness = Harness::new();
+        // Parse "a" ssn; Sync; Parse "a" SET (the model refuses: exists); Sync;
+        // Bind p a; Execute p; Sync.
+        let script = [0, 2, 0, 6, 0, 2, 4, 6, 1, 2, 2, 0, 4, 2, 0, 6];
+        let received = harness.received(&script);
+        assert_eq!(check_rows(&received), Ok(0));
+        let text = String::from_utf8_lossy(&received);
+        assert!(text.contains("parsed twice"), "{text}");
     }
 
     /// pgjdbc's pattern: described once, executed again without Describe,
