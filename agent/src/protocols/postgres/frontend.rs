@@ -2,11 +2,7 @@
 //! it reaches the database. Statements are analysed (once per distinct
 //! text, cached), decided by the policy engine, recorded, and only then
 //! forwarded; a refused statement never reaches the server.
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::{
@@ -21,6 +17,7 @@ use super::{
     pending::{Command, Gate, GateProgress, Pending, Target},
     record,
     rows::Column,
+    statements::Statements,
     wire::{self, sqlstate},
 };
 use crate::{
@@ -28,38 +25,8 @@ use crate::{
     enforce::{self, Caller, held_before_run},
     policy::{Action, PolicyDecision},
     session::Session,
-    sql::{Analysis, AnalyzedStatement, Classification, PreparedOp},
+    sql::AnalyzedStatement,
 };
-
-/// A prepared statement as the client named it.
-struct Prepared {
-    analysis: Arc<Analysis>,
-    decision: PolicyDecision,
-    /// Parsed under a name loopgate already knew: the server refuses that
-    /// (42P05) unless the earlier Parse failed there, and which of the two
-    /// texts a Bind then runs is not known here, so an Execute of it is
-    /// refused until the client closes the name.
-    ambiguous: bool,
-}
-
-impl Prepared {
-    /// The one statement of the Parse (None for an empty statement).
-    fn statement(&self) -> Option<&AnalyzedStatement> {
-        self.analysis.statements.first()
-    }
-}
-
-/// A bound portal: its statement and the parameter values as recorded.
-struct Portal {
-    prepared: Arc<Prepared>,
-    parameters: Vec<String>,
-    /// Row-threshold progress across the portal's Executes; only for a
-    /// statement whose hold has a row threshold.
-    gate: Option<Arc<GateProgress>>,
-    /// A Describe of the portal or its statement went ahead of its rows,
-    /// so the server side knows their columns.
-    described: bool,
-}
 
 pub(super) struct Frontend<'s> {
     svc: &'s Service,
@@ -67,26 +34,13 @@ pub(super) struct Frontend<'s> {
     catalog: &'s tokio::sync::Mutex<Catalog>,
     /// The caller as the policy sees it, built once per session.
     caller: Caller,
-    statements: HashMap<Bytes, Arc<Prepared>>,
-    /// Statements described since they were parsed.
-    described: HashSet<Bytes>,
-    portals: HashMap<Bytes, Portal>,
-    /// SQL-level prepared statements (`PREPARE name AS ...`) by name: what
-    /// `EXECUTE name` runs. `None` when the name was prepared twice: the
-    /// second PREPARE fails at the server unless the first one did, and
-    /// which of them runs is not known here, so its EXECUTE stays refused.
-    sql_prepared: HashMap<String, Option<Arc<Classification>>>,
+    /// Prepared statements and portals by the client's names.
+    statements: Statements,
     /// After a refused extended-protocol message, everything up to the next
     /// Sync is dropped, as the server itself does after an error.
     skipping: bool,
     pending: mpsc::Sender<Pending>,
 }
-
-/// Rule id of a COPY refused because its columns could not be determined.
-const COPY_UNKNOWN_RULE: &str = "loopgate.copy_columns_unknown";
-
-/// Recorded parameter values are cut to this many characters.
-const PARAMETER_MAX: usize = 128;
 
 /// While a statement is held, the client may go on sending (pipelining);
 /// up to this much is buffered, then reading pauses.
@@ -122,10 +76,7 @@ impl<'s> Frontend<'s> {
             session,
             catalog,
             caller: Caller::of(session, None, None),
-            statements: HashMap::new(),
-            described: HashSet::new(),
-            portals: HashMap::new(),
-            sql_prepared: HashMap::new(),
+            statements: Statements::default(),
             skipping: false,
             pending,
         }
@@ -189,7 +140,7 @@ impl<'s> Frontend<'s> {
                 Ok(())
             }
             Err(refusal) => {
-                record_unrun(self.session, &release, refusal.status());
+                record::unrun(self.session, &release, refusal.status());
                 self.refuse(wire::refusal(&refusal), extended).await
             }
         }
@@ -234,10 +185,10 @@ impl<'s> Frontend<'s> {
                 if !self.skipping {
                     let target = Target::parse(frame.body()).ok_or_else(|| malformed("Describe or Close"))?;
                     if tag == b'C' {
-                        self.close(&target);
+                        self.statements.closed(&target);
                         self.queue(Pending::Close(target)).await?;
                     } else {
-                        self.mark_described(&target);
+                        self.statements.described(&target);
                         self.queue(Pending::Describe { target, forward: true }).await?;
                     }
                     out.extend_from_slice(&frame.bytes);
@@ -285,13 +236,11 @@ impl<'s> Frontend<'s> {
             }
         };
         // A simple Query destroys the unnamed statement and portal.
-        self.statements.remove(&b""[..]);
-        self.described.remove(&b""[..]);
-        self.portals.remove(&b""[..]);
-        let analysis = self.resolve_executes(self.svc.analysis.analyze(text));
+        self.statements.forget_unnamed();
+        let analysis = self.statements.resolve_executes(self.svc.analysis.analyze(text));
         let decisions: Vec<PolicyDecision> = analysis.statements.iter().map(|s| self.decide(s)).collect();
         if let Some(refusal) = decisions.iter().find(|d| matches!(d, PolicyDecision::Deny { .. })) {
-            let reply = self.refusal(&analysis.statements, refusal).await?;
+            let reply = record::refusal(&self.svc.enforcer, self.session, &analysis.statements, refusal).await?;
             self.refuse(reply, false).await?;
             return Ok(None);
         }
@@ -306,8 +255,7 @@ impl<'s> Frontend<'s> {
             }
         }
         for stmt in &analysis.statements {
-            note_prepared(&mut self.sql_prepared, stmt);
-            self.deallocated(stmt);
+            self.statements.runs(stmt);
         }
         let held = decisions
             .iter()
@@ -337,7 +285,7 @@ impl<'s> Frontend<'s> {
         let hold = match self.svc.enforcer.open(self.session, request).await {
             Ok(h) => h,
             Err(refusal) => {
-                record_unrun(self.session, &release, refusal.status());
+                record::unrun(self.session, &release, refusal.status());
                 self.refuse(wire::refusal(&refusal), extended).await?;
                 return Ok(None);
             }
@@ -381,20 +329,11 @@ impl<'s> Frontend<'s> {
             .first()
             .map_or_else(PolicyDecision::allow, |s| self.decide(s));
         if matches!(decision, PolicyDecision::Deny { .. }) {
-            let reply = self.refusal(&analysis.statements, &decision).await?;
+            let reply = record::refusal(&self.svc.enforcer, self.session, &analysis.statements, &decision).await?;
             return self.refuse_extended(reply).await;
         }
         let name = Bytes::copy_from_slice(name);
-        let ambiguous = !name.is_empty() && self.statements.contains_key(&name);
-        self.described.remove(&name);
-        self.statements.insert(
-            name.clone(),
-            Arc::new(Prepared {
-                analysis,
-                decision,
-                ambiguous,
-            }),
-        );
+        self.statements.parsed(name.clone(), analysis, decision);
         self.queue(Pending::Parse { statement: name }).await?;
         out.extend_from_slice(&frame.bytes);
         Ok(())
@@ -409,28 +348,14 @@ impl<'s> Frontend<'s> {
         let parameters = bind
             .parameters
             .iter()
-            .map(|p| self.mask_parameter(p.value, p.binary))
+            .map(|p| record::parameter(&self.svc.masker, p.value, p.binary))
             .collect();
         let (portal, statement) = (
             Bytes::copy_from_slice(bind.portal),
             Bytes::copy_from_slice(bind.statement),
         );
         let formats = bind.result_formats;
-        if let Some(prepared) = self.statements.get(&statement).cloned() {
-            let gate =
-                matches!(&prepared.decision, PolicyDecision::Hold(h) if h.row_threshold.is_some()).then(Arc::default);
-            let portal_state = Portal {
-                prepared,
-                parameters,
-                gate,
-                described: self.described.contains(&statement),
-            };
-            self.portals.insert(portal.clone(), portal_state);
-        } else {
-            // The server answers an unknown statement with its own error;
-            // an Execute of this portal is refused below.
-            self.portals.remove(&portal);
-        }
+        self.statements.bound(portal.clone(), &statement, parameters);
         self.queue(Pending::Bind {
             portal,
             statement,
@@ -441,32 +366,13 @@ impl<'s> Frontend<'s> {
         Ok(())
     }
 
-    fn mark_described(&mut self, target: &Target) {
-        match target {
-            Target::Statement(name) => {
-                if self.statements.contains_key(name) {
-                    self.described.insert(name.clone());
-                }
-            }
-            Target::Portal(name) => {
-                if let Some(p) = self.portals.get_mut(name) {
-                    p.described = true;
-                }
-            }
-        }
-    }
-
     /// Before an Execute of a portal whose columns the server side has not
     /// been told: loopgate's own Describe, answered to loopgate only, so
     /// its rows are masked by their real columns.
     async fn describe_first(&mut self, portal: &[u8], out: &mut BytesMut) -> Result<(), SessionError> {
-        let Some(p) = self.portals.get_mut(portal) else {
-            return Ok(());
-        };
-        if p.described {
+        if !self.statements.needs_describe(portal) {
             return Ok(());
         }
-        p.described = true;
         let mut body = Vec::with_capacity(portal.len() + 2);
         body.push(b'P');
         body.extend_from_slice(portal);
@@ -485,7 +391,7 @@ impl<'s> Frontend<'s> {
             return Ok(None);
         }
         let (portal, _) = cstr(frame.body()).ok_or_else(|| malformed("Execute"))?;
-        let Some(bound) = self.portals.get(portal) else {
+        let Some(bound) = self.statements.portal(portal) else {
             let reply = wire::error("34000", "loopgate: portal was not bound through loopgate");
             self.refuse_extended(reply).await?;
             return Ok(None);
@@ -530,8 +436,7 @@ impl<'s> Frontend<'s> {
             }
         };
         command.portal = Some(Bytes::copy_from_slice(portal));
-        note_prepared(&mut self.sql_prepared, stmt);
-        self.deallocated(stmt);
+        self.statements.runs(stmt);
         self.describe_first(portal, out).await?;
         if let (Some(hold), Some(parameters)) = (hold, held_parameters) {
             let request = enforce::hold_request(
@@ -550,38 +455,6 @@ impl<'s> Frontend<'s> {
         Ok(None)
     }
 
-    /// `DEALLOCATE name` and `DISCARD ALL` close protocol-level prepared
-    /// statements too (one namespace on the server).
-    fn deallocated(&mut self, stmt: &AnalyzedStatement) {
-        let Some(PreparedOp::Deallocate { name }) = stmt.classification.as_ref().ok().and_then(|c| c.prepared.as_ref())
-        else {
-            return;
-        };
-        match name {
-            Some(name) => {
-                let key = Bytes::copy_from_slice(name.trim_matches('"').as_bytes());
-                self.statements.remove(&key);
-                self.described.remove(&key);
-            }
-            None => {
-                self.statements.retain(|name, _| name.is_empty());
-                self.described.retain(|name| name.is_empty());
-            }
-        }
-    }
-
-    fn close(&mut self, target: &Target) {
-        match target {
-            Target::Statement(name) => {
-                self.statements.remove(name);
-                self.described.remove(name);
-            }
-            Target::Portal(name) => {
-                self.portals.remove(name);
-            }
-        }
-    }
-
     /// The real columns of a COPY TO's data and their types: its query is
     /// described (not run) on the session's side connection.
     async fn describe_copy(&self, query: &str) -> Result<(Vec<Column>, Vec<u32>), String> {
@@ -590,45 +463,6 @@ impl<'s> Frontend<'s> {
         let types = fields.iter().map(|f| f.type_oid).collect();
         let fields: Vec<(String, u32, i16)> = fields.into_iter().map(|f| (f.name, f.table_oid, f.attnum)).collect();
         Ok((catalog.resolve(&self.svc.tables, &fields).await, types))
-    }
-
-    /// `EXECUTE name` of a statement this session prepared with `PREPARE`
-    /// (earlier, or earlier in the same string) is decided, recorded and
-    /// masked as the statement it runs; an unknown name stays dynamic SQL,
-    /// which the built-in policy and the HIPAA pack refuse. (An EXECUTE
-    /// sent by Parse is not resolved: the name could be prepared again
-    /// before the portal runs.)
-    fn resolve_executes(&self, analysis: Arc<Analysis>) -> Arc<Analysis> {
-        let touches = |s: &AnalyzedStatement| s.classification.as_ref().is_ok_and(|c| c.prepared.is_some());
-        if !analysis.statements.iter().any(touches) {
-            return analysis;
-        }
-        let mut known = self.sql_prepared.clone();
-        let statements = analysis
-            .statements
-            .iter()
-            .map(|s| {
-                let runs = match s.classification.as_ref().ok().and_then(|c| c.prepared.as_ref()) {
-                    Some(PreparedOp::Execute { name }) => known.get(name).cloned().flatten(),
-                    _ => None,
-                };
-                note_prepared(&mut known, s);
-                match (runs, s.classification.as_ref().ok().and_then(|c| c.prepared.clone())) {
-                    (Some(c), executes) => AnalyzedStatement {
-                        // Marked as an EXECUTE's: its decision is not cached
-                        // by text (the same text runs another statement in
-                        // another session).
-                        classification: Ok(Classification {
-                            prepared: executes,
-                            ..(*c).clone()
-                        }),
-                        ..s.clone()
-                    },
-                    (None, _) => s.clone(),
-                }
-            })
-            .collect();
-        Arc::new(Analysis { statements })
     }
 
     fn decide(&self, stmt: &AnalyzedStatement) -> PolicyDecision {
@@ -651,7 +485,7 @@ impl<'s> Frontend<'s> {
                 Ok(columns) => columns,
                 Err(e) => {
                     tracing::warn!(session = %self.session.id, error = %e, "refusing COPY: its columns are unknown");
-                    return Err(self.refuse_copy(stmt, parameters).await);
+                    return Err(record::refuse_copy(&self.svc.enforcer, self.session, stmt, parameters).await);
                 }
             },
             None => (Vec::new(), Vec::new()),
@@ -695,41 +529,6 @@ impl<'s> Frontend<'s> {
         })
     }
 
-    /// Records a COPY whose columns are unknown as refused (its data could
-    /// not be masked) and returns the error for the client.
-    async fn refuse_copy(&self, stmt: &AnalyzedStatement, parameters: Vec<String>) -> BytesMut {
-        let reason = "the columns of this COPY could not be determined, so its data cannot be masked";
-        let info = record::command_info(stmt, parameters);
-        let enforcer = &self.svc.enforcer;
-        if let Err(e) = enforcer.refuse(self.session, info, COPY_UNKNOWN_RULE, reason).await {
-            tracing::error!(session = %self.session.id, error = %e, "could not record a refused COPY");
-        }
-        let message = format!("loopgate: statement refused by rule {COPY_UNKNOWN_RULE}: {reason}");
-        wire::error(sqlstate::FEATURE_NOT_SUPPORTED, &message)
-    }
-
-    /// Records `statements` as refused by `decision` and returns the error
-    /// for the client, naming the rule.
-    async fn refusal(
-        &self,
-        statements: &[AnalyzedStatement],
-        decision: &PolicyDecision,
-    ) -> Result<BytesMut, SessionError> {
-        let (rule, reason) = refusal_text(decision);
-        let mut refusal = None;
-        for stmt in statements {
-            let info = record::command_info(stmt, Vec::new());
-            let refused = self.svc.enforcer.refuse(self.session, info, &rule, &reason).await;
-            refusal = Some(refused.map_err(SessionError::Audit)?);
-        }
-        let refusal = refusal.unwrap_or(enforce::Refusal {
-            cause: enforce::Cause::Policy,
-            rule_id: Some(rule),
-            reason,
-        });
-        Ok(wire::refusal(&refusal))
-    }
-
     /// Refuses an extended-protocol message: the error goes to the client
     /// in order, and the rest of the batch is dropped until Sync.
     async fn refuse_extended(&mut self, reply: BytesMut) -> Result<(), SessionError> {
@@ -743,22 +542,6 @@ impl<'s> Frontend<'s> {
 
     async fn queue(&self, p: Pending) -> Result<(), SessionError> {
         self.pending.send(p).await.map_err(|_| SessionError::Closed)
-    }
-
-    fn mask_parameter(&self, value: Option<&[u8]>, binary: bool) -> String {
-        match value {
-            None => "NULL".to_owned(),
-            Some(v) if binary => format!("<{} bytes, binary>", v.len()),
-            Some(v) => {
-                let text = String::from_utf8_lossy(v);
-                let masked = self.svc.masker.mask_free_text(&text);
-                let mut s: String = masked.chars().take(PARAMETER_MAX).collect();
-                if masked.chars().count() > PARAMETER_MAX {
-                    s.push('…');
-                }
-                s
-            }
-        }
     }
 }
 
@@ -792,54 +575,6 @@ fn statement_text(body: &[u8]) -> Result<&str, BytesMut> {
             "loopgate: statement text must be valid UTF-8 (set client_encoding to UTF8)",
         )
     })
-}
-
-/// Follows what `stmt` does to the SQL-level prepared statements in `known`.
-fn note_prepared(known: &mut HashMap<String, Option<Arc<Classification>>>, stmt: &AnalyzedStatement) {
-    match stmt.classification.as_ref().ok().and_then(|c| c.prepared.as_ref()) {
-        Some(PreparedOp::Prepare { name, statement }) => {
-            let entry = known.entry(name.clone());
-            match entry {
-                std::collections::hash_map::Entry::Occupied(mut e) => {
-                    e.insert(None);
-                }
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(Some(Arc::clone(statement)));
-                }
-            }
-        }
-        Some(PreparedOp::Deallocate { name: Some(name) }) => {
-            known.remove(name);
-        }
-        Some(PreparedOp::Deallocate { name: None }) => known.clear(),
-        Some(PreparedOp::Execute { .. }) | None => {}
-    }
-}
-
-/// Records `command_result` for the commands of a held statement that will
-/// not run (denied, timed out, or the hold could not be requested).
-fn record_unrun(session: &Session, release: &Pending, status: &str) {
-    let commands: &[Command] = match release {
-        Pending::Query(commands) => commands,
-        Pending::Execute(command) => std::slice::from_ref(command),
-        _ => &[],
-    };
-    for c in commands.iter().filter(|c| !c.event_id.is_nil()) {
-        let outcome = crate::audit::Outcome {
-            status: Some(status.to_owned()),
-            rows: Some(0),
-            ..crate::audit::Outcome::default()
-        };
-        session.audit.submit(record::result(session, c, outcome));
-    }
-}
-
-fn refusal_text(d: &PolicyDecision) -> (String, String) {
-    match d {
-        PolicyDecision::Deny { rule_id, reason } => (rule_id.clone(), reason.clone()),
-        PolicyDecision::Hold(h) => (h.rule_id.clone(), h.reason.clone()),
-        PolicyDecision::Allow { .. } => (String::new(), String::new()),
-    }
 }
 
 fn malformed(what: &str) -> SessionError {

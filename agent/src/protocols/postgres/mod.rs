@@ -28,6 +28,7 @@ mod robustness;
 mod rows;
 pub mod scram;
 mod startup;
+mod statements;
 mod stream;
 mod types;
 pub mod upstream;
