@@ -79,8 +79,8 @@ pub struct ProcessInfo {
     pub gid: Option<u32>,
     pub comm: Option<String>,
     pub exe: Option<String>,
-    /// Command line, cut short; arguments may carry secrets, so handlers
-    /// keep it brief.
+    /// The command line's shape: program and option names, values as `?`
+    /// (arguments carry tokens and PHI), cut short.
     pub cmdline: Option<String>,
     /// cgroup v2 path relative to the cgroup2 mount.
     pub cgroup: Option<String>,

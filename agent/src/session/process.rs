@@ -165,10 +165,40 @@ pub fn from_proc(tgid: u32, uid: u32) -> ProcessInfo {
     }
 }
 
-/// NUL-separated arguments joined by spaces, cut at a char boundary.
+/// The command line's shape, never its values: the program, then each
+/// option's name (`-H`, `--output`, `--user=?`) and every other argument
+/// or option value as `?` (after `--`, everything is an argument), cut at a
+/// char boundary. Arguments carry bearer tokens (`curl -H "Authorization:
+/// …"`), passwords and PHI (`psql -c "… where ssn = …"`, URLs with search
+/// parameters); the command itself is recorded by its protocol, masked.
 fn short_cmdline(raw: &[u8]) -> String {
     let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
-    let mut s: String = String::from_utf8_lossy(raw).replace('\0', " ");
+    let mut args = raw.split(|b| *b == 0);
+    let mut s = String::from_utf8_lossy(args.next().unwrap_or_default()).into_owned();
+    let mut options = true;
+    for arg in args {
+        s.push(' ');
+        match arg {
+            b"--" if options => {
+                options = false;
+                s.push_str("--");
+            }
+            [b'-', ..] if options && arg.len() > 1 => {
+                let name = arg.split(|b| *b == b'=').next().unwrap_or(arg);
+                // `-ofile`-style glued short values are cut to the option letter.
+                let name = if name.len() > 2 && name[1] != b'-' {
+                    &name[..2]
+                } else {
+                    name
+                };
+                s.push_str(&String::from_utf8_lossy(name));
+                if name.len() < arg.len() {
+                    s.push_str("=?");
+                }
+            }
+            _ => s.push('?'),
+        }
+    }
     if s.len() > CMDLINE_MAX {
         let mut cut = CMDLINE_MAX;
         while !s.is_char_boundary(cut) {
@@ -221,8 +251,18 @@ mod tests {
     }
 
     #[test]
+    fn cmdline_keeps_option_names_and_never_values() {
+        let raw = b"/usr/bin/curl\0-H\0Authorization: Bearer eyJsecret\0--data=ssn=123-45-6789\0-ofile\0https://fhir/Patient?name=Smith\0--\0-x\0";
+        let line = short_cmdline(raw);
+        assert_eq!(line, "/usr/bin/curl -H ? --data=? -o=? ? -- ?");
+        for secret in ["eyJ", "123-45", "Smith", "file"] {
+            assert!(!line.contains(secret), "{line}");
+        }
+    }
+
+    #[test]
     fn cmdline_is_joined_and_cut() {
-        assert_eq!(short_cmdline(b"psql\0-h\0db\0"), "psql -h db");
+        assert_eq!(short_cmdline(b"psql\0-h\0db\0"), "psql -h ?");
         let long = "x".repeat(1000);
         let cut = short_cmdline(long.as_bytes());
         assert!(cut.len() <= CMDLINE_MAX + '…'.len_utf8());
