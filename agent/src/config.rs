@@ -21,7 +21,7 @@ use crate::{
     intercept::rules::{Addresses, Kind, Pattern, RuleTable},
     mask::MaskConfig,
     policy::BuiltinPolicyConfig,
-    protocols::postgres::config::PostgresSettings,
+    protocols::{http::config::HttpSettings, postgres::config::PostgresSettings},
     sql::SqlConfig,
 };
 
@@ -143,6 +143,8 @@ pub enum Protocol {
     Tcp,
     /// PostgreSQL wire protocol: per-statement decisions, masking, audit.
     Postgres(Box<PostgresSettings>),
+    /// HTTP (`https` or `http`): per-request decisions, JSON masking, audit.
+    Http(Box<HttpSettings>),
 }
 
 impl Protocol {
@@ -150,6 +152,8 @@ impl Protocol {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Postgres(_) => "postgres",
+            Protocol::Http(h) if h.tls => "https",
+            Protocol::Http(_) => "http",
         }
     }
 }
@@ -350,6 +354,7 @@ mod raw {
         pub identity: Option<Spanned<String>>,
         pub upstream: Option<Spanned<crate::protocols::postgres::config::UpstreamConfig>>,
         pub client_tls: Option<Spanned<bool>>,
+        pub http: Option<Spanned<crate::protocols::http::config::HttpConfig>>,
     }
 }
 
@@ -654,11 +659,13 @@ impl Validator<'_> {
                 format!("{name:?} is used by another target"),
             );
         }
-        let supported = "(supported: \"tcp\", \"postgres\")";
+        let supported = "(supported: \"tcp\", \"postgres\", \"https\", \"http\")";
         let protocol = match raw.protocol.get_ref().as_str() {
             "tcp" => Protocol::Tcp,
             "postgres" => Protocol::Postgres(Box::new(self.postgres(&raw)?)),
-            "ssh" | "https" | "http" => {
+            "https" => Protocol::Http(Box::new(self.http(&raw, true)?)),
+            "http" => Protocol::Http(Box::new(self.http(&raw, false)?)),
+            "ssh" => {
                 let message = format!(
                     "{:?} is not supported by this build yet {supported}",
                     raw.protocol.get_ref()
@@ -764,8 +771,25 @@ impl Validator<'_> {
             .or_else(|e| self.error("target.upstream", upstream.span(), e.to_string()))
     }
 
+    /// The `[target.http]` table of an `https` / `http` target (optional:
+    /// defaults are a JSON API checked against the public web roots).
+    fn http(&self, raw: &raw::Target, tls: bool) -> Result<HttpSettings, ConfigError> {
+        let (config, span) = match &raw.http {
+            Some(h) => (h.get_ref().clone(), h.span()),
+            None => (Default::default(), raw.protocol.span()),
+        };
+        HttpSettings::new(config, tls).or_else(|e| self.error("target.http", span, e.to_string()))
+    }
+
     /// Keys a protocol does not take are errors, not silently ignored.
     fn refuse_foreign_keys(&self, protocol: &Protocol, raw: &raw::Target) -> Result<(), ConfigError> {
+        if let (false, Some(h)) = (matches!(protocol, Protocol::Http(_)), &raw.http) {
+            return self.error(
+                "target.http",
+                h.span(),
+                format!("only https and http targets take [target.http]; this one is {protocol}"),
+            );
+        }
         if matches!(protocol, Protocol::Postgres(_)) {
             return Ok(());
         }
@@ -1011,6 +1035,31 @@ address = "[::1]:9000"
             .unwrap_err()
             .to_string();
         assert!(err.contains("pasword_file"), "{err}");
+    }
+
+    #[test]
+    fn https_and_http_targets_take_an_http_table() {
+        let text = "[[target]]\nname = \"fhir\"\nprotocol = \"https\"\naddress = \"10.1.2.3:443\"\n\
+                    [target.http]\napi = \"fhir\"\nca_file = \"/etc/loopgate/fhir-ca.pem\"\n\
+                    [[target]]\nname = \"api\"\nprotocol = \"http\"\naddress = \"127.0.0.1:8080\"\n";
+        let config = parse(text).unwrap();
+        let Protocol::Http(fhir) = &config.targets[0].protocol else {
+            panic!("not http");
+        };
+        assert!(fhir.tls);
+        assert_eq!(fhir.config.api, crate::protocols::http::config::Api::Fhir);
+        assert_eq!(config.targets[0].protocol.as_str(), "https");
+        assert_eq!(config.targets[1].protocol.as_str(), "http");
+
+        let (line, key, msg) = invalid(&text.replace(
+            "protocol = \"http\"\naddress = \"127.0.0.1:8080\"\n",
+            "protocol = \"http\"\naddress = \"127.0.0.1:8080\"\n[target.http]\ncert_file = \"/c\"\nkey_file = \"/k\"\n",
+        ));
+        assert_eq!((line, key.as_str()), (12, "target.http"), "{msg}");
+        assert!(msg.contains("plain http"), "{msg}");
+        let (_, key, msg) = invalid(&text.replace("protocol = \"https\"", "protocol = \"tcp\""));
+        assert_eq!(key, "target.http");
+        assert!(msg.contains("only https and http"), "{msg}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Protocol handlers. The proxy hands each accepted session to the handler
 //! of its target; the handler serves it until either side closes and says
 //! how it ended.
+pub mod http;
 pub mod postgres;
 pub mod tcp;
 
@@ -34,6 +35,7 @@ pub struct Shared {
 pub enum Handler {
     Tcp,
     Postgres(Box<postgres::Service>),
+    Http(Box<http::Service>),
 }
 
 /// What a protocol builds its handler from: the target's protocol-neutral
@@ -70,5 +72,6 @@ pub async fn serve(session: &Session, handler: &Handler, client: TcpStream, conn
     match handler {
         Handler::Tcp => tcp::serve(session, client, connect_timeout).await,
         Handler::Postgres(svc) => postgres::serve(svc, session, client, connect_timeout).await,
+        Handler::Http(svc) => http::serve(svc, session, client, connect_timeout).await,
     }
 }

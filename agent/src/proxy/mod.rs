@@ -27,7 +27,7 @@ use crate::{
     config::{Config, Protocol, Target},
     identity::Authenticator,
     intercept::{Interceptor, ListenerFds, Unverified, endpoint, refusals::RateLimit},
-    protocols::{self, Build, Handler, Shared, postgres},
+    protocols::{self, Build, Handler, Shared, http, postgres},
     session::{EndStatus, Session, SessionEnd, process},
 };
 
@@ -107,6 +107,7 @@ fn handler(t: &Target, config: &Config, shared: &Shared) -> anyhow::Result<Handl
     Ok(match &t.protocol {
         Protocol::Tcp => Handler::Tcp,
         Protocol::Postgres(pg) => Handler::Postgres(Box::new(postgres::Service::new(pg, &build)?)),
+        Protocol::Http(h) => Handler::Http(Box::new(http::Service::new(h, &build)?)),
     })
 }
 

@@ -1,0 +1,184 @@
+//! loopgate's connections to the upstream server of one client connection:
+//! TLS verified against the target's CA (or the public roots) and its
+//! host name, HTTP/2 when the server offers it, else a few HTTP/1.1
+//! connections for requests that overlap.
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use hyper::{
+    Request, Response,
+    body::Incoming,
+    client::conn::{http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::ServerName;
+use tokio::{net::TcpStream, sync::Mutex};
+
+use super::body::BoxError;
+
+/// At most this many HTTP/1.1 connections per client connection.
+const MAX_H1: usize = 8;
+
+/// The request body sent upstream: the client's, counted.
+pub type UpBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("connect timed out")]
+    Timeout,
+}
+
+impl UpstreamError {
+    /// A certificate the target's trust does not accept.
+    pub fn is_certificate(&self) -> bool {
+        matches!(self, UpstreamError::Tls(m) if m.contains("certificate") || m.contains("Certificate"))
+    }
+}
+
+/// How to reach the upstream; shared by a target's sessions.
+#[derive(Clone)]
+pub struct Dialer {
+    pub addr: SocketAddr,
+    /// The name the server's certificate must carry.
+    pub server_name: String,
+    /// `None`: plain HTTP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub timeout: Duration,
+}
+
+enum Sender {
+    H1(http1::SendRequest<UpBody>),
+    H2(http2::SendRequest<UpBody>),
+}
+
+/// The upstream connections of one client connection, opened on demand.
+pub struct Upstream {
+    dialer: Dialer,
+    h2: Mutex<Option<http2::SendRequest<UpBody>>>,
+    h1: std::sync::Mutex<Vec<http1::SendRequest<UpBody>>>,
+}
+
+impl Upstream {
+    pub fn new(dialer: Dialer) -> Upstream {
+        Upstream {
+            dialer,
+            h2: Mutex::new(None),
+            h1: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Sends `request` (origin-form URI; the authority is set here for
+    /// HTTP/2) and returns the response head and its streaming body.
+    pub async fn send(&self, mut request: Request<UpBody>) -> Result<Response<Incoming>, UpstreamError> {
+        match self.sender().await? {
+            Sender::H2(mut s) => {
+                let authority = request
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or(&self.dialer.server_name)
+                    .to_owned();
+                let scheme = if self.dialer.tls.is_some() { "https" } else { "http" };
+                let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+                if let Ok(uri) = format!("{scheme}://{authority}{path}").parse() {
+                    *request.uri_mut() = uri;
+                }
+                request.headers_mut().remove(http::header::HOST);
+                *request.version_mut() = http::Version::HTTP_2;
+                Ok(s.send_request(request).await?)
+            }
+            Sender::H1(mut s) => {
+                *request.version_mut() = http::Version::HTTP_11;
+                let response = s.send_request(request).await;
+                self.give_back(s);
+                Ok(response?)
+            }
+        }
+    }
+
+    async fn sender(&self) -> Result<Sender, UpstreamError> {
+        let mut h2 = self.h2.lock().await;
+        if let Some(s) = h2.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(Sender::H2(s.clone()));
+        }
+        {
+            let mut idle = self.h1.lock().unwrap_or_else(|p| p.into_inner());
+            idle.retain(|s| !s.is_closed());
+            if let Some(i) = idle.iter().position(|s| s.is_ready()) {
+                return Ok(Sender::H1(idle.swap_remove(i)));
+            }
+        }
+        let sender = tokio::time::timeout(self.dialer.timeout, self.dial())
+            .await
+            .map_err(|_| UpstreamError::Timeout)??;
+        if let Sender::H2(s) = &sender {
+            *h2 = Some(s.clone());
+        }
+        Ok(sender)
+    }
+
+    fn give_back(&self, sender: http1::SendRequest<UpBody>) {
+        let mut idle = self.h1.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_H1 && !sender.is_closed() {
+            idle.push(sender);
+        }
+    }
+
+    async fn dial(&self) -> Result<Sender, UpstreamError> {
+        let tcp = TcpStream::connect(self.dialer.addr)
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &self.dialer.tls else {
+            return handshake_h1(tcp).await;
+        };
+        let name =
+            ServerName::try_from(self.dialer.server_name.clone()).map_err(|e| UpstreamError::Tls(e.to_string()))?;
+        let stream = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            return Ok(Sender::H2(sender));
+        }
+        handshake_h1(stream).await
+    }
+}
+
+async fn handshake_h1<T>(io: T) -> Result<Sender, UpstreamError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+        }
+    });
+    Ok(Sender::H1(sender))
+}
+
+/// The client's request body, as sent upstream.
+pub fn request_body(body: Incoming) -> UpBody {
+    use http_body_util::BodyExt as _;
+    body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
+}
+
+/// Whether a response to `method` with `status` has no body.
+pub fn bodyless(method: &http::Method, status: http::StatusCode) -> bool {
+    method == http::Method::HEAD
+        || status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
+}
