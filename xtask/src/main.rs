@@ -220,12 +220,13 @@ fn lint() -> anyhow::Result<()> {
 }
 
 /// The parsers that take untrusted bytes, each fuzzed in turn.
-const FUZZ_TARGETS: [&str; 5] = [
+const FUZZ_TARGETS: [&str; 6] = [
     "pg_server_message",
     "pg_bind",
     "pg_extended",
     "sql_analyze",
     "mask_free_text",
+    "http_json_mask",
 ];
 
 fn fuzz(seconds: u64) -> anyhow::Result<()> {

@@ -1,7 +1,7 @@
 //! TLS for every protocol, with rustls (ring provider).
 //!
 //! - [`LocalCa`]: loopgate's own CA, which issues the certificates loopgate
-//!   shows clients (PostgreSQL `sslmode=require`, later HTTPS targets);
+//!   shows clients (PostgreSQL `sslmode=require`, HTTPS targets);
 //!   clients that verify trust the CA file operators distribute.
 //! - [`client_config`]: loopgate's side of upstream TLS — authenticated
 //!   against a CA file or the public web roots, or encrypted only; with a

@@ -41,6 +41,8 @@ pub enum JsonError {
     LateResourceType(String),
     #[error("JSON ended inside a value")]
     Truncated,
+    #[error("an object names its resource type twice")]
+    DuplicateResourceType,
 }
 
 /// The path rules of one resource type: each a list of segments (`[]` is
@@ -151,6 +153,9 @@ struct Frame {
     /// A key some resource's rules would mask was passed before the
     /// object's type was known.
     early_phi: bool,
+    /// The type key was seen (a second one is refused: parsers differ on
+    /// which of two wins).
+    typed: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -411,6 +416,7 @@ impl JsonMasker {
                     masked_by: rule,
                     resource: None,
                     early_phi: false,
+                    typed: false,
                 });
                 out.push(b);
                 self.state = if b == b'{' { State::KeyOrEnd } else { State::ValueOrEnd };
@@ -512,9 +518,13 @@ impl JsonMasker {
         let Some(frame) = self.stack.last_mut() else {
             return Ok(());
         };
-        if !frame.object || frame.key != type_key || frame.masked_by.is_some() || frame.resource.is_some() {
+        if !frame.object || frame.key != type_key || frame.masked_by.is_some() {
             return Ok(());
         }
+        if frame.typed {
+            return Err(JsonError::DuplicateResourceType);
+        }
+        frame.typed = true;
         let Some(rules) = resources.iter().find(|r| r.name.as_bytes() == value) else {
             return Ok(());
         };
@@ -771,6 +781,30 @@ mod tests {
         let input = br#"{"resourceType":"Pat\u0069ent","na\u006de":[{"family":"Doe"}]}"#;
         let (out, _) = run(Api::Fhir, false, input, 3).unwrap();
         assert!(!out.contains("Doe"), "{out}");
+    }
+
+    #[test]
+    fn a_second_resource_type_fails_closed() {
+        let input = br#"{"resourceType":"Observation","resourceType":"Patient","name":"Doe"}"#;
+        assert_eq!(run(Api::Fhir, false, input, 5).unwrap_err(), JsonError::DuplicateResourceType);
+    }
+
+    #[test]
+    fn output_follows_input_without_holding_the_document() {
+        let mut m = JsonMasker::new(masker(), JsonRules { api: Api::Fhir, secrets_response: false });
+        let mut out = Vec::new();
+        m.feed(br#"{"resourceType":"Bundle","entry":["#, &mut out).unwrap();
+        let one = format!(r#"{{"resource":{}}},"#, patient(7).replace('\n', ""));
+        for _ in 0..2000 {
+            let before = out.len();
+            m.feed(one.as_bytes(), &mut out).unwrap();
+            // Each resource comes out as it goes in (masked, so shorter).
+            assert!(out.len() - before > one.len() / 2);
+        }
+        assert!(m.token.capacity() < 4096, "{}", m.token.capacity());
+        m.feed(b"{}]}", &mut out).unwrap();
+        m.finish(&mut out).unwrap();
+        assert_eq!(m.masked() as usize, 2000 * 13);
     }
 
     #[test]
