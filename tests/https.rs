@@ -401,3 +401,129 @@ fn an_upstream_whose_certificate_does_not_verify_is_refused() {
         assert!(server.requests().is_empty(), "a request reached an unverified server");
     }
 }
+
+#[test]
+fn kubernetes_requests_are_decided_by_verb_impersonate_the_caller_and_mask_secrets() {
+    require_ebpf!();
+    let mut servers = Vec::new();
+    let f = fixture(|ca, files| {
+        let server = FhirServer::start(ca, &["127.0.0.1"], 1);
+        let target = Target {
+            name: "k8s".into(),
+            protocol: "https".into(),
+            address: format!("127.0.0.1:{}", server.port),
+            extra: format!(
+                "identity = \"process\"\n[target.http]\napi = \"kubernetes\"\nca_file = \"{}\"\ntoken_file = \"{}\"\n",
+                files.join("upstream-ca.pem").display(),
+                files.join("upstream.token").display()
+            ),
+        };
+        servers.push(server);
+        vec![target]
+    });
+    let server = &servers[0];
+    let ca = f.loopgate_ca.to_string_lossy().into_owned();
+    let kubectl_like = |args: &[&str], path: &str| {
+        let url = format!("https://127.0.0.1:{}{path}", server.port);
+        let mut all = vec![
+            "curl",
+            "-sS",
+            "--cacert",
+            &ca,
+            "-H",
+            "Authorization: Bearer client-own-secret-token",
+            "-H",
+            "Impersonate-User: admin",
+            "-H",
+            "Impersonate-Group: system:masters",
+            "-H",
+            "Accept: application/vnd.kubernetes.protobuf, application/json",
+        ];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-w", "\n%{http_code} %{http_version}", &url]);
+        split_status(&f.agent.exec(&all))
+    };
+
+    let (status, _, body) = kubectl_like(&[], "/api/v1/namespaces/ward/pods");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["items"][0]["metadata"]["name"],
+        "p1"
+    );
+
+    // A ConfigMap's values are scanned by the detectors.
+    let (status, _, body) = kubectl_like(&[], "/api/v1/namespaces/ward/configmaps/c1");
+    assert_eq!(status, 200, "{body}");
+    let cm: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(cm["data"], json!({"mode": "fast", "contact": "ssn ***"}));
+
+    // Creating a Secret is allowed; what comes back has its data masked.
+    let (status, _, body) = kubectl_like(
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            "{\"kind\":\"Secret\"}",
+        ],
+        "/api/v1/namespaces/ward/secrets",
+    );
+    assert_eq!(status, 201, "{body}");
+    let secret: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(secret["data"]["password"], "***");
+    assert!(!body.contains("aHVudGVyMg=="));
+
+    // Reading Secrets and deleting a namespace: refused as a Status.
+    for (args, path, rule) in [
+        (&[][..], "/api/v1/namespaces/ward/secrets", "hipaa.deny_k8s_secret_read"),
+        (
+            &["-X", "DELETE"][..],
+            "/api/v1/namespaces/ward",
+            "hipaa.deny_k8s_delete_namespace",
+        ),
+    ] {
+        let (status, _, body) = kubectl_like(args, path);
+        assert_eq!(status, 403, "{body}");
+        let st: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (st["kind"].as_str(), st["reason"].as_str(), st["code"].as_u64()),
+            (Some("Status"), Some("Forbidden"), Some(403))
+        );
+        assert!(st["message"].as_str().unwrap().contains(rule), "{body}");
+    }
+
+    // The API server saw loopgate's token and the real caller as the
+    // impersonated user, never the client's own impersonation or token;
+    // JSON asked for instead of protobuf.
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    for r in &requests {
+        let h = &r["headers"];
+        assert_eq!(h["authorization"], format!("Bearer {UPSTREAM_TOKEN}"), "{r}");
+        assert_eq!(h["impersonate-user"], "unix:root", "{r}");
+        assert!(h.get("impersonate-group").is_none(), "{r}");
+        assert_eq!(h["accept"], "application/json", "{r}");
+    }
+    let events = f.agent.wait_events("five k8s results", |e| {
+        e.iter()
+            .filter(|e| e["kind"] == "command_result" && e["target"]["name"] == "k8s")
+            .count()
+            >= 5
+    });
+    let verbs: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "command" && e["target"]["name"] == "k8s")
+        .map(|e| &e["command"]["kind"])
+        .collect();
+    assert_eq!(
+        verbs,
+        [
+            &json!("list"),
+            &json!("get"),
+            &json!("create"),
+            &json!("list"),
+            &json!("delete")
+        ]
+    );
+}

@@ -10,6 +10,13 @@ write them), which is what loopgate parses and masks:
   DELETE /fhir/Patient/<id>             204 (loopgate should never let it through)
   GET    /fhir/$export, /fhir/Patient/$export   the Patients as NDJSON
 
+and, Kubernetes-shaped (not an API server either):
+
+  GET    /api/v1/namespaces/ward/pods   a PodList
+  GET    /api/v1/namespaces/ward/configmaps/c1   a ConfigMap with a PHI-like value
+  POST   /api/v1/namespaces/ward/secrets         the created Secret (with data)
+  DELETE /api/v1/namespaces/<ns>                 a Status
+
 Every request is appended, as one JSON line, to LOG: method, path and
 headers, so a test can see what reached the server (and what did not).
 
@@ -80,10 +87,25 @@ class Handler(BaseHTTPRequestHandler):
                         "search": {"mode": "match"}} for i in range(1, PATIENTS + 1)]
             return self.send(200, {"resourceType": "Bundle", "type": "searchset", "total": PATIENTS,
                                    "entry": entries})
+        if path == "/api/v1/namespaces/ward/pods":
+            return self.send(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {},
+                                   "items": [{"metadata": {"name": "p1", "namespace": "ward"}}]},
+                             "application/json")
+        if path == "/api/v1/namespaces/ward/configmaps/c1":
+            return self.send(200, {"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "c1"},
+                                   "data": {"mode": "fast", "contact": "ssn 123-45-6789"}},
+                             "application/json")
         if path.startswith("/fhir/Patient/p"):
             return self.send(200, patient(int(path.rsplit("p", 1)[1])))
         self.send(404, {"resourceType": "OperationOutcome",
                         "issue": [{"severity": "error", "code": "not-found"}]})
+
+    def do_POST(self):
+        self.record()
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        return self.send(201, {"kind": "Secret", "apiVersion": "v1", "metadata": {"name": "s1"},
+                               "data": {"password": "aHVudGVyMg=="}, "type": "Opaque"},
+                         "application/json")
 
     def do_DELETE(self):
         self.record()

@@ -12,6 +12,7 @@
 //! # client_key = "/etc/loopgate/k8s.key"
 //! # cert_file = "/etc/loopgate/serving.crt" # what clients see; omitted: issued
 //! # key_file = "/etc/loopgate/serving.key"  #   by loopgate's local CA
+//! # impersonate = true                      # kubernetes: Impersonate-User/-Group from the principal
 //! ```
 use std::{
     fmt, fs,
@@ -74,6 +75,12 @@ pub struct HttpConfig {
     pub cert_file: Option<PathBuf>,
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// Kubernetes: send `Impersonate-User` / `Impersonate-Group` from the
+    /// caller's principal, so the API server's RBAC and audit log see the
+    /// real caller (loopgate's credential needs the `impersonate` verb).
+    /// Default: on for `api = "kubernetes"`; other APIs refuse it.
+    #[serde(default)]
+    pub impersonate: Option<bool>,
 }
 
 /// An HTTP target's checked settings.
@@ -82,6 +89,8 @@ pub struct HttpSettings {
     /// `https`: TLS on both sides; `http`: plaintext on both sides.
     pub tls: bool,
     pub config: HttpConfig,
+    /// Add impersonation headers (Kubernetes).
+    pub impersonate: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +109,8 @@ pub enum HttpConfigError {
     SecretFileRead { path: PathBuf, source: std::io::Error },
     #[error("http.token_credential {0:?} is set but $CREDENTIALS_DIRECTORY is not (add LoadCredential= to the unit)")]
     NoCredentialsDirectory(String),
+    #[error("http.impersonate is for api = \"kubernetes\"")]
+    ImpersonateNotKubernetes,
     #[error("the token in {0} is empty or not one line of visible ASCII")]
     BadToken(PathBuf),
 }
@@ -136,7 +147,16 @@ impl HttpSettings {
                 return Err(HttpConfigError::NoTls(key));
             }
         }
-        Ok(HttpSettings { tls, config })
+        let impersonate = match (config.impersonate, config.api) {
+            (Some(true), api) if api != Api::Kubernetes => return Err(HttpConfigError::ImpersonateNotKubernetes),
+            (Some(on), _) => on,
+            (None, api) => api == Api::Kubernetes,
+        };
+        Ok(HttpSettings {
+            tls,
+            config,
+            impersonate,
+        })
     }
 
     /// loopgate's bearer token for the upstream, if one is configured.
@@ -226,6 +246,14 @@ mod tests {
         assert!(err("key_file = \"/a\"", true).contains("cert_file"));
         assert!(err("ca_file = \"/a\"", false).contains("plain http"));
         assert!(err("token_credential = \"../x\"", true).contains("plain file name"));
+        assert!(err("api = \"fhir\"\nimpersonate = true", true).contains("kubernetes"));
+        assert!(settings("api = \"kubernetes\"", true).unwrap().impersonate);
+        assert!(
+            !settings("api = \"kubernetes\"\nimpersonate = false", true)
+                .unwrap()
+                .impersonate
+        );
+        assert!(!settings("", true).unwrap().impersonate);
     }
 
     #[test]

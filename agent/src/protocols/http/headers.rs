@@ -59,6 +59,21 @@ pub fn upstream_request(headers: &mut HeaderMap, token: Option<&str>) -> usize {
     stripped
 }
 
+/// Kubernetes impersonation of `subject` with `groups` (after the
+/// client's own `Impersonate-*` headers were removed). A name that cannot
+/// be a header value is left out: the request then runs as loopgate.
+pub fn impersonate(headers: &mut HeaderMap, subject: &str, groups: &[String]) {
+    let Ok(user) = HeaderValue::from_str(subject) else {
+        return;
+    };
+    headers.insert("impersonate-user", user);
+    for group in groups {
+        if let Ok(g) = HeaderValue::from_str(group) {
+            headers.append("impersonate-group", g);
+        }
+    }
+}
+
 /// The response headers as loopgate returns them: hop-by-hop headers, the
 /// length (the masked body has another) and the upstream's cookies removed.
 pub fn client_response(headers: &mut HeaderMap) {

@@ -786,12 +786,21 @@ mod tests {
     #[test]
     fn a_second_resource_type_fails_closed() {
         let input = br#"{"resourceType":"Observation","resourceType":"Patient","name":"Doe"}"#;
-        assert_eq!(run(Api::Fhir, false, input, 5).unwrap_err(), JsonError::DuplicateResourceType);
+        assert_eq!(
+            run(Api::Fhir, false, input, 5).unwrap_err(),
+            JsonError::DuplicateResourceType
+        );
     }
 
     #[test]
     fn output_follows_input_without_holding_the_document() {
-        let mut m = JsonMasker::new(masker(), JsonRules { api: Api::Fhir, secrets_response: false });
+        let mut m = JsonMasker::new(
+            masker(),
+            JsonRules {
+                api: Api::Fhir,
+                secrets_response: false,
+            },
+        );
         let mut out = Vec::new();
         m.feed(br#"{"resourceType":"Bundle","entry":["#, &mut out).unwrap();
         let one = format!(r#"{{"resource":{}}},"#, patient(7).replace('\n', ""));

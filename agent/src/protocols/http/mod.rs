@@ -67,6 +67,8 @@ pub struct Service {
     pub server_name: String,
     /// loopgate's bearer token upstream.
     pub token: Option<Token>,
+    /// Kubernetes impersonation of the principal.
+    pub impersonate: bool,
 }
 
 impl Service {
@@ -115,6 +117,7 @@ impl Service {
             upstream_tls,
             server_name: build.host.to_owned(),
             token,
+            impersonate: settings.impersonate,
         })
     }
 }

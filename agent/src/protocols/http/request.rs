@@ -254,6 +254,12 @@ impl<'a> Conn<'a> {
         }
         let token = self.svc.token.as_ref().map(|t| t.expose());
         headers::upstream_request(&mut parts.headers, token);
+        if self.svc.impersonate
+            && let Some(p) = self.session.principal.get()
+            && let Some(subject) = &p.subject
+        {
+            headers::impersonate(&mut parts.headers, subject, &p.groups);
+        }
         parts.uri = parts
             .uri
             .path_and_query()
