@@ -85,6 +85,16 @@ fn approver_group() -> String {
 /// The FHIR server, the agent with the HIPAA pack and a target for it, and
 /// `extra` targets made from the test CA's file.
 fn fixture(extra: impl FnOnce(&TestCa, &std::path::Path) -> Vec<Target>) -> Fixture {
+    fixture_with("process", "", extra)
+}
+
+/// As [`fixture`], the FHIR target with `identity`, the agent config with
+/// `agent_extra`.
+fn fixture_with(
+    identity: &str,
+    agent_extra: &str,
+    extra: impl FnOnce(&TestCa, &std::path::Path) -> Vec<Target>,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let ca = TestCa::new("fhir test CA");
@@ -100,7 +110,7 @@ fn fixture(extra: impl FnOnce(&TestCa, &std::path::Path) -> Vec<Target>) -> Fixt
         protocol: "https".into(),
         address: format!("127.0.0.1:{}", server.port),
         extra: format!(
-            "identity = \"process\"\n[target.http]\napi = \"fhir\"\nca_file = \"{}\"\ntoken_file = \"{}\"\n",
+            "identity = \"{identity}\"\n[target.http]\napi = \"fhir\"\nca_file = \"{}\"\ntoken_file = \"{}\"\n",
             ca_file.display(),
             token.display()
         ),
@@ -111,7 +121,7 @@ fn fixture(extra: impl FnOnce(&TestCa, &std::path::Path) -> Vec<Target>) -> Fixt
     let agent = Agent::start(
         &targets,
         &format!(
-            "[policy]\ndir = \"{}\"\n[tls]\nca_dir = \"{}\"\n",
+            "[policy]\ndir = \"{}\"\n[tls]\nca_dir = \"{}\"\n{agent_extra}",
             policies.display(),
             ca_dir.display()
         ),
@@ -526,4 +536,63 @@ fn kubernetes_requests_are_decided_by_verb_impersonate_the_caller_and_mask_secre
             &json!("delete")
         ]
     );
+}
+
+#[test]
+fn with_oidc_the_bearer_token_is_the_principal_and_never_forwarded() {
+    require_ebpf!();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let issuer = runtime
+        .block_on(loopgate::identity::test_issuer::TestIssuer::start())
+        .unwrap();
+    let oidc = format!(
+        "[identity.oidc]\nissuer = \"{}\"\naudience = \"loopgate\"\n",
+        issuer.issuer()
+    );
+    let f = fixture_with("oidc", &oidc, |_, _| Vec::new());
+    let mut claims = issuer.claims("nurse-1", "loopgate");
+    claims["groups"] = json!(["clinical-staff"]);
+    let token = issuer.mint(&claims);
+    let ca = f.loopgate_ca.to_string_lossy().into_owned();
+    let url = f.url("/fhir/Patient/p1");
+    let get = |auth: Option<&str>| {
+        let header = auth.map(|t| format!("Authorization: Bearer {t}"));
+        let mut args = vec!["curl", "-sS", "--cacert", &ca, "-w", "\n%{http_code} %{http_version}"];
+        if let Some(h) = &header {
+            args.extend(["-H", h.as_str()]);
+        }
+        args.push(&url);
+        split_status(&f.agent.exec(&args))
+    };
+
+    for auth in [None, Some("not-a-jwt")] {
+        let (status, _, body) = get(auth);
+        assert_eq!(status, 401, "{body}");
+        let outcome: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(outcome["issue"][0]["code"], "login", "{body}");
+    }
+    assert!(f.server.requests().is_empty(), "an unauthenticated request was sent");
+
+    let (status, _, body) = get(Some(&token));
+    assert_eq!(status, 200, "{body}\n{}", f.agent.log());
+    let patient: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(patient["name"][0]["family"], "***");
+    let requests = f.server.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0]["headers"]["authorization"],
+        format!("Bearer {UPSTREAM_TOKEN}")
+    );
+    assert!(
+        !requests[0].to_string().contains(&token),
+        "the OIDC token reached the server"
+    );
+
+    let events = f.agent.wait_events("the request's result", |e| {
+        e.iter()
+            .any(|e| e["kind"] == "command_result" && e["target"]["name"] == "fhir")
+    });
+    let command = events.iter().find(|e| e["kind"] == "command").unwrap();
+    assert_eq!(command["principal"]["subject"], "nurse-1");
+    assert_eq!(command["principal"]["groups"], json!(["clinical-staff"]));
 }
