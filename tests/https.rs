@@ -28,6 +28,8 @@ const ALICE: u32 = 1;
 struct Fixture {
     server: FhirServer,
     agent: Agent,
+    /// The upstream's CA (what a client going direct would trust).
+    upstream_ca: PathBuf,
     /// loopgate's CA, as `loopgate ca export` printed it.
     loopgate_ca: PathBuf,
     _dir: tempfile::TempDir,
@@ -85,7 +87,7 @@ fn approver_group() -> String {
 /// The FHIR server, the agent with the HIPAA pack and a target for it, and
 /// `extra` targets made from the test CA's file.
 fn fixture(extra: impl FnOnce(&TestCa, &std::path::Path) -> Vec<Target>) -> Fixture {
-    fixture_with("process", "", extra)
+    fixture_with("process", "", PATIENTS, extra)
 }
 
 /// As [`fixture`], the FHIR target with `identity`, the agent config with
@@ -93,6 +95,7 @@ fn fixture(extra: impl FnOnce(&TestCa, &std::path::Path) -> Vec<Target>) -> Fixt
 fn fixture_with(
     identity: &str,
     agent_extra: &str,
+    patients: usize,
     extra: impl FnOnce(&TestCa, &std::path::Path) -> Vec<Target>,
 ) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
@@ -100,7 +103,7 @@ fn fixture_with(
     let ca = TestCa::new("fhir test CA");
     let ca_file = dir.path().join("upstream-ca.pem");
     ca.write(&ca_file);
-    let server = FhirServer::start(&ca, &["127.0.0.1"], PATIENTS);
+    let server = FhirServer::start(&ca, &["127.0.0.1"], patients);
     let token = dir.path().join("upstream.token");
     std::fs::write(&token, format!("{UPSTREAM_TOKEN}\n")).unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -135,6 +138,7 @@ fn fixture_with(
     Fixture {
         server,
         agent,
+        upstream_ca: ca_file,
         loopgate_ca,
         _dir: dir,
     }
@@ -549,7 +553,7 @@ fn with_oidc_the_bearer_token_is_the_principal_and_never_forwarded() {
         "[identity.oidc]\nissuer = \"{}\"\naudience = \"loopgate\"\n",
         issuer.issuer()
     );
-    let f = fixture_with("oidc", &oidc, |_, _| Vec::new());
+    let f = fixture_with("oidc", &oidc, PATIENTS, |_, _| Vec::new());
     let mut claims = issuer.claims("nurse-1", "loopgate");
     claims["groups"] = json!(["clinical-staff"]);
     let token = issuer.mint(&claims);
@@ -595,4 +599,60 @@ fn with_oidc_the_bearer_token_is_the_principal_and_never_forwarded() {
     let command = events.iter().find(|e| e["kind"] == "command").unwrap();
     assert_eq!(command["principal"]["subject"], "nurse-1");
     assert_eq!(command["principal"]["groups"], json!(["clinical-staff"]));
+}
+
+/// Peak resident memory of a process, KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_large_bundle_streams_through_masked_without_being_held_whole() {
+    require_ebpf!();
+    const BIG: usize = 60_000;
+    let f = fixture_with("process", "", BIG, |_, _| Vec::new());
+    let pid = f.agent.pid().unwrap();
+    let before = peak_rss_kib(pid);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+
+    let direct_file = dir.path().join("direct.json");
+    let started = Instant::now();
+    let direct = std::process::Command::new("curl")
+        .args(["-sS", "--http1.1", "--cacert"])
+        .arg(&f.upstream_ca)
+        .arg("-o")
+        .arg(&direct_file)
+        .arg(f.url("/fhir/Patient"))
+        .output()
+        .unwrap();
+    let direct_time = started.elapsed();
+    assert!(direct.status.success(), "{}", String::from_utf8_lossy(&direct.stderr));
+    let direct_bytes = std::fs::metadata(&direct_file).unwrap().len();
+
+    let through_file = dir.path().join("through.json");
+    let out_path = through_file.to_string_lossy().into_owned();
+    let started = Instant::now();
+    let (status, _, _) = f.curl(&["--http2", "-o", &out_path], "/fhir/Patient");
+    let through_time = started.elapsed();
+    assert_eq!(status, 200);
+    let through = std::fs::read(&through_file).unwrap();
+    let bundle: Value = serde_json::from_slice(&through).unwrap();
+    assert_eq!(bundle["entry"].as_array().unwrap().len(), BIG);
+    assert_eq!(bundle["entry"][BIG - 1]["resource"]["name"][0]["family"], "***");
+    let grew = peak_rss_kib(pid).saturating_sub(before);
+    eprintln!(
+        "{direct_bytes} bytes: direct {direct_time:?} ({:.1} MB/s), through loopgate {} bytes masked in {through_time:?} ({:.1} MB/s); agent peak RSS +{grew} KiB",
+        direct_bytes as f64 / direct_time.as_secs_f64() / 1e6,
+        through.len(),
+        direct_bytes as f64 / through_time.as_secs_f64() / 1e6,
+    );
+    assert!(direct_bytes > 30_000_000, "{direct_bytes}");
+    // Streamed: the agent never held a sizeable part of the 30+ MB body.
+    assert!(grew < 16 * 1024, "the agent's peak memory grew by {grew} KiB");
 }
