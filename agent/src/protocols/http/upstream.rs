@@ -27,6 +27,9 @@ pub enum UpstreamError {
     Connect(std::io::Error),
     #[error("TLS: {0}")]
     Tls(String),
+    /// The server's certificate does not verify for the target.
+    #[error("upstream certificate refused: {0}")]
+    Certificate(String),
     #[error("HTTP: {0}")]
     Http(#[from] hyper::Error),
     #[error("connect timed out")]
@@ -36,7 +39,16 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// A certificate the target's trust does not accept.
     pub fn is_certificate(&self) -> bool {
-        matches!(self, UpstreamError::Tls(m) if m.contains("certificate") || m.contains("Certificate"))
+        matches!(self, UpstreamError::Certificate(_))
+    }
+
+    /// A failed TLS handshake: a refused certificate, or another failure.
+    fn handshake(e: std::io::Error) -> UpstreamError {
+        let rustls_error = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        match rustls_error {
+            Some(rustls::Error::InvalidCertificate(c)) => UpstreamError::Certificate(format!("{c:?}")),
+            _ => UpstreamError::Tls(e.to_string()),
+        }
     }
 }
 
@@ -142,7 +154,7 @@ impl Upstream {
         let stream = tokio_rustls::TlsConnector::from(tls.clone())
             .connect(name, tcp)
             .await
-            .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+            .map_err(UpstreamError::handshake)?;
         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
             let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
             tokio::spawn(async move {
@@ -181,4 +193,112 @@ pub fn bodyless(method: &http::Method, status: http::StatusCode) -> bool {
         || status.is_informational()
         || status == http::StatusCode::NO_CONTENT
         || status == http::StatusCode::NOT_MODIFIED
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt as _, Empty, Full};
+    use hyper::server::conn::{http1 as server1, http2 as server2};
+
+    use super::*;
+    use crate::tls::{LocalCa, ServerAuth, client_config};
+
+    /// A TLS server offering `alpn` that answers each request with its
+    /// version, authority and Host, counting connections.
+    async fn server(ca: &LocalCa, alpn: &[&[u8]]) -> (SocketAddr, Arc<AtomicUsize>) {
+        let config = ca.server_config(&["127.0.0.1".into()], alpn).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::Relaxed);
+                let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+                tokio::spawn(async move {
+                    let tls = acceptor.accept(tcp).await.unwrap();
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let host = req
+                            .headers()
+                            .get(http::header::HOST)
+                            .map(|h| h.to_str().unwrap().to_owned());
+                        let text = format!(
+                            "{:?} {:?} {:?}",
+                            req.version(),
+                            req.uri().authority().map(|a| a.to_string()),
+                            host
+                        );
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(bytes::Bytes::from(text))))
+                    });
+                    let io = TokioIo::new(tls);
+                    if h2 {
+                        let _ = server2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, service)
+                            .await;
+                    } else {
+                        let _ = server1::Builder::new().serve_connection(io, service).await;
+                    }
+                });
+            }
+        });
+        (addr, connections)
+    }
+
+    fn request() -> Request<UpBody> {
+        let body = Empty::<bytes::Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        Request::builder()
+            .uri("/fhir/metadata")
+            .header(http::header::HOST, "fhir.example")
+            .body(body)
+            .unwrap()
+    }
+
+    async fn text(r: Response<Incoming>) -> String {
+        String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn http2_when_offered_one_connection_with_the_authority_else_http1() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = LocalCa::load_or_create(dir.path()).unwrap();
+        let client = client_config(&ServerAuth::CaFile(ca.cert_path()), &[b"h2", b"http/1.1"]).unwrap();
+        for (alpn, expect) in [
+            (&[&b"h2"[..], b"http/1.1"][..], "HTTP/2.0 Some(\"fhir.example\") None"),
+            (&[&b"http/1.1"[..]][..], "HTTP/1.1 None Some(\"fhir.example\")"),
+        ] {
+            let (addr, connections) = server(&ca, alpn).await;
+            let upstream = Upstream::new(Dialer {
+                addr,
+                server_name: "127.0.0.1".into(),
+                tls: Some(client.clone()),
+                timeout: Duration::from_secs(5),
+            });
+            for _ in 0..3 {
+                assert_eq!(text(upstream.send(request()).await.unwrap()).await, expect);
+            }
+            assert_eq!(connections.load(Ordering::Relaxed), 1, "{expect}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_certificate_for_another_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = LocalCa::load_or_create(dir.path()).unwrap();
+        let (addr, _) = server(&ca, &[b"h2"]).await;
+        let client = client_config(&ServerAuth::CaFile(ca.cert_path()), &[b"h2"]).unwrap();
+        let upstream = Upstream::new(Dialer {
+            addr,
+            server_name: "fhir.elsewhere.example".into(),
+            tls: Some(client),
+            timeout: Duration::from_secs(5),
+        });
+        let err = upstream.send(request()).await.unwrap_err();
+        assert!(err.is_certificate(), "{err}");
+    }
 }
