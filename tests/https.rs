@@ -277,6 +277,10 @@ fn patient_search_is_masked_over_h2_and_h1_and_the_upstream_sees_only_loopgates_
 }
 
 fn spawn_curl(f: &Fixture, path: &str) -> Child {
+    spawn_curl_as(f, "--http2", path)
+}
+
+fn spawn_curl_as(f: &Fixture, version: &str, path: &str) -> Child {
     let ca = f.loopgate_ca.to_string_lossy().into_owned();
     let url = f.url(path);
     f.agent
@@ -285,7 +289,7 @@ fn spawn_curl(f: &Fixture, path: &str) -> Child {
             "--",
             "curl",
             "-sS",
-            "--http2",
+            version,
             "--cacert",
             &ca,
             "-w",
@@ -367,6 +371,36 @@ fn export_waits_in_place_until_approved_or_denied() {
         statuses.contains(&&json!("ok")) && statuses.contains(&&json!("denied")),
         "{statuses:?}"
     );
+}
+
+#[test]
+fn a_held_request_whose_client_leaves_is_withdrawn() {
+    require_ebpf!();
+    let f = fixture(|_, _| Vec::new());
+    for version in ["--http2", "--http1.1"] {
+        let mut client = spawn_curl_as(&f, version, "/fhir/$export");
+        let id = wait_pending(&f);
+        client.kill().unwrap();
+        client.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = f.agent.approvals_as(ALICE, &[APPROVERS_GID], &["list", "--json"]);
+            let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if list.iter().all(|p| p["id"] != id.as_str()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{version}: the hold outlived its client");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert!(f.server.requests().is_empty());
+    let events = f.agent.wait_events("two withdrawn results", |e| {
+        e.iter()
+            .filter(|e| e["kind"] == "command_result" && e["outcome"]["status"] == "withdrawn")
+            .count()
+            == 2
+    });
+    assert_eq!(events.iter().filter(|e| e["kind"] == "command").count(), 2);
 }
 
 #[test]

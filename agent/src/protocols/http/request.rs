@@ -112,9 +112,15 @@ impl<'a> Conn<'a> {
             Ok(Verdict::Held { admitted, mut held }) => {
                 let (message, _hint) = held.notice();
                 tracing::info!(session = %self.session.id, approval = held.id(), %message, "request held for approval");
-                // Waits in place; if the client leaves, hyper drops this
-                // future and with it the hold (the request is cancelled).
+                // Waits in place. If the client leaves, hyper drops this
+                // future and with it the hold (the request is cancelled)
+                // and the guard (its result: not run).
+                let guard = Unrun {
+                    conn: self,
+                    admitted: Some(admitted),
+                };
                 let resolution = held.wait().await;
+                let admitted = guard.defuse();
                 match held.release(resolution) {
                     Ok(()) => admitted,
                     Err(refusal) => {
@@ -367,6 +373,34 @@ impl<'a> Conn<'a> {
         *self.fatal.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(SessionEnd::failed(EndStatus::AuditUnavailable, e.to_string()));
         closing(answer(self.svc.api, StatusCode::SERVICE_UNAVAILABLE, AUDIT_DOWN))
+    }
+}
+
+/// Records a held request's result as not run when the wait is dropped
+/// (the client left before a decision).
+struct Unrun<'c, 'a> {
+    conn: &'c Conn<'a>,
+    admitted: Option<Admitted>,
+}
+
+impl Unrun<'_, '_> {
+    fn defuse(mut self) -> Admitted {
+        self.admitted.take().expect("defused once")
+    }
+}
+
+impl Drop for Unrun<'_, '_> {
+    fn drop(&mut self) {
+        if let Some(admitted) = self.admitted.take() {
+            let refusal = Refusal {
+                cause: Cause::Unapproved(crate::approval::Resolution::Withdrawn {
+                    reason: "the client left".into(),
+                }),
+                rule_id: None,
+                reason: "the client left while the request was held".into(),
+            };
+            self.conn.svc.enforcer.unrun(self.conn.session, &admitted, &refusal);
+        }
     }
 }
 
