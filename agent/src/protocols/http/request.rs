@@ -273,7 +273,7 @@ impl<'a> Conn<'a> {
             .parse()
             .unwrap_or_else(|_| http::Uri::from_static("/"));
         parts.version = Version::HTTP_11;
-        let request = Request::from_parts(parts, upstream::request_body(body));
+        let request = Request::from_parts(parts, upstream::request_body(body, self.session.traffic.clone()));
 
         let response = match self.upstream.send(request).await {
             Ok(r) => r,

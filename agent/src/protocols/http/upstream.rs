@@ -181,10 +181,19 @@ where
     Ok(Sender::H1(sender))
 }
 
-/// The client's request body, as sent upstream.
-pub fn request_body(body: Incoming) -> UpBody {
+/// The client's request body, as sent upstream, counted into `traffic`.
+pub fn request_body(body: Incoming, traffic: Arc<crate::session::Traffic>) -> UpBody {
     use http_body_util::BodyExt as _;
-    body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
+    body.map_frame(move |frame| {
+        if let Some(data) = frame.data_ref() {
+            traffic
+                .to_server
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        frame
+    })
+    .map_err(|e| -> BoxError { Box::new(e) })
+    .boxed_unsync()
 }
 
 /// Whether a response to `method` with `status` has no body.
