@@ -690,3 +690,33 @@ fn a_large_bundle_streams_through_masked_without_being_held_whole() {
     // Streamed: the agent never held a sizeable part of the 30+ MB body.
     assert!(grew < 16 * 1024, "the agent's peak memory grew by {grew} KiB");
 }
+
+#[test]
+fn plain_http_targets_serve_http1_and_h2_prior_knowledge() {
+    require_ebpf!();
+    let mut servers = Vec::new();
+    let f = fixture(|_, _| {
+        let server = FhirServer::start_plain(3);
+        let target = Target {
+            name: "plain".into(),
+            protocol: "http".into(),
+            address: format!("127.0.0.1:{}", server.port),
+            extra: "identity = \"process\"\n[target.http]\napi = \"fhir\"\n".into(),
+        };
+        servers.push(server);
+        vec![target]
+    });
+    let server = &servers[0];
+    let url = format!("http://127.0.0.1:{}/fhir/Patient", server.port);
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2-prior-knowledge", "2")] {
+        let (status, got, body) =
+            split_status(
+                &f.agent
+                    .exec(&["curl", "-sS", flag, "-w", "\n%{http_code} %{http_version}", &url]),
+            );
+        assert_eq!((status, got.as_str()), (200, version), "{body}");
+        let bundle: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(bundle["entry"][2]["resource"]["birthDate"], "***");
+    }
+    assert_eq!(server.requests().len(), 2);
+}

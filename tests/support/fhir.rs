@@ -55,11 +55,26 @@ impl FhirServer {
     /// Starts the server on 127.0.0.1 with a certificate from `ca` for
     /// `names`, serving `patients` patients.
     pub fn start(ca: &TestCa, names: &[&str], patients: usize) -> FhirServer {
+        FhirServer::spawn(Some((ca, names)), patients)
+    }
+
+    /// The same server over plain HTTP.
+    pub fn start_plain(patients: usize) -> FhirServer {
+        FhirServer::spawn(None, patients)
+    }
+
+    fn spawn(tls: Option<(&TestCa, &[&str])>, patients: usize) -> FhirServer {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = ca.issue(names);
-        let (cert_path, key_path) = (dir.path().join("server.crt"), dir.path().join("server.key"));
-        std::fs::write(&cert_path, cert).unwrap();
-        std::fs::write(&key_path, key).unwrap();
+        let (cert_path, key_path) = match tls {
+            Some((ca, names)) => {
+                let (cert, key) = ca.issue(names);
+                let paths = (dir.path().join("server.crt"), dir.path().join("server.key"));
+                std::fs::write(&paths.0, cert).unwrap();
+                std::fs::write(&paths.1, key).unwrap();
+                paths
+            }
+            None => (PathBuf::from("-"), PathBuf::from("-")),
+        };
         let script = dir.path().join("fhir_server.py");
         std::fs::write(&script, SERVER).unwrap();
         let log = dir.path().join("requests.jsonl");

@@ -20,7 +20,7 @@ and, Kubernetes-shaped (not an API server either):
 Every request is appended, as one JSON line, to LOG: method, path and
 headers, so a test can see what reached the server (and what did not).
 
-usage: fhir_server.py CERT KEY LOG PATIENTS
+usage: fhir_server.py CERT KEY LOG PATIENTS   (CERT "-": plain HTTP)
 Prints "PORT <n>" once listening on 127.0.0.1.
 """
 import json
@@ -115,9 +115,10 @@ class Handler(BaseHTTPRequestHandler):
 
 
 server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(CERT, KEY)
-ctx.set_alpn_protocols(["http/1.1"])
-server.socket = ctx.wrap_socket(server.socket, server_side=True)
+if CERT != "-":
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(CERT, KEY)
+    ctx.set_alpn_protocols(["http/1.1"])
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
 print("PORT %d" % server.server_address[1], flush=True)
 server.serve_forever()
