@@ -228,6 +228,7 @@ fn patient_search_is_masked_over_h2_and_h1_and_the_upstream_sees_only_loopgates_
         assert_eq!(r["headers"]["authorization"], format!("Bearer {UPSTREAM_TOKEN}"), "{r}");
         assert!(r["headers"].get("cookie").is_none(), "{r}");
         assert_eq!(r["headers"]["accept-encoding"], "identity", "{r}");
+        assert_eq!(r["headers"]["accept"], "application/fhir+json", "{r}");
         assert_eq!(r["method"], "GET");
     }
     assert!(!serde_json::to_string(&requests).unwrap().contains(CLIENT_TOKEN));
@@ -718,5 +719,17 @@ fn plain_http_targets_serve_http1_and_h2_prior_knowledge() {
         let bundle: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(bundle["entry"][2]["resource"]["birthDate"], "***");
     }
-    assert_eq!(server.requests().len(), 2);
+    // FHIR as XML would get the detectors only, not the resource paths:
+    // refused, not passed on.
+    let xml = format!("http://127.0.0.1:{}/fhir/Patient/p1?_format=xml", server.port);
+    let (status, _, body) = split_status(
+        &f.agent
+            .exec(&["curl", "-sS", "-w", "\n%{http_code} %{http_version}", &xml]),
+    );
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        !body.contains("Zed1") && body.contains("application/fhir+json"),
+        "{body}"
+    );
+    assert_eq!(server.requests().len(), 3);
 }

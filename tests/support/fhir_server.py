@@ -6,7 +6,7 @@ write them), which is what loopgate parses and masks:
 
   GET    /fhir/metadata                 CapabilityStatement
   GET    /fhir/Patient[?...]            searchset Bundle of N Patients
-  GET    /fhir/Patient/<id>             one Patient
+  GET    /fhir/Patient/<id>             one Patient (?_format=xml: as XML)
   DELETE /fhir/Patient/<id>             204 (loopgate should never let it through)
   GET    /fhir/$export, /fhir/Patient/$export   the Patients as NDJSON
 
@@ -95,6 +95,9 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, {"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "c1"},
                                    "data": {"mode": "fast", "contact": "ssn 123-45-6789"}},
                              "application/json")
+        if path.startswith("/fhir/Patient/p") and "_format=xml" in self.path:
+            return self.send(200, b'<Patient xmlns="http://hl7.org/fhir"><name><family value="Zed1"/></name></Patient>',
+                             "application/fhir+xml")
         if path.startswith("/fhir/Patient/p"):
             return self.send(200, patient(int(path.rsplit("p", 1)[1])))
         self.send(404, {"resourceType": "OperationOutcome",

@@ -59,6 +59,18 @@ pub fn upstream_request(headers: &mut HeaderMap, token: Option<&str>) -> usize {
     stripped
 }
 
+/// FHIR: a client asking for XML (or anything but JSON) is asked JSON for,
+/// the one format whose resources loopgate masks by path.
+pub fn prefer_fhir_json(headers: &mut HeaderMap) {
+    let json = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .all(|v| v.to_str().is_ok_and(|s| s.contains("json") && !s.contains("xml")));
+    if !json || !headers.contains_key(header::ACCEPT) {
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/fhir+json"));
+    }
+}
+
 /// Kubernetes impersonation of `subject` with `groups` (after the
 /// client's own `Impersonate-*` headers were removed). A name that cannot
 /// be a header value is left out: the request then runs as loopgate.
@@ -196,6 +208,23 @@ mod tests {
         assert_eq!(kind("text/plain"), BodyKind::Text);
         assert_eq!(kind("image/png"), BodyKind::Opaque);
         assert_eq!(body_kind(&HeaderMap::new()), BodyKind::Text);
+    }
+
+    #[test]
+    fn fhir_clients_are_answered_json() {
+        for (accept, want) in [
+            (Some("application/fhir+xml"), "application/fhir+json"),
+            (Some("*/*"), "application/fhir+json"),
+            (None, "application/fhir+json"),
+            (Some("application/json"), "application/json"),
+        ] {
+            let mut h = HeaderMap::new();
+            if let Some(a) = accept {
+                h.insert(header::ACCEPT, HeaderValue::from_static(a));
+            }
+            prefer_fhir_json(&mut h);
+            assert_eq!(h.get(header::ACCEPT).unwrap(), want, "{accept:?}");
+        }
     }
 
     #[test]

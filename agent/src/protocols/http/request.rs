@@ -260,6 +260,9 @@ impl<'a> Conn<'a> {
         }
         let token = self.svc.token.as_ref().map(|t| t.expose());
         headers::upstream_request(&mut parts.headers, token);
+        if api == Api::Fhir {
+            headers::prefer_fhir_json(&mut parts.headers);
+        }
         if self.svc.impersonate
             && let Some(p) = self.session.principal.get()
             && let Some(subject) = &p.subject
@@ -313,6 +316,13 @@ impl<'a> Conn<'a> {
                         secrets_response: action.kubernetes.as_ref().is_some_and(|k| k.resource == "secrets"),
                     },
                 ))),
+                // FHIR XML (or HTML) would get the detectors only, not the
+                // resource paths: names would pass.
+                BodyKind::Text if api == Api::Fhir => {
+                    self.finish_failed(&admitted, "502").await;
+                    let message = "loopgate: FHIR responses are masked as JSON only; ask for application/fhir+json";
+                    return Err(answer(api, StatusCode::BAD_GATEWAY, message));
+                }
                 BodyKind::Text => Filter::Text(TextMasker::new(self.svc.masker.clone())),
                 kind @ (BodyKind::Protobuf | BodyKind::Opaque) => {
                     self.finish_failed(&admitted, "502").await;
