@@ -631,7 +631,15 @@ fn with_oidc_the_bearer_token_is_the_principal_and_never_forwarded() {
         e.iter()
             .any(|e| e["kind"] == "command_result" && e["target"]["name"] == "fhir")
     });
-    let command = events.iter().find(|e| e["kind"] == "command").unwrap();
+    let commands: Vec<&Value> = events.iter().filter(|e| e["kind"] == "command").collect();
+    assert_eq!(commands.len(), 3);
+    for refused in &commands[..2] {
+        assert_eq!(refused["decision"]["verdict"], "block");
+        assert_eq!(refused["decision"]["rule_id"], "loopgate.authentication");
+        assert!(refused["principal"].is_null(), "{refused}");
+    }
+    let command = commands[2];
+    assert_eq!(command["decision"]["verdict"], "allow");
     assert_eq!(command["principal"]["subject"], "nurse-1");
     assert_eq!(command["principal"]["groups"], json!(["clinical-staff"]));
 }

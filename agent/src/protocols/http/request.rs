@@ -81,11 +81,23 @@ impl<'a> Conn<'a> {
         if self.fatal.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
             return Err(closing(answer(api, StatusCode::SERVICE_UNAVAILABLE, AUDIT_DOWN)));
         }
-        self.authenticate(req.headers()).await?;
+        let authenticated = self.authenticate(req.headers()).await;
         let action = self.action(&req);
         let info = self.record(&action);
-        let caller = Caller::of(self.session, None, None);
         let enforcer = &self.svc.enforcer;
+        if let Err(reason) = authenticated {
+            // On the record like any refused request (no principal yet).
+            tracing::warn!(session = %self.session.id, %reason, "authentication refused");
+            let message = format!("loopgate: authentication failed: {reason}");
+            return match enforcer
+                .refuse(self.session, info, "loopgate.authentication", &reason)
+                .await
+            {
+                Ok(_) => Err(answer(api, StatusCode::UNAUTHORIZED, &message)),
+                Err(e) => Err(self.end_on_audit_failure(e)),
+            };
+        }
+        let caller = Caller::of(self.session, None, None);
 
         let upgrade = req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE);
         if upgrade {
@@ -136,37 +148,24 @@ impl<'a> Conn<'a> {
     /// With `identity = "oidc"` the bearer token is the caller's OIDC
     /// token: validated (once per distinct token on the connection), bound
     /// to the process, and never forwarded. One principal per connection.
-    async fn authenticate(&self, headers: &http::HeaderMap) -> Result<(), Response<ResBody>> {
+    /// `Err` is the reason, free of token contents.
+    async fn authenticate(&self, headers: &http::HeaderMap) -> Result<(), String> {
         let svc = self.svc;
         if !svc.identity.wants_token() {
             return Ok(());
         }
-        let refuse = |reason: String| {
-            tracing::warn!(session = %self.session.id, %reason, "authentication refused");
-            answer(
-                svc.api,
-                StatusCode::UNAUTHORIZED,
-                &format!("loopgate: authentication failed: {reason}"),
-            )
-        };
         let Some(token) = headers::bearer(headers) else {
-            return Err(refuse("expected an OIDC token as Authorization: Bearer".into()));
+            return Err("expected an OIDC token as Authorization: Bearer".into());
         };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut known = self.token.lock().await;
         if *known == Some(digest) {
             return Ok(());
         }
-        let principal = svc
-            .identity
-            .principal(&self.session.process, Some(token))
-            .await
-            .map_err(refuse)?;
+        let principal = svc.identity.principal(&self.session.process, Some(token)).await?;
         match self.session.principal.get() {
             Some(p) if p.subject != principal.subject => {
-                return Err(refuse(
-                    "a connection carries one principal; open another for another token".into(),
-                ));
+                return Err("a connection carries one principal; open another for another token".into());
             }
             Some(_) => {}
             None => {
