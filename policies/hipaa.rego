@@ -237,6 +237,43 @@ hold contains {"rank": 20, "rule_id": "hipaa.hold_ssh_phi_archive", "reason": re
 	reason := sprintf("an archive of PHI paths over SSH (%s) needs approval", [p])
 }
 
+# --- HTTP: FHIR and Kubernetes requests (input.action.kind "http_request") ---
+
+http := input.action if input.action.kind == "http_request"
+
+fhir := http.fhir
+
+k8s := http.kubernetes
+
+fhir_type := t if {
+	t := fhir.resource_type
+	t != null
+} else := "system"
+
+# FHIR delete destroys clinical records; corrections are updates.
+deny contains {"rank": 40, "rule_id": "hipaa.deny_fhir_delete", "reason": reason} if {
+	fhir.interaction == "delete"
+	reason := sprintf("FHIR delete is not allowed (%s)", [fhir_type])
+}
+
+# Kubernetes Secrets hold credentials to PHI stores: never read through
+# loopgate (its own credential is the one that reaches them).
+deny contains {"rank": 40, "rule_id": "hipaa.deny_k8s_secret_read", "reason": "reading Kubernetes Secrets is not allowed"} if {
+	k8s.resource == "secrets"
+	k8s.verb in {"get", "list", "watch"}
+}
+
+deny contains {"rank": 40, "rule_id": "hipaa.deny_k8s_delete_namespace", "reason": "deleting namespaces is not allowed"} if {
+	k8s.resource == "namespaces"
+	k8s.verb in {"delete", "deletecollection"}
+}
+
+# Bulk data export ($export: system, Patient or Group level) is held.
+hold contains {"rank": 10, "rule_id": "hipaa.hold_fhir_export", "reason": reason, "row_threshold": null} if {
+	fhir.operation == "$export"
+	reason := sprintf("FHIR bulk export (%s) needs approval", [fhir_type])
+}
+
 # --- mask ---
 
 # Every PHI column of every PHI table the statement touches, as

@@ -364,3 +364,80 @@ test_non_phi_predicates_allowed if {
 		with data.phi_catalog.refuse_phi_predicates as "deny"
 	d.decision == "allow"
 }
+
+# --- HTTP: FHIR and Kubernetes ---
+
+http_req(fhir, k8s, method, path) := {
+	"principal": analyst,
+	"process": {"pid": 42, "uid": 1000, "user": "bot", "unit": "etl.service", "exe": "/usr/bin/curl", "comm": "curl"},
+	"target": {"name": "fhir", "protocol": "https", "identity": "oidc"},
+	"action": {"kind": "http_request", "method": method, "host": "fhir.example", "path": path, "query": null, "fhir": fhir, "kubernetes": k8s},
+	"session": {"id": "s-1", "database": null, "application_name": null},
+	"time": {"unix_secs": 0, "weekday": 4, "hour": 0, "minute": 0},
+}
+
+fhir_req(interaction, type, operation) := http_req(
+	{"interaction": interaction, "resource_type": type, "id": null, "operation": operation, "search_params": []},
+	null, "GET", "/fhir",
+)
+
+k8s_req(verb, resource) := http_req(
+	null,
+	{"verb": verb, "group": "", "version": "v1", "resource": resource, "subresource": null, "namespace": "ward", "name": null},
+	"GET", "/api/v1",
+)
+
+test_fhir_search_allowed if {
+	d := loopgate.decision with input as fhir_req("search", "Patient", null)
+	d.decision == "allow"
+	d.mask == []
+}
+
+test_fhir_delete_denied if {
+	d := loopgate.decision with input as fhir_req("delete", "Patient", null)
+	d.decision == "deny"
+	d.rule_id == "hipaa.deny_fhir_delete"
+	d.reason == "FHIR delete is not allowed (Patient)"
+}
+
+test_fhir_export_held_at_every_level if {
+	every type in ["Patient", "Group", null] {
+		d := loopgate.decision with input as fhir_req("operation", type, "$export")
+		d.decision == "hold"
+		d.rule_id == "hipaa.hold_fhir_export"
+		d.approval.row_threshold == null
+	}
+}
+
+test_fhir_everything_allowed if {
+	d := loopgate.decision with input as fhir_req("operation", "Patient", "$everything")
+	d.decision == "allow"
+}
+
+test_k8s_secrets_never_read if {
+	every verb in ["get", "list", "watch"] {
+		d := loopgate.decision with input as k8s_req(verb, "secrets")
+		d.rule_id == "hipaa.deny_k8s_secret_read"
+	}
+}
+
+test_k8s_secret_create_allowed if {
+	d := loopgate.decision with input as k8s_req("create", "secrets")
+	d.decision == "allow"
+}
+
+test_k8s_namespace_delete_denied if {
+	d := loopgate.decision with input as k8s_req("delete", "namespaces")
+	d.rule_id == "hipaa.deny_k8s_delete_namespace"
+}
+
+test_k8s_pod_list_allowed if {
+	d := loopgate.decision with input as k8s_req("list", "pods")
+	d.decision == "allow"
+}
+
+test_http_without_principal_denied if {
+	i := object.union(fhir_req("search", "Patient", null), {"principal": nobody})
+	d := loopgate.decision with input as i
+	d.rule_id == "hipaa.deny_unknown_principal"
+}

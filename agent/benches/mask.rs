@@ -4,8 +4,14 @@
 //! Run: `CARGO_BUILD_JOBS=1 cargo bench -p loopgate --bench mask`
 use std::hint::black_box;
 
-use criterion::{Criterion, criterion_group, criterion_main};
-use loopgate::mask::{ColumnDesc, MaskAction, MaskConfig, MaskRule, Masker};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use loopgate::{
+    mask::{ColumnDesc, MaskAction, MaskConfig, MaskRule, Masker},
+    protocols::http::{
+        config::Api,
+        json::{JsonMasker, JsonRules},
+    },
+};
 
 const KEY: &[u8] = b"bench-key-0123456789abcdef";
 
@@ -106,5 +112,59 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// A FHIR searchset Bundle of `n` Patients as a server writes it.
+fn bundle(n: usize) -> Vec<u8> {
+    let mut out = br#"{"resourceType":"Bundle","type":"searchset","entry":["#.to_vec();
+    for i in 0..n {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(
+            format!(
+                r#"{{"fullUrl":"https://fhir.example/Patient/p{i}","resource":{{"resourceType":"Patient","id":"p{i}","meta":{{"versionId":"1","lastUpdated":"2024-01-01T00:00:00Z"}},"text":{{"status":"generated","div":"<div>Jane Doe {i}</div>"}},"identifier":[{{"system":"urn:mrn","value":"MRN{i:08}"}}],"active":true,"name":[{{"family":"Doe","given":["Jane"]}}],"telecom":[{{"system":"phone","value":"555-234-5678"}}],"gender":"female","birthDate":"1970-01-01","address":[{{"line":["1 Main St"],"city":"Springfield","postalCode":"12345"}}],"managingOrganization":{{"reference":"Organization/o1","display":"General Hospital"}}}},"search":{{"mode":"match"}}}}"#
+            )
+            .as_bytes(),
+        );
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// The streaming JSON masker over a ~5 MB Bundle in 16 KiB chunks (the
+/// size hyper hands over), as MB/s.
+fn json(c: &mut Criterion) {
+    let masker = Masker::new(&MaskConfig::default(), None).unwrap();
+    let doc = bundle(8000);
+    let mut group = c.benchmark_group("json_stream");
+    group.throughput(Throughput::Bytes(doc.len() as u64));
+    group.sample_size(10);
+    for (name, api) in [
+        ("fhir_bundle_8000_patients", Api::Fhir),
+        ("plain_json_detectors_only", Api::Json),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut m = JsonMasker::new(
+                    masker.clone(),
+                    JsonRules {
+                        api,
+                        secrets_response: false,
+                    },
+                );
+                let mut out = Vec::with_capacity(16 * 1024);
+                let mut total = 0;
+                for chunk in doc.chunks(16 * 1024) {
+                    out.clear();
+                    m.feed(black_box(chunk), &mut out).unwrap();
+                    total += out.len();
+                }
+                m.finish(&mut out).unwrap();
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, json);
 criterion_main!(benches);

@@ -25,6 +25,7 @@ use crate::{
     mask::MaskConfig,
     policy::BuiltinPolicyConfig,
     protocols::{
+        http::config::HttpSettings,
         postgres::config::PostgresSettings,
         ssh::config::{SshConfig, SshSettings},
     },
@@ -100,6 +101,8 @@ pub enum Protocol {
     /// SSH: per-request decisions (exec, shell, sftp, forwards), output
     /// masking, audit; loopgate is the clients' host CA.
     Ssh(Box<SshSettings>),
+    /// HTTP (`https` or `http`): per-request decisions, JSON masking, audit.
+    Http(Box<HttpSettings>),
 }
 
 impl Protocol {
@@ -108,6 +111,8 @@ impl Protocol {
             Protocol::Tcp => "tcp",
             Protocol::Postgres(_) => "postgres",
             Protocol::Ssh(_) => "ssh",
+            Protocol::Http(h) if h.tls => "https",
+            Protocol::Http(_) => "http",
         }
     }
 }
@@ -326,6 +331,7 @@ mod raw {
         pub upstream: Option<Spanned<crate::protocols::postgres::config::UpstreamConfig>>,
         pub client_tls: Option<Spanned<bool>>,
         pub ssh: Option<Spanned<crate::protocols::ssh::config::SshConfig>>,
+        pub http: Option<Spanned<crate::protocols::http::config::HttpConfig>>,
     }
 }
 
@@ -630,18 +636,13 @@ impl Validator<'_> {
                 format!("{name:?} is used by another target"),
             );
         }
-        let supported = "(supported: \"tcp\", \"postgres\", \"ssh\")";
+        let supported = "(supported: \"tcp\", \"postgres\", \"ssh\", \"https\", \"http\")";
         let protocol = match raw.protocol.get_ref().as_str() {
             "tcp" => Protocol::Tcp,
             "postgres" => Protocol::Postgres(Box::new(self.postgres(&raw)?)),
             "ssh" => Protocol::Ssh(Box::new(self.ssh(&raw)?)),
-            "https" | "http" => {
-                let message = format!(
-                    "{:?} is not supported by this build yet {supported}",
-                    raw.protocol.get_ref()
-                );
-                return self.error("target.protocol", raw.protocol.span(), message);
-            }
+            "https" => Protocol::Http(Box::new(self.http(&raw, true)?)),
+            "http" => Protocol::Http(Box::new(self.http(&raw, false)?)),
             other => {
                 let message = format!("unknown protocol {other:?} {supported}");
                 return self.error("target.protocol", raw.protocol.span(), message);
@@ -754,6 +755,16 @@ impl Validator<'_> {
         SshSettings::new(config).or_else(|e| self.error("target.ssh", table.span(), e.to_string()))
     }
 
+    /// The `[target.http]` table of an `https` / `http` target (optional:
+    /// defaults are a JSON API checked against the public web roots).
+    fn http(&self, raw: &raw::Target, tls: bool) -> Result<HttpSettings, ConfigError> {
+        let (config, span) = match &raw.http {
+            Some(h) => (h.get_ref().clone(), h.span()),
+            None => (Default::default(), raw.protocol.span()),
+        };
+        HttpSettings::new(config, tls).or_else(|e| self.error("target.http", span, e.to_string()))
+    }
+
     /// Keys a protocol does not take are errors, not silently ignored.
     fn refuse_foreign_keys(&self, protocol: &Protocol, raw: &raw::Target) -> Result<(), ConfigError> {
         if let (Some(t), false) = (&raw.ssh, matches!(protocol, Protocol::Ssh(_))) {
@@ -761,6 +772,13 @@ impl Validator<'_> {
                 "target.ssh",
                 t.span(),
                 format!("only ssh targets take [target.ssh]; this one is {protocol}"),
+            );
+        }
+        if let (false, Some(h)) = (matches!(protocol, Protocol::Http(_)), &raw.http) {
+            return self.error(
+                "target.http",
+                h.span(),
+                format!("only https and http targets take [target.http]; this one is {protocol}"),
             );
         }
         if matches!(protocol, Protocol::Postgres(_)) {
@@ -1037,6 +1055,31 @@ address = "[::1]:9000"
             .unwrap_err()
             .to_string();
         assert!(err.contains("pasword_file"), "{err}");
+    }
+
+    #[test]
+    fn https_and_http_targets_take_an_http_table() {
+        let text = "[[target]]\nname = \"fhir\"\nprotocol = \"https\"\naddress = \"10.1.2.3:443\"\n\
+                    [target.http]\napi = \"fhir\"\nca_file = \"/etc/loopgate/fhir-ca.pem\"\n\
+                    [[target]]\nname = \"api\"\nprotocol = \"http\"\naddress = \"127.0.0.1:8080\"\n";
+        let config = parse(text).unwrap();
+        let Protocol::Http(fhir) = &config.targets[0].protocol else {
+            panic!("not http");
+        };
+        assert!(fhir.tls);
+        assert_eq!(fhir.config.api, crate::protocols::http::config::Api::Fhir);
+        assert_eq!(config.targets[0].protocol.as_str(), "https");
+        assert_eq!(config.targets[1].protocol.as_str(), "http");
+
+        let (line, key, msg) = invalid(&text.replace(
+            "protocol = \"http\"\naddress = \"127.0.0.1:8080\"\n",
+            "protocol = \"http\"\naddress = \"127.0.0.1:8080\"\n[target.http]\ncert_file = \"/c\"\nkey_file = \"/k\"\n",
+        ));
+        assert_eq!((line, key.as_str()), (12, "target.http"), "{msg}");
+        assert!(msg.contains("plain http"), "{msg}");
+        let (_, key, msg) = invalid(&text.replace("protocol = \"https\"", "protocol = \"tcp\""));
+        assert_eq!(key, "target.http");
+        assert!(msg.contains("only https and http"), "{msg}");
     }
 
     #[test]

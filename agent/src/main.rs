@@ -76,6 +76,10 @@ enum Command {
     /// loopgate's SSH host CA.
     #[command(subcommand)]
     Ssh(SshCommand),
+    /// loopgate's local CA, which issues the certificates HTTPS (and
+    /// PostgreSQL TLS) targets show clients.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Validate a configuration file (and the policy pack it names).
     Check {
         #[arg(long, short, default_value = DEFAULT_PATH)]
@@ -95,6 +99,43 @@ enum SshCommand {
         #[arg(long, default_value = "*")]
         hosts: String,
     },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Print the CA certificate (PEM) for clients' trust stores; creates
+    /// the CA if the agent has not yet.
+    Export {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The CA directory [default: from the config, tls.ca_dir]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `loopgate ca export`.
+fn ca_export(config: Option<&std::path::Path>, dir: Option<PathBuf>) -> ExitCode {
+    let dir = match dir {
+        Some(d) => d,
+        None => match load(config) {
+            Ok(c) => c.tls.ca_dir,
+            Err(code) => return code,
+        },
+    };
+    match loopgate::tls::LocalCa::load_or_create(&dir).and_then(|ca| {
+        std::fs::read_to_string(ca.cert_path()).map_err(|source| loopgate::tls::TlsError::Io {
+            what: "cannot read",
+            path: ca.cert_path(),
+            source,
+        })
+    }) {
+        Ok(pem) => {
+            print!("{pem}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(anyhow::anyhow!(e)),
+    }
 }
 
 fn main() -> ExitCode {
@@ -182,6 +223,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(e.into()),
             }
         }
+        Command::Ca(CaCommand::Export { config, dir }) => ca_export(config.as_deref(), dir),
         Command::Check { config } => check(&config),
     }
 }

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod clinic;
 pub mod echo;
 pub mod env;
+pub mod fhir;
 pub mod postgres;
 pub mod s3;
 pub mod sshd;

@@ -229,6 +229,7 @@ const FUZZ_TARGETS: [&str; 6] = [
     "sql_analyze",
     "mask_free_text",
     "ssh_sftp",
+    "http_json_mask",
 ];
 
 fn fuzz(seconds: u64) -> anyhow::Result<()> {

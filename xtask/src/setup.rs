@@ -35,6 +35,10 @@ const TEST_PACKAGES: &[&str] = &[
     // tests/drivers.rs: pgjdbc and a JDK to run it (`java File.java`).
     "libpostgresql-jdbc-java",
     "default-jdk-headless",
+    // tests/https.rs: the FHIR-shaped server (python3's http.server and
+    // ssl) and Python requests as a client, both run by the system python3.
+    "python3",
+    "python3-requests",
 ];
 
 /// node-postgres, installed into target/node for tests/drivers.rs.

@@ -1,7 +1,7 @@
 //! One HTTP stack for the agent, hyper 1.x over tokio and rustls (ring):
 //! the client (OIDC documents, approval webhooks, object storage) and the
-//! server (the loopback approvals API). Later protocols (the Kubernetes and
-//! FHIR proxies) build on the same crates.
+//! server (the loopback approvals API). The HTTPS protocol handler
+//! (`protocols::http`) builds on the same crates (hyper with HTTP/2).
 pub mod client;
 pub mod server;
 

@@ -274,6 +274,12 @@ impl Masker {
         }
     }
 
+    /// The token `redact` writes, for callers that build masked values of
+    /// their own encoding (a JSON string).
+    pub fn redact_token(&self) -> &str {
+        self.inner.replacer.redact_token()
+    }
+
     /// Masks what the detectors find in free text: error and notice messages,
     /// recorded statement literals, bind parameters. Borrowed when clean.
     pub fn mask_free_text<'t>(&self, text: &'t str) -> Cow<'t, str> {

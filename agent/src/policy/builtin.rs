@@ -443,6 +443,7 @@ mod tests {
                 namespace: Some("ward".into()),
                 ..Default::default()
             }),
+            fhir: None,
         };
         let input = |action| PolicyInput {
             principal: &principal,

@@ -221,6 +221,25 @@ pub struct HttpRequest {
     /// The request as the Kubernetes API conventions read it, for a
     /// Kubernetes target.
     pub kubernetes: Option<KubernetesRequest>,
+    /// The request as FHIR's RESTful API reads it, for a FHIR target.
+    pub fhir: Option<FhirRequest>,
+}
+
+/// A FHIR REST request's parts (`input.action.fhir`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FhirRequest {
+    /// read, vread, update, patch, delete, history, create, search,
+    /// capabilities, batch (batch or transaction), operation.
+    pub interaction: String,
+    /// `Patient`, `Observation`, ...; `null` for system-level requests.
+    pub resource_type: Option<String>,
+    pub id: Option<String>,
+    /// The operation for `interaction = "operation"`, with its `$`
+    /// (`$export`, `$everything`).
+    pub operation: Option<String>,
+    /// Search parameter names (with modifiers, `name:exact`), sorted; never
+    /// their values.
+    pub search_params: Vec<String>,
 }
 
 /// A Kubernetes API request's parts (`input.action.kubernetes`).

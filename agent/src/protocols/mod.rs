@@ -1,6 +1,7 @@
 //! Protocol handlers. The proxy hands each accepted session to the handler
 //! of its target; the handler serves it until either side closes and says
 //! how it ended.
+pub mod http;
 pub mod postgres;
 pub mod ssh;
 pub mod tcp;
@@ -36,6 +37,7 @@ pub enum Handler {
     Tcp,
     Postgres(Box<postgres::Service>),
     Ssh(Box<ssh::Service>),
+    Http(Box<http::Service>),
 }
 
 /// What a protocol builds its handler from: the target's protocol-neutral
@@ -73,5 +75,6 @@ pub async fn serve(session: &Session, handler: &Handler, client: TcpStream, conn
         Handler::Tcp => tcp::serve(session, client, connect_timeout).await,
         Handler::Postgres(svc) => postgres::serve(svc, session, client, connect_timeout).await,
         Handler::Ssh(svc) => ssh::serve(svc, session, client, connect_timeout).await,
+        Handler::Http(svc) => http::serve(svc, session, client, connect_timeout).await,
     }
 }

@@ -27,7 +27,7 @@ use crate::{
     config::{Config, Protocol, Target},
     identity::Authenticator,
     intercept::{Interceptor, ListenerFds, Unverified, endpoint, refusals::RateLimit},
-    protocols::{self, Build, Handler, Shared, postgres, ssh},
+    protocols::{self, Build, Handler, Shared, http, postgres, ssh},
     session::{EndStatus, Session, SessionEnd, process},
 };
 
@@ -108,6 +108,7 @@ fn handler(t: &Target, config: &Config, shared: &Shared) -> anyhow::Result<Handl
         Protocol::Tcp => Handler::Tcp,
         Protocol::Postgres(pg) => Handler::Postgres(Box::new(postgres::Service::new(pg, &build)?)),
         Protocol::Ssh(settings) => Handler::Ssh(Box::new(ssh::Service::new(settings, &build)?)),
+        Protocol::Http(h) => Handler::Http(Box::new(http::Service::new(h, &build)?)),
     })
 }
 

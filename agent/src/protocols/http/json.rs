@@ -1,0 +1,921 @@
+//! Streaming JSON masking: an incremental tokenizer that rewrites string
+//! values as they pass, holding one token (never the document) in memory,
+//! so a list of 10 000 resources or an NDJSON export streams through.
+//!
+//! Two kinds of masking:
+//! - **by path**, per resource: a FHIR object whose `resourceType` is
+//!   `Patient` (and the other person resources) has its `name`, `telecom`,
+//!   `address`, `birthDate`, `identifier[].value`, ... masked whole; a
+//!   Kubernetes `Secret` (by `kind`, or any object of a `secrets` response)
+//!   has every value under `data` and `stringData` masked;
+//! - **by value**: the detectors of [`Masker`] on every other string.
+//!
+//! Paths are matched relative to the object that names the resource, so
+//! resources in a `Bundle`, `contained` or a list are found at any depth.
+//! A resource type that arrives after a field its rules mask (the field
+//! was already sent) ends the stream with an error: fail closed.
+use std::collections::BTreeSet;
+
+use crate::mask::Masker;
+
+use super::config::Api;
+
+/// Longest string value held for inspection; a longer one is replaced
+/// whole by the redaction token (masked, counted).
+const MAX_STRING: usize = 1 << 20;
+/// Longest object key.
+const MAX_KEY: usize = 64 * 1024;
+const MAX_DEPTH: usize = 512;
+/// Kept at most in the audit record's `masked_fields`.
+const MAX_FIELD_NAMES: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JsonError {
+    #[error("invalid JSON at byte {0}")]
+    Syntax(u64),
+    #[error("JSON nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("JSON object key longer than {MAX_KEY} bytes")]
+    KeyTooLong,
+    #[error("a {0} resource names its type after fields that would have been masked")]
+    LateResourceType(String),
+    #[error("JSON ended inside a value")]
+    Truncated,
+    #[error("an object names its resource type twice")]
+    DuplicateResourceType,
+}
+
+/// The path rules of one resource type: each a list of segments (`[]` is
+/// any array element); a rule masks everything at and below its path.
+struct ResourceRules {
+    name: &'static str,
+    paths: &'static [&'static [&'static str]],
+}
+
+const PERSON: &[&[&str]] = &[
+    &["identifier", "[]", "value"],
+    &["name"],
+    &["telecom"],
+    &["address"],
+    &["birthDate"],
+    &["contact"],
+    &["photo"],
+    // The narrative repeats the demographics as XHTML.
+    &["text"],
+];
+
+const FHIR: &[ResourceRules] = &[
+    ResourceRules {
+        name: "Patient",
+        paths: PERSON,
+    },
+    ResourceRules {
+        name: "RelatedPerson",
+        paths: PERSON,
+    },
+    ResourceRules {
+        name: "Person",
+        paths: PERSON,
+    },
+];
+
+const SECRET_PATHS: &[&[&str]] = &[&["data"], &["stringData"]];
+const SECRET_LIST_PATHS: &[&[&str]] = &[&["items", "[]", "data"], &["items", "[]", "stringData"]];
+/// A response to a request for `secrets`: the object itself, a list's
+/// items, a watch event's object.
+const SECRETS_RESPONSE_PATHS: &[&[&str]] = &[
+    &["data"],
+    &["stringData"],
+    &["items", "[]", "data"],
+    &["items", "[]", "stringData"],
+    &["object", "data"],
+    &["object", "stringData"],
+];
+
+const KUBERNETES: &[ResourceRules] = &[
+    ResourceRules {
+        name: "Secret",
+        paths: SECRET_PATHS,
+    },
+    ResourceRules {
+        name: "SecretList",
+        paths: SECRET_LIST_PATHS,
+    },
+];
+
+/// What a response's JSON is, for its path rules.
+#[derive(Clone, Copy, Debug)]
+pub struct JsonRules {
+    pub api: Api,
+    /// The request was for Kubernetes `secrets`: the whole response is
+    /// Secret-shaped, whatever `kind` says (list items carry none).
+    pub secrets_response: bool,
+}
+
+impl JsonRules {
+    fn resources(&self) -> &'static [ResourceRules] {
+        match self.api {
+            Api::Fhir => FHIR,
+            Api::Kubernetes => KUBERNETES,
+            Api::Json => &[],
+        }
+    }
+
+    /// The key that names an object's resource type.
+    fn type_key(&self) -> Option<&'static [u8]> {
+        match self.api {
+            Api::Fhir => Some(b"resourceType"),
+            Api::Kubernetes => Some(b"kind"),
+            Api::Json => None,
+        }
+    }
+}
+
+/// A partly matched rule: which paths, and how many segments are matched.
+#[derive(Clone, Copy, Debug)]
+struct Partial {
+    paths: &'static [&'static [&'static str]],
+    index: usize,
+    matched: usize,
+}
+
+#[derive(Debug)]
+struct Frame {
+    object: bool,
+    /// The current key (objects).
+    key: Vec<u8>,
+    /// Rules that may match below this container.
+    partial: Vec<Partial>,
+    /// Everything below is masked, by this rule (its first segment).
+    masked_by: Option<&'static str>,
+    /// Rule set name of the resource this object is, once known.
+    resource: Option<&'static str>,
+    /// A key some resource's rules would mask was passed before the
+    /// object's type was known.
+    early_phi: bool,
+    /// The type key was seen (a second one is refused: parsers differ on
+    /// which of two wins).
+    typed: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// A value may start (top level: also the end of input).
+    Value,
+    /// After `[`: a value or `]`.
+    ValueOrEnd,
+    /// After `{`: a key or `}`.
+    KeyOrEnd,
+    /// After `,` in an object.
+    Key,
+    Colon,
+    /// After a value: `,` or the container's end.
+    AfterValue,
+    /// In a string (a key when `key`).
+    Str {
+        key: bool,
+        escape: bool,
+    },
+    Number,
+    Literal,
+}
+
+/// One response's JSON masker.
+#[derive(Debug)]
+pub struct JsonMasker {
+    masker: Masker,
+    rules: JsonRules,
+    redacted: Vec<u8>,
+    stack: Vec<Frame>,
+    state: State,
+    /// The token being read: a string's raw content, a number, a literal.
+    token: Vec<u8>,
+    /// The string being read is past [`MAX_STRING`] and is dropped.
+    overflow: bool,
+    /// Whether the value being read is masked by a rule, and by which.
+    value_rule: Option<&'static str>,
+    position: u64,
+    masked: u64,
+    fields: BTreeSet<String>,
+}
+
+impl JsonMasker {
+    pub fn new(masker: Masker, rules: JsonRules) -> JsonMasker {
+        let mut redacted = Vec::new();
+        push_escaped(masker.redact_token().as_bytes(), &mut redacted);
+        JsonMasker {
+            masker,
+            rules,
+            redacted,
+            stack: Vec::new(),
+            state: State::Value,
+            token: Vec::new(),
+            overflow: false,
+            value_rule: None,
+            position: 0,
+            masked: 0,
+            fields: BTreeSet::new(),
+        }
+    }
+
+    /// Values masked so far.
+    pub fn masked(&self) -> u64 {
+        self.masked
+    }
+
+    /// Names of what was masked (`Patient.name`, `detector`), at most a few.
+    pub fn masked_fields(&self) -> Vec<String> {
+        self.fields.iter().cloned().collect()
+    }
+
+    /// Masks the next piece of the document into `out`.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), JsonError> {
+        out.reserve(input.len());
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            match self.state {
+                State::Str { key, escape } => {
+                    // Copy the run up to the next quote or backslash at once.
+                    if !escape {
+                        let run = input[i..]
+                            .iter()
+                            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                            .unwrap_or(input.len() - i);
+                        if run > 0 {
+                            self.take(&input[i..i + run], key)?;
+                            i += run;
+                            self.position += run as u64;
+                            continue;
+                        }
+                    }
+                    if b < 0x20 {
+                        return Err(JsonError::Syntax(self.position));
+                    }
+                    if escape {
+                        if !matches!(b, b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' | b'u') {
+                            return Err(JsonError::Syntax(self.position));
+                        }
+                        self.take(&[b], key)?;
+                        self.state = State::Str { key, escape: false };
+                    } else if b == b'\\' {
+                        self.take(&[b], key)?;
+                        self.state = State::Str { key, escape: true };
+                    } else {
+                        // The closing quote.
+                        self.end_string(key, out)?;
+                    }
+                }
+                State::Number => {
+                    if matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
+                        self.push_token(b)?;
+                    } else {
+                        self.end_scalar(out)?;
+                        // Reread this byte after the value.
+                        continue;
+                    }
+                }
+                State::Literal => {
+                    if b.is_ascii_alphabetic() {
+                        self.push_token(b)?;
+                    } else {
+                        self.end_scalar(out)?;
+                        continue;
+                    }
+                }
+                _ => self.structural(b, out)?,
+            }
+            i += 1;
+            self.position += 1;
+        }
+        Ok(())
+    }
+
+    /// The end of the document: anything left open is an error.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), JsonError> {
+        if matches!(self.state, State::Number | State::Literal) {
+            self.end_scalar(out)?;
+        }
+        if self.stack.is_empty() && matches!(self.state, State::Value | State::AfterValue) {
+            return Ok(());
+        }
+        Err(JsonError::Truncated)
+    }
+
+    fn push_token(&mut self, b: u8) -> Result<(), JsonError> {
+        if self.token.len() >= 64 {
+            // No number or literal is this long.
+            return Err(JsonError::Syntax(self.position));
+        }
+        self.token.push(b);
+        Ok(())
+    }
+
+    fn take(&mut self, bytes: &[u8], key: bool) -> Result<(), JsonError> {
+        let limit = if key { MAX_KEY } else { MAX_STRING };
+        if self.token.len() + bytes.len() > limit {
+            if key {
+                return Err(JsonError::KeyTooLong);
+            }
+            self.overflow = true;
+            self.token.clear();
+        }
+        if !self.overflow {
+            self.token.extend_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    fn structural(&mut self, b: u8, out: &mut Vec<u8>) -> Result<(), JsonError> {
+        if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            out.push(b);
+            return Ok(());
+        }
+        let syntax = JsonError::Syntax(self.position);
+        match (self.state, b) {
+            (State::ValueOrEnd, b']') | (State::AfterValue, b']') => self.close(false, out),
+            (State::Value | State::ValueOrEnd, _) => self.start_value(b, out),
+            (State::KeyOrEnd, b'}') | (State::AfterValue, b'}') => self.close(true, out),
+            (State::KeyOrEnd | State::Key, b'"') => {
+                self.token.clear();
+                self.state = State::Str {
+                    key: true,
+                    escape: false,
+                };
+                Ok(())
+            }
+            (State::Colon, b':') => {
+                out.push(b);
+                self.state = State::Value;
+                Ok(())
+            }
+            (State::AfterValue, b',') => match self.stack.last() {
+                Some(f) if f.object => {
+                    out.push(b);
+                    self.state = State::Key;
+                    Ok(())
+                }
+                Some(_) => {
+                    out.push(b);
+                    self.state = State::Value;
+                    Ok(())
+                }
+                None => Err(syntax),
+            },
+            // Top level: another document (NDJSON, concatenated JSON).
+            (State::AfterValue, _) if self.stack.is_empty() => self.start_value(b, out),
+            _ => Err(syntax),
+        }
+    }
+
+    /// Where a value starting now sits: the rules that go on below it, and
+    /// the rule that masks it whole.
+    fn descend(&self) -> (Vec<Partial>, Option<&'static str>) {
+        let Some(parent) = self.stack.last() else {
+            let mut partial = Vec::new();
+            if self.rules.api == Api::Kubernetes && self.rules.secrets_response {
+                partial.extend((0..SECRETS_RESPONSE_PATHS.len()).map(|index| Partial {
+                    paths: SECRETS_RESPONSE_PATHS,
+                    index,
+                    matched: 0,
+                }));
+            }
+            return (partial, None);
+        };
+        if parent.masked_by.is_some() {
+            return (Vec::new(), parent.masked_by);
+        }
+        let segment: &[u8] = if parent.object { &parent.key } else { b"[]" };
+        let mut partial = Vec::new();
+        for p in &parent.partial {
+            let path = p.paths[p.index];
+            if path.get(p.matched).is_some_and(|s| s.as_bytes() == segment) {
+                if p.matched + 1 == path.len() {
+                    return (Vec::new(), Some(path[0]));
+                }
+                partial.push(Partial {
+                    matched: p.matched + 1,
+                    ..*p
+                });
+            }
+        }
+        (partial, None)
+    }
+
+    fn start_value(&mut self, b: u8, out: &mut Vec<u8>) -> Result<(), JsonError> {
+        let (partial, rule) = self.descend();
+        match b {
+            b'{' | b'[' => {
+                if self.stack.len() >= MAX_DEPTH {
+                    return Err(JsonError::TooDeep);
+                }
+                self.stack.push(Frame {
+                    object: b == b'{',
+                    key: Vec::new(),
+                    partial,
+                    masked_by: rule,
+                    resource: None,
+                    early_phi: false,
+                    typed: false,
+                });
+                out.push(b);
+                self.state = if b == b'{' { State::KeyOrEnd } else { State::ValueOrEnd };
+            }
+            b'"' => {
+                self.value_rule = rule;
+                self.token.clear();
+                self.overflow = false;
+                self.state = State::Str {
+                    key: false,
+                    escape: false,
+                };
+            }
+            b'-' | b'0'..=b'9' => {
+                self.value_rule = rule;
+                self.token.clear();
+                self.token.push(b);
+                self.state = State::Number;
+            }
+            b't' | b'f' | b'n' => {
+                self.value_rule = rule;
+                self.token.clear();
+                self.token.push(b);
+                self.state = State::Literal;
+            }
+            _ => return Err(JsonError::Syntax(self.position)),
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, object: bool, out: &mut Vec<u8>) -> Result<(), JsonError> {
+        match self.stack.pop() {
+            Some(f) if f.object == object => {
+                out.push(if object { b'}' } else { b']' });
+                self.state = State::AfterValue;
+                Ok(())
+            }
+            _ => Err(JsonError::Syntax(self.position)),
+        }
+    }
+
+    fn end_string(&mut self, key: bool, out: &mut Vec<u8>) -> Result<(), JsonError> {
+        if key {
+            let token = std::mem::take(&mut self.token);
+            out.push(b'"');
+            out.extend_from_slice(&token);
+            out.push(b'"');
+            // Rules compare keys as they mean, not as they are spelled
+            // (`na\u006de` is `name`).
+            let key = unescape(&token);
+            self.note_key(&key);
+            if let Some(f) = self.stack.last_mut() {
+                f.key = key;
+            }
+            self.token = token;
+            self.token.clear();
+            self.state = State::Colon;
+            return Ok(());
+        }
+        let token = std::mem::take(&mut self.token);
+        self.resource_type(&unescape(&token))?;
+        out.push(b'"');
+        if let Some(rule) = self.value_rule.take() {
+            out.extend_from_slice(&self.redacted);
+            self.count(rule);
+        } else if self.overflow {
+            out.extend_from_slice(&self.redacted);
+            self.count("oversized");
+        } else {
+            self.scan_into(&token, out);
+        }
+        out.push(b'"');
+        self.token = token;
+        self.token.clear();
+        self.overflow = false;
+        self.state = State::AfterValue;
+        Ok(())
+    }
+
+    /// A key was read: notes a key a resource rule would mask arriving in
+    /// an object whose type is not known yet.
+    fn note_key(&mut self, key: &[u8]) {
+        let resources = self.rules.resources();
+        let Some(frame) = self.stack.last_mut() else { return };
+        if frame.resource.is_none()
+            && frame.masked_by.is_none()
+            && resources.iter().any(|r| r.paths.iter().any(|p| p[0].as_bytes() == key))
+        {
+            frame.early_phi = true;
+        }
+    }
+
+    /// A string value under the type key (`resourceType`, `kind`) names the
+    /// object's resource: its rules apply to the keys that follow.
+    fn resource_type(&mut self, value: &[u8]) -> Result<(), JsonError> {
+        let (Some(type_key), resources) = (self.rules.type_key(), self.rules.resources()) else {
+            return Ok(());
+        };
+        let Some(frame) = self.stack.last_mut() else {
+            return Ok(());
+        };
+        if !frame.object || frame.key != type_key || frame.masked_by.is_some() {
+            return Ok(());
+        }
+        if frame.typed {
+            return Err(JsonError::DuplicateResourceType);
+        }
+        frame.typed = true;
+        let Some(rules) = resources.iter().find(|r| r.name.as_bytes() == value) else {
+            return Ok(());
+        };
+        if frame.early_phi {
+            return Err(JsonError::LateResourceType(rules.name.to_owned()));
+        }
+        frame.resource = Some(rules.name);
+        frame.partial.extend((0..rules.paths.len()).map(|index| Partial {
+            paths: rules.paths,
+            index,
+            matched: 0,
+        }));
+        Ok(())
+    }
+
+    /// A string through the detectors, as it decodes (escapes resolved,
+    /// so `\u0031\u0032\u0033-45-6789` is seen as an SSN). Unchanged, it
+    /// goes out as it came; changed, re-encoded.
+    fn scan_into(&mut self, raw: &[u8], out: &mut Vec<u8>) {
+        let decoded = unescape(raw);
+        let Ok(text) = std::str::from_utf8(&decoded) else {
+            out.extend_from_slice(&self.redacted);
+            self.count("detector");
+            return;
+        };
+        match self.masker.mask_free_text(text) {
+            std::borrow::Cow::Borrowed(_) => out.extend_from_slice(raw),
+            std::borrow::Cow::Owned(masked) => {
+                push_escaped(masked.as_bytes(), out);
+                self.count("detector");
+            }
+        }
+    }
+
+    fn end_scalar(&mut self, out: &mut Vec<u8>) -> Result<(), JsonError> {
+        let token = std::mem::take(&mut self.token);
+        let valid = match self.state {
+            State::Number => valid_number(&token),
+            _ => matches!(token.as_slice(), b"true" | b"false" | b"null"),
+        };
+        if !valid {
+            return Err(JsonError::Syntax(self.position));
+        }
+        match self.value_rule.take() {
+            // Numbers under a masked path become the token; true, false
+            // and null say nothing and stay.
+            Some(rule) if self.state == State::Number => {
+                out.push(b'"');
+                out.extend_from_slice(&self.redacted);
+                out.push(b'"');
+                self.count(rule);
+            }
+            _ => out.extend_from_slice(&token),
+        }
+        self.token = token;
+        self.token.clear();
+        self.state = State::AfterValue;
+        Ok(())
+    }
+
+    fn count(&mut self, rule: &str) {
+        self.masked += 1;
+        if self.fields.len() < MAX_FIELD_NAMES && !self.fields.contains(rule) {
+            let resource = self.stack.iter().rev().find_map(|f| f.resource);
+            let name = match resource {
+                Some(r) if !matches!(rule, "detector" | "oversized") => format!("{r}.{rule}"),
+                _ => rule.to_owned(),
+            };
+            self.fields.insert(name);
+        }
+    }
+}
+
+/// JSON's number grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+fn valid_number(token: &[u8]) -> bool {
+    let mut i = usize::from(token.first() == Some(&b'-'));
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while token.get(*i).is_some_and(u8::is_ascii_digit) {
+            *i += 1;
+        }
+        *i - start
+    };
+    match token.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => {
+            digits(&mut i);
+        }
+        _ => return false,
+    }
+    if token.get(i) == Some(&b'.') {
+        i += 1;
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    if matches!(token.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(token.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    i == token.len()
+}
+
+/// A JSON string's content with its escapes resolved (invalid ones and
+/// lone surrogates become U+FFFD): what a key or a type name means.
+fn unescape(raw: &[u8]) -> Vec<u8> {
+    if !raw.contains(&b'\\') {
+        return raw.to_vec();
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] != b'\\' {
+            out.push(raw[i]);
+            i += 1;
+            continue;
+        }
+        let simple = match raw.get(i + 1) {
+            Some(b'n') => Some(b'\n'),
+            Some(b't') => Some(b'\t'),
+            Some(b'r') => Some(b'\r'),
+            Some(b'b') => Some(8),
+            Some(b'f') => Some(12),
+            Some(&c) if c != b'u' => Some(c),
+            _ => None,
+        };
+        if let Some(c) = simple {
+            out.push(c);
+            i += 2;
+            continue;
+        }
+        let hex = raw
+            .get(i + 2..i + 6)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u32::from_str_radix(h, 16).ok());
+        let c = hex.and_then(char::from_u32).unwrap_or('\u{fffd}');
+        let mut buf = [0u8; 4];
+        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+        i += 6;
+    }
+    out
+}
+
+fn push_escaped(text: &[u8], out: &mut Vec<u8>) {
+    for &b in text {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            c if c < 0x20 => out.extend_from_slice(format!("\\u{c:04x}").as_bytes()),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::MaskConfig;
+    use serde_json::{Value, json};
+
+    fn masker() -> Masker {
+        Masker::new(&MaskConfig::default(), None).unwrap()
+    }
+
+    fn run(api: Api, secrets: bool, input: &[u8], chunk: usize) -> Result<(String, JsonMasker), JsonError> {
+        let mut m = JsonMasker::new(
+            masker(),
+            JsonRules {
+                api,
+                secrets_response: secrets,
+            },
+        );
+        let mut out = Vec::new();
+        for piece in input.chunks(chunk.max(1)) {
+            m.feed(piece, &mut out)?;
+        }
+        m.finish(&mut out)?;
+        Ok((String::from_utf8(out).unwrap(), m))
+    }
+
+    /// A Patient as FHIR servers write it: `resourceType` first (the
+    /// `json!` macro would sort the keys).
+    fn patient(id: u32) -> String {
+        format!(
+            r#"{{"resourceType":"Patient","id":"p{id}","text":{{"status":"generated","div":"<div>Jane Doe</div>"}},
+"identifier":[{{"system":"urn:mrn","value":"MRN{id:06}"}}],"name":[{{"family":"Doe","given":["Jane","Q"]}}],
+"telecom":[{{"system":"phone","value":"555-867-5309"}}],"gender":"female","birthDate":"1970-01-01",
+"address":[{{"line":["1 Main St"],"city":"Springfield","postalCode":"12345"}}],
+"extension":[{{"url":"ssn","valueString":"note: ssn 123-45-6789"}}],"active":true,"multipleBirthInteger":1}}"#
+        )
+    }
+
+    #[test]
+    fn fhir_patients_in_a_bundle_are_masked_by_path_in_any_chunking() {
+        let input = format!(
+            r#"{{"resourceType": "Bundle", "type": "searchset", "total": 2,
+  "entry": [{{"resource": {}}}, {{"resource": {}}},
+            {{"resource": {{"resourceType": "Observation", "id": "o1", "text": {{"div": "glucose"}},
+                          "code": {{"text": "Glucose"}}, "valueQuantity": {{"value": 5.4}}}}}}]}}"#,
+            patient(1),
+            patient(2)
+        )
+        .into_bytes();
+        let mut first = None;
+        for chunk in [1, 2, 3, 7, 64, input.len()] {
+            let (out, m) = run(Api::Fhir, false, &input, chunk).unwrap();
+            let v: Value = serde_json::from_str(&out).unwrap();
+            let p = &v["entry"][0]["resource"];
+            assert_eq!(p["id"], "p1");
+            assert_eq!(p["gender"], "female");
+            assert_eq!(p["identifier"][0]["system"], "urn:mrn");
+            assert_eq!(p["identifier"][0]["value"], "***");
+            assert_eq!(p["name"][0], json!({"family": "***", "given": ["***", "***"]}));
+            assert_eq!(p["telecom"][0]["value"], "***");
+            assert_eq!(p["birthDate"], "***");
+            assert_eq!(p["address"][0]["city"], "***");
+            assert_eq!(p["text"]["div"], "***");
+            assert_eq!(p["active"], true);
+            assert_eq!(p["extension"][0]["valueString"], "note: ssn ***");
+            let o = &v["entry"][2]["resource"];
+            assert_eq!(o["text"]["div"], "glucose");
+            assert_eq!(o["valueQuantity"]["value"], 5.4);
+            for raw in [
+                "Doe",
+                "Jane",
+                "MRN000001",
+                "1970-01-01",
+                "123-45-6789",
+                "555-867-5309",
+                "Main St",
+            ] {
+                assert!(!out.contains(raw), "{raw} in {out}");
+            }
+            let fields = m.masked_fields();
+            assert!(fields.contains(&"Patient.name".to_owned()), "{fields:?}");
+            assert!(fields.contains(&"detector".to_owned()), "{fields:?}");
+            match &first {
+                None => first = Some((out, m.masked())),
+                Some((o, n)) => {
+                    assert_eq!(&out, o, "chunk {chunk}");
+                    assert_eq!(m.masked(), *n);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn escaped_keys_and_types_mean_what_they_decode_to() {
+        let input = br#"{"resourceType":"Pat\u0069ent","na\u006de":[{"family":"Doe"}]}"#;
+        let (out, _) = run(Api::Fhir, false, input, 3).unwrap();
+        assert!(!out.contains("Doe"), "{out}");
+    }
+
+    #[test]
+    fn a_second_resource_type_fails_closed() {
+        let input = br#"{"resourceType":"Observation","resourceType":"Patient","name":"Doe"}"#;
+        assert_eq!(
+            run(Api::Fhir, false, input, 5).unwrap_err(),
+            JsonError::DuplicateResourceType
+        );
+    }
+
+    #[test]
+    fn output_follows_input_without_holding_the_document() {
+        let mut m = JsonMasker::new(
+            masker(),
+            JsonRules {
+                api: Api::Fhir,
+                secrets_response: false,
+            },
+        );
+        let mut out = Vec::new();
+        m.feed(br#"{"resourceType":"Bundle","entry":["#, &mut out).unwrap();
+        let one = format!(r#"{{"resource":{}}},"#, patient(7).replace('\n', ""));
+        for _ in 0..2000 {
+            let before = out.len();
+            m.feed(one.as_bytes(), &mut out).unwrap();
+            // Each resource comes out as it goes in (masked, so shorter).
+            assert!(out.len() - before > one.len() / 2);
+        }
+        assert!(m.token.capacity() < 4096, "{}", m.token.capacity());
+        m.feed(b"{}]}", &mut out).unwrap();
+        m.finish(&mut out).unwrap();
+        assert_eq!(m.masked() as usize, 2000 * 13);
+    }
+
+    #[test]
+    fn whitespace_and_layout_are_kept() {
+        let input = br#"{ "resourceType" : "Observation" , "a" : [ 1 , 2.5e3 , -0 , true , null ] }"#;
+        let (out, m) = run(Api::Fhir, false, input, 5).unwrap();
+        assert_eq!(out.as_bytes(), input);
+        assert_eq!(m.masked(), 0);
+    }
+
+    #[test]
+    fn a_late_resource_type_fails_closed() {
+        let input = br#"{"name": [{"family": "Doe"}], "resourceType": "Patient"}"#;
+        assert_eq!(
+            run(Api::Fhir, false, input, 4).unwrap_err(),
+            JsonError::LateResourceType("Patient".into())
+        );
+        // Not a person resource: nothing to mask by path, nothing refused.
+        let input = br#"{"name": "HbA1c", "resourceType": "Medication"}"#;
+        assert!(run(Api::Fhir, false, input, 4).is_ok());
+    }
+
+    #[test]
+    fn kubernetes_secrets_are_masked_by_kind_and_by_request() {
+        let secret = br#"{"kind":"Secret","apiVersion":"v1","metadata":{"name":"db"},"data":{"password":"aHVudGVyMg==","n":5},"type":"Opaque"}"#;
+        let (out, _) = run(Api::Kubernetes, false, secret, 3).unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["data"], json!({"password": "***", "n": "***"}));
+        assert_eq!(v["metadata"]["name"], "db");
+        // A list's items carry no kind: the request said secrets.
+        let list = br#"{"kind":"SecretList","items":[{"metadata":{"name":"a"},"stringData":{"k":"v1"}}]}"#;
+        let (out, _) = run(Api::Kubernetes, true, list, 2).unwrap();
+        assert!(out.contains(r#""stringData":{"k":"***"}"#), "{out}");
+        let (out, _) = run(Api::Kubernetes, false, list, 2).unwrap();
+        assert!(out.contains(r#""stringData":{"k":"***"}"#), "by SecretList: {out}");
+        // A ConfigMap's values are only scanned.
+        let cm = br#"{"kind":"ConfigMap","data":{"mode":"fast","contact":"ssn 123-45-6789"}}"#;
+        let (out, _) = run(Api::Kubernetes, false, cm, 2).unwrap();
+        assert!(out.contains(r#""mode":"fast""#) && out.contains("ssn ***"), "{out}");
+    }
+
+    #[test]
+    fn ndjson_streams_line_by_line() {
+        let mut input = Vec::new();
+        for i in 0..3 {
+            input.extend(patient(i).replace('\n', "").into_bytes());
+            input.push(b'\n');
+        }
+        let (out, m) = run(Api::Fhir, false, &input, 10).unwrap();
+        assert_eq!(out.lines().count(), 3);
+        for line in out.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["birthDate"], "***");
+        }
+        assert!(m.masked() >= 3 * 9);
+    }
+
+    #[test]
+    fn escapes_and_unicode_stay_valid() {
+        let input = "{\"a\":\"line\\nbreak \\\"q\\\" \\u00e9 é ✓\",\"b\":\"\\u0031\\u0032\\u0033-45-6789\"}";
+        let (out, _) = run(Api::Json, false, input.as_bytes(), 3).unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["a"], "line\nbreak \"q\" é é ✓");
+        assert_eq!(v["b"], "***", "{out}");
+        // Untouched strings go out as they came, escapes and all.
+        assert!(out.contains(r#"\"q\" \u00e9"#), "{out}");
+    }
+
+    #[test]
+    fn invalid_and_truncated_documents_are_errors() {
+        for bad in [
+            &b"{\"a\" 1}"[..],
+            b"[1,]",
+            b"{\"a\":tru}",
+            b"[01]",
+            b"{\"a\":\"x\ny\"}",
+            b"]",
+            b"{\"a\":1]",
+            b"\"\\q\"",
+        ] {
+            assert!(
+                run(Api::Json, false, bad, 2).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            run(Api::Json, false, b"{\"a\":[1,2", 2).unwrap_err(),
+            JsonError::Truncated
+        );
+        let deep = "[".repeat(MAX_DEPTH + 1);
+        assert_eq!(
+            run(Api::Json, false, deep.as_bytes(), 64).unwrap_err(),
+            JsonError::TooDeep
+        );
+    }
+
+    #[test]
+    fn oversized_strings_are_replaced_whole() {
+        let big = format!("[\"{}\", 1]", "x".repeat(MAX_STRING + 10));
+        let (out, m) = run(Api::Json, false, big.as_bytes(), 4096).unwrap();
+        assert_eq!(out, "[\"***\", 1]");
+        assert_eq!(m.masked(), 1);
+    }
+}

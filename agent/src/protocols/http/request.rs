@@ -1,0 +1,434 @@
+//! One HTTP request through the enforcement point: the caller's token,
+//! the policy's action, the audit record before forwarding, refuse / hold /
+//! forward, and the response masked as it streams, its result recorded
+//! when the body ends.
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::oneshot;
+
+use super::{
+    Service,
+    body::{BodyEnd, BoxError, Filter, MaskedBody},
+    config::Api,
+    fhir, headers,
+    headers::BodyKind,
+    json::{JsonMasker, JsonRules},
+    kubernetes,
+    local::Local,
+    refusal,
+    text::TextMasker,
+    upstream::{self, Dialer, Upstream},
+};
+use crate::{
+    audit::{CommandInfo, Outcome},
+    enforce::{Admitted, Caller, Cause, Command, Refusal, Verdict},
+    policy::{Action, HttpRequest},
+    session::{EndStatus, Session, SessionEnd},
+};
+
+pub type ResBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// One client connection's state: its upstream connections and who
+/// authenticated on it.
+pub struct Conn<'a> {
+    svc: &'a Service,
+    session: &'a Session,
+    upstream: Upstream,
+    /// SHA-256 of the token that authenticated this connection.
+    token: tokio::sync::Mutex<Option<[u8; 32]>>,
+    /// Set when the session must end (the audit trail failed).
+    fatal: Mutex<Option<SessionEnd>>,
+}
+
+impl<'a> Conn<'a> {
+    pub fn new(svc: &'a Service, session: &'a Session, dialer: Dialer) -> Conn<'a> {
+        Conn {
+            svc,
+            session,
+            upstream: Upstream::new(dialer),
+            token: tokio::sync::Mutex::new(None),
+            fatal: Mutex::new(None),
+        }
+    }
+
+    /// How the session must end, when a request ended it.
+    pub fn fatal(&self) -> Option<SessionEnd> {
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Answers one request. Never fails: every error is an answer.
+    pub async fn handle<'c>(&'c self, req: Request<Incoming>, exec: &Local<'c>) -> Response<ResBody> {
+        let version = req.version();
+        let mut response = match self.exchange(req, exec).await {
+            Ok(r) | Err(r) => r,
+        };
+        // The client's HTTP version, whatever the upstream spoke.
+        *response.version_mut() = version;
+        response
+    }
+
+    async fn exchange<'c>(
+        &'c self,
+        req: Request<Incoming>,
+        exec: &Local<'c>,
+    ) -> Result<Response<ResBody>, Response<ResBody>> {
+        let api = self.svc.api;
+        if self.fatal.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return Err(closing(answer(api, StatusCode::SERVICE_UNAVAILABLE, AUDIT_DOWN)));
+        }
+        let authenticated = self.authenticate(req.headers()).await;
+        let action = self.action(&req);
+        let info = self.record(&action);
+        let enforcer = &self.svc.enforcer;
+        if let Err(reason) = authenticated {
+            // On the record like any refused request (no principal yet).
+            tracing::warn!(session = %self.session.id, %reason, "authentication refused");
+            let message = format!("loopgate: authentication failed: {reason}");
+            return match enforcer
+                .refuse(self.session, info, "loopgate.authentication", &reason)
+                .await
+            {
+                Ok(_) => Err(answer(api, StatusCode::UNAUTHORIZED, &message)),
+                Err(e) => Err(self.end_on_audit_failure(e)),
+            };
+        }
+        let caller = Caller::of(self.session, None, None);
+
+        let upgrade = req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE);
+        if upgrade {
+            // exec / attach / port-forward (WebSocket, SPDY): not relayed
+            // yet. Recorded as refused, so the attempt is on the record.
+            let reason = "protocol upgrades (exec, attach, port-forward, WebSocket) are not supported yet";
+            return match enforcer
+                .refuse(self.session, info, "loopgate.unsupported_upgrade", reason)
+                .await
+            {
+                Ok(r) => Err(answer(api, StatusCode::NOT_IMPLEMENTED, &r.message("request"))),
+                Err(e) => Err(self.end_on_audit_failure(e)),
+            };
+        }
+
+        let command = Command {
+            action: Action::HttpRequest(&action),
+            info,
+        };
+        let admitted = match enforcer.begin(self.session, &caller, command).await {
+            Err(e) => return Err(self.end_on_audit_failure(e)),
+            Ok(Verdict::Refused(refusal)) => return Err(refused(api, &refusal)),
+            Ok(Verdict::Forward(admitted)) => admitted,
+            Ok(Verdict::Held { admitted, mut held }) => {
+                let (message, _hint) = held.notice();
+                tracing::info!(session = %self.session.id, approval = held.id(), %message, "request held for approval");
+                // Waits in place. If the client leaves, hyper drops this
+                // future and with it the hold (the request is cancelled)
+                // and the guard (its result: not run).
+                let guard = Unrun {
+                    conn: self,
+                    admitted: Some(admitted),
+                };
+                let resolution = held.wait().await;
+                let admitted = guard.defuse();
+                match held.release(resolution) {
+                    Ok(()) => admitted,
+                    Err(refusal) => {
+                        enforcer.unrun(self.session, &admitted, &refusal);
+                        return Err(refused(api, &refusal));
+                    }
+                }
+            }
+        };
+        self.forward(req, admitted, &action, exec).await
+    }
+
+    /// With `identity = "oidc"` the bearer token is the caller's OIDC
+    /// token: validated (once per distinct token on the connection), bound
+    /// to the process, and never forwarded. One principal per connection.
+    /// `Err` is the reason, free of token contents.
+    async fn authenticate(&self, headers: &http::HeaderMap) -> Result<(), String> {
+        let svc = self.svc;
+        if !svc.identity.wants_token() {
+            return Ok(());
+        }
+        let Some(token) = headers::bearer(headers) else {
+            return Err("expected an OIDC token as Authorization: Bearer".into());
+        };
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut known = self.token.lock().await;
+        if *known == Some(digest) {
+            return Ok(());
+        }
+        let principal = svc.identity.principal(&self.session.process, Some(token)).await?;
+        match self.session.principal.get() {
+            Some(p) if p.subject != principal.subject => {
+                return Err("a connection carries one principal; open another for another token".into());
+            }
+            Some(_) => {}
+            None => {
+                let _ = self.session.principal.set(std::sync::Arc::new(principal));
+            }
+        }
+        *known = Some(digest);
+        Ok(())
+    }
+
+    /// `input.action` of this request.
+    fn action(&self, req: &Request<Incoming>) -> HttpRequest {
+        let method = req.method().as_str().to_owned();
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().map(str::to_owned);
+        let host = req
+            .uri()
+            .host()
+            .map(str::to_owned)
+            .or_else(|| {
+                let h = req.headers().get(header::HOST)?.to_str().ok()?;
+                Some(
+                    h.rsplit_once(':')
+                        .filter(|(_, p)| p.parse::<u16>().is_ok())
+                        .map_or(h, |(h, _)| h)
+                        .to_owned(),
+                )
+            })
+            .unwrap_or_else(|| self.svc.server_name.clone());
+        let fhir = (self.svc.api == Api::Fhir).then(|| fhir::parse(&method, &path, query.as_deref()));
+        let kubernetes = match self.svc.api {
+            Api::Kubernetes => kubernetes::parse(&method, &path, query.as_deref()),
+            _ => None,
+        };
+        HttpRequest {
+            method,
+            host,
+            path,
+            query,
+            kubernetes,
+            fhir,
+        }
+    }
+
+    /// What the audit records of a request: method and path (detectors
+    /// applied) and the query's parameter names, never their values.
+    fn record(&self, r: &HttpRequest) -> CommandInfo {
+        let masker = &self.svc.masker;
+        let mut text = format!("{} {}", r.method, masker.mask_free_text(&r.path));
+        if let Some(q) = &r.query {
+            let names: Vec<String> = q
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| format!("{}=?", masker.mask_free_text(p.split('=').next().unwrap_or(""))))
+                .collect();
+            text.push('?');
+            text.push_str(&names.join("&"));
+        }
+        let (kind, tables) = match (&r.fhir, &r.kubernetes) {
+            (Some(f), _) => (f.interaction.clone(), f.resource_type.iter().cloned().collect()),
+            (_, Some(k)) => (k.verb.clone(), vec![k.resource.clone()]),
+            _ => ("http".to_owned(), Vec::new()),
+        };
+        CommandInfo {
+            text: Some(text),
+            fingerprint: None,
+            kind: Some(kind),
+            tables,
+            columns: Vec::new(),
+            parameters: Vec::new(),
+        }
+    }
+
+    /// Sends an admitted request upstream and streams the masked response
+    /// back; its result is recorded when the body ends.
+    async fn forward<'c>(
+        &'c self,
+        req: Request<Incoming>,
+        admitted: Admitted,
+        action: &HttpRequest,
+        exec: &Local<'c>,
+    ) -> Result<Response<ResBody>, Response<ResBody>> {
+        let api = self.svc.api;
+        let method = req.method().clone();
+        let (mut parts, body) = req.into_parts();
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(value) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, value);
+        }
+        let token = self.svc.token.as_ref().map(|t| t.expose());
+        headers::upstream_request(&mut parts.headers, token);
+        if api == Api::Fhir {
+            headers::prefer_fhir_json(&mut parts.headers);
+        }
+        if self.svc.impersonate
+            && let Some(p) = self.session.principal.get()
+            && let Some(subject) = &p.subject
+        {
+            headers::impersonate(&mut parts.headers, subject, &p.groups);
+        }
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .unwrap_or_else(|_| http::Uri::from_static("/"));
+        parts.version = Version::HTTP_11;
+        let request = Request::from_parts(parts, upstream::request_body(body, self.session.traffic.clone()));
+
+        let response = match self.upstream.send(request).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(session = %self.session.id, error = %e, "upstream request failed");
+                let message = if e.is_certificate() {
+                    "loopgate: the upstream server's certificate is not trusted for this target; the request was not sent"
+                } else {
+                    "loopgate: the upstream server could not be reached or failed"
+                };
+                self.finish_failed(&admitted, "502").await;
+                return Err(answer(api, StatusCode::BAD_GATEWAY, message));
+            }
+        };
+        let (mut parts, body) = response.into_parts();
+        let status = parts.status;
+        let filter = if upstream::bodyless(&method, status) {
+            Filter::Empty
+        } else {
+            let encoded = parts
+                .headers
+                .get(header::CONTENT_ENCODING)
+                .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+            match headers::body_kind(&parts.headers) {
+                _ if encoded => {
+                    self.finish_failed(&admitted, "502").await;
+                    return Err(answer(
+                        api,
+                        StatusCode::BAD_GATEWAY,
+                        "loopgate: the upstream sent a compressed body, which cannot be masked",
+                    ));
+                }
+                BodyKind::Json => Filter::Json(Box::new(JsonMasker::new(
+                    self.svc.masker.clone(),
+                    JsonRules {
+                        api,
+                        secrets_response: action.kubernetes.as_ref().is_some_and(|k| k.resource == "secrets"),
+                    },
+                ))),
+                // FHIR XML (or HTML) would get the detectors only, not the
+                // resource paths: names would pass.
+                BodyKind::Text if api == Api::Fhir => {
+                    self.finish_failed(&admitted, "502").await;
+                    let message = "loopgate: FHIR responses are masked as JSON only; ask for application/fhir+json";
+                    return Err(answer(api, StatusCode::BAD_GATEWAY, message));
+                }
+                BodyKind::Text => Filter::Text(TextMasker::new(self.svc.masker.clone())),
+                kind @ (BodyKind::Protobuf | BodyKind::Opaque) => {
+                    self.finish_failed(&admitted, "502").await;
+                    let message = match kind {
+                        BodyKind::Protobuf => "loopgate: protobuf responses cannot be masked; ask for application/json",
+                        _ => "loopgate: the response's content type cannot be inspected, so it is not passed on",
+                    };
+                    return Err(answer(api, StatusCode::BAD_GATEWAY, message));
+                }
+            }
+        };
+        headers::client_response(&mut parts.headers);
+        let (done, ended) = oneshot::channel();
+        let body = MaskedBody::new(body, filter, done);
+        exec.spawn(async move {
+            let end = ended.await.unwrap_or_default();
+            self.finish(&admitted, status, end).await;
+        });
+        Ok(Response::from_parts(parts, body.boxed_unsync()))
+    }
+
+    async fn finish(&self, admitted: &Admitted, status: StatusCode, end: BodyEnd) {
+        self.session.add_to_client(end.bytes as usize);
+        let outcome_status = match &end.error {
+            None if status.as_u16() < 400 => "ok",
+            None => "error",
+            Some(e) if e.starts_with("masking") => "cut",
+            Some(e) if e.starts_with("client left") => "incomplete",
+            Some(_) => "error",
+        };
+        if let Some(e) = &end.error {
+            tracing::info!(session = %self.session.id, error = %e, "response body ended early");
+        }
+        let outcome = Outcome {
+            status: Some(outcome_status.to_owned()),
+            bytes_to_client: Some(end.bytes),
+            error_code: Some(status.as_u16().to_string()),
+            masked_fields: end.masked_fields,
+            masked_count: Some(end.masked),
+            ..Outcome::default()
+        };
+        self.svc.enforcer.finish(self.session, admitted, outcome).await;
+    }
+
+    async fn finish_failed(&self, admitted: &Admitted, code: &str) {
+        let outcome = Outcome {
+            status: Some("error".into()),
+            error_code: Some(code.into()),
+            bytes_to_client: Some(0),
+            ..Outcome::default()
+        };
+        self.svc.enforcer.finish(self.session, admitted, outcome).await;
+    }
+
+    /// The audit trail failed: nothing more may run on this session.
+    fn end_on_audit_failure(&self, e: crate::audit::AuditError) -> Response<ResBody> {
+        tracing::error!(session = %self.session.id, error = %e, "audit unavailable: ending the session");
+        *self.fatal.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(SessionEnd::failed(EndStatus::AuditUnavailable, e.to_string()));
+        closing(answer(self.svc.api, StatusCode::SERVICE_UNAVAILABLE, AUDIT_DOWN))
+    }
+}
+
+/// Records a held request's result as not run when the wait is dropped
+/// (the client left before a decision).
+struct Unrun<'c, 'a> {
+    conn: &'c Conn<'a>,
+    admitted: Option<Admitted>,
+}
+
+impl Unrun<'_, '_> {
+    fn defuse(mut self) -> Admitted {
+        self.admitted.take().expect("defused once")
+    }
+}
+
+impl Drop for Unrun<'_, '_> {
+    fn drop(&mut self) {
+        if let Some(admitted) = self.admitted.take() {
+            let refusal = Refusal {
+                cause: Cause::Unapproved(crate::approval::Resolution::Withdrawn {
+                    reason: "the client left".into(),
+                }),
+                rule_id: None,
+                reason: "the client left while the request was held".into(),
+            };
+            self.conn.svc.enforcer.unrun(self.conn.session, &admitted, &refusal);
+        }
+    }
+}
+
+const AUDIT_DOWN: &str = "loopgate: the audit trail is unavailable; the request was not sent";
+
+fn refused(api: Api, refusal: &Refusal) -> Response<ResBody> {
+    let status = match refusal.cause {
+        Cause::Policy | Cause::Unapproved(_) => StatusCode::FORBIDDEN,
+        Cause::AuditUnavailable | Cause::HoldUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    answer(api, status, &refusal.message("request"))
+}
+
+fn answer(api: Api, status: StatusCode, message: &str) -> Response<ResBody> {
+    refusal::answer(api, status, message).map(|b| Full::new(b).map_err(|never| match never {}).boxed_unsync())
+}
+
+fn closing(mut r: Response<ResBody>) -> Response<ResBody> {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}

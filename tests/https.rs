@@ -1,0 +1,743 @@
+//! HTTPS end to end: a FHIR-shaped JSON API over TLS (fhir_server.py, a
+//! Python http.server; not a real FHIR server) behind loopgate with the
+//! HIPAA pack, reached by unmodified curl (HTTP/2 and HTTP/1.1) and Python
+//! requests inside the intercepted cgroup, trusting loopgate's CA from
+//! `loopgate ca export`.
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::PathBuf,
+    process::{Child, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use loopgate_e2e::{
+    Agent, Target,
+    clinic::policy_pack,
+    fhir::{FhirServer, TestCa},
+    require_ebpf,
+};
+use serde_json::{Value, json};
+
+const PATIENTS: usize = 40;
+const CLIENT_TOKEN: &str = "client-own-secret-token";
+const UPSTREAM_TOKEN: &str = "loopgate-upstream-token";
+/// The approver group is a unix group every Debian/Ubuntu has (`users`).
+const APPROVERS_GID: u32 = 100;
+const ALICE: u32 = 1;
+
+struct Fixture {
+    server: FhirServer,
+    agent: Agent,
+    /// The upstream's CA (what a client going direct would trust).
+    upstream_ca: PathBuf,
+    /// loopgate's CA, as `loopgate ca export` printed it.
+    loopgate_ca: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.server.port)
+    }
+
+    /// curl inside the cgroup: (HTTP status, HTTP version, body).
+    fn curl(&self, args: &[&str], path: &str) -> (u16, String, String) {
+        let ca = self.loopgate_ca.to_string_lossy().into_owned();
+        let url = self.url(path);
+        let auth = format!("Authorization: Bearer {CLIENT_TOKEN}");
+        let mut all = vec!["curl", "-sS", "--cacert", &ca, "-H", &auth, "-H", "Cookie: client=1"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-w", "\n%{http_code} %{http_version}", &url]);
+        split_status(&self.agent.exec(&all))
+    }
+
+    fn command_events(&self) -> Vec<Value> {
+        self.agent
+            .events()
+            .into_iter()
+            .filter(|e| e["kind"] == "command" && e["target"]["name"] == "fhir")
+            .collect()
+    }
+}
+
+fn split_status(out: &Output) -> (u16, String, String) {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    let mut parts = tail.split_whitespace();
+    let status = parts.next().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        panic!(
+            "no status from curl: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (status, parts.next().unwrap_or("").to_owned(), body.to_owned())
+}
+
+fn approver_group() -> String {
+    let groups = std::fs::read_to_string("/etc/group").unwrap();
+    groups
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.get(2) == Some(&APPROVERS_GID.to_string().as_str())).then(|| f[0].to_owned())
+        })
+        .expect("a group with gid 100")
+}
+
+/// The FHIR server, the agent with the HIPAA pack and a target for it, and
+/// `extra` targets made from the test CA's file.
+fn fixture(extra: impl FnOnce(&TestCa, &std::path::Path) -> Vec<Target>) -> Fixture {
+    fixture_with("process", "", PATIENTS, extra)
+}
+
+/// As [`fixture`], the FHIR target with `identity`, the agent config with
+/// `agent_extra`.
+fn fixture_with(
+    identity: &str,
+    agent_extra: &str,
+    patients: usize,
+    extra: impl FnOnce(&TestCa, &std::path::Path) -> Vec<Target>,
+) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ca = TestCa::new("fhir test CA");
+    let ca_file = dir.path().join("upstream-ca.pem");
+    ca.write(&ca_file);
+    let server = FhirServer::start(&ca, &["127.0.0.1"], patients);
+    let token = dir.path().join("upstream.token");
+    std::fs::write(&token, format!("{UPSTREAM_TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let policies = policy_pack(dir.path(), json!({"group": approver_group(), "timeout_secs": 60}));
+    let target = Target {
+        name: "fhir".into(),
+        protocol: "https".into(),
+        address: format!("127.0.0.1:{}", server.port),
+        extra: format!(
+            "identity = \"{identity}\"\n[target.http]\napi = \"fhir\"\nca_file = \"{}\"\ntoken_file = \"{}\"\n",
+            ca_file.display(),
+            token.display()
+        ),
+    };
+    let mut targets = vec![target];
+    targets.extend(extra(&ca, dir.path()));
+    let ca_dir = dir.path().join("loopgate-ca");
+    let agent = Agent::start(
+        &targets,
+        &format!(
+            "[policy]\ndir = \"{}\"\n[tls]\nca_dir = \"{}\"\n{agent_extra}",
+            policies.display(),
+            ca_dir.display()
+        ),
+    );
+    let export = agent.loopgate(&["ca", "export"]).output().unwrap();
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    let pem = String::from_utf8(export.stdout).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let loopgate_ca = dir.path().join("loopgate-ca.pem");
+    std::fs::write(&loopgate_ca, pem).unwrap();
+    Fixture {
+        server,
+        agent,
+        upstream_ca: ca_file,
+        loopgate_ca,
+        _dir: dir,
+    }
+}
+
+/// What no client output may contain: the server's raw PHI.
+fn assert_no_raw_phi(body: &str) {
+    for i in [1, 2, PATIENTS] {
+        let ssn = format!("{:03}-{:02}-{:04}", 100 + i % 600, 10 + i % 89, 1000 + i);
+        for raw in [
+            ssn,
+            format!("MRN{i:08}"),
+            format!("Zed{i}"),
+            format!("{i} Elm Street"),
+            format!("(555) {:03}-{:04}", 200 + i % 800, 1000 + i % 9000),
+            format!("19{:02}-0{}-1{}", 40 + i % 60, 1 + i % 9, i % 10),
+        ] {
+            assert!(!body.contains(&raw), "raw {raw:?} reached the client:\n{body}");
+        }
+    }
+    assert!(!body.contains("Quincy"), "a name reached the client");
+}
+
+fn assert_masked_bundle(body: &str) {
+    let bundle: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(bundle["resourceType"], "Bundle");
+    let entries = bundle["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), PATIENTS);
+    let p = &entries[0]["resource"];
+    assert_eq!(p["id"], "p1");
+    assert_eq!(p["gender"], "female");
+    assert_eq!(p["name"][0]["family"], "***");
+    assert_eq!(p["identifier"][0]["value"], "***");
+    assert_eq!(p["identifier"][1]["system"], "urn:mrn");
+    assert_eq!(p["birthDate"], "***");
+    assert_eq!(p["extension"][0]["valueString"], "callback ssn ***");
+    assert_no_raw_phi(body);
+}
+
+#[test]
+fn patient_search_is_masked_over_h2_and_h1_and_the_upstream_sees_only_loopgates_credential() {
+    require_ebpf!();
+    let f = fixture(|_, _| Vec::new());
+
+    let (status, version, body) = f.curl(&["--http2"], "/fhir/Patient?name=Zed1&birthdate=1970");
+    assert_eq!((status, version.as_str()), (200, "2"), "{body}");
+    assert_masked_bundle(&body);
+
+    let (status, version, body) = f.curl(&["--http1.1"], "/fhir/Patient?name=Zed1");
+    assert_eq!((status, version.as_str()), (200, "1.1"), "{body}");
+    assert_masked_bundle(&body);
+
+    // Headers the client sees: no upstream session cookie.
+    let (status, _, head) = f.curl(&["--http1.1", "-D", "-", "-o", "/dev/null"], "/fhir/Patient/p2");
+    assert_eq!(status, 200);
+    assert!(!head.to_ascii_lowercase().contains("set-cookie"), "{head}");
+
+    // Python requests, a second real client.
+    let script = format!(
+        "import requests, sys\n\
+         r = requests.get('{}', verify='{}', headers={{'Authorization': 'Bearer {CLIENT_TOKEN}'}})\n\
+         print(r.status_code)\nprint(r.text)\n",
+        f.url("/fhir/Patient"),
+        f.loopgate_ca.display()
+    );
+    let out = f.agent.exec(&["python3", "-c", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let (code, body) = text.split_once('\n').unwrap();
+    assert_eq!(code, "200");
+    assert_masked_bundle(body.trim_end());
+
+    // DELETE refused by the pack, in FHIR's own shape; never sent.
+    let (status, _, body) = f.curl(&["-X", "DELETE"], "/fhir/Patient/p3");
+    assert_eq!(status, 403, "{body}");
+    let outcome: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert_eq!(outcome["issue"][0]["code"], "forbidden");
+    let diagnostics = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(diagnostics.contains("hipaa.deny_fhir_delete"), "{diagnostics}");
+
+    // The upstream saw loopgate's token on every request, never the
+    // client's token or cookie, and never the DELETE.
+    let requests = f.server.requests();
+    assert_eq!(requests.len(), 4, "{requests:?}");
+    for r in &requests {
+        assert_eq!(r["headers"]["authorization"], format!("Bearer {UPSTREAM_TOKEN}"), "{r}");
+        assert!(r["headers"].get("cookie").is_none(), "{r}");
+        assert_eq!(r["headers"]["accept-encoding"], "identity", "{r}");
+        assert_eq!(r["headers"]["accept"], "application/fhir+json", "{r}");
+        assert_eq!(r["method"], "GET");
+    }
+    assert!(!serde_json::to_string(&requests).unwrap().contains(CLIENT_TOKEN));
+
+    // One command and one result per request; query values never recorded.
+    let events = f.agent.wait_events("five results", |e| {
+        e.iter().filter(|e| e["kind"] == "command_result").count() >= 5
+    });
+    let commands = f.command_events();
+    assert_eq!(commands.len(), 5, "{commands:?}");
+    let search = &commands[0];
+    assert_eq!(search["command"]["text"], "GET /fhir/Patient?name=?&birthdate=?");
+    assert_eq!(search["command"]["kind"], "search");
+    assert_eq!(search["command"]["tables"], json!(["Patient"]));
+    assert_eq!(search["decision"]["verdict"], "allow");
+    let result = events
+        .iter()
+        .find(|e| e["kind"] == "command_result" && e["command_id"] == search["event_id"])
+        .unwrap();
+    assert_eq!(result["outcome"]["status"], "ok");
+    assert_eq!(result["outcome"]["error_code"], "200");
+    assert!(
+        result["outcome"]["masked_count"].as_u64().unwrap() >= 9 * PATIENTS as u64,
+        "{result}"
+    );
+    assert!(result["outcome"]["bytes_to_client"].as_u64().unwrap() > 1000);
+    let fields = result["outcome"]["masked_fields"].to_string();
+    assert!(
+        fields.contains("Patient.name") && fields.contains("detector"),
+        "{fields}"
+    );
+    let delete = commands.iter().find(|c| c["command"]["kind"] == "delete").unwrap();
+    assert_eq!(delete["decision"]["verdict"], "block");
+    assert_eq!(delete["decision"]["rule_id"], "hipaa.deny_fhir_delete");
+    // What loopgate wrote of the requests (events also carry the process's
+    // command line as the kernel gave it, which here has the URL and the
+    // client's token in it).
+    for e in &events {
+        let text = format!("{} {} {}", e["command"], e["decision"], e["outcome"]);
+        assert!(
+            !text.contains("Zed1") && !text.contains(CLIENT_TOKEN),
+            "PHI or a token in the audit: {text}"
+        );
+    }
+    let (code, report) = f.agent.verify_audit();
+    assert_eq!(code, Some(0), "{report}");
+}
+
+fn spawn_curl(f: &Fixture, path: &str) -> Child {
+    spawn_curl_as(f, "--http2", path)
+}
+
+fn spawn_curl_as(f: &Fixture, version: &str, path: &str) -> Child {
+    let ca = f.loopgate_ca.to_string_lossy().into_owned();
+    let url = f.url(path);
+    f.agent
+        .loopgate(&["exec"])
+        .args([
+            "--",
+            "curl",
+            "-sS",
+            version,
+            "--cacert",
+            &ca,
+            "-w",
+            "\n%{http_code} %{http_version}",
+            &url,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_pending(f: &Fixture) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = f.agent.approvals_as(ALICE, &[APPROVERS_GID], &["list", "--json"]);
+        let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(p) = list.first() {
+            return p["id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "nothing held\n{}", f.agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn export_waits_in_place_until_approved_or_denied() {
+    require_ebpf!();
+    let f = fixture(|_, _| Vec::new());
+
+    // Held, approved: the export runs, its NDJSON masked line by line.
+    let client = spawn_curl(&f, "/fhir/$export");
+    let id = wait_pending(&f);
+    assert!(f.server.requests().is_empty(), "sent before approval");
+    let out = f.agent.approvals_as(ALICE, &[APPROVERS_GID], &["approve", &id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, version, body) = split_status(&client.wait_with_output().unwrap());
+    assert_eq!((status, version.as_str()), (200, "2"), "{body}");
+    assert_eq!(body.lines().count(), PATIENTS);
+    for line in body.lines() {
+        let p: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(p["name"][0]["family"], "***");
+    }
+    assert_no_raw_phi(&body);
+    assert_eq!(f.server.requests().len(), 1);
+
+    // Held, denied: a FHIR OperationOutcome, nothing sent.
+    let client = spawn_curl(&f, "/fhir/Patient/$export");
+    let id = wait_pending(&f);
+    let out = f
+        .agent
+        .approvals_as(ALICE, &[APPROVERS_GID], &["deny", &id, "--reason", "no export ticket"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, _, body) = split_status(&client.wait_with_output().unwrap());
+    assert_eq!(status, 403, "{body}");
+    let outcome: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert!(
+        outcome["issue"][0]["diagnostics"].as_str().unwrap().contains("denied"),
+        "{body}"
+    );
+    assert_eq!(f.server.requests().len(), 1, "the denied export reached the server");
+
+    let events = f.agent.wait_events("two export results", |e| {
+        e.iter().filter(|e| e["kind"] == "command_result").count() >= 2
+    });
+    let commands = f.command_events();
+    assert_eq!(commands.len(), 2);
+    for c in &commands {
+        assert_eq!(c["decision"]["verdict"], "hold");
+        assert_eq!(c["decision"]["rule_id"], "hipaa.hold_fhir_export");
+    }
+    let statuses: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "command_result")
+        .map(|e| &e["outcome"]["status"])
+        .collect();
+    assert!(
+        statuses.contains(&&json!("ok")) && statuses.contains(&&json!("denied")),
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn a_held_request_whose_client_leaves_is_withdrawn() {
+    require_ebpf!();
+    let f = fixture(|_, _| Vec::new());
+    for version in ["--http2", "--http1.1"] {
+        let mut client = spawn_curl_as(&f, version, "/fhir/$export");
+        let id = wait_pending(&f);
+        client.kill().unwrap();
+        client.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = f.agent.approvals_as(ALICE, &[APPROVERS_GID], &["list", "--json"]);
+            let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if list.iter().all(|p| p["id"] != id.as_str()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{version}: the hold outlived its client");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert!(f.server.requests().is_empty());
+    let events = f.agent.wait_events("two withdrawn results", |e| {
+        e.iter()
+            .filter(|e| e["kind"] == "command_result" && e["outcome"]["status"] == "withdrawn")
+            .count()
+            == 2
+    });
+    assert_eq!(events.iter().filter(|e| e["kind"] == "command").count(), 2);
+}
+
+#[test]
+fn an_upstream_whose_certificate_does_not_verify_is_refused() {
+    require_ebpf!();
+    let impostor_ca = TestCa::new("somebody else's CA");
+    let mut servers = Vec::new();
+    let f = fixture(|ca, files| {
+        let ca_file = files.join("upstream-ca.pem");
+        // Signed by a CA the target does not trust; and signed by the
+        // right CA for another name.
+        let wrong_ca = FhirServer::start(&impostor_ca, &["127.0.0.1"], 1);
+        let wrong_name = FhirServer::start(ca, &["fhir.elsewhere.example"], 1);
+        let targets = [("wrong-ca", wrong_ca.port), ("wrong-name", wrong_name.port)]
+            .into_iter()
+            .map(|(name, port)| Target {
+                name: name.into(),
+                protocol: "https".into(),
+                address: format!("127.0.0.1:{port}"),
+                extra: format!(
+                    "identity = \"process\"\n[target.http]\napi = \"fhir\"\nca_file = \"{}\"\n",
+                    ca_file.display()
+                ),
+            })
+            .collect();
+        servers.push(wrong_ca);
+        servers.push(wrong_name);
+        targets
+    });
+    for server in &servers {
+        let ca = f.loopgate_ca.to_string_lossy().into_owned();
+        let url = format!("https://127.0.0.1:{}/fhir/Patient", server.port);
+        let (status, _, body) = split_status(&f.agent.exec(&[
+            "curl",
+            "-sS",
+            "--cacert",
+            &ca,
+            "-w",
+            "\n%{http_code} %{http_version}",
+            &url,
+        ]));
+        assert_eq!(status, 502, "{body}");
+        let outcome: Value = serde_json::from_str(&body).unwrap();
+        let diagnostics = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+        assert!(diagnostics.contains("certificate is not trusted"), "{diagnostics}");
+        assert!(server.requests().is_empty(), "a request reached an unverified server");
+    }
+}
+
+#[test]
+fn kubernetes_requests_are_decided_by_verb_impersonate_the_caller_and_mask_secrets() {
+    require_ebpf!();
+    let mut servers = Vec::new();
+    let f = fixture(|ca, files| {
+        let server = FhirServer::start(ca, &["127.0.0.1"], 1);
+        let target = Target {
+            name: "k8s".into(),
+            protocol: "https".into(),
+            address: format!("127.0.0.1:{}", server.port),
+            extra: format!(
+                "identity = \"process\"\n[target.http]\napi = \"kubernetes\"\nca_file = \"{}\"\ntoken_file = \"{}\"\n",
+                files.join("upstream-ca.pem").display(),
+                files.join("upstream.token").display()
+            ),
+        };
+        servers.push(server);
+        vec![target]
+    });
+    let server = &servers[0];
+    let ca = f.loopgate_ca.to_string_lossy().into_owned();
+    let kubectl_like = |args: &[&str], path: &str| {
+        let url = format!("https://127.0.0.1:{}{path}", server.port);
+        let mut all = vec![
+            "curl",
+            "-sS",
+            "--cacert",
+            &ca,
+            "-H",
+            "Authorization: Bearer client-own-secret-token",
+            "-H",
+            "Impersonate-User: admin",
+            "-H",
+            "Impersonate-Group: system:masters",
+            "-H",
+            "Accept: application/vnd.kubernetes.protobuf, application/json",
+        ];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-w", "\n%{http_code} %{http_version}", &url]);
+        split_status(&f.agent.exec(&all))
+    };
+
+    let (status, _, body) = kubectl_like(&[], "/api/v1/namespaces/ward/pods");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["items"][0]["metadata"]["name"],
+        "p1"
+    );
+
+    // A ConfigMap's values are scanned by the detectors.
+    let (status, _, body) = kubectl_like(&[], "/api/v1/namespaces/ward/configmaps/c1");
+    assert_eq!(status, 200, "{body}");
+    let cm: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(cm["data"], json!({"mode": "fast", "contact": "ssn ***"}));
+
+    // Creating a Secret is allowed; what comes back has its data masked.
+    let (status, _, body) = kubectl_like(
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            "{\"kind\":\"Secret\"}",
+        ],
+        "/api/v1/namespaces/ward/secrets",
+    );
+    assert_eq!(status, 201, "{body}");
+    let secret: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(secret["data"]["password"], "***");
+    assert!(!body.contains("aHVudGVyMg=="));
+
+    // Reading Secrets and deleting a namespace: refused as a Status.
+    for (args, path, rule) in [
+        (&[][..], "/api/v1/namespaces/ward/secrets", "hipaa.deny_k8s_secret_read"),
+        (
+            &["-X", "DELETE"][..],
+            "/api/v1/namespaces/ward",
+            "hipaa.deny_k8s_delete_namespace",
+        ),
+    ] {
+        let (status, _, body) = kubectl_like(args, path);
+        assert_eq!(status, 403, "{body}");
+        let st: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (st["kind"].as_str(), st["reason"].as_str(), st["code"].as_u64()),
+            (Some("Status"), Some("Forbidden"), Some(403))
+        );
+        assert!(st["message"].as_str().unwrap().contains(rule), "{body}");
+    }
+
+    // The API server saw loopgate's token and the real caller as the
+    // impersonated user, never the client's own impersonation or token;
+    // JSON asked for instead of protobuf.
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    for r in &requests {
+        let h = &r["headers"];
+        assert_eq!(h["authorization"], format!("Bearer {UPSTREAM_TOKEN}"), "{r}");
+        assert_eq!(h["impersonate-user"], "unix:root", "{r}");
+        assert!(h.get("impersonate-group").is_none(), "{r}");
+        assert_eq!(h["accept"], "application/json", "{r}");
+    }
+    let events = f.agent.wait_events("five k8s results", |e| {
+        e.iter()
+            .filter(|e| e["kind"] == "command_result" && e["target"]["name"] == "k8s")
+            .count()
+            >= 5
+    });
+    let verbs: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "command" && e["target"]["name"] == "k8s")
+        .map(|e| &e["command"]["kind"])
+        .collect();
+    assert_eq!(
+        verbs,
+        [
+            &json!("list"),
+            &json!("get"),
+            &json!("create"),
+            &json!("list"),
+            &json!("delete")
+        ]
+    );
+}
+
+#[test]
+fn with_oidc_the_bearer_token_is_the_principal_and_never_forwarded() {
+    require_ebpf!();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let issuer = runtime
+        .block_on(loopgate::identity::test_issuer::TestIssuer::start())
+        .unwrap();
+    let oidc = format!(
+        "[identity.oidc]\nissuer = \"{}\"\naudience = \"loopgate\"\n",
+        issuer.issuer()
+    );
+    let f = fixture_with("oidc", &oidc, PATIENTS, |_, _| Vec::new());
+    let mut claims = issuer.claims("nurse-1", "loopgate");
+    claims["groups"] = json!(["clinical-staff"]);
+    let token = issuer.mint(&claims);
+    let ca = f.loopgate_ca.to_string_lossy().into_owned();
+    let url = f.url("/fhir/Patient/p1");
+    let get = |auth: Option<&str>| {
+        let header = auth.map(|t| format!("Authorization: Bearer {t}"));
+        let mut args = vec!["curl", "-sS", "--cacert", &ca, "-w", "\n%{http_code} %{http_version}"];
+        if let Some(h) = &header {
+            args.extend(["-H", h.as_str()]);
+        }
+        args.push(&url);
+        split_status(&f.agent.exec(&args))
+    };
+
+    for auth in [None, Some("not-a-jwt")] {
+        let (status, _, body) = get(auth);
+        assert_eq!(status, 401, "{body}");
+        let outcome: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(outcome["issue"][0]["code"], "login", "{body}");
+    }
+    assert!(f.server.requests().is_empty(), "an unauthenticated request was sent");
+
+    let (status, _, body) = get(Some(&token));
+    assert_eq!(status, 200, "{body}\n{}", f.agent.log());
+    let patient: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(patient["name"][0]["family"], "***");
+    let requests = f.server.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0]["headers"]["authorization"],
+        format!("Bearer {UPSTREAM_TOKEN}")
+    );
+    assert!(
+        !requests[0].to_string().contains(&token),
+        "the OIDC token reached the server"
+    );
+
+    let events = f.agent.wait_events("the request's result", |e| {
+        e.iter()
+            .any(|e| e["kind"] == "command_result" && e["target"]["name"] == "fhir")
+    });
+    let commands: Vec<&Value> = events.iter().filter(|e| e["kind"] == "command").collect();
+    assert_eq!(commands.len(), 3);
+    for refused in &commands[..2] {
+        assert_eq!(refused["decision"]["verdict"], "block");
+        assert_eq!(refused["decision"]["rule_id"], "loopgate.authentication");
+        assert!(refused["principal"].is_null(), "{refused}");
+    }
+    let command = commands[2];
+    assert_eq!(command["decision"]["verdict"], "allow");
+    assert_eq!(command["principal"]["subject"], "nurse-1");
+    assert_eq!(command["principal"]["groups"], json!(["clinical-staff"]));
+}
+
+/// Peak resident memory of a process, KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_large_bundle_streams_through_masked_without_being_held_whole() {
+    require_ebpf!();
+    const BIG: usize = 60_000;
+    let f = fixture_with("process", "", BIG, |_, _| Vec::new());
+    let pid = f.agent.pid().unwrap();
+    let before = peak_rss_kib(pid);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+
+    let direct_file = dir.path().join("direct.json");
+    let started = Instant::now();
+    let direct = std::process::Command::new("curl")
+        .args(["-sS", "--http1.1", "--cacert"])
+        .arg(&f.upstream_ca)
+        .arg("-o")
+        .arg(&direct_file)
+        .arg(f.url("/fhir/Patient"))
+        .output()
+        .unwrap();
+    let direct_time = started.elapsed();
+    assert!(direct.status.success(), "{}", String::from_utf8_lossy(&direct.stderr));
+    let direct_bytes = std::fs::metadata(&direct_file).unwrap().len();
+
+    let through_file = dir.path().join("through.json");
+    let out_path = through_file.to_string_lossy().into_owned();
+    let started = Instant::now();
+    let (status, _, _) = f.curl(&["--http2", "-o", &out_path], "/fhir/Patient");
+    let through_time = started.elapsed();
+    assert_eq!(status, 200);
+    let through = std::fs::read(&through_file).unwrap();
+    let bundle: Value = serde_json::from_slice(&through).unwrap();
+    assert_eq!(bundle["entry"].as_array().unwrap().len(), BIG);
+    assert_eq!(bundle["entry"][BIG - 1]["resource"]["name"][0]["family"], "***");
+    let grew = peak_rss_kib(pid).saturating_sub(before);
+    eprintln!(
+        "{direct_bytes} bytes: direct {direct_time:?} ({:.1} MB/s), through loopgate {} bytes masked in {through_time:?} ({:.1} MB/s); agent peak RSS +{grew} KiB",
+        direct_bytes as f64 / direct_time.as_secs_f64() / 1e6,
+        through.len(),
+        direct_bytes as f64 / through_time.as_secs_f64() / 1e6,
+    );
+    assert!(direct_bytes > 30_000_000, "{direct_bytes}");
+    // Streamed: the agent never held a sizeable part of the 30+ MB body.
+    assert!(grew < 16 * 1024, "the agent's peak memory grew by {grew} KiB");
+}
+
+#[test]
+fn plain_http_targets_serve_http1_and_h2_prior_knowledge() {
+    require_ebpf!();
+    let mut servers = Vec::new();
+    let f = fixture(|_, _| {
+        let server = FhirServer::start_plain(3);
+        let target = Target {
+            name: "plain".into(),
+            protocol: "http".into(),
+            address: format!("127.0.0.1:{}", server.port),
+            extra: "identity = \"process\"\n[target.http]\napi = \"fhir\"\n".into(),
+        };
+        servers.push(server);
+        vec![target]
+    });
+    let server = &servers[0];
+    let url = format!("http://127.0.0.1:{}/fhir/Patient", server.port);
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2-prior-knowledge", "2")] {
+        let (status, got, body) =
+            split_status(
+                &f.agent
+                    .exec(&["curl", "-sS", flag, "-w", "\n%{http_code} %{http_version}", &url]),
+            );
+        assert_eq!((status, got.as_str()), (200, version), "{body}");
+        let bundle: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(bundle["entry"][2]["resource"]["birthDate"], "***");
+    }
+    // FHIR as XML would get the detectors only, not the resource paths:
+    // refused, not passed on.
+    let xml = format!("http://127.0.0.1:{}/fhir/Patient/p1?_format=xml", server.port);
+    let (status, _, body) = split_status(
+        &f.agent
+            .exec(&["curl", "-sS", "-w", "\n%{http_code} %{http_version}", &xml]),
+    );
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        !body.contains("Zed1") && body.contains("application/fhir+json"),
+        "{body}"
+    );
+    assert_eq!(server.requests().len(), 3);
+}

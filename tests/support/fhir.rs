@@ -1,0 +1,120 @@
+//! A FHIR-shaped JSON API over TLS (`fhir_server.py`, Python's http.server
+//! and ssl: not a real FHIR server) with a CA the test makes, and the
+//! record of every request it received.
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+};
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use serde_json::Value;
+
+const SERVER: &str = include_str!("fhir_server.py");
+
+/// A CA of the test's own, which issues server certificates.
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pub cert_pem: String,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf for `names` (DNS names or IPs): (certificate PEM, key PEM).
+    pub fn issue(&self, names: &[&str]) -> (String, String) {
+        let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    pub fn write(&self, path: &Path) {
+        std::fs::write(path, &self.cert_pem).unwrap();
+    }
+}
+
+pub struct FhirServer {
+    child: Child,
+    pub port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FhirServer {
+    /// Starts the server on 127.0.0.1 with a certificate from `ca` for
+    /// `names`, serving `patients` patients.
+    pub fn start(ca: &TestCa, names: &[&str], patients: usize) -> FhirServer {
+        FhirServer::spawn(Some((ca, names)), patients)
+    }
+
+    /// The same server over plain HTTP.
+    pub fn start_plain(patients: usize) -> FhirServer {
+        FhirServer::spawn(None, patients)
+    }
+
+    fn spawn(tls: Option<(&TestCa, &[&str])>, patients: usize) -> FhirServer {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_path, key_path) = match tls {
+            Some((ca, names)) => {
+                let (cert, key) = ca.issue(names);
+                let paths = (dir.path().join("server.crt"), dir.path().join("server.key"));
+                std::fs::write(&paths.0, cert).unwrap();
+                std::fs::write(&paths.1, key).unwrap();
+                paths
+            }
+            None => (PathBuf::from("-"), PathBuf::from("-")),
+        };
+        let script = dir.path().join("fhir_server.py");
+        std::fs::write(&script, SERVER).unwrap();
+        let log = dir.path().join("requests.jsonl");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .args([&cert_path, &key_path, &log])
+            .arg(patients.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start python3 fhir_server.py");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("fhir server did not start: {line:?}"));
+        FhirServer {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Every request the server received: `{method, path, headers}`.
+    pub fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for FhirServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

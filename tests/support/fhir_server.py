@@ -1,0 +1,127 @@
+"""A FHIR-shaped JSON API over TLS, for loopgate's HTTPS tests.
+
+Not a real FHIR server: it answers a few FHIR REST interactions with
+synthetic, FHIR R4-shaped resources (resourceType first, as FHIR servers
+write them), which is what loopgate parses and masks:
+
+  GET    /fhir/metadata                 CapabilityStatement
+  GET    /fhir/Patient[?...]            searchset Bundle of N Patients
+  GET    /fhir/Patient/<id>             one Patient (?_format=xml: as XML)
+  DELETE /fhir/Patient/<id>             204 (loopgate should never let it through)
+  GET    /fhir/$export, /fhir/Patient/$export   the Patients as NDJSON
+
+and, Kubernetes-shaped (not an API server either):
+
+  GET    /api/v1/namespaces/ward/pods   a PodList
+  GET    /api/v1/namespaces/ward/configmaps/c1   a ConfigMap with a PHI-like value
+  POST   /api/v1/namespaces/ward/secrets         the created Secret (with data)
+  DELETE /api/v1/namespaces/<ns>                 a Status
+
+Every request is appended, as one JSON line, to LOG: method, path and
+headers, so a test can see what reached the server (and what did not).
+
+usage: fhir_server.py CERT KEY LOG PATIENTS   (CERT "-": plain HTTP)
+Prints "PORT <n>" once listening on 127.0.0.1.
+"""
+import json
+import ssl
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+CERT, KEY, LOG, PATIENTS = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+LOCK = threading.Lock()
+
+
+def patient(i):
+    ssn = "%03d-%02d-%04d" % (100 + i % 600, 10 + i % 89, 1000 + i)
+    return {
+        "resourceType": "Patient",
+        "id": "p%d" % i,
+        "meta": {"versionId": "1"},
+        "text": {"status": "generated", "div": "<div>Patient Zed%d Quincy</div>" % i},
+        "identifier": [
+            {"system": "urn:oid:2.16.840.1.113883.4.1", "value": ssn},
+            {"system": "urn:mrn", "value": "MRN%08d" % i},
+        ],
+        "active": True,
+        "name": [{"use": "official", "family": "Zed%d" % i, "given": ["Quincy"]}],
+        "telecom": [{"system": "phone", "value": "(555) %03d-%04d" % (200 + i % 800, 1000 + i % 9000)}],
+        "gender": "female",
+        "birthDate": "19%02d-0%d-1%d" % (40 + i % 60, 1 + i % 9, i % 10),
+        "address": [{"line": ["%d Elm Street" % i], "city": "Springfield", "postalCode": "12345"}],
+        "extension": [{"url": "http://example.org/note", "valueString": "callback ssn %s" % ssn}],
+    }
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def record(self):
+        with LOCK, open(LOG, "a") as f:
+            f.write(json.dumps({"method": self.command, "path": self.path,
+                                "headers": {k.lower(): v for k, v in self.headers.items()}}) + "\n")
+
+    def send(self, status, body, content_type="application/fhir+json"):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Set-Cookie", "upstream-session=secret")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self.record()
+        path = self.path.split("?")[0]
+        if path == "/fhir/metadata":
+            return self.send(200, {"resourceType": "CapabilityStatement", "status": "active", "fhirVersion": "4.0.1"})
+        if path in ("/fhir/$export", "/fhir/Patient/$export"):
+            lines = "".join(json.dumps(patient(i)) + "\n" for i in range(1, PATIENTS + 1))
+            return self.send(200, lines.encode(), "application/fhir+ndjson")
+        if path == "/fhir/Patient":
+            entries = [{"fullUrl": "https://fhir.test/fhir/Patient/p%d" % i, "resource": patient(i),
+                        "search": {"mode": "match"}} for i in range(1, PATIENTS + 1)]
+            return self.send(200, {"resourceType": "Bundle", "type": "searchset", "total": PATIENTS,
+                                   "entry": entries})
+        if path == "/api/v1/namespaces/ward/pods":
+            return self.send(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {},
+                                   "items": [{"metadata": {"name": "p1", "namespace": "ward"}}]},
+                             "application/json")
+        if path == "/api/v1/namespaces/ward/configmaps/c1":
+            return self.send(200, {"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "c1"},
+                                   "data": {"mode": "fast", "contact": "ssn 123-45-6789"}},
+                             "application/json")
+        if path.startswith("/fhir/Patient/p") and "_format=xml" in self.path:
+            return self.send(200, b'<Patient xmlns="http://hl7.org/fhir"><name><family value="Zed1"/></name></Patient>',
+                             "application/fhir+xml")
+        if path.startswith("/fhir/Patient/p"):
+            return self.send(200, patient(int(path.rsplit("p", 1)[1])))
+        self.send(404, {"resourceType": "OperationOutcome",
+                        "issue": [{"severity": "error", "code": "not-found"}]})
+
+    def do_POST(self):
+        self.record()
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        return self.send(201, {"kind": "Secret", "apiVersion": "v1", "metadata": {"name": "s1"},
+                               "data": {"password": "aHVudGVyMg=="}, "type": "Opaque"},
+                         "application/json")
+
+    def do_DELETE(self):
+        self.record()
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+if CERT != "-":
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(CERT, KEY)
+    ctx.set_alpn_protocols(["http/1.1"])
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+print("PORT %d" % server.server_address[1], flush=True)
+server.serve_forever()
