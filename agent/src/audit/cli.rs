@@ -1,7 +1,7 @@
 //! `loopgate audit verify|tail|replay|report|keygen|pubkey`.
 use super::config::DEFAULT_DIR;
 use super::layout::rfc3339;
-use super::row::{SESSION_ID, row_to_event, str_at, time_at};
+use super::row::{Cell, SESSION_ID, row_to_event, str_at, time_at};
 use super::{Event, reader, report, verify, verify_remote};
 use crate::objstore::{self, S3Config, S3Url};
 use crate::signing::{PublicKey, SigningKey, TrustedKeys};
@@ -466,22 +466,9 @@ fn run_report(dir: &Path, since: &str, html: Option<&Path>) -> ExitCode {
     };
     let until = super::now_us();
     let mut report = report::Report::new(until.saturating_sub(span), until);
-    let mut failed = None;
-    let result = reader::read_after(dir, 0, |row| {
-        if time_at(row).is_some_and(|t| t >= report.since_us) {
-            match row_to_event(row) {
-                Ok(e) => report.add(&e),
-                Err(e) => failed = Some(e.to_string()),
-            }
-        }
-    });
-    if let Err(e) = result {
-        eprintln!("error: reading {}: {e}", dir.display());
-        return ExitCode::from(EXIT_USAGE);
-    }
-    if let Some(e) = failed {
-        eprintln!("error: undecodable event: {e}");
-        return ExitCode::from(EXIT_BROKEN);
+    let since = report.since_us;
+    if let Err(code) = each_event(dir, |row| time_at(row).is_some_and(|t| t >= since), |e| report.add(&e)) {
+        return code;
     }
     print!("{}", report.text());
     if let Some(path) = html {
@@ -494,25 +481,37 @@ fn run_report(dir: &Path, since: &str, html: Option<&Path>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run_replay(dir: &Path, session: Uuid) -> ExitCode {
-    let wanted = session.to_string();
-    let mut events = Vec::new();
+/// Every event of the store whose row `keep` accepts, in chain order; on
+/// failure, says why and returns the exit code to end with.
+fn each_event(dir: &Path, keep: impl Fn(&[Cell]) -> bool, mut each: impl FnMut(Event)) -> Result<(), ExitCode> {
     let mut failed = None;
     let result = reader::read_after(dir, 0, |row| {
-        if str_at(row, SESSION_ID) == Some(wanted.as_str()) {
+        if keep(row) {
             match row_to_event(row) {
-                Ok(e) => events.push(e),
+                Ok(e) => each(e),
                 Err(e) => failed = Some(e.to_string()),
             }
         }
     });
     if let Err(e) = result {
         eprintln!("error: reading {}: {e}", dir.display());
-        return ExitCode::from(EXIT_USAGE);
+        return Err(ExitCode::from(EXIT_USAGE));
     }
-    if let Some(e) = failed {
-        eprintln!("error: undecodable event: {e}");
-        return ExitCode::from(EXIT_BROKEN);
+    match failed {
+        Some(e) => {
+            eprintln!("error: undecodable event: {e}");
+            Err(ExitCode::from(EXIT_BROKEN))
+        }
+        None => Ok(()),
+    }
+}
+
+fn run_replay(dir: &Path, session: Uuid) -> ExitCode {
+    let wanted = session.to_string();
+    let mut events = Vec::new();
+    let of_session = |row: &[Cell]| str_at(row, SESSION_ID) == Some(wanted.as_str());
+    if let Err(code) = each_event(dir, of_session, |e| events.push(e)) {
+        return code;
     }
     let Some(first) = events.first() else {
         eprintln!("no events for session {session}");

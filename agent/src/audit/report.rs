@@ -56,7 +56,37 @@ pub struct Tally {
     pub masked_values: u64,
 }
 
+/// The per-principal table's columns, in both renderings.
+const COLUMNS: [&str; 10] = [
+    "principal",
+    "target",
+    "sessions",
+    "commands",
+    "blocked",
+    "held",
+    "approved",
+    "denied",
+    "refused",
+    "masked",
+];
+/// Text widths of the count columns.
+const WIDTHS: [usize; 8] = [8, 8, 7, 5, 8, 6, 7, 8];
+
 impl Tally {
+    /// The counts in [`COLUMNS`] order.
+    fn counts(&self) -> [u64; 8] {
+        [
+            self.sessions,
+            self.commands,
+            self.blocked,
+            self.held,
+            self.approved,
+            self.denied,
+            self.refused_connections,
+            self.masked_values,
+        ]
+    }
+
     fn add(&mut self, other: &Tally) {
         self.sessions += other.sessions;
         self.commands += other.commands;
@@ -245,26 +275,17 @@ impl Report {
             total.refused_connections,
             total.masked_values
         );
-        let _ = writeln!(
-            s,
-            "{:<28} {:<16} {:>8} {:>8} {:>7} {:>5} {:>8} {:>6} {:>7} {:>8}",
-            "principal", "target", "sessions", "commands", "blocked", "held", "approved", "denied", "refused", "masked"
-        );
+        let _ = write!(s, "{:<28} {:<16}", COLUMNS[0], COLUMNS[1]);
+        for (name, width) in COLUMNS[2..].iter().zip(WIDTHS) {
+            let _ = write!(s, " {name:>width$}");
+        }
+        s.push('\n');
         for ((who, target), t) in &self.tallies {
-            let _ = writeln!(
-                s,
-                "{:<28} {:<16} {:>8} {:>8} {:>7} {:>5} {:>8} {:>6} {:>7} {:>8}",
-                who,
-                target,
-                t.sessions,
-                t.commands,
-                t.blocked,
-                t.held,
-                t.approved,
-                t.denied,
-                t.refused_connections,
-                t.masked_values
-            );
+            let _ = write!(s, "{who:<28} {target:<16}");
+            for (n, width) in t.counts().iter().zip(WIDTHS) {
+                let _ = write!(s, " {n:>width$}");
+            }
+            s.push('\n');
         }
         if !self.refusals.is_empty() {
             let _ = writeln!(s, "\nrefusals (newest first, at most {LISTED}):");
@@ -334,25 +355,17 @@ impl Report {
         }
         s.push_str("</div><h2>Commands and refusals per day</h2><p>Grey: commands; red: refused commands and connections (UTC days).</p>");
         s.push_str(&self.chart());
-        s.push_str(
-            "<h2>By principal and target</h2><table><tr><th>principal</th><th>target</th><th>sessions</th>\
-             <th>commands</th><th>blocked</th><th>held</th><th>approved</th><th>denied</th><th>refused</th><th>masked</th></tr>",
-        );
+        s.push_str("<h2>By principal and target</h2><table><tr>");
+        for name in COLUMNS {
+            let _ = write!(s, "<th>{name}</th>");
+        }
+        s.push_str("</tr>");
         for ((who, target), t) in &self.tallies {
-            let _ = write!(
-                s,
-                "<tr><td>{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(who),
-                escape(target),
-                t.sessions,
-                t.commands,
-                t.blocked,
-                t.held,
-                t.approved,
-                t.denied,
-                t.refused_connections,
-                t.masked_values
-            );
+            let _ = write!(s, "<tr><td>{}</td><td class=\"l\">{}</td>", escape(who), escape(target));
+            for n in t.counts() {
+                let _ = write!(s, "<td>{n}</td>");
+            }
+            s.push_str("</tr>");
         }
         s.push_str("</table><h2>Refusals</h2><table><tr><th>time</th><th>principal</th><th>target</th><th>rule</th><th>command or reason</th></tr>");
         for r in self.refusals.iter().rev() {
