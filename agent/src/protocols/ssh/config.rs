@@ -9,6 +9,8 @@
 //! known_hosts = "/etc/loopgate/ssh/known_hosts"   # or host_key = "ssh-ed25519 AAAA..."
 //! mask_output = true                               # PHI detectors on exec/shell output
 //! names = ["db1.internal"]                         # more names for the host certificate
+//! record = true                                    # asciicast recordings of exec/shell output
+//! record_max_bytes = 67108864                      # a recording is cut (and says so) beyond this
 //! ```
 use std::{
     fs,
@@ -44,11 +46,25 @@ pub struct SshConfig {
     /// target's addresses.
     #[serde(default)]
     pub names: Vec<String>,
+    /// Record exec and shell output (as masked) as asciicast files under
+    /// the audit directory, hashed into the trail.
+    #[serde(default = "yes")]
+    pub record: bool,
+    /// The largest a recording grows; beyond it, it ends with a marker.
+    #[serde(default = "default_record_max_bytes")]
+    pub record_max_bytes: u64,
 }
 
 fn yes() -> bool {
     true
 }
+
+fn default_record_max_bytes() -> u64 {
+    64 << 20
+}
+
+/// The smallest `record_max_bytes` (a header and a few events).
+const MIN_RECORD_BYTES: u64 = 4096;
 
 /// How the upstream server's host key is pinned.
 #[derive(Clone, Debug)]
@@ -74,6 +90,8 @@ pub struct SshSettings {
     pub host_key: HostKeyPin,
     pub mask_output: bool,
     pub names: Vec<String>,
+    /// The size bound of recordings; `None`: not recorded.
+    pub record_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +118,8 @@ pub enum SshConfigError {
     SecretFileRead { path: PathBuf, reason: String },
     #[error("{0} is empty")]
     EmptySecret(PathBuf),
+    #[error("ssh.record_max_bytes must be at least {MIN_RECORD_BYTES}")]
+    SmallRecordBound,
 }
 
 impl SshSettings {
@@ -125,12 +145,16 @@ impl SshSettings {
         if let Some(bad) = raw.names.iter().find(|n| n.is_empty() || n.contains([' ', ',', '\t'])) {
             return Err(SshConfigError::BadName(bad.clone()));
         }
+        if raw.record && raw.record_max_bytes < MIN_RECORD_BYTES {
+            return Err(SshConfigError::SmallRecordBound);
+        }
         Ok(SshSettings {
             user: raw.user,
             credential,
             host_key,
             mask_output: raw.mask_output,
             names: raw.names,
+            record_max_bytes: raw.record.then_some(raw.record_max_bytes),
         })
     }
 }
@@ -206,6 +230,7 @@ mod tests {
         )))
         .unwrap();
         assert!(ok.mask_output);
+        assert_eq!(ok.record_max_bytes, Some(64 << 20));
         assert!(matches!(ok.host_key, HostKeyPin::Key(_)));
         let err = |text: &str| SshSettings::new(raw(text)).unwrap_err().to_string();
         assert!(err("user = \"d\"\nknown_hosts = \"/h\"").contains("key_file"));
@@ -217,6 +242,10 @@ mod tests {
         assert!(err("user = \"d\"\nkey_file = \"/k\"\nhost_key = \"ssh-ed25519 nonsense\"").contains("host_key"));
         assert!(err("user = \"d\"\nkey_file = \"/k\"\nknown_hosts = \"/h\"\nnames = [\"a b\"]").contains("names"));
         assert!(toml::from_str::<SshConfig>("user = \"d\"\nkey = \"/k\"").is_err());
+        let base = "user = \"d\"\nkey_file = \"/k\"\nknown_hosts = \"/h\"\n";
+        assert!(err(&format!("{base}record_max_bytes = 100")).contains("record_max_bytes"));
+        let unrecorded = SshSettings::new(raw(&format!("{base}record = false\nrecord_max_bytes = 100"))).unwrap();
+        assert_eq!(unrecorded.record_max_bytes, None);
     }
 
     #[test]

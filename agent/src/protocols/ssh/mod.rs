@@ -10,13 +10,15 @@
 //! - `command`: requests as policy actions and audit records.
 //! - `channel`: a session channel's request, decided and relayed;
 //!   `forward`: forward channels; `sftp_relay` with `sftp`: SFTP operation
-//!   by operation; `output`: masking of exec and shell output as it streams.
+//!   by operation; `output`: masking of exec and shell output as it streams;
+//!   `recording`: the asciicast recording of that masked stream.
 mod channel;
 mod command;
 pub mod config;
 mod forward;
 pub mod hostca;
 mod output;
+mod recording;
 mod server;
 pub mod sftp;
 mod sftp_relay;
@@ -55,6 +57,8 @@ pub struct Service {
     pub identity: Authenticator,
     pub upstream: UpstreamSettings,
     pub mask_output: bool,
+    /// Where exec and shell recordings go, if they are made.
+    pub recordings: Option<Recordings>,
     /// The server side: the host key and its certificate, auth methods.
     pub server: Arc<russh::server::Config>,
 }
@@ -103,9 +107,19 @@ impl Service {
                 host: build.host.to_owned(),
             },
             mask_output: settings.mask_output,
+            recordings: settings.record_max_bytes.map(|max_bytes| Recordings {
+                audit_dir: build.audit_dir.to_owned(),
+                max_bytes,
+            }),
             server: Arc::new(server),
         })
     }
+}
+
+/// Where a target's recordings go and how large they may grow.
+pub struct Recordings {
+    pub audit_dir: std::path::PathBuf,
+    pub max_bytes: u64,
 }
 
 /// Ends the client's SSH session when the session task goes away (agent
