@@ -899,3 +899,78 @@ fn shells_and_execs_are_recorded_masked_replayed_and_verified() {
         "{report}"
     );
 }
+
+#[test]
+fn user_certificates_log_in_upstream_without_a_stored_key() {
+    require_ebpf!();
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    // The sshd authorizes this key for root; loopgate is not given it.
+    let key = dir.path().join("someone_else_ed25519");
+    keygen(&key);
+    let sshd = Sshd::start(dir.path(), &key);
+    let pinned = dir.path().join("upstream_known_hosts");
+    fs::write(&pinned, format!("[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key)).unwrap();
+    let target = Target {
+        name: "certified".into(),
+        protocol: "ssh".into(),
+        address: format!("127.0.0.1:{}", sshd.port),
+        extra: format!(
+            "identity = \"process\"\n[target.ssh]\nuser = \"root\"\nuser_certificate = true\nknown_hosts = \"{}\"\n",
+            pinned.display()
+        ),
+    };
+    let extra = format!("[tls]\nca_dir = \"{}\"\n", dir.path().join("ca").display());
+    let agent = Agent::start(&[target], &extra);
+    let known_hosts = dir.path().join("client_known_hosts");
+    let line = agent.loopgate(&["ssh", "known-hosts"]).output().unwrap().stdout;
+    fs::write(&known_hosts, line).unwrap();
+    let ssh = |command: &str| {
+        let options = format!(
+            "-F /dev/null -o UserKnownHostsFile={} -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes \
+             -o BatchMode=yes -o LogLevel=ERROR -p {} root@127.0.0.1",
+            known_hosts.display(),
+            sshd.port
+        );
+        let mut args = vec!["ssh"];
+        args.extend(options.split(' '));
+        args.push(command);
+        agent.exec(&args)
+    };
+    let context = |out: &Output| format!("{}\n{}\nsshd:\n{}", text(&out.stderr), agent.log(), sshd.log());
+
+    // Until the server trusts loopgate's user CA, its login is refused.
+    let out = ssh("echo certified");
+    assert!(!out.status.success(), "{}", context(&out));
+    assert!(
+        text(&out.stderr).contains("refused loopgate's login as root"),
+        "{}",
+        context(&out)
+    );
+
+    let ca = agent.loopgate(&["ssh", "user-ca"]).output().unwrap();
+    assert!(ca.status.success(), "{}", text(&ca.stderr));
+    let ca = text(&ca.stdout);
+    assert!(
+        ca.starts_with("ssh-ed25519 AAAA") && ca.trim_end().ends_with("loopgate-user-ca"),
+        "{ca}"
+    );
+    fs::write(&sshd.trusted_user_ca_keys, &ca).unwrap();
+    let out = ssh("echo certified");
+    assert!(out.status.success(), "{}", context(&out));
+    assert_eq!(text(&out.stdout), "certified\n");
+
+    // The server's log names the principal and the session of the audit.
+    let events = agent.wait_events("the exec", |e| !commands(e, "ssh_exec").is_empty());
+    let session = commands(&events, "ssh_exec")[0]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let id = format!("ID loopgate principal=unix:root session={session}");
+    let log = sshd.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("Accepted publickey for root") && l.contains(&id)),
+        "{log}"
+    );
+}

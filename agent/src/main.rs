@@ -95,6 +95,13 @@ enum SshCommand {
         #[arg(long, default_value = "*")]
         hosts: String,
     },
+    /// Print loopgate's SSH user CA public key, for the servers'
+    /// `TrustedUserCAKeys` file: targets with `user_certificate = true` log
+    /// in with a certificate of it, per session (creates the CA on first use).
+    UserCa {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -177,6 +184,19 @@ fn main() -> ExitCode {
             match loopgate::protocols::ssh::hostca::HostCa::load_or_create(&config.tls.ca_dir) {
                 Ok(ca) => {
                     println!("{}", ca.known_hosts_line(&hosts));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e.into()),
+            }
+        }
+        Command::Ssh(SshCommand::UserCa { config }) => {
+            let config = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match loopgate::protocols::ssh::userca::UserCa::load_or_create(&config.tls.ca_dir) {
+                Ok(ca) => {
+                    println!("{}", ca.trusted_line());
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e.into()),

@@ -4,7 +4,8 @@
 //! pinned), and decides, records and relays every channel request.
 //!
 //! - `config`: the `[target.ssh]` table.
-//! - `hostca`: loopgate's SSH host CA and the targets' host certificates.
+//! - `hostca`: loopgate's SSH host CA and the targets' host certificates;
+//!   `userca`: its user CA and per-session login certificates.
 //! - `server`: the client's authentication and channel opens, as events.
 //! - `upstream`: loopgate's own connection to the server.
 //! - `command`: requests as policy actions and audit records.
@@ -23,6 +24,7 @@ mod server;
 pub mod sftp;
 mod sftp_relay;
 mod upstream;
+pub mod userca;
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
@@ -70,7 +72,7 @@ impl Service {
     pub fn new(settings: &SshSettings, build: &Build<'_>) -> anyhow::Result<Service> {
         let credential = settings
             .credential
-            .load()
+            .load(build.ca_dir)
             .with_context(|| format!("target {:?}: upstream credential", build.name))?;
         if let HostKeyPin::KnownHosts(path) = &settings.host_key {
             std::fs::metadata(path)
@@ -114,6 +116,13 @@ impl Service {
             server: Arc::new(server),
         })
     }
+}
+
+/// The principal as a user certificate's key id names it.
+fn principal_name(session: &Session) -> String {
+    let principal = session.principal.get();
+    let subject = principal.and_then(|p| p.subject.clone());
+    subject.unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// Where a target's recordings go and how large they may grow.
@@ -171,7 +180,11 @@ pub async fn serve(svc: &Service, session: &Session, client: TcpStream, connect_
             event = events.recv(), if handler_alive => match event {
                 Some(Event::Authenticated(principal)) => {
                     let _ = session.principal.set(Arc::new(principal));
-                    match upstream::connect(&svc.upstream, session.original, connect_timeout).await {
+                    let login = upstream::Login {
+                        principal: principal_name(session),
+                        session: session.id,
+                    };
+                    match upstream::connect(&svc.upstream, session.original, connect_timeout, &login).await {
                         Ok(up) => {
                             ctx = Some(Ctx {
                                 svc,
