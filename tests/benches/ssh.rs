@@ -9,7 +9,9 @@
 //!
 //! Run as root: `cargo xtask bench -- --bench ssh` (env SSH_BENCH_RUNS
 //! sets the number of connections, default 200; SSH_BENCH_MIB the file
-//! size, default 1024; SSH_BENCH_COPIES the copies each way, default 3).
+//! size, default 1024; SSH_BENCH_COPIES the copies each way, default 3;
+//! SSH_BENCH_KEX the client's KexAlgorithms, for both paths, to compare
+//! like with like: OpenSSH's default prefers post-quantum hybrids).
 use std::{
     fs,
     path::Path,
@@ -89,6 +91,9 @@ fn main() {
             ]);
         }
         args.extend(["-o".into(), "LogLevel=ERROR".into()]);
+        if let Ok(kex) = std::env::var("SSH_BENCH_KEX") {
+            args.extend(["-o".into(), format!("KexAlgorithms={kex}")]);
+        }
         args
     };
     let script = dir.path().join("loop.py");
