@@ -13,7 +13,7 @@ use std::{
 use loopgate_e2e::{
     Agent, Target,
     clinic::{has_ssn, policy_pack},
-    require_ebpf,
+    loopgate_bin, require_ebpf,
     sshd::{Sshd, keygen},
 };
 use serde_json::{Value, json};
@@ -765,5 +765,212 @@ fn oidc_targets_take_the_token_as_the_answer() {
             .unwrap()
             .contains("token refused"),
         "{refused}"
+    );
+}
+
+#[test]
+fn shells_and_execs_are_recorded_masked_replayed_and_verified() {
+    require_ebpf!();
+    let f = Fixture::start(false);
+    let records = f.phi.join("records.csv");
+
+    // A shell on a pty: the user types a command whose output holds an SSN.
+    let mut shell = f.agent.loopgate(&["exec"]);
+    shell.arg("--").arg("ssh").args(f.options(&f.known_hosts));
+    shell.args(["-tt", "-p", &f.sshd.port.to_string(), "root@127.0.0.1"]);
+    let mut shell = shell
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = shell.stdin.take().unwrap();
+        writeln!(stdin, "echo typed-{SSN}; cat {}; exit 0", records.display()).unwrap();
+    }
+    let out = shell.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", f.context(&out));
+    // An exec is recorded too; a transfer protocol (scp) is not.
+    let out = f.ssh(&format!("cat {}", records.display()));
+    assert!(out.status.success(), "{}", f.context(&out));
+
+    let events = f.agent.wait_events("the results", |e| {
+        let done = |kind| commands(e, kind).iter().all(|c| result_of(e, c).is_some());
+        commands(e, "ssh_shell").len() == 1
+            && commands(e, "ssh_exec").len() == 1
+            && done("ssh_shell")
+            && done("ssh_exec")
+    });
+    let recording = |kind: &str| -> (String, String, String) {
+        let command = commands(&events, kind)[0];
+        let result = result_of(&events, command).unwrap();
+        let params: Vec<&str> = result["command"]["parameters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no recording in {result}"))
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        let get = |key: &str| {
+            params
+                .iter()
+                .find_map(|p| p.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in {params:?}"))
+                .to_owned()
+        };
+        (
+            get("recording="),
+            get("recording_sha256="),
+            command["session_id"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (shell_cast, shell_sha, shell_session) = recording("ssh_shell");
+    let (exec_cast, _, _) = recording("ssh_exec");
+    assert!(
+        shell_cast.starts_with("date=") && shell_cast.contains("/recording-") && shell_cast.ends_with(".cast"),
+        "{shell_cast}"
+    );
+    let shell_file = f.agent.audit_dir.join(&shell_cast);
+    let cast = fs::read_to_string(&shell_file).unwrap();
+    let mut lines = cast.lines();
+    let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2, "{header}");
+    let events_in: Vec<Value> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+    let has = |code: &str| events_in.iter().any(|e| e[1] == code);
+    assert!(has("o") && has("i"), "{cast}");
+    assert!(
+        cast.contains("alice,") && !has_ssn(&cast),
+        "raw PHI in the recording: {cast}"
+    );
+    let exec_text = fs::read_to_string(f.agent.audit_dir.join(&exec_cast)).unwrap();
+    assert!(exec_text.contains("alice,") && !has_ssn(&exec_text), "{exec_text}");
+    let (code, report) = f.agent.verify_audit();
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("2 recordings match"), "{report}");
+
+    // Replayed: the timeline and the masked shell output, at once.
+    let replay = Command::new(loopgate_bin())
+        .args(["audit", "replay", &shell_session, "--no-wait", "--dir"])
+        .arg(&f.agent.audit_dir)
+        .output()
+        .unwrap();
+    let played = text(&replay.stdout);
+    assert!(replay.status.success(), "{played}{}", text(&replay.stderr));
+    assert!(played.contains("-- recording 1 of 1: shell"), "{played}");
+    assert!(
+        played.contains("alice,") && played.contains("typed-") && !has_ssn(&played),
+        "{played}"
+    );
+    // At real speed it takes the time the shell took (a fast replay).
+    let started = Instant::now();
+    let fast = Command::new(loopgate_bin())
+        .args(["audit", "replay", &shell_session, "--speed", "1000", "--dir"])
+        .arg(&f.agent.audit_dir)
+        .output()
+        .unwrap();
+    assert!(fast.status.success());
+    assert_eq!(text(&fast.stdout), played);
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A rewritten recording (the SSN put back) is caught by verify, and
+    // the replay refuses to play it; a missing one is reported too.
+    let forged = cast.replace("alice,***", &format!("alice,{SSN}"));
+    assert_ne!(forged, cast, "the mask is not the expected one: {cast}");
+    fs::write(&shell_file, &forged).unwrap();
+    let (code, report) = f.agent.verify_audit();
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        report.contains(&format!("recording {shell_cast} was rewritten")),
+        "{report}"
+    );
+    assert!(report.contains(&shell_sha), "{report}");
+    let replay = Command::new(loopgate_bin())
+        .args(["audit", "replay", &shell_session, "--no-wait", "--dir"])
+        .arg(&f.agent.audit_dir)
+        .output()
+        .unwrap();
+    assert_eq!(replay.status.code(), Some(1));
+    assert!(!has_ssn(&text(&replay.stdout)), "a rewritten recording was played");
+    fs::remove_file(f.agent.audit_dir.join(&exec_cast)).unwrap();
+    let (code, report) = f.agent.verify_audit();
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        report.contains(&format!("recording {exec_cast} is missing")),
+        "{report}"
+    );
+}
+
+#[test]
+fn user_certificates_log_in_upstream_without_a_stored_key() {
+    require_ebpf!();
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    // The sshd authorizes this key for root; loopgate is not given it.
+    let key = dir.path().join("someone_else_ed25519");
+    keygen(&key);
+    let sshd = Sshd::start(dir.path(), &key);
+    let pinned = dir.path().join("upstream_known_hosts");
+    fs::write(&pinned, format!("[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key)).unwrap();
+    let target = Target {
+        name: "certified".into(),
+        protocol: "ssh".into(),
+        address: format!("127.0.0.1:{}", sshd.port),
+        extra: format!(
+            "identity = \"process\"\n[target.ssh]\nuser = \"root\"\nuser_certificate = true\nknown_hosts = \"{}\"\n",
+            pinned.display()
+        ),
+    };
+    let extra = format!("[tls]\nca_dir = \"{}\"\n", dir.path().join("ca").display());
+    let agent = Agent::start(&[target], &extra);
+    let known_hosts = dir.path().join("client_known_hosts");
+    let line = agent.loopgate(&["ssh", "known-hosts"]).output().unwrap().stdout;
+    fs::write(&known_hosts, line).unwrap();
+    let ssh = |command: &str| {
+        let options = format!(
+            "-F /dev/null -o UserKnownHostsFile={} -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes \
+             -o BatchMode=yes -o LogLevel=ERROR -p {} root@127.0.0.1",
+            known_hosts.display(),
+            sshd.port
+        );
+        let mut args = vec!["ssh"];
+        args.extend(options.split(' '));
+        args.push(command);
+        agent.exec(&args)
+    };
+    let context = |out: &Output| format!("{}\n{}\nsshd:\n{}", text(&out.stderr), agent.log(), sshd.log());
+
+    // Until the server trusts loopgate's user CA, its login is refused.
+    let out = ssh("echo certified");
+    assert!(!out.status.success(), "{}", context(&out));
+    assert!(
+        text(&out.stderr).contains("refused loopgate's login as root"),
+        "{}",
+        context(&out)
+    );
+
+    let ca = agent.loopgate(&["ssh", "user-ca"]).output().unwrap();
+    assert!(ca.status.success(), "{}", text(&ca.stderr));
+    let ca = text(&ca.stdout);
+    assert!(
+        ca.starts_with("ssh-ed25519 AAAA") && ca.trim_end().ends_with("loopgate-user-ca"),
+        "{ca}"
+    );
+    fs::write(&sshd.trusted_user_ca_keys, &ca).unwrap();
+    let out = ssh("echo certified");
+    assert!(out.status.success(), "{}", context(&out));
+    assert_eq!(text(&out.stdout), "certified\n");
+
+    // The server's log names the principal and the session of the audit.
+    let events = agent.wait_events("the exec", |e| !commands(e, "ssh_exec").is_empty());
+    let session = commands(&events, "ssh_exec")[0]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let id = format!("ID loopgate principal=unix:root session={session}");
+    let log = sshd.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("Accepted publickey for root") && l.contains(&id)),
+        "{log}"
     );
 }

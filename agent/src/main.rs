@@ -99,6 +99,13 @@ enum SshCommand {
         #[arg(long, default_value = "*")]
         hosts: String,
     },
+    /// Print loopgate's SSH user CA public key, for the servers'
+    /// `TrustedUserCAKeys` file: targets with `user_certificate = true` log
+    /// in with a certificate of it, per session (creates the CA on first use).
+    UserCa {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -224,6 +231,19 @@ fn main() -> ExitCode {
             }
         }
         Command::Ca(CaCommand::Export { config, dir }) => ca_export(config.as_deref(), dir),
+        Command::Ssh(SshCommand::UserCa { config }) => {
+            let config = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match loopgate::protocols::ssh::userca::UserCa::load_or_create(&config.tls.ca_dir) {
+                Ok(ca) => {
+                    println!("{}", ca.trusted_line());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e.into()),
+            }
+        }
         Command::Check { config } => check(&config),
     }
 }

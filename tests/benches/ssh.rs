@@ -3,9 +3,15 @@
 //! the throughput of an scp download (SFTP mode). loopgate runs with the
 //! built-in policy, output masking and audit on.
 //!
+//! Direct and through loopgate alternate in rounds (connections in rounds
+//! of 20, copies one by one), so a change in the machine's load falls on
+//! both; the load average before and after is printed.
+//!
 //! Run as root: `cargo xtask bench -- --bench ssh` (env SSH_BENCH_RUNS
 //! sets the number of connections, default 200; SSH_BENCH_MIB the file
-//! size, default 1024).
+//! size, default 1024; SSH_BENCH_COPIES the copies each way, default 3;
+//! SSH_BENCH_KEX the client's KexAlgorithms, for both paths, to compare
+//! like with like: OpenSSH's default prefers post-quantum hybrids).
 use std::{
     fs,
     path::Path,
@@ -36,6 +42,8 @@ fn main() {
     let env = |name: &str, default: u64| std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default);
     let runs = env("SSH_BENCH_RUNS", 200);
     let mib = env("SSH_BENCH_MIB", 1024);
+    let copies = env("SSH_BENCH_COPIES", 3);
+    println!("{}", machine_state());
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("loopgate_ed25519");
     keygen(&key);
@@ -83,12 +91,15 @@ fn main() {
             ]);
         }
         args.extend(["-o".into(), "LogLevel=ERROR".into()]);
+        if let Ok(kex) = std::env::var("SSH_BENCH_KEX") {
+            args.extend(["-o".into(), format!("KexAlgorithms={kex}")]);
+        }
         args
     };
     let script = dir.path().join("loop.py");
     fs::write(&script, LOOP).unwrap();
     let python = loopgate_e2e::python().display().to_string();
-    let latency = |through: bool| {
+    let latency = |through: bool, runs: u64| {
         let mut args = vec![
             python.clone(),
             script.display().to_string(),
@@ -109,17 +120,30 @@ fn main() {
             Command::new(args[0]).args(&args[1..]).output().unwrap()
         };
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let mut ms: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| l.parse().unwrap())
-            .collect();
+            .collect::<Vec<f64>>()
+    };
+    // A few connections each way first (caches, the agent's first session).
+    latency(false, 5);
+    latency(true, 5);
+    let (mut direct_ms, mut through_ms) = (Vec::new(), Vec::new());
+    let mut left = runs;
+    while left > 0 {
+        let round = left.min(20);
+        direct_ms.extend(latency(false, round));
+        through_ms.extend(latency(true, round));
+        left -= round;
+    }
+    let quantiles = |ms: &mut Vec<f64>| {
         ms.sort_by(f64::total_cmp);
         let at = |q: f64| ms[((ms.len() as f64 * q) as usize).min(ms.len() - 1)];
         (at(0.5), at(0.99))
     };
-    println!("ssh host true x{runs} (a new connection each), ms; 2 CPUs shared by client, proxy and server");
-    let (d50, d99) = latency(false);
-    let (t50, t99) = latency(true);
+    println!("ssh host true x{runs} each way (a new connection each), ms; client, proxy and server share the CPUs");
+    let (d50, d99) = quantiles(&mut direct_ms);
+    let (t50, t99) = quantiles(&mut through_ms);
     println!("  direct          p50 {d50:7.2}  p99 {d99:7.2}");
     println!(
         "  through loopgate p50 {t50:7.2}  p99 {t99:7.2}  (added p50 {:.2}, p99 {:.2})",
@@ -147,13 +171,46 @@ fn main() {
         started.elapsed()
     };
     let rate = |d: Duration| mib as f64 / d.as_secs_f64();
-    let direct = copy(false);
-    let through = copy(true);
-    println!("scp (SFTP) download of {mib} MiB, MiB/s");
-    println!("  direct           {:8.1}", rate(direct));
+    let (mut direct, mut through) = (Vec::new(), Vec::new());
+    for _ in 0..copies {
+        direct.push(copy(false));
+        through.push(copy(true));
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let show = |v: &[Duration]| {
+        v.iter()
+            .map(|d| format!("{:.1}", rate(*d)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!("scp (SFTP) download of {mib} MiB to /dev/null, MiB/s, {copies} copies each way, alternating");
     println!(
-        "  through loopgate {:8.1}  (ratio {:.2})",
-        rate(through),
-        direct.as_secs_f64() / through.as_secs_f64()
+        "  direct           {}  (each: {})",
+        fmt_rate(rate(median(&mut direct))),
+        show(&direct)
     );
+    println!(
+        "  through loopgate {}  (each: {})  ratio of medians {:.2}",
+        fmt_rate(rate(median(&mut through))),
+        show(&through),
+        median(&mut direct).as_secs_f64() / median(&mut through).as_secs_f64()
+    );
+    println!("{}", machine_state());
+}
+
+fn fmt_rate(r: f64) -> String {
+    format!("{r:8.1}")
+}
+
+/// CPUs and load average, to read the numbers by.
+fn machine_state() -> String {
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "machine: {cpus} CPUs, load average {}",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    )
 }

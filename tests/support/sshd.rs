@@ -16,6 +16,8 @@ pub struct Sshd {
     pub port: u16,
     /// The server's host public key, `ssh-ed25519 AAAA...`.
     pub host_key: String,
+    /// Its `TrustedUserCAKeys` file (empty at start; read at each login).
+    pub trusted_user_ca_keys: PathBuf,
     child: Child,
     log: PathBuf,
 }
@@ -27,6 +29,8 @@ impl Sshd {
         keygen(&host_key);
         let authorized = dir.join("authorized_keys");
         fs::copy(client_key.with_extension("pub"), &authorized).unwrap();
+        let trusted_user_ca_keys = dir.join("trusted_user_ca_keys");
+        fs::write(&trusted_user_ca_keys, "").unwrap();
         let config = dir.join("sshd_config");
         fs::write(
             &config,
@@ -34,10 +38,11 @@ impl Sshd {
                 "Port {port}\nListenAddress 127.0.0.1\nListenAddress 127.0.0.2\nHostKey {}\nPidFile {}\n\
                  AuthorizedKeysFile {}\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
                  KbdInteractiveAuthentication no\nUsePAM no\nSubsystem sftp internal-sftp\nAllowTcpForwarding yes\n\
-                 LogLevel VERBOSE\n",
+                 LogLevel VERBOSE\nTrustedUserCAKeys {}\n",
                 host_key.display(),
                 dir.join("sshd.pid").display(),
-                authorized.display()
+                authorized.display(),
+                trusted_user_ca_keys.display()
             ),
         )
         .unwrap();
@@ -64,6 +69,7 @@ impl Sshd {
         Sshd {
             port,
             host_key,
+            trusted_user_ca_keys,
             child,
             log,
         }

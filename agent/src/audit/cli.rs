@@ -2,7 +2,7 @@
 use super::config::DEFAULT_DIR;
 use super::layout::rfc3339;
 use super::row::{Cell, SESSION_ID, row_to_event, str_at, time_at};
-use super::{Event, reader, report, verify, verify_remote};
+use super::{Event, EventKind, reader, recording, report, verify, verify_remote};
 use crate::objstore::{self, S3Config, S3Url};
 use crate::signing::{PublicKey, SigningKey, TrustedKeys};
 use std::collections::VecDeque;
@@ -50,11 +50,18 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// A readable timeline of one session.
+    /// A readable timeline of one session, then its recordings (SSH exec
+    /// and shell output, as masked) played in the terminal.
     Replay {
         session_id: Uuid,
         #[arg(long, default_value = DEFAULT_DIR)]
         dir: PathBuf,
+        /// Play recordings N times faster (0.5: slower).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Print recordings at once instead of at their pace.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// What happened over a period: per principal and target, the sessions,
     /// commands, refusals, holds and approvals, and values masked; with
@@ -136,7 +143,15 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
             dir,
             json,
         } => run_tail(&dir, follow, lines, json),
-        AuditCommand::Replay { session_id, dir } => run_replay(&dir, session_id),
+        AuditCommand::Replay {
+            session_id,
+            dir,
+            speed,
+            no_wait,
+        } => {
+            let pace = if no_wait { None } else { Some(speed) };
+            run_replay(&dir, session_id, pace)
+        }
         AuditCommand::Report { since, dir, html } => run_report(&dir, &since, html.as_deref()),
     }
 }
@@ -148,9 +163,23 @@ fn run_verify(dir: &Path) -> ExitCode {
                 Some(seq) => format!("from retention anchor at seq {seq}"),
                 None => "from genesis".to_owned(),
             };
+            // The chain holds each recording's hash: check the files.
+            let checked = match recording::check_all(dir) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: cannot read the audit store: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            if !checked.problems.is_empty() {
+                for p in &checked.problems {
+                    println!("BROKEN: {p}");
+                }
+                return ExitCode::from(EXIT_BROKEN);
+            }
             println!(
-                "ok: {} events in {} files and {} WAL segments, chain {start} to seq {} hash {}",
-                v.events, v.files, v.segments, v.last_seq, v.last_hash
+                "ok: {} events in {} files and {} WAL segments, chain {start} to seq {} hash {}; {} recordings match their hashes",
+                v.events, v.files, v.segments, v.last_seq, v.last_hash, checked.recordings
             );
             ExitCode::SUCCESS
         }
@@ -506,7 +535,8 @@ fn each_event(dir: &Path, keep: impl Fn(&[Cell]) -> bool, mut each: impl FnMut(E
     }
 }
 
-fn run_replay(dir: &Path, session: Uuid) -> ExitCode {
+/// `pace`: how much faster than real time recordings play; `None`: at once.
+fn run_replay(dir: &Path, session: Uuid, pace: Option<f64>) -> ExitCode {
     let wanted = session.to_string();
     let mut events = Vec::new();
     let of_session = |row: &[Cell]| str_at(row, SESSION_ID) == Some(wanted.as_str());
@@ -526,7 +556,71 @@ fn run_replay(dir: &Path, session: Uuid) -> ExitCode {
             break;
         }
     }
-    ExitCode::SUCCESS
+    let recordings: Vec<_> = events
+        .iter()
+        .filter_map(|e| {
+            let r = recording::RecordingRef::from_parameters(&e.command.as_ref()?.parameters)?;
+            Some((e.command_id, r))
+        })
+        .collect();
+    let mut code = ExitCode::SUCCESS;
+    for (i, (command, r)) in recordings.iter().enumerate() {
+        let of = events
+            .iter()
+            .find(|e| e.kind == EventKind::Command && e.event_id == command.unwrap_or_default());
+        let text = of.and_then(|e| e.command.as_ref()?.text.as_deref()).unwrap_or("?");
+        let _ = writeln!(
+            out,
+            "\n-- recording {} of {}: {text} ({})",
+            i + 1,
+            recordings.len(),
+            r.path
+        );
+        if let Err(e) = r.check(dir) {
+            let _ = writeln!(out, "-- not played: {e}");
+            code = ExitCode::from(EXIT_BROKEN);
+            continue;
+        }
+        let _ = out.flush();
+        if let Err(e) = play(&r.file(dir).unwrap_or_default(), pace, &mut out) {
+            let _ = writeln!(out, "\n-- cannot play it: {e}");
+            code = ExitCode::from(EXIT_BROKEN);
+            continue;
+        }
+        let cut = r.cut_at.map(|b| format!(" (cut at {b} bytes)")).unwrap_or_default();
+        let _ = writeln!(out, "\n-- end of recording {}{cut}", i + 1);
+    }
+    code
+}
+
+/// Writes an asciicast v2 file's output events to `out`, waiting between
+/// them (scaled by `pace`) unless `pace` is `None`; markers are shown as
+/// lines of their own.
+fn play(file: &Path, pace: Option<f64>, out: &mut impl Write) -> Result<(), String> {
+    use std::io::BufRead as _;
+    let reader = std::io::BufReader::new(std::fs::File::open(file).map_err(|e| e.to_string())?);
+    let mut lines = reader.lines();
+    let _header = lines.next().ok_or("empty recording")?.map_err(|e| e.to_string())?;
+    let mut at = 0.0_f64;
+    for (n, line) in lines.enumerate() {
+        let line = line.map_err(|e| e.to_string())?;
+        let event: (f64, String, String) = serde_json::from_str(&line).map_err(|e| format!("event {}: {e}", n + 1))?;
+        let (time, code, data) = event;
+        if let Some(speed) = pace.filter(|s| *s > 0.0)
+            && time > at
+        {
+            let _ = out.flush();
+            std::thread::sleep(Duration::from_secs_f64(((time - at) / speed).min(60.0)));
+        }
+        at = at.max(time);
+        let written = match code.as_str() {
+            "o" => out.write_all(data.as_bytes()),
+            "m" => writeln!(out, "\n-- {data}"),
+            _ => Ok(()),
+        };
+        written.map_err(|e| e.to_string())?;
+    }
+    out.flush().map_err(|e| e.to_string())
 }
 
 fn replay_header(first: &Event, session: Uuid) -> String {

@@ -28,6 +28,7 @@ mod layout;
 pub mod memory;
 mod parquet;
 pub mod reader;
+pub mod recording;
 pub mod report;
 mod retention;
 mod row;

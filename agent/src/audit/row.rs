@@ -103,6 +103,7 @@ pub const KIND: usize = 3;
 pub const TIME: usize = 4;
 pub const HOST: usize = 5;
 pub const COMMAND_TEXT: usize = 26;
+pub const COMMAND_PARAMETERS: usize = 31;
 pub const PREV_HASH: usize = COLUMNS.len() - 2;
 pub const HASH: usize = COLUMNS.len() - 1;
 
@@ -407,6 +408,14 @@ pub fn str_at(row: &[Cell], index: usize) -> Option<&str> {
     match row.get(index) {
         Some(Cell::Str(Some(v))) => Some(v),
         _ => None,
+    }
+}
+
+/// Reads a list cell (`command_parameters`, ...); empty when absent.
+pub fn list_at(row: &[Cell], index: usize) -> &[String] {
+    match row.get(index) {
+        Some(Cell::List(v)) => v,
+        _ => &[],
     }
 }
 

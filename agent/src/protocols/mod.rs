@@ -54,6 +54,8 @@ pub struct Build<'a> {
     pub sql: &'a SqlConfig,
     /// loopgate's local CA.
     pub ca_dir: &'a Path,
+    /// The audit store's directory (recordings are kept beside it).
+    pub audit_dir: &'a Path,
     pub shared: &'a Shared,
 }
 

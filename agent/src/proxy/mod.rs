@@ -102,6 +102,7 @@ fn handler(t: &Target, config: &Config, shared: &Shared) -> anyhow::Result<Handl
         identity: Authenticator::new(t.identity, shared.oidc.as_ref()).map_err(anyhow::Error::msg)?,
         sql: &config.sql,
         ca_dir: &config.tls.ca_dir,
+        audit_dir: &config.audit.dir,
         shared,
     };
     Ok(match &t.protocol {

@@ -12,11 +12,12 @@ use super::{
     Service,
     command::{PtyRequest, Request},
     output::StreamMasker,
+    recording::{Header, Recorder},
     upstream::Upstream,
 };
 use crate::{
     approval::Resolution,
-    audit::Outcome,
+    audit::{Outcome, recording::RecordingRef},
     enforce::{self, Admitted, Caller, Command, Verdict},
     session::Session,
 };
@@ -159,6 +160,7 @@ async fn run(
     let Ctx { svc, session, .. } = ctx;
     let newline = if early.pty.is_some() { "\r\n" } else { "\n" };
     let info = request.info(&svc.masker, early.pty.as_ref());
+    let title = info.text.clone().unwrap_or_default();
     let verdict = match request.action(early.pty.as_ref()) {
         Some(action) => svc.enforcer.begin(session, &ctx.caller, Command { action, info }).await,
         None => {
@@ -203,13 +205,19 @@ async fn run(
             admitted
         }
     };
-    let outcome = relay(ctx, rx, tx, &request, early, raw).await;
+    let (outcome, recording) = relay(ctx, rx, tx, &request, early, raw, &title).await;
     // An SFTP operation that could not be recorded ends the session.
     let end = match outcome.status.as_deref() {
         Some(super::sftp_relay::AUDIT_UNAVAILABLE) => ChannelEnd::AuditUnavailable,
         _ => ChannelEnd::Done,
     };
-    svc.enforcer.finish(session, &admitted, outcome).await;
+    let mut result = admitted.result(session, outcome);
+    if let (Some(r), Some(command)) = (recording, result.command.as_mut()) {
+        command.parameters = r.to_parameters();
+    }
+    if let Err(e) = session.audit.append(result).await {
+        tracing::error!(session = %session.id, error = %e, "could not record a command's result");
+    }
     end
 }
 
@@ -258,7 +266,8 @@ async fn refuse_on_channel(tx: &ClientTx, message: &str) {
 
 /// Opens the upstream channel for an admitted request, replays what the
 /// client set up (pty, environment, early input) and relays both ways,
-/// masking text output; the outcome carries the exit status.
+/// masking text output; the outcome carries the exit status, and the
+/// recording of that masked output, when one was made.
 async fn relay(
     ctx: &Ctx<'_>,
     rx: &mut ChannelReadHalf,
@@ -266,7 +275,8 @@ async fn relay(
     request: &Request,
     early: Early,
     raw: Vec<u8>,
-) -> Outcome {
+    title: &str,
+) -> (Outcome, Option<RecordingRef>) {
     let Ctx { svc, session, .. } = ctx;
     let newline = if early.pty.is_some() { "\r\n" } else { "\n" };
     let failed = |code: &str| Outcome {
@@ -280,7 +290,7 @@ async fn relay(
             tracing::warn!(session = %session.id, error = %e, "the server refused a session channel");
             let message = format!("loopgate: the server refused the channel{newline}");
             refuse_on_channel(tx, &message).await;
-            return failed("open_failed");
+            return (failed("open_failed"), None);
         }
     };
     let (mut up_rx, up_tx) = up.split();
@@ -309,39 +319,51 @@ async fn relay(
         let message = format!("loopgate: the server refused the request{newline}");
         refuse_on_channel(tx, &message).await;
         let _ = up_tx.close().await;
-        return failed("request_failed");
+        return (failed("request_failed"), None);
     }
     if matches!(request, Request::Subsystem(name) if name == "sftp") {
         let outcome = super::sftp_relay::relay(ctx, rx, tx, &mut up_rx, &up_tx, early).await;
         let _ = tx.close().await;
-        return outcome;
+        return (outcome, None);
     }
+    let masking = svc.mask_output && request.output_is_text();
+    let mut out = Output {
+        stdout: StreamMasker::new(svc.masker.clone()),
+        stderr: StreamMasker::new(svc.masker.clone()),
+        input: StreamMasker::new(svc.masker.clone()),
+        recorder: if masking {
+            start_recording(ctx, tx, request, early.pty.as_ref(), title)
+        } else {
+            None
+        },
+        record_input: matches!(request, Request::Shell),
+        counts: Counts::default(),
+    };
     for data in early.data {
         session.add_to_server(data.len());
+        out.record_input(&data);
         let _ = up_tx.data_bytes(data).await;
     }
     if early.eof {
         let _ = up_tx.eof().await;
     }
 
-    let masking = svc.mask_output && request.output_is_text();
-    let mut stdout = StreamMasker::new(svc.masker.clone());
-    let mut stderr = StreamMasker::new(svc.masker.clone());
-    let mut counts = Counts::default();
     let mut exit: Option<String> = None;
     let mut status = "closed";
     let client_id = tx.id();
     loop {
-        let pending = masking && (stdout.has_pending() || stderr.has_pending());
+        let pending = out.has_pending(masking);
         tokio::select! {
             msg = rx.wait() => match msg {
                 Some(ChannelMsg::Data { data }) => {
-                    counts.to_server += data.len() as u64;
+                    out.counts.to_server += data.len() as u64;
                     session.add_to_server(data.len());
+                    out.record_input(&data);
                     if up_tx.data_bytes(data).await.is_err() { break; }
                 }
                 Some(ChannelMsg::Eof) => { let _ = up_tx.eof().await; }
                 Some(ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height }) => {
+                    if let Some(r) = &mut out.recorder { r.resize(col_width, row_height); }
                     let _ = up_tx.window_change(col_width, row_height, pix_width, pix_height).await;
                 }
                 Some(ChannelMsg::Signal { signal }) => { let _ = up_tx.signal(signal).await; }
@@ -353,49 +375,139 @@ async fn relay(
             },
             msg = up_rx.wait() => match msg {
                 Some(ChannelMsg::Data { data }) => {
-                    let out = if masking { stdout.push(&data) } else { data.to_vec() };
-                    if send(session, tx, None, out, &mut counts).await.is_err() { break; }
+                    let bytes = if masking { out.stdout.push(&data) } else { data.to_vec() };
+                    if out.send(session, tx, None, bytes).await.is_err() { break; }
                 }
                 Some(ChannelMsg::ExtendedData { data, ext }) => {
-                    let out = if masking && ext == 1 { stderr.push(&data) } else { data.to_vec() };
-                    if send(session, tx, Some(ext), out, &mut counts).await.is_err() { break; }
+                    let bytes = if masking && ext == 1 { out.stderr.push(&data) } else { data.to_vec() };
+                    if out.send(session, tx, Some(ext), bytes).await.is_err() { break; }
                 }
                 Some(ChannelMsg::ExitStatus { exit_status }) => {
-                    flush(session, tx, &mut stdout, &mut stderr, &mut counts).await;
+                    out.flush(session, tx).await;
                     status = if exit_status == 0 { "ok" } else { "failed" };
                     exit = Some(format!("exit:{exit_status}"));
                     let _ = tx.exit_status(exit_status).await;
                 }
                 Some(ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag }) => {
-                    flush(session, tx, &mut stdout, &mut stderr, &mut counts).await;
+                    out.flush(session, tx).await;
                     status = "failed";
                     exit = Some(format!("signal:{}", signal_text(&signal_name)));
                     let _ = ctx.client.exit_signal_request(client_id, signal_name, core_dumped, error_message, lang_tag).await;
                 }
                 Some(ChannelMsg::Eof) => {
-                    flush(session, tx, &mut stdout, &mut stderr, &mut counts).await;
+                    out.flush(session, tx).await;
                     let _ = tx.eof().await;
                 }
                 None | Some(ChannelMsg::Close) => {
-                    flush(session, tx, &mut stdout, &mut stderr, &mut counts).await;
+                    out.flush(session, tx).await;
                     if exit.is_none() { status = "closed"; }
                     break;
                 }
                 Some(_) => {}
             },
             _ = tokio::time::sleep(FLUSH_AFTER), if pending => {
-                flush(session, tx, &mut stdout, &mut stderr, &mut counts).await;
+                out.flush(session, tx).await;
             }
         }
     }
     let _ = tx.close().await;
-    Outcome {
+    let outcome = Outcome {
         status: Some(status.to_owned()),
-        bytes_to_client: Some(counts.to_client),
-        bytes_to_server: Some(counts.to_server),
+        bytes_to_client: Some(out.counts.to_client),
+        bytes_to_server: Some(out.counts.to_server),
         error_code: exit,
-        masked_count: masking.then_some(stdout.masked + stderr.masked),
+        masked_count: masking.then_some(out.stdout.masked + out.stderr.masked),
         ..Outcome::default()
+    };
+    out.flush_input();
+    (outcome, out.recorder.and_then(Recorder::finish))
+}
+
+/// Starts the recording of an exec or a shell, if the target records; a
+/// recording that cannot be created is logged and the channel goes on
+/// (the audit still has the request and its result).
+fn start_recording(
+    ctx: &Ctx<'_>,
+    tx: &ClientTx,
+    request: &Request,
+    pty: Option<&PtyRequest>,
+    title: &str,
+) -> Option<Recorder> {
+    let settings = ctx.svc.recordings.as_ref()?;
+    if matches!(request, Request::Subsystem(_)) {
+        return None;
+    }
+    let header = Header {
+        // A client without a terminal asks for a pty of 0x0.
+        cols: pty.map(|p| p.cols).filter(|&c| c > 0).unwrap_or(80),
+        rows: pty.map(|p| p.rows).filter(|&r| r > 0).unwrap_or(24),
+        term: pty.map(|p| p.term.as_str()),
+        title,
+    };
+    let channel = u32::from(tx.id());
+    match Recorder::create(
+        &settings.audit_dir,
+        ctx.session.id,
+        channel,
+        settings.max_bytes,
+        &header,
+    ) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(session = %ctx.session.id, error = %e, "cannot start an SSH recording");
+            None
+        }
+    }
+}
+
+/// A relayed channel's output side: masking per stream, the recording of
+/// what the client was sent (and, for a shell, typed), the byte counts.
+struct Output {
+    stdout: StreamMasker,
+    stderr: StreamMasker,
+    /// Input, masked for the recording only (the server gets it as typed).
+    input: StreamMasker,
+    recorder: Option<Recorder>,
+    record_input: bool,
+    counts: Counts,
+}
+
+impl Output {
+    fn has_pending(&self, masking: bool) -> bool {
+        masking && (self.stdout.has_pending() || self.stderr.has_pending() || self.input.has_pending())
+    }
+
+    fn record_input(&mut self, data: &[u8]) {
+        if let Some(r) = self.recorder.as_mut().filter(|_| self.record_input) {
+            r.input(&self.input.push(data));
+        }
+    }
+
+    fn flush_input(&mut self) {
+        if let Some(r) = self.recorder.as_mut().filter(|_| self.record_input) {
+            r.input(&self.input.flush());
+        }
+    }
+
+    async fn send(
+        &mut self,
+        session: &Session,
+        tx: &ClientTx,
+        ext: Option<u32>,
+        bytes: Vec<u8>,
+    ) -> Result<(), russh::Error> {
+        if let Some(r) = &mut self.recorder {
+            r.output(&bytes);
+        }
+        send(session, tx, ext, bytes, &mut self.counts).await
+    }
+
+    async fn flush(&mut self, session: &Session, tx: &ClientTx) {
+        let stdout = self.stdout.flush();
+        let stderr = self.stderr.flush();
+        let _ = self.send(session, tx, None, stdout).await;
+        let _ = self.send(session, tx, Some(1), stderr).await;
+        self.flush_input();
     }
 }
 
@@ -421,17 +533,6 @@ async fn send(
         None => tx.data_bytes(bytes).await,
         Some(ext) => tx.extended_data_bytes(ext, bytes).await,
     }
-}
-
-async fn flush(
-    session: &Session,
-    tx: &ClientTx,
-    stdout: &mut StreamMasker,
-    stderr: &mut StreamMasker,
-    counts: &mut Counts,
-) {
-    let _ = send(session, tx, None, stdout.flush(), counts).await;
-    let _ = send(session, tx, Some(1), stderr.flush(), counts).await;
 }
 
 fn signal_text(signal: &Sig) -> String {

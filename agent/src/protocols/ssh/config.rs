@@ -5,10 +5,13 @@
 //! ```toml
 //! [target.ssh]
 //! user = "deploy"                                  # the upstream login
-//! key_file = "/etc/loopgate/ssh/deploy_ed25519"   # or password_file (mode 0600)
+//! key_file = "/etc/loopgate/ssh/deploy_ed25519"   # or password_file (mode 0600),
+//!                                                  # or user_certificate = true (loopgate's user CA)
 //! known_hosts = "/etc/loopgate/ssh/known_hosts"   # or host_key = "ssh-ed25519 AAAA..."
 //! mask_output = true                               # PHI detectors on exec/shell output
 //! names = ["db1.internal"]                         # more names for the host certificate
+//! record = true                                    # asciicast recordings of exec/shell output
+//! record_max_bytes = 67108864                      # a recording is cut (and says so) beyond this
 //! ```
 use std::{
     fs,
@@ -31,6 +34,11 @@ pub struct SshConfig {
     /// A file holding the upstream password (one line), mode 0600.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// Log in with a per-session certificate of loopgate's SSH user CA
+    /// (`<[tls] ca_dir>/ssh/user_ca`; the server trusts it with
+    /// `TrustedUserCAKeys`) instead of a stored key or password.
+    #[serde(default)]
+    pub user_certificate: bool,
     /// An OpenSSH known_hosts file holding the server's host key.
     #[serde(default)]
     pub known_hosts: Option<PathBuf>,
@@ -44,11 +52,25 @@ pub struct SshConfig {
     /// target's addresses.
     #[serde(default)]
     pub names: Vec<String>,
+    /// Record exec and shell output (as masked) as asciicast files under
+    /// the audit directory, hashed into the trail.
+    #[serde(default = "yes")]
+    pub record: bool,
+    /// The largest a recording grows; beyond it, it ends with a marker.
+    #[serde(default = "default_record_max_bytes")]
+    pub record_max_bytes: u64,
 }
 
 fn yes() -> bool {
     true
 }
+
+fn default_record_max_bytes() -> u64 {
+    64 << 20
+}
+
+/// The smallest `record_max_bytes` (a header and a few events).
+const MIN_RECORD_BYTES: u64 = 4096;
 
 /// How the upstream server's host key is pinned.
 #[derive(Clone, Debug)]
@@ -64,6 +86,8 @@ pub enum HostKeyPin {
 pub enum CredentialSource {
     KeyFile(PathBuf),
     PasswordFile(PathBuf),
+    /// Per-session certificates of loopgate's user CA.
+    UserCertificate,
 }
 
 /// An SSH target's checked settings.
@@ -74,15 +98,17 @@ pub struct SshSettings {
     pub host_key: HostKeyPin,
     pub mask_output: bool,
     pub names: Vec<String>,
+    /// The size bound of recordings; `None`: not recorded.
+    pub record_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SshConfigError {
     #[error("ssh.user must not be empty")]
     EmptyUser,
-    #[error("set one of ssh.key_file and ssh.password_file")]
+    #[error("set one of ssh.key_file, ssh.password_file and ssh.user_certificate")]
     NoCredential,
-    #[error("set either ssh.key_file or ssh.password_file, not both")]
+    #[error("set only one of ssh.key_file, ssh.password_file and ssh.user_certificate")]
     TwoCredentials,
     #[error(
         "set one of ssh.known_hosts and ssh.host_key: the upstream host key must be pinned (ssh-keyscan HOST > FILE)"
@@ -100,6 +126,8 @@ pub enum SshConfigError {
     SecretFileRead { path: PathBuf, reason: String },
     #[error("{0} is empty")]
     EmptySecret(PathBuf),
+    #[error("ssh.record_max_bytes must be at least {MIN_RECORD_BYTES}")]
+    SmallRecordBound,
 }
 
 impl SshSettings {
@@ -108,11 +136,12 @@ impl SshSettings {
         if raw.user.trim().is_empty() {
             return Err(SshConfigError::EmptyUser);
         }
-        let credential = match (raw.key_file, raw.password_file) {
-            (Some(_), Some(_)) => return Err(SshConfigError::TwoCredentials),
-            (Some(k), None) => CredentialSource::KeyFile(k),
-            (None, Some(p)) => CredentialSource::PasswordFile(p),
-            (None, None) => return Err(SshConfigError::NoCredential),
+        let credential = match (raw.key_file, raw.password_file, raw.user_certificate) {
+            (Some(k), None, false) => CredentialSource::KeyFile(k),
+            (None, Some(p), false) => CredentialSource::PasswordFile(p),
+            (None, None, true) => CredentialSource::UserCertificate,
+            (None, None, false) => return Err(SshConfigError::NoCredential),
+            _ => return Err(SshConfigError::TwoCredentials),
         };
         let host_key = match (raw.known_hosts, raw.host_key) {
             (Some(_), Some(_)) => return Err(SshConfigError::TwoHostKeys),
@@ -125,12 +154,16 @@ impl SshSettings {
         if let Some(bad) = raw.names.iter().find(|n| n.is_empty() || n.contains([' ', ',', '\t'])) {
             return Err(SshConfigError::BadName(bad.clone()));
         }
+        if raw.record && raw.record_max_bytes < MIN_RECORD_BYTES {
+            return Err(SshConfigError::SmallRecordBound);
+        }
         Ok(SshSettings {
             user: raw.user,
             credential,
             host_key,
             mask_output: raw.mask_output,
             names: raw.names,
+            record_max_bytes: raw.record.then_some(raw.record_max_bytes),
         })
     }
 }
@@ -139,13 +172,24 @@ impl SshSettings {
 pub enum Credential {
     Key(std::sync::Arc<PrivateKey>),
     Password(String),
+    /// A fresh certificate per session.
+    Certificate(std::sync::Arc<super::userca::UserCa>),
 }
 
 impl CredentialSource {
-    /// Reads the secret. A file readable by group or others is refused:
-    /// the secret must stay with the agent.
-    pub fn load(&self) -> Result<Credential, SshConfigError> {
+    /// Reads the secret (a file readable by group or others is refused:
+    /// the secret must stay with the agent), or loads the user CA from
+    /// `ca_dir`.
+    pub fn load(&self, ca_dir: &Path) -> Result<Credential, SshConfigError> {
         match self {
+            CredentialSource::UserCertificate => super::userca::UserCa::load_or_create(ca_dir)
+                .map(|ca| Credential::Certificate(std::sync::Arc::new(ca)))
+                .map_err(|e| SshConfigError::SecretFileRead {
+                    path: ca_dir
+                        .join(super::hostca::HostCa::DIR)
+                        .join(super::userca::UserCa::KEY_FILE),
+                    reason: e.to_string(),
+                }),
             CredentialSource::KeyFile(path) => {
                 let text = read_private(path)?;
                 let key = PrivateKey::from_openssh(text.trim()).map_err(|e| SshConfigError::SecretFileRead {
@@ -206,17 +250,27 @@ mod tests {
         )))
         .unwrap();
         assert!(ok.mask_output);
+        assert_eq!(ok.record_max_bytes, Some(64 << 20));
         assert!(matches!(ok.host_key, HostKeyPin::Key(_)));
         let err = |text: &str| SshSettings::new(raw(text)).unwrap_err().to_string();
         assert!(err("user = \"d\"\nknown_hosts = \"/h\"").contains("key_file"));
         assert!(err("user = \"d\"\nkey_file = \"/k\"").contains("pinned"));
         assert!(
-            err("user = \"d\"\nkey_file = \"/k\"\npassword_file = \"/p\"\nknown_hosts = \"/h\"").contains("not both")
+            err("user = \"d\"\nkey_file = \"/k\"\npassword_file = \"/p\"\nknown_hosts = \"/h\"").contains("only one")
         );
         assert!(err("user = \"\"\nkey_file = \"/k\"\nknown_hosts = \"/h\"").contains("user"));
         assert!(err("user = \"d\"\nkey_file = \"/k\"\nhost_key = \"ssh-ed25519 nonsense\"").contains("host_key"));
         assert!(err("user = \"d\"\nkey_file = \"/k\"\nknown_hosts = \"/h\"\nnames = [\"a b\"]").contains("names"));
         assert!(toml::from_str::<SshConfig>("user = \"d\"\nkey = \"/k\"").is_err());
+        let certified = SshSettings::new(raw("user = \"d\"\nuser_certificate = true\nknown_hosts = \"/h\"")).unwrap();
+        assert!(matches!(certified.credential, CredentialSource::UserCertificate));
+        assert!(
+            err("user = \"d\"\nkey_file = \"/k\"\nuser_certificate = true\nknown_hosts = \"/h\"").contains("only one")
+        );
+        let base = "user = \"d\"\nkey_file = \"/k\"\nknown_hosts = \"/h\"\n";
+        assert!(err(&format!("{base}record_max_bytes = 100")).contains("record_max_bytes"));
+        let unrecorded = SshSettings::new(raw(&format!("{base}record = false\nrecord_max_bytes = 100"))).unwrap();
+        assert_eq!(unrecorded.record_max_bytes, None);
     }
 
     #[test]
@@ -226,13 +280,16 @@ mod tests {
         fs::write(&path, "hunter2\n").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let source = CredentialSource::PasswordFile(path.clone());
-        assert!(matches!(source.load(), Err(SshConfigError::SecretFileMode { .. })));
+        assert!(matches!(
+            source.load(dir.path()),
+            Err(SshConfigError::SecretFileMode { .. })
+        ));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        let Ok(Credential::Password(p)) = source.load() else {
+        let Ok(Credential::Password(p)) = source.load(dir.path()) else {
             panic!("password not read")
         };
         assert_eq!(p, "hunter2");
         fs::write(&path, "not a key").unwrap();
-        assert!(CredentialSource::KeyFile(path).load().is_err());
+        assert!(CredentialSource::KeyFile(path).load(dir.path()).is_err());
     }
 }

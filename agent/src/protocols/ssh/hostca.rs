@@ -56,54 +56,63 @@ impl HostCa {
     /// Loads the CA from `<ca_dir>/ssh`, creating the directory (0700) and
     /// an Ed25519 key (0600) on first use. A key readable by others is refused.
     pub fn load_or_create(ca_dir: &Path) -> Result<HostCa, HostCaError> {
-        let dir = ca_dir.join(Self::DIR);
-        let io = |what, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| HostCaError::Io { what, path, source }
-        };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io("cannot create", &dir))?;
-        let path = dir.join(Self::KEY_FILE);
-        let key_err = |reason: String| HostCaError::Key {
-            path: path.clone(),
-            reason,
-        };
-        match fs::metadata(&path) {
-            Ok(meta) => {
-                let mode = meta.permissions().mode() & 0o7777;
-                if mode & 0o077 != 0 {
-                    return Err(HostCaError::Mode { path, mode });
-                }
-                let text = fs::read_to_string(&path).map_err(io("cannot read", &path))?;
-                let key = PrivateKey::from_openssh(text.trim()).map_err(|e| key_err(e.to_string()))?;
-                Ok(HostCa { key })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = random_ed25519().map_err(key_err)?;
-                let text = key.to_openssh(LineEnding::LF).map_err(|e| key_err(e.to_string()))?;
-                // Written whole to a private temporary file, then renamed:
-                // a crash never leaves half a key or a readable one.
-                let tmp = dir.join(format!(".{}.tmp", Self::KEY_FILE));
-                let _ = fs::remove_file(&tmp);
-                let mut file = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(io("cannot create", &tmp))?;
-                file.write_all(text.as_bytes())
-                    .and_then(|()| file.sync_all())
-                    .map_err(io("cannot write", &tmp))?;
-                fs::rename(&tmp, &path).map_err(io("cannot create", &path))?;
-                Ok(HostCa { key })
-            }
-            Err(e) => Err(io("cannot read", &path)(e)),
-        }
+        Ok(HostCa {
+            key: load_or_create_key(ca_dir, Self::KEY_FILE)?,
+        })
     }
+}
 
+/// An Ed25519 CA key `<ca_dir>/ssh/<file>`, created (0600, in a 0700
+/// directory) on first use; one readable by others is refused.
+pub(super) fn load_or_create_key(ca_dir: &Path, file: &str) -> Result<PrivateKey, HostCaError> {
+    let dir = ca_dir.join(HostCa::DIR);
+    let io = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| HostCaError::Io { what, path, source }
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io("cannot create", &dir))?;
+    let path = dir.join(file);
+    let key_err = |reason: String| HostCaError::Key {
+        path: path.clone(),
+        reason,
+    };
+    match fs::metadata(&path) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                return Err(HostCaError::Mode { path, mode });
+            }
+            let text = fs::read_to_string(&path).map_err(io("cannot read", &path))?;
+            PrivateKey::from_openssh(text.trim()).map_err(|e| key_err(e.to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = random_ed25519().map_err(key_err)?;
+            let text = key.to_openssh(LineEnding::LF).map_err(|e| key_err(e.to_string()))?;
+            // Written whole to a private temporary file, then renamed:
+            // a crash never leaves half a key or a readable one.
+            let tmp = dir.join(format!(".{file}.tmp"));
+            let _ = fs::remove_file(&tmp);
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io("cannot create", &tmp))?;
+            file.write_all(text.as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(io("cannot write", &tmp))?;
+            fs::rename(&tmp, &path).map_err(io("cannot create", &path))?;
+            Ok(key)
+        }
+        Err(e) => Err(io("cannot read", &path)(e)),
+    }
+}
+
+impl HostCa {
     pub fn public_key(&self) -> PublicKey {
         self.key.public_key().clone()
     }
@@ -141,13 +150,13 @@ impl HostCa {
     }
 }
 
-fn random_ed25519() -> Result<PrivateKey, String> {
+pub(super) fn random_ed25519() -> Result<PrivateKey, String> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| format!("no randomness: {e}"))?;
     Ok(PrivateKey::from(Ed25519Keypair::from_seed(&seed)))
 }
 
-fn nonce() -> Result<Vec<u8>, String> {
+pub(super) fn nonce() -> Result<Vec<u8>, String> {
     let mut nonce = vec![0u8; 32];
     getrandom::fill(&mut nonce).map_err(|e| format!("no randomness: {e}"))?;
     Ok(nonce)

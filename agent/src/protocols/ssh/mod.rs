@@ -4,23 +4,27 @@
 //! pinned), and decides, records and relays every channel request.
 //!
 //! - `config`: the `[target.ssh]` table.
-//! - `hostca`: loopgate's SSH host CA and the targets' host certificates.
+//! - `hostca`: loopgate's SSH host CA and the targets' host certificates;
+//!   `userca`: its user CA and per-session login certificates.
 //! - `server`: the client's authentication and channel opens, as events.
 //! - `upstream`: loopgate's own connection to the server.
 //! - `command`: requests as policy actions and audit records.
 //! - `channel`: a session channel's request, decided and relayed;
 //!   `forward`: forward channels; `sftp_relay` with `sftp`: SFTP operation
-//!   by operation; `output`: masking of exec and shell output as it streams.
+//!   by operation; `output`: masking of exec and shell output as it streams;
+//!   `recording`: the asciicast recording of that masked stream.
 mod channel;
 mod command;
 pub mod config;
 mod forward;
 pub mod hostca;
 mod output;
+mod recording;
 mod server;
 pub mod sftp;
 mod sftp_relay;
 mod upstream;
+pub mod userca;
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
@@ -55,6 +59,8 @@ pub struct Service {
     pub identity: Authenticator,
     pub upstream: UpstreamSettings,
     pub mask_output: bool,
+    /// Where exec and shell recordings go, if they are made.
+    pub recordings: Option<Recordings>,
     /// The server side: the host key and its certificate, auth methods.
     pub server: Arc<russh::server::Config>,
 }
@@ -66,7 +72,7 @@ impl Service {
     pub fn new(settings: &SshSettings, build: &Build<'_>) -> anyhow::Result<Service> {
         let credential = settings
             .credential
-            .load()
+            .load(build.ca_dir)
             .with_context(|| format!("target {:?}: upstream credential", build.name))?;
         if let HostKeyPin::KnownHosts(path) = &settings.host_key {
             std::fs::metadata(path)
@@ -103,9 +109,26 @@ impl Service {
                 host: build.host.to_owned(),
             },
             mask_output: settings.mask_output,
+            recordings: settings.record_max_bytes.map(|max_bytes| Recordings {
+                audit_dir: build.audit_dir.to_owned(),
+                max_bytes,
+            }),
             server: Arc::new(server),
         })
     }
+}
+
+/// The principal as a user certificate's key id names it.
+fn principal_name(session: &Session) -> String {
+    let principal = session.principal.get();
+    let subject = principal.and_then(|p| p.subject.clone());
+    subject.unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Where a target's recordings go and how large they may grow.
+pub struct Recordings {
+    pub audit_dir: std::path::PathBuf,
+    pub max_bytes: u64,
 }
 
 /// Ends the client's SSH session when the session task goes away (agent
@@ -157,7 +180,11 @@ pub async fn serve(svc: &Service, session: &Session, client: TcpStream, connect_
             event = events.recv(), if handler_alive => match event {
                 Some(Event::Authenticated(principal)) => {
                     let _ = session.principal.set(Arc::new(principal));
-                    match upstream::connect(&svc.upstream, session.original, connect_timeout).await {
+                    let login = upstream::Login {
+                        principal: principal_name(session),
+                        session: session.id,
+                    };
+                    match upstream::connect(&svc.upstream, session.original, connect_timeout, &login).await {
                         Ok(up) => {
                             ctx = Some(Ctx {
                                 svc,

@@ -76,11 +76,18 @@ impl client::Handler for Verifier {
     }
 }
 
+/// Whom a login is for, as a user certificate's key id names it.
+pub struct Login {
+    pub principal: String,
+    pub session: uuid::Uuid,
+}
+
 /// Connects to `addr`, checks the host key and logs in.
 pub async fn connect(
     settings: &UpstreamSettings,
     addr: SocketAddr,
     timeout: Duration,
+    login: &Login,
 ) -> Result<Upstream, UpstreamError> {
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
         .await
@@ -120,6 +127,14 @@ pub async fn connect(
         Credential::Password(password) => {
             handle
                 .authenticate_password(settings.user.clone(), password.clone())
+                .await
+        }
+        Credential::Certificate(ca) => {
+            let issued = ca
+                .issue(&settings.user, &login.principal, login.session)
+                .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+            handle
+                .authenticate_openssh_cert(settings.user.clone(), Arc::new(issued.key), issued.certificate)
                 .await
         }
     };
