@@ -222,7 +222,7 @@ fn lint() -> anyhow::Result<()> {
 }
 
 /// The parsers that take untrusted bytes, each fuzzed in turn.
-const FUZZ_TARGETS: [&str; 6] = [
+const FUZZ_TARGETS: [&str; 7] = [
     "pg_server_message",
     "pg_bind",
     "pg_extended",
