@@ -867,6 +867,69 @@ fn kubectl_get_apply_delete_and_watch_through_loopgate() {
     let _ = watch.kill();
     let _ = watch.wait();
 
+    // exec is held by the HIPAA pack (pod labels cannot be seen, so every
+    // exec); denied, the client gets a 403 Status and nothing is sent.
+    // (curl sends kubectl's WebSocket upgrade request.)
+    let ca = f.loopgate_ca.to_string_lossy().into_owned();
+    let upgrade = |path: &str| {
+        f.agent
+            .loopgate(&["exec"])
+            .args(["--", "curl", "-sS", "--http1.1", "--cacert", &ca])
+            .args(["-H", "Connection: Upgrade", "-H", "Upgrade: websocket"])
+            .args([
+                "-H",
+                "Sec-WebSocket-Version: 13",
+                "-H",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            ])
+            .args(["-H", "Sec-WebSocket-Protocol: v5.channel.k8s.io"])
+            .args(["-w", "\n%{http_code} %{http_version}"])
+            .arg(format!("https://127.0.0.1:{}{path}", server.port))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let client = upgrade("/api/v1/namespaces/ward/pods/p1/exec?command=cat&command=%2Fetc%2Fphi&stdout=true");
+    let id = wait_pending(&f);
+    let out = f
+        .agent
+        .approvals_as(ALICE, &[APPROVERS_GID], &["deny", &id, "--reason", "no ticket"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, _, body) = split_status(&client.wait_with_output().unwrap());
+    assert_eq!(status, 403, "{body}");
+    let st: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((st["kind"].as_str(), st["code"].as_u64()), (Some("Status"), Some(403)));
+    assert!(st["message"].as_str().unwrap().contains("denied"), "{body}");
+    // An allowed port-forward is relayed byte for byte after the 101.
+    let relay = r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[2]))), server_hostname="127.0.0.1")
+s.sendall(b"GET /api/v1/namespaces/ward/pods/p1/portforward?ports=5432 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+          b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(1)
+print(head.split(b"\r\n")[0].decode())
+payload = bytes(range(256)) * 64
+s.sendall(payload)
+got = b""
+while len(got) < len(payload):
+    got += s.recv(65536)
+print("echoed", len(got), got == payload)
+"#;
+    let port = server.port.to_string();
+    let out = f.agent.exec(&["python3", "-c", relay, &ca, &port]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["HTTP/1.1 101 Switching Protocols", "echoed 16384 True"],
+        "{stdout}"
+    );
+
     // Everything that reached the server carried loopgate's token and the
     // impersonated caller, never the client's token; the refused requests
     // never reached it.
@@ -889,7 +952,7 @@ fn kubectl_get_apply_delete_and_watch_through_loopgate() {
         .filter(|e| e["kind"] == "command" && e["target"]["name"] == "k8s")
         .map(|e| e["command"]["kind"].as_str().unwrap_or("").to_owned())
         .collect();
-    for verb in ["get", "list", "create", "delete", "watch"] {
+    for verb in ["get", "list", "create", "delete", "watch", "exec", "portforward"] {
         assert!(verbs.iter().any(|v| v == verb), "{verb} not in {verbs:?}");
     }
 }

@@ -19,7 +19,9 @@ and, Kubernetes-shaped (not an API server either):
 
 and enough of the API's discovery (/api, /api/v1, /apis) and an in-memory
 store of ConfigMaps in namespace ward (get, list, create, delete) for an
-unmodified kubectl to run its get, apply and delete. A pods watch
+unmodified kubectl to run its get, apply and delete. An Upgrade request to
+/api/v1/namespaces/ward/pods/p1/portforward is switched (101, the
+WebSocket subprotocol echoed) and then echoes every byte back until EOF. A pods watch
 (?watch=...) streams chunked: the first event at once, the second only
 once the file GO (argv[5]) exists, then the stream ends.
 
@@ -102,9 +104,26 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def echo_upgrade(self):
+        self.send_response(101)
+        self.send_header("Upgrade", self.headers.get("Upgrade", ""))
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Protocol", self.headers.get("Sec-WebSocket-Protocol", ""))
+        self.end_headers()
+        self.wfile.flush()
+        while True:
+            data = self.rfile.read1(65536)
+            if not data:
+                break
+            self.wfile.write(data)
+            self.wfile.flush()
+        self.close_connection = True
+
     def do_GET(self):
         self.record()
         path = self.path.split("?")[0]
+        if path == "/api/v1/namespaces/ward/pods/p1/portforward" and "Upgrade" in self.headers:
+            return self.echo_upgrade()
         if path == "/fhir/metadata":
             return self.send(200, {"resourceType": "CapabilityStatement", "status": "active", "fhirVersion": "4.0.1"})
         if path in ("/fhir/$export", "/fhir/Patient/$export"):
