@@ -268,6 +268,14 @@ deny contains {"rank": 40, "rule_id": "hipaa.deny_k8s_delete_namespace", "reason
 	k8s.verb in {"delete", "deletecollection"}
 }
 
+# exec and attach into a pod reach whatever it holds, PHI included. The
+# pod's labels are not in the request (loopgate sees the path only), so
+# every exec and attach is held, not only those into pods labelled PHI.
+hold contains {"rank": 10, "rule_id": "hipaa.hold_k8s_exec", "reason": reason, "row_threshold": null} if {
+	k8s.verb in {"exec", "attach"}
+	reason := sprintf("kubectl %s into a pod needs approval", [k8s.verb])
+}
+
 # Bulk data export ($export: system, Patient or Group level) is held.
 hold contains {"rank": 10, "rule_id": "hipaa.hold_fhir_export", "reason": reason, "row_threshold": null} if {
 	fhir.operation == "$export"

@@ -431,6 +431,17 @@ test_k8s_namespace_delete_denied if {
 	d.rule_id == "hipaa.deny_k8s_delete_namespace"
 }
 
+test_k8s_exec_held if {
+	d := loopgate.decision with input as k8s_req("exec", "pods")
+	d.decision == "hold"
+	d.rule_id == "hipaa.hold_k8s_exec"
+}
+
+test_k8s_portforward_not_held if {
+	d := loopgate.decision with input as k8s_req("portforward", "pods")
+	d.decision == "allow"
+}
+
 test_k8s_pod_list_allowed if {
 	d := loopgate.decision with input as k8s_req("list", "pods")
 	d.decision == "allow"

@@ -741,3 +741,218 @@ fn plain_http_targets_serve_http1_and_h2_prior_knowledge() {
     );
     assert_eq!(server.requests().len(), 3);
 }
+
+/// kubectl 1.35 from `cargo xtask setup` (target/tools).
+fn kubectl_bin() -> PathBuf {
+    let path = loopgate_e2e::env::workspace_root().join("target/tools/bin/kubectl-1.35");
+    assert!(path.is_file(), "{} missing: run `cargo xtask setup`", path.display());
+    path
+}
+
+/// Unmodified kubectl 1.35 through loopgate, against the Kubernetes-shaped
+/// endpoints of the test server (discovery, an in-memory ConfigMap store,
+/// a pods watch; it is not a real API server: none installs from the
+/// registries this project reaches). Its kubeconfig names the target and
+/// trusts the CA `loopgate ca export` printed, with the client's own token,
+/// which never reaches the server.
+#[test]
+fn kubectl_get_apply_delete_and_watch_through_loopgate() {
+    require_ebpf!();
+    let mut servers = Vec::new();
+    let f = fixture(|ca, files| {
+        let server = FhirServer::start(ca, &["127.0.0.1"], 1);
+        let target = Target {
+            name: "k8s".into(),
+            protocol: "https".into(),
+            address: format!("127.0.0.1:{}", server.port),
+            extra: format!(
+                "identity = \"process\"\n[target.http]\napi = \"kubernetes\"\nca_file = \"{}\"\ntoken_file = \"{}\"\n",
+                files.join("upstream-ca.pem").display(),
+                files.join("upstream.token").display()
+            ),
+        };
+        servers.push(server);
+        vec![target]
+    });
+    let server = &servers[0];
+    let home = tempfile::tempdir().unwrap();
+    let kubeconfig = home.path().join("config");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {CLIENT_TOKEN}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u, namespace: ward}}\ncurrent-context: x\n",
+            server.port,
+            f.loopgate_ca.display()
+        ),
+    )
+    .unwrap();
+    let manifest = home.path().join("cm.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c2\ndata:\n  note: ssn 555-12-3456\n",
+    )
+    .unwrap();
+    let bin = kubectl_bin().to_string_lossy().into_owned();
+    let kc = kubeconfig.to_string_lossy().into_owned();
+    let cache = home.path().join("cache").to_string_lossy().into_owned();
+    let base = [bin.as_str(), "--kubeconfig", &kc, "--cache-dir", &cache];
+    let kubectl = |args: &[&str]| {
+        let mut all = base.to_vec();
+        all.extend_from_slice(args);
+        let out = f.agent.exec(&all);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // get: discovery, then the list.
+    let (ok, out, err) = kubectl(&["get", "pods", "-o", "name"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.trim(), "pod/p1");
+
+    // apply creates a ConfigMap; what comes back is scanned by the
+    // detectors, and so is the list it then appears in.
+    let m = manifest.to_string_lossy().into_owned();
+    let (ok, out, err) = kubectl(&["apply", "--validate=false", "-f", &m, "-o", "json"]);
+    assert!(ok, "{out}{err}");
+    let applied: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(applied["data"]["note"], "ssn ***", "{out}");
+    let (ok, out, err) = kubectl(&["get", "configmaps", "-o", "json"]);
+    assert!(ok, "{out}{err}");
+    assert!(!out.contains("555-12-3456") && !out.contains("123-45-6789"), "{out}");
+    assert!(out.contains("\"c2\""), "{out}");
+
+    // delete of a ConfigMap is allowed and goes through.
+    let (ok, out, err) = kubectl(&["delete", "configmap", "c2"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("configmap \"c2\" deleted"), "{out}");
+
+    // Refused: kubectl prints loopgate's Status as the server's error.
+    for (args, rule) in [
+        (&["get", "secrets"][..], "hipaa.deny_k8s_secret_read"),
+        (&["delete", "namespace", "ward"][..], "hipaa.deny_k8s_delete_namespace"),
+    ] {
+        let (ok, out, err) = kubectl(args);
+        assert!(!ok, "{args:?} succeeded: {out}");
+        assert!(err.contains("Error from server (Forbidden)"), "{err}");
+        assert!(err.contains(rule), "{err}");
+    }
+
+    // A watch streams: the first event reaches kubectl, masked, while the
+    // server still holds back the second.
+    let mut all = base.to_vec();
+    all.extend_from_slice(&[
+        "get",
+        "pods",
+        "-w",
+        "-o",
+        "jsonpath={.metadata.name}={.metadata.annotations.note}{\"\\n\"}",
+    ]);
+    let mut watch = f
+        .agent
+        .loopgate(&["exec"])
+        .arg("--")
+        .args(&all)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(watch.stdout.take().unwrap()));
+    let mut next = || lines.next().expect("watch output ended").unwrap();
+    assert_eq!(next(), "p1=");
+    assert_eq!(next(), "w1=ssn ***");
+    server.release_watch();
+    assert_eq!(next(), "w2=ssn ***");
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    // exec is held by the HIPAA pack (pod labels cannot be seen, so every
+    // exec); denied, the client gets a 403 Status and nothing is sent.
+    // (curl sends kubectl's WebSocket upgrade request.)
+    let ca = f.loopgate_ca.to_string_lossy().into_owned();
+    let upgrade = |path: &str| {
+        f.agent
+            .loopgate(&["exec"])
+            .args(["--", "curl", "-sS", "--http1.1", "--cacert", &ca])
+            .args(["-H", "Connection: Upgrade", "-H", "Upgrade: websocket"])
+            .args([
+                "-H",
+                "Sec-WebSocket-Version: 13",
+                "-H",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            ])
+            .args(["-H", "Sec-WebSocket-Protocol: v5.channel.k8s.io"])
+            .args(["-w", "\n%{http_code} %{http_version}"])
+            .arg(format!("https://127.0.0.1:{}{path}", server.port))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let client = upgrade("/api/v1/namespaces/ward/pods/p1/exec?command=cat&command=%2Fetc%2Fphi&stdout=true");
+    let id = wait_pending(&f);
+    let out = f
+        .agent
+        .approvals_as(ALICE, &[APPROVERS_GID], &["deny", &id, "--reason", "no ticket"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, _, body) = split_status(&client.wait_with_output().unwrap());
+    assert_eq!(status, 403, "{body}");
+    let st: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((st["kind"].as_str(), st["code"].as_u64()), (Some("Status"), Some(403)));
+    assert!(st["message"].as_str().unwrap().contains("denied"), "{body}");
+    // An allowed port-forward is relayed byte for byte after the 101.
+    let relay = r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[2]))), server_hostname="127.0.0.1")
+s.sendall(b"GET /api/v1/namespaces/ward/pods/p1/portforward?ports=5432 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+          b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(1)
+print(head.split(b"\r\n")[0].decode())
+payload = bytes(range(256)) * 64
+s.sendall(payload)
+got = b""
+while len(got) < len(payload):
+    got += s.recv(65536)
+print("echoed", len(got), got == payload)
+"#;
+    let port = server.port.to_string();
+    let out = f.agent.exec(&["python3", "-c", relay, &ca, &port]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["HTTP/1.1 101 Switching Protocols", "echoed 16384 True"],
+        "{stdout}"
+    );
+
+    // Everything that reached the server carried loopgate's token and the
+    // impersonated caller, never the client's token; the refused requests
+    // never reached it.
+    let requests = server.requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        let h = &r["headers"];
+        assert_eq!(h["authorization"], format!("Bearer {UPSTREAM_TOKEN}"), "{r}");
+        assert_eq!(h["impersonate-user"], "unix:root", "{r}");
+    }
+    assert!(
+        !requests.iter().any(|r| r["path"].as_str().unwrap().contains("secrets")
+            || (r["method"] == "DELETE" && r["path"] == "/api/v1/namespaces/ward")),
+        "{requests:?}"
+    );
+    let verbs: Vec<String> = f
+        .agent
+        .events()
+        .iter()
+        .filter(|e| e["kind"] == "command" && e["target"]["name"] == "k8s")
+        .map(|e| e["command"]["kind"].as_str().unwrap_or("").to_owned())
+        .collect();
+    for verb in ["get", "list", "create", "delete", "watch", "exec", "portforward"] {
+        assert!(verbs.iter().any(|v| v == verb), "{verb} not in {verbs:?}");
+    }
+}

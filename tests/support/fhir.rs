@@ -82,6 +82,7 @@ impl FhirServer {
             .arg(&script)
             .args([&cert_path, &key_path, &log])
             .arg(patients.to_string())
+            .arg(dir.path().join("go"))
             .stdout(Stdio::piped())
             .spawn()
             .expect("start python3 fhir_server.py");
@@ -100,6 +101,12 @@ impl FhirServer {
             log,
             _dir: dir,
         }
+    }
+
+    /// Lets a pods watch send its second event (until then it has sent
+    /// only the first, so a client that sees it has seen it streamed).
+    pub fn release_watch(&self) {
+        std::fs::write(self._dir.path().join("go"), "").unwrap();
     }
 
     /// Every request the server received: `{method, path, headers}`.

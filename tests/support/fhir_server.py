@@ -17,6 +17,14 @@ and, Kubernetes-shaped (not an API server either):
   POST   /api/v1/namespaces/ward/secrets         the created Secret (with data)
   DELETE /api/v1/namespaces/<ns>                 a Status
 
+and enough of the API's discovery (/api, /api/v1, /apis) and an in-memory
+store of ConfigMaps in namespace ward (get, list, create, delete) for an
+unmodified kubectl to run its get, apply and delete. An Upgrade request to
+/api/v1/namespaces/ward/pods/p1/portforward is switched (101, the
+WebSocket subprotocol echoed) and then echoes every byte back until EOF. A pods watch
+(?watch=...) streams chunked: the first event at once, the second only
+once the file GO (argv[5]) exists, then the stream ends.
+
 Every request is appended, as one JSON line, to LOG: method, path and
 headers, so a test can see what reached the server (and what did not).
 
@@ -29,8 +37,30 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import os
+import time
+
 CERT, KEY, LOG, PATIENTS = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+GO = sys.argv[5] if len(sys.argv) > 5 else None
 LOCK = threading.Lock()
+CONFIGMAPS = {"c1": {"kind": "ConfigMap", "apiVersion": "v1",
+                     "metadata": {"name": "c1", "namespace": "ward", "resourceVersion": "1"},
+                     "data": {"mode": "fast", "contact": "ssn 123-45-6789"}}}
+CM_PREFIX = "/api/v1/namespaces/ward/configmaps"
+RESOURCES = [("pods", "Pod", True), ("configmaps", "ConfigMap", True),
+             ("secrets", "Secret", True), ("namespaces", "Namespace", False)]
+
+
+def pod(name, note):
+    return {"kind": "Pod", "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": "ward", "resourceVersion": "1",
+                         "annotations": {"note": note}},
+            "spec": {"containers": [{"name": "app", "image": "app:1"}]}}
+
+
+def status(code, reason, message):
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code}
 
 
 def patient(i):
@@ -74,9 +104,26 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def echo_upgrade(self):
+        self.send_response(101)
+        self.send_header("Upgrade", self.headers.get("Upgrade", ""))
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Protocol", self.headers.get("Sec-WebSocket-Protocol", ""))
+        self.end_headers()
+        self.wfile.flush()
+        while True:
+            data = self.rfile.read1(65536)
+            if not data:
+                break
+            self.wfile.write(data)
+            self.wfile.flush()
+        self.close_connection = True
+
     def do_GET(self):
         self.record()
         path = self.path.split("?")[0]
+        if path == "/api/v1/namespaces/ward/pods/p1/portforward" and "Upgrade" in self.headers:
+            return self.echo_upgrade()
         if path == "/fhir/metadata":
             return self.send(200, {"resourceType": "CapabilityStatement", "status": "active", "fhirVersion": "4.0.1"})
         if path in ("/fhir/$export", "/fhir/Patient/$export"):
@@ -87,6 +134,31 @@ class Handler(BaseHTTPRequestHandler):
                         "search": {"mode": "match"}} for i in range(1, PATIENTS + 1)]
             return self.send(200, {"resourceType": "Bundle", "type": "searchset", "total": PATIENTS,
                                    "entry": entries})
+        if path == "/api":
+            return self.send(200, {"kind": "APIVersions", "versions": ["v1"],
+                                   "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0",
+                                                                   "serverAddress": "127.0.0.1"}]},
+                             "application/json")
+        if path == "/apis":
+            return self.send(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": []},
+                             "application/json")
+        if path == "/api/v1":
+            return self.send(200, {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+                {"name": n, "singularName": k.lower(), "namespaced": ns, "kind": k,
+                 "verbs": ["create", "delete", "get", "list", "watch"]} for n, k, ns in RESOURCES]},
+                "application/json")
+        if path == "/api/v1/namespaces/ward/pods" and "watch=" in self.path:
+            return self.watch_pods()
+        if path == CM_PREFIX:
+            return self.send(200, {"kind": "ConfigMapList", "apiVersion": "v1",
+                                   "metadata": {"resourceVersion": "1"},
+                                   "items": list(CONFIGMAPS.values())}, "application/json")
+        if path.startswith(CM_PREFIX + "/") and path != CM_PREFIX + "/c1":
+            name = path[len(CM_PREFIX) + 1:]
+            if name in CONFIGMAPS:
+                return self.send(200, CONFIGMAPS[name], "application/json")
+            return self.send(404, status(404, "NotFound", 'configmaps "%s" not found' % name),
+                             "application/json")
         if path == "/api/v1/namespaces/ward/pods":
             return self.send(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {},
                                    "items": [{"metadata": {"name": "p1", "namespace": "ward"}}]},
@@ -100,18 +172,56 @@ class Handler(BaseHTTPRequestHandler):
                              "application/fhir+xml")
         if path.startswith("/fhir/Patient/p"):
             return self.send(200, patient(int(path.rsplit("p", 1)[1])))
+        if path.startswith("/api"):
+            return self.send(404, status(404, "NotFound", "the server could not find the requested resource"),
+                             "application/json")
         self.send(404, {"resourceType": "OperationOutcome",
                         "issue": [{"severity": "error", "code": "not-found"}]})
 
+    def watch_pods(self):
+        """Two watch events, chunked; the second only once GO exists (within
+        30 s, else the stream ends without it: a proxy that held the stream
+        back would never see GO written)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def chunk(data):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+        chunk(json.dumps({"type": "ADDED", "object": pod("w1", "ssn 321-54-9876")}).encode() + b"\n")
+        deadline = time.time() + 30
+        while GO and not os.path.exists(GO) and time.time() < deadline:
+            time.sleep(0.05)
+        if GO and os.path.exists(GO):
+            chunk(json.dumps({"type": "MODIFIED", "object": pod("w2", "ssn 432-65-1987")}).encode() + b"\n")
+        chunk(b"")
+
     def do_POST(self):
         self.record()
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.path.split("?")[0] == CM_PREFIX:
+            obj = json.loads(body)
+            name = obj["metadata"]["name"]
+            obj["metadata"].update({"namespace": "ward", "resourceVersion": "2"})
+            with LOCK:
+                CONFIGMAPS[name] = obj
+            return self.send(201, obj, "application/json")
         return self.send(201, {"kind": "Secret", "apiVersion": "v1", "metadata": {"name": "s1"},
                                "data": {"password": "aHVudGVyMg=="}, "type": "Opaque"},
                          "application/json")
 
     def do_DELETE(self):
         self.record()
+        path = self.path.split("?")[0]
+        if path.startswith(CM_PREFIX + "/"):
+            with LOCK:
+                obj = CONFIGMAPS.pop(path[len(CM_PREFIX) + 1:], None)
+            if obj is None:
+                return self.send(404, status(404, "NotFound", "not found"), "application/json")
+            return self.send(200, obj, "application/json")
         self.send_response(204)
         self.send_header("Content-Length", "0")
         self.end_headers()

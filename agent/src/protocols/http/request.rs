@@ -99,19 +99,9 @@ impl<'a> Conn<'a> {
         }
         let caller = Caller::of(self.session, None, None);
 
+        // exec / attach / port-forward (WebSocket, SPDY) and CONNECT are
+        // decided like any request; an admitted HTTP/1.1 upgrade is relayed.
         let upgrade = req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE);
-        if upgrade {
-            // exec / attach / port-forward (WebSocket, SPDY): not relayed
-            // yet. Recorded as refused, so the attempt is on the record.
-            let reason = "protocol upgrades (exec, attach, port-forward, WebSocket) are not supported yet";
-            return match enforcer
-                .refuse(self.session, info, "loopgate.unsupported_upgrade", reason)
-                .await
-            {
-                Ok(r) => Err(answer(api, StatusCode::NOT_IMPLEMENTED, &r.message("request"))),
-                Err(e) => Err(self.end_on_audit_failure(e)),
-            };
-        }
 
         let command = Command {
             action: Action::HttpRequest(&action),
@@ -142,6 +132,9 @@ impl<'a> Conn<'a> {
                 }
             }
         };
+        if upgrade {
+            return self.relay_upgrade(req, admitted, exec).await;
+        }
         self.forward(req, admitted, &action, exec).await
     }
 
@@ -341,6 +334,112 @@ impl<'a> Conn<'a> {
             self.finish(&admitted, status, end).await;
         });
         Ok(Response::from_parts(parts, body.boxed_unsync()))
+    }
+
+    /// An admitted HTTP/1.1 upgrade (kubectl exec / attach / port-forward
+    /// over WebSocket or SPDY): sent upstream on a connection of its own
+    /// with the same credential rewriting as any request; on 101 both
+    /// sides are joined and relayed byte for byte (not masked: the streams
+    /// are framed binary, see ARCHITECTURE), the result recorded when
+    /// either side closes. CONNECT and HTTP/2 upgrades are answered 501.
+    async fn relay_upgrade<'c>(
+        &'c self,
+        mut req: Request<Incoming>,
+        admitted: Admitted,
+        exec: &Local<'c>,
+    ) -> Result<Response<ResBody>, Response<ResBody>> {
+        let api = self.svc.api;
+        let upgrade_to = req.headers().get(header::UPGRADE).cloned();
+        let Some(upgrade_to) =
+            upgrade_to.filter(|_| req.version() == Version::HTTP_11 && req.method() != Method::CONNECT)
+        else {
+            self.finish_failed(&admitted, "501").await;
+            let message =
+                "loopgate: only HTTP/1.1 Upgrade requests are relayed (not CONNECT or HTTP/2); nothing was sent";
+            return Err(answer(api, StatusCode::NOT_IMPLEMENTED, message));
+        };
+        let client_side = hyper::upgrade::on(&mut req);
+        let (mut parts, _body) = req.into_parts();
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(value) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, value);
+        }
+        let token = self.svc.token.as_ref().map(|t| t.expose());
+        headers::upstream_request(&mut parts.headers, token);
+        if self.svc.impersonate
+            && let Some(p) = self.session.principal.get()
+            && let Some(subject) = &p.subject
+        {
+            headers::impersonate(&mut parts.headers, subject, &p.groups);
+        }
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        parts.headers.insert(header::UPGRADE, upgrade_to);
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .unwrap_or_else(|_| http::Uri::from_static("/"));
+        let empty = http_body_util::Empty::<Bytes>::new()
+            .map_err(|never| -> BoxError { match never {} })
+            .boxed_unsync();
+        let mut response = match self.upstream.send_upgrade(Request::from_parts(parts, empty)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(session = %self.session.id, error = %e, "upstream upgrade request failed");
+                self.finish_failed(&admitted, "502").await;
+                return Err(answer(
+                    api,
+                    StatusCode::BAD_GATEWAY,
+                    "loopgate: the upstream server could not be reached or failed",
+                ));
+            }
+        };
+        let status = response.status();
+        if status != StatusCode::SWITCHING_PROTOCOLS {
+            self.finish_failed(&admitted, status.as_str()).await;
+            let message = format!("loopgate: the upstream server refused the upgrade ({status})");
+            return Err(answer(api, StatusCode::BAD_GATEWAY, &message));
+        }
+        let server_side = hyper::upgrade::on(&mut response);
+        let mut answer_head = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+        for (name, value) in response.headers() {
+            if name != header::SET_COOKIE {
+                answer_head = answer_head.header(name, value);
+            }
+        }
+        let traffic = self.session.traffic.clone();
+        exec.spawn(async move {
+            let (bytes, error) = match futures_util::future::join(client_side, server_side).await {
+                (Ok(c), Ok(s)) => {
+                    let (mut c, mut s) = (hyper_util::rt::TokioIo::new(c), hyper_util::rt::TokioIo::new(s));
+                    match tokio::io::copy_bidirectional(&mut c, &mut s).await {
+                        Ok((up, down)) => {
+                            traffic.to_server.fetch_add(up, std::sync::atomic::Ordering::Relaxed);
+                            (down, None)
+                        }
+                        Err(e) => (0, Some(format!("relay: {e}"))),
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => (0, Some(format!("upgrade: {e}"))),
+            };
+            let end = BodyEnd {
+                bytes,
+                error,
+                ..BodyEnd::default()
+            };
+            self.finish(&admitted, StatusCode::SWITCHING_PROTOCOLS, end).await;
+        });
+        let empty = http_body_util::Empty::<Bytes>::new()
+            .map_err(|never| -> BoxError { match never {} })
+            .boxed_unsync();
+        Ok(answer_head
+            .body(empty)
+            .unwrap_or_else(|_| answer(self.svc.api, StatusCode::BAD_GATEWAY, "loopgate: bad upgrade response")))
     }
 
     async fn finish(&self, admitted: &Admitted, status: StatusCode, end: BodyEnd) {

@@ -168,6 +168,58 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// Sends an upgrade request on a fresh HTTP/1.1 connection of its own
+    /// (ALPN offers http/1.1 only: upgrades do not exist in HTTP/2), kept
+    /// upgradable; the response's upgrade is the server's side of the relay.
+    pub async fn send_upgrade(&self, mut request: Request<UpBody>) -> Result<Response<Incoming>, UpstreamError> {
+        *request.version_mut() = http::Version::HTTP_11;
+        let dial = async {
+            let tcp = TcpStream::connect(self.dialer.addr)
+                .await
+                .map_err(UpstreamError::Connect)?;
+            let _ = tcp.set_nodelay(true);
+            let Some(tls) = &self.dialer.tls else {
+                return Ok::<_, UpstreamError>(Either::Plain(tcp));
+            };
+            let mut h1_only = (**tls).clone();
+            h1_only.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let name =
+                ServerName::try_from(self.dialer.server_name.clone()).map_err(|e| UpstreamError::Tls(e.to_string()))?;
+            let stream = tokio_rustls::TlsConnector::from(Arc::new(h1_only))
+                .connect(name, tcp)
+                .await
+                .map_err(UpstreamError::handshake)?;
+            Ok(Either::Tls(Box::new(stream)))
+        };
+        let io = tokio::time::timeout(self.dialer.timeout, dial)
+            .await
+            .map_err(|_| UpstreamError::Timeout)??;
+        match io {
+            Either::Plain(tcp) => upgradable(tcp, request).await,
+            Either::Tls(tls) => upgradable(*tls, request).await,
+        }
+    }
+}
+
+enum Either {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+async fn upgradable<T>(io: T, request: Request<UpBody>) -> Result<Response<Incoming>, UpstreamError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream upgrade connection ended");
+        }
+    });
+    Ok(sender.send_request(request).await?)
+}
+
 async fn handshake_h1<T>(io: T) -> Result<Sender, UpstreamError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
