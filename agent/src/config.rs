@@ -88,6 +88,11 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Session worker threads (default: one per CPU the agent may use).
     pub workers: usize,
+    /// Refused connections (the kernel's refusals, and connections to the
+    /// port the kernel did not redirect) recorded one by one per second;
+    /// beyond, one summary event counts the rest, so a flood cannot fill
+    /// the trail.
+    pub refusals_per_second: u32,
 }
 
 /// The protocol a target speaks, with that protocol's own settings (each
@@ -318,6 +323,7 @@ mod raw {
         pub drain_timeout_secs: Option<u64>,
         pub connect_timeout_secs: Option<Spanned<u64>>,
         pub workers: Option<Spanned<usize>>,
+        pub refusals_per_second: Option<Spanned<u32>>,
     }
 
     #[derive(Deserialize)]
@@ -426,6 +432,13 @@ impl Validator<'_> {
             Some(w) => *w.get_ref(),
             None => std::thread::available_parallelism().map_or(1, usize::from),
         };
+        let refusals_per_second = match raw.proxy.refusals_per_second {
+            Some(n) if *n.get_ref() == 0 => {
+                return self.error("proxy.refusals_per_second", n.span(), "must be at least 1");
+            }
+            Some(n) => *n.get_ref(),
+            None => 200,
+        };
         Ok(Config {
             intercept,
             audit,
@@ -440,6 +453,7 @@ impl Validator<'_> {
                 drain_timeout: Duration::from_secs(raw.proxy.drain_timeout_secs.unwrap_or(30)),
                 connect_timeout,
                 workers,
+                refusals_per_second,
             },
             mask: raw.mask,
             sql: raw.sql,
@@ -951,6 +965,9 @@ address = "[::1]:9000"
         let (line, key, msg) = invalid("[proxy]\ndrain_timeout_secs = 5\nworkers = 0\n");
         assert_eq!((line, key.as_str()), (3, "proxy.workers"));
         assert!(msg.contains("between 1 and"), "{msg}");
+
+        let (line, key, _) = invalid("[proxy]\nrefusals_per_second = 0\n");
+        assert_eq!((line, key.as_str()), (2, "proxy.refusals_per_second"));
     }
 
     #[test]

@@ -31,9 +31,6 @@ use crate::{
     session::{EndStatus, Session, SessionEnd, process},
 };
 
-/// Refused connections recorded one by one per second.
-const REFUSALS_PER_SECOND: u32 = 200;
-
 /// The proxy's two listeners, on loopback ports of the kernel's choosing:
 /// intercepted connects go to `listen_port`, and the kernel's port owner
 /// (sk_lookup) hands them to these sockets — so another process holding
@@ -134,6 +131,7 @@ impl Proxy {
             })
             .collect::<anyhow::Result<_>>()?;
         let workers = Workers::start(config.proxy.workers).context("starting the session workers")?;
+        let refusals_per_second = config.proxy.refusals_per_second;
         Ok(Arc::new(Proxy {
             config,
             routes,
@@ -142,7 +140,7 @@ impl Proxy {
             registry: Arc::default(),
             workers,
             owner_scans: Semaphore::new(1),
-            refusal_limit: std::sync::Mutex::new(RateLimit::new(REFUSALS_PER_SECOND, Duration::from_secs(1))),
+            refusal_limit: std::sync::Mutex::new(RateLimit::new(refusals_per_second, Duration::from_secs(1))),
         }))
     }
 

@@ -22,9 +22,6 @@ use crate::{
 use super::Registry;
 use crate::session::process;
 
-/// Refusals recorded one by one per second; beyond, one summary event.
-const PER_SECOND: u32 = 200;
-
 /// Reads the kernel's refusals until the agent stops.
 pub async fn record_kernel_refusals(
     ring: RingBuf<MapData>,
@@ -42,7 +39,8 @@ pub async fn record_kernel_refusals(
             return;
         }
     };
-    let mut limit = RateLimit::new(PER_SECOND, Duration::from_secs(1));
+    // One by one up to `[proxy] refusals_per_second`; beyond, one summary event.
+    let mut limit = RateLimit::new(config.proxy.refusals_per_second, Duration::from_secs(1));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         // Drain what is there (also what was left while the agent was down).
