@@ -90,6 +90,28 @@ fn fixture(extra: impl FnOnce(&TestCa, &std::path::Path) -> Vec<Target>) -> Fixt
     fixture_with("process", "", PATIENTS, extra)
 }
 
+/// The FHIR fixture plus a second target, `k8s`: an `api = "kubernetes"`
+/// https target in front of a test server of its own.
+fn kubernetes_fixture() -> (Fixture, FhirServer) {
+    let mut servers = Vec::new();
+    let f = fixture(|ca, files| {
+        let server = FhirServer::start(ca, &["127.0.0.1"], 1);
+        let target = Target {
+            name: "k8s".into(),
+            protocol: "https".into(),
+            address: format!("127.0.0.1:{}", server.port),
+            extra: format!(
+                "identity = \"process\"\n[target.http]\napi = \"kubernetes\"\nca_file = \"{}\"\ntoken_file = \"{}\"\n",
+                files.join("upstream-ca.pem").display(),
+                files.join("upstream.token").display()
+            ),
+        };
+        servers.push(server);
+        vec![target]
+    });
+    (f, servers.remove(0))
+}
+
 /// As [`fixture`], the FHIR target with `identity`, the agent config with
 /// `agent_extra`.
 fn fixture_with(
@@ -454,23 +476,8 @@ fn an_upstream_whose_certificate_does_not_verify_is_refused() {
 #[test]
 fn kubernetes_requests_are_decided_by_verb_impersonate_the_caller_and_mask_secrets() {
     require_ebpf!();
-    let mut servers = Vec::new();
-    let f = fixture(|ca, files| {
-        let server = FhirServer::start(ca, &["127.0.0.1"], 1);
-        let target = Target {
-            name: "k8s".into(),
-            protocol: "https".into(),
-            address: format!("127.0.0.1:{}", server.port),
-            extra: format!(
-                "identity = \"process\"\n[target.http]\napi = \"kubernetes\"\nca_file = \"{}\"\ntoken_file = \"{}\"\n",
-                files.join("upstream-ca.pem").display(),
-                files.join("upstream.token").display()
-            ),
-        };
-        servers.push(server);
-        vec![target]
-    });
-    let server = &servers[0];
+    let (f, server) = kubernetes_fixture();
+    let server = &server;
     let ca = f.loopgate_ca.to_string_lossy().into_owned();
     let kubectl_like = |args: &[&str], path: &str| {
         let url = format!("https://127.0.0.1:{}{path}", server.port);
@@ -758,23 +765,8 @@ fn kubectl_bin() -> PathBuf {
 #[test]
 fn kubectl_get_apply_delete_and_watch_through_loopgate() {
     require_ebpf!();
-    let mut servers = Vec::new();
-    let f = fixture(|ca, files| {
-        let server = FhirServer::start(ca, &["127.0.0.1"], 1);
-        let target = Target {
-            name: "k8s".into(),
-            protocol: "https".into(),
-            address: format!("127.0.0.1:{}", server.port),
-            extra: format!(
-                "identity = \"process\"\n[target.http]\napi = \"kubernetes\"\nca_file = \"{}\"\ntoken_file = \"{}\"\n",
-                files.join("upstream-ca.pem").display(),
-                files.join("upstream.token").display()
-            ),
-        };
-        servers.push(server);
-        vec![target]
-    });
-    let server = &servers[0];
+    let (f, server) = kubernetes_fixture();
+    let server = &server;
     let home = tempfile::tempdir().unwrap();
     let kubeconfig = home.path().join("config");
     std::fs::write(

@@ -137,6 +137,26 @@ impl Fixture {
         self.agent.exec(&args)
     }
 
+    /// An interactive shell on a pty (`ssh -tt`) that is sent `input` as
+    /// typed lines.
+    fn shell(&self, input: &str) -> Output {
+        let mut shell = self.agent.loopgate(&["exec"]);
+        shell.arg("--").arg("ssh").args(self.options(&self.known_hosts));
+        shell.args(["-tt", "-p", &self.sshd.port.to_string(), "root@127.0.0.1"]);
+        let mut shell = shell
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write as _;
+            let mut stdin = shell.stdin.take().unwrap();
+            writeln!(stdin, "{input}").unwrap();
+        }
+        shell.wait_with_output().unwrap()
+    }
+
     fn ssh(&self, command: &str) -> Output {
         self.ssh_to("127.0.0.1", &self.known_hosts, &[], command)
     }
@@ -211,21 +231,7 @@ fn exec_masking_refusals_sftp_and_forwards() {
     assert!(stderr.contains("alice,") && !has_ssn(&stderr), "{stderr}");
 
     // An interactive shell on a pty: masked as it streams, recorded as a shell.
-    let mut shell = f.agent.loopgate(&["exec"]);
-    shell.arg("--").arg("ssh").args(f.options(&f.known_hosts));
-    shell.args(["-tt", "-p", &f.sshd.port.to_string(), "root@127.0.0.1"]);
-    let mut shell = shell
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write as _;
-        let mut stdin = shell.stdin.take().unwrap();
-        writeln!(stdin, "cat {}; exit 0", records.display()).unwrap();
-    }
-    let out = shell.wait_with_output().unwrap();
+    let out = f.shell(&format!("cat {}; exit 0", records.display()));
     assert!(out.status.success(), "{}", f.context(&out));
     let typed = text(&out.stdout);
     assert!(typed.contains("alice,") && !has_ssn(&typed), "{typed}");
@@ -775,21 +781,7 @@ fn shells_and_execs_are_recorded_masked_replayed_and_verified() {
     let records = f.phi.join("records.csv");
 
     // A shell on a pty: the user types a command whose output holds an SSN.
-    let mut shell = f.agent.loopgate(&["exec"]);
-    shell.arg("--").arg("ssh").args(f.options(&f.known_hosts));
-    shell.args(["-tt", "-p", &f.sshd.port.to_string(), "root@127.0.0.1"]);
-    let mut shell = shell
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write as _;
-        let mut stdin = shell.stdin.take().unwrap();
-        writeln!(stdin, "echo typed-{SSN}; cat {}; exit 0", records.display()).unwrap();
-    }
-    let out = shell.wait_with_output().unwrap();
+    let out = f.shell(&format!("echo typed-{SSN}; cat {}; exit 0", records.display()));
     assert!(out.status.success(), "{}", f.context(&out));
     // An exec is recorded too; a transfer protocol (scp) is not.
     let out = f.ssh(&format!("cat {}", records.display()));
