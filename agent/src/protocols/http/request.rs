@@ -244,29 +244,10 @@ impl<'a> Conn<'a> {
         let api = self.svc.api;
         let method = req.method().clone();
         let (mut parts, body) = req.into_parts();
-        if !parts.headers.contains_key(header::HOST)
-            && let Some(authority) = parts.uri.authority()
-            && let Ok(value) = HeaderValue::from_str(authority.as_str())
-        {
-            parts.headers.insert(header::HOST, value);
-        }
-        let token = self.svc.token.as_ref().map(|t| t.expose());
-        headers::upstream_request(&mut parts.headers, token);
+        self.for_upstream(&mut parts);
         if api == Api::Fhir {
             headers::prefer_fhir_json(&mut parts.headers);
         }
-        if self.svc.impersonate
-            && let Some(p) = self.session.principal.get()
-            && let Some(subject) = &p.subject
-        {
-            headers::impersonate(&mut parts.headers, subject, &p.groups);
-        }
-        parts.uri = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse()
-            .unwrap_or_else(|_| http::Uri::from_static("/"));
         parts.version = Version::HTTP_11;
         let request = Request::from_parts(parts, upstream::request_body(body, self.session.traffic.clone()));
 
@@ -360,30 +341,11 @@ impl<'a> Conn<'a> {
         };
         let client_side = hyper::upgrade::on(&mut req);
         let (mut parts, _body) = req.into_parts();
-        if !parts.headers.contains_key(header::HOST)
-            && let Some(authority) = parts.uri.authority()
-            && let Ok(value) = HeaderValue::from_str(authority.as_str())
-        {
-            parts.headers.insert(header::HOST, value);
-        }
-        let token = self.svc.token.as_ref().map(|t| t.expose());
-        headers::upstream_request(&mut parts.headers, token);
-        if self.svc.impersonate
-            && let Some(p) = self.session.principal.get()
-            && let Some(subject) = &p.subject
-        {
-            headers::impersonate(&mut parts.headers, subject, &p.groups);
-        }
+        self.for_upstream(&mut parts);
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         parts.headers.insert(header::UPGRADE, upgrade_to);
-        parts.uri = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse()
-            .unwrap_or_else(|_| http::Uri::from_static("/"));
         let empty = http_body_util::Empty::<Bytes>::new()
             .map_err(|never| -> BoxError { match never {} })
             .boxed_unsync();
@@ -440,6 +402,32 @@ impl<'a> Conn<'a> {
         Ok(answer_head
             .body(empty)
             .unwrap_or_else(|_| answer(self.svc.api, StatusCode::BAD_GATEWAY, "loopgate: bad upgrade response")))
+    }
+
+    /// The request as it goes upstream: a Host header (HTTP/2 clients send
+    /// only `:authority`), the client's credentials out and loopgate's in,
+    /// the caller impersonated where configured, the target in origin form.
+    fn for_upstream(&self, parts: &mut http::request::Parts) {
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(value) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, value);
+        }
+        let token = self.svc.token.as_ref().map(|t| t.expose());
+        headers::upstream_request(&mut parts.headers, token);
+        if self.svc.impersonate
+            && let Some(p) = self.session.principal.get()
+            && let Some(subject) = &p.subject
+        {
+            headers::impersonate(&mut parts.headers, subject, &p.groups);
+        }
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .unwrap_or_else(|_| http::Uri::from_static("/"));
     }
 
     async fn finish(&self, admitted: &Admitted, status: StatusCode, end: BodyEnd) {
