@@ -49,6 +49,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("loopgate run needs root (it loads eBPF programs and attaches them to cgroups)");
     }
+    // First, so a stop asked for during start-up (systemd, an operator) is
+    // taken once the agent is up, not the default action that kills it.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let cgroups = intercept::intercepted_cgroups(&config.interception())?;
     let config = Arc::new(config);
     let audit = AuditLog::new(
@@ -146,9 +151,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     notify("READY=1");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     let proxy_task = tokio::spawn(proxy.clone().run(listeners, stop_rx));
     loop {
         tokio::select! {
