@@ -55,14 +55,7 @@ finally:
 "##;
 
 fn group_name(gid: u32) -> String {
-    let groups = std::fs::read_to_string("/etc/group").unwrap();
-    groups
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.get(2) == Some(&gid.to_string().as_str())).then(|| f[0].to_owned())
-        })
-        .unwrap()
+    loopgate_e2e::group_name(gid).unwrap()
 }
 
 /// curl's status code for `url` with `args`.

@@ -74,14 +74,7 @@ fn split_status(out: &Output) -> (u16, String, String) {
 }
 
 fn approver_group() -> String {
-    let groups = std::fs::read_to_string("/etc/group").unwrap();
-    groups
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.get(2) == Some(&APPROVERS_GID.to_string().as_str())).then(|| f[0].to_owned())
-        })
-        .expect("a group with gid 100")
+    loopgate_e2e::group_name(APPROVERS_GID).unwrap()
 }
 
 /// The FHIR server, the agent with the HIPAA pack and a target for it, and

@@ -25,14 +25,7 @@ const APPROVERS_GID: u32 = 100;
 const APPROVER: u32 = 1;
 
 fn approver_group() -> String {
-    let groups = std::fs::read_to_string("/etc/group").unwrap();
-    groups
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.get(2) == Some(&APPROVERS_GID.to_string().as_str())).then(|| f[0].to_owned())
-        })
-        .unwrap_or_else(|| panic!("no group with gid {APPROVERS_GID} in /etc/group"))
+    loopgate_e2e::group_name(APPROVERS_GID).unwrap()
 }
 
 /// A clinic behind the shipped HIPAA pack (approvals by the `users` group)

@@ -56,14 +56,7 @@ impl Fixture {
         fs::create_dir_all(&phi).unwrap();
         fs::write(phi.join("records.csv"), format!("name,ssn\nalice,{SSN}\n")).unwrap();
 
-        let groups = fs::read_to_string("/etc/group").unwrap();
-        let group = groups
-            .lines()
-            .find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.get(2) == Some(&APPROVERS_GID.to_string().as_str())).then(|| f[0].to_owned())
-            })
-            .expect("a group with gid 100");
+        let group = loopgate_e2e::group_name(APPROVERS_GID).unwrap();
         let policies = policy_pack(dir.path(), json!({ "group": group, "timeout_secs": 120 }));
         let catalog_path = policies.join("phi_catalog.json");
         let mut catalog: Value = serde_json::from_slice(&fs::read(&catalog_path).unwrap()).unwrap();

@@ -21,7 +21,7 @@ use std::{
 use loopgate_e2e::{
     Agent, PgServer, Target,
     clinic::policy_pack,
-    ebpf_available, loopgate_bin,
+    ebpf_available, group_name, loopgate_bin,
     postgres::{APP_PASSWORD, APP_USER, PgOptions},
     python,
 };
@@ -401,17 +401,6 @@ fn spawn(mut cmd: Command) -> Result<Child, String> {
 
 fn finish(child: Child) -> Result<Output, String> {
     child.wait_with_output().map_err(|e| e.to_string())
-}
-
-fn group_name(gid: u32) -> Result<String, String> {
-    let groups = std::fs::read_to_string("/etc/group").map_err(|e| e.to_string())?;
-    groups
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.get(2) == Some(&gid.to_string().as_str())).then(|| f[0].to_owned())
-        })
-        .ok_or_else(|| format!("no group with gid {gid} in /etc/group"))
 }
 
 fn user_name(uid: u32) -> String {

@@ -80,3 +80,16 @@ fn check_ebpf() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The name of the group with `gid` (approver groups in the tests are
+/// named by gid so they exist on every Debian/Ubuntu machine).
+pub fn group_name(gid: u32) -> Result<String, String> {
+    let groups = std::fs::read_to_string("/etc/group").map_err(|e| format!("/etc/group: {e}"))?;
+    groups
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.get(2) == Some(&gid.to_string().as_str())).then(|| f[0].to_owned())
+        })
+        .ok_or_else(|| format!("no group with gid {gid} in /etc/group"))
+}

@@ -13,7 +13,7 @@ pub mod sshd;
 
 pub use agent::{Agent, Target};
 pub use echo::EchoServer;
-pub use env::{ebpf_available, loopgate_bin, python};
+pub use env::{ebpf_available, group_name, loopgate_bin, python};
 pub use postgres::{PgOptions, PgServer};
 
 /// Skips the calling test when eBPF interception cannot run here; fails it
