@@ -70,6 +70,7 @@ impl Statements {
     /// Parse: `name` now holds this statement (ambiguous if it was known).
     pub fn parsed(&mut self, name: Bytes, analysis: Arc<Analysis>, decision: PolicyDecision) {
         let ambiguous = !name.is_empty() && self.prepared.contains_key(&name);
+        self.shadow_sql_name(&name);
         self.described.remove(&name);
         let prepared = Prepared {
             analysis,
@@ -138,6 +139,7 @@ impl Statements {
             Target::Statement(name) => {
                 self.prepared.remove(name);
                 self.described.remove(name);
+                self.shadow_sql_name(name);
             }
             Target::Portal(name) => {
                 self.portals.remove(name);
@@ -145,27 +147,31 @@ impl Statements {
         }
     }
 
-    /// Follows what a statement about to run does to prepared statements:
-    /// `PREPARE`/`DEALLOCATE` for `EXECUTE`, and `DEALLOCATE name` /
-    /// `DISCARD ALL`, which close protocol-level statements too (one
-    /// namespace on the server).
-    pub fn runs(&mut self, stmt: &AnalyzedStatement) {
-        note_prepared(&mut self.sql_prepared, stmt);
-        let Some(PreparedOp::Deallocate { name }) = stmt.classification.as_ref().ok().and_then(|c| c.prepared.as_ref())
-        else {
-            return;
-        };
-        match name {
-            Some(name) => {
-                let key = Bytes::copy_from_slice(name.trim_matches('"').as_bytes());
-                self.prepared.remove(&key);
-                self.described.remove(&key);
-            }
-            None => {
-                self.prepared.retain(|name, _| name.is_empty());
-                self.described.retain(|name| name.is_empty());
+    /// Protocol-level and SQL-level prepared statements share one name
+    /// space on the server: a Parse or Close of `name` makes what a
+    /// `PREPARE` of the same name held unknown here (its `EXECUTE` stays
+    /// dynamic, refused), whichever of them the server kept.
+    fn shadow_sql_name(&mut self, name: &[u8]) {
+        let name = String::from_utf8_lossy(name);
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        for key in [name.into_owned(), quoted] {
+            if let Some(entry) = self.sql_prepared.get_mut(&key) {
+                *entry = None;
             }
         }
+    }
+
+    /// Follows what a statement about to run does to SQL-level prepared
+    /// statements (for `EXECUTE`). Whether it succeeds at the server is not
+    /// known here, so nothing is forgotten: a `DEALLOCATE` or `DISCARD ALL`
+    /// makes the names unknown (a later `EXECUTE` of them stays dynamic),
+    /// and protocol-level statements stay as they are (a re-Parse of their
+    /// name is ambiguous).
+    pub fn runs(&mut self, stmt: &AnalyzedStatement) {
+        let prepared = &self.prepared;
+        note_prepared(&mut self.sql_prepared, stmt, |name| {
+            prepared.contains_key(name.as_bytes())
+        });
     }
 
     /// `EXECUTE name` of a statement this session prepared with `PREPARE`
@@ -189,7 +195,7 @@ impl Statements {
                     Some(PreparedOp::Execute { name }) => known.get(name).cloned().flatten(),
                     _ => None,
                 };
-                note_prepared(&mut known, s);
+                note_prepared(&mut known, s, |name| self.prepared.contains_key(name.as_bytes()));
                 match runs {
                     // Marked as an EXECUTE's: its decision is not cached by
                     // text (the same text runs another statement in another
@@ -209,21 +215,102 @@ impl Statements {
     }
 }
 
-/// Follows what `stmt` does to the SQL-level prepared statements in `known`.
-fn note_prepared(known: &mut HashMap<String, Option<Arc<Classification>>>, stmt: &AnalyzedStatement) {
+/// Follows what `stmt` does to the SQL-level prepared statements in `known`;
+/// `protocol_has(server_name)`: a protocol-level statement holds that name,
+/// so a `PREPARE` of it fails at the server.
+fn note_prepared(
+    known: &mut HashMap<String, Option<Arc<Classification>>>,
+    stmt: &AnalyzedStatement,
+    protocol_has: impl Fn(&str) -> bool,
+) {
     match stmt.classification.as_ref().ok().and_then(|c| c.prepared.as_ref()) {
-        Some(PreparedOp::Prepare { name, statement }) => match known.entry(name.clone()) {
-            Entry::Occupied(mut e) => {
-                e.insert(None);
+        Some(PreparedOp::Prepare { name, statement }) => {
+            let taken = protocol_has(&server_name(name));
+            match known.entry(name.clone()) {
+                Entry::Occupied(mut e) => {
+                    e.insert(None);
+                }
+                Entry::Vacant(e) => {
+                    e.insert((!taken).then(|| Arc::clone(statement)));
+                }
             }
-            Entry::Vacant(e) => {
-                e.insert(Some(Arc::clone(statement)));
-            }
-        },
-        Some(PreparedOp::Deallocate { name: Some(name) }) => {
-            known.remove(name);
         }
-        Some(PreparedOp::Deallocate { name: None }) => known.clear(),
+        Some(PreparedOp::Deallocate { name: Some(name) }) => {
+            known.insert(name.clone(), None);
+        }
+        Some(PreparedOp::Deallocate { name: None }) => known.values_mut().for_each(|v| *v = None),
         Some(PreparedOp::Execute { .. }) | None => {}
+    }
+}
+
+/// The server's name for a folded SQL identifier (`q`, or `"Q"` quoted).
+fn server_name(key: &str) -> String {
+    match key.strip_prefix('"').and_then(|k| k.strip_suffix('"')) {
+        Some(quoted) => quoted.replace("\"\"", "\""),
+        None => key.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        mask::{MaskConfig, Masker},
+        sql::{Analyzer, SqlConfig},
+    };
+
+    fn analyze(sql: &str) -> Arc<Analysis> {
+        let masker = Masker::new(&MaskConfig::default(), None).unwrap();
+        Arc::new(Analyzer::new(&SqlConfig::default(), masker).analyze(sql))
+    }
+
+    /// The tables `EXECUTE s` would be decided and masked by: `None` when
+    /// it stays dynamic (an unresolved EXECUTE reads no known table).
+    fn executes(st: &Statements, sql: &str) -> Option<Vec<String>> {
+        let resolved = st.resolve_executes(analyze(sql));
+        let c = resolved.statements[0].classification.as_ref().ok()?;
+        let tables: Vec<String> = c.tables_read.iter().cloned().collect();
+        (!tables.is_empty()).then_some(tables)
+    }
+
+    fn run(st: &mut Statements, sql: &str) {
+        let analysis = st.resolve_executes(analyze(sql));
+        for s in &analysis.statements {
+            st.runs(s);
+        }
+    }
+
+    #[test]
+    fn sql_and_protocol_names_share_one_name_space() {
+        let mut st = Statements::default();
+        run(&mut st, "PREPARE s AS SELECT name FROM visits");
+        assert_eq!(executes(&st, "EXECUTE s"), Some(vec!["visits".to_owned()]));
+        // A Close of the protocol statement "s" is the same name: what
+        // EXECUTE s runs is no longer known.
+        st.closed(&Target::Statement(Bytes::from_static(b"s")));
+        assert_eq!(executes(&st, "EXECUTE s"), None);
+
+        // A PREPARE of a name a Parse holds fails at the server.
+        let mut st = Statements::default();
+        st.parsed(
+            Bytes::from_static(b"Q"),
+            analyze("SELECT ssn FROM patients"),
+            PolicyDecision::allow(),
+        );
+        run(&mut st, "PREPARE \"Q\" AS SELECT name FROM visits");
+        assert_eq!(executes(&st, "EXECUTE \"Q\""), None);
+    }
+
+    #[test]
+    fn a_deallocate_that_may_have_failed_forgets_nothing() {
+        let mut st = Statements::default();
+        run(&mut st, "PREPARE q AS SELECT ssn FROM patients");
+        // `SELECT 1/0; DEALLOCATE q` never deallocates at the server.
+        run(&mut st, "DEALLOCATE q");
+        run(&mut st, "PREPARE q AS SELECT name FROM visits");
+        assert_eq!(executes(&st, "EXECUTE q"), None);
+        run(&mut st, "PREPARE r AS SELECT name FROM visits");
+        run(&mut st, "DISCARD ALL");
+        assert_eq!(executes(&st, "EXECUTE r"), None);
     }
 }
