@@ -21,7 +21,17 @@ const HOP_BY_HOP: [&str; 8] = [
 /// and requests to act as someone else (Kubernetes impersonation).
 fn is_client_credential(name: &HeaderName) -> bool {
     let n = name.as_str();
-    matches!(n, "authorization" | "proxy-authorization" | "cookie") || n.starts_with("impersonate-")
+    matches!(
+        n,
+        "authorization"
+            | "proxy-authorization"
+            | "cookie"
+            | "x-api-key"
+            | "x-auth-token"
+            | "x-amz-security-token"
+            | "x-goog-api-key"
+    ) || n.starts_with("impersonate-")
+        || n.starts_with("x-remote-")
 }
 
 /// The client's bearer token, if it sent one.

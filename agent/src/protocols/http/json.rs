@@ -79,17 +79,26 @@ const FHIR: &[ResourceRules] = &[
     },
 ];
 
-const SECRET_PATHS: &[&[&str]] = &[&["data"], &["stringData"]];
-const SECRET_LIST_PATHS: &[&[&str]] = &[&["items", "[]", "data"], &["items", "[]", "stringData"]];
+/// A Secret's values, and its annotations: `kubectl apply` keeps the whole
+/// Secret, data included, in `kubectl.kubernetes.io/last-applied-configuration`.
+const SECRET_PATHS: &[&[&str]] = &[&["data"], &["stringData"], &["metadata", "annotations"]];
+const SECRET_LIST_PATHS: &[&[&str]] = &[
+    &["items", "[]", "data"],
+    &["items", "[]", "stringData"],
+    &["items", "[]", "metadata", "annotations"],
+];
 /// A response to a request for `secrets`: the object itself, a list's
 /// items, a watch event's object.
 const SECRETS_RESPONSE_PATHS: &[&[&str]] = &[
     &["data"],
     &["stringData"],
+    &["metadata", "annotations"],
     &["items", "[]", "data"],
     &["items", "[]", "stringData"],
+    &["items", "[]", "metadata", "annotations"],
     &["object", "data"],
     &["object", "stringData"],
+    &["object", "metadata", "annotations"],
 ];
 
 const KUBERNETES: &[ResourceRules] = &[

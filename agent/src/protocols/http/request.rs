@@ -133,7 +133,7 @@ impl<'a> Conn<'a> {
             }
         };
         if upgrade {
-            return self.relay_upgrade(req, admitted, exec).await;
+            return self.relay_upgrade(req, admitted, &action, exec).await;
         }
         self.forward(req, admitted, &action, exec).await
     }
@@ -327,16 +327,30 @@ impl<'a> Conn<'a> {
         &'c self,
         mut req: Request<Incoming>,
         admitted: Admitted,
+        action: &HttpRequest,
         exec: &Local<'c>,
     ) -> Result<Response<ResBody>, Response<ResBody>> {
         let api = self.svc.api;
         let upgrade_to = req.headers().get(header::UPGRADE).cloned();
-        let Some(upgrade_to) =
-            upgrade_to.filter(|_| req.version() == Version::HTTP_11 && req.method() != Method::CONNECT)
-        else {
+        // Only Kubernetes' streaming subresources over WebSocket or SPDY:
+        // any other upgrade (h2c, a WebSocket to a FHIR server) would carry
+        // requests and PHI past the decision, the record and the masker.
+        let streams = action
+            .kubernetes
+            .as_ref()
+            .is_some_and(|k| matches!(k.verb.as_str(), "exec" | "attach" | "portforward"));
+        let protocol_ok = |v: &HeaderValue| {
+            v.to_str().is_ok_and(|p| {
+                let p = p.trim().to_ascii_lowercase();
+                p == "websocket" || p.starts_with("spdy/")
+            })
+        };
+        let Some(upgrade_to) = upgrade_to.filter(|v| {
+            streams && protocol_ok(v) && req.version() == Version::HTTP_11 && req.method() != Method::CONNECT
+        }) else {
             self.finish_failed(&admitted, "501").await;
-            let message =
-                "loopgate: only HTTP/1.1 Upgrade requests are relayed (not CONNECT or HTTP/2); nothing was sent";
+            let message = "loopgate: only Kubernetes exec, attach and port-forward are relayed as an upgrade \
+                           (HTTP/1.1, WebSocket or SPDY); nothing was sent";
             return Err(answer(api, StatusCode::NOT_IMPLEMENTED, message));
         };
         let client_side = hyper::upgrade::on(&mut req);
