@@ -379,7 +379,9 @@ async fn relay(
                     if out.send(session, tx, None, bytes).await.is_err() { break; }
                 }
                 Some(ChannelMsg::ExtendedData { data, ext }) => {
-                    let bytes = if masking && ext == 1 { out.stderr.push(&data) } else { data.to_vec() };
+                    // Every extended stream (stderr is 1; others are rare) goes
+                    // through the stderr masker: none is relayed raw.
+                    let bytes = if masking { out.stderr.push(&data) } else { data.to_vec() };
                     if out.send(session, tx, Some(ext), bytes).await.is_err() { break; }
                 }
                 Some(ChannelMsg::ExitStatus { exit_status }) => {

@@ -90,9 +90,12 @@ impl Request {
     pub fn output_is_text(&self) -> bool {
         match self {
             Request::Exec(command) => {
+                // Only a single transfer program is left unmasked: anything
+                // a shell could chain after it (`scp -f x; cat phi`) is text.
+                const SHELL: &[char] = &[';', '&', '|', '`', '$', '(', ')', '<', '>', '\n', '\r'];
                 let program = command.split_whitespace().next().unwrap_or("");
                 let program = program.rsplit('/').next().unwrap_or(program);
-                !BINARY_PROTOCOLS.contains(&program)
+                command.contains(SHELL) || !BINARY_PROTOCOLS.contains(&program)
             }
             Request::Shell => true,
             Request::Subsystem(_) => false,
@@ -160,5 +163,13 @@ mod tests {
         assert!(!Request::Exec("/usr/bin/rsync --server -e.Lsfx . /x".into()).output_is_text());
         assert!(!Request::Exec("git-upload-pack '/srv/repo.git'".into()).output_is_text());
         assert!(!Request::Subsystem("sftp".into()).output_is_text());
+        // A transfer program with anything chained after it is masked.
+        for chained in [
+            "scp -f /dev/null; cat /srv/phi/list",
+            "rsync --server . /x && cat p",
+            "scp -f $(cat p)",
+        ] {
+            assert!(Request::Exec(chained.into()).output_is_text(), "{chained}");
+        }
     }
 }
