@@ -174,7 +174,11 @@ pub fn from_proc(tgid: u32, uid: u32) -> ProcessInfo {
 fn short_cmdline(raw: &[u8]) -> String {
     let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
     let mut args = raw.split(|b| *b == 0);
-    let mut s = String::from_utf8_lossy(args.next().unwrap_or_default()).into_owned();
+    // argv[0] as far as its first space: a process may rewrite it (its
+    // title) to hold anything.
+    let program = args.next().unwrap_or_default();
+    let program = program.split(|b| b.is_ascii_whitespace()).next().unwrap_or_default();
+    let mut s = String::from_utf8_lossy(program).into_owned();
     let mut options = true;
     for arg in args {
         s.push(' ');
@@ -183,7 +187,14 @@ fn short_cmdline(raw: &[u8]) -> String {
                 options = false;
                 s.push_str("--");
             }
-            [b'-', ..] if options && arg.len() > 1 => {
+            [b'-', ..]
+                if options
+                    && arg.len() > 1
+                    && arg
+                        .split(|b| *b == b'=')
+                        .next()
+                        .is_some_and(|name| name.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')) =>
+            {
                 let name = arg.split(|b| *b == b'=').next().unwrap_or(arg);
                 // `-ofile`-style glued short values are cut to the option letter.
                 let name = if name.len() > 2 && name[1] != b'-' {
@@ -255,6 +266,9 @@ mod tests {
         let raw = b"/usr/bin/curl\0-H\0Authorization: Bearer eyJsecret\0--data=ssn=123-45-6789\0-ofile\0https://fhir/Patient?name=Smith\0--\0-x\0";
         let line = short_cmdline(raw);
         assert_eq!(line, "/usr/bin/curl -H ? --data=? -o=? ? -- ?");
+        // Something that only looks like an option, and a rewritten title.
+        let sneaky = short_cmdline(b"postgres: ssn 123-45-6789\0-c\0-- x where ssn = '123-45-6789'\0");
+        assert_eq!(sneaky, "postgres: -c ?");
         for secret in ["eyJ", "123-45", "Smith", "file"] {
             assert!(!line.contains(secret), "{line}");
         }
