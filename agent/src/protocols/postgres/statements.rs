@@ -269,7 +269,7 @@ mod tests {
     fn executes(st: &Statements, sql: &str) -> Option<Vec<String>> {
         let resolved = st.resolve_executes(analyze(sql));
         let c = resolved.statements[0].classification.as_ref().ok()?;
-        let tables: Vec<String> = c.tables_read.iter().cloned().collect();
+        let tables: Vec<String> = c.tables_read.to_vec();
         (!tables.is_empty()).then_some(tables)
     }
 
