@@ -169,10 +169,12 @@ ssh := data.phi_catalog.ssh
 ssh_command := input.action.command if input.action.kind == "ssh_exec"
 
 # The words of an exec'd command line, shell separators read as spaces
-# (`a;b`, `a|b`, `a&&b`); a best-effort reading, not a shell parser.
+# (`a;b`, `a|b`, `a&&b`) and a redirect starting a word (`a>f` is `a`,
+# `>f`); a best-effort reading, not a shell parser.
+ssh_line := replace(replace(replace(replace(replace(replace(ssh_command, ";", " "), "|", " "), "&", " "), "\t", " "), ">", " >"), "<", " <")
+
 ssh_words := {w |
-	line := replace(replace(replace(replace(ssh_command, ";", " "), "|", " "), "&", " "), "\t", " ")
-	some w in split(line, " ")
+	some w in split(ssh_line, " ")
 	w != ""
 }
 
@@ -183,12 +185,53 @@ ssh_programs := {p |
 	p := parts[count(parts) - 1]
 }
 
-# Words naming a configured PHI path (`/srv/phi/x`, `-C/srv/phi`,
-# `--file=/srv/phi/y`): any word that contains one errs towards PHI.
+# The words of the command line in order (for what follows a `>`).
+ssh_word_list := [w |
+	some w in split(ssh_line, " ")
+	w != ""
+]
+
+# The path in a word, from its first `/` (`-C/srv/phi`, `--file=/srv/phi/y`,
+# `>/srv/phi/z`), as its segments: empty and `.` segments dropped, so
+# `/srv//phi/./a/` is `srv`, `phi`, `a`.
+ssh_word_path(w) := [s |
+	indexof(w, "/") >= 0
+	some s in split(substring(w, indexof(w, "/"), -1), "/")
+	not s in {"", "."}
+]
+
+# A path (as segments) is PHI-possible when it is under a PHI path or
+# above one (`rm -rf /srv` removes /srv/phi too), compared segment by
+# segment with shell globs (`/srv/p*`, `/*`) read as globs; a `..` segment
+# cannot be placed without the shell's working directory, so it errs
+# towards PHI.
+phi_possible(path) if {
+	some root in ssh.phi_paths
+	r := [s | some s in split(root, "/"); s != ""]
+	k := min([count(r), count(path)])
+	glob.match(concat("/", array.slice(path, 0, k)), ["/"], concat("/", array.slice(r, 0, k)))
+}
+
+phi_possible(path) if ".." in path
+
+# Words naming a configured PHI path, or a path above one.
 ssh_phi_paths := {w |
 	some w in ssh_words
-	some root in ssh.phi_paths
-	contains(w, root)
+	contains(w, "/")
+	phi_possible(ssh_word_path(w))
+}
+
+# Where output is redirected (`> f`, `>>f`, `2>f`): the file is changed.
+ssh_redirects contains ssh_word_path(w) if {
+	some w in ssh_word_list
+	contains(w, ">")
+	indexof(w, "/") > indexof(w, ">")
+}
+
+ssh_redirects contains ssh_word_path(ssh_word_list[i + 1]) if {
+	some i, w in ssh_word_list
+	endswith(w, ">")
+	contains(ssh_word_list[i + 1], "/")
 }
 
 # A forward is a tunnel whose traffic loopgate cannot see.
@@ -206,8 +249,37 @@ deny contains {"rank": 40, "rule_id": "hipaa.deny_ssh_phi_delete", "reason": rea
 	reason := sprintf("deleting PHI paths over SSH (%s) is not allowed", [p])
 }
 
-# SFTP: files under PHI paths are read, never changed, over SFTP.
-sftp_changes := {"write", "remove", "rename", "mkdir", "rmdir", "setstat", "symlink"}
+# Changing files under PHI paths over SSH (moving, linking, copying over,
+# permissions, writing through a redirect) is not allowed: a link or a copy
+# elsewhere would take them out of the paths these rules know.
+deny contains {"rank": 40, "rule_id": "hipaa.deny_ssh_phi_change", "reason": reason} if {
+	some p in ssh_programs
+	p in ssh.change_programs
+	count(ssh_phi_paths) > 0
+	reason := sprintf("changing PHI paths over SSH (%s) is not allowed", [p])
+}
+
+deny contains {"rank": 40, "rule_id": "hipaa.deny_ssh_phi_change", "reason": reason} if {
+	some path in ssh_redirects
+	phi_possible(path)
+	reason := "writing to a PHI path through a redirect over SSH is not allowed"
+}
+
+# SFTP: files under PHI paths are read, never changed, over SFTP. loopgate
+# gives every path absolute and normal (`/srv//phi/../phi/a` is
+# `/srv/phi/a`); `under_phi` compares whole segments.
+sftp_changes := {"write", "remove", "rename", "link", "mkdir", "rmdir", "setstat", "symlink"}
+
+under_phi(path) if {
+	some root in ssh.phi_paths
+	r := trim_right(root, "/")
+	path == r
+}
+
+under_phi(path) if {
+	some root in ssh.phi_paths
+	startswith(path, concat("", [trim_right(root, "/"), "/"]))
+}
 
 sftp_paths contains input.action.path if input.action.kind == "ssh_sftp"
 
@@ -219,8 +291,7 @@ sftp_paths contains input.action.to if {
 deny contains {"rank": 40, "rule_id": "hipaa.deny_sftp_phi_write", "reason": reason} if {
 	input.action.operation in sftp_changes
 	some path in sftp_paths
-	some root in ssh.phi_paths
-	startswith(path, root)
+	under_phi(path)
 	reason := sprintf("SFTP %s under a PHI path is not allowed", [input.action.operation])
 }
 

@@ -258,6 +258,42 @@ test_ssh_archives_elsewhere_allowed if {
 	cat.decision == "allow"
 }
 
+test_ssh_phi_paths_spelled_otherwise_or_above_are_phi if {
+	every command in [
+		"rm -rf /srv//phi/2024",
+		"rm -rf /srv/./phi",
+		"rm -rf /srv/p*",
+		"rm -rf /*",
+		"rm -rf /srv",
+		"rm -rf /srv/x/../phi",
+		"shred -u /var/lib/ehr/",
+	] {
+		d := loopgate.decision with input as exec(command)
+		d.rule_id == "hipaa.deny_ssh_phi_delete"
+	}
+	other := loopgate.decision with input as exec("rm -rf /srv/phix /srv/www/p*")
+	other.decision == "allow"
+}
+
+test_ssh_changes_to_phi_paths_denied if {
+	every command in [
+		"ln -s /srv/phi /tmp/out",
+		"mv /srv/phi/a.csv /tmp/",
+		"cp /srv/phi/a.csv /tmp/a.csv",
+		"chmod -R 777 /srv/phi",
+		"echo x >> /srv/phi/a.csv",
+		"echo x 2>/var/lib/ehr/log",
+		"sort /tmp/a>/srv/phi/b",
+	] {
+		d := loopgate.decision with input as exec(command)
+		d.rule_id == "hipaa.deny_ssh_phi_change"
+	}
+	every command in ["cp /tmp/a /tmp/b", "echo x > /tmp/y", "cat /srv/phi/a.csv"] {
+		d := loopgate.decision with input as exec(command)
+		d.decision == "allow"
+	}
+}
+
 sftp(operation, path, to) := ssh_req("process", {"kind": "ssh_sftp", "operation": operation, "path": path, "to": to})
 
 test_sftp_changes_under_phi_paths_denied if {
@@ -265,6 +301,12 @@ test_sftp_changes_under_phi_paths_denied if {
 	w.rule_id == "hipaa.deny_sftp_phi_write"
 	into := loopgate.decision with input as sftp("rename", "/tmp/x.csv", "/srv/phi/x.csv")
 	into.rule_id == "hipaa.deny_sftp_phi_write"
+	link := loopgate.decision with input as sftp("link", "/srv/phi/a", "/tmp/a")
+	link.rule_id == "hipaa.deny_sftp_phi_write"
+	dir := loopgate.decision with input as sftp("rmdir", "/srv/phi", null)
+	dir.rule_id == "hipaa.deny_sftp_phi_write"
+	beside := loopgate.decision with input as sftp("write", "/srv/phix/a", null)
+	beside.decision == "allow"
 	rm := loopgate.decision with input as sftp("remove", "/var/lib/ehr/a", null)
 	rm.decision == "deny"
 }

@@ -339,6 +339,58 @@ fn exec_masking_refusals_sftp_and_forwards() {
     assert!(text(&out.stdout).contains("up.bin"), "{}", f.context(&out));
     assert!(!dropped.exists() && records.exists());
 
+    // Other spellings of the PHI path, and the requests OpenSSH's sftp
+    // sends as extensions (rename is posix-rename@openssh.com, ln is
+    // hardlink@openssh.com): each is decided on the path the server
+    // resolves, and refused.
+    let dir = f.dir.path().display().to_string();
+    let before = fs::metadata(&records).unwrap().permissions().mode();
+    fs::write(
+        &batch,
+        format!(
+            "-rename {remote}/up.bin {dir}//phi/./moved.bin\n\
+             -ln {dir}/remote/../phi/records.csv {remote}/hard.csv\n\
+             -chmod 777 {dir}/phi//records.csv\n\
+             -mkdir {dir}/remote/../phi/new\n\
+             -ln -s {dir}/phi {remote}/phi-link\n\
+             ls {remote}\n",
+            remote = remote.display(),
+        ),
+    )
+    .unwrap();
+    let out = f.agent.exec(&args);
+    assert!(out.status.success(), "{}", f.context(&out));
+    assert_eq!(
+        text(&out.stderr).matches("Permission denied").count(),
+        5,
+        "{}",
+        f.context(&out)
+    );
+    assert!(text(&out.stdout).contains("up.bin"), "{}", f.context(&out));
+    assert!(!f.phi.join("moved.bin").exists() && remote.join("up.bin").exists());
+    assert!(!remote.join("hard.csv").exists() && !f.phi.join("new").exists());
+    assert!(fs::symlink_metadata(remote.join("phi-link")).is_err());
+    assert_eq!(fs::metadata(&records).unwrap().permissions().mode(), before);
+    let events = f.agent.wait_events("the refused spellings", |e| {
+        commands(e, "ssh_sftp")
+            .iter()
+            .any(|c| c["command"]["text"].as_str().unwrap().contains("symlink"))
+    });
+    let refused: Vec<&str> = commands(&events, "ssh_sftp")
+        .iter()
+        .filter(|c| c["decision"]["rule_id"] == "hipaa.deny_sftp_phi_write")
+        .map(|c| c["command"]["text"].as_str().unwrap())
+        .collect();
+    let phi = f.phi.display();
+    for shown in [
+        format!("sftp rename {}/up.bin {phi}/moved.bin", remote.display()),
+        format!("sftp link {phi}/records.csv {}/hard.csv", remote.display()),
+        format!("sftp setstat {phi}/records.csv"),
+        format!("sftp mkdir {phi}/new"),
+    ] {
+        assert!(refused.contains(&shown.as_str()), "{shown} not in {refused:?}");
+    }
+
     // A port forward is refused by the pack; the client says so.
     let target = format!("127.0.0.1:{}", f.sshd.port);
     let out = f.ssh_to("127.0.0.1", &f.known_hosts, &["-W", &target], "");
@@ -958,4 +1010,105 @@ fn user_certificates_log_in_upstream_without_a_stored_key() {
             .any(|l| l.contains("Accepted publickey for root") && l.contains(&id)),
         "{log}"
     );
+}
+
+/// paramiko, a client that is not OpenSSH: exec output masked, a refused
+/// command with exit 126, and SFTP requests OpenSSH's client never sends
+/// (relative paths, `chmod` on an open handle, posix-rename, an unknown
+/// extension) decided on the paths the server resolves. paramiko cannot
+/// check host certificates (`@cert-authority`), so the script accepts
+/// the host key it is shown.
+#[test]
+fn paramiko_execs_and_sftp_requests_are_decided_on_resolved_paths() {
+    require_ebpf!();
+    let f = Fixture::start(false);
+    let records = f.phi.join("records.csv");
+    let before = fs::metadata(&records).unwrap().permissions().mode();
+    let remote = f.dir.path().join("remote");
+    fs::create_dir_all(&remote).unwrap();
+    fs::write(remote.join("a.txt"), "rota\n").unwrap();
+    // The server's working directory is root's home: paths relative to it.
+    let up = |p: &Path| format!("../{}", p.display().to_string().trim_start_matches('/'));
+    let script = format!(
+        r#"
+import json, paramiko
+c = paramiko.SSHClient()
+c.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+c.connect("127.0.0.1", port={port}, username="root", password="any", look_for_keys=False, allow_agent=False)
+out = {{}}
+def run(cmd):
+    _, o, e = c.exec_command(cmd)
+    return [o.read().decode(), e.read().decode(), o.channel.recv_exit_status()]
+out["cat"] = run("cat {records}")
+out["rm"] = run("rm -f {records}")
+s = c.open_sftp()
+def attempt(name, fn):
+    try:
+        fn()
+        out[name] = "ok"
+    except IOError as e:
+        out[name] = str(e)
+attempt("relative_phi_put", lambda: s.putfo(__import__("io").BytesIO(b"x"), "{rel_phi}/rel.bin"))
+attempt("relative_put", lambda: s.putfo(__import__("io").BytesIO(b"y"), "{rel_remote}/rel.bin"))
+attempt("fchmod", lambda: s.open("{records}", "r").chmod(0o777))
+attempt("posix_rename", lambda: s.posix_rename("{remote}/a.txt", "{phi}//b.txt"))
+attempt("unknown", lambda: s._request(paramiko.sftp.CMD_EXTENDED, "rm-rf@example.com"))
+attempt("after", lambda: s.stat("{remote}/a.txt"))
+print(json.dumps(out))
+"#,
+        port = f.sshd.port,
+        records = records.display(),
+        remote = remote.display(),
+        phi = f.phi.display(),
+        rel_phi = up(&f.phi),
+        rel_remote = up(&remote),
+    );
+    let python = loopgate_e2e::python();
+    let out = f.agent.exec(&[python.to_str().unwrap(), "-c", &script]);
+    assert!(out.status.success(), "{}", f.context(&out));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cat = got["cat"].as_array().unwrap();
+    assert!(
+        cat[0].as_str().unwrap().contains("alice,") && !has_ssn(cat[0].as_str().unwrap()),
+        "{got}"
+    );
+    assert_eq!(cat[2], 0, "{got}");
+    let rm = got["rm"].as_array().unwrap();
+    assert_eq!(rm[2], 126, "{got}");
+    assert!(rm[1].as_str().unwrap().contains("hipaa.deny_ssh_phi_delete"), "{got}");
+    for refused in ["relative_phi_put", "fchmod", "posix_rename"] {
+        assert!(
+            got[refused].as_str().unwrap().contains("hipaa.deny_sftp_phi_write"),
+            "{refused}: {got}"
+        );
+    }
+    assert!(
+        got["unknown"].as_str().unwrap().contains("loopgate.sftp_unsupported"),
+        "{got}"
+    );
+    assert_eq!(
+        (got["relative_put"].as_str(), got["after"].as_str()),
+        (Some("ok"), Some("ok")),
+        "{got}"
+    );
+    assert_eq!(fs::read_to_string(remote.join("rel.bin")).unwrap(), "y");
+    assert!(!f.phi.join("rel.bin").exists() && !f.phi.join("b.txt").exists() && records.exists());
+    assert_eq!(fs::metadata(&records).unwrap().permissions().mode(), before);
+
+    let events = f.agent.wait_events("paramiko's requests", |e| {
+        commands(e, "ssh_sftp")
+            .iter()
+            .any(|c| c["decision"]["rule_id"] == "loopgate.sftp_unsupported")
+    });
+    let texts: Vec<&str> = commands(&events, "ssh_sftp")
+        .iter()
+        .map(|c| c["command"]["text"].as_str().unwrap())
+        .collect();
+    let resolved = format!("sftp write {}/rel.bin", f.phi.display());
+    assert!(texts.contains(&resolved.as_str()), "{resolved} not in {texts:?}");
+    let fchmod = format!("sftp setstat {}", records.display());
+    assert!(texts.contains(&fchmod.as_str()), "{fchmod} not in {texts:?}");
+    for c in commands(&events, "ssh_exec") {
+        assert_eq!(c["process"]["comm"], "python3", "{c}");
+    }
 }

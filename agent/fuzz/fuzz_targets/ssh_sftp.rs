@@ -1,9 +1,13 @@
 //! Any byte stream as an SFTP client's and a server's packets, cut at
-//! random points: framing, request and reply decoding never panic, and a
-//! framed packet is exactly its length prefix plus four bytes.
+//! random points: framing, request and reply decoding never panic, a
+//! framed packet is exactly its length prefix plus four bytes, and every
+//! path a request names resolves to one absolute, normal path.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use loopgate::protocols::ssh::sftp::{Framer, operation, reply};
+use loopgate::protocols::ssh::{
+    sftp::{Framer, Request, reply, request},
+    sftp_path::resolve,
+};
 
 fuzz_target!(|data: &[u8]| {
     let cut = data.first().map_or(1, |b| usize::from(*b).max(1));
@@ -15,7 +19,14 @@ fuzz_target!(|data: &[u8]| {
                 Ok(Some(packet)) => {
                     let len = u32::from_be_bytes([packet[0], packet[1], packet[2], packet[3]]) as usize;
                     assert_eq!(packet.len(), len + 4);
-                    let _ = operation(&packet);
+                    if let Ok(Request::Path(op)) = request(&packet) {
+                        for path in std::iter::once(&op.path).chain(op.to.as_ref()) {
+                            let normal = resolve(Some("/home/u"), path).expect("a working directory is known");
+                            assert!(normal.starts_with('/'));
+                            assert!(!normal.contains("//") && !normal.contains("/./") && !normal.contains("/../"));
+                            assert!(!normal.ends_with("/.") && !normal.ends_with("/.."));
+                        }
+                    }
                     let _ = reply(&packet);
                 }
                 Ok(None) | Err(_) => break,

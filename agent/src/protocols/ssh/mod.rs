@@ -10,8 +10,8 @@
 //! - `upstream`: loopgate's own connection to the server.
 //! - `command`: requests as policy actions and audit records.
 //! - `channel`: a session channel's request, decided and relayed;
-//!   `forward`: forward channels; `sftp_relay` with `sftp`: SFTP operation
-//!   by operation; `output`: masking of exec and shell output as it streams;
+//!   `forward`: forward channels; `sftp_relay` with `sftp` and `sftp_path`:
+//!   SFTP operation by operation, on resolved paths; `output`: masking of exec and shell output as it streams;
 //!   `recording`: the asciicast recording of that masked stream.
 mod channel;
 mod command;
@@ -22,6 +22,7 @@ mod output;
 mod recording;
 mod server;
 pub mod sftp;
+pub mod sftp_path;
 mod sftp_relay;
 mod upstream;
 pub mod userca;

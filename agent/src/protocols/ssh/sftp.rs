@@ -9,24 +9,55 @@ use std::borrow::Cow;
 /// The largest packet accepted (OpenSSH's sftp-server allows 256 KiB).
 pub const MAX_PACKET: usize = 256 * 1024 + 1024;
 
+const FXP_INIT: u8 = 1;
+const FXP_VERSION: u8 = 2;
 const FXP_OPEN: u8 = 3;
+const FXP_CLOSE: u8 = 4;
 const FXP_SETSTAT: u8 = 9;
+const FXP_FSETSTAT: u8 = 10;
 const FXP_OPENDIR: u8 = 11;
 const FXP_REMOVE: u8 = 13;
 const FXP_MKDIR: u8 = 14;
 const FXP_RMDIR: u8 = 15;
+const FXP_REALPATH: u8 = 16;
 const FXP_RENAME: u8 = 18;
 const FXP_SYMLINK: u8 = 20;
+const FXP_EXTENDED: u8 = 200;
 const FXP_STATUS: u8 = 101;
 const FXP_HANDLE: u8 = 102;
+const FXP_NAME: u8 = 104;
 
 const FXF_WRITE: u32 = 0x02;
 const FXF_APPEND: u32 = 0x04;
 const FXF_CREAT: u32 = 0x08;
 const FXF_TRUNC: u32 = 0x10;
 
+/// `SSH_FX_FAILURE`.
+pub const FX_FAILURE: u32 = 4;
 /// `SSH_FX_PERMISSION_DENIED`.
 pub const FX_PERMISSION_DENIED: u32 = 3;
+/// `SSH_FX_OP_UNSUPPORTED`.
+pub const FX_OP_UNSUPPORTED: u32 = 8;
+
+/// Extensions that change files, by name, as the operation they are.
+const CHANGING_EXTENSIONS: &[(&str, &str)] = &[
+    ("posix-rename@openssh.com", "rename"),
+    ("hardlink@openssh.com", "link"),
+    ("lsetstat@openssh.com", "setstat"),
+];
+
+/// Extensions that read metadata or act on handles whose open was decided
+/// (`copy-data` writes only into a handle opened for writing).
+const PASSING_EXTENSIONS: &[&str] = &[
+    "statvfs@openssh.com",
+    "fstatvfs@openssh.com",
+    "fsync@openssh.com",
+    "limits@openssh.com",
+    "expand-path@openssh.com",
+    "home-directory",
+    "users-groups-by-id@openssh.com",
+    "copy-data",
+];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SftpError {
@@ -40,16 +71,32 @@ pub enum SftpError {
 #[derive(Default)]
 pub struct Framer {
     buf: Vec<u8>,
+    /// Where the unread bytes of `buf` start: packets are taken from the
+    /// front without moving the rest each time.
+    start: usize,
 }
 
 impl Framer {
     pub fn push(&mut self, data: &[u8]) {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > MAX_PACKET {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(data);
+    }
+
+    /// The bytes buffered that are no complete packet yet.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..]
     }
 
     /// The next complete packet, if one is buffered.
     pub fn next_packet(&mut self) -> Result<Option<Vec<u8>>, SftpError> {
-        let Some(len) = self.buf.get(..4) else {
+        let rest = &self.buf[self.start..];
+        let Some(len) = rest.get(..4) else {
             return Ok(None);
         };
         let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
@@ -59,76 +106,167 @@ impl Framer {
         if len == 0 {
             return Err(SftpError::Malformed);
         }
-        if self.buf.len() < 4 + len {
+        if rest.len() < 4 + len {
             return Ok(None);
         }
-        let rest = self.buf.split_off(4 + len);
-        Ok(Some(std::mem::replace(&mut self.buf, rest)))
+        let packet = rest[..4 + len].to_vec();
+        self.start += 4 + len;
+        Ok(Some(packet))
     }
 }
 
-/// A request loopgate decides: its id, what it does and to which paths.
+/// A request loopgate decides: its id, what it does and to which paths
+/// (as the client wrote them; `sftp_path` resolves them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Operation {
     pub id: u32,
-    /// `read`, `write`, `list`, `remove`, `rename`, `mkdir`, `rmdir`,
-    /// `setstat`, `symlink`.
+    /// `read`, `write`, `list`, `remove`, `rename`, `link`, `mkdir`,
+    /// `rmdir`, `setstat`, `symlink`.
     pub name: &'static str,
     pub path: String,
-    /// The second path of a rename (the new name) or a symlink (the link).
+    /// The second path of a rename or hard link (the new name) or a
+    /// symlink (the link).
     pub to: Option<String>,
 }
 
-/// The operation a client packet asks for, or `None` for the requests
-/// that are not decided one by one (reads and writes on open handles,
-/// stat, readdir, close, realpath, init).
-pub fn operation(packet: &[u8]) -> Result<Option<Operation>, SftpError> {
-    let mut r = Reader::new(packet.get(4..).ok_or(SftpError::Malformed)?);
-    let kind = r.u8()?;
-    let decided = [
-        FXP_OPEN,
-        FXP_SETSTAT,
-        FXP_OPENDIR,
-        FXP_REMOVE,
-        FXP_MKDIR,
-        FXP_RMDIR,
-        FXP_RENAME,
-        FXP_SYMLINK,
-    ];
-    if !decided.contains(&kind) {
-        return Ok(None);
-    }
-    let id = r.u32()?;
-    let path = r.string()?.into_owned();
-    let (name, to) = match kind {
-        FXP_OPEN => {
-            let flags = r.u32()?;
-            let writes = flags & (FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC) != 0;
-            (if writes { "write" } else { "read" }, None)
-        }
-        FXP_SETSTAT => ("setstat", None),
-        FXP_OPENDIR => ("list", None),
-        FXP_REMOVE => ("remove", None),
-        FXP_MKDIR => ("mkdir", None),
-        FXP_RMDIR => ("rmdir", None),
-        FXP_RENAME => ("rename", Some(r.string()?.into_owned())),
-        // A symlink's two paths, as the client sent them.
-        _ => ("symlink", Some(r.string()?.into_owned())),
-    };
-    Ok(Some(Operation { id, name, path, to }))
+/// What a client packet asks for, as loopgate treats it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// The version negotiation that opens the session.
+    Init,
+    /// An operation decided on its paths.
+    Path(Operation),
+    /// An operation on an open handle decided on the path the handle was
+    /// opened for (`fsetstat`).
+    Handle {
+        id: u32,
+        name: &'static str,
+        handle: Vec<u8>,
+    },
+    /// A handle closed: forwarded, and the handle forgotten.
+    Close { id: u32, handle: Vec<u8> },
+    /// Not decided one by one: reads and writes on open handles, stat,
+    /// readdir, realpath, readlink and the metadata extensions.
+    Pass { id: u32 },
+    /// An extension loopgate does not know: refused, since what it does
+    /// cannot be decided.
+    Unknown { id: u32, extension: String },
 }
 
-/// How the server answered request `id`: `Some(code)` for a STATUS, `Some(0)`
-/// for a HANDLE; `None` when the packet is no such reply.
-pub fn reply(packet: &[u8]) -> Option<(u32, u32)> {
+/// Reads a client packet.
+pub fn request(packet: &[u8]) -> Result<Request, SftpError> {
+    let mut r = Reader::new(packet.get(4..).ok_or(SftpError::Malformed)?);
+    let kind = r.u8()?;
+    if kind == FXP_INIT {
+        return Ok(Request::Init);
+    }
+    let id = r.u32()?;
+    let path_op = |name, r: &mut Reader<'_>, two: bool| -> Result<Request, SftpError> {
+        let path = r.path()?;
+        let to = if two { Some(r.path()?) } else { None };
+        Ok(Request::Path(Operation { id, name, path, to }))
+    };
+    match kind {
+        FXP_OPEN => {
+            let path = r.path()?;
+            let flags = r.u32()?;
+            let writes = flags & (FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC) != 0;
+            let name = if writes { "write" } else { "read" };
+            Ok(Request::Path(Operation {
+                id,
+                name,
+                path,
+                to: None,
+            }))
+        }
+        FXP_SETSTAT => path_op("setstat", &mut r, false),
+        FXP_OPENDIR => path_op("list", &mut r, false),
+        FXP_REMOVE => path_op("remove", &mut r, false),
+        FXP_MKDIR => path_op("mkdir", &mut r, false),
+        FXP_RMDIR => path_op("rmdir", &mut r, false),
+        FXP_RENAME => path_op("rename", &mut r, true),
+        // A symlink's two paths, as the client sent them.
+        FXP_SYMLINK => path_op("symlink", &mut r, true),
+        FXP_FSETSTAT => Ok(Request::Handle {
+            id,
+            name: "setstat",
+            handle: r.bytes()?.to_vec(),
+        }),
+        FXP_CLOSE => Ok(Request::Close {
+            id,
+            handle: r.bytes()?.to_vec(),
+        }),
+        FXP_EXTENDED => {
+            let extension = r.string()?.into_owned();
+            if let Some((_, name)) = CHANGING_EXTENSIONS.iter().find(|(e, _)| *e == extension) {
+                return path_op(name, &mut r, *name != "setstat");
+            }
+            if PASSING_EXTENSIONS.contains(&extension.as_str()) {
+                return Ok(Request::Pass { id });
+            }
+            Ok(Request::Unknown { id, extension })
+        }
+        _ => Ok(Request::Pass { id }),
+    }
+}
+
+/// A server packet, as far as loopgate reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Version,
+    /// A STATUS: the request's result code (0 is success).
+    Status {
+        id: u32,
+        code: u32,
+    },
+    /// A HANDLE: the open succeeded.
+    Handle {
+        id: u32,
+        handle: Vec<u8>,
+    },
+    /// A NAME: the first name (a realpath's answer).
+    Name {
+        id: u32,
+        first: Option<String>,
+    },
+    /// Data or attributes.
+    Other {
+        id: u32,
+    },
+}
+
+/// Reads a server packet; `None` when it is too short to be one.
+pub fn reply(packet: &[u8]) -> Option<Reply> {
     let mut r = Reader::new(packet.get(4..)?);
     let kind = r.u8().ok()?;
-    let id = r.u32().ok()?;
-    match kind {
-        FXP_STATUS => Some((id, r.u32().ok()?)),
-        FXP_HANDLE => Some((id, 0)),
-        _ => None,
+    if kind == FXP_VERSION {
+        return Some(Reply::Version);
     }
+    let id = r.u32().ok()?;
+    Some(match kind {
+        FXP_STATUS => Reply::Status {
+            id,
+            code: r.u32().ok()?,
+        },
+        FXP_HANDLE => Reply::Handle {
+            id,
+            handle: r.bytes().ok()?.to_vec(),
+        },
+        FXP_NAME => {
+            let count = r.u32().ok()?;
+            let first = (count > 0).then(|| r.path().ok()).flatten();
+            Reply::Name { id, first }
+        }
+        _ => Reply::Other { id },
+    })
+}
+
+/// A REALPATH request for `path`.
+pub fn realpath(id: u32, path: &str) -> Vec<u8> {
+    let mut body = vec![FXP_REALPATH];
+    body.extend_from_slice(&id.to_be_bytes());
+    put_string(&mut body, path);
+    packet(body)
 }
 
 /// A STATUS packet answering request `id` with `code` and `message`.
@@ -136,10 +274,17 @@ pub fn status(id: u32, code: u32, message: &str) -> Vec<u8> {
     let mut body = vec![FXP_STATUS];
     body.extend_from_slice(&id.to_be_bytes());
     body.extend_from_slice(&code.to_be_bytes());
-    for s in [message, "en"] {
-        body.extend_from_slice(&(s.len() as u32).to_be_bytes());
-        body.extend_from_slice(s.as_bytes());
-    }
+    put_string(&mut body, message);
+    put_string(&mut body, "en");
+    packet(body)
+}
+
+fn put_string(body: &mut Vec<u8>, s: &str) {
+    body.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    body.extend_from_slice(s.as_bytes());
+}
+
+fn packet(body: Vec<u8>) -> Vec<u8> {
     let mut packet = (body.len() as u32).to_be_bytes().to_vec();
     packet.extend_from_slice(&body);
     packet
@@ -172,9 +317,25 @@ impl<'a> Reader<'a> {
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn string(&mut self) -> Result<Cow<'a, str>, SftpError> {
+    fn bytes(&mut self) -> Result<&'a [u8], SftpError> {
         let len = self.u32()? as usize;
-        Ok(String::from_utf8_lossy(self.take(len)?))
+        self.take(len)
+    }
+
+    fn string(&mut self) -> Result<Cow<'a, str>, SftpError> {
+        Ok(String::from_utf8_lossy(self.bytes()?))
+    }
+
+    /// A path: a NUL in it is malformed (the server's C strings would end
+    /// there, so the path decided would not be the path opened). Bytes
+    /// that are no UTF-8 become U+FFFD, which keeps every `/` and `.`
+    /// where it was.
+    fn path(&mut self) -> Result<String, SftpError> {
+        let raw = self.bytes()?;
+        if raw.contains(&0) {
+            return Err(SftpError::Malformed);
+        }
+        Ok(String::from_utf8_lossy(raw).into_owned())
     }
 }
 
@@ -199,6 +360,13 @@ mod tests {
         v
     }
 
+    fn op(packet: &[u8]) -> Operation {
+        match request(packet).unwrap() {
+            Request::Path(op) => op,
+            other => panic!("not decided on a path: {other:?}"),
+        }
+    }
+
     #[test]
     fn packets_split_across_chunks_are_framed() {
         let open = packet(
@@ -213,7 +381,7 @@ mod tests {
         for chunk in stream.chunks(5) {
             framer.push(chunk);
             while let Some(p) = framer.next_packet().unwrap() {
-                got.push(operation(&p).unwrap().unwrap());
+                got.push(op(&p));
             }
         }
         assert_eq!(got.len(), 2);
@@ -222,13 +390,75 @@ mod tests {
             (7, "write", "/srv/phi/a")
         );
         assert_eq!((got[1].name, got[1].path.as_str()), ("remove", "/tmp/x"));
+        assert!(framer.buffered().is_empty());
         let rename = packet(FXP_RENAME, 9, &[&string("/a"), &string("/srv/phi/b")]);
-        let op = operation(&rename).unwrap().unwrap();
-        assert_eq!(op.to.as_deref(), Some("/srv/phi/b"));
+        assert_eq!(op(&rename).to.as_deref(), Some("/srv/phi/b"));
         let read = packet(FXP_OPEN, 10, &[&string("/a"), &1u32.to_be_bytes(), &0u32.to_be_bytes()]);
-        assert_eq!(operation(&read).unwrap().unwrap().name, "read");
+        assert_eq!(op(&read).name, "read");
         // Reads and writes on handles are not decided one by one.
-        assert_eq!(operation(&packet(5, 11, &[&string("h")])).unwrap(), None);
+        assert_eq!(
+            request(&packet(5, 11, &[&string("h")])).unwrap(),
+            Request::Pass { id: 11 }
+        );
+    }
+
+    #[test]
+    fn extensions_that_change_files_are_decided_and_unknown_ones_refused() {
+        let ext = |name: &str, fields: &[&[u8]]| {
+            let mut all = vec![string(name)];
+            all.extend(fields.iter().map(|f| f.to_vec()));
+            let refs: Vec<&[u8]> = all.iter().map(Vec::as_slice).collect();
+            packet(FXP_EXTENDED, 3, &refs)
+        };
+        let rename = op(&ext(
+            "posix-rename@openssh.com",
+            &[&string("/a"), &string("/srv/phi/b")],
+        ));
+        assert_eq!((rename.name, rename.to.as_deref()), ("rename", Some("/srv/phi/b")));
+        let link = op(&ext(
+            "hardlink@openssh.com",
+            &[&string("/srv/phi/a"), &string("/tmp/a")],
+        ));
+        assert_eq!((link.name, link.path.as_str()), ("link", "/srv/phi/a"));
+        let lset = op(&ext(
+            "lsetstat@openssh.com",
+            &[&string("/srv/phi"), &0u32.to_be_bytes()],
+        ));
+        assert_eq!((lset.name, lset.to), ("setstat", None));
+        assert_eq!(
+            request(&ext("statvfs@openssh.com", &[&string("/")])).unwrap(),
+            Request::Pass { id: 3 }
+        );
+        assert_eq!(
+            request(&ext("rm-rf@example.com", &[])).unwrap(),
+            Request::Unknown {
+                id: 3,
+                extension: "rm-rf@example.com".into()
+            }
+        );
+        let fsetstat = packet(FXP_FSETSTAT, 4, &[&string("h1"), &0u32.to_be_bytes()]);
+        assert_eq!(
+            request(&fsetstat).unwrap(),
+            Request::Handle {
+                id: 4,
+                name: "setstat",
+                handle: b"h1".to_vec()
+            }
+        );
+        let close = packet(FXP_CLOSE, 5, &[&string("h1")]);
+        assert_eq!(
+            request(&close).unwrap(),
+            Request::Close {
+                id: 5,
+                handle: b"h1".to_vec()
+            }
+        );
+    }
+
+    #[test]
+    fn a_nul_in_a_path_is_malformed() {
+        let remove = packet(FXP_REMOVE, 1, &[&string("/srv/phi\0/../../tmp/x")]);
+        assert_eq!(request(&remove), Err(SftpError::Malformed));
     }
 
     #[test]
@@ -237,13 +467,44 @@ mod tests {
         framer.push(&u32::MAX.to_be_bytes());
         assert!(matches!(framer.next_packet(), Err(SftpError::TooLarge(_))));
         let truncated = packet(FXP_REMOVE, 1, &[&100u32.to_be_bytes(), b"short"]);
-        assert_eq!(operation(&truncated), Err(SftpError::Malformed));
-        assert_eq!(operation(&[0, 0, 0, 0]), Err(SftpError::Malformed));
+        assert_eq!(request(&truncated), Err(SftpError::Malformed));
+        assert_eq!(request(&[0, 0, 0, 0]), Err(SftpError::Malformed));
         let refused = status(42, FX_PERMISSION_DENIED, "loopgate: no");
-        assert_eq!(reply(&refused), Some((42, FX_PERMISSION_DENIED)));
-        assert_eq!(reply(&packet(FXP_HANDLE, 5, &[&string("h")])), Some((5, 0)));
+        assert_eq!(
+            reply(&refused),
+            Some(Reply::Status {
+                id: 42,
+                code: FX_PERMISSION_DENIED
+            })
+        );
+        assert_eq!(
+            reply(&packet(FXP_HANDLE, 5, &[&string("h")])),
+            Some(Reply::Handle {
+                id: 5,
+                handle: b"h".to_vec()
+            })
+        );
+        let name = packet(FXP_NAME, 6, &[&1u32.to_be_bytes(), &string("/home/u"), &string("l")]);
+        assert_eq!(
+            reply(&name),
+            Some(Reply::Name {
+                id: 6,
+                first: Some("/home/u".into())
+            })
+        );
         let mut framer = Framer::default();
         framer.push(&refused);
         assert_eq!(framer.next_packet().unwrap(), Some(refused));
+    }
+
+    #[test]
+    fn a_long_stream_is_framed_without_keeping_what_was_read() {
+        let remove = packet(FXP_REMOVE, 8, &[&string("/tmp/x")]);
+        let mut framer = Framer::default();
+        for _ in 0..100_000 {
+            framer.push(&remove);
+            assert!(framer.next_packet().unwrap().is_some());
+        }
+        assert!(framer.buf.len() <= MAX_PACKET + remove.len());
     }
 }

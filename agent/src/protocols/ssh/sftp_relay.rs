@@ -1,23 +1,39 @@
 //! An SFTP channel operation by operation: client packets are framed
-//! (`sftp.rs`), each file operation goes to the enforcement point before
-//! it reaches the server, and the server's reply records its result.
-use std::collections::HashMap;
+//! (`sftp.rs`), each file operation's paths are resolved (`sftp_path.rs`)
+//! and go to the enforcement point before it reaches the server, and the
+//! server's reply records its result.
+use std::{collections::HashMap, time::Duration};
 
 use bytes::Bytes;
 use russh::{ChannelMsg, ChannelReadHalf};
 
 use super::{
     channel::{ClientTx, Counts, Ctx, Early, UpstreamTx, wait_for_approval, withdrawn},
-    sftp::{self, Framer},
+    sftp::{self, Framer, Operation, Reply, Request},
+    sftp_path::Paths,
 };
 use crate::{
     audit::{CommandInfo, Outcome},
     enforce::{Admitted, Command, Refusal, Verdict},
     policy::Action,
+    session::Session,
 };
 
 /// The status of a relay that stopped because a record could not be written.
 pub const AUDIT_UNAVAILABLE: &str = "audit_unavailable";
+
+/// An extension loopgate cannot decide is refused by this rule.
+pub const UNSUPPORTED_RULE: &str = "loopgate.sftp_unsupported";
+/// A request whose path cannot be resolved (relative with no working
+/// directory known, a handle loopgate did not see opened) or whose id is
+/// still in flight is refused by this rule.
+pub const UNRESOLVED_RULE: &str = "loopgate.sftp_unresolved";
+
+/// The id of loopgate's own `REALPATH "."`, sent before any request of
+/// the client's is forwarded (so no reply can be confused with it).
+const PROBE_ID: u32 = u32::MAX;
+/// How long the server has to answer it.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why an SFTP relay stopped early.
 enum SftpStop {
@@ -27,6 +43,8 @@ enum SftpStop {
     Audit,
     /// The client or the server went away.
     Gone,
+    /// The server did not say what the working directory is.
+    Unanswered,
 }
 
 /// The SFTP requests of one channel: each operation loopgate decides
@@ -48,15 +66,18 @@ pub async fn relay(
         from_client: Framer::default(),
         from_server: Framer::default(),
         pending: HashMap::new(),
+        paths: Paths::default(),
         counts: Counts::default(),
         operations: 0,
     };
-    let mut stop = None;
     for data in early.data {
         relay.counts.to_server += data.len() as u64;
         relay.from_client.push(&data);
     }
-    if let Err(e) = relay.client_packets(rx, tx, up_tx).await {
+    let mut stop = relay.start(rx, tx, up_rx, up_tx).await.err();
+    if stop.is_none()
+        && let Err(e) = relay.client_packets(rx, tx, up_tx).await
+    {
         stop = Some(e);
     }
     if early.eof {
@@ -97,7 +118,7 @@ pub async fn relay(
     }
     let _ = up_tx.close().await;
     // Operations the server never answered: the session ended under them.
-    for (_, admitted) in relay.pending.drain() {
+    for (_, (admitted, _)) in relay.pending.drain() {
         let outcome = Outcome {
             status: Some("closed".into()),
             ..Outcome::default()
@@ -110,6 +131,10 @@ pub async fn relay(
             "protocol_error"
         }
         Some(SftpStop::Audit) => AUDIT_UNAVAILABLE,
+        Some(SftpStop::Unanswered) => {
+            tracing::warn!(session = %session.id, "the SFTP server did not say its working directory");
+            "server_unanswered"
+        }
         _ => "ok",
     };
     Outcome {
@@ -125,8 +150,10 @@ struct SftpRelay<'c, 's> {
     ctx: &'c Ctx<'s>,
     from_client: Framer,
     from_server: Framer,
-    /// Admitted operations by request id, until the server answers.
-    pending: HashMap<u32, Admitted>,
+    /// Admitted operations by request id, until the server answers, with
+    /// the path an open is for (its handle will name it).
+    pending: HashMap<u32, (Admitted, Option<String>)>,
+    paths: Paths,
     counts: Counts,
     /// Operations decided.
     operations: u64,
@@ -142,11 +169,55 @@ impl SftpRelay<'_, '_> {
     ) -> Result<(), SftpStop> {
         let Ctx { svc, session, .. } = self.ctx;
         while let Some(packet) = self.from_client.next_packet().map_err(SftpStop::Protocol)? {
-            let Some(op) = sftp::operation(&packet).map_err(SftpStop::Protocol)? else {
-                session.add_to_server(packet.len());
-                up_tx.data_bytes(packet).await.map_err(|_| SftpStop::Gone)?;
-                continue;
+            let op = match sftp::request(&packet).map_err(SftpStop::Protocol)? {
+                // The session has begun: a second INIT is no request.
+                Request::Init => return Err(SftpStop::Protocol(sftp::SftpError::Malformed)),
+                Request::Pass { id } | Request::Close { id, .. } if self.pending.contains_key(&id) => {
+                    self.refuse_unchecked(tx, id, UNRESOLVED_RULE, "a request with the id of one in flight")
+                        .await?;
+                    continue;
+                }
+                Request::Close { handle, .. } => {
+                    self.paths.closed(&handle);
+                    forward(session, up_tx, packet).await?;
+                    continue;
+                }
+                Request::Pass { .. } => {
+                    forward(session, up_tx, packet).await?;
+                    continue;
+                }
+                Request::Unknown { id, extension } => {
+                    let reason = format!("the SFTP extension {extension:?} is not one loopgate can decide");
+                    self.refuse_unchecked(tx, id, UNSUPPORTED_RULE, &reason).await?;
+                    continue;
+                }
+                Request::Handle { id, name, handle } => match self.paths.of_handle(&handle) {
+                    Some(path) => Operation {
+                        id,
+                        name,
+                        path: path.to_owned(),
+                        to: None,
+                    },
+                    None => {
+                        self.refuse_unchecked(tx, id, UNRESOLVED_RULE, "a handle loopgate did not see opened")
+                            .await?;
+                        continue;
+                    }
+                },
+                Request::Path(op) => match self.resolved(op) {
+                    Ok(op) => op,
+                    Err(id) => {
+                        let reason = "a relative path, and the server did not say the working directory";
+                        self.refuse_unchecked(tx, id, UNRESOLVED_RULE, reason).await?;
+                        continue;
+                    }
+                },
             };
+            if self.pending.contains_key(&op.id) {
+                self.refuse_unchecked(tx, op.id, UNRESOLVED_RULE, "a request with the id of one in flight")
+                    .await?;
+                continue;
+            }
             self.operations += 1;
             let shown = match &op.to {
                 Some(to) => format!("sftp {} {} {to}", op.name, op.path),
@@ -202,11 +273,139 @@ impl SftpRelay<'_, '_> {
                     admitted
                 }
             };
-            self.pending.insert(op.id, admitted);
-            session.add_to_server(packet.len());
-            up_tx.data_bytes(packet).await.map_err(|_| SftpStop::Gone)?;
+            let opens = matches!(op.name, "read" | "write" | "list").then_some(op.path);
+            self.pending.insert(op.id, (admitted, opens));
+            forward(session, up_tx, packet).await?;
         }
         Ok(())
+    }
+
+    /// Forwards the client's INIT, then asks the server for the session's
+    /// working directory (relative paths resolve against it) and relays
+    /// everything but that answer; no request of the client's is
+    /// forwarded before it.
+    async fn start(
+        &mut self,
+        rx: &mut ChannelReadHalf,
+        tx: &ClientTx,
+        up_rx: &mut ChannelReadHalf,
+        up_tx: &UpstreamTx,
+    ) -> Result<(), SftpStop> {
+        let session = self.ctx.session;
+        let init = loop {
+            if let Some(packet) = self.from_client.next_packet().map_err(SftpStop::Protocol)? {
+                break packet;
+            }
+            match rx.wait().await {
+                Some(ChannelMsg::Data { data }) => {
+                    self.counts.to_server += data.len() as u64;
+                    self.from_client.push(&data);
+                }
+                None | Some(ChannelMsg::Eof | ChannelMsg::Close) => return Err(SftpStop::Gone),
+                Some(_) => {}
+            }
+        };
+        if sftp::request(&init).map_err(SftpStop::Protocol)? != Request::Init {
+            return Err(SftpStop::Protocol(sftp::SftpError::Malformed));
+        }
+        session.add_to_server(init.len());
+        up_tx.data_bytes(init).await.map_err(|_| SftpStop::Gone)?;
+        up_tx
+            .data_bytes(sftp::realpath(PROBE_ID, "."))
+            .await
+            .map_err(|_| SftpStop::Gone)?;
+        let deadline = tokio::time::sleep(PROBE_TIMEOUT);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                msg = up_rx.wait() => match msg {
+                    Some(ChannelMsg::Data { data }) => {
+                        self.from_server.push(&data);
+                        while let Some(packet) = self.from_server.next_packet().map_err(SftpStop::Protocol)? {
+                            let answer = match sftp::reply(&packet) {
+                                Some(Reply::Name { id: PROBE_ID, first }) => Some(first),
+                                Some(Reply::Status { id: PROBE_ID, .. }) => Some(None),
+                                _ => None,
+                            };
+                            let Some(cwd) = answer else {
+                                self.relay_to_client(tx, packet).await?;
+                                continue;
+                            };
+                            self.paths.cwd = cwd.filter(|d| d.starts_with('/'));
+                            let rest = self.from_server.buffered().to_vec();
+                            if !rest.is_empty() {
+                                self.relay_to_client(tx, rest).await?;
+                            }
+                            return Ok(());
+                        }
+                    }
+                    Some(ChannelMsg::ExtendedData { data, ext }) => { let _ = tx.extended_data_bytes(ext, data).await; }
+                    None | Some(ChannelMsg::Eof | ChannelMsg::Close) => return Err(SftpStop::Gone),
+                    Some(_) => {}
+                },
+                msg = rx.wait() => match msg {
+                    Some(ChannelMsg::Data { data }) => {
+                        self.counts.to_server += data.len() as u64;
+                        self.from_client.push(&data);
+                    }
+                    None | Some(ChannelMsg::Close) => return Err(SftpStop::Gone),
+                    Some(_) => {}
+                },
+                _ = &mut deadline => return Err(SftpStop::Unanswered),
+            }
+        }
+    }
+
+    async fn relay_to_client(&mut self, tx: &ClientTx, data: Vec<u8>) -> Result<(), SftpStop> {
+        self.counts.to_client += data.len() as u64;
+        self.ctx.session.add_to_client(data.len());
+        tx.data_bytes(Bytes::from(data)).await.map_err(|_| SftpStop::Gone)
+    }
+
+    /// `op` with its paths resolved as the server will resolve them (a
+    /// symlink's target against the link's directory, as OpenSSH sends
+    /// the target first); the request id when a path does not resolve.
+    fn resolved(&self, op: Operation) -> Result<Operation, u32> {
+        let Operation { id, name, path, to } = op;
+        let to = match to {
+            Some(to) => Some(self.paths.resolve(&to).ok_or(id)?),
+            None => None,
+        };
+        let path = match (name, &to) {
+            ("symlink", Some(link)) if !path.starts_with('/') => {
+                let dir = link.rsplit_once('/').map_or("/", |(dir, _)| dir);
+                super::sftp_path::resolve(Some(if dir.is_empty() { "/" } else { dir }), &path)
+            }
+            _ => self.paths.resolve(&path),
+        }
+        .ok_or(id)?;
+        Ok(Operation { id, name, path, to })
+    }
+
+    /// Records and answers a request loopgate refuses itself, before any
+    /// policy: it cannot be decided as it stands.
+    async fn refuse_unchecked(&mut self, tx: &ClientTx, id: u32, rule: &str, reason: &str) -> Result<(), SftpStop> {
+        let Ctx { svc, session, .. } = self.ctx;
+        let info = CommandInfo {
+            text: Some(format!("sftp request {id}")),
+            kind: Some("ssh_sftp".to_owned()),
+            ..CommandInfo::default()
+        };
+        match svc.enforcer.refuse(session, info, rule, reason).await {
+            Ok(refusal) => {
+                let code = if rule == UNSUPPORTED_RULE {
+                    sftp::FX_OP_UNSUPPORTED
+                } else {
+                    sftp::FX_FAILURE
+                };
+                let answer = sftp::status(id, code, &refusal.message("operation"));
+                tx.data_bytes(answer).await.map_err(|_| SftpStop::Gone)
+            }
+            Err(e) => {
+                tracing::error!(session = %session.id, error = %e, "cannot record a refused SFTP operation");
+                Err(SftpStop::Audit)
+            }
+        }
     }
 
     /// Records the results of admitted operations the server answered.
@@ -223,10 +422,18 @@ impl SftpRelay<'_, '_> {
                     return false;
                 }
             };
-            let Some((id, code)) = sftp::reply(&packet) else {
-                continue;
+            let (id, code) = match sftp::reply(&packet) {
+                Some(Reply::Status { id, code }) => (id, code),
+                Some(Reply::Handle { id, handle }) => {
+                    if let Some((_, Some(path))) = self.pending.get(&id) {
+                        self.paths.opened(handle, path.clone());
+                    }
+                    (id, 0)
+                }
+                Some(Reply::Name { id, .. } | Reply::Other { id }) => (id, 0),
+                _ => continue,
             };
-            let Some(admitted) = self.pending.remove(&id) else {
+            let Some((admitted, _)) = self.pending.remove(&id) else {
                 continue;
             };
             let outcome = Outcome {
@@ -237,4 +444,9 @@ impl SftpRelay<'_, '_> {
             svc.enforcer.finish(session, &admitted, outcome).await;
         }
     }
+}
+
+async fn forward(session: &Session, up_tx: &UpstreamTx, packet: Vec<u8>) -> Result<(), SftpStop> {
+    session.add_to_server(packet.len());
+    up_tx.data_bytes(packet).await.map_err(|_| SftpStop::Gone)
 }
