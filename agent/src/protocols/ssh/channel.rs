@@ -293,6 +293,19 @@ async fn relay(
             return (failed("open_failed"), None);
         }
     };
+    let masking = svc.mask_output && request.output_is_text();
+    // The recording exists before the command runs: one that cannot be
+    // written refuses the command (nothing runs unrecorded).
+    let recorder = match masking.then(|| start_recording(ctx, tx, request, early.pty.as_ref(), title)) {
+        Some(Err(())) => {
+            let message =
+                format!("loopgate: the session recording cannot be written, so the command was not run{newline}");
+            refuse_on_channel(tx, &message).await;
+            return (failed(RECORDING_FAILED), None);
+        }
+        Some(Ok(r)) => r,
+        None => None,
+    };
     let (mut up_rx, up_tx) = up.split();
     if let Some(p) = &early.pty {
         let _ = up_tx
@@ -326,16 +339,11 @@ async fn relay(
         let _ = tx.close().await;
         return (outcome, None);
     }
-    let masking = svc.mask_output && request.output_is_text();
     let mut out = Output {
         stdout: StreamMasker::new(svc.masker.clone()),
         stderr: StreamMasker::new(svc.masker.clone()),
         input: StreamMasker::new(svc.masker.clone()),
-        recorder: if masking {
-            start_recording(ctx, tx, request, early.pty.as_ref(), title)
-        } else {
-            None
-        },
+        recorder,
         record_input: matches!(request, Request::Shell),
         counts: Counts::default(),
     };
@@ -411,8 +419,21 @@ async fn relay(
                 out.flush(session, tx).await;
             }
         }
+        if out.recorder.as_ref().is_some_and(Recorder::failed) {
+            // Output the recording cannot hold is not relayed on.
+            let message =
+                format!("\r\nloopgate: the session recording cannot be written; the channel is closed{newline}");
+            let _ = tx.extended_data_bytes(1, Bytes::from(message)).await;
+            let _ = up_tx.close().await;
+            break;
+        }
     }
     let _ = tx.close().await;
+    out.flush_input();
+    let recording = out.recorder.take().map(Recorder::finish);
+    if matches!(recording, Some(None)) {
+        status = RECORDING_FAILED;
+    }
     let outcome = Outcome {
         status: Some(status.to_owned()),
         bytes_to_client: Some(out.counts.to_client),
@@ -421,23 +442,26 @@ async fn relay(
         masked_count: masking.then_some(out.stdout.masked + out.stderr.masked),
         ..Outcome::default()
     };
-    out.flush_input();
-    (outcome, out.recorder.and_then(Recorder::finish))
+    (outcome, recording.flatten())
 }
 
-/// Starts the recording of an exec or a shell, if the target records; a
-/// recording that cannot be created is logged and the channel goes on
-/// (the audit still has the request and its result).
+/// The status of a channel whose recording could not be written.
+const RECORDING_FAILED: &str = "recording_failed";
+
+/// Starts the recording of an exec or a shell, if the target records
+/// (`Ok(None)` when it does not); `Err` when the file cannot be created.
 fn start_recording(
     ctx: &Ctx<'_>,
     tx: &ClientTx,
     request: &Request,
     pty: Option<&PtyRequest>,
     title: &str,
-) -> Option<Recorder> {
-    let settings = ctx.svc.recordings.as_ref()?;
+) -> Result<Option<Recorder>, ()> {
+    let Some(settings) = ctx.svc.recordings.as_ref() else {
+        return Ok(None);
+    };
     if matches!(request, Request::Subsystem(_)) {
-        return None;
+        return Ok(None);
     }
     let header = Header {
         // A client without a terminal asks for a pty of 0x0.
@@ -454,10 +478,10 @@ fn start_recording(
         settings.max_bytes,
         &header,
     ) {
-        Ok(r) => Some(r),
+        Ok(r) => Ok(Some(r)),
         Err(e) => {
             tracing::error!(session = %ctx.session.id, error = %e, "cannot start an SSH recording");
-            None
+            Err(())
         }
     }
 }

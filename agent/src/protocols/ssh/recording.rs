@@ -105,8 +105,14 @@ impl Recorder {
         self.event("r", &format!("{cols}x{rows}"));
     }
 
+    /// Whether a write failed: the relay stops there (no unrecorded output
+    /// goes on).
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
     /// Ends the file; what the audit event names, or `None` when it could
-    /// not be written (the relay does not stop for that; the error is logged).
+    /// not be written (the error is logged and the result says so).
     pub fn finish(mut self) -> Option<RecordingRef> {
         for code in 0..2 {
             let rest = std::mem::take(&mut self.carry[code]);
@@ -229,5 +235,20 @@ mod tests {
                 .unwrap()
                 .contains("recording cut at its bound of 300 bytes")
         );
+    }
+
+    #[test]
+    fn a_recording_that_cannot_be_kept_is_no_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        // The audit directory is a file: no partition can be made.
+        let file = dir.path().join("audit");
+        fs::write(&file, "").unwrap();
+        assert!(Recorder::create(&file, Uuid::nil(), 1, 1 << 20, &header()).is_err());
+        // The partition goes away while the channel runs: nothing sealed.
+        let audit = dir.path().join("store");
+        let mut r = Recorder::create(&audit, Uuid::nil(), 2, 1 << 20, &header()).unwrap();
+        fs::remove_dir_all(&audit).unwrap();
+        r.output(b"ward rounds\n");
+        assert!(r.finish().is_none());
     }
 }
