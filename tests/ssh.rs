@@ -879,6 +879,23 @@ fn shells_and_execs_are_recorded_masked_replayed_and_verified() {
         cast.contains("alice,") && !has_ssn(&cast),
         "raw PHI in the recording: {cast}"
     );
+    // The line typed is read back from the keystrokes into a command event
+    // (an audit aid, not a decision), masked, and is the recording's input.
+    let typed = commands(&events, "ssh_shell_line");
+    assert_eq!(typed.len(), 1, "{typed:?}");
+    let line = typed[0]["command"]["text"].as_str().unwrap();
+    assert!(
+        line.starts_with("echo typed-") && line.ends_with("; exit 0") && !has_ssn(line),
+        "{line}"
+    );
+    assert_eq!(typed[0]["decision"]["rule_id"], "loopgate.ssh_shell_line");
+    assert_eq!(typed[0]["session_id"], commands(&events, "ssh_shell")[0]["session_id"]);
+    let input: Vec<&str> = events_in
+        .iter()
+        .filter(|e| e[1] == "i")
+        .map(|e| e[2].as_str().unwrap())
+        .collect();
+    assert_eq!(input, [format!("{line}\r")], "{cast}");
     let exec_text = fs::read_to_string(f.agent.audit_dir.join(&exec_cast)).unwrap();
     assert!(exec_text.contains("alice,") && !has_ssn(&exec_text), "{exec_text}");
     let (code, report) = f.agent.verify_audit();

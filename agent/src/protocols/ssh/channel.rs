@@ -3,7 +3,10 @@
 //! upstream channel of its own, or refused in SSH's terms (a line on
 //! stderr and exit status 126) while the connection stays usable for the
 //! next request. Forwards are in `forward.rs`, SFTP in `sftp_relay.rs`.
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig, server};
@@ -13,6 +16,7 @@ use super::{
     command::{PtyRequest, Request},
     output::StreamMasker,
     recording::{Header, Recorder},
+    typed::{Line, TypedLines},
     upstream::Upstream,
 };
 use crate::{
@@ -342,14 +346,14 @@ async fn relay(
     let mut out = Output {
         stdout: StreamMasker::new(svc.masker.clone()),
         stderr: StreamMasker::new(svc.masker.clone()),
-        input: StreamMasker::new(svc.masker.clone()),
+        typed: matches!(request, Request::Shell).then(TypedLines::default),
+        lines: Vec::new(),
         recorder,
-        record_input: matches!(request, Request::Shell),
         counts: Counts::default(),
     };
     for data in early.data {
         session.add_to_server(data.len());
-        out.record_input(&data);
+        out.typed_input(&data);
         let _ = up_tx.data_bytes(data).await;
     }
     if early.eof {
@@ -366,7 +370,7 @@ async fn relay(
                 Some(ChannelMsg::Data { data }) => {
                     out.counts.to_server += data.len() as u64;
                     session.add_to_server(data.len());
-                    out.record_input(&data);
+                    out.typed_input(&data);
                     if up_tx.data_bytes(data).await.is_err() { break; }
                 }
                 Some(ChannelMsg::Eof) => { let _ = up_tx.eof().await; }
@@ -383,6 +387,7 @@ async fn relay(
             },
             msg = up_rx.wait() => match msg {
                 Some(ChannelMsg::Data { data }) => {
+                    out.typed_output(&data);
                     let bytes = if masking { out.stdout.push(&data) } else { data.to_vec() };
                     if out.send(session, tx, None, bytes).await.is_err() { break; }
                 }
@@ -417,8 +422,10 @@ async fn relay(
             },
             _ = tokio::time::sleep(FLUSH_AFTER), if pending => {
                 out.flush(session, tx).await;
+                out.expire_lines(false);
             }
         }
+        record_typed_lines(ctx, &mut out);
         if out.recorder.as_ref().is_some_and(Recorder::failed) {
             // Output the recording cannot hold is not relayed on.
             let message =
@@ -429,7 +436,8 @@ async fn relay(
         }
     }
     let _ = tx.close().await;
-    out.flush_input();
+    out.expire_lines(true);
+    record_typed_lines(ctx, &mut out);
     let recording = out.recorder.take().map(Recorder::finish);
     if matches!(recording, Some(None)) {
         status = RECORDING_FAILED;
@@ -487,31 +495,43 @@ fn start_recording(
 }
 
 /// A relayed channel's output side: masking per stream, the recording of
-/// what the client was sent (and, for a shell, typed), the byte counts.
+/// what the client was sent (and, for a shell, the lines typed), the byte
+/// counts.
 struct Output {
     stdout: StreamMasker,
     stderr: StreamMasker,
-    /// Input, masked for the recording only (the server gets it as typed).
-    input: StreamMasker,
+    /// A shell's keystrokes, read back into lines (the server gets them as
+    /// typed).
+    typed: Option<TypedLines>,
+    /// Lines read back, not yet recorded.
+    lines: Vec<Line>,
     recorder: Option<Recorder>,
-    record_input: bool,
     counts: Counts,
 }
 
 impl Output {
     fn has_pending(&self, masking: bool) -> bool {
-        masking && (self.stdout.has_pending() || self.stderr.has_pending() || self.input.has_pending())
+        let typed = self.typed.as_ref().is_some_and(TypedLines::has_pending);
+        typed || masking && (self.stdout.has_pending() || self.stderr.has_pending())
     }
 
-    fn record_input(&mut self, data: &[u8]) {
-        if let Some(r) = self.recorder.as_mut().filter(|_| self.record_input) {
-            r.input(&self.input.push(data));
+    fn typed_input(&mut self, data: &[u8]) {
+        if let Some(t) = &mut self.typed {
+            t.input(data);
         }
     }
 
-    fn flush_input(&mut self) {
-        if let Some(r) = self.recorder.as_mut().filter(|_| self.record_input) {
-            r.input(&self.input.flush());
+    /// The server's output before masking: a typed line's echo is what was
+    /// typed (kept in memory only; the line is recorded masked).
+    fn typed_output(&mut self, data: &[u8]) {
+        if let Some(t) = &mut self.typed {
+            self.lines.extend(t.output(data));
+        }
+    }
+
+    fn expire_lines(&mut self, all: bool) {
+        if let Some(t) = &mut self.typed {
+            self.lines.extend(t.expired(Instant::now(), all));
         }
     }
 
@@ -533,7 +553,21 @@ impl Output {
         let stderr = self.stderr.flush();
         let _ = self.send(session, tx, None, stdout).await;
         let _ = self.send(session, tx, Some(1), stderr).await;
-        self.flush_input();
+    }
+}
+
+/// Records the lines typed into a shell that were read back: a `command`
+/// event each (kind `ssh_shell_line`, an audit aid under the shell's
+/// decision, not decided itself) and the recording's input.
+fn record_typed_lines(ctx: &Ctx<'_>, out: &mut Output) {
+    for line in out.lines.drain(..) {
+        let text = ctx.svc.masker.mask_free_text(&line.shown()).into_owned();
+        if let Some(r) = &mut out.recorder {
+            r.input(format!("{text}\r").as_bytes());
+        }
+        ctx.session
+            .audit
+            .submit(super::command::typed_line_event(ctx.session, text, line.approximate));
     }
 }
 

@@ -3,7 +3,38 @@
 //! with (command text with detector-found values masked, never raw).
 use russh::Pty;
 
-use crate::{audit::CommandInfo, mask::Masker, policy::Action};
+use crate::{
+    audit::{CommandInfo, Decision, Event, EventKind, Verdict},
+    mask::Masker,
+    policy::Action,
+    session::Session,
+};
+
+/// The rule id a typed shell line is recorded under: it was not decided.
+pub const TYPED_LINE_RULE: &str = "loopgate.ssh_shell_line";
+
+/// A line typed into a shell (`text` masked) as a `command` event: allowed
+/// by the shell's decision, recorded as an audit aid — loopgate reads it
+/// back from keystrokes and does not decide it.
+pub fn typed_line_event(session: &Session, text: String, approximate: bool) -> Event {
+    let mut e = session.event(EventKind::Command);
+    e.command = Some(CommandInfo {
+        text: Some(text),
+        kind: Some("ssh_shell_line".to_owned()),
+        parameters: if approximate {
+            vec!["approximate".to_owned()]
+        } else {
+            Vec::new()
+        },
+        ..CommandInfo::default()
+    });
+    e.decision = Some(
+        Decision::new(Verdict::Allow)
+            .rule(TYPED_LINE_RULE)
+            .reason("typed into an allowed shell: recorded from the keystrokes, not decided"),
+    );
+    e
+}
 
 /// What a session channel asks the server to run.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -12,7 +12,8 @@
 //! - `channel`: a session channel's request, decided and relayed;
 //!   `forward`: forward channels; `sftp_relay` with `sftp` and `sftp_path`:
 //!   SFTP operation by operation, on resolved paths; `output`: masking of exec and shell output as it streams;
-//!   `recording`: the asciicast recording of that masked stream.
+//!   `recording`: the asciicast recording of that masked stream; `typed`:
+//!   lines typed into a shell, read back from the keystrokes.
 mod channel;
 mod command;
 pub mod config;
@@ -24,6 +25,7 @@ mod server;
 pub mod sftp;
 pub mod sftp_path;
 mod sftp_relay;
+mod typed;
 mod upstream;
 pub mod userca;
 

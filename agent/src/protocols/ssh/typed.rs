@@ -1,0 +1,260 @@
+//! Lines typed into a shell, read back from the keystrokes: an audit aid
+//! (each becomes a `command` event and the recording's input), not a gate
+//! — the shell's own editing, history and completion are not replayed.
+//!
+//! Keystrokes the terminal did not echo (a password at a `sudo` prompt)
+//! are not kept: a line counts as echoed when it appears in the server's
+//! output after it was typed (as a terminal shows it: escape sequences
+//! left out, backspaces applied), and an unechoed line is recorded only by
+//! its length. Lines are masked when they are recorded.
+
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
+
+/// The longest line kept; the rest of a longer one is dropped.
+const MAX_LINE: usize = 4096;
+/// How much output is kept to check a line's echo against.
+const MAX_ECHO: usize = 16 * 1024;
+/// How long a line waits for its echo before it counts as unechoed.
+const ECHO_WAIT: Duration = Duration::from_secs(2);
+
+/// A line the user ended with Enter.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Line {
+    pub text: String,
+    /// The terminal showed it as typed.
+    pub echoed: bool,
+    /// Cursor keys, tab completion or a cut-off made it differ from what
+    /// the shell ran.
+    pub approximate: bool,
+}
+
+impl Line {
+    /// What the audit shows of it: its text if it was echoed, else only
+    /// that something was typed.
+    pub fn shown(&self) -> String {
+        if self.echoed {
+            self.text.clone()
+        } else {
+            format!("(typed without echo: {} characters)", self.text.chars().count())
+        }
+    }
+}
+
+/// Keystrokes in, lines out once their echo is seen or given up on.
+#[derive(Default)]
+pub struct TypedLines {
+    line: Vec<u8>,
+    approximate: bool,
+    /// Inside an escape sequence the client sent (cursor keys).
+    escape: Escape,
+    /// Lines ended, waiting for their echo.
+    ended: VecDeque<(Vec<u8>, bool, Instant)>,
+    /// Output sent since the oldest waiting line began, as the terminal
+    /// shows it (escape sequences left out, backspaces applied).
+    echo: Vec<u8>,
+    echo_escape: Escape,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Escape {
+    #[default]
+    None,
+    /// After ESC.
+    Start,
+    /// In a CSI, SS3 or OSC sequence, until its final byte.
+    Sequence,
+}
+
+impl TypedLines {
+    /// Keystrokes from the client.
+    pub fn input(&mut self, data: &[u8]) {
+        for &b in data {
+            match (self.escape, b) {
+                (Escape::Start, b'[' | b'O') => self.escape = Escape::Sequence,
+                (Escape::Start, _) => self.escape = Escape::None,
+                (Escape::Sequence, 0x40..=0x7e) => self.escape = Escape::None,
+                (Escape::Sequence, _) => {}
+                (Escape::None, 0x1b) => {
+                    self.escape = Escape::Start;
+                    self.approximate = true;
+                }
+                (Escape::None, b'\r' | b'\n') => self.end_line(),
+                (Escape::None, 0x7f | 0x08) => pop_char(&mut self.line),
+                // Ctrl-U and Ctrl-C drop the line.
+                (Escape::None, 0x15 | 0x03) => {
+                    self.line.clear();
+                    self.approximate = false;
+                }
+                (Escape::None, b'\t') => self.approximate = true,
+                (Escape::None, c) if c < 0x20 => {}
+                (Escape::None, c) => {
+                    if self.line.is_empty() && self.ended.is_empty() {
+                        // A new line begins: earlier output is no echo of it.
+                        self.echo.clear();
+                    }
+                    if self.line.len() < MAX_LINE {
+                        self.line.push(c);
+                    } else {
+                        self.approximate = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The server's output, before masking (a masked echo would not match
+    /// what was typed): the lines whose echo it completes.
+    pub fn output(&mut self, data: &[u8]) -> Vec<Line> {
+        for &b in data {
+            match (self.echo_escape, b) {
+                (Escape::Start, b'[' | b'O' | b']') => self.echo_escape = Escape::Sequence,
+                (Escape::Start, _) => self.echo_escape = Escape::None,
+                // OSC sequences end with BEL; CSI ones with a final byte.
+                (Escape::Sequence, 0x40..=0x7e | 0x07) => self.echo_escape = Escape::None,
+                (Escape::Sequence, _) => {}
+                (Escape::None, 0x1b) => self.echo_escape = Escape::Start,
+                (Escape::None, 0x08) => pop_char(&mut self.echo),
+                (Escape::None, c) if c >= 0x20 => self.echo.push(c),
+                (Escape::None, _) => {}
+            }
+        }
+        if self.echo.len() > MAX_ECHO {
+            self.echo.drain(..self.echo.len() - MAX_ECHO);
+        }
+        self.resolve(None)
+    }
+
+    /// Lines that waited long enough for an echo that did not come (and,
+    /// at the end of the channel, every line still waiting).
+    pub fn expired(&mut self, now: Instant, all: bool) -> Vec<Line> {
+        self.resolve(Some((now, all)))
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.ended.is_empty()
+    }
+
+    fn end_line(&mut self) {
+        let bytes = std::mem::take(&mut self.line);
+        let approximate = std::mem::take(&mut self.approximate);
+        if !bytes.is_empty() {
+            self.ended.push_back((bytes, approximate, Instant::now()));
+        }
+    }
+
+    /// Takes the waiting lines in order: echoed ones (their echo is then
+    /// consumed), and with `expire` the ones past their wait as unechoed.
+    fn resolve(&mut self, expire: Option<(Instant, bool)>) -> Vec<Line> {
+        let mut lines = Vec::new();
+        while let Some((bytes, approximate, at)) = self.ended.front() {
+            let found = find(&self.echo, bytes);
+            let expired = expire.is_some_and(|(now, all)| all || now.duration_since(*at) >= ECHO_WAIT);
+            if found.is_none() && !expired {
+                break;
+            }
+            if let Some(end) = found {
+                self.echo.drain(..end);
+            }
+            lines.push(Line {
+                text: String::from_utf8_lossy(bytes).into_owned(),
+                echoed: found.is_some(),
+                approximate: *approximate,
+            });
+            self.ended.pop_front();
+        }
+        lines
+    }
+}
+
+/// Where `needle` ends in `haystack`, if it is there.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find(haystack, needle).map(|start| start + needle.len())
+}
+
+/// One character back (a UTF-8 sequence whole).
+fn pop_char(buf: &mut Vec<u8>) {
+    while let Some(c) = buf.pop() {
+        if c & 0xc0 != 0x80 {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_read_from_keystrokes_with_their_edits_once_echoed() {
+        let mut t = TypedLines::default();
+        t.output(b"$ ");
+        t.input(b"ls -lx");
+        t.output(b"ls -lx");
+        t.input(&[0x7f]);
+        t.output(b"\x08 \x08\x1b[K");
+        t.input(b"a\r");
+        assert!(t.has_pending(), "the echo of the last key has not come yet");
+        let lines = t.output(b"a\r\n");
+        assert_eq!(
+            lines,
+            vec![Line {
+                text: "ls -la".into(),
+                echoed: true,
+                approximate: false
+            }]
+        );
+        // A cursor key or a tab: the shell may have run something else.
+        t.output(b"$ ");
+        t.input(b"cat /srv/ph\t\x1b[A\r");
+        let lines = t.output(b"cat /srv/ph\r\n");
+        assert!(lines[0].approximate, "{lines:?}");
+        // Ctrl-U drops what was typed; an empty line is no line.
+        t.input(b"rm -rf x\x15\r");
+        assert!(!t.has_pending());
+    }
+
+    #[test]
+    fn a_burst_of_lines_is_matched_to_the_echo_that_follows() {
+        let mut t = TypedLines::default();
+        t.input(b"echo one\necho two\n");
+        let lines = t.output(b"echo one\r\none\r\n$ echo two\r\ntwo\r\n");
+        let shown: Vec<String> = lines.iter().map(Line::shown).collect();
+        assert_eq!(shown, ["echo one", "echo two"]);
+    }
+
+    #[test]
+    fn keystrokes_without_echo_are_kept_only_by_length() {
+        let mut t = TypedLines::default();
+        t.output(b"[sudo] password for deploy: ");
+        t.input(b"hunter2\r");
+        assert!(t.output(b"\r\nLast login: today\r\n").is_empty());
+        assert!(t.expired(Instant::now(), false).is_empty(), "still within its wait");
+        let lines = t.expired(Instant::now() + ECHO_WAIT, false);
+        assert_eq!(lines[0].shown(), "(typed without echo: 7 characters)");
+        // Echo interleaved with colour codes still counts.
+        t.input(b"echo hi\n");
+        let lines = t.output(b"\x1b[1;32me\x1b[0mcho hi\r\n");
+        assert_eq!(lines[0].shown(), "echo hi");
+        // At the end of the channel every waiting line is taken.
+        t.input(b"exit\r");
+        assert_eq!(
+            t.expired(Instant::now(), true)[0].shown(),
+            "(typed without echo: 4 characters)"
+        );
+    }
+
+    #[test]
+    fn long_lines_are_cut_and_marked() {
+        let mut t = TypedLines::default();
+        let long = vec![b'x'; MAX_LINE + 10];
+        let mut input = long.clone();
+        input.push(b'\r');
+        t.input(&input);
+        let lines = t.output(&long);
+        assert_eq!(lines[0].text.len(), MAX_LINE);
+        assert!(lines[0].approximate && lines[0].echoed);
+    }
+}
