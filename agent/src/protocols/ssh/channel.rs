@@ -111,7 +111,12 @@ pub async fn session_channel(ctx: &Ctx<'_>, channel: russh::Channel<server::Msg>
                 variable_value,
                 ..
             }) => {
-                early.env.push((variable_name, variable_value));
+                // Bounded: a client cannot grow the channel's state without end.
+                if early.env.len() < MAX_ENV && variable_name.len() + variable_value.len() <= MAX_ENV_BYTES {
+                    early.env.push((variable_name, variable_value));
+                } else {
+                    tracing::warn!(session = %ctx.session.id, "an SSH environment variable beyond loopgate's bound was not passed on");
+                }
                 continue;
             }
             Some(ChannelMsg::AgentForward { .. }) => {
@@ -224,6 +229,11 @@ async fn run(
     }
     end
 }
+
+/// At most this many environment variables of a channel are passed on,
+/// each at most this large (name and value).
+const MAX_ENV: usize = 64;
+const MAX_ENV_BYTES: usize = 8 * 1024;
 
 /// The rule id of a refused unknown subsystem.
 pub const UNKNOWN_SUBSYSTEM_RULE: &str = "loopgate.ssh_unknown_subsystem";
