@@ -192,26 +192,15 @@ async fn run(
             return ChannelEnd::Done;
         }
         Ok(Verdict::Forward(admitted)) => admitted,
-        Ok(Verdict::Held { admitted, mut held }) => {
-            let (message, hint) = held.notice_for("command");
-            let notice = format!("{message}{newline}{hint}{newline}");
-            if tx.extended_data_bytes(1, Bytes::from(notice)).await.is_err() {
-                return ChannelEnd::Done;
+        Ok(Verdict::Held { admitted, held }) => {
+            match released(ctx, rx, tx, admitted, held, "command", newline, &mut early).await {
+                Released::Run(admitted) => admitted,
+                Released::Refused(refusal) => {
+                    refuse_on_channel(tx, &format!("{}{newline}", refusal.message("command"))).await;
+                    return ChannelEnd::Done;
+                }
+                Released::Gone => return ChannelEnd::Done,
             }
-            tracing::info!(session = %session.id, approval = held.id(), "SSH request held for approval");
-            let resolution = wait_for_approval(rx, &mut held, &mut early).await;
-            let Some(resolution) = resolution else {
-                // The client left: dropping the hold withdraws the request.
-                drop(held);
-                withdrawn(session, &admitted);
-                return ChannelEnd::Done;
-            };
-            if let Err(refusal) = held.release(resolution) {
-                svc.enforcer.unrun(session, &admitted, &refusal);
-                refuse_on_channel(tx, &format!("{}{newline}", refusal.message("command"))).await;
-                return ChannelEnd::Done;
-            }
-            admitted
         }
     };
     let (outcome, recording) = relay(ctx, rx, tx, &request, early, raw, &title).await;
@@ -237,6 +226,55 @@ const MAX_ENV_BYTES: usize = 8 * 1024;
 
 /// The rule id of a refused unknown subsystem.
 pub const UNKNOWN_SUBSYSTEM_RULE: &str = "loopgate.ssh_unknown_subsystem";
+
+/// How a held request ended.
+pub(super) enum Released {
+    /// Approved: run it.
+    Run(Admitted),
+    /// Denied, timed out or not requestable (its result is recorded):
+    /// tell the client.
+    Refused(enforce::Refusal),
+    /// The client left (the request is withdrawn and recorded so).
+    Gone,
+}
+
+/// A held request: the client is told why it waits and the approval id
+/// (on stderr, lines ended with `newline`), and it waits while input is
+/// kept in `early`.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn released(
+    ctx: &Ctx<'_>,
+    rx: &mut ChannelReadHalf,
+    tx: &ClientTx,
+    admitted: Admitted,
+    mut held: Box<enforce::Held>,
+    noun: &str,
+    newline: &str,
+    early: &mut Early,
+) -> Released {
+    let session = ctx.session;
+    let (message, hint) = held.notice_for(noun);
+    let notice = format!("{message}{newline}{hint}{newline}");
+    let resolution = if tx.extended_data_bytes(1, Bytes::from(notice)).await.is_ok() {
+        tracing::info!(session = %session.id, approval = held.id(), "SSH request held for approval");
+        wait_for_approval(rx, &mut held, early).await
+    } else {
+        None
+    };
+    let Some(resolution) = resolution else {
+        // The client left: dropping the hold withdraws the request.
+        drop(held);
+        withdrawn(session, &admitted);
+        return Released::Gone;
+    };
+    match held.release(resolution) {
+        Ok(()) => Released::Run(admitted),
+        Err(refusal) => {
+            ctx.svc.enforcer.unrun(session, &admitted, &refusal);
+            Released::Refused(refusal)
+        }
+    }
+}
 
 /// Waits for the approval while watching the client; `None` when it left.
 pub(super) async fn wait_for_approval(

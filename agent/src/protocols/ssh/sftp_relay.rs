@@ -8,7 +8,7 @@ use bytes::Bytes;
 use russh::{ChannelMsg, ChannelReadHalf};
 
 use super::{
-    channel::{ClientTx, Counts, Ctx, Early, UpstreamTx, wait_for_approval, withdrawn},
+    channel::{ClientTx, Counts, Ctx, Early, Released, UpstreamTx, released},
     sftp::{self, Framer, Operation, Reply, Request},
     sftp_path::Paths,
 };
@@ -249,28 +249,21 @@ impl SftpRelay<'_, '_> {
                     continue;
                 }
                 Ok(Verdict::Forward(admitted)) => admitted,
-                Ok(Verdict::Held { admitted, mut held }) => {
-                    let (message, hint) = held.notice_for("operation");
-                    let _ = tx
-                        .extended_data_bytes(1, Bytes::from(format!("{message}\n{hint}\n")))
-                        .await;
+                Ok(Verdict::Held { admitted, held }) => {
                     let mut early = Early::default();
-                    let resolution = wait_for_approval(rx, &mut held, &mut early).await;
+                    let released = released(self.ctx, rx, tx, admitted, held, "operation", "\n", &mut early).await;
                     for data in early.data {
                         self.counts.to_server += data.len() as u64;
                         self.from_client.push(&data);
                     }
-                    let Some(resolution) = resolution else {
-                        drop(held);
-                        withdrawn(session, &admitted);
-                        return Err(SftpStop::Gone);
-                    };
-                    if let Err(refusal) = held.release(resolution) {
-                        svc.enforcer.unrun(session, &admitted, &refusal);
-                        tx.data_bytes(refused(&refusal)).await.map_err(|_| SftpStop::Gone)?;
-                        continue;
+                    match released {
+                        Released::Run(admitted) => admitted,
+                        Released::Refused(refusal) => {
+                            tx.data_bytes(refused(&refusal)).await.map_err(|_| SftpStop::Gone)?;
+                            continue;
+                        }
+                        Released::Gone => return Err(SftpStop::Gone),
                     }
-                    admitted
                 }
             };
             let opens = matches!(op.name, "read" | "write" | "list").then_some(op.path);
