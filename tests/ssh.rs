@@ -82,12 +82,17 @@ impl Fixture {
         );
         let agent = Agent::start(&targets, &extra);
 
-        let out = agent.loopgate(&["ssh", "known-hosts"]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let line = String::from_utf8(out.stdout).unwrap();
-        assert!(line.starts_with("@cert-authority * ssh-ed25519 "), "{line}");
+        // The operator's step: loopgate puts its CA line into the clients'
+        // known_hosts file, keeping what the file held.
         let known_hosts = dir.path().join("client_known_hosts");
-        fs::write(&known_hosts, &line).unwrap();
+        let theirs = format!("[elsewhere.example]:22 {}\n", sshd.host_key);
+        fs::write(&known_hosts, &theirs).unwrap();
+        let install = ["ssh", "known-hosts", "--install", known_hosts.to_str().unwrap()];
+        let out = agent.loopgate(&install).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = fs::read_to_string(&known_hosts).unwrap();
+        let line = text.strip_prefix(&theirs).unwrap_or_else(|| panic!("{text}"));
+        assert!(line.starts_with("@cert-authority * ssh-ed25519 "), "{line}");
         Fixture {
             agent,
             sshd,

@@ -98,6 +98,11 @@ enum SshCommand {
         /// The hosts the line covers (a known_hosts pattern list).
         #[arg(long, default_value = "*")]
         hosts: String,
+        /// Put the line into this known_hosts file (e.g.
+        /// /etc/ssh/ssh_known_hosts) in place of loopgate's earlier one,
+        /// keeping the file's other lines, instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        install: Option<PathBuf>,
     },
     /// Print loopgate's SSH user CA public key, for the servers'
     /// `TrustedUserCAKeys` file: targets with `user_certificate = true` log
@@ -217,14 +222,24 @@ fn main() -> ExitCode {
         Command::Audit(cmd) => audit_cli::run(cmd),
         Command::Policy(cmd) => policy_cli::run(cmd),
         Command::Approvals(args) => approvals_cli::run(args),
-        Command::Ssh(SshCommand::KnownHosts { config, hosts }) => {
+        Command::Ssh(SshCommand::KnownHosts { config, hosts, install }) => {
             let config = match load(config.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match loopgate::protocols::ssh::hostca::HostCa::load_or_create(&config.tls.ca_dir) {
-                Ok(ca) => {
-                    println!("{}", ca.known_hosts_line(&hosts));
+            use loopgate::protocols::ssh::hostca;
+            let line = match hostca::HostCa::load_or_create(&config.tls.ca_dir) {
+                Ok(ca) => ca.known_hosts_line(&hosts),
+                Err(e) => return fail(e.into()),
+            };
+            let Some(file) = install else {
+                println!("{line}");
+                return ExitCode::SUCCESS;
+            };
+            match hostca::install_known_hosts(&file, &line) {
+                Ok(changed) => {
+                    let done = if changed { "installed in" } else { "already in" };
+                    eprintln!("loopgate: the SSH host CA line is {done} {}", file.display());
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e.into()),

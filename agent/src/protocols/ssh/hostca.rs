@@ -150,6 +150,48 @@ impl HostCa {
     }
 }
 
+/// The comment that marks loopgate's line in a known_hosts file.
+const KNOWN_HOSTS_MARK: &str = " loopgate-host-ca";
+
+/// Puts `line` (a [`HostCa::known_hosts_line`]) into the known_hosts file
+/// at `path` in place of loopgate's earlier line, keeping every other
+/// line; written whole and renamed into place (mode 0644). `false` when
+/// the file already had it.
+pub fn install_known_hosts(path: &Path, line: &str) -> Result<bool, HostCaError> {
+    let io = |what, source| HostCaError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    let old = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io("reading", e)),
+    };
+    let mut lines: Vec<&str> = old
+        .lines()
+        .filter(|l| !l.trim_end().ends_with(KNOWN_HOSTS_MARK))
+        .collect();
+    lines.push(line);
+    let new = lines.join("\n") + "\n";
+    if new == old {
+        return Ok(false);
+    }
+    let tmp = path.with_extension("loopgate.tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .map_err(|e| io("writing", e))?;
+    file.write_all(new.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("writing", e))?;
+    fs::rename(&tmp, path).map_err(|e| io("replacing", e))?;
+    Ok(true)
+}
+
 pub(super) fn random_ed25519() -> Result<PrivateKey, String> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| format!("no randomness: {e}"))?;
@@ -164,6 +206,28 @@ pub(super) fn nonce() -> Result<Vec<u8>, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_known_hosts_line_replaces_its_earlier_self_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ssh_known_hosts");
+        fs::write(
+            &file,
+            "db.example ssh-ed25519 AAAA1\n@cert-authority * ssh-ed25519 OLD loopgate-host-ca\n",
+        )
+        .unwrap();
+        let line = "@cert-authority * ssh-ed25519 NEW loopgate-host-ca";
+        assert!(install_known_hosts(&file, line).unwrap());
+        let text = fs::read_to_string(&file).unwrap();
+        assert_eq!(text, format!("db.example ssh-ed25519 AAAA1\n{line}\n"));
+        assert!(
+            !install_known_hosts(&file, line).unwrap(),
+            "a second run changes nothing"
+        );
+        let fresh = dir.path().join("new_known_hosts");
+        assert!(install_known_hosts(&fresh, line).unwrap());
+        assert_eq!(fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o644);
+    }
+
     use super::*;
 
     #[test]
