@@ -11,15 +11,14 @@
 //! - `command`: requests as policy actions and audit records.
 //! - `channel`: a session channel's request, decided and relayed;
 //!   `forward`: forward channels; `sftp_relay` with `sftp`: SFTP operation
-//!   by operation; `output`: masking of exec and shell output as it streams;
-//!   `recording`: the asciicast recording of that masked stream.
+//!   by operation. Exec and shell output is masked as it streams
+//!   (`mask::stream`) and recorded as asciicast (`audit::cast`), as
+//!   Kubernetes exec is.
 mod channel;
 mod command;
 pub mod config;
 mod forward;
 pub mod hostca;
-mod output;
-mod recording;
 mod server;
 pub mod sftp;
 mod sftp_relay;
@@ -42,6 +41,7 @@ use self::{
 };
 use super::Build;
 use crate::{
+    audit::cast::Recordings,
     enforce::{Caller, Enforcer},
     identity::Authenticator,
     mask::Masker,
@@ -123,12 +123,6 @@ fn principal_name(session: &Session) -> String {
     let principal = session.principal.get();
     let subject = principal.and_then(|p| p.subject.clone());
     subject.unwrap_or_else(|| "unknown".to_owned())
-}
-
-/// Where a target's recordings go and how large they may grow.
-pub struct Recordings {
-    pub audit_dir: std::path::PathBuf,
-    pub max_bytes: u64,
 }
 
 /// Ends the client's SSH session when the session task goes away (agent
