@@ -749,6 +749,22 @@ fn kubectl_bin() -> PathBuf {
     path
 }
 
+/// A kubeconfig in `dir` naming the `k8s` target and trusting loopgate's
+/// CA, with the client's own token (which never reaches the server).
+fn write_kubeconfig(f: &Fixture, server: &FhirServer, dir: &std::path::Path) -> PathBuf {
+    let kubeconfig = dir.join("config");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {CLIENT_TOKEN}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u, namespace: ward}}\ncurrent-context: x\n",
+            server.port,
+            f.loopgate_ca.display()
+        ),
+    )
+    .unwrap();
+    kubeconfig
+}
+
 /// Unmodified kubectl 1.35 through loopgate, against the Kubernetes-shaped
 /// endpoints of the test server (discovery, an in-memory ConfigMap store,
 /// a pods watch; it is not a real API server: none installs from the
@@ -761,16 +777,7 @@ fn kubectl_get_apply_delete_and_watch_through_loopgate() {
     let (f, server) = kubernetes_fixture();
     let server = &server;
     let home = tempfile::tempdir().unwrap();
-    let kubeconfig = home.path().join("config");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {CLIENT_TOKEN}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u, namespace: ward}}\ncurrent-context: x\n",
-            server.port,
-            f.loopgate_ca.display()
-        ),
-    )
-    .unwrap();
+    let kubeconfig = write_kubeconfig(&f, server, home.path());
     let manifest = home.path().join("cm.yaml");
     std::fs::write(
         &manifest,
@@ -940,4 +947,140 @@ print("echoed", len(got), got == payload)
     for verb in ["get", "list", "create", "delete", "watch", "exec", "portforward"] {
         assert!(verbs.iter().any(|v| v == verb), "{verb} not in {verbs:?}");
     }
+}
+
+/// `kubectl exec` (1.35: WebSocket, v5.channel.k8s.io) through loopgate:
+/// held by the HIPAA pack, approved, then its stdout and stderr reach the
+/// terminal masked, stdin reaches the command as typed, the exit status
+/// comes back, and the session is recorded (masked), verified and replayed.
+#[test]
+fn kubectl_exec_is_masked_recorded_verified_and_replayed() {
+    require_ebpf!();
+    let (f, server) = kubernetes_fixture();
+    let home = tempfile::tempdir().unwrap();
+    let kubeconfig = write_kubeconfig(&f, &server, home.path());
+    let script = "echo patient ssn 123-45-6789; cat; echo err 321-54-9876 >&2; exit 3";
+    let mut client = f
+        .agent
+        .loopgate(&["exec"])
+        .arg("--")
+        .arg(kubectl_bin())
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--cache-dir")
+        .arg(home.path().join("cache"))
+        .args(["exec", "-i", "p1", "--", "sh", "-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = wait_pending(&f);
+    assert!(
+        !server
+            .requests()
+            .iter()
+            .any(|r| r["path"].as_str().unwrap().contains("/exec")),
+        "sent before approval"
+    );
+    let out = f.agent.approvals_as(ALICE, &[APPROVERS_GID], &["approve", &id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    {
+        use std::io::Write as _;
+        let mut stdin = client.stdin.take().unwrap();
+        stdin.write_all(b"typed 555-12-3456\n").unwrap();
+    }
+    let out = client.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}\n{}", f.agent.log());
+    assert_eq!(stdout, "patient ssn ***\ntyped ***\n", "{stderr}");
+    assert!(stderr.contains("err ***"), "{stderr}");
+    for raw in ["123-45-6789", "321-54-9876", "555-12-3456"] {
+        assert!(
+            !stdout.contains(raw) && !stderr.contains(raw),
+            "{raw} reached the terminal"
+        );
+    }
+
+    // The result names the recording; it holds the masked output and the
+    // masked stdin, its hash checks, and the replay plays it.
+    let events = f.agent.wait_events("the exec's result", |e| {
+        e.iter().any(|e| {
+            e["kind"] == "command_result" && e["command"]["parameters"].as_array().is_some_and(|p| !p.is_empty())
+        })
+    });
+    let exec = events
+        .iter()
+        .find(|e| e["kind"] == "command" && e["command"]["kind"] == "exec")
+        .expect("the exec's command event");
+    assert_eq!(exec["decision"]["rule_id"], "hipaa.hold_k8s_exec", "{exec}");
+    let result = events
+        .iter()
+        .find(|e| e["kind"] == "command_result" && e["command_id"] == exec["event_id"])
+        .expect("the exec's result");
+    assert_eq!(result["outcome"]["status"], "failed", "{result}");
+    assert_eq!(result["outcome"]["error_code"], "exit:3", "{result}");
+    assert!(result["outcome"]["masked_count"].as_u64().unwrap() >= 2, "{result}");
+    let params: Vec<&str> = result["command"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let cast = params
+        .iter()
+        .find_map(|p| p.strip_prefix("recording="))
+        .unwrap_or_else(|| panic!("no recording in {params:?}"));
+    let text = std::fs::read_to_string(f.agent.audit_dir.join(cast)).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["version"], 2, "{text}");
+    let of = |code: &str| -> String {
+        lines[1..]
+            .iter()
+            .filter(|e| e[1] == code)
+            .map(|e| e[2].as_str().unwrap())
+            .collect()
+    };
+    assert!(
+        of("o").contains("patient ssn ***\n") && of("o").contains("err ***"),
+        "{text}"
+    );
+    assert_eq!(of("i"), "typed ***\n", "{text}");
+    for raw in ["123-45-6789", "321-54-9876", "555-12-3456"] {
+        assert!(!text.contains(raw), "{raw} in the recording");
+    }
+    let (code, report) = f.agent.verify_audit();
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("1 recordings match"), "{report}");
+    let session = exec["session_id"].as_str().unwrap();
+    let replay = std::process::Command::new(loopgate_e2e::env::loopgate_bin())
+        .args(["audit", "replay", session, "--no-wait", "--dir"])
+        .arg(&f.agent.audit_dir)
+        .output()
+        .unwrap();
+    let played = String::from_utf8_lossy(&replay.stdout);
+    assert!(replay.status.success(), "{played}");
+    assert!(
+        played.contains("-- recording 1 of 1: GET /api/v1/namespaces/ward/pods/p1/exec?"),
+        "{played}"
+    );
+    assert!(
+        played.contains("patient ssn ***") && played.contains("typed ***"),
+        "{played}"
+    );
+    assert!(
+        !played.contains("123-45-6789") && !played.contains("555-12-3456"),
+        "{played}"
+    );
+
+    // Rewritten (an SSN put back), the recording fails verify.
+    std::fs::write(
+        f.agent.audit_dir.join(cast),
+        text.replace("patient ssn ***", "patient ssn 123-45-6789"),
+    )
+    .unwrap();
+    let (code, report) = f.agent.verify_audit();
+    assert_ne!(code, Some(0), "{report}");
+    assert!(report.contains("was rewritten"), "{report}");
 }

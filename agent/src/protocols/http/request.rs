@@ -15,7 +15,7 @@ use super::{
     Service,
     body::{BodyEnd, BoxError, Filter, MaskedBody},
     config::Api,
-    fhir, headers,
+    exec, fhir, headers,
     headers::BodyKind,
     json::{JsonMasker, JsonRules},
     kubernetes,
@@ -320,9 +320,9 @@ impl<'a> Conn<'a> {
     /// An admitted HTTP/1.1 upgrade (kubectl exec / attach / port-forward
     /// over WebSocket or SPDY): sent upstream on a connection of its own
     /// with the same credential rewriting as any request; on 101 both
-    /// sides are joined and relayed byte for byte (not masked: the streams
-    /// are framed binary, see ARCHITECTURE), the result recorded when
-    /// either side closes. CONNECT and HTTP/2 upgrades are answered 501.
+    /// sides are joined and relayed by [`exec`] (exec/attach masked and
+    /// recorded, port-forward counted), the result recorded when it ends.
+    /// CONNECT and HTTP/2 upgrades are answered 501.
     async fn relay_upgrade<'c>(
         &'c self,
         mut req: Request<Incoming>,
@@ -353,9 +353,19 @@ impl<'a> Conn<'a> {
                            (HTTP/1.1, WebSocket or SPDY); nothing was sent";
             return Err(answer(api, StatusCode::NOT_IMPLEMENTED, message));
         };
+        let verb = action.kubernetes.as_ref().map_or("", |k| k.verb.as_str());
+        let streams = match exec::Streams::of(verb, upgrade_to.to_str().unwrap_or("")) {
+            Ok(s) => s,
+            Err(message) => {
+                self.finish_failed(&admitted, "501").await;
+                return Err(answer(api, StatusCode::NOT_IMPLEMENTED, message));
+            }
+        };
         let client_side = hyper::upgrade::on(&mut req);
         let (mut parts, _body) = req.into_parts();
         self.for_upstream(&mut parts);
+        // No compression: the relay reads every frame.
+        parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -381,6 +391,12 @@ impl<'a> Conn<'a> {
             let message = format!("loopgate: the upstream server refused the upgrade ({status})");
             return Err(answer(api, StatusCode::BAD_GATEWAY, &message));
         }
+        if !streams.accepts(response.headers()) {
+            self.finish_failed(&admitted, "502").await;
+            let message = "loopgate: the server chose a stream protocol loopgate cannot read \
+                           (exec and attach: a binary v1-v5.channel.k8s.io, no extension)";
+            return Err(answer(api, StatusCode::BAD_GATEWAY, message));
+        }
         let server_side = hyper::upgrade::on(&mut response);
         let mut answer_head = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
         for (name, value) in response.headers() {
@@ -388,27 +404,22 @@ impl<'a> Conn<'a> {
                 answer_head = answer_head.header(name, value);
             }
         }
-        let traffic = self.session.traffic.clone();
+        let recorder = match streams {
+            exec::Streams::Channels => {
+                let title = self.record(action).text.unwrap_or_default();
+                exec::start_recording(self.svc.recordings.as_ref(), self.session, &title)
+            }
+            exec::Streams::Bytes => None,
+        };
         exec.spawn(async move {
-            let (bytes, error) = match futures_util::future::join(client_side, server_side).await {
+            let ended = match futures_util::future::join(client_side, server_side).await {
                 (Ok(c), Ok(s)) => {
-                    let (mut c, mut s) = (hyper_util::rt::TokioIo::new(c), hyper_util::rt::TokioIo::new(s));
-                    match tokio::io::copy_bidirectional(&mut c, &mut s).await {
-                        Ok((up, down)) => {
-                            traffic.to_server.fetch_add(up, std::sync::atomic::Ordering::Relaxed);
-                            (down, None)
-                        }
-                        Err(e) => (0, Some(format!("relay: {e}"))),
-                    }
+                    let (c, s) = (hyper_util::rt::TokioIo::new(c), hyper_util::rt::TokioIo::new(s));
+                    exec::relay(c, s, streams, self.svc.masker.clone(), recorder).await
                 }
-                (Err(e), _) | (_, Err(e)) => (0, Some(format!("upgrade: {e}"))),
+                (Err(e), _) | (_, Err(e)) => exec::Ended::failed(format!("upgrade: {e}")),
             };
-            let end = BodyEnd {
-                bytes,
-                error,
-                ..BodyEnd::default()
-            };
-            self.finish(&admitted, StatusCode::SWITCHING_PROTOCOLS, end).await;
+            exec::finish(self.session, &admitted, ended).await;
         });
         let empty = http_body_util::Empty::<Bytes>::new()
             .map_err(|never| -> BoxError { match never {} })
