@@ -18,7 +18,7 @@
 //! - `local`: the executor that keeps HTTP/2 streams on the session's task.
 mod body;
 pub mod config;
-mod exec;
+pub mod exec;
 pub mod fhir;
 mod headers;
 pub mod json;

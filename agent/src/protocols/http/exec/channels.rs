@@ -337,7 +337,10 @@ mod tests {
             payload: b"1aGk=".to_vec(),
         };
         assert_eq!(c.server_frame(text, &mut out), Err(ChannelError::Text));
-        assert_eq!(c.server_frame(binary(true, b""), &mut out), Err(ChannelError::NoChannel));
+        assert_eq!(
+            c.server_frame(binary(true, b""), &mut out),
+            Err(ChannelError::NoChannel)
+        );
     }
 
     #[test]
