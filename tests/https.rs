@@ -959,22 +959,46 @@ fn kubectl_exec_is_masked_recorded_verified_and_replayed() {
     let (f, server) = kubernetes_fixture();
     let home = tempfile::tempdir().unwrap();
     let kubeconfig = write_kubeconfig(&f, &server, home.path());
-    let script = "echo patient ssn 123-45-6789; cat; echo err 321-54-9876 >&2; exit 3";
-    let mut client = f
+    let kubectl_exec = |args: &[&str]| {
+        f.agent
+            .loopgate(&["exec"])
+            .arg("--")
+            .arg(kubectl_bin())
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--cache-dir")
+            .arg(home.path().join("cache"))
+            .arg("exec")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    // Denied: kubectl says so. (kubectl retries a refused WebSocket exec
+    // over SPDY at once and prints only that answer; loopgate refuses SPDY
+    // exec before any decision, answering with the denial it just gave.)
+    let client = kubectl_exec(&["p1", "--", "cat", "/etc/hostname"]);
+    let id = wait_pending(&f);
+    let out = f
         .agent
-        .loopgate(&["exec"])
-        .arg("--")
-        .arg(kubectl_bin())
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .arg("--cache-dir")
-        .arg(home.path().join("cache"))
-        .args(["exec", "-i", "p1", "--", "sh", "-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .approvals_as(ALICE, &[APPROVERS_GID], &["deny", &id, "--reason", "no ticket"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = client.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Error from server (Forbidden)") && stderr.contains("denied"),
+        "{stderr}"
+    );
+    let pending = f.agent.approvals_as(ALICE, &[APPROVERS_GID], &["list", "--json"]);
+    let pending: Vec<Value> = serde_json::from_slice(&pending.stdout).unwrap();
+    assert!(pending.is_empty(), "{pending:?}");
+
+    let script = "echo patient ssn 123-45-6789; cat; echo err 321-54-9876 >&2; exit 3";
+    let mut client = kubectl_exec(&["-i", "p1", "--", "sh", "-c", script]);
     let id = wait_pending(&f);
     assert!(
         !server
@@ -1010,11 +1034,24 @@ fn kubectl_exec_is_masked_recorded_verified_and_replayed() {
             e["kind"] == "command_result" && e["command"]["parameters"].as_array().is_some_and(|p| !p.is_empty())
         })
     });
-    let exec = events
+    let execs: Vec<&Value> = events
         .iter()
-        .find(|e| e["kind"] == "command" && e["command"]["kind"] == "exec")
-        .expect("the exec's command event");
-    assert_eq!(exec["decision"]["rule_id"], "hipaa.hold_k8s_exec", "{exec}");
+        .filter(|e| e["kind"] == "command" && e["command"]["kind"] == "exec")
+        .collect();
+    let rules: Vec<&str> = execs
+        .iter()
+        .map(|e| e["decision"]["rule_id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            "hipaa.hold_k8s_exec",
+            "loopgate.upgrade_not_relayed",
+            "hipaa.hold_k8s_exec"
+        ],
+        "the denied exec, its SPDY retry, the approved exec"
+    );
+    let exec = execs[2];
     let result = events
         .iter()
         .find(|e| e["kind"] == "command_result" && e["command_id"] == exec["event_id"])

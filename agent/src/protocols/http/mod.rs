@@ -75,6 +75,8 @@ pub struct Service {
     pub impersonate: bool,
     /// Where exec/attach recordings go (Kubernetes), if they are made.
     pub recordings: Option<Recordings>,
+    /// Recently refused WebSocket exec/attach, for kubectl's SPDY retry.
+    pub refusals: exec::fallback::Refusals,
 }
 
 impl Service {
@@ -128,6 +130,7 @@ impl Service {
                 audit_dir: build.audit_dir.to_owned(),
                 max_bytes,
             }),
+            refusals: exec::fallback::Refusals::default(),
         })
     }
 }

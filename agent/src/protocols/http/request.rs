@@ -99,9 +99,32 @@ impl<'a> Conn<'a> {
         }
         let caller = Caller::of(self.session, None, None);
 
-        // exec / attach / port-forward (WebSocket, SPDY) and CONNECT are
-        // decided like any request; an admitted HTTP/1.1 upgrade is relayed.
+        // exec / attach / port-forward are decided like any request and an
+        // admitted one is relayed; an upgrade the relay cannot carry (see
+        // `exec::unrelayable`) is refused first, so nobody approves it.
         let upgrade = req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE);
+        let retry = upgrade.then(|| exec::fallback::key(self.session, &action)).flatten();
+        if upgrade && let Some(reason) = exec::unrelayable(&req, action.kubernetes.as_ref()) {
+            // kubectl's SPDY retry of a refused WebSocket exec: that answer.
+            let (status, message) = retry
+                .as_ref()
+                .and_then(|k| self.svc.refusals.take(k))
+                .unwrap_or_else(|| (StatusCode::NOT_IMPLEMENTED, format!("loopgate: {reason}")));
+            return match enforcer
+                .refuse(self.session, info, exec::UNRELAYABLE_RULE, reason)
+                .await
+            {
+                Ok(_) => Err(answer(api, status, &message)),
+                Err(e) => Err(self.end_on_audit_failure(e)),
+            };
+        }
+        let refuse = |refusal: &Refusal| {
+            let r = refused(api, refusal);
+            if let Some(k) = retry.clone() {
+                self.svc.refusals.remember(k, r.status(), refusal.message("request"));
+            }
+            r
+        };
 
         let command = Command {
             action: Action::HttpRequest(&action),
@@ -109,7 +132,7 @@ impl<'a> Conn<'a> {
         };
         let admitted = match enforcer.begin(self.session, &caller, command).await {
             Err(e) => return Err(self.end_on_audit_failure(e)),
-            Ok(Verdict::Refused(refusal)) => return Err(refused(api, &refusal)),
+            Ok(Verdict::Refused(refusal)) => return Err(refuse(&refusal)),
             Ok(Verdict::Forward(admitted)) => admitted,
             Ok(Verdict::Held { admitted, mut held }) => {
                 let (message, _hint) = held.notice();
@@ -127,7 +150,7 @@ impl<'a> Conn<'a> {
                     Ok(()) => admitted,
                     Err(refusal) => {
                         enforcer.unrun(self.session, &admitted, &refusal);
-                        return Err(refused(api, &refusal));
+                        return Err(refuse(&refusal));
                     }
                 }
             }
@@ -322,7 +345,6 @@ impl<'a> Conn<'a> {
     /// with the same credential rewriting as any request; on 101 both
     /// sides are joined and relayed by [`exec`] (exec/attach masked and
     /// recorded, port-forward counted), the result recorded when it ends.
-    /// CONNECT and HTTP/2 upgrades are answered 501.
     async fn relay_upgrade<'c>(
         &'c self,
         mut req: Request<Incoming>,
@@ -331,36 +353,13 @@ impl<'a> Conn<'a> {
         exec: &Local<'c>,
     ) -> Result<Response<ResBody>, Response<ResBody>> {
         let api = self.svc.api;
-        let upgrade_to = req.headers().get(header::UPGRADE).cloned();
-        // Only Kubernetes' streaming subresources over WebSocket or SPDY:
-        // any other upgrade (h2c, a WebSocket to a FHIR server) would carry
-        // requests and PHI past the decision, the record and the masker.
-        let streams = action
-            .kubernetes
-            .as_ref()
-            .is_some_and(|k| matches!(k.verb.as_str(), "exec" | "attach" | "portforward"));
-        let protocol_ok = |v: &HeaderValue| {
-            v.to_str().is_ok_and(|p| {
-                let p = p.trim().to_ascii_lowercase();
-                p == "websocket" || p.starts_with("spdy/")
-            })
-        };
-        let Some(upgrade_to) = upgrade_to.filter(|v| {
-            streams && protocol_ok(v) && req.version() == Version::HTTP_11 && req.method() != Method::CONNECT
-        }) else {
-            self.finish_failed(&admitted, "501").await;
-            let message = "loopgate: only Kubernetes exec, attach and port-forward are relayed as an upgrade \
-                           (HTTP/1.1, WebSocket or SPDY); nothing was sent";
-            return Err(answer(api, StatusCode::NOT_IMPLEMENTED, message));
-        };
-        let verb = action.kubernetes.as_ref().map_or("", |k| k.verb.as_str());
-        let streams = match exec::Streams::of(verb, upgrade_to.to_str().unwrap_or("")) {
-            Ok(s) => s,
-            Err(message) => {
-                self.finish_failed(&admitted, "501").await;
-                return Err(answer(api, StatusCode::NOT_IMPLEMENTED, message));
-            }
-        };
+        // `unrelayable` has passed it: a Kubernetes stream over HTTP/1.1.
+        let upgrade_to = req
+            .headers()
+            .get(header::UPGRADE)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("websocket"));
+        let streams = exec::Streams::of(action.kubernetes.as_ref().map_or("", |k| k.verb.as_str()));
         let client_side = hyper::upgrade::on(&mut req);
         let (mut parts, _body) = req.into_parts();
         self.for_upstream(&mut parts);

@@ -10,9 +10,11 @@
 //! - port-forward: relayed byte for byte and counted per direction, not
 //!   masked (the forwarded bytes are another protocol's; like an SSH
 //!   transfer they are governed by the decision on the request).
-//! - exec / attach over SPDY: refused before anything is sent (not parsed
-//!   yet, so it could not be masked).
+//! - exec / attach over SPDY: refused before the decision (not parsed
+//!   yet, so it could not be masked); kubectl's SPDY retry of a refused
+//!   WebSocket exec gets that refusal's answer (`fallback`).
 pub mod channels;
+pub mod fallback;
 pub mod websocket;
 
 use std::{
@@ -34,6 +36,7 @@ use crate::{
     },
     enforce::Admitted,
     mask::Masker,
+    policy::KubernetesRequest,
     session::Session,
 };
 
@@ -52,18 +55,49 @@ pub enum Streams {
     Bytes,
 }
 
+/// The rule id of an upgrade refused because the relay cannot carry it.
+pub const UNRELAYABLE_RULE: &str = "loopgate.upgrade_not_relayed";
+
+/// Why an upgrade request (or CONNECT) cannot be relayed, before it is
+/// decided: only Kubernetes' streaming subresources over HTTP/1.1, and
+/// exec/attach over WebSocket only. Any other upgrade (h2c, a WebSocket to
+/// a FHIR server) would carry requests and PHI past the decision, the
+/// record and the masker; exec over SPDY is not parsed, so not masked.
+pub fn unrelayable<B>(req: &http::Request<B>, kubernetes: Option<&KubernetesRequest>) -> Option<&'static str> {
+    let upgrade = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(|p| p.trim().to_ascii_lowercase());
+    let verb = kubernetes.map_or("", |k| k.verb.as_str());
+    let websocket = upgrade.as_deref() == Some("websocket");
+    let spdy = upgrade.as_deref().is_some_and(|p| p.starts_with("spdy/"));
+    if req.method() == http::Method::CONNECT
+        || req.version() != http::Version::HTTP_11
+        || !matches!(verb, "exec" | "attach" | "portforward")
+        || !(websocket || spdy)
+    {
+        return Some(
+            "only Kubernetes exec, attach and port-forward are relayed as an upgrade \
+             (HTTP/1.1, WebSocket or SPDY); nothing was sent",
+        );
+    }
+    if verb != "portforward" && !websocket {
+        return Some(
+            "exec and attach are relayed over WebSocket only (kubectl 1.30 or later), \
+             where their output is masked and recorded; nothing was sent",
+        );
+    }
+    None
+}
+
 impl Streams {
-    /// The treatment of `verb` upgraded to `upgrade` (the request's
-    /// `Upgrade`), or why it is refused before it is sent.
-    pub fn of(verb: &str, upgrade: &str) -> Result<Streams, &'static str> {
-        let websocket = upgrade.trim().eq_ignore_ascii_case("websocket");
+    /// The treatment of an upgraded request of `verb` (one `unrelayable`
+    /// passed).
+    pub fn of(verb: &str) -> Streams {
         match verb {
-            "portforward" => Ok(Streams::Bytes),
-            "exec" | "attach" if websocket => Ok(Streams::Channels),
-            _ => Err(
-                "loopgate: exec and attach are relayed over WebSocket only (kubectl 1.30 or later), \
-                      where their output is masked and recorded; nothing was sent",
-            ),
+            "portforward" => Streams::Bytes,
+            _ => Streams::Channels,
         }
     }
 
@@ -305,11 +339,37 @@ mod tests {
     use crate::mask::MaskConfig;
 
     #[test]
-    fn exec_over_spdy_is_refused_and_port_forward_is_bytes() {
-        assert_eq!(Streams::of("exec", "websocket"), Ok(Streams::Channels));
-        assert_eq!(Streams::of("attach", "WebSocket"), Ok(Streams::Channels));
-        assert!(Streams::of("exec", "SPDY/3.1").is_err());
-        assert_eq!(Streams::of("portforward", "SPDY/3.1"), Ok(Streams::Bytes));
+    fn only_kubernetes_streams_are_relayed_and_exec_over_websocket_only() {
+        let k = |verb: &str| KubernetesRequest {
+            verb: verb.into(),
+            group: String::new(),
+            version: "v1".into(),
+            resource: "pods".into(),
+            subresource: Some(verb.into()),
+            namespace: Some("ward".into()),
+            name: Some("p1".into()),
+        };
+        let req = |method: &str, upgrade: &str| {
+            http::Request::builder()
+                .method(method)
+                .header(http::header::UPGRADE, upgrade)
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(unrelayable(&req("GET", "websocket"), Some(&k("exec"))), None);
+        assert_eq!(unrelayable(&req("GET", "WebSocket"), Some(&k("attach"))), None);
+        assert_eq!(unrelayable(&req("POST", "SPDY/3.1"), Some(&k("portforward"))), None);
+        assert!(
+            unrelayable(&req("POST", "SPDY/3.1"), Some(&k("exec")))
+                .unwrap()
+                .contains("WebSocket only")
+        );
+        assert!(unrelayable(&req("GET", "h2c"), Some(&k("exec"))).is_some());
+        assert!(unrelayable(&req("GET", "websocket"), Some(&k("log"))).is_some());
+        assert!(unrelayable(&req("GET", "websocket"), None).is_some());
+        assert!(unrelayable(&req("CONNECT", "websocket"), Some(&k("exec"))).is_some());
+        assert_eq!(Streams::of("portforward"), Streams::Bytes);
+        assert_eq!(Streams::of("exec"), Streams::Channels);
         let mut h = http::HeaderMap::new();
         assert!(!Streams::Channels.accepts(&h));
         h.insert(
