@@ -1072,6 +1072,11 @@ fn kubectl_exec_is_masked_recorded_verified_and_replayed() {
     let text = std::fs::read_to_string(f.agent.audit_dir.join(cast)).unwrap();
     let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines[0]["version"], 2, "{text}");
+    let title = lines[0]["title"].as_str().unwrap();
+    assert!(
+        title.starts_with("kubectl exec ward/p1") && title.contains(" -- sh -c echo patient ssn ***;"),
+        "{title}"
+    );
     let of = |code: &str| -> String {
         lines[1..]
             .iter()

@@ -405,7 +405,7 @@ impl<'a> Conn<'a> {
         }
         let recorder = match streams {
             exec::Streams::Channels => {
-                let title = self.record(action).text.unwrap_or_default();
+                let title = exec::title(&self.svc.masker, action);
                 exec::start_recording(self.svc.recordings.as_ref(), self.session, &title)
             }
             exec::Streams::Bytes => None,

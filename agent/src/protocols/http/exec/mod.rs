@@ -36,7 +36,7 @@ use crate::{
     },
     enforce::Admitted,
     mask::Masker,
-    policy::KubernetesRequest,
+    policy::{HttpRequest, KubernetesRequest},
     session::Session,
 };
 
@@ -182,6 +182,35 @@ pub fn start_recording(recordings: Option<&Recordings>, session: &Session, title
             None
         }
     }
+}
+
+/// A recording's title: what ran where, the command's words through the
+/// detectors (the recorded request text keeps only parameter names).
+pub fn title(masker: &Masker, action: &HttpRequest) -> String {
+    let k = action.kubernetes.as_ref();
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(action.query.as_deref().unwrap_or("").as_bytes())
+        .map(|(n, v)| (n.into_owned(), v.into_owned()))
+        .collect();
+    let words: Vec<&str> = pairs
+        .iter()
+        .filter(|(n, _)| n == "command")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let container = pairs.iter().find(|(n, _)| n == "container").map(|(_, v)| v.as_str());
+    let mut t = format!(
+        "kubectl {} {}/{}",
+        k.map_or("exec", |k| k.verb.as_str()),
+        k.and_then(|k| k.namespace.as_deref()).unwrap_or("-"),
+        k.and_then(|k| k.name.as_deref()).unwrap_or("-"),
+    );
+    if let Some(c) = container {
+        t.push_str(&format!(" -c {c}"));
+    }
+    if !words.is_empty() {
+        t.push_str(" -- ");
+        t.push_str(&words.join(" "));
+    }
+    masker.mask_free_text(&t).into_owned()
 }
 
 /// Relays an upgraded stream pair as `streams` says, until both are done.
@@ -387,6 +416,30 @@ mod tests {
             "base64.channel.k8s.io".parse().unwrap(),
         );
         assert!(!Streams::Channels.accepts(&h));
+    }
+
+    #[test]
+    fn the_title_names_the_pod_and_the_command_masked() {
+        let action = HttpRequest {
+            method: "GET".into(),
+            host: "k".into(),
+            path: "/api/v1/namespaces/ward/pods/p1/exec".into(),
+            query: Some("command=sh&command=-c&command=grep+123-45-6789+%2Fdata&container=app&stdout=true".into()),
+            kubernetes: Some(KubernetesRequest {
+                verb: "exec".into(),
+                group: String::new(),
+                version: "v1".into(),
+                resource: "pods".into(),
+                subresource: Some("exec".into()),
+                namespace: Some("ward".into()),
+                name: Some("p1".into()),
+            }),
+            fhir: None,
+        };
+        assert_eq!(
+            title(&masker(), &action),
+            "kubectl exec ward/p1 -c app -- sh -c grep *** /data"
+        );
     }
 
     fn masker() -> Masker {
