@@ -950,9 +950,10 @@ print("echoed", len(got), got == payload)
 }
 
 /// `kubectl exec` (1.35: WebSocket, v5.channel.k8s.io) through loopgate:
-/// held by the HIPAA pack, approved, then its stdout and stderr reach the
-/// terminal masked, stdin reaches the command as typed, the exit status
-/// comes back, and the session is recorded (masked), verified and replayed.
+/// held by the HIPAA pack; denied, kubectl says so; approved, its stdout
+/// and stderr reach the terminal masked, stdin reaches the command as
+/// typed, the exit status comes back, and the session is recorded
+/// (masked), verified and replayed. kubectl 1.20 (SPDY) is refused.
 #[test]
 fn kubectl_exec_is_masked_recorded_verified_and_replayed() {
     require_ebpf!();
@@ -1125,4 +1126,33 @@ fn kubectl_exec_is_masked_recorded_verified_and_replayed() {
     let (code, report) = f.agent.verify_audit();
     assert_ne!(code, Some(0), "{report}");
     assert!(report.contains("was rewritten"), "{report}");
+
+    // kubectl 1.20 speaks SPDY only: its exec is refused at once (SPDY is
+    // not parsed, so it could not be masked), nobody is asked to approve
+    // it, and nothing reaches the server.
+    let old = loopgate_e2e::env::workspace_root().join("target/tools/bin/kubectl-1.20");
+    assert!(old.is_file(), "{} missing: run `cargo xtask setup`", old.display());
+    let before = server.requests().len();
+    let out = f
+        .agent
+        .loopgate(&["exec"])
+        .arg("--")
+        .arg(&old)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--cache-dir")
+        .arg(home.path().join("cache-1.20"))
+        .args(["exec", "p1", "--", "cat", "/etc/hostname"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("relayed over WebSocket only"), "{stderr}");
+    let pending = f.agent.approvals_as(ALICE, &[APPROVERS_GID], &["list", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&pending.stdout).trim(), "[]");
+    let reached: Vec<Value> = server.requests().split_off(before);
+    assert!(
+        reached.iter().all(|r| !r["path"].as_str().unwrap().contains("/exec")),
+        "{reached:?}"
+    );
 }
