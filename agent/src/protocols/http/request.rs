@@ -403,17 +403,14 @@ impl<'a> Conn<'a> {
                 answer_head = answer_head.header(name, value);
             }
         }
-        let recorder = match streams {
-            exec::Streams::Channels => {
-                let title = exec::title(&self.svc.masker, action);
-                exec::start_recording(self.svc.recordings.as_ref(), self.session, &title)
-            }
-            exec::Streams::Bytes => None,
-        };
+        let title = exec::title(&self.svc.masker, action);
         exec.spawn(async move {
             let ended = match futures_util::future::join(client_side, server_side).await {
                 (Ok(c), Ok(s)) => {
                     let (c, s) = (hyper_util::rt::TokioIo::new(c), hyper_util::rt::TokioIo::new(s));
+                    let recorder = (streams == exec::Streams::Channels)
+                        .then(|| exec::start_recording(self.svc.recordings.as_ref(), self.session, &title))
+                        .flatten();
                     exec::relay(c, s, streams, self.svc.masker.clone(), recorder).await
                 }
                 (Err(e), _) | (_, Err(e)) => exec::Ended::failed(format!("upgrade: {e}")),
