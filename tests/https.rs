@@ -947,6 +947,26 @@ print("echoed", len(got), got == payload)
     for verb in ["get", "list", "create", "delete", "watch", "exec", "portforward"] {
         assert!(verbs.iter().any(|v| v == verb), "{verb} not in {verbs:?}");
     }
+    // The port-forward's result counts its bytes each way (not masked).
+    let events = f.agent.wait_events("the port-forward's result", |e| {
+        let pf = e
+            .iter()
+            .find(|e| e["kind"] == "command" && e["command"]["kind"] == "portforward");
+        pf.is_some_and(|pf| {
+            e.iter()
+                .any(|r| r["kind"] == "command_result" && r["command_id"] == pf["event_id"])
+        })
+    });
+    let pf = events
+        .iter()
+        .find(|e| e["kind"] == "command" && e["command"]["kind"] == "portforward")
+        .unwrap();
+    let result = events
+        .iter()
+        .find(|r| r["kind"] == "command_result" && r["command_id"] == pf["event_id"])
+        .unwrap();
+    assert_eq!(result["outcome"]["bytes_to_server"], 16384, "{result}");
+    assert_eq!(result["outcome"]["bytes_to_client"], 16384, "{result}");
 }
 
 /// `kubectl exec` (1.35: WebSocket, v5.channel.k8s.io) through loopgate:

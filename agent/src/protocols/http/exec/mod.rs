@@ -225,19 +225,60 @@ where
     }
 }
 
+/// Copies both ways until both sides have ended, counting what passed
+/// (also when a side ends abruptly, e.g. TLS without close_notify).
 async fn relay_bytes<C, S>(mut client: C, mut server: S) -> Ended
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match tokio::io::copy_bidirectional(&mut client, &mut server).await {
-        Ok((up, down)) => Ended {
-            status: "ok",
-            to_client: down,
-            to_server: up,
-            ..Ended::default()
-        },
-        Err(e) => Ended::failed(format!("relay: {e}")),
+    let (mut cbuf, mut sbuf) = (vec![0u8; READ_CHUNK], vec![0u8; READ_CHUNK]);
+    let (mut up, mut down) = (0u64, 0u64);
+    let (mut client_open, mut server_open) = (true, true);
+    let mut clean = true;
+    while client_open || server_open {
+        tokio::select! {
+            r = client.read(&mut cbuf), if client_open => match r {
+                Ok(0) => {
+                    client_open = false;
+                    let _ = server.shutdown().await;
+                }
+                Ok(n) => {
+                    if server.write_all(&cbuf[..n]).await.is_err() {
+                        clean = false;
+                        break;
+                    }
+                    up += n as u64;
+                }
+                Err(_) => {
+                    clean = false;
+                    break;
+                }
+            },
+            r = server.read(&mut sbuf), if server_open => match r {
+                Ok(0) => {
+                    server_open = false;
+                    let _ = client.shutdown().await;
+                }
+                Ok(n) => {
+                    if client.write_all(&sbuf[..n]).await.is_err() {
+                        clean = false;
+                        break;
+                    }
+                    down += n as u64;
+                }
+                Err(_) => {
+                    clean = false;
+                    break;
+                }
+            },
+        }
+    }
+    Ended {
+        status: if clean { "ok" } else { "closed" },
+        to_client: down,
+        to_server: up,
+        ..Ended::default()
     }
 }
 
@@ -440,6 +481,26 @@ mod tests {
             title(&masker(), &action),
             "kubectl exec ward/p1 -c app -- sh -c grep *** /data"
         );
+    }
+
+    #[tokio::test]
+    async fn port_forward_bytes_pass_unchanged_and_are_counted_both_ways() {
+        let (client, mut client_end) = tokio::io::duplex(1 << 16);
+        let (server, mut server_end) = tokio::io::duplex(1 << 16);
+        let relay = tokio::spawn(async move { relay(client, server, Streams::Bytes, masker(), None).await });
+        client_end.write_all(b"ssn 123-45-6789\n").await.unwrap();
+        let mut got = [0u8; 16];
+        server_end.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ssn 123-45-6789\n");
+        server_end.write_all(b"pong").await.unwrap();
+        drop(server_end);
+        let mut back = Vec::new();
+        client_end.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"pong");
+        drop(client_end);
+        let ended = relay.await.unwrap();
+        assert_eq!((ended.to_server, ended.to_client), (16, 4));
+        assert!(ended.recording.is_none() && ended.masked.is_none());
     }
 
     fn masker() -> Masker {
