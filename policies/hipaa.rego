@@ -342,6 +342,9 @@ deny contains {"rank": 40, "rule_id": "hipaa.deny_k8s_delete_namespace", "reason
 # exec and attach into a pod reach whatever it holds, PHI included. The
 # pod's labels are not in the request (loopgate sees the path only), so
 # every exec and attach is held, not only those into pods labelled PHI.
+# An approved one runs with its output masked and recorded: the approval
+# lets a person in, it does not unmask what the pod prints; stdin is not
+# checked (an exec can run anything), which is why it is still held.
 hold contains {"rank": 10, "rule_id": "hipaa.hold_k8s_exec", "reason": reason, "row_threshold": null} if {
 	k8s.verb in {"exec", "attach"}
 	reason := sprintf("kubectl %s into a pod needs approval", [k8s.verb])

@@ -749,6 +749,22 @@ fn kubectl_bin() -> PathBuf {
     path
 }
 
+/// A kubeconfig in `dir` naming the `k8s` target and trusting loopgate's
+/// CA, with the client's own token (which never reaches the server).
+fn write_kubeconfig(f: &Fixture, server: &FhirServer, dir: &std::path::Path) -> PathBuf {
+    let kubeconfig = dir.join("config");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {CLIENT_TOKEN}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u, namespace: ward}}\ncurrent-context: x\n",
+            server.port,
+            f.loopgate_ca.display()
+        ),
+    )
+    .unwrap();
+    kubeconfig
+}
+
 /// Unmodified kubectl 1.35 through loopgate, against the Kubernetes-shaped
 /// endpoints of the test server (discovery, an in-memory ConfigMap store,
 /// a pods watch; it is not a real API server: none installs from the
@@ -761,16 +777,7 @@ fn kubectl_get_apply_delete_and_watch_through_loopgate() {
     let (f, server) = kubernetes_fixture();
     let server = &server;
     let home = tempfile::tempdir().unwrap();
-    let kubeconfig = home.path().join("config");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {CLIENT_TOKEN}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u, namespace: ward}}\ncurrent-context: x\n",
-            server.port,
-            f.loopgate_ca.display()
-        ),
-    )
-    .unwrap();
+    let kubeconfig = write_kubeconfig(&f, server, home.path());
     let manifest = home.path().join("cm.yaml");
     std::fs::write(
         &manifest,
@@ -940,4 +947,232 @@ print("echoed", len(got), got == payload)
     for verb in ["get", "list", "create", "delete", "watch", "exec", "portforward"] {
         assert!(verbs.iter().any(|v| v == verb), "{verb} not in {verbs:?}");
     }
+    // The port-forward's result counts its bytes each way (not masked).
+    let events = f.agent.wait_events("the port-forward's result", |e| {
+        let pf = e
+            .iter()
+            .find(|e| e["kind"] == "command" && e["command"]["kind"] == "portforward");
+        pf.is_some_and(|pf| {
+            e.iter()
+                .any(|r| r["kind"] == "command_result" && r["command_id"] == pf["event_id"])
+        })
+    });
+    let pf = events
+        .iter()
+        .find(|e| e["kind"] == "command" && e["command"]["kind"] == "portforward")
+        .unwrap();
+    let result = events
+        .iter()
+        .find(|r| r["kind"] == "command_result" && r["command_id"] == pf["event_id"])
+        .unwrap();
+    assert_eq!(result["outcome"]["bytes_to_server"], 16384, "{result}");
+    assert_eq!(result["outcome"]["bytes_to_client"], 16384, "{result}");
+}
+
+/// `kubectl exec` (1.35: WebSocket, v5.channel.k8s.io) through loopgate:
+/// held by the HIPAA pack; denied, kubectl says so; approved, its stdout
+/// and stderr reach the terminal masked, stdin reaches the command as
+/// typed, the exit status comes back, and the session is recorded
+/// (masked), verified and replayed. kubectl 1.20 (SPDY) is refused.
+#[test]
+fn kubectl_exec_is_masked_recorded_verified_and_replayed() {
+    require_ebpf!();
+    let (f, server) = kubernetes_fixture();
+    let home = tempfile::tempdir().unwrap();
+    let kubeconfig = write_kubeconfig(&f, &server, home.path());
+    let kubectl_exec = |args: &[&str]| {
+        f.agent
+            .loopgate(&["exec"])
+            .arg("--")
+            .arg(kubectl_bin())
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--cache-dir")
+            .arg(home.path().join("cache"))
+            .arg("exec")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    // Denied: kubectl says so. (kubectl retries a refused WebSocket exec
+    // over SPDY at once and prints only that answer; loopgate refuses SPDY
+    // exec before any decision, answering with the denial it just gave.)
+    let client = kubectl_exec(&["p1", "--", "cat", "/etc/hostname"]);
+    let id = wait_pending(&f);
+    let out = f
+        .agent
+        .approvals_as(ALICE, &[APPROVERS_GID], &["deny", &id, "--reason", "no ticket"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = client.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Error from server (Forbidden)") && stderr.contains("denied"),
+        "{stderr}"
+    );
+    let pending = f.agent.approvals_as(ALICE, &[APPROVERS_GID], &["list", "--json"]);
+    let pending: Vec<Value> = serde_json::from_slice(&pending.stdout).unwrap();
+    assert!(pending.is_empty(), "{pending:?}");
+
+    let script = "echo patient ssn 123-45-6789; cat; echo err 321-54-9876 >&2; exit 3";
+    let mut client = kubectl_exec(&["-i", "p1", "--", "sh", "-c", script]);
+    let id = wait_pending(&f);
+    assert!(
+        !server
+            .requests()
+            .iter()
+            .any(|r| r["path"].as_str().unwrap().contains("/exec")),
+        "sent before approval"
+    );
+    let out = f.agent.approvals_as(ALICE, &[APPROVERS_GID], &["approve", &id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    {
+        use std::io::Write as _;
+        let mut stdin = client.stdin.take().unwrap();
+        stdin.write_all(b"typed 555-12-3456\n").unwrap();
+    }
+    let out = client.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}\n{}", f.agent.log());
+    assert_eq!(stdout, "patient ssn ***\ntyped ***\n", "{stderr}");
+    assert!(stderr.contains("err ***"), "{stderr}");
+    for raw in ["123-45-6789", "321-54-9876", "555-12-3456"] {
+        assert!(
+            !stdout.contains(raw) && !stderr.contains(raw),
+            "{raw} reached the terminal"
+        );
+    }
+
+    // The result names the recording; it holds the masked output and the
+    // masked stdin, its hash checks, and the replay plays it.
+    let events = f.agent.wait_events("the exec's result", |e| {
+        e.iter().any(|e| {
+            e["kind"] == "command_result" && e["command"]["parameters"].as_array().is_some_and(|p| !p.is_empty())
+        })
+    });
+    let execs: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "command" && e["command"]["kind"] == "exec")
+        .collect();
+    let rules: Vec<&str> = execs
+        .iter()
+        .map(|e| e["decision"]["rule_id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            "hipaa.hold_k8s_exec",
+            "loopgate.upgrade_not_relayed",
+            "hipaa.hold_k8s_exec"
+        ],
+        "the denied exec, its SPDY retry, the approved exec"
+    );
+    let exec = execs[2];
+    let result = events
+        .iter()
+        .find(|e| e["kind"] == "command_result" && e["command_id"] == exec["event_id"])
+        .expect("the exec's result");
+    assert_eq!(result["outcome"]["status"], "failed", "{result}");
+    assert_eq!(result["outcome"]["error_code"], "exit:3", "{result}");
+    assert!(result["outcome"]["masked_count"].as_u64().unwrap() >= 2, "{result}");
+    let params: Vec<&str> = result["command"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let cast = params
+        .iter()
+        .find_map(|p| p.strip_prefix("recording="))
+        .unwrap_or_else(|| panic!("no recording in {params:?}"));
+    let text = std::fs::read_to_string(f.agent.audit_dir.join(cast)).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["version"], 2, "{text}");
+    let title = lines[0]["title"].as_str().unwrap();
+    assert!(
+        title.starts_with("kubectl exec ward/p1") && title.contains(" -- sh -c echo patient ssn ***;"),
+        "{title}"
+    );
+    let of = |code: &str| -> String {
+        lines[1..]
+            .iter()
+            .filter(|e| e[1] == code)
+            .map(|e| e[2].as_str().unwrap())
+            .collect()
+    };
+    assert!(
+        of("o").contains("patient ssn ***\n") && of("o").contains("err ***"),
+        "{text}"
+    );
+    assert_eq!(of("i"), "typed ***\n", "{text}");
+    for raw in ["123-45-6789", "321-54-9876", "555-12-3456"] {
+        assert!(!text.contains(raw), "{raw} in the recording");
+    }
+    let (code, report) = f.agent.verify_audit();
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("1 recordings match"), "{report}");
+    let session = exec["session_id"].as_str().unwrap();
+    let replay = std::process::Command::new(loopgate_e2e::env::loopgate_bin())
+        .args(["audit", "replay", session, "--no-wait", "--dir"])
+        .arg(&f.agent.audit_dir)
+        .output()
+        .unwrap();
+    let played = String::from_utf8_lossy(&replay.stdout);
+    assert!(replay.status.success(), "{played}");
+    assert!(
+        played.contains("-- recording 1 of 1: GET /api/v1/namespaces/ward/pods/p1/exec?"),
+        "{played}"
+    );
+    assert!(
+        played.contains("patient ssn ***") && played.contains("typed ***"),
+        "{played}"
+    );
+    assert!(
+        !played.contains("123-45-6789") && !played.contains("555-12-3456"),
+        "{played}"
+    );
+
+    // Rewritten (an SSN put back), the recording fails verify.
+    std::fs::write(
+        f.agent.audit_dir.join(cast),
+        text.replace("patient ssn ***", "patient ssn 123-45-6789"),
+    )
+    .unwrap();
+    let (code, report) = f.agent.verify_audit();
+    assert_ne!(code, Some(0), "{report}");
+    assert!(report.contains("was rewritten"), "{report}");
+
+    // kubectl 1.20 speaks SPDY only: its exec is refused at once (SPDY is
+    // not parsed, so it could not be masked), nobody is asked to approve
+    // it, and nothing reaches the server.
+    let old = loopgate_e2e::env::workspace_root().join("target/tools/bin/kubectl-1.20");
+    assert!(old.is_file(), "{} missing: run `cargo xtask setup`", old.display());
+    let before = server.requests().len();
+    let out = f
+        .agent
+        .loopgate(&["exec"])
+        .arg("--")
+        .arg(&old)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--cache-dir")
+        .arg(home.path().join("cache-1.20"))
+        .args(["exec", "p1", "--", "cat", "/etc/hostname"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("relayed over WebSocket only"), "{stderr}");
+    let pending = f.agent.approvals_as(ALICE, &[APPROVERS_GID], &["list", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&pending.stdout).trim(), "[]");
+    let reached: Vec<Value> = server.requests().split_off(before);
+    assert!(
+        reached.iter().all(|r| !r["path"].as_str().unwrap().contains("/exec")),
+        "{reached:?}"
+    );
 }

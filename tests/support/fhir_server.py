@@ -21,7 +21,14 @@ and enough of the API's discovery (/api, /api/v1, /apis) and an in-memory
 store of ConfigMaps in namespace ward (get, list, create, delete) for an
 unmodified kubectl to run its get, apply and delete. An Upgrade request to
 /api/v1/namespaces/ward/pods/p1/portforward is switched (101, the
-WebSocket subprotocol echoed) and then echoes every byte back until EOF. A pods watch
+WebSocket subprotocol echoed) and then echoes every byte back until EOF.
+GET /api/v1/namespaces/ward/pods/p1 is a Running pod, and a WebSocket
+upgrade of its exec (v5.channel.k8s.io or v4.channel.k8s.io, the
+handshake and RFC 6455 frames done here by hand) runs the query's
+`command` on this host as the pod's container would: stdout and stderr as
+channel 1 and 2 messages (an empty channel 1 message first, as the
+kubelet writes), stdin from channel 0 (closed by v5's 255/0 message), the
+exit as a v4 status on channel 3; client frames must be masked. A pods watch
 (?watch=...) streams chunked: the first event at once, the second only
 once the file GO (argv[5]) exists, then the stream ends.
 
@@ -31,10 +38,15 @@ headers, so a test can see what reached the server (and what did not).
 usage: fhir_server.py CERT KEY LOG PATIENTS   (CERT "-": plain HTTP)
 Prints "PORT <n>" once listening on 127.0.0.1.
 """
+import base64
+import hashlib
 import json
 import ssl
+import struct
+import subprocess
 import sys
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import os
@@ -61,6 +73,47 @@ def pod(name, note):
 def status(code, reason, message):
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": message, "reason": reason, "code": code}
+
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+
+
+def ws_frame(opcode, payload):
+    """A final, unmasked frame (server to client)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x80 | opcode, n])
+    elif n < 65536:
+        head = bytes([0x80 | opcode, 126]) + struct.pack(">H", n)
+    else:
+        head = bytes([0x80 | opcode, 127]) + struct.pack(">Q", n)
+    return head + payload
+
+
+def ws_read(rfile):
+    """One client frame as (opcode, payload, masked); None at EOF."""
+    h = rfile.read(2)
+    if len(h) < 2:
+        return None
+    n = h[1] & 0x7F
+    if n == 126:
+        n = struct.unpack(">H", rfile.read(2))[0]
+    elif n == 127:
+        n = struct.unpack(">Q", rfile.read(8))[0]
+    masked = bool(h[1] & 0x80)
+    key = rfile.read(4) if masked else b"\0\0\0\0"
+    data = rfile.read(n)
+    return h[0] & 0x0F, bytes(b ^ key[i % 4] for i, b in enumerate(data)), masked
+
+
+def exit_status(code):
+    if code == 0:
+        return {"metadata": {}, "status": "Success"}
+    return {"metadata": {}, "status": "Failure",
+            "message": "command terminated with non-zero exit code: %d" % code,
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
 
 
 def patient(i):
@@ -119,11 +172,90 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         self.close_connection = True
 
+    def ws_exec(self):
+        offered = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        protocol = next((p for p in EXEC_PROTOCOLS if p in offered), None)
+        if protocol is None or self.headers.get("Upgrade", "").lower() != "websocket":
+            return self.send(400, status(400, "BadRequest", "no supported stream protocol"), "application/json")
+        key = self.headers.get("Sec-WebSocket-Key", "").encode()
+        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.send_header("Sec-WebSocket-Protocol", protocol)
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        argv = query.get("command", [])
+        stdin = query.get("stdin", ["false"])[0] in ("true", "1")
+        lock = threading.Lock()
+
+        def send(opcode, payload):
+            with lock:
+                self.wfile.write(ws_frame(opcode, payload))
+                self.wfile.flush()
+
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        send(2, b"\x01")
+
+        def pump(stream, channel):
+            while True:
+                data = stream.read1(4096)
+                if not data:
+                    return
+                send(2, bytes([channel]) + data)
+
+        def reader():
+            while True:
+                frame = ws_read(self.rfile)
+                if frame is None or frame[0] == 8:
+                    break
+                opcode, data, masked = frame
+                if not masked:
+                    send(8, struct.pack(">H", 1002) + b"unmasked client frame")
+                    break
+                if opcode == 9:
+                    send(10, data)
+                elif opcode == 2 and data[:1] == b"\x00" and proc.stdin:
+                    try:
+                        proc.stdin.write(data[1:])
+                        proc.stdin.flush()
+                    except OSError:
+                        pass
+                elif opcode == 2 and data == b"\xff\x00" and proc.stdin:
+                    proc.stdin.close()
+            if proc.stdin and not proc.stdin.closed:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
+
+        threading.Thread(target=reader, daemon=True).start()
+        pumps = [threading.Thread(target=pump, args=(proc.stdout, 1)),
+                 threading.Thread(target=pump, args=(proc.stderr, 2))]
+        for t in pumps:
+            t.start()
+        for t in pumps:
+            t.join()
+        code = proc.wait()
+        send(2, b"\x03" + json.dumps(exit_status(code)).encode())
+        send(8, struct.pack(">H", 1000))
+
     def do_GET(self):
         self.record()
         path = self.path.split("?")[0]
         if path == "/api/v1/namespaces/ward/pods/p1/portforward" and "Upgrade" in self.headers:
             return self.echo_upgrade()
+        if path in ("/api/v1/namespaces/ward/pods/p1/exec", "/api/v1/namespaces/ward/pods/p1/attach") \
+                and "Upgrade" in self.headers:
+            return self.ws_exec()
+        if path == "/api/v1/namespaces/ward/pods/p1":
+            p = pod("p1", "")
+            p["status"] = {"phase": "Running"}
+            return self.send(200, p, "application/json")
         if path == "/fhir/metadata":
             return self.send(200, {"resourceType": "CapabilityStatement", "status": "active", "fhirVersion": "4.0.1"})
         if path in ("/fhir/$export", "/fhir/Patient/$export"):

@@ -230,6 +230,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "mask_free_text",
     "ssh_sftp",
     "http_json_mask",
+    "http_exec_frames",
 ];
 
 fn fuzz(seconds: u64) -> anyhow::Result<()> {

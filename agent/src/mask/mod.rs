@@ -11,6 +11,7 @@ mod detect;
 mod masker;
 mod mode;
 mod rules;
+pub mod stream;
 
 use std::path::PathBuf;
 

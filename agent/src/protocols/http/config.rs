@@ -13,6 +13,8 @@
 //! # cert_file = "/etc/loopgate/serving.crt" # what clients see; omitted: issued
 //! # key_file = "/etc/loopgate/serving.key"  #   by loopgate's local CA
 //! # impersonate = true                      # kubernetes: Impersonate-User/-Group from the principal
+//! # record = true                           # kubernetes: asciicast recordings of exec/attach (masked)
+//! # record_max_bytes = 67108864             # a recording is cut (and says so) beyond this
 //! ```
 use std::{
     fmt, fs,
@@ -81,7 +83,19 @@ pub struct HttpConfig {
     /// Default: on for `api = "kubernetes"`; other APIs refuse it.
     #[serde(default)]
     pub impersonate: Option<bool>,
+    /// Kubernetes: record exec and attach sessions (output as masked,
+    /// stdin, resizes) as asciicast files hashed into the trail. Default on.
+    #[serde(default)]
+    pub record: Option<bool>,
+    /// The largest a recording grows; beyond it, it ends with a marker.
+    #[serde(default)]
+    pub record_max_bytes: Option<u64>,
 }
+
+/// The default bound of a recording (as SSH's).
+const DEFAULT_RECORD_BYTES: u64 = 64 << 20;
+/// The smallest `record_max_bytes` (a header and a few events).
+const MIN_RECORD_BYTES: u64 = 4096;
 
 /// An HTTP target's checked settings.
 #[derive(Clone, Debug)]
@@ -91,6 +105,8 @@ pub struct HttpSettings {
     pub config: HttpConfig,
     /// Add impersonation headers (Kubernetes).
     pub impersonate: bool,
+    /// The size bound of exec/attach recordings; `None`: not recorded.
+    pub record_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +127,10 @@ pub enum HttpConfigError {
     NoCredentialsDirectory(String),
     #[error("http.impersonate is for api = \"kubernetes\"")]
     ImpersonateNotKubernetes,
+    #[error("http.record and http.record_max_bytes are for api = \"kubernetes\" (exec and attach)")]
+    RecordNotKubernetes,
+    #[error("http.record_max_bytes must be at least {MIN_RECORD_BYTES}")]
+    RecordTooSmall,
     #[error("the token in {0} is empty or not one line of visible ASCII")]
     BadToken(PathBuf),
 }
@@ -152,10 +172,20 @@ impl HttpSettings {
             (Some(on), _) => on,
             (None, api) => api == Api::Kubernetes,
         };
+        let kubernetes = config.api == Api::Kubernetes;
+        if !kubernetes && (config.record.is_some() || config.record_max_bytes.is_some()) {
+            return Err(HttpConfigError::RecordNotKubernetes);
+        }
+        if config.record_max_bytes.is_some_and(|b| b < MIN_RECORD_BYTES) {
+            return Err(HttpConfigError::RecordTooSmall);
+        }
+        let record_max_bytes = (kubernetes && config.record != Some(false))
+            .then(|| config.record_max_bytes.unwrap_or(DEFAULT_RECORD_BYTES));
         Ok(HttpSettings {
             tls,
             config,
             impersonate,
+            record_max_bytes,
         })
     }
 
@@ -254,6 +284,16 @@ mod tests {
                 .impersonate
         );
         assert!(!settings("", true).unwrap().impersonate);
+        assert!(err("record = true", true).contains("kubernetes"));
+        assert!(err("api = \"kubernetes\"\nrecord_max_bytes = 10", true).contains("at least"));
+        let k = |t: &str| {
+            settings(&format!("api = \"kubernetes\"\n{t}"), true)
+                .unwrap()
+                .record_max_bytes
+        };
+        assert_eq!(k(""), Some(64 << 20));
+        assert_eq!(k("record_max_bytes = 8192"), Some(8192));
+        assert_eq!(k("record = false"), None);
     }
 
     #[test]

@@ -11,11 +11,14 @@
 //! - `fhir`, `kubernetes`: what a path means in each API.
 //! - `headers`: credentials and hop-by-hop headers; content types.
 //! - `json`, `text`, `body`: masking of response bodies as they stream.
+//! - `exec`: Kubernetes exec / attach / port-forward after the upgrade
+//!   (WebSocket frames, channels masked and recorded).
 //! - `refusal`: loopgate's own answers in each API's shape.
 //! - `upstream`: loopgate's connections to the server.
 //! - `local`: the executor that keeps HTTP/2 streams on the session's task.
 mod body;
 pub mod config;
+pub mod exec;
 pub mod fhir;
 mod headers;
 pub mod json;
@@ -40,6 +43,7 @@ use self::{
 };
 use super::Build;
 use crate::{
+    audit::cast::Recordings,
     enforce::Enforcer,
     identity::Authenticator,
     mask::Masker,
@@ -69,6 +73,10 @@ pub struct Service {
     pub token: Option<Token>,
     /// Kubernetes impersonation of the principal.
     pub impersonate: bool,
+    /// Where exec/attach recordings go (Kubernetes), if they are made.
+    pub recordings: Option<Recordings>,
+    /// Recently refused WebSocket exec/attach, for kubectl's SPDY retry.
+    pub refusals: exec::fallback::Refusals,
 }
 
 impl Service {
@@ -118,6 +126,11 @@ impl Service {
             server_name: build.host.to_owned(),
             token,
             impersonate: settings.impersonate,
+            recordings: settings.record_max_bytes.map(|max_bytes| Recordings {
+                audit_dir: build.audit_dir.to_owned(),
+                max_bytes,
+            }),
+            refusals: exec::fallback::Refusals::default(),
         })
     }
 }

@@ -15,7 +15,7 @@ use super::{
     Service,
     body::{BodyEnd, BoxError, Filter, MaskedBody},
     config::Api,
-    fhir, headers,
+    exec, fhir, headers,
     headers::BodyKind,
     json::{JsonMasker, JsonRules},
     kubernetes,
@@ -99,9 +99,32 @@ impl<'a> Conn<'a> {
         }
         let caller = Caller::of(self.session, None, None);
 
-        // exec / attach / port-forward (WebSocket, SPDY) and CONNECT are
-        // decided like any request; an admitted HTTP/1.1 upgrade is relayed.
+        // exec / attach / port-forward are decided like any request and an
+        // admitted one is relayed; an upgrade the relay cannot carry (see
+        // `exec::unrelayable`) is refused first, so nobody approves it.
         let upgrade = req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE);
+        let retry = upgrade.then(|| exec::fallback::key(self.session, &action)).flatten();
+        if upgrade && let Some(reason) = exec::unrelayable(&req, action.kubernetes.as_ref()) {
+            // kubectl's SPDY retry of a refused WebSocket exec: that answer.
+            let (status, message) = retry
+                .as_ref()
+                .and_then(|k| self.svc.refusals.take(k))
+                .unwrap_or_else(|| (StatusCode::NOT_IMPLEMENTED, format!("loopgate: {reason}")));
+            return match enforcer
+                .refuse(self.session, info, exec::UNRELAYABLE_RULE, reason)
+                .await
+            {
+                Ok(_) => Err(answer(api, status, &message)),
+                Err(e) => Err(self.end_on_audit_failure(e)),
+            };
+        }
+        let refuse = |refusal: &Refusal| {
+            let r = refused(api, refusal);
+            if let Some(k) = retry.clone() {
+                self.svc.refusals.remember(k, r.status(), refusal.message("request"));
+            }
+            r
+        };
 
         let command = Command {
             action: Action::HttpRequest(&action),
@@ -109,7 +132,7 @@ impl<'a> Conn<'a> {
         };
         let admitted = match enforcer.begin(self.session, &caller, command).await {
             Err(e) => return Err(self.end_on_audit_failure(e)),
-            Ok(Verdict::Refused(refusal)) => return Err(refused(api, &refusal)),
+            Ok(Verdict::Refused(refusal)) => return Err(refuse(&refusal)),
             Ok(Verdict::Forward(admitted)) => admitted,
             Ok(Verdict::Held { admitted, mut held }) => {
                 let (message, _hint) = held.notice();
@@ -127,7 +150,7 @@ impl<'a> Conn<'a> {
                     Ok(()) => admitted,
                     Err(refusal) => {
                         enforcer.unrun(self.session, &admitted, &refusal);
-                        return Err(refused(api, &refusal));
+                        return Err(refuse(&refusal));
                     }
                 }
             }
@@ -320,9 +343,8 @@ impl<'a> Conn<'a> {
     /// An admitted HTTP/1.1 upgrade (kubectl exec / attach / port-forward
     /// over WebSocket or SPDY): sent upstream on a connection of its own
     /// with the same credential rewriting as any request; on 101 both
-    /// sides are joined and relayed byte for byte (not masked: the streams
-    /// are framed binary, see ARCHITECTURE), the result recorded when
-    /// either side closes. CONNECT and HTTP/2 upgrades are answered 501.
+    /// sides are joined and relayed by [`exec`] (exec/attach masked and
+    /// recorded, port-forward counted), the result recorded when it ends.
     async fn relay_upgrade<'c>(
         &'c self,
         mut req: Request<Incoming>,
@@ -331,31 +353,18 @@ impl<'a> Conn<'a> {
         exec: &Local<'c>,
     ) -> Result<Response<ResBody>, Response<ResBody>> {
         let api = self.svc.api;
-        let upgrade_to = req.headers().get(header::UPGRADE).cloned();
-        // Only Kubernetes' streaming subresources over WebSocket or SPDY:
-        // any other upgrade (h2c, a WebSocket to a FHIR server) would carry
-        // requests and PHI past the decision, the record and the masker.
-        let streams = action
-            .kubernetes
-            .as_ref()
-            .is_some_and(|k| matches!(k.verb.as_str(), "exec" | "attach" | "portforward"));
-        let protocol_ok = |v: &HeaderValue| {
-            v.to_str().is_ok_and(|p| {
-                let p = p.trim().to_ascii_lowercase();
-                p == "websocket" || p.starts_with("spdy/")
-            })
-        };
-        let Some(upgrade_to) = upgrade_to.filter(|v| {
-            streams && protocol_ok(v) && req.version() == Version::HTTP_11 && req.method() != Method::CONNECT
-        }) else {
-            self.finish_failed(&admitted, "501").await;
-            let message = "loopgate: only Kubernetes exec, attach and port-forward are relayed as an upgrade \
-                           (HTTP/1.1, WebSocket or SPDY); nothing was sent";
-            return Err(answer(api, StatusCode::NOT_IMPLEMENTED, message));
-        };
+        // `unrelayable` has passed it: a Kubernetes stream over HTTP/1.1.
+        let upgrade_to = req
+            .headers()
+            .get(header::UPGRADE)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("websocket"));
+        let streams = exec::Streams::of(action.kubernetes.as_ref().map_or("", |k| k.verb.as_str()));
         let client_side = hyper::upgrade::on(&mut req);
         let (mut parts, _body) = req.into_parts();
         self.for_upstream(&mut parts);
+        // No compression: the relay reads every frame.
+        parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -381,6 +390,12 @@ impl<'a> Conn<'a> {
             let message = format!("loopgate: the upstream server refused the upgrade ({status})");
             return Err(answer(api, StatusCode::BAD_GATEWAY, &message));
         }
+        if !streams.accepts(response.headers()) {
+            self.finish_failed(&admitted, "502").await;
+            let message = "loopgate: the server chose a stream protocol loopgate cannot read \
+                           (exec and attach: a binary v1-v5.channel.k8s.io, no extension)";
+            return Err(answer(api, StatusCode::BAD_GATEWAY, message));
+        }
         let server_side = hyper::upgrade::on(&mut response);
         let mut answer_head = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
         for (name, value) in response.headers() {
@@ -388,27 +403,19 @@ impl<'a> Conn<'a> {
                 answer_head = answer_head.header(name, value);
             }
         }
-        let traffic = self.session.traffic.clone();
+        let title = exec::title(&self.svc.masker, action);
         exec.spawn(async move {
-            let (bytes, error) = match futures_util::future::join(client_side, server_side).await {
+            let ended = match futures_util::future::join(client_side, server_side).await {
                 (Ok(c), Ok(s)) => {
-                    let (mut c, mut s) = (hyper_util::rt::TokioIo::new(c), hyper_util::rt::TokioIo::new(s));
-                    match tokio::io::copy_bidirectional(&mut c, &mut s).await {
-                        Ok((up, down)) => {
-                            traffic.to_server.fetch_add(up, std::sync::atomic::Ordering::Relaxed);
-                            (down, None)
-                        }
-                        Err(e) => (0, Some(format!("relay: {e}"))),
-                    }
+                    let (c, s) = (hyper_util::rt::TokioIo::new(c), hyper_util::rt::TokioIo::new(s));
+                    let recorder = (streams == exec::Streams::Channels)
+                        .then(|| exec::start_recording(self.svc.recordings.as_ref(), self.session, &title))
+                        .flatten();
+                    exec::relay(c, s, streams, self.svc.masker.clone(), recorder).await
                 }
-                (Err(e), _) | (_, Err(e)) => (0, Some(format!("upgrade: {e}"))),
+                (Err(e), _) | (_, Err(e)) => exec::Ended::failed(format!("upgrade: {e}")),
             };
-            let end = BodyEnd {
-                bytes,
-                error,
-                ..BodyEnd::default()
-            };
-            self.finish(&admitted, StatusCode::SWITCHING_PROTOCOLS, end).await;
+            exec::finish(self.session, &admitted, ended).await;
         });
         let empty = http_body_util::Empty::<Bytes>::new()
             .map_err(|never| -> BoxError { match never {} })

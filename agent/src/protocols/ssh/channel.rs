@@ -14,15 +14,18 @@ use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig, server};
 use super::{
     Service,
     command::{PtyRequest, Request},
-    output::StreamMasker,
-    recording::{Header, Recorder},
     typed::{Line, TypedLines},
     upstream::Upstream,
 };
 use crate::{
     approval::Resolution,
-    audit::{Outcome, recording::RecordingRef},
+    audit::{
+        Outcome,
+        cast::{Header, Recorder},
+        recording::RecordingRef,
+    },
     enforce::{self, Admitted, Caller, Command, Verdict},
+    mask::stream::StreamMasker,
     session::Session,
 };
 

@@ -11,16 +11,15 @@
 //! - `command`: requests as policy actions and audit records.
 //! - `channel`: a session channel's request, decided and relayed;
 //!   `forward`: forward channels; `sftp_relay` with `sftp` and `sftp_path`:
-//!   SFTP operation by operation, on resolved paths; `output`: masking of exec and shell output as it streams;
-//!   `recording`: the asciicast recording of that masked stream; `typed`:
-//!   lines typed into a shell, read back from the keystrokes.
+//!   SFTP operation by operation, on resolved paths; `typed`: lines typed
+//!   into a shell, read back from the keystrokes. Exec and shell output is
+//!   masked as it streams (`mask::stream`) and recorded as asciicast
+//!   (`audit::cast`), as Kubernetes exec is.
 mod channel;
 mod command;
 pub mod config;
 mod forward;
 pub mod hostca;
-mod output;
-mod recording;
 mod server;
 pub mod sftp;
 pub mod sftp_path;
@@ -45,6 +44,7 @@ use self::{
 };
 use super::Build;
 use crate::{
+    audit::cast::Recordings,
     enforce::{Caller, Enforcer},
     identity::Authenticator,
     mask::Masker,
@@ -126,12 +126,6 @@ fn principal_name(session: &Session) -> String {
     let principal = session.principal.get();
     let subject = principal.and_then(|p| p.subject.clone());
     subject.unwrap_or_else(|| "unknown".to_owned())
-}
-
-/// Where a target's recordings go and how large they may grow.
-pub struct Recordings {
-    pub audit_dir: std::path::PathBuf,
-    pub max_bytes: u64,
 }
 
 /// Ends the client's SSH session when the session task goes away (agent

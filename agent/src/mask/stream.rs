@@ -1,6 +1,6 @@
 //! Masking of a remote command's output as it streams: the value detectors
 //! run on whole lines, so a value split across SSH data packets is still
-//! found. A line is held back until its newline arrives, up to a bound
+//! found (SSH data packets, Kubernetes exec frames). A line is held back until its newline arrives, up to a bound
 //! ([`MAX_LINE`]); the relay flushes a partial line when output pauses
 //! (a shell prompt), which is where a value typed slowly could be split.
 use crate::mask::Masker;

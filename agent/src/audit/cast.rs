@@ -1,4 +1,4 @@
-//! A channel's recording: asciicast v2 (a JSON header line, then one
+//! A session recording (an SSH channel, a Kubernetes exec): asciicast v2 (a JSON header line, then one
 //! `[seconds, code, data]` line per event: "o" output, "i" input, "r"
 //! resize, "m" a marker), of the stream as the client saw it after
 //! masking, never the raw one. It is hashed as it is written; it stops at
@@ -16,6 +16,12 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::audit::{self, recording::RecordingRef};
+
+/// Where a target's recordings go and how large they may grow.
+pub struct Recordings {
+    pub audit_dir: PathBuf,
+    pub max_bytes: u64,
+}
 
 /// A recording being written.
 pub struct Recorder {
@@ -123,7 +129,7 @@ impl Recorder {
         }
         let done = self.file.flush().and_then(|()| self.file.get_ref().sync_data());
         if let Err(e) = done.and_then(|()| fs::rename(&self.writing, &self.sealed)) {
-            tracing::error!(recording = %self.path, error = %e, "cannot write an SSH recording");
+            tracing::error!(recording = %self.path, error = %e, "cannot write a session recording");
             self.failed = true;
         }
         (!self.failed).then(|| RecordingRef {
@@ -169,7 +175,7 @@ impl Recorder {
     fn line(&mut self, bytes: &[u8]) {
         let written = self.file.write_all(bytes).and_then(|()| self.file.write_all(b"\n"));
         if let Err(e) = written {
-            tracing::error!(recording = %self.path, error = %e, "cannot write an SSH recording");
+            tracing::error!(recording = %self.path, error = %e, "cannot write a session recording");
             self.failed = true;
             return;
         }

@@ -1,0 +1,604 @@
+//! Kubernetes exec, attach and port-forward after the upgrade: what the
+//! relay does with the two upgraded streams.
+//!
+//! - exec / attach over WebSocket with a binary channel protocol
+//!   (`channels`, framed by `websocket`): every frame parsed, stdout,
+//!   stderr and the status masked and re-framed, the session recorded as
+//!   asciicast (masked output, stdin, resizes) like an SSH exec. A
+//!   malformed frame ends the stream (a Close 1002 to the client) and its
+//!   result says so.
+//! - port-forward: relayed byte for byte and counted per direction, not
+//!   masked (the forwarded bytes are another protocol's; like an SSH
+//!   transfer they are governed by the decision on the request).
+//! - exec / attach over SPDY: refused before the decision (not parsed
+//!   yet, so it could not be masked); kubectl's SPDY retry of a refused
+//!   WebSocket exec gets that refusal's answer (`fallback`).
+pub mod channels;
+pub mod fallback;
+pub mod websocket;
+
+use std::{
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+use self::{
+    channels::{ChannelError, Channels},
+    websocket::{Decoder, FrameError, Opcode, close_payload, encode},
+};
+use crate::{
+    audit::{
+        Outcome,
+        cast::{Header, Recorder, Recordings},
+        recording::RecordingRef,
+    },
+    enforce::Admitted,
+    mask::Masker,
+    policy::{HttpRequest, KubernetesRequest},
+    session::Session,
+};
+
+/// How long a partial output line waits for its end before it is sent.
+const FLUSH_AFTER: Duration = Duration::from_millis(25);
+/// How long the server may take to close once the client has.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What an admitted upgrade carries, as the relay treats it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Streams {
+    /// exec / attach: parsed, masked, recorded.
+    Channels,
+    /// port-forward: counted, not masked.
+    Bytes,
+}
+
+/// The rule id of an upgrade refused because the relay cannot carry it.
+pub const UNRELAYABLE_RULE: &str = "loopgate.upgrade_not_relayed";
+
+/// Why an upgrade request (or CONNECT) cannot be relayed, before it is
+/// decided: only Kubernetes' streaming subresources over HTTP/1.1, and
+/// exec/attach over WebSocket only. Any other upgrade (h2c, a WebSocket to
+/// a FHIR server) would carry requests and PHI past the decision, the
+/// record and the masker; exec over SPDY is not parsed, so not masked.
+pub fn unrelayable<B>(req: &http::Request<B>, kubernetes: Option<&KubernetesRequest>) -> Option<&'static str> {
+    let upgrade = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(|p| p.trim().to_ascii_lowercase());
+    let verb = kubernetes.map_or("", |k| k.verb.as_str());
+    let websocket = upgrade.as_deref() == Some("websocket");
+    let spdy = upgrade.as_deref().is_some_and(|p| p.starts_with("spdy/"));
+    if req.method() == http::Method::CONNECT
+        || req.version() != http::Version::HTTP_11
+        || !matches!(verb, "exec" | "attach" | "portforward")
+        || !(websocket || spdy)
+    {
+        return Some(
+            "only Kubernetes exec, attach and port-forward are relayed as an upgrade \
+             (HTTP/1.1, WebSocket or SPDY); nothing was sent",
+        );
+    }
+    if verb != "portforward" && !websocket {
+        return Some(
+            "exec and attach are relayed over WebSocket only (kubectl 1.30 or later), \
+             where their output is masked and recorded; nothing was sent",
+        );
+    }
+    None
+}
+
+impl Streams {
+    /// The treatment of an upgraded request of `verb` (one `unrelayable`
+    /// passed).
+    pub fn of(verb: &str) -> Streams {
+        match verb {
+            "portforward" => Streams::Bytes,
+            _ => Streams::Channels,
+        }
+    }
+
+    /// Whether the server's answer is one the relay can read: for
+    /// exec/attach, a binary channel subprotocol and no extension.
+    pub fn accepts(self, headers: &http::HeaderMap) -> bool {
+        if self == Streams::Bytes {
+            return true;
+        }
+        let protocol = headers
+            .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        channels::is_binary_channel_protocol(protocol.trim())
+            && !headers.contains_key(http::header::SEC_WEBSOCKET_EXTENSIONS)
+    }
+}
+
+/// How a relayed upgrade ended, for its `command_result`.
+#[derive(Debug, Default)]
+pub struct Ended {
+    pub status: &'static str,
+    /// `exit:N`, `malformed: ...` or the 101.
+    pub code: Option<String>,
+    pub to_client: u64,
+    pub to_server: u64,
+    pub masked: Option<u64>,
+    pub recording: Option<RecordingRef>,
+}
+
+impl Ended {
+    pub fn failed(reason: String) -> Ended {
+        tracing::info!(error = %reason, "upgrade ended early");
+        Ended {
+            status: "error",
+            code: Some("101".into()),
+            ..Ended::default()
+        }
+    }
+}
+
+/// Records the relay's end as the request's result, the recording (if
+/// any) named in its parameters.
+pub async fn finish(session: &Session, admitted: &Admitted, ended: Ended) {
+    session.add_to_client(ended.to_client as usize);
+    session.add_to_server(ended.to_server as usize);
+    let outcome = Outcome {
+        status: Some(ended.status.to_owned()),
+        bytes_to_client: Some(ended.to_client),
+        bytes_to_server: Some(ended.to_server),
+        error_code: ended.code.or_else(|| Some("101".into())),
+        masked_count: ended.masked,
+        ..Outcome::default()
+    };
+    let mut result = admitted.result(session, outcome);
+    if let (Some(r), Some(command)) = (ended.recording, result.command.as_mut()) {
+        command.parameters = r.to_parameters();
+    }
+    if let Err(e) = session.audit.append(result).await {
+        tracing::error!(session = %session.id, error = %e, "could not record a command's result");
+    }
+}
+
+/// Recording file numbers: unique in this agent's life (a session may run
+/// several execs; the session id makes them unique across restarts).
+static NEXT_RECORDING: AtomicU32 = AtomicU32::new(1);
+
+/// Starts the recording of an exec/attach when the target records.
+pub fn start_recording(recordings: Option<&Recordings>, session: &Session, title: &str) -> Option<Recorder> {
+    let settings = recordings?;
+    let header = Header {
+        cols: 80,
+        rows: 24,
+        term: None,
+        title,
+    };
+    let number = NEXT_RECORDING.fetch_add(1, Ordering::Relaxed);
+    match Recorder::create(&settings.audit_dir, session.id, number, settings.max_bytes, &header) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(session = %session.id, error = %e, "cannot start an exec recording");
+            None
+        }
+    }
+}
+
+/// A recording's title: what ran where, the command's words through the
+/// detectors (the recorded request text keeps only parameter names).
+pub fn title(masker: &Masker, action: &HttpRequest) -> String {
+    let k = action.kubernetes.as_ref();
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(action.query.as_deref().unwrap_or("").as_bytes())
+        .map(|(n, v)| (n.into_owned(), v.into_owned()))
+        .collect();
+    let words: Vec<&str> = pairs
+        .iter()
+        .filter(|(n, _)| n == "command")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let container = pairs.iter().find(|(n, _)| n == "container").map(|(_, v)| v.as_str());
+    let mut t = format!(
+        "kubectl {} {}/{}",
+        k.map_or("exec", |k| k.verb.as_str()),
+        k.and_then(|k| k.namespace.as_deref()).unwrap_or("-"),
+        k.and_then(|k| k.name.as_deref()).unwrap_or("-"),
+    );
+    if let Some(c) = container {
+        t.push_str(&format!(" -c {c}"));
+    }
+    if !words.is_empty() {
+        t.push_str(" -- ");
+        t.push_str(&words.join(" "));
+    }
+    masker.mask_free_text(&t).into_owned()
+}
+
+/// Relays an upgraded stream pair as `streams` says, until both are done.
+pub async fn relay<C, S>(client: C, server: S, streams: Streams, masker: Masker, recorder: Option<Recorder>) -> Ended
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match streams {
+        Streams::Bytes => relay_bytes(client, server).await,
+        Streams::Channels => relay_channels(client, server, Channels::new(masker, recorder)).await,
+    }
+}
+
+/// Copies both ways until both sides have ended, counting what passed
+/// (also when a side ends abruptly, e.g. TLS without close_notify).
+async fn relay_bytes<C, S>(mut client: C, mut server: S) -> Ended
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut cbuf, mut sbuf) = (vec![0u8; READ_CHUNK], vec![0u8; READ_CHUNK]);
+    let (mut up, mut down) = (0u64, 0u64);
+    let (mut client_open, mut server_open) = (true, true);
+    let mut clean = true;
+    while client_open || server_open {
+        tokio::select! {
+            r = client.read(&mut cbuf), if client_open => match r {
+                Ok(0) => {
+                    client_open = false;
+                    let _ = server.shutdown().await;
+                }
+                Ok(n) => {
+                    if server.write_all(&cbuf[..n]).await.is_err() {
+                        clean = false;
+                        break;
+                    }
+                    up += n as u64;
+                }
+                Err(_) => {
+                    clean = false;
+                    break;
+                }
+            },
+            r = server.read(&mut sbuf), if server_open => match r {
+                Ok(0) => {
+                    server_open = false;
+                    let _ = client.shutdown().await;
+                }
+                Ok(n) => {
+                    if client.write_all(&sbuf[..n]).await.is_err() {
+                        clean = false;
+                        break;
+                    }
+                    down += n as u64;
+                }
+                Err(_) => {
+                    clean = false;
+                    break;
+                }
+            },
+        }
+    }
+    Ended {
+        status: if clean { "ok" } else { "closed" },
+        to_client: down,
+        to_server: up,
+        ..Ended::default()
+    }
+}
+
+/// Which side sent a malformed frame, and what was wrong.
+enum Broken {
+    Frame(&'static str, FrameError),
+    Channel(ChannelError),
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Broken::Frame(side, e) => write!(f, "malformed: {side}: {e}"),
+            Broken::Channel(e) => write!(f, "malformed: {e}"),
+        }
+    }
+}
+
+/// Parses and re-frames both directions. Ends when the server's side ends
+/// (or the client's, after a grace for the server to close), or at the
+/// first malformed frame.
+async fn relay_channels<C, S>(mut client: C, mut server: S, mut ch: Channels) -> Ended
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut from_client = Decoder::new(true);
+    let mut from_server = Decoder::new(false);
+    let (mut cbuf, mut sbuf) = (vec![0u8; READ_CHUNK], vec![0u8; READ_CHUNK]);
+    let mut client_done = false;
+    // Armed when the client's side ends.
+    let grace = tokio::time::sleep(Duration::from_secs(86_400));
+    tokio::pin!(grace);
+    let mut broken: Option<Broken> = None;
+    loop {
+        let pending = ch.has_pending();
+        let mut to_client = Vec::new();
+        let mut to_server = Vec::new();
+        tokio::select! {
+            r = client.read(&mut cbuf), if !client_done => match r {
+                Ok(0) | Err(_) => {
+                    client_done = true;
+                    let _ = server.shutdown().await;
+                    grace.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+                }
+                Ok(n) => {
+                    from_client.push(&cbuf[..n]);
+                    loop {
+                        match from_client.next_frame() {
+                            Ok(Some(f)) => if let Err(e) = ch.client_frame(f, &mut to_server) {
+                                broken = Some(Broken::Channel(e));
+                                break;
+                            },
+                            Ok(None) => break,
+                            Err(e) => { broken = Some(Broken::Frame("client", e)); break; }
+                        }
+                    }
+                }
+            },
+            r = server.read(&mut sbuf) => match r {
+                Ok(0) | Err(_) => {
+                    ch.flush(&mut to_client);
+                    let _ = client.write_all(&to_client).await;
+                    let _ = client.shutdown().await;
+                    break;
+                }
+                Ok(n) => {
+                    from_server.push(&sbuf[..n]);
+                    loop {
+                        match from_server.next_frame() {
+                            Ok(Some(f)) => if let Err(e) = ch.server_frame(f, &mut to_client) {
+                                broken = Some(Broken::Channel(e));
+                                break;
+                            },
+                            Ok(None) => break,
+                            Err(e) => { broken = Some(Broken::Frame("server", e)); break; }
+                        }
+                    }
+                }
+            },
+            _ = tokio::time::sleep(FLUSH_AFTER), if pending => ch.flush(&mut to_client),
+            _ = &mut grace, if client_done => break,
+        }
+        if !to_server.is_empty() && server.write_all(&to_server).await.is_err() {
+            break;
+        }
+        if !to_client.is_empty() && client.write_all(&to_client).await.is_err() {
+            break;
+        }
+        if broken.is_some() {
+            break;
+        }
+    }
+    let code = match &broken {
+        Some(b) => {
+            tracing::warn!(error = %b, "exec stream ended at a malformed frame");
+            let close = encode(
+                true,
+                Opcode::Close,
+                None,
+                &close_payload(1002, "loopgate: malformed stream"),
+            );
+            let _ = client.write_all(&close).await;
+            let _ = client.shutdown().await;
+            Some(b.to_string())
+        }
+        None => ch.exit.clone(),
+    };
+    let status = match (&broken, ch.exit.as_deref()) {
+        (Some(_), _) => "error",
+        (None, Some("exit:0")) => "ok",
+        (None, Some(_)) => "failed",
+        (None, None) => "closed",
+    };
+    Ended {
+        status,
+        code,
+        to_client: ch.to_client,
+        to_server: ch.to_server,
+        masked: Some(ch.masked()),
+        recording: ch.recorder.take().and_then(Recorder::finish),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::MaskConfig;
+
+    #[test]
+    fn only_kubernetes_streams_are_relayed_and_exec_over_websocket_only() {
+        let k = |verb: &str| KubernetesRequest {
+            verb: verb.into(),
+            group: String::new(),
+            version: "v1".into(),
+            resource: "pods".into(),
+            subresource: Some(verb.into()),
+            namespace: Some("ward".into()),
+            name: Some("p1".into()),
+        };
+        let req = |method: &str, upgrade: &str| {
+            http::Request::builder()
+                .method(method)
+                .header(http::header::UPGRADE, upgrade)
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(unrelayable(&req("GET", "websocket"), Some(&k("exec"))), None);
+        assert_eq!(unrelayable(&req("GET", "WebSocket"), Some(&k("attach"))), None);
+        assert_eq!(unrelayable(&req("POST", "SPDY/3.1"), Some(&k("portforward"))), None);
+        assert!(
+            unrelayable(&req("POST", "SPDY/3.1"), Some(&k("exec")))
+                .unwrap()
+                .contains("WebSocket only")
+        );
+        assert!(unrelayable(&req("GET", "h2c"), Some(&k("exec"))).is_some());
+        assert!(unrelayable(&req("GET", "websocket"), Some(&k("log"))).is_some());
+        assert!(unrelayable(&req("GET", "websocket"), None).is_some());
+        assert!(unrelayable(&req("CONNECT", "websocket"), Some(&k("exec"))).is_some());
+        assert_eq!(Streams::of("portforward"), Streams::Bytes);
+        assert_eq!(Streams::of("exec"), Streams::Channels);
+        let mut h = http::HeaderMap::new();
+        assert!(!Streams::Channels.accepts(&h));
+        h.insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            "v5.channel.k8s.io".parse().unwrap(),
+        );
+        assert!(Streams::Channels.accepts(&h));
+        h.insert(
+            http::header::SEC_WEBSOCKET_EXTENSIONS,
+            "permessage-deflate".parse().unwrap(),
+        );
+        assert!(!Streams::Channels.accepts(&h));
+        h.insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            "base64.channel.k8s.io".parse().unwrap(),
+        );
+        assert!(!Streams::Channels.accepts(&h));
+    }
+
+    #[test]
+    fn the_title_names_the_pod_and_the_command_masked() {
+        let action = HttpRequest {
+            method: "GET".into(),
+            host: "k".into(),
+            path: "/api/v1/namespaces/ward/pods/p1/exec".into(),
+            query: Some("command=sh&command=-c&command=grep+123-45-6789+%2Fdata&container=app&stdout=true".into()),
+            kubernetes: Some(KubernetesRequest {
+                verb: "exec".into(),
+                group: String::new(),
+                version: "v1".into(),
+                resource: "pods".into(),
+                subresource: Some("exec".into()),
+                namespace: Some("ward".into()),
+                name: Some("p1".into()),
+            }),
+            fhir: None,
+        };
+        assert_eq!(
+            title(&masker(), &action),
+            "kubectl exec ward/p1 -c app -- sh -c grep *** /data"
+        );
+    }
+
+    #[tokio::test]
+    async fn port_forward_bytes_pass_unchanged_and_are_counted_both_ways() {
+        let (client, mut client_end) = tokio::io::duplex(1 << 16);
+        let (server, mut server_end) = tokio::io::duplex(1 << 16);
+        let relay = tokio::spawn(async move { relay(client, server, Streams::Bytes, masker(), None).await });
+        client_end.write_all(b"ssn 123-45-6789\n").await.unwrap();
+        let mut got = [0u8; 16];
+        server_end.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ssn 123-45-6789\n");
+        server_end.write_all(b"pong").await.unwrap();
+        drop(server_end);
+        let mut back = Vec::new();
+        client_end.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"pong");
+        drop(client_end);
+        let ended = relay.await.unwrap();
+        assert_eq!((ended.to_server, ended.to_client), (16, 4));
+        assert!(ended.recording.is_none() && ended.masked.is_none());
+    }
+
+    fn masker() -> Masker {
+        Masker::new(&MaskConfig::default(), None).unwrap()
+    }
+
+    /// Both ends of the relay in memory: what a client sees of a server's
+    /// frames, and what the server gets of the client's.
+    #[tokio::test]
+    async fn a_relayed_exec_is_masked_recorded_and_ends_with_the_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, mut client_end) = tokio::io::duplex(1 << 16);
+        let (server, mut server_end) = tokio::io::duplex(1 << 16);
+        let header = Header {
+            cols: 80,
+            rows: 24,
+            term: None,
+            title: "exec",
+        };
+        let recorder = Recorder::create(dir.path(), uuid::Uuid::nil(), 1, 1 << 20, &header).unwrap();
+        let relay =
+            tokio::spawn(async move { relay(client, server, Streams::Channels, masker(), Some(recorder)).await });
+        client_end
+            .write_all(&encode(
+                true,
+                Opcode::Binary,
+                Some([1, 2, 3, 4]),
+                b"\x00ssn 111-22-3333\n",
+            ))
+            .await
+            .unwrap();
+        let mut resize = vec![4u8];
+        resize.extend_from_slice(br#"{"Width":100,"Height":30}"#);
+        client_end
+            .write_all(&encode(true, Opcode::Binary, Some([5, 6, 7, 8]), &resize))
+            .await
+            .unwrap();
+        let mut got = Decoder::new(true);
+        let mut buf = vec![0u8; 4096];
+        let mut frames = Vec::new();
+        while frames.len() < 2 {
+            let n = server_end.read(&mut buf).await.unwrap();
+            got.push(&buf[..n]);
+            while let Some(f) = got.next_frame().unwrap() {
+                frames.push(f);
+            }
+        }
+        // stdin reaches the server as typed (the recording masks it).
+        assert_eq!(frames[0].payload, b"\x00ssn 111-22-3333\n");
+        assert_eq!(frames[1].payload, resize);
+        server_end
+            .write_all(&encode(true, Opcode::Binary, None, b"\x01patient 123-45-6789\npartial"))
+            .await
+            .unwrap();
+        let mut status = vec![3u8];
+        status.extend_from_slice(br#"{"metadata":{},"status":"Success"}"#);
+        server_end
+            .write_all(&encode(true, Opcode::Binary, None, &status))
+            .await
+            .unwrap();
+        drop(server_end);
+        let mut seen = Vec::new();
+        client_end.read_to_end(&mut seen).await.unwrap();
+        let ended = relay.await.unwrap();
+        let mut d = Decoder::new(false);
+        d.push(&seen);
+        let mut messages = Vec::new();
+        while let Some(f) = d.next_frame().unwrap() {
+            messages.push(f.payload);
+        }
+        assert_eq!(messages[0], b"\x01patient ***\n");
+        assert_eq!(messages[1], b"\x01partial");
+        assert_eq!(messages[2], status);
+        assert_eq!((ended.status, ended.code.as_deref()), ("ok", Some("exit:0")));
+        assert_eq!(ended.masked, Some(1));
+        let r = ended.recording.unwrap();
+        assert_eq!(r.check(dir.path()), Ok(()));
+        let cast = std::fs::read_to_string(r.file(dir.path()).unwrap()).unwrap();
+        assert!(cast.contains("patient ***") && cast.contains("\"100x30\""), "{cast}");
+        assert!(cast.contains("\"i\",\"ssn ***\\n\""), "{cast}");
+        assert!(!cast.contains("123-45-6789") && !cast.contains("111-22-3333"), "{cast}");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_server_frame_closes_the_client_with_1002() {
+        let (client, mut client_end) = tokio::io::duplex(1 << 16);
+        let (server, mut server_end) = tokio::io::duplex(1 << 16);
+        let relay = tokio::spawn(async move { relay(client, server, Streams::Channels, masker(), None).await });
+        server_end.write_all(&[0xC2, 0x01, 0x01]).await.unwrap();
+        let mut seen = Vec::new();
+        client_end.read_to_end(&mut seen).await.unwrap();
+        let ended = relay.await.unwrap();
+        assert_eq!(ended.status, "error");
+        assert!(ended.code.unwrap().contains("reserved bit"));
+        let mut d = Decoder::new(false);
+        d.push(&seen);
+        let close = d.next_frame().unwrap().unwrap();
+        assert_eq!(close.opcode, Opcode::Close);
+        assert_eq!(&close.payload[..2], &1002u16.to_be_bytes());
+    }
+}
