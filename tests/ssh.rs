@@ -39,7 +39,8 @@ struct Fixture {
 impl Fixture {
     /// An sshd, the HIPAA pack (PHI paths: `<dir>/phi`), and an agent with
     /// target `box` (127.0.0.1) and, when `impostor`, target `impostor`
-    /// (127.0.0.2, the same server) whose pinned host key is another one.
+    /// (127.0.0.2, the same server) whose pinned host key is another one
+    /// and target `transparent` (127.0.0.3) showing the server's own key.
     fn start(impostor: bool) -> Fixture {
         Fixture::start_with(impostor, "process", "")
     }
@@ -73,6 +74,15 @@ impl Fixture {
             let other: Vec<&str> = other.split_whitespace().take(2).collect();
             pins.push_str(&format!("[127.0.0.2]:{} {}\n", sshd.port, other.join(" ")));
             targets.push(ssh_target("impostor", identity, sshd.port, "127.0.0.2", &key, &pinned));
+            // `transparent` (127.0.0.3, the same server) presents the
+            // server's own host key instead of a certificate.
+            pins.push_str(&format!("[127.0.0.3]:{} {}\n", sshd.port, sshd.host_key));
+            let mut transparent = ssh_target("transparent", identity, sshd.port, "127.0.0.3", &key, &pinned);
+            let host_key = dir.path().join("ssh_host_ed25519_key");
+            transparent
+                .extra
+                .push_str(&format!("presented_key_file = \"{}\"\n", host_key.display()));
+            targets.push(transparent);
         }
         fs::write(&pinned, pins).unwrap();
         let extra = format!(
@@ -605,6 +615,20 @@ fn untrusting_clients_and_impostor_servers_are_refused() {
     let out = f.ssh("true");
     assert!(out.status.success(), "{}", f.context(&out));
 
+    // A target that presents the server's own host key: a client that
+    // knows only the server's key gets in; one that trusts only loopgate's
+    // CA is shown no certificate and refuses.
+    let real = f.dir.path().join("real_known_hosts");
+    fs::write(&real, format!("[127.0.0.3]:{} {}\n", f.sshd.port, f.sshd.host_key)).unwrap();
+    let out = f.ssh_to("127.0.0.3", &real, &[], "echo transparent");
+    assert_eq!(text(&out.stdout), "transparent\n", "{}", f.context(&out));
+    let out = f.ssh_to("127.0.0.3", &f.known_hosts, &[], "true");
+    assert!(
+        text(&out.stderr).contains("Host key verification failed"),
+        "{}",
+        f.context(&out)
+    );
+
     // The server behind `impostor` does not show the pinned key: refused.
     let out = f.ssh_to("127.0.0.2", &f.known_hosts, &[], "true");
     assert_eq!(out.status.code(), Some(255), "{}", f.context(&out));
@@ -622,11 +646,13 @@ fn untrusting_clients_and_impostor_servers_are_refused() {
         end["decision"]["reason"].as_str().unwrap().contains("host key"),
         "{end}"
     );
-    assert!(
-        commands(&events, "ssh_exec")
-            .iter()
-            .all(|c| c["target"]["name"] == "box")
-    );
+    // Nothing ran through the impostor; the transparent target's exec is
+    // recorded like any other.
+    let targets: Vec<&Value> = commands(&events, "ssh_exec")
+        .iter()
+        .map(|c| &c["target"]["name"])
+        .collect();
+    assert_eq!(targets, ["box", "transparent"], "{targets:?}");
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! A throwaway OpenSSH sshd for the SSH tests and benchmarks: a random
-//! port on 127.0.0.1 and 127.0.0.2, its own host key, root logging in
+//! port on 127.0.0.1, 127.0.0.2 and 127.0.0.3, its own host key, root logging in
 //! only with one given key, sftp in-process.
 use std::{
     fs,
@@ -35,7 +35,7 @@ impl Sshd {
         fs::write(
             &config,
             format!(
-                "Port {port}\nListenAddress 127.0.0.1\nListenAddress 127.0.0.2\nHostKey {}\nPidFile {}\n\
+                "Port {port}\nListenAddress 127.0.0.1\nListenAddress 127.0.0.2\nListenAddress 127.0.0.3\nHostKey {}\nPidFile {}\n\
                  AuthorizedKeysFile {}\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
                  KbdInteractiveAuthentication no\nUsePAM no\nSubsystem sftp internal-sftp\nAllowTcpForwarding yes\n\
                  LogLevel VERBOSE\nTrustedUserCAKeys {}\n",

@@ -10,6 +10,8 @@
 //! known_hosts = "/etc/loopgate/ssh/known_hosts"   # or host_key = "ssh-ed25519 AAAA..."
 //! mask_output = true                               # PHI detectors on exec/shell output
 //! names = ["db1.internal"]                         # more names for the host certificate
+//! # presented_key_file = "/etc/loopgate/ssh/db1_host_ed25519"  # present this host key instead
+//! #                                                # of a certificate (the server's own: transparent)
 //! record = true                                    # asciicast recordings of exec/shell output
 //! record_max_bytes = 67108864                      # a recording is cut (and says so) beyond this
 //! ```
@@ -52,6 +54,12 @@ pub struct SshConfig {
     /// target's addresses.
     #[serde(default)]
     pub names: Vec<String>,
+    /// A private host key (OpenSSH format, mode 0600) the target presents
+    /// to clients instead of a host certificate of loopgate's CA — a copy
+    /// of the server's own key makes loopgate invisible to clients that
+    /// already know the server.
+    #[serde(default)]
+    pub presented_key_file: Option<PathBuf>,
     /// Record exec and shell output (as masked) as asciicast files under
     /// the audit directory, hashed into the trail.
     #[serde(default = "yes")]
@@ -98,6 +106,8 @@ pub struct SshSettings {
     pub host_key: HostKeyPin,
     pub mask_output: bool,
     pub names: Vec<String>,
+    /// The host key clients are shown, when not a certificate.
+    pub presented_key_file: Option<PathBuf>,
     /// The size bound of recordings; `None`: not recorded.
     pub record_max_bytes: Option<u64>,
 }
@@ -163,6 +173,7 @@ impl SshSettings {
             host_key,
             mask_output: raw.mask_output,
             names: raw.names,
+            presented_key_file: raw.presented_key_file,
             record_max_bytes: raw.record.then_some(raw.record_max_bytes),
         })
     }
@@ -190,20 +201,7 @@ impl CredentialSource {
                         .join(super::userca::UserCa::KEY_FILE),
                     reason: e.to_string(),
                 }),
-            CredentialSource::KeyFile(path) => {
-                let text = read_private(path)?;
-                let key = PrivateKey::from_openssh(text.trim()).map_err(|e| SshConfigError::SecretFileRead {
-                    path: path.clone(),
-                    reason: format!("not an unencrypted OpenSSH private key: {e}"),
-                })?;
-                if key.is_encrypted() {
-                    return Err(SshConfigError::SecretFileRead {
-                        path: path.clone(),
-                        reason: "the key is encrypted; loopgate needs it without a passphrase".into(),
-                    });
-                }
-                Ok(Credential::Key(std::sync::Arc::new(key)))
-            }
+            CredentialSource::KeyFile(path) => Ok(Credential::Key(std::sync::Arc::new(private_key(path)?))),
             CredentialSource::PasswordFile(path) => {
                 let text = read_private(path)?;
                 let password = text.trim_end_matches(['\n', '\r']).to_owned();
@@ -214,6 +212,22 @@ impl CredentialSource {
             }
         }
     }
+}
+
+/// An unencrypted OpenSSH private key from a file only the agent can read.
+pub fn private_key(path: &Path) -> Result<PrivateKey, SshConfigError> {
+    let text = read_private(path)?;
+    let key = PrivateKey::from_openssh(text.trim()).map_err(|e| SshConfigError::SecretFileRead {
+        path: path.to_path_buf(),
+        reason: format!("not an unencrypted OpenSSH private key: {e}"),
+    })?;
+    if key.is_encrypted() {
+        return Err(SshConfigError::SecretFileRead {
+            path: path.to_path_buf(),
+            reason: "the key is encrypted; loopgate needs it without a passphrase".into(),
+        });
+    }
+    Ok(key)
 }
 
 fn read_private(path: &Path) -> Result<String, SshConfigError> {

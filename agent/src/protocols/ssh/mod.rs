@@ -81,16 +81,28 @@ impl Service {
             std::fs::metadata(path)
                 .with_context(|| format!("target {:?}: ssh.known_hosts {}", build.name, path.display()))?;
         }
-        let ca = HostCa::load_or_create(build.ca_dir)?;
-        let mut names = build.certificate_names.clone();
-        names.extend(settings.names.iter().cloned());
-        names.sort();
-        names.dedup();
-        let identity = ca.issue(&names, build.name)?;
+        // The host key clients see: one the operator gives, or a fresh key
+        // with a certificate of loopgate's host CA for the target's names.
+        let (keys, certificates) = match &settings.presented_key_file {
+            Some(path) => {
+                let key = config::private_key(path)
+                    .with_context(|| format!("target {:?}: ssh.presented_key_file", build.name))?;
+                (vec![key], Vec::new())
+            }
+            None => {
+                let ca = HostCa::load_or_create(build.ca_dir)?;
+                let mut names = build.certificate_names.clone();
+                names.extend(settings.names.iter().cloned());
+                names.sort();
+                names.dedup();
+                let identity = ca.issue(&names, build.name)?;
+                (vec![identity.key], vec![identity.certificate])
+            }
+        };
         let server = russh::server::Config {
             server_id: russh::SshId::Standard("SSH-2.0-loopgate".into()),
-            keys: vec![identity.key],
-            certificates: vec![identity.certificate],
+            keys,
+            certificates,
             auth_rejection_time: Duration::from_millis(200),
             auth_rejection_time_initial: Some(Duration::ZERO),
             // A held request may wait long without traffic; keepalives
