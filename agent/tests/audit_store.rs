@@ -177,6 +177,17 @@ async fn retention_deletes_old_days_and_the_chain_still_verifies() {
     }
     store.shutdown().await.expect("shutdown");
     let before = parquet_files(dir.path()).len();
+    // A session recording in an expired day and one in today's.
+    let partitions: Vec<_> = parquet_files(dir.path())
+        .iter()
+        .map(|f| f.parent().expect("partition").to_owned())
+        .collect();
+    let (old_cast, new_cast) = (
+        partitions[0].join("recording-a-1.cast"),
+        partitions[partitions.len() - 1].join("recording-b-1.cast"),
+    );
+    std::fs::write(&old_cast, "{}\n").expect("write");
+    std::fs::write(&new_cast, "{}\n").expect("write");
 
     let store = open(config(dir.path()));
     let report = store
@@ -187,6 +198,11 @@ async fn retention_deletes_old_days_and_the_chain_still_verifies() {
     assert_eq!(report.partitions.len(), 2);
     assert_eq!(report.cut_seq, 60);
     assert_eq!(report.event_seq, 91, "the deletion is an event");
+    assert_eq!(report.recordings, 1);
+    assert!(
+        !old_cast.exists() && new_cast.exists(),
+        "recordings go with their partition"
+    );
     assert!(store.apply_retention(now).await.expect("runs").is_none());
     store.shutdown().await.expect("shutdown");
 

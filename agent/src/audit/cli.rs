@@ -177,8 +177,12 @@ fn run_verify(dir: &Path) -> ExitCode {
                 }
                 return ExitCode::from(EXIT_BROKEN);
             }
+            let expired = match checked.expired {
+                0 => String::new(),
+                n => format!(" ({n} more deleted by retention with their partitions)"),
+            };
             println!(
-                "ok: {} events in {} files and {} WAL segments, chain {start} to seq {} hash {}; {} recordings match their hashes",
+                "ok: {} events in {} files and {} WAL segments, chain {start} to seq {} hash {}; {} recordings match their hashes{expired}",
                 v.events, v.files, v.segments, v.last_seq, v.last_hash, checked.recordings
             );
             ExitCode::SUCCESS

@@ -137,6 +137,43 @@ pub fn list_files(dir: &Path) -> io::Result<Vec<DataFile>> {
     Ok(out)
 }
 
+/// Every sealed session recording (`recording-*.cast`) in the partition
+/// directory `dir` (a `date=*/host=*/` directory).
+pub fn recordings_in(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = name_of(p);
+            name.starts_with("recording-") && name.ends_with(".cast")
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Seals recordings a crash left unsealed (`.recording-X.cast.tmp`) as
+/// `recording-X.unfinished.cast`: what the client was shown is kept (and
+/// shipped), under a name that says no result names it.
+pub fn seal_unfinished_recordings(dir: &Path) -> io::Result<usize> {
+    let mut sealed = 0;
+    for (_, path) in partition_entries(dir)? {
+        let name = name_of(&path);
+        let Some(base) = name
+            .strip_prefix(".recording-")
+            .and_then(|n| n.strip_suffix(".cast.tmp"))
+        else {
+            continue;
+        };
+        std::fs::rename(&path, path.with_file_name(format!("recording-{base}.unfinished.cast")))?;
+        sealed += 1;
+    }
+    Ok(sealed)
+}
+
 /// Removes `.<name>.parquet.tmp` files a crash left behind mid-conversion
 /// (their segments are still in the WAL and get converted again).
 pub fn remove_temp_files(dir: &Path) -> io::Result<usize> {
@@ -225,5 +262,20 @@ mod tests {
         assert_eq!(files[0].date, "2024-02-28");
         assert_eq!(remove_temp_files(dir.path()).expect("clean"), 1);
         assert!(!tmp.exists() && a.exists() && b.exists());
+    }
+
+    #[test]
+    fn recordings_a_crash_left_unsealed_are_sealed_as_unfinished() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let part = dir.path().join("date=2026-01-02/host=h");
+        std::fs::create_dir_all(&part).expect("mkdir");
+        std::fs::write(part.join(".recording-s-3.cast.tmp"), "{}\n").expect("write");
+        std::fs::write(part.join("recording-s-2.cast"), "{}\n").expect("write");
+        assert_eq!(seal_unfinished_recordings(dir.path()).expect("seal"), 1);
+        let names: Vec<_> = recordings_in(&part)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["recording-s-2.cast", "recording-s-3.unfinished.cast"]);
     }
 }

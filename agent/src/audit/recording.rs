@@ -77,7 +77,11 @@ impl RecordingRef {
 
 /// Every recording the trail refers to, checked against its hash.
 pub struct Checked {
+    /// Recordings checked.
     pub recordings: usize,
+    /// Recordings of partitions retention deleted (not checked, not
+    /// problems).
+    pub expired: usize,
     /// One line per rewritten, missing or unreadable recording.
     pub problems: Vec<String>,
 }
@@ -90,12 +94,26 @@ pub fn check_all(audit_dir: &Path) -> Result<Checked, super::reader::ReadError> 
             refs.push((str_at(row, EVENT_ID).unwrap_or("?").to_owned(), r));
         }
     })?;
-    let problems = refs
-        .iter()
-        .filter_map(|(event, r)| r.check(audit_dir).err().map(|e| format!("event {event}: {e}")))
-        .collect();
+    // Partitions retention deleted: their recordings are gone by design.
+    let deleted: Vec<String> = super::retention::read_anchor(audit_dir)
+        .ok()
+        .flatten()
+        .map(|a| a.partitions)
+        .unwrap_or_default();
+    let mut expired = 0;
+    let mut problems = Vec::new();
+    for (event, r) in &refs {
+        let Err(e) = r.check(audit_dir) else { continue };
+        let date = r.path.strip_prefix("date=").and_then(|p| p.split('/').next());
+        if date.is_some_and(|d| deleted.iter().any(|x| x == d)) && !r.file(audit_dir).is_some_and(|f| f.exists()) {
+            expired += 1;
+            continue;
+        }
+        problems.push(format!("event {event}: {e}"));
+    }
     Ok(Checked {
-        recordings: refs.len(),
+        recordings: refs.len() - expired,
+        expired,
         problems,
     })
 }

@@ -1,4 +1,5 @@
-//! Retention: deletes day partitions older than the configured age.
+//! Retention: deletes day partitions older than the configured age, with
+//! the session recordings in them.
 //!
 //! Deleting the oldest files removes the start of the chain, so the store
 //! first appends a `retention` event naming the cut (seq and hash of the
@@ -26,6 +27,8 @@ pub struct Anchor {
 
 pub struct Plan {
     files: Vec<DataFile>,
+    /// Recordings in the partitions the files leave.
+    recordings: Vec<std::path::PathBuf>,
     partitions: Vec<String>,
     cut_seq: u64,
     cut_hash: String,
@@ -35,6 +38,7 @@ pub struct Plan {
 pub struct Report {
     pub partitions: Vec<String>,
     pub files: usize,
+    pub recordings: usize,
     pub cut_seq: u64,
     pub cut_hash: String,
     pub event_seq: u64,
@@ -57,11 +61,34 @@ pub fn plan(
     let Some(last) = expired.last() else {
         return Ok(None);
     };
+    // Recordings of the expired partitions go with them (once shipped, as
+    // the files): a partition whose files all go keeps none.
+    let mut recordings = Vec::new();
+    // Directories that keep a file are not left: their recordings stay.
+    let all = layout::list_files(dir).map_err(|e| format!("listing {}: {e}", dir.display()))?;
+    let mut seen: Vec<&Path> = all[expired.len()..].iter().filter_map(|f| f.path.parent()).collect();
+    for f in &expired {
+        let Some(dir) = f.path.parent().filter(|d| !seen.contains(d)) else {
+            continue;
+        };
+        seen.push(dir);
+        for path in layout::recordings_in(dir) {
+            let file = DataFile {
+                path,
+                first_seq: 0,
+                date: f.date.clone(),
+            };
+            if may_delete(&file) {
+                recordings.push(file.path);
+            }
+        }
+    }
     let meta = parquet::read_meta(&last.path).map_err(|e| e.to_string())?;
     let mut partitions: Vec<String> = expired.iter().map(|f| f.date.clone()).collect();
     partitions.dedup();
     Ok(Some(Plan {
         files: expired,
+        recordings,
         partitions,
         cut_seq: meta.last_seq,
         cut_hash: meta.last_hash,
@@ -79,9 +106,10 @@ pub fn event(plan: &Plan, retention_days: u32) -> Event {
     let dates: Vec<String> = plan.partitions.iter().map(|d| format!("date={d}")).collect();
     e.command = Some(CommandInfo {
         text: Some(format!(
-            "delete {} ({} files) through seq={} hash={}",
+            "delete {} ({} files, {} recordings) through seq={} hash={}",
             dates.join(","),
             plan.files.len(),
+            plan.recordings.len(),
             plan.cut_seq,
             plan.cut_hash
         )),
@@ -105,6 +133,10 @@ pub fn apply(dir: &Path, plan: &Plan, event_seq: u64) -> Result<Report, String> 
         partitions: plan.partitions.clone(),
     };
     write_anchor(dir, &anchor).map_err(|e| format!("writing the retention anchor: {e}"))?;
+    for path in &plan.recordings {
+        std::fs::remove_file(path).map_err(|e| format!("removing {}: {e}", path.display()))?;
+        let _ = std::fs::remove_file(super::ship::marker(path));
+    }
     for f in &plan.files {
         std::fs::remove_file(&f.path).map_err(|e| format!("removing {}: {e}", f.path.display()))?;
         let _ = std::fs::remove_file(super::ship::marker(&f.path));
@@ -121,6 +153,7 @@ pub fn apply(dir: &Path, plan: &Plan, event_seq: u64) -> Result<Report, String> 
     Ok(Report {
         partitions: plan.partitions.clone(),
         files: plan.files.len(),
+        recordings: plan.recordings.len(),
         cut_seq: plan.cut_seq,
         cut_hash: plan.cut_hash.clone(),
         event_seq,

@@ -161,6 +161,17 @@ impl AuditStore {
                 "removed half-written Parquet files from an interrupted conversion"
             );
         }
+        let unfinished = layout::seal_unfinished_recordings(&dir).map_err(|source| StoreError::Io {
+            what: "sealing unfinished recordings in",
+            path: dir.clone(),
+            source,
+        })?;
+        if unfinished > 0 {
+            tracing::warn!(
+                recordings = unfinished,
+                "sealed session recordings an interrupted agent left unfinished (recording-*.unfinished.cast)"
+            );
+        }
         let head = match wal_head {
             Some(h) => h,
             None => parquet_head(&dir)?,
