@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 
 use crate::mask::Masker;
 
-use super::config::Api;
+use super::{config::Api, url};
 
 /// Longest string value held for inspection; a longer one is replaced
 /// whole by the redaction token (masked, counted).
@@ -50,6 +50,9 @@ pub enum JsonError {
 struct ResourceRules {
     name: &'static str,
     paths: &'static [&'static [&'static str]],
+    /// Strings that are search URLs: their search values are masked
+    /// ([`url::mask_search_url`]), the rest of the URL kept.
+    urls: &'static [&'static [&'static str]],
 }
 
 const PERSON: &[&[&str]] = &[
@@ -64,18 +67,37 @@ const PERSON: &[&[&str]] = &[
     &["text"],
 ];
 
+/// A Bundle's own links (`self`, `next`: the search, with its values) and
+/// its entries' request URLs and locations (a transaction's conditional
+/// `Patient?identifier=...`).
+const BUNDLE_URLS: &[&[&str]] = &[
+    &["link", "[]", "url"],
+    &["entry", "[]", "link", "[]", "url"],
+    &["entry", "[]", "request", "url"],
+    &["entry", "[]", "request", "ifNoneExist"],
+    &["entry", "[]", "response", "location"],
+];
+
 const FHIR: &[ResourceRules] = &[
+    ResourceRules {
+        name: "Bundle",
+        paths: &[],
+        urls: BUNDLE_URLS,
+    },
     ResourceRules {
         name: "Patient",
         paths: PERSON,
+        urls: &[],
     },
     ResourceRules {
         name: "RelatedPerson",
         paths: PERSON,
+        urls: &[],
     },
     ResourceRules {
         name: "Person",
         paths: PERSON,
+        urls: &[],
     },
 ];
 
@@ -105,10 +127,12 @@ const KUBERNETES: &[ResourceRules] = &[
     ResourceRules {
         name: "Secret",
         paths: SECRET_PATHS,
+        urls: &[],
     },
     ResourceRules {
         name: "SecretList",
         paths: SECRET_LIST_PATHS,
+        urls: &[],
     },
 ];
 
@@ -144,6 +168,8 @@ impl JsonRules {
 #[derive(Clone, Copy, Debug)]
 struct Partial {
     paths: &'static [&'static [&'static str]],
+    /// The paths are search URLs (masked as URLs, not whole).
+    url: bool,
     index: usize,
     matched: usize,
 }
@@ -203,6 +229,8 @@ pub struct JsonMasker {
     overflow: bool,
     /// Whether the value being read is masked by a rule, and by which.
     value_rule: Option<&'static str>,
+    /// Whether the string being read is a search URL, by which rule.
+    value_url: Option<&'static str>,
     position: u64,
     masked: u64,
     fields: BTreeSet<String>,
@@ -221,6 +249,7 @@ impl JsonMasker {
             token: Vec::new(),
             overflow: false,
             value_rule: None,
+            value_url: None,
             position: 0,
             masked: 0,
             fields: BTreeSet::new(),
@@ -377,30 +406,36 @@ impl JsonMasker {
         }
     }
 
-    /// Where a value starting now sits: the rules that go on below it, and
-    /// the rule that masks it whole.
-    fn descend(&self) -> (Vec<Partial>, Option<&'static str>) {
+    /// Where a value starting now sits: the rules that go on below it, the
+    /// rule that masks it whole, and the rule that makes it a search URL.
+    fn descend(&self) -> (Vec<Partial>, Option<&'static str>, Option<&'static str>) {
         let Some(parent) = self.stack.last() else {
             let mut partial = Vec::new();
             if self.rules.api == Api::Kubernetes && self.rules.secrets_response {
                 partial.extend((0..SECRETS_RESPONSE_PATHS.len()).map(|index| Partial {
                     paths: SECRETS_RESPONSE_PATHS,
+                    url: false,
                     index,
                     matched: 0,
                 }));
             }
-            return (partial, None);
+            return (partial, None, None);
         };
         if parent.masked_by.is_some() {
-            return (Vec::new(), parent.masked_by);
+            return (Vec::new(), parent.masked_by, None);
         }
         let segment: &[u8] = if parent.object { &parent.key } else { b"[]" };
         let mut partial = Vec::new();
+        let mut url = None;
         for p in &parent.partial {
             let path = p.paths[p.index];
             if path.get(p.matched).is_some_and(|s| s.as_bytes() == segment) {
                 if p.matched + 1 == path.len() {
-                    return (Vec::new(), Some(path[0]));
+                    if p.url {
+                        url = Some(path[0]);
+                        continue;
+                    }
+                    return (Vec::new(), Some(path[0]), None);
                 }
                 partial.push(Partial {
                     matched: p.matched + 1,
@@ -408,11 +443,12 @@ impl JsonMasker {
                 });
             }
         }
-        (partial, None)
+        (partial, None, url)
     }
 
     fn start_value(&mut self, b: u8, out: &mut Vec<u8>) -> Result<(), JsonError> {
-        let (partial, rule) = self.descend();
+        let (partial, rule, url) = self.descend();
+        self.value_url = url;
         match b {
             b'{' | b'[' => {
                 if self.stack.len() >= MAX_DEPTH {
@@ -470,8 +506,11 @@ impl JsonMasker {
     fn end_string(&mut self, key: bool, out: &mut Vec<u8>) -> Result<(), JsonError> {
         if key {
             let token = std::mem::take(&mut self.token);
+            // A key is data too (`{"123-45-6789": ...}`): through the
+            // detectors; a masked key is still a string (duplicates are
+            // valid JSON).
             out.push(b'"');
-            out.extend_from_slice(&token);
+            self.scan_into(&token, out);
             out.push(b'"');
             // Rules compare keys as they mean, not as they are spelled
             // (`na\u006de` is `name`).
@@ -494,6 +533,8 @@ impl JsonMasker {
         } else if self.overflow {
             out.extend_from_slice(&self.redacted);
             self.count("oversized");
+        } else if let Some(rule) = self.value_url.take() {
+            self.url_into(&token, rule, out);
         } else {
             self.scan_into(&token, out);
         }
@@ -512,7 +553,9 @@ impl JsonMasker {
         let Some(frame) = self.stack.last_mut() else { return };
         if frame.resource.is_none()
             && frame.masked_by.is_none()
-            && resources.iter().any(|r| r.paths.iter().any(|p| p[0].as_bytes() == key))
+            && resources
+                .iter()
+                .any(|r| r.paths.iter().chain(r.urls).any(|p| p[0].as_bytes() == key))
         {
             frame.early_phi = true;
         }
@@ -543,6 +586,13 @@ impl JsonMasker {
         frame.resource = Some(rules.name);
         frame.partial.extend((0..rules.paths.len()).map(|index| Partial {
             paths: rules.paths,
+            url: false,
+            index,
+            matched: 0,
+        }));
+        frame.partial.extend((0..rules.urls.len()).map(|index| Partial {
+            paths: rules.urls,
+            url: true,
             index,
             matched: 0,
         }));
@@ -550,8 +600,9 @@ impl JsonMasker {
     }
 
     /// A string through the detectors, as it decodes (escapes resolved,
-    /// so `\u0031\u0032\u0033-45-6789` is seen as an SSN). Unchanged, it
-    /// goes out as it came; changed, re-encoded.
+    /// so `\u0031\u0032\u0033-45-6789` is seen as an SSN; percent-escapes
+    /// too, see [`url::mask_text`]). Unchanged, it goes out as it came;
+    /// changed, re-encoded.
     fn scan_into(&mut self, raw: &[u8], out: &mut Vec<u8>) {
         let decoded = unescape(raw);
         let Ok(text) = std::str::from_utf8(&decoded) else {
@@ -559,11 +610,28 @@ impl JsonMasker {
             self.count("detector");
             return;
         };
-        match self.masker.mask_free_text(text) {
+        match url::mask_text(&self.masker, text) {
             std::borrow::Cow::Borrowed(_) => out.extend_from_slice(raw),
             std::borrow::Cow::Owned(masked) => {
                 push_escaped(masked.as_bytes(), out);
                 self.count("detector");
+            }
+        }
+    }
+
+    /// A search URL with its values masked ([`url::mask_search_url`]).
+    fn url_into(&mut self, raw: &[u8], rule: &'static str, out: &mut Vec<u8>) {
+        let decoded = unescape(raw);
+        let Ok(text) = std::str::from_utf8(&decoded) else {
+            out.extend_from_slice(&self.redacted);
+            self.count(rule);
+            return;
+        };
+        match url::mask_search_url(&self.masker, text) {
+            std::borrow::Cow::Borrowed(_) => out.extend_from_slice(raw),
+            std::borrow::Cow::Owned(masked) => {
+                push_escaped(masked.as_bytes(), out);
+                self.count(rule);
             }
         }
     }
@@ -577,14 +645,27 @@ impl JsonMasker {
         if !valid {
             return Err(JsonError::Syntax(self.position));
         }
+        self.value_url = None;
+        // Numbers and booleans under a masked path become the token, a
+        // string (JSON stays valid; a client expecting a number fails
+        // loudly instead of reading a made-up 0); null says nothing and
+        // stays. Other numbers go through the detectors (a card number,
+        // an MRN pattern of digits) and become the token on a hit.
+        let detected = self.state == State::Number
+            && std::str::from_utf8(&token)
+                .is_ok_and(|t| matches!(self.masker.mask_free_text(t), std::borrow::Cow::Owned(_)));
         match self.value_rule.take() {
-            // Numbers under a masked path become the token; true, false
-            // and null say nothing and stay.
-            Some(rule) if self.state == State::Number => {
+            Some(rule) if token != b"null" => {
                 out.push(b'"');
                 out.extend_from_slice(&self.redacted);
                 out.push(b'"');
                 self.count(rule);
+            }
+            _ if detected => {
+                out.push(b'"');
+                out.extend_from_slice(&self.redacted);
+                out.push(b'"');
+                self.count("detector");
             }
             _ => out.extend_from_slice(&token),
         }
@@ -926,5 +1007,64 @@ mod tests {
         let (out, m) = run(Api::Json, false, big.as_bytes(), 4096).unwrap();
         assert_eq!(out, "[\"***\", 1]");
         assert_eq!(m.masked(), 1);
+    }
+
+    #[test]
+    fn keys_and_bare_numbers_go_through_the_detectors() {
+        let input = br#"{"resourceType":"Observation","note":{"123-45-6789":"x","ok":1},"card":4111111111111111,"n":5.4,"mrn":123456789}"#;
+        let (out, m) = run(Api::Fhir, false, input, 3).unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert!(
+            !out.contains("123-45-6789") && !out.contains("4111111111111111"),
+            "{out}"
+        );
+        assert_eq!(v["note"]["***"], "x");
+        assert_eq!(v["note"]["ok"], 1);
+        assert_eq!(v["card"], "***");
+        assert_eq!(v["n"], 5.4);
+        // Nine bare digits are no detector's (an SSN has its dashes).
+        assert_eq!(v["mrn"], 123456789);
+        assert_eq!(m.masked(), 2);
+        // An escaped key is scanned as it decodes.
+        let (out, _) = run(Api::Json, false, br#"{"\u0031\u0032\u0033-45-6789":1}"#, 2).unwrap();
+        assert_eq!(out, r#"{"***":1}"#);
+    }
+
+    #[test]
+    fn numbers_and_booleans_at_masked_paths_become_the_token() {
+        let input = br#"{"resourceType":"Patient","birthDate":19700101,"telecom":[{"rank":1,"value":5558675309,"x":true,"y":null}],"active":true}"#;
+        let (out, _) = run(Api::Fhir, false, input, 4).unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["birthDate"], "***");
+        assert_eq!(
+            v["telecom"][0],
+            json!({"rank": "***", "value": "***", "x": "***", "y": null})
+        );
+        assert_eq!(v["active"], true);
+    }
+
+    #[test]
+    fn bundle_search_urls_lose_their_values() {
+        let input = br#"{"resourceType":"Bundle","type":"searchset","link":[{"relation":"self","url":"https://f/fhir/Patient?identifier=123-45-6789&name=Zed&_count=2"},{"relation":"next","url":"https://f/fhir?_getpages=abc&_getpagesoffset=2&_count=2"}],"entry":[{"fullUrl":"https://f/fhir/Patient/p1","request":{"method":"PUT","url":"Patient?identifier=urn%3Aoid%3A1%7CMRN1"},"response":{"location":"Patient/p1/_history/1"}}]}"#;
+        for chunk in [1, 5, input.len()] {
+            let (out, m) = run(Api::Fhir, false, input, chunk).unwrap();
+            let v: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(
+                v["link"][0]["url"],
+                "https://f/fhir/Patient?identifier=***&name=***&_count=2"
+            );
+            assert_eq!(
+                v["link"][1]["url"],
+                "https://f/fhir?_getpages=abc&_getpagesoffset=2&_count=2"
+            );
+            assert_eq!(v["entry"][0]["request"]["url"], "Patient?identifier=***");
+            assert_eq!(v["entry"][0]["response"]["location"], "Patient/p1/_history/1");
+            assert_eq!(v["entry"][0]["fullUrl"], "https://f/fhir/Patient/p1");
+            assert!(
+                m.masked_fields().contains(&"Bundle.link".to_owned()),
+                "{:?}",
+                m.masked_fields()
+            );
+        }
     }
 }
