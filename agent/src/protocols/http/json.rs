@@ -231,6 +231,10 @@ pub struct JsonMasker {
     value_rule: Option<&'static str>,
     /// Whether the string being read is a search URL, by which rule.
     value_url: Option<&'static str>,
+    /// A FHIR field (`"birthDate"` and the bytes up to its value) whose
+    /// value is masked, not written yet: a date, number or boolean
+    /// becomes `_birthDate` with a data-absent-reason instead.
+    pending: Option<Vec<u8>>,
     position: u64,
     masked: u64,
     fields: BTreeSet<String>,
@@ -250,6 +254,7 @@ impl JsonMasker {
             overflow: false,
             value_rule: None,
             value_url: None,
+            pending: None,
             position: 0,
             masked: 0,
             fields: BTreeSet::new(),
@@ -366,7 +371,7 @@ impl JsonMasker {
 
     fn structural(&mut self, b: u8, out: &mut Vec<u8>) -> Result<(), JsonError> {
         if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-            out.push(b);
+            self.pending.as_mut().unwrap_or(out).push(b);
             return Ok(());
         }
         let syntax = JsonError::Syntax(self.position);
@@ -383,7 +388,7 @@ impl JsonMasker {
                 Ok(())
             }
             (State::Colon, b':') => {
-                out.push(b);
+                self.pending.as_mut().unwrap_or(out).push(b);
                 self.state = State::Value;
                 Ok(())
             }
@@ -424,7 +429,13 @@ impl JsonMasker {
         if parent.masked_by.is_some() {
             return (Vec::new(), parent.masked_by, None);
         }
-        let segment: &[u8] = if parent.object { &parent.key } else { b"[]" };
+        // `_birthDate` (a primitive's extensions: the birth time...) is
+        // masked with `birthDate`.
+        let segment: &[u8] = match (parent.object, parent.key.first()) {
+            (true, Some(b'_')) if self.rules.api == Api::Fhir => &parent.key[1..],
+            (true, _) => &parent.key,
+            (false, _) => b"[]",
+        };
         let mut partial = Vec::new();
         let mut url = None;
         for p in &parent.partial {
@@ -451,6 +462,9 @@ impl JsonMasker {
         self.value_url = url;
         match b {
             b'{' | b'[' => {
+                if let Some(field) = self.pending.take() {
+                    out.extend_from_slice(&field);
+                }
                 if self.stack.len() >= MAX_DEPTH {
                     return Err(JsonError::TooDeep);
                 }
@@ -509,15 +523,22 @@ impl JsonMasker {
             // A key is data too (`{"123-45-6789": ...}`): through the
             // detectors; a masked key is still a string (duplicates are
             // valid JSON).
-            out.push(b'"');
-            self.scan_into(&token, out);
-            out.push(b'"');
+            let mut written = vec![b'"'];
+            self.scan_into(&token, &mut written);
+            written.push(b'"');
             // Rules compare keys as they mean, not as they are spelled
             // (`na\u006de` is `name`).
             let key = unescape(&token);
             self.note_key(&key);
             if let Some(f) = self.stack.last_mut() {
                 f.key = key;
+            }
+            // FHIR: a field whose value is masked is held back until the
+            // value shows whether it must become `_field` (see `absent`).
+            if self.rules.api == Api::Fhir && self.descend().1.is_some() {
+                self.pending = Some(written);
+            } else {
+                out.extend_from_slice(&written);
             }
             self.token = token;
             self.token.clear();
@@ -526,6 +547,21 @@ impl JsonMasker {
         }
         let token = std::mem::take(&mut self.token);
         self.resource_type(&unescape(&token))?;
+        if let Some(field) = self.pending.take() {
+            match self.value_rule {
+                Some(rule) if looks_like_date(&token) => {
+                    absent(&field, out);
+                    self.value_rule = None;
+                    self.count(rule);
+                    self.token = token;
+                    self.token.clear();
+                    self.overflow = false;
+                    self.state = State::AfterValue;
+                    return Ok(());
+                }
+                _ => out.extend_from_slice(&field),
+            }
+        }
         out.push(b'"');
         if let Some(rule) = self.value_rule.take() {
             out.extend_from_slice(&self.redacted);
@@ -654,25 +690,40 @@ impl JsonMasker {
         let detected = self.state == State::Number
             && std::str::from_utf8(&token)
                 .is_ok_and(|t| matches!(self.masker.mask_free_text(t), std::borrow::Cow::Owned(_)));
+        let pending = self.pending.take();
         match self.value_rule.take() {
+            // FHIR: a masked number or boolean field is absent, said so.
+            Some(rule) if token != b"null" && pending.is_some() => {
+                absent(pending.as_deref().unwrap_or_default(), out);
+                self.count(rule);
+            }
+            _ if pending.is_some() => {
+                out.extend_from_slice(pending.as_deref().unwrap_or_default());
+                self.end_unmasked_scalar(&token, detected, out);
+            }
             Some(rule) if token != b"null" => {
                 out.push(b'"');
                 out.extend_from_slice(&self.redacted);
                 out.push(b'"');
                 self.count(rule);
             }
-            _ if detected => {
-                out.push(b'"');
-                out.extend_from_slice(&self.redacted);
-                out.push(b'"');
-                self.count("detector");
-            }
-            _ => out.extend_from_slice(&token),
+            _ => self.end_unmasked_scalar(&token, detected, out),
         }
         self.token = token;
         self.token.clear();
         self.state = State::AfterValue;
         Ok(())
+    }
+
+    fn end_unmasked_scalar(&mut self, token: &[u8], detected: bool, out: &mut Vec<u8>) {
+        if detected {
+            out.push(b'"');
+            out.extend_from_slice(&self.redacted);
+            out.push(b'"');
+            self.count("detector");
+        } else {
+            out.extend_from_slice(token);
+        }
     }
 
     fn count(&mut self, rule: &str) {
@@ -685,6 +736,60 @@ impl JsonMasker {
             };
             self.fields.insert(name);
         }
+    }
+}
+
+/// FHIR's data-absent-reason, code `masked`: what a masked date, number
+/// or boolean field becomes, as the primitive's extension (`_field`), so
+/// the resource still validates (a strict client rejects `"birthDate":
+/// "***"`).
+const DATA_ABSENT_MASKED: &[u8] =
+    br#"{"extension":[{"url":"http://hl7.org/fhir/StructureDefinition/data-absent-reason","valueCode":"masked"}]}"#;
+
+/// `"field"<ws>:<ws>` written as `"_field"<ws>:<ws>` and the extension.
+fn absent(field: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"\"_");
+    out.extend_from_slice(field.get(1..).unwrap_or_default());
+    out.extend_from_slice(DATA_ABSENT_MASKED);
+}
+
+/// A FHIR date, dateTime, instant or time as written (`1970`, `1970-01`,
+/// `1970-01-01T10:00:00+01:00`, `10:00:00`): not a string a client would
+/// accept `***` for.
+fn looks_like_date(raw: &[u8]) -> bool {
+    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    let time = |t: &[u8]| {
+        // hh:mm[:ss[.f+]] then Z, ±hh:mm or nothing.
+        let (clock, zone) = match t.iter().position(|b| matches!(b, b'Z' | b'+' | b'-')) {
+            Some(i) => (&t[..i], &t[i..]),
+            None => (t, &b""[..]),
+        };
+        let zone_ok = match zone {
+            b"" | b"Z" => true,
+            [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit()),
+            _ => false,
+        };
+        let mut parts = clock.split(|b| *b == b':');
+        let ok = [parts.next(), parts.next()]
+            .iter()
+            .all(|p| p.is_some_and(|p| p.len() == 2 && digits(p)));
+        let seconds_ok = parts.next().is_none_or(|sec| {
+            let (whole, frac) = sec.split_at(sec.iter().position(|b| *b == b'.').unwrap_or(sec.len()));
+            whole.len() == 2 && digits(whole) && (frac.is_empty() || digits(&frac[1..]))
+        });
+        ok && seconds_ok && parts.next().is_none() && zone_ok
+    };
+    let (date, clock) = match raw.iter().position(|b| *b == b'T') {
+        Some(i) => (&raw[..i], Some(&raw[i + 1..])),
+        None => (raw, None),
+    };
+    let mut fields = date.split(|b| *b == b'-');
+    let year = fields.next().is_some_and(|y| y.len() == 4 && digits(y));
+    let rest: Vec<&[u8]> = fields.collect();
+    let date_ok = year && rest.len() <= 2 && rest.iter().all(|f| f.len() == 2 && digits(f));
+    match clock {
+        None => date_ok || (raw.len() >= 5 && raw.get(2) == Some(&b':') && time(raw)),
+        Some(t) => date_ok && rest.len() == 2 && time(t),
     }
 }
 
@@ -834,7 +939,8 @@ mod tests {
             assert_eq!(p["identifier"][0]["value"], "***");
             assert_eq!(p["name"][0], json!({"family": "***", "given": ["***", "***"]}));
             assert_eq!(p["telecom"][0]["value"], "***");
-            assert_eq!(p["birthDate"], "***");
+            assert!(p.get("birthDate").is_none(), "{p}");
+            assert_eq!(p["_birthDate"]["extension"][0]["valueCode"], "masked");
             assert_eq!(p["address"][0]["city"], "***");
             assert_eq!(p["text"]["div"], "***");
             assert_eq!(p["active"], true);
@@ -956,7 +1062,7 @@ mod tests {
         assert_eq!(out.lines().count(), 3);
         for line in out.lines() {
             let v: Value = serde_json::from_str(line).unwrap();
-            assert_eq!(v["birthDate"], "***");
+            assert_eq!(v["_birthDate"]["extension"][0]["valueCode"], "masked");
         }
         assert!(m.masked() >= 3 * 9);
     }
@@ -1032,15 +1138,15 @@ mod tests {
 
     #[test]
     fn numbers_and_booleans_at_masked_paths_become_the_token() {
-        let input = br#"{"resourceType":"Patient","birthDate":19700101,"telecom":[{"rank":1,"value":5558675309,"x":true,"y":null}],"active":true}"#;
-        let (out, _) = run(Api::Fhir, false, input, 4).unwrap();
+        // Outside FHIR (whose fields become data-absent, below): a string.
+        let input = br#"{"kind":"Secret","data":{"pin":1234,"on":true,"off":null,"list":[5,false]},"spec":{"n":1}}"#;
+        let (out, _) = run(Api::Kubernetes, false, input, 4).unwrap();
         let v: Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(v["birthDate"], "***");
         assert_eq!(
-            v["telecom"][0],
-            json!({"rank": "***", "value": "***", "x": "***", "y": null})
+            v["data"],
+            json!({"pin": "***", "on": "***", "off": null, "list": ["***", "***"]})
         );
-        assert_eq!(v["active"], true);
+        assert_eq!(v["spec"]["n"], 1);
     }
 
     #[test]
@@ -1065,6 +1171,37 @@ mod tests {
                 "{:?}",
                 m.masked_fields()
             );
+        }
+    }
+
+    #[test]
+    fn fhir_dates_numbers_and_booleans_masked_become_data_absent() {
+        let input = br#"{"resourceType":"Patient","birthDate" : "1970-01-01","_birthDate":{"extension":[{"url":"http://hl7.org/fhir/StructureDefinition/patient-birthTime","valueDateTime":"1970-01-01T10:00:00Z"}]},"name":[{"family":"Doe","period":{"start":"2001-02-03T04:05:06+01:00"}}],"telecom":[{"value":"555-867-5309","rank":1,"x":true}],"identifier":[{"value":"123-45-6789"}],"gender":"female"}"#;
+        for chunk in [1, 3, input.len()] {
+            let (out, _) = run(Api::Fhir, false, input, chunk).unwrap();
+            let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+            let absent = json!({"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "masked"}]});
+            assert!(v.get("birthDate").is_none(), "{out}");
+            assert!(out.contains(r#""_birthDate" : {"extension""#), "{out}");
+            assert!(!out.contains("1970") && !out.contains("10:00"), "{out}");
+            assert_eq!(v["name"][0]["family"], "***");
+            assert_eq!(v["name"][0]["period"]["_start"], absent);
+            assert_eq!(v["telecom"][0], json!({"value": "***", "_rank": absent, "_x": absent}));
+            assert_eq!(v["identifier"][0]["value"], "***");
+            assert_eq!(v["gender"], "female");
+        }
+        for (date, yes) in [
+            (&b"1970"[..], true),
+            (b"1970-01", true),
+            (b"1970-01-01", true),
+            (b"1970-01-01T10:00:00.123-05:00", true),
+            (b"10:00:00", true),
+            (b"123-45-6789", false),
+            (b"555-867-5309", false),
+            (b"12345", false),
+            (b"1970-01T10:00", false),
+        ] {
+            assert_eq!(looks_like_date(date), yes, "{}", String::from_utf8_lossy(date));
         }
     }
 }
