@@ -37,6 +37,9 @@ pub type Ambiguous = &'static str;
 /// Reads `path` and `query` (as they came in the request line or
 /// `:path`), or says why they are refused.
 pub fn read(path: &str, query: Option<&str>) -> Result<Target, Ambiguous> {
+    // CONNECT's authority form has no path: decided as `/` (and refused
+    // later as an upgrade loopgate does not relay).
+    let path = if path.is_empty() { "/" } else { path };
     let Some(rest) = path.strip_prefix('/') else {
         return Err("the request target is not a path");
     };
@@ -175,6 +178,7 @@ mod tests {
         assert_eq!(r.first("x"), Some("a b"));
         let r = t("/").unwrap();
         assert_eq!((r.path.as_str(), r.segments.len()), ("/", 0));
+        assert_eq!(t("").unwrap().forward, "/");
         // A trailing slash is kept (as the server gets it), not a segment.
         let r = t("/fhir/").unwrap();
         assert_eq!((r.path.as_str(), r.forward.as_str()), ("/fhir/", "/fhir/"));
