@@ -350,6 +350,13 @@ hold contains {"rank": 10, "rule_id": "hipaa.hold_k8s_exec", "reason": reason, "
 	reason := sprintf("kubectl %s into a pod needs approval", [k8s.verb])
 }
 
+# A batch or transaction Bundle carries its own interactions (a DELETE
+# entry among them) in the request body, which loopgate does not read: the
+# rules above would never see them, so the whole request waits for a person.
+hold contains {"rank": 10, "rule_id": "hipaa.hold_fhir_batch", "reason": "a FHIR batch or transaction (its entries are not decided one by one) needs approval", "row_threshold": null} if {
+	fhir.interaction == "batch"
+}
+
 # Bulk data export ($export: system, Patient or Group level) is held.
 hold contains {"rank": 10, "rule_id": "hipaa.hold_fhir_export", "reason": reason, "row_threshold": null} if {
 	fhir.operation == "$export"

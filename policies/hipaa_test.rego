@@ -494,3 +494,9 @@ test_http_without_principal_denied if {
 	d := loopgate.decision with input as i
 	d.rule_id == "hipaa.deny_unknown_principal"
 }
+
+test_fhir_batch_held if {
+	d := loopgate.decision with input as fhir_req("batch", null, null)
+	d.decision == "hold"
+	d.rule_id == "hipaa.hold_fhir_batch"
+}

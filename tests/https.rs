@@ -188,8 +188,17 @@ fn assert_masked_bundle(body: &str) {
     assert_eq!(p["name"][0]["family"], "***");
     assert_eq!(p["identifier"][0]["value"], "***");
     assert_eq!(p["identifier"][1]["system"], "urn:mrn");
-    assert_eq!(p["birthDate"], "***");
+    // A masked date is absent, said so (FHIR's data-absent-reason), so
+    // strict clients still read the resource.
+    assert!(p.get("birthDate").is_none(), "{p}");
+    assert_eq!(p["_birthDate"]["extension"][0]["valueCode"], "masked");
     assert_eq!(p["extension"][0]["valueString"], "callback ssn ***");
+    // The self link is the search: its values are masked, not the names.
+    let link = bundle["link"][0]["url"].as_str().unwrap();
+    let (_, query) = link.split_once('?').unwrap_or(("", ""));
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        assert!(pair.ends_with("=***"), "{link}");
+    }
     assert_no_raw_phi(body);
 }
 
@@ -206,10 +215,21 @@ fn patient_search_is_masked_over_h2_and_h1_and_the_upstream_sees_only_loopgates_
     assert_eq!((status, version.as_str()), (200, "1.1"), "{body}");
     assert_masked_bundle(&body);
 
-    // Headers the client sees: no upstream session cookie.
+    // Headers the client sees: no upstream session cookie; the search in
+    // Content-Location without its values.
     let (status, _, head) = f.curl(&["--http1.1", "-D", "-", "-o", "/dev/null"], "/fhir/Patient/p2");
     assert_eq!(status, 200);
     assert!(!head.to_ascii_lowercase().contains("set-cookie"), "{head}");
+    let (status, _, head) = f.curl(
+        &["--http1.1", "-D", "-", "-o", "/dev/null"],
+        "/fhir/Patient?identifier=urn%3Aoid%3A1%7C123%2D45%2D6789&name=Zed1&_count=50",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-location: https://fhir.test/fhir/patient?identifier=***&name=***&_count=50"),
+        "{head}"
+    );
 
     // Python requests, a second real client.
     let script = format!(
@@ -238,7 +258,7 @@ fn patient_search_is_masked_over_h2_and_h1_and_the_upstream_sees_only_loopgates_
     // The upstream saw loopgate's token on every request, never the
     // client's token or cookie, and never the DELETE.
     let requests = f.server.requests();
-    assert_eq!(requests.len(), 4, "{requests:?}");
+    assert_eq!(requests.len(), 5, "{requests:?}");
     for r in &requests {
         assert_eq!(r["headers"]["authorization"], format!("Bearer {UPSTREAM_TOKEN}"), "{r}");
         assert!(r["headers"].get("cookie").is_none(), "{r}");
@@ -249,11 +269,11 @@ fn patient_search_is_masked_over_h2_and_h1_and_the_upstream_sees_only_loopgates_
     assert!(!serde_json::to_string(&requests).unwrap().contains(CLIENT_TOKEN));
 
     // One command and one result per request; query values never recorded.
-    let events = f.agent.wait_events("five results", |e| {
-        e.iter().filter(|e| e["kind"] == "command_result").count() >= 5
+    let events = f.agent.wait_events("six results", |e| {
+        e.iter().filter(|e| e["kind"] == "command_result").count() >= 6
     });
     let commands = f.command_events();
-    assert_eq!(commands.len(), 5, "{commands:?}");
+    assert_eq!(commands.len(), 6, "{commands:?}");
     let search = &commands[0];
     assert_eq!(search["command"]["text"], "GET /fhir/Patient?name=?&birthdate=?");
     assert_eq!(search["command"]["kind"], "search");
@@ -504,7 +524,11 @@ fn kubernetes_requests_are_decided_by_verb_impersonate_the_caller_and_mask_secre
     let (status, _, body) = kubectl_like(&[], "/api/v1/namespaces/ward/configmaps/c1");
     assert_eq!(status, 200, "{body}");
     let cm: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(cm["data"], json!({"mode": "fast", "contact": "ssn ***"}));
+    // A key is scanned too (it stays a key: the redaction token).
+    assert_eq!(
+        cm["data"],
+        json!({"mode": "fast", "contact": "ssn ***", "***": "a key that is an SSN"})
+    );
 
     // Creating a Secret is allowed; what comes back has its data masked.
     let (status, _, body) = kubectl_like(
@@ -575,6 +599,153 @@ fn kubernetes_requests_are_decided_by_verb_impersonate_the_caller_and_mask_secre
             &json!("delete")
         ]
     );
+}
+
+/// Encoded, legacy and ambiguous request targets: decided as the server
+/// reads them and sent as decided, or refused (400 in the API's shape)
+/// and never sent; codings that hide a compressed body are refused; a
+/// refused upgrade is the server's own answer, masked.
+#[test]
+fn targets_are_decided_as_the_server_reads_them_or_refused() {
+    require_ebpf!();
+    let (f, k8s) = kubernetes_fixture();
+    let ca = f.loopgate_ca.to_string_lossy().into_owned();
+    let curl_k8s = |args: &[&str], path: &str| {
+        let url = format!("https://127.0.0.1:{}{path}", k8s.port);
+        let mut all = vec!["curl", "-sS", "--path-as-is", "--cacert", &ca];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-w", "\n%{http_code} %{http_version}", &url]);
+        split_status(&f.agent.exec(&all))
+    };
+    let status_of = |body: &str| -> Value { serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}")) };
+
+    // Spelled otherwise, still Secrets (and still refused), in every way
+    // the API server reads as a read of Secrets.
+    for path in [
+        "/api/v1/namespaces/ward/secret%73",
+        "/api/v1/namespaces/ward/secrets/",
+        "/api/v1/namespaces/ward/secrets?watch=t",
+        "/api/v1/namespaces/ward/secrets?w%61tch=True",
+        "/api/v1/watch/namespaces/ward/secrets",
+        "/api/v1/namespaces/ward/secrets/db/extra",
+    ] {
+        let (status, _, body) = curl_k8s(&[], path);
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(
+            status_of(&body)["message"]
+                .as_str()
+                .unwrap()
+                .contains("hipaa.deny_k8s_secret_read"),
+            "{path}: {body}"
+        );
+    }
+    // What servers would read differently: refused, never sent.
+    for path in [
+        "/api/v1/namespaces/ward%2Fsecrets",
+        "/api/v1//namespaces/ward/secrets",
+        "/api/v1/namespaces/ward/./secrets",
+        "/api/v1/namespaces/ward/pods/../secrets",
+        "/api/v1/namespaces/ward/secrets;x=1",
+        "/api/v1/namespaces/ward/secret%2573",
+        "/api/v1/namespaces/ward/configmaps?watch=1;x=2",
+    ] {
+        let (status, _, body) = curl_k8s(&[], path);
+        assert_eq!(status, 400, "{path}: {body}");
+        let st = status_of(&body);
+        assert_eq!(
+            (st["kind"].as_str(), st["reason"].as_str()),
+            (Some("Status"), Some("BadRequest")),
+            "{body}"
+        );
+    }
+    let (status, _, body) = curl_k8s(
+        &["-H", "X-HTTP-Method-Override: DELETE"],
+        "/api/v1/namespaces/ward/pods",
+    );
+    assert_eq!(status, 400, "{body}");
+    // Allowed, and sent as it was decided: the server gets the decoded path.
+    let (status, _, body) = curl_k8s(&[], "/api/v1/namespaces/ward/config%6Daps/c1");
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("123-45-6789") && !body.contains("321-54-9876"), "{body}");
+    let paths: Vec<String> = k8s
+        .requests()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/api/v1/namespaces/ward/configmaps/c1"],
+        "only the allowed request was sent"
+    );
+
+    // A refused port-forward: the server's own Status, masked.
+    let (status, _, body) = curl_k8s(
+        &[
+            "--http1.1",
+            "-H",
+            "Connection: Upgrade",
+            "-H",
+            "Upgrade: websocket",
+            "-H",
+            "Sec-WebSocket-Version: 13",
+            "-H",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        ],
+        "/api/v1/namespaces/ward/pods/gone/portforward",
+    );
+    assert_eq!(status, 404, "{body}");
+    let st = status_of(&body);
+    assert_eq!(
+        (st["reason"].as_str(), st["code"].as_u64()),
+        (Some("NotFound"), Some(404)),
+        "{body}"
+    );
+    assert_eq!(st["message"], "pods \"gone\" not found (owner ssn ***)");
+
+    // FHIR: a type in another case is refused; encoded, a type is a type.
+    let (status, _, body) = f.curl(&[], "/fhir/patient/p1");
+    assert_eq!(status, 400, "{body}");
+    let outcome: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(outcome["issue"][0]["code"], "invalid", "{body}");
+    let (status, _, body) = f.curl(&["-X", "DELETE"], "/fhir/Pat%69ent/p3");
+    assert_eq!(status, 403, "{body}");
+    // Compressed bodies behind "identity, gzip" or a second header: 502.
+    for path in ["/fhir/Binary/enc-chain", "/fhir/Binary/enc-two"] {
+        let (status, _, body) = f.curl(&[], path);
+        assert_eq!(status, 502, "{path}: {body}");
+        assert!(body.contains("cannot be masked"), "{body}");
+    }
+
+    // The audit: the verbs as the server reads them, ambiguous requests
+    // recorded as refused, no PHI from the paths.
+    let events = f.agent.wait_events("k8s results", |e| {
+        e.iter()
+            .filter(|e| e["kind"] == "command_result" && e["target"]["name"] == "k8s")
+            .count()
+            >= 2
+    });
+    let k8s_commands: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "command" && e["target"]["name"] == "k8s")
+        .collect();
+    let kinds: Vec<&str> = k8s_commands
+        .iter()
+        .map(|e| e["command"]["kind"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(
+        &kinds[..6],
+        ["list", "list", "watch", "watch", "watch", "get"],
+        "{kinds:?}"
+    );
+    let ambiguous = k8s_commands
+        .iter()
+        .filter(|e| e["decision"]["rule_id"] == "loopgate.ambiguous_request")
+        .count();
+    assert_eq!(ambiguous, 8, "{k8s_commands:?}");
+    for e in &events {
+        let text = e["command"].to_string();
+        assert!(!text.contains("123-45-6789") && !text.contains("222-33-4444"), "{text}");
+    }
 }
 
 #[test]
@@ -725,7 +896,10 @@ fn plain_http_targets_serve_http1_and_h2_prior_knowledge() {
             );
         assert_eq!((status, got.as_str()), (200, version), "{body}");
         let bundle: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(bundle["entry"][2]["resource"]["birthDate"], "***");
+        assert_eq!(
+            bundle["entry"][2]["resource"]["_birthDate"]["extension"][0]["valueCode"],
+            "masked"
+        );
     }
     // FHIR as XML would get the detectors only, not the resource paths:
     // refused, not passed on.
@@ -743,6 +917,63 @@ fn plain_http_targets_serve_http1_and_h2_prior_knowledge() {
 }
 
 /// kubectl 1.35 from `cargo xtask setup` (target/tools).
+/// A FHIR client library, SMART on FHIR's `fhirclient` (PyPI, in the test
+/// venv by `cargo xtask setup`), searches Patients through loopgate: its
+/// strict models accept what loopgate returns (a masked date is a
+/// data-absent-reason, not `***`), and what it reads is masked.
+#[test]
+fn fhirclient_searches_patients_through_loopgate_and_reads_them_masked() {
+    require_ebpf!();
+    let f = fixture(|_, _| Vec::new());
+    let python = loopgate_e2e::env::python();
+    let script = "import json, sys\n\
+        try:\n    from fhirclient import client\n    from fhirclient.models.patient import Patient\n\
+        except ImportError:\n    sys.exit('fhirclient missing from the test venv: run cargo xtask setup')\n\
+        smart = client.FHIRClient(settings={'app_id': 'loopgate-e2e', 'api_base': sys.argv[1]})\n\
+        found = Patient.where(struct={'name': 'Zed1', 'identifier': '123-45-6789'}).perform_resources(smart.server)\n\
+        one = Patient.read('p2', smart.server)\n\
+        print(json.dumps({'found': [p.as_json() for p in found], 'one': one.as_json(),\n\
+                          'birth': [str(p.birthDate) for p in found[:1]]}))\n";
+    let ca = format!("REQUESTS_CA_BUNDLE={}", f.loopgate_ca.display());
+    let base = f.url("/fhir");
+    let out = f
+        .agent
+        .exec(&["env", &ca, &python.to_string_lossy(), "-c", script, &base]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let found = got["found"].as_array().unwrap();
+    assert_eq!(found.len(), PATIENTS);
+    let p = &found[0];
+    assert_eq!((p["id"].as_str(), p["gender"].as_str()), (Some("p1"), Some("female")));
+    assert_eq!(p["name"][0]["family"], "***");
+    assert_eq!(p["identifier"][0]["value"], "***");
+    assert_eq!(got["birth"], json!(["None"]), "the date is absent to the client");
+    assert_eq!(got["one"]["id"], "p2");
+    assert_eq!(got["one"]["telecom"][0]["value"], "***");
+    assert_no_raw_phi(&stdout);
+    // What the server was asked: the search as fhirclient wrote it; what
+    // the audit kept of it: the names.
+    let requests = f.server.requests();
+    assert!(
+        requests[0]["path"].as_str().unwrap().starts_with("/fhir/Patient?"),
+        "{requests:?}"
+    );
+    f.agent.wait_events("two results", |e| {
+        e.iter().filter(|e| e["kind"] == "command_result").count() >= 2
+    });
+    let texts: Vec<String> = f
+        .command_events()
+        .iter()
+        .map(|c| c["command"]["text"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(
+        texts.iter().all(|t| !t.contains("Zed1") && !t.contains("123-45-6789")),
+        "{texts:?}"
+    );
+    assert!(texts.contains(&"GET /fhir/Patient/p2".to_owned()), "{texts:?}");
+}
+
 fn kubectl_bin() -> PathBuf {
     let path = loopgate_e2e::env::workspace_root().join("target/tools/bin/kubectl-1.35");
     assert!(path.is_file(), "{} missing: run `cargo xtask setup`", path.display());

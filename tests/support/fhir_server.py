@@ -9,6 +9,7 @@ write them), which is what loopgate parses and masks:
   GET    /fhir/Patient/<id>             one Patient (?_format=xml: as XML)
   DELETE /fhir/Patient/<id>             204 (loopgate should never let it through)
   GET    /fhir/$export, /fhir/Patient/$export   the Patients as NDJSON
+  GET    /fhir/Binary/enc-chain, enc-two  a gzip body behind "identity, gzip" / two headers
 
 and, Kubernetes-shaped (not an API server either):
 
@@ -148,10 +149,12 @@ class Handler(BaseHTTPRequestHandler):
             f.write(json.dumps({"method": self.command, "path": self.path,
                                 "headers": {k.lower(): v for k, v in self.headers.items()}}) + "\n")
 
-    def send(self, status, body, content_type="application/fhir+json"):
+    def send(self, status, body, content_type="application/fhir+json", headers=()):
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        for name, value in headers:
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Set-Cookie", "upstream-session=secret")
         self.end_headers()
@@ -256,16 +259,30 @@ class Handler(BaseHTTPRequestHandler):
             p = pod("p1", "")
             p["status"] = {"phase": "Running"}
             return self.send(200, p, "application/json")
+        if path.endswith("/portforward") and "Upgrade" in self.headers:
+            return self.send(404, status(404, "NotFound", 'pods "gone" not found (owner ssn 222-33-4444)'),
+                             "application/json")
         if path == "/fhir/metadata":
             return self.send(200, {"resourceType": "CapabilityStatement", "status": "active", "fhirVersion": "4.0.1"})
         if path in ("/fhir/$export", "/fhir/Patient/$export"):
             lines = "".join(json.dumps(patient(i)) + "\n" for i in range(1, PATIENTS + 1))
             return self.send(200, lines.encode(), "application/fhir+ndjson")
         if path == "/fhir/Patient":
+            # As FHIR servers do: the search itself in the self link and
+            # Content-Location, values and all.
             entries = [{"fullUrl": "https://fhir.test/fhir/Patient/p%d" % i, "resource": patient(i),
                         "search": {"mode": "match"}} for i in range(1, PATIENTS + 1)]
+            search = "https://fhir.test" + self.path
             return self.send(200, {"resourceType": "Bundle", "type": "searchset", "total": PATIENTS,
-                                   "entry": entries})
+                                   "link": [{"relation": "self", "url": search}], "entry": entries},
+                             headers=[("Content-Location", search)])
+        if path in ("/fhir/Binary/enc-chain", "/fhir/Binary/enc-two"):
+            # A compressed body behind codings that start with identity.
+            import gzip
+            data = gzip.compress(json.dumps(patient(1)).encode())
+            codings = ([("Content-Encoding", "identity, gzip")] if path.endswith("chain")
+                       else [("Content-Encoding", "identity"), ("Content-Encoding", "gzip")])
+            return self.send(200, data, headers=codings)
         if path == "/api":
             return self.send(200, {"kind": "APIVersions", "versions": ["v1"],
                                    "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0",
@@ -297,7 +314,8 @@ class Handler(BaseHTTPRequestHandler):
                              "application/json")
         if path == "/api/v1/namespaces/ward/configmaps/c1":
             return self.send(200, {"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "c1"},
-                                   "data": {"mode": "fast", "contact": "ssn 123-45-6789"}},
+                                   "data": {"mode": "fast", "contact": "ssn 123-45-6789",
+                                            "321-54-9876": "a key that is an SSN"}},
                              "application/json")
         if path.startswith("/fhir/Patient/p") and "_format=xml" in self.path:
             return self.send(200, b'<Patient xmlns="http://hl7.org/fhir"><name><family value="Zed1"/></name></Patient>',

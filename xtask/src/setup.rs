@@ -58,10 +58,12 @@ const PYTHON_PACKAGES: &[&str] = &[
     "asyncpg",
     // An SSH client that is not OpenSSH (tests/ssh.rs).
     "paramiko",
+    // SMART on FHIR's client library: tests/https.rs searches through loopgate.
+    "fhirclient==4.4.0",
 ];
 
 /// What the venv must import for the tests (and the DuckDB version).
-const PYTHON_CHECK: &str = "import duckdb, pyarrow, psycopg, asyncpg, selenium, paramiko, duckdb_extension_httpfs; assert duckdb.__version__ == '1.5.5'";
+const PYTHON_CHECK: &str = "import duckdb, pyarrow, psycopg, asyncpg, selenium, paramiko, duckdb_extension_httpfs, fhirclient; assert duckdb.__version__ == '1.5.5'";
 
 /// Where `cargo xtask setup` puts kubectl 1.35 (under target/tools).
 pub const KUBECTL_BIN: &str = "bin/kubectl-1.35";

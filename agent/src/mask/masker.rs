@@ -292,6 +292,12 @@ impl Masker {
         Cow::Owned(String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
     }
 
+    /// Where the free-text detectors find something in `bytes`: sorted,
+    /// non-overlapping ranges (for a caller that must not cut through one).
+    pub fn free_text_ranges(&self, bytes: &[u8]) -> Vec<Range<usize>> {
+        self.inner.free_text_detectors.find_all(bytes)
+    }
+
     /// [`mask_free_text`](Self::mask_free_text) for bytes that need not be
     /// UTF-8 (a remote command's output). Borrowed when clean.
     pub fn mask_free_bytes<'t>(&self, bytes: &'t [u8]) -> Cow<'t, [u8]> {

@@ -240,6 +240,9 @@ pub struct FhirRequest {
     /// Search parameter names (with modifiers, `name:exact`), sorted; never
     /// their values.
     pub search_params: Vec<String>,
+    /// The compartment of a compartment search (`Patient/p1` for
+    /// `GET Patient/p1/Observation`, whose `resource_type` is `Observation`).
+    pub compartment: Option<String>,
 }
 
 /// A Kubernetes API request's parts (`input.action.kubernetes`).

@@ -1,26 +1,221 @@
 //! FHIR's RESTful API as the policy reads it: which interaction a request
 //! is, on which resource type and id, with which search parameters
 //! (<https://hl7.org/fhir/http.html>).
+use super::canonical::{Ambiguous, Target};
 use crate::policy::FhirRequest;
 
-/// The FHIR parts of `method path?query`. The service base (`/fhir`,
-/// `/baseR4`) is whatever comes before the first segment that names a
-/// resource type (an upper-case letter first), an operation (`$op`),
-/// `metadata`, `_history` or `_search`; a base-only POST is a batch or
-/// transaction.
-pub fn parse(method: &str, path: &str, query: Option<&str>) -> FhirRequest {
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+/// The resource types of FHIR R4 and R5. Types are case-sensitive; a
+/// segment that is one of these in another case (`patient`) is refused:
+/// some servers match types case-insensitively, and the policy would read
+/// it as the service base.
+const RESOURCE_TYPES: &[&str] = &[
+    "Account",
+    "ActivityDefinition",
+    "ActorDefinition",
+    "AdministrableProductDefinition",
+    "AdverseEvent",
+    "AllergyIntolerance",
+    "Appointment",
+    "AppointmentResponse",
+    "ArtifactAssessment",
+    "AuditEvent",
+    "Basic",
+    "Binary",
+    "BiologicallyDerivedProduct",
+    "BiologicallyDerivedProductDispense",
+    "BodyStructure",
+    "Bundle",
+    "CapabilityStatement",
+    "CarePlan",
+    "CareTeam",
+    "CatalogEntry",
+    "ChargeItem",
+    "ChargeItemDefinition",
+    "Citation",
+    "Claim",
+    "ClaimResponse",
+    "ClinicalImpression",
+    "ClinicalUseDefinition",
+    "CodeSystem",
+    "Communication",
+    "CommunicationRequest",
+    "CompartmentDefinition",
+    "Composition",
+    "ConceptMap",
+    "Condition",
+    "ConditionDefinition",
+    "Consent",
+    "Contract",
+    "Coverage",
+    "CoverageEligibilityRequest",
+    "CoverageEligibilityResponse",
+    "DetectedIssue",
+    "Device",
+    "DeviceAssociation",
+    "DeviceDefinition",
+    "DeviceDispense",
+    "DeviceMetric",
+    "DeviceRequest",
+    "DeviceUsage",
+    "DeviceUseStatement",
+    "DiagnosticReport",
+    "DocumentManifest",
+    "DocumentReference",
+    "EffectEvidenceSynthesis",
+    "Encounter",
+    "EncounterHistory",
+    "Endpoint",
+    "EnrollmentRequest",
+    "EnrollmentResponse",
+    "EpisodeOfCare",
+    "EventDefinition",
+    "Evidence",
+    "EvidenceReport",
+    "EvidenceVariable",
+    "ExampleScenario",
+    "ExplanationOfBenefit",
+    "FamilyMemberHistory",
+    "Flag",
+    "FormularyItem",
+    "GenomicStudy",
+    "Goal",
+    "GraphDefinition",
+    "Group",
+    "GuidanceResponse",
+    "HealthcareService",
+    "ImagingSelection",
+    "ImagingStudy",
+    "Immunization",
+    "ImmunizationEvaluation",
+    "ImmunizationRecommendation",
+    "ImplementationGuide",
+    "Ingredient",
+    "InsurancePlan",
+    "InventoryItem",
+    "InventoryReport",
+    "Invoice",
+    "Library",
+    "Linkage",
+    "List",
+    "Location",
+    "ManufacturedItemDefinition",
+    "Measure",
+    "MeasureReport",
+    "Media",
+    "Medication",
+    "MedicationAdministration",
+    "MedicationDispense",
+    "MedicationKnowledge",
+    "MedicationRequest",
+    "MedicationStatement",
+    "MedicinalProduct",
+    "MedicinalProductAuthorization",
+    "MedicinalProductContraindication",
+    "MedicinalProductDefinition",
+    "MedicinalProductIndication",
+    "MedicinalProductIngredient",
+    "MedicinalProductInteraction",
+    "MedicinalProductManufactured",
+    "MedicinalProductPackaged",
+    "MedicinalProductPharmaceutical",
+    "MedicinalProductUndesirableEffect",
+    "MessageDefinition",
+    "MessageHeader",
+    "MolecularSequence",
+    "NamingSystem",
+    "NutritionIntake",
+    "NutritionOrder",
+    "NutritionProduct",
+    "Observation",
+    "ObservationDefinition",
+    "OperationDefinition",
+    "OperationOutcome",
+    "Organization",
+    "OrganizationAffiliation",
+    "PackagedProductDefinition",
+    "Parameters",
+    "Patient",
+    "PaymentNotice",
+    "PaymentReconciliation",
+    "Permission",
+    "Person",
+    "PlanDefinition",
+    "Practitioner",
+    "PractitionerRole",
+    "Procedure",
+    "Provenance",
+    "Questionnaire",
+    "QuestionnaireResponse",
+    "RegulatedAuthorization",
+    "RelatedPerson",
+    "RequestGroup",
+    "RequestOrchestration",
+    "Requirements",
+    "ResearchDefinition",
+    "ResearchElementDefinition",
+    "ResearchStudy",
+    "ResearchSubject",
+    "RiskAssessment",
+    "RiskEvidenceSynthesis",
+    "Schedule",
+    "SearchParameter",
+    "ServiceRequest",
+    "Slot",
+    "Specimen",
+    "SpecimenDefinition",
+    "StructureDefinition",
+    "StructureMap",
+    "Subscription",
+    "SubscriptionStatus",
+    "SubscriptionTopic",
+    "Substance",
+    "SubstanceDefinition",
+    "SubstanceNucleicAcid",
+    "SubstancePolymer",
+    "SubstanceProtein",
+    "SubstanceReferenceInformation",
+    "SubstanceSourceMaterial",
+    "SubstanceSpecification",
+    "SupplyDelivery",
+    "SupplyRequest",
+    "Task",
+    "TerminologyCapabilities",
+    "TestPlan",
+    "TestReport",
+    "TestScript",
+    "Transport",
+    "ValueSet",
+    "VerificationResult",
+    "VisionPrescription",
+];
+
+/// The FHIR parts of a request. The service base (`/fhir`, `/baseR4`) is
+/// whatever comes before the first segment that names a resource type
+/// (an upper-case letter first), an operation (`$op`), `metadata`,
+/// `_history` or `_search`; a base-only POST is a batch or transaction;
+/// `Patient/1/Observation` is a search of Observations in the Patient's
+/// compartment. A known type in another case is refused.
+pub fn parse(method: &str, target: &Target) -> Result<FhirRequest, Ambiguous> {
+    let segments: Vec<&str> = target.segments.iter().map(String::as_str).collect();
     let start = segments
         .iter()
         .position(|s| is_resource_type(s) || s.starts_with('$') || matches!(*s, "metadata" | "_history" | "_search"))
         .unwrap_or(segments.len());
     let rest = &segments[start..];
-    let mut search_params: Vec<String> = query
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|pair| pair.split('=').next())
+    // Where a type may stand: in the base (`/fhir/patient` would be read
+    // as all base), first, and after `Type/id` (a compartment).
+    let type_places = segments[..start].iter().chain(rest.first()).chain(
+        rest.get(2)
+            .filter(|_| rest.first().is_some_and(|t| is_resource_type(t))),
+    );
+    if type_places.into_iter().any(|s| miscased_type(s)) {
+        return Err("a FHIR resource type is spelled in another case (types are case-sensitive)");
+    }
+    let mut search_params: Vec<String> = target
+        .params
+        .iter()
+        .map(|(name, _)| name.clone())
         .filter(|name| !name.is_empty())
-        .map(percent_decode)
         .collect();
     search_params.sort();
     search_params.dedup();
@@ -62,6 +257,15 @@ pub fn parse(method: &str, path: &str, query: Option<&str>) -> FhirRequest {
             r.id = Some((*id).to_owned());
             "vread"
         }
+        // A compartment search: `Patient/1/Observation`, `Patient/1/*`,
+        // `Patient/1/Observation/_search`.
+        ("GET" | "HEAD", [id, t]) | ("POST", [id, t, "_search"])
+            if ty.is_some() && (is_resource_type(t) || *t == "*") =>
+        {
+            r.compartment = Some(format!("{}/{id}", ty.unwrap_or_default()));
+            r.resource_type = (*t != "*").then(|| (*t).to_owned());
+            "search"
+        }
         (m, [id]) if ty.is_some() => {
             r.id = Some((*id).to_owned());
             match m {
@@ -75,7 +279,12 @@ pub fn parse(method: &str, path: &str, query: Option<&str>) -> FhirRequest {
         _ => "other",
     }
     .to_owned();
-    r
+    Ok(r)
+}
+
+/// A known resource type in another case.
+fn miscased_type(s: &str) -> bool {
+    !RESOURCE_TYPES.contains(&s) && RESOURCE_TYPES.iter().any(|t| t.eq_ignore_ascii_case(s))
 }
 
 /// A FHIR resource type name: `Patient`, `MedicationRequest`.
@@ -83,42 +292,17 @@ fn is_resource_type(s: &str) -> bool {
     s.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && s.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
-/// `%XX` decoded (a search parameter's name; invalid escapes kept as written).
-pub fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b'+', ..) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, ..) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn p(method: &str, target: &str) -> FhirRequest {
+        try_p(method, target).unwrap()
+    }
+
+    fn try_p(method: &str, target: &str) -> Result<FhirRequest, Ambiguous> {
         let (path, query) = target.split_once('?').map_or((target, None), |(p, q)| (p, Some(q)));
-        parse(method, path, query)
+        parse(method, &super::super::canonical::read(path, query).unwrap())
     }
 
     #[test]
@@ -207,5 +391,49 @@ mod tests {
         );
         assert_eq!(r.search_params, ["_count", "birthdate", "name", "name:exact"]);
         assert!(!format!("{r:?}").contains("Smith"));
+    }
+
+    #[test]
+    fn encoded_and_case_variant_types() {
+        let r = p("GET", "/fhir/Pat%69ent/1");
+        assert_eq!(
+            (r.interaction.as_str(), r.resource_type.as_deref()),
+            ("read", Some("Patient"))
+        );
+        for bad in [
+            "/fhir/patient/1",
+            "/fhir/PATIENT",
+            "/fhir/paTient?name=x",
+            "/fhir/Patient/1/observation",
+        ] {
+            assert!(try_p("GET", bad).is_err(), "{bad}");
+        }
+        // An id that happens to be a word is not a type.
+        assert_eq!(p("GET", "/fhir/Patient/list").id.as_deref(), Some("list"));
+        // A trailing slash: the same request.
+        assert_eq!(p("GET", "/fhir/Patient/").interaction, "search");
+    }
+
+    #[test]
+    fn compartment_searches_name_the_searched_type() {
+        let r = p("GET", "/fhir/Patient/p1/Observation?code=x");
+        assert_eq!(
+            (
+                r.interaction.as_str(),
+                r.resource_type.as_deref(),
+                r.compartment.as_deref()
+            ),
+            ("search", Some("Observation"), Some("Patient/p1"))
+        );
+        let r = p("GET", "/fhir/Patient/p1/*");
+        assert_eq!(
+            (r.interaction.as_str(), r.resource_type, r.compartment.as_deref()),
+            ("search", None, Some("Patient/p1"))
+        );
+        let r = p("POST", "/fhir/Patient/p1/Condition/_search");
+        assert_eq!(
+            (r.interaction.as_str(), r.resource_type.as_deref()),
+            ("search", Some("Condition"))
+        );
     }
 }

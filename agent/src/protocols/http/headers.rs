@@ -121,6 +121,112 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Headers by which a client asks a server to run another method than
+/// the request line's (some FHIR and REST servers honour them): the
+/// policy would decide a GET the server runs as a DELETE.
+const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
+pub fn overrides_method(headers: &HeaderMap) -> bool {
+    METHOD_OVERRIDES.iter().any(|h| headers.contains_key(*h))
+}
+
+/// Why a response's body cannot be masked as it comes, if it cannot: a
+/// content or transfer coding other than identity (anywhere in any of the
+/// headers: `gzip, identity`, two headers, unknown codings), or content
+/// types that disagree.
+pub fn unmaskable_coding(headers: &HeaderMap) -> Option<&'static str> {
+    let codings = |name: header::HeaderName| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .flat_map(|v| {
+                v.to_str().map_or_else(
+                    |_| vec!["?".to_owned()],
+                    |s| s.split(',').map(|c| c.trim().to_ascii_lowercase()).collect(),
+                )
+            })
+            .filter(|c| !c.is_empty())
+            .collect()
+    };
+    if codings(header::CONTENT_ENCODING).iter().any(|c| c != "identity") {
+        return Some("the upstream sent an encoded (compressed) body, which cannot be masked");
+    }
+    // hyper removes chunked framing; any other transfer coding would reach
+    // the masker still encoded.
+    if codings(header::TRANSFER_ENCODING)
+        .iter()
+        .any(|c| c != "chunked" && c != "identity")
+    {
+        return Some("the upstream sent a transfer-encoded (compressed) body, which cannot be masked");
+    }
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    if let Some(first) = types.next()
+        && types.any(|t| t != first)
+    {
+        return Some("the upstream sent content types that disagree");
+    }
+    None
+}
+
+/// Response headers whose values are URLs a FHIR server fills with the
+/// search or the resource (`Location: Patient/123-45-6789/_history/1`,
+/// `Content-Location: Patient?identifier=...`, RFC 8288 `Link` paging).
+const URL_HEADERS: [&str; 3] = ["location", "content-location", "link"];
+/// Response headers that carry no data of a patient's and that clients
+/// parse byte for byte: left alone.
+const PLAIN_HEADERS: [&str; 10] = [
+    "content-type",
+    "content-length",
+    "date",
+    "etag",
+    "last-modified",
+    "cache-control",
+    "vary",
+    "expires",
+    "age",
+    "strict-transport-security",
+];
+
+/// Every response header value through the detectors (decoded forms
+/// too); URL headers of a FHIR server also lose their search values. A
+/// value that is not text is dropped. Returns how many values changed.
+pub fn mask_response_values(headers: &mut HeaderMap, masker: &crate::mask::Masker, fhir: bool) -> u64 {
+    let mut masked = 0;
+    let names: Vec<HeaderName> = headers.keys().cloned().collect();
+    for name in names {
+        if PLAIN_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+        let mut out = Vec::with_capacity(values.len());
+        for value in values {
+            let Ok(text) = value.to_str() else {
+                masked += 1;
+                continue;
+            };
+            let new = if fhir && URL_HEADERS.contains(&name.as_str()) {
+                super::url::mask_search_url(masker, text)
+            } else {
+                super::url::mask_text(masker, text)
+            };
+            match new {
+                std::borrow::Cow::Borrowed(_) => out.push(value),
+                std::borrow::Cow::Owned(m) => {
+                    masked += 1;
+                    if let Ok(v) = HeaderValue::from_str(&m) {
+                        out.push(v);
+                    }
+                }
+            }
+        }
+        headers.remove(&name);
+        for v in out {
+            headers.append(&name, v);
+        }
+    }
+    masked
+}
+
 /// How a response body is inspected, by its content type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BodyKind {
@@ -242,5 +348,63 @@ mod tests {
         let mut h = map(&[("set-cookie", "s=1"), ("content-length", "10"), ("etag", "\"1\"")]);
         client_response(&mut h);
         assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn only_identity_codings_pass() {
+        assert_eq!(unmaskable_coding(&map(&[("content-encoding", "identity")])), None);
+        assert_eq!(
+            unmaskable_coding(&map(&[("content-encoding", "Identity, identity")])),
+            None
+        );
+        assert_eq!(unmaskable_coding(&map(&[("transfer-encoding", "chunked")])), None);
+        assert_eq!(unmaskable_coding(&HeaderMap::new()), None);
+        for bad in [
+            &[("content-encoding", "gzip")][..],
+            &[("content-encoding", "gzip, identity")],
+            &[("content-encoding", "identity, gzip")],
+            &[("content-encoding", "identity"), ("content-encoding", "br")],
+            &[("content-encoding", "x-unknown")],
+            &[("transfer-encoding", "gzip, chunked")],
+            &[("content-type", "text/plain"), ("content-type", "application/json")],
+        ] {
+            assert!(unmaskable_coding(&map(bad)).is_some(), "{bad:?}");
+        }
+        let mut h = map(&[("content-encoding", "identity")]);
+        h.append(header::CONTENT_ENCODING, HeaderValue::from_bytes(b"\xffgzip").unwrap());
+        assert!(unmaskable_coding(&h).is_some());
+    }
+
+    #[test]
+    fn response_header_values_are_masked() {
+        let masker = crate::mask::Masker::new(&crate::mask::MaskConfig::default(), None).unwrap();
+        let mut h = map(&[
+            ("location", "https://f/fhir/Patient/123-45-6789/_history/1"),
+            (
+                "content-location",
+                "https://f/fhir/Patient?identifier=urn%3Aoid%3A1%7C123456789&name=Zed&_count=5",
+            ),
+            ("link", "<https://f/fhir/Patient?name=Zed&_getpages=a1>; rel=\"next\""),
+            ("x-note", "call 555-867-5309"),
+            ("x-id", "123%2D45%2D6789"),
+            ("etag", "W/\"1\""),
+        ]);
+        assert_eq!(mask_response_values(&mut h, &masker, true), 5);
+        assert_eq!(h["location"], "https://f/fhir/Patient/***/_history/1");
+        assert_eq!(
+            h["content-location"],
+            "https://f/fhir/Patient?identifier=***&name=***&_count=5"
+        );
+        assert_eq!(
+            h["link"],
+            "<https://f/fhir/Patient?name=***&_getpages=a1>; rel=\"next\""
+        );
+        assert_eq!(h["x-note"], "call ***");
+        assert_eq!(h["x-id"], "***");
+        assert_eq!(h["etag"], "W/\"1\"");
+        let mut h = map(&[("x-methods", "a")]);
+        assert!(overrides_method(&map(&[("x-http-method-override", "DELETE")])));
+        assert!(!overrides_method(&h));
+        assert_eq!(mask_response_values(&mut h, &masker, false), 0);
     }
 }

@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 
 use crate::mask::Masker;
 
-use super::config::Api;
+use super::{config::Api, url};
 
 /// Longest string value held for inspection; a longer one is replaced
 /// whole by the redaction token (masked, counted).
@@ -50,6 +50,9 @@ pub enum JsonError {
 struct ResourceRules {
     name: &'static str,
     paths: &'static [&'static [&'static str]],
+    /// Strings that are search URLs: their search values are masked
+    /// ([`url::mask_search_url`]), the rest of the URL kept.
+    urls: &'static [&'static [&'static str]],
 }
 
 const PERSON: &[&[&str]] = &[
@@ -64,18 +67,37 @@ const PERSON: &[&[&str]] = &[
     &["text"],
 ];
 
+/// A Bundle's own links (`self`, `next`: the search, with its values) and
+/// its entries' request URLs and locations (a transaction's conditional
+/// `Patient?identifier=...`).
+const BUNDLE_URLS: &[&[&str]] = &[
+    &["link", "[]", "url"],
+    &["entry", "[]", "link", "[]", "url"],
+    &["entry", "[]", "request", "url"],
+    &["entry", "[]", "request", "ifNoneExist"],
+    &["entry", "[]", "response", "location"],
+];
+
 const FHIR: &[ResourceRules] = &[
+    ResourceRules {
+        name: "Bundle",
+        paths: &[],
+        urls: BUNDLE_URLS,
+    },
     ResourceRules {
         name: "Patient",
         paths: PERSON,
+        urls: &[],
     },
     ResourceRules {
         name: "RelatedPerson",
         paths: PERSON,
+        urls: &[],
     },
     ResourceRules {
         name: "Person",
         paths: PERSON,
+        urls: &[],
     },
 ];
 
@@ -105,10 +127,12 @@ const KUBERNETES: &[ResourceRules] = &[
     ResourceRules {
         name: "Secret",
         paths: SECRET_PATHS,
+        urls: &[],
     },
     ResourceRules {
         name: "SecretList",
         paths: SECRET_LIST_PATHS,
+        urls: &[],
     },
 ];
 
@@ -144,6 +168,8 @@ impl JsonRules {
 #[derive(Clone, Copy, Debug)]
 struct Partial {
     paths: &'static [&'static [&'static str]],
+    /// The paths are search URLs (masked as URLs, not whole).
+    url: bool,
     index: usize,
     matched: usize,
 }
@@ -203,6 +229,12 @@ pub struct JsonMasker {
     overflow: bool,
     /// Whether the value being read is masked by a rule, and by which.
     value_rule: Option<&'static str>,
+    /// Whether the string being read is a search URL, by which rule.
+    value_url: Option<&'static str>,
+    /// A FHIR field (`"birthDate"` and the bytes up to its value) whose
+    /// value is masked, not written yet: a date, number or boolean
+    /// becomes `_birthDate` with a data-absent-reason instead.
+    pending: Option<Vec<u8>>,
     position: u64,
     masked: u64,
     fields: BTreeSet<String>,
@@ -221,6 +253,8 @@ impl JsonMasker {
             token: Vec::new(),
             overflow: false,
             value_rule: None,
+            value_url: None,
+            pending: None,
             position: 0,
             masked: 0,
             fields: BTreeSet::new(),
@@ -337,7 +371,7 @@ impl JsonMasker {
 
     fn structural(&mut self, b: u8, out: &mut Vec<u8>) -> Result<(), JsonError> {
         if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-            out.push(b);
+            self.pending.as_mut().unwrap_or(out).push(b);
             return Ok(());
         }
         let syntax = JsonError::Syntax(self.position);
@@ -354,7 +388,7 @@ impl JsonMasker {
                 Ok(())
             }
             (State::Colon, b':') => {
-                out.push(b);
+                self.pending.as_mut().unwrap_or(out).push(b);
                 self.state = State::Value;
                 Ok(())
             }
@@ -377,30 +411,42 @@ impl JsonMasker {
         }
     }
 
-    /// Where a value starting now sits: the rules that go on below it, and
-    /// the rule that masks it whole.
-    fn descend(&self) -> (Vec<Partial>, Option<&'static str>) {
+    /// Where a value starting now sits: the rules that go on below it, the
+    /// rule that masks it whole, and the rule that makes it a search URL.
+    fn descend(&self) -> (Vec<Partial>, Option<&'static str>, Option<&'static str>) {
         let Some(parent) = self.stack.last() else {
             let mut partial = Vec::new();
             if self.rules.api == Api::Kubernetes && self.rules.secrets_response {
                 partial.extend((0..SECRETS_RESPONSE_PATHS.len()).map(|index| Partial {
                     paths: SECRETS_RESPONSE_PATHS,
+                    url: false,
                     index,
                     matched: 0,
                 }));
             }
-            return (partial, None);
+            return (partial, None, None);
         };
         if parent.masked_by.is_some() {
-            return (Vec::new(), parent.masked_by);
+            return (Vec::new(), parent.masked_by, None);
         }
-        let segment: &[u8] = if parent.object { &parent.key } else { b"[]" };
+        // `_birthDate` (a primitive's extensions: the birth time...) is
+        // masked with `birthDate`.
+        let segment: &[u8] = match (parent.object, parent.key.first()) {
+            (true, Some(b'_')) if self.rules.api == Api::Fhir => &parent.key[1..],
+            (true, _) => &parent.key,
+            (false, _) => b"[]",
+        };
         let mut partial = Vec::new();
+        let mut url = None;
         for p in &parent.partial {
             let path = p.paths[p.index];
             if path.get(p.matched).is_some_and(|s| s.as_bytes() == segment) {
                 if p.matched + 1 == path.len() {
-                    return (Vec::new(), Some(path[0]));
+                    if p.url {
+                        url = Some(path[0]);
+                        continue;
+                    }
+                    return (Vec::new(), Some(path[0]), None);
                 }
                 partial.push(Partial {
                     matched: p.matched + 1,
@@ -408,13 +454,17 @@ impl JsonMasker {
                 });
             }
         }
-        (partial, None)
+        (partial, None, url)
     }
 
     fn start_value(&mut self, b: u8, out: &mut Vec<u8>) -> Result<(), JsonError> {
-        let (partial, rule) = self.descend();
+        let (partial, rule, url) = self.descend();
+        self.value_url = url;
         match b {
             b'{' | b'[' => {
+                if let Some(field) = self.pending.take() {
+                    out.extend_from_slice(&field);
+                }
                 if self.stack.len() >= MAX_DEPTH {
                     return Err(JsonError::TooDeep);
                 }
@@ -470,15 +520,25 @@ impl JsonMasker {
     fn end_string(&mut self, key: bool, out: &mut Vec<u8>) -> Result<(), JsonError> {
         if key {
             let token = std::mem::take(&mut self.token);
-            out.push(b'"');
-            out.extend_from_slice(&token);
-            out.push(b'"');
+            // A key is data too (`{"123-45-6789": ...}`): through the
+            // detectors; a masked key is still a string (duplicates are
+            // valid JSON).
+            let mut written = vec![b'"'];
+            self.scan_into(&token, &mut written);
+            written.push(b'"');
             // Rules compare keys as they mean, not as they are spelled
             // (`na\u006de` is `name`).
             let key = unescape(&token);
             self.note_key(&key);
             if let Some(f) = self.stack.last_mut() {
                 f.key = key;
+            }
+            // FHIR: a field whose value is masked is held back until the
+            // value shows whether it must become `_field` (see `absent`).
+            if self.rules.api == Api::Fhir && self.descend().1.is_some() {
+                self.pending = Some(written);
+            } else {
+                out.extend_from_slice(&written);
             }
             self.token = token;
             self.token.clear();
@@ -487,6 +547,21 @@ impl JsonMasker {
         }
         let token = std::mem::take(&mut self.token);
         self.resource_type(&unescape(&token))?;
+        if let Some(field) = self.pending.take() {
+            match self.value_rule {
+                Some(rule) if looks_like_date(&token) => {
+                    absent(&field, out);
+                    self.value_rule = None;
+                    self.count(rule);
+                    self.token = token;
+                    self.token.clear();
+                    self.overflow = false;
+                    self.state = State::AfterValue;
+                    return Ok(());
+                }
+                _ => out.extend_from_slice(&field),
+            }
+        }
         out.push(b'"');
         if let Some(rule) = self.value_rule.take() {
             out.extend_from_slice(&self.redacted);
@@ -494,6 +569,8 @@ impl JsonMasker {
         } else if self.overflow {
             out.extend_from_slice(&self.redacted);
             self.count("oversized");
+        } else if let Some(rule) = self.value_url.take() {
+            self.url_into(&token, rule, out);
         } else {
             self.scan_into(&token, out);
         }
@@ -512,7 +589,9 @@ impl JsonMasker {
         let Some(frame) = self.stack.last_mut() else { return };
         if frame.resource.is_none()
             && frame.masked_by.is_none()
-            && resources.iter().any(|r| r.paths.iter().any(|p| p[0].as_bytes() == key))
+            && resources
+                .iter()
+                .any(|r| r.paths.iter().chain(r.urls).any(|p| p[0].as_bytes() == key))
         {
             frame.early_phi = true;
         }
@@ -543,6 +622,13 @@ impl JsonMasker {
         frame.resource = Some(rules.name);
         frame.partial.extend((0..rules.paths.len()).map(|index| Partial {
             paths: rules.paths,
+            url: false,
+            index,
+            matched: 0,
+        }));
+        frame.partial.extend((0..rules.urls.len()).map(|index| Partial {
+            paths: rules.urls,
+            url: true,
             index,
             matched: 0,
         }));
@@ -550,8 +636,9 @@ impl JsonMasker {
     }
 
     /// A string through the detectors, as it decodes (escapes resolved,
-    /// so `\u0031\u0032\u0033-45-6789` is seen as an SSN). Unchanged, it
-    /// goes out as it came; changed, re-encoded.
+    /// so `\u0031\u0032\u0033-45-6789` is seen as an SSN; percent-escapes
+    /// too, see [`url::mask_text`]). Unchanged, it goes out as it came;
+    /// changed, re-encoded.
     fn scan_into(&mut self, raw: &[u8], out: &mut Vec<u8>) {
         let decoded = unescape(raw);
         let Ok(text) = std::str::from_utf8(&decoded) else {
@@ -559,11 +646,28 @@ impl JsonMasker {
             self.count("detector");
             return;
         };
-        match self.masker.mask_free_text(text) {
+        match url::mask_text(&self.masker, text) {
             std::borrow::Cow::Borrowed(_) => out.extend_from_slice(raw),
             std::borrow::Cow::Owned(masked) => {
                 push_escaped(masked.as_bytes(), out);
                 self.count("detector");
+            }
+        }
+    }
+
+    /// A search URL with its values masked ([`url::mask_search_url`]).
+    fn url_into(&mut self, raw: &[u8], rule: &'static str, out: &mut Vec<u8>) {
+        let decoded = unescape(raw);
+        let Ok(text) = std::str::from_utf8(&decoded) else {
+            out.extend_from_slice(&self.redacted);
+            self.count(rule);
+            return;
+        };
+        match url::mask_search_url(&self.masker, text) {
+            std::borrow::Cow::Borrowed(_) => out.extend_from_slice(raw),
+            std::borrow::Cow::Owned(masked) => {
+                push_escaped(masked.as_bytes(), out);
+                self.count(rule);
             }
         }
     }
@@ -577,21 +681,49 @@ impl JsonMasker {
         if !valid {
             return Err(JsonError::Syntax(self.position));
         }
+        self.value_url = None;
+        // Numbers and booleans under a masked path become the token, a
+        // string (JSON stays valid; a client expecting a number fails
+        // loudly instead of reading a made-up 0); null says nothing and
+        // stays. Other numbers go through the detectors (a card number,
+        // an MRN pattern of digits) and become the token on a hit.
+        let detected = self.state == State::Number
+            && std::str::from_utf8(&token)
+                .is_ok_and(|t| matches!(self.masker.mask_free_text(t), std::borrow::Cow::Owned(_)));
+        let pending = self.pending.take();
         match self.value_rule.take() {
-            // Numbers under a masked path become the token; true, false
-            // and null say nothing and stay.
-            Some(rule) if self.state == State::Number => {
+            // FHIR: a masked number or boolean field is absent, said so.
+            Some(rule) if token != b"null" && pending.is_some() => {
+                absent(pending.as_deref().unwrap_or_default(), out);
+                self.count(rule);
+            }
+            _ if pending.is_some() => {
+                out.extend_from_slice(pending.as_deref().unwrap_or_default());
+                self.end_unmasked_scalar(&token, detected, out);
+            }
+            Some(rule) if token != b"null" => {
                 out.push(b'"');
                 out.extend_from_slice(&self.redacted);
                 out.push(b'"');
                 self.count(rule);
             }
-            _ => out.extend_from_slice(&token),
+            _ => self.end_unmasked_scalar(&token, detected, out),
         }
         self.token = token;
         self.token.clear();
         self.state = State::AfterValue;
         Ok(())
+    }
+
+    fn end_unmasked_scalar(&mut self, token: &[u8], detected: bool, out: &mut Vec<u8>) {
+        if detected {
+            out.push(b'"');
+            out.extend_from_slice(&self.redacted);
+            out.push(b'"');
+            self.count("detector");
+        } else {
+            out.extend_from_slice(token);
+        }
     }
 
     fn count(&mut self, rule: &str) {
@@ -604,6 +736,60 @@ impl JsonMasker {
             };
             self.fields.insert(name);
         }
+    }
+}
+
+/// FHIR's data-absent-reason, code `masked`: what a masked date, number
+/// or boolean field becomes, as the primitive's extension (`_field`), so
+/// the resource still validates (a strict client rejects `"birthDate":
+/// "***"`).
+const DATA_ABSENT_MASKED: &[u8] =
+    br#"{"extension":[{"url":"http://hl7.org/fhir/StructureDefinition/data-absent-reason","valueCode":"masked"}]}"#;
+
+/// `"field"<ws>:<ws>` written as `"_field"<ws>:<ws>` and the extension.
+fn absent(field: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"\"_");
+    out.extend_from_slice(field.get(1..).unwrap_or_default());
+    out.extend_from_slice(DATA_ABSENT_MASKED);
+}
+
+/// A FHIR date, dateTime, instant or time as written (`1970`, `1970-01`,
+/// `1970-01-01T10:00:00+01:00`, `10:00:00`): not a string a client would
+/// accept `***` for.
+fn looks_like_date(raw: &[u8]) -> bool {
+    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    let time = |t: &[u8]| {
+        // hh:mm[:ss[.f+]] then Z, ±hh:mm or nothing.
+        let (clock, zone) = match t.iter().position(|b| matches!(b, b'Z' | b'+' | b'-')) {
+            Some(i) => (&t[..i], &t[i..]),
+            None => (t, &b""[..]),
+        };
+        let zone_ok = match zone {
+            b"" | b"Z" => true,
+            [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit()),
+            _ => false,
+        };
+        let mut parts = clock.split(|b| *b == b':');
+        let ok = [parts.next(), parts.next()]
+            .iter()
+            .all(|p| p.is_some_and(|p| p.len() == 2 && digits(p)));
+        let seconds_ok = parts.next().is_none_or(|sec| {
+            let (whole, frac) = sec.split_at(sec.iter().position(|b| *b == b'.').unwrap_or(sec.len()));
+            whole.len() == 2 && digits(whole) && (frac.is_empty() || digits(&frac[1..]))
+        });
+        ok && seconds_ok && parts.next().is_none() && zone_ok
+    };
+    let (date, clock) = match raw.iter().position(|b| *b == b'T') {
+        Some(i) => (&raw[..i], Some(&raw[i + 1..])),
+        None => (raw, None),
+    };
+    let mut fields = date.split(|b| *b == b'-');
+    let year = fields.next().is_some_and(|y| y.len() == 4 && digits(y));
+    let rest: Vec<&[u8]> = fields.collect();
+    let date_ok = year && rest.len() <= 2 && rest.iter().all(|f| f.len() == 2 && digits(f));
+    match clock {
+        None => date_ok || (raw.len() >= 5 && raw.get(2) == Some(&b':') && time(raw)),
+        Some(t) => date_ok && rest.len() == 2 && time(t),
     }
 }
 
@@ -753,7 +939,8 @@ mod tests {
             assert_eq!(p["identifier"][0]["value"], "***");
             assert_eq!(p["name"][0], json!({"family": "***", "given": ["***", "***"]}));
             assert_eq!(p["telecom"][0]["value"], "***");
-            assert_eq!(p["birthDate"], "***");
+            assert!(p.get("birthDate").is_none(), "{p}");
+            assert_eq!(p["_birthDate"]["extension"][0]["valueCode"], "masked");
             assert_eq!(p["address"][0]["city"], "***");
             assert_eq!(p["text"]["div"], "***");
             assert_eq!(p["active"], true);
@@ -875,7 +1062,7 @@ mod tests {
         assert_eq!(out.lines().count(), 3);
         for line in out.lines() {
             let v: Value = serde_json::from_str(line).unwrap();
-            assert_eq!(v["birthDate"], "***");
+            assert_eq!(v["_birthDate"]["extension"][0]["valueCode"], "masked");
         }
         assert!(m.masked() >= 3 * 9);
     }
@@ -926,5 +1113,95 @@ mod tests {
         let (out, m) = run(Api::Json, false, big.as_bytes(), 4096).unwrap();
         assert_eq!(out, "[\"***\", 1]");
         assert_eq!(m.masked(), 1);
+    }
+
+    #[test]
+    fn keys_and_bare_numbers_go_through_the_detectors() {
+        let input = br#"{"resourceType":"Observation","note":{"123-45-6789":"x","ok":1},"card":4111111111111111,"n":5.4,"mrn":123456789}"#;
+        let (out, m) = run(Api::Fhir, false, input, 3).unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert!(
+            !out.contains("123-45-6789") && !out.contains("4111111111111111"),
+            "{out}"
+        );
+        assert_eq!(v["note"]["***"], "x");
+        assert_eq!(v["note"]["ok"], 1);
+        assert_eq!(v["card"], "***");
+        assert_eq!(v["n"], 5.4);
+        // Nine bare digits are no detector's (an SSN has its dashes).
+        assert_eq!(v["mrn"], 123456789);
+        assert_eq!(m.masked(), 2);
+        // An escaped key is scanned as it decodes.
+        let (out, _) = run(Api::Json, false, br#"{"\u0031\u0032\u0033-45-6789":1}"#, 2).unwrap();
+        assert_eq!(out, r#"{"***":1}"#);
+    }
+
+    #[test]
+    fn numbers_and_booleans_at_masked_paths_become_the_token() {
+        // Outside FHIR (whose fields become data-absent, below): a string.
+        let input = br#"{"kind":"Secret","data":{"pin":1234,"on":true,"off":null,"list":[5,false]},"spec":{"n":1}}"#;
+        let (out, _) = run(Api::Kubernetes, false, input, 4).unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v["data"],
+            json!({"pin": "***", "on": "***", "off": null, "list": ["***", "***"]})
+        );
+        assert_eq!(v["spec"]["n"], 1);
+    }
+
+    #[test]
+    fn bundle_search_urls_lose_their_values() {
+        let input = br#"{"resourceType":"Bundle","type":"searchset","link":[{"relation":"self","url":"https://f/fhir/Patient?identifier=123-45-6789&name=Zed&_count=2"},{"relation":"next","url":"https://f/fhir?_getpages=abc&_getpagesoffset=2&_count=2"}],"entry":[{"fullUrl":"https://f/fhir/Patient/p1","request":{"method":"PUT","url":"Patient?identifier=urn%3Aoid%3A1%7CMRN1"},"response":{"location":"Patient/p1/_history/1"}}]}"#;
+        for chunk in [1, 5, input.len()] {
+            let (out, m) = run(Api::Fhir, false, input, chunk).unwrap();
+            let v: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(
+                v["link"][0]["url"],
+                "https://f/fhir/Patient?identifier=***&name=***&_count=2"
+            );
+            assert_eq!(
+                v["link"][1]["url"],
+                "https://f/fhir?_getpages=abc&_getpagesoffset=2&_count=2"
+            );
+            assert_eq!(v["entry"][0]["request"]["url"], "Patient?identifier=***");
+            assert_eq!(v["entry"][0]["response"]["location"], "Patient/p1/_history/1");
+            assert_eq!(v["entry"][0]["fullUrl"], "https://f/fhir/Patient/p1");
+            assert!(
+                m.masked_fields().contains(&"Bundle.link".to_owned()),
+                "{:?}",
+                m.masked_fields()
+            );
+        }
+    }
+
+    #[test]
+    fn fhir_dates_numbers_and_booleans_masked_become_data_absent() {
+        let input = br#"{"resourceType":"Patient","birthDate" : "1970-01-01","_birthDate":{"extension":[{"url":"http://hl7.org/fhir/StructureDefinition/patient-birthTime","valueDateTime":"1970-01-01T10:00:00Z"}]},"name":[{"family":"Doe","period":{"start":"2001-02-03T04:05:06+01:00"}}],"telecom":[{"value":"555-867-5309","rank":1,"x":true}],"identifier":[{"value":"123-45-6789"}],"gender":"female"}"#;
+        for chunk in [1, 3, input.len()] {
+            let (out, _) = run(Api::Fhir, false, input, chunk).unwrap();
+            let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+            let absent = json!({"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "masked"}]});
+            assert!(v.get("birthDate").is_none(), "{out}");
+            assert!(out.contains(r#""_birthDate" : {"extension""#), "{out}");
+            assert!(!out.contains("1970") && !out.contains("10:00"), "{out}");
+            assert_eq!(v["name"][0]["family"], "***");
+            assert_eq!(v["name"][0]["period"]["_start"], absent);
+            assert_eq!(v["telecom"][0], json!({"value": "***", "_rank": absent, "_x": absent}));
+            assert_eq!(v["identifier"][0]["value"], "***");
+            assert_eq!(v["gender"], "female");
+        }
+        for (date, yes) in [
+            (&b"1970"[..], true),
+            (b"1970-01", true),
+            (b"1970-01-01", true),
+            (b"1970-01-01T10:00:00.123-05:00", true),
+            (b"10:00:00", true),
+            (b"123-45-6789", false),
+            (b"555-867-5309", false),
+            (b"12345", false),
+            (b"1970-01T10:00", false),
+        ] {
+            assert_eq!(looks_like_date(date), yes, "{}", String::from_utf8_lossy(date));
+        }
     }
 }

@@ -8,7 +8,11 @@
 //! - `serve` (here): TLS, the HTTP server, the caller's principal.
 //! - `request`: one request — the policy's action, the audit record,
 //!   decide / hold / refuse, forward, mask, finish.
+//! - `canonical`: the one reading of a request target (decoded path,
+//!   query pairs) that the policy sees and the server gets; ambiguous
+//!   targets refused.
 //! - `fhir`, `kubernetes`: what a path means in each API.
+//! - `url`: detectors over percent-encoded text; FHIR search URLs.
 //! - `headers`: credentials and hop-by-hop headers; content types.
 //! - `json`, `text`, `body`: masking of response bodies as they stream.
 //! - `exec`: Kubernetes exec / attach / port-forward after the upgrade
@@ -17,6 +21,7 @@
 //! - `upstream`: loopgate's connections to the server.
 //! - `local`: the executor that keeps HTTP/2 streams on the session's task.
 mod body;
+pub mod canonical;
 pub mod config;
 pub mod exec;
 pub mod fhir;
@@ -28,6 +33,7 @@ mod refusal;
 mod request;
 mod text;
 mod upstream;
+mod url;
 
 use std::{sync::Arc, time::Duration};
 

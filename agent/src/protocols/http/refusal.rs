@@ -56,6 +56,7 @@ pub fn answer(api: Api, status: StatusCode, message: &str) -> Response<Bytes> {
 /// FHIR's issue type for an HTTP status (<https://hl7.org/fhir/valueset-issue-type.html>).
 fn fhir_code(status: StatusCode) -> &'static str {
     match status.as_u16() {
+        400 => "invalid",
         401 => "login",
         403 => "forbidden",
         404 => "not-found",
@@ -68,6 +69,7 @@ fn fhir_code(status: StatusCode) -> &'static str {
 /// Kubernetes' `StatusReason` for an HTTP status.
 fn kubernetes_reason(status: StatusCode) -> &'static str {
     match status.as_u16() {
+        400 => "BadRequest",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "NotFound",

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use super::{
     Service,
     body::{BodyEnd, BoxError, Filter, MaskedBody},
+    canonical::{self, Ambiguous, Target},
     config::Api,
     exec, fhir, headers,
     headers::BodyKind,
@@ -23,6 +24,7 @@ use super::{
     refusal,
     text::TextMasker,
     upstream::{self, Dialer, Upstream},
+    url,
 };
 use crate::{
     audit::{CommandInfo, Outcome},
@@ -82,7 +84,12 @@ impl<'a> Conn<'a> {
             return Err(closing(answer(api, StatusCode::SERVICE_UNAVAILABLE, AUDIT_DOWN)));
         }
         let authenticated = self.authenticate(req.headers()).await;
-        let action = self.action(&req);
+        let read = canonical::read(req.uri().path(), req.uri().query())
+            .and_then(|target| Ok((self.action(&req, &target)?, target)));
+        let (action, target, ambiguous) = match read {
+            Ok((action, target)) => (action, Some(target), None),
+            Err(reason) => (self.unread_action(&req), None, Some(reason)),
+        };
         let info = self.record(&action);
         let enforcer = &self.svc.enforcer;
         if let Err(reason) = authenticated {
@@ -97,6 +104,19 @@ impl<'a> Conn<'a> {
                 Err(e) => Err(self.end_on_audit_failure(e)),
             };
         }
+        let Some(target) = target else {
+            // Servers would read it differently than the policy does.
+            let reason = ambiguous.unwrap_or("the request target is ambiguous");
+            tracing::info!(session = %self.session.id, %reason, "ambiguous request refused");
+            let message = format!("loopgate: {reason}; the request was not sent");
+            return match enforcer
+                .refuse(self.session, info, "loopgate.ambiguous_request", reason)
+                .await
+            {
+                Ok(_) => Err(answer(api, StatusCode::BAD_REQUEST, &message)),
+                Err(e) => Err(self.end_on_audit_failure(e)),
+            };
+        };
         let caller = Caller::of(self.session, None, None);
 
         // exec / attach / port-forward are decided like any request and an
@@ -156,9 +176,9 @@ impl<'a> Conn<'a> {
             }
         };
         if upgrade {
-            return self.relay_upgrade(req, admitted, &action, exec).await;
+            return self.relay_upgrade(req, admitted, &action, &target, exec).await;
         }
-        self.forward(req, admitted, &action, exec).await
+        self.forward(req, admitted, &action, &target, exec).await
     }
 
     /// With `identity = "oidc"` the bearer token is the caller's OIDC
@@ -192,8 +212,31 @@ impl<'a> Conn<'a> {
         Ok(())
     }
 
-    /// `input.action` of this request.
-    fn action(&self, req: &Request<Incoming>) -> HttpRequest {
+    /// `input.action` of this request, read from its canonical target;
+    /// `Err` when the API would read it another way than loopgate.
+    fn action(&self, req: &Request<Incoming>, target: &Target) -> Result<HttpRequest, Ambiguous> {
+        if headers::overrides_method(req.headers()) {
+            return Err("the request asks to override its method (X-HTTP-Method-Override)");
+        }
+        let method = req.method().as_str();
+        let fhir = match self.svc.api {
+            Api::Fhir => Some(fhir::parse(method, target)?),
+            _ => None,
+        };
+        let kubernetes = match self.svc.api {
+            Api::Kubernetes => kubernetes::parse(method, target),
+            _ => None,
+        };
+        Ok(HttpRequest {
+            path: target.path.clone(),
+            kubernetes,
+            fhir,
+            ..self.unread_action(req)
+        })
+    }
+
+    /// The request as it came (for the record of a refused one).
+    fn unread_action(&self, req: &Request<Incoming>) -> HttpRequest {
         let method = req.method().as_str().to_owned();
         let path = req.uri().path().to_owned();
         let query = req.uri().query().map(str::to_owned);
@@ -211,31 +254,31 @@ impl<'a> Conn<'a> {
                 )
             })
             .unwrap_or_else(|| self.svc.server_name.clone());
-        let fhir = (self.svc.api == Api::Fhir).then(|| fhir::parse(&method, &path, query.as_deref()));
-        let kubernetes = match self.svc.api {
-            Api::Kubernetes => kubernetes::parse(&method, &path, query.as_deref()),
-            _ => None,
-        };
         HttpRequest {
             method,
             host,
             path,
             query,
-            kubernetes,
-            fhir,
+            kubernetes: None,
+            fhir: None,
         }
     }
 
     /// What the audit records of a request: method and path (detectors
-    /// applied) and the query's parameter names, never their values.
+    /// applied, also to what escapes hide) and the query's parameter names
+    /// (decoded, detectors applied), never their values.
     fn record(&self, r: &HttpRequest) -> CommandInfo {
         let masker = &self.svc.masker;
-        let mut text = format!("{} {}", r.method, masker.mask_free_text(&r.path));
+        let mut text = format!("{} {}", r.method, url::mask_text(masker, &r.path));
         if let Some(q) = &r.query {
             let names: Vec<String> = q
                 .split('&')
                 .filter(|p| !p.is_empty())
-                .map(|p| format!("{}=?", masker.mask_free_text(p.split('=').next().unwrap_or(""))))
+                .map(|p| {
+                    let raw = p.split('=').next().unwrap_or("");
+                    let name = canonical::decode(raw, true).unwrap_or_else(|| raw.to_owned());
+                    format!("{}=?", url::mask_text(masker, &name))
+                })
                 .collect();
             text.push('?');
             text.push_str(&names.join("&"));
@@ -262,12 +305,13 @@ impl<'a> Conn<'a> {
         req: Request<Incoming>,
         admitted: Admitted,
         action: &HttpRequest,
+        target: &Target,
         exec: &Local<'c>,
     ) -> Result<Response<ResBody>, Response<ResBody>> {
         let api = self.svc.api;
         let method = req.method().clone();
         let (mut parts, body) = req.into_parts();
-        self.for_upstream(&mut parts);
+        self.for_upstream(&mut parts, target);
         if api == Api::Fhir {
             headers::prefer_fhir_json(&mut parts.headers);
         }
@@ -287,23 +331,31 @@ impl<'a> Conn<'a> {
                 return Err(answer(api, StatusCode::BAD_GATEWAY, message));
             }
         };
+        self.pass_on(response, &method, admitted, action, exec).await
+    }
+
+    /// The upstream's response as the client gets it: headers masked and
+    /// the body through the masker of its content type (or a 502 when it
+    /// cannot be masked), its result recorded when the body ends.
+    async fn pass_on<'c>(
+        &'c self,
+        response: Response<Incoming>,
+        method: &Method,
+        admitted: Admitted,
+        action: &HttpRequest,
+        exec: &Local<'c>,
+    ) -> Result<Response<ResBody>, Response<ResBody>> {
+        let api = self.svc.api;
         let (mut parts, body) = response.into_parts();
         let status = parts.status;
-        let filter = if upstream::bodyless(&method, status) {
+        let filter = if upstream::bodyless(method, status) {
             Filter::Empty
         } else {
-            let encoded = parts
-                .headers
-                .get(header::CONTENT_ENCODING)
-                .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
             match headers::body_kind(&parts.headers) {
-                _ if encoded => {
+                _ if headers::unmaskable_coding(&parts.headers).is_some() => {
                     self.finish_failed(&admitted, "502").await;
-                    return Err(answer(
-                        api,
-                        StatusCode::BAD_GATEWAY,
-                        "loopgate: the upstream sent a compressed body, which cannot be masked",
-                    ));
+                    let reason = headers::unmaskable_coding(&parts.headers).unwrap_or_default();
+                    return Err(answer(api, StatusCode::BAD_GATEWAY, &format!("loopgate: {reason}")));
                 }
                 BodyKind::Json => Filter::Json(Box::new(JsonMasker::new(
                     self.svc.masker.clone(),
@@ -331,10 +383,15 @@ impl<'a> Conn<'a> {
             }
         };
         headers::client_response(&mut parts.headers);
+        let masked_headers = headers::mask_response_values(&mut parts.headers, &self.svc.masker, api == Api::Fhir);
         let (done, ended) = oneshot::channel();
         let body = MaskedBody::new(body, filter, done);
         exec.spawn(async move {
-            let end = ended.await.unwrap_or_default();
+            let mut end = ended.await.unwrap_or_default();
+            if masked_headers > 0 {
+                end.masked += masked_headers;
+                end.masked_fields.push("header".into());
+            }
             self.finish(&admitted, status, end).await;
         });
         Ok(Response::from_parts(parts, body.boxed_unsync()))
@@ -350,6 +407,7 @@ impl<'a> Conn<'a> {
         mut req: Request<Incoming>,
         admitted: Admitted,
         action: &HttpRequest,
+        target: &Target,
         exec: &Local<'c>,
     ) -> Result<Response<ResBody>, Response<ResBody>> {
         let api = self.svc.api;
@@ -361,8 +419,9 @@ impl<'a> Conn<'a> {
             .unwrap_or_else(|| HeaderValue::from_static("websocket"));
         let streams = exec::Streams::of(action.kubernetes.as_ref().map_or("", |k| k.verb.as_str()));
         let client_side = hyper::upgrade::on(&mut req);
+        let method = req.method().clone();
         let (mut parts, _body) = req.into_parts();
-        self.for_upstream(&mut parts);
+        self.for_upstream(&mut parts, target);
         // No compression: the relay reads every frame.
         parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
         parts
@@ -386,9 +445,9 @@ impl<'a> Conn<'a> {
         };
         let status = response.status();
         if status != StatusCode::SWITCHING_PROTOCOLS {
-            self.finish_failed(&admitted, status.as_str()).await;
-            let message = format!("loopgate: the upstream server refused the upgrade ({status})");
-            return Err(answer(api, StatusCode::BAD_GATEWAY, &message));
+            // The server's own answer (a Status saying why: forbidden, not
+            // found, the container is not running), masked as any response.
+            return self.pass_on(response, &method, admitted, action, exec).await;
         }
         if !streams.accepts(response.headers()) {
             self.finish_failed(&admitted, "502").await;
@@ -425,12 +484,13 @@ impl<'a> Conn<'a> {
             .unwrap_or_else(|_| answer(self.svc.api, StatusCode::BAD_GATEWAY, "loopgate: bad upgrade response")))
     }
 
-    /// The request as it goes upstream: a Host header (HTTP/2 clients send
-    /// only `:authority`), the client's credentials out and loopgate's in,
-    /// the caller impersonated where configured, the target in origin form.
-    fn for_upstream(&self, parts: &mut http::request::Parts) {
-        if !parts.headers.contains_key(header::HOST)
-            && let Some(authority) = parts.uri.authority()
+    /// The request as it goes upstream: the Host the policy saw (HTTP/2
+    /// clients send only `:authority`; an absolute URI's authority wins
+    /// over a Host header that says otherwise), the client's credentials
+    /// out and loopgate's in, the caller impersonated where configured, the
+    /// canonical target in origin form.
+    fn for_upstream(&self, parts: &mut http::request::Parts, target: &Target) {
+        if let Some(authority) = parts.uri.authority()
             && let Ok(value) = HeaderValue::from_str(authority.as_str())
         {
             parts.headers.insert(header::HOST, value);
@@ -443,12 +503,7 @@ impl<'a> Conn<'a> {
         {
             headers::impersonate(&mut parts.headers, subject, &p.groups);
         }
-        parts.uri = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse()
-            .unwrap_or_else(|_| http::Uri::from_static("/"));
+        parts.uri = target.forward.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
     }
 
     async fn finish(&self, admitted: &Admitted, status: StatusCode, end: BodyEnd) {
