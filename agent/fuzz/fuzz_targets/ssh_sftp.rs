@@ -1,18 +1,24 @@
 //! Any byte stream as an SFTP client's and a server's packets, cut at
 //! random points: framing, request and reply decoding never panic, a
-//! framed packet is exactly its length prefix plus four bytes, and every
-//! path a request names resolves to one absolute, normal path.
+//! framed packet is exactly its length prefix plus four bytes, every
+//! path a request names resolves to one absolute, normal path, and the
+//! reply scanner (which skips data bodies) reads the replies the framer
+//! and `reply` read.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use loopgate::protocols::ssh::{
-    sftp::{Framer, Request, reply, request},
+    sftp::{Framer, ReplyScanner, Request, reply, request},
     sftp_path::resolve,
 };
 
 fuzz_target!(|data: &[u8]| {
     let cut = data.first().map_or(1, |b| usize::from(*b).max(1));
     let mut framer = Framer::default();
+    let mut scanner = ReplyScanner::default();
+    let (mut framed, mut scanned) = (Vec::new(), Vec::new());
+    let mut scanning = true;
     for chunk in data.chunks(cut) {
+        scanning = scanning && scanner.push(chunk, &mut scanned).is_ok();
         framer.push(chunk);
         loop {
             match framer.next_packet() {
@@ -27,10 +33,14 @@ fuzz_target!(|data: &[u8]| {
                             assert!(!normal.ends_with("/.") && !normal.ends_with("/.."));
                         }
                     }
-                    let _ = reply(&packet);
+                    framed.extend(reply(&packet));
                 }
-                Ok(None) | Err(_) => break,
+                Ok(None) => break,
+                Err(_) => return,
             }
         }
+    }
+    if scanning {
+        assert_eq!(framed, scanned);
     }
 });

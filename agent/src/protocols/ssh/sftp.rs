@@ -6,6 +6,8 @@
 //! that does not parse is a protocol error, never a panic.
 use std::borrow::Cow;
 
+use bytes::{Bytes, BytesMut};
+
 /// The largest packet accepted (OpenSSH's sftp-server allows 256 KiB).
 pub const MAX_PACKET: usize = 256 * 1024 + 1024;
 
@@ -67,51 +69,98 @@ pub enum SftpError {
     Malformed,
 }
 
-/// Splits a byte stream into SFTP packets (length prefix included).
+/// Splits a byte stream into SFTP packets (length prefix included); a
+/// packet is handed out without copying it again.
 #[derive(Default)]
 pub struct Framer {
-    buf: Vec<u8>,
-    /// Where the unread bytes of `buf` start: packets are taken from the
-    /// front without moving the rest each time.
-    start: usize,
+    buf: BytesMut,
 }
 
 impl Framer {
     pub fn push(&mut self, data: &[u8]) {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        } else if self.start > MAX_PACKET {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
         self.buf.extend_from_slice(data);
     }
 
     /// The bytes buffered that are no complete packet yet.
     pub fn buffered(&self) -> &[u8] {
-        &self.buf[self.start..]
+        &self.buf
     }
 
     /// The next complete packet, if one is buffered.
-    pub fn next_packet(&mut self) -> Result<Option<Vec<u8>>, SftpError> {
-        let rest = &self.buf[self.start..];
-        let Some(len) = rest.get(..4) else {
+    pub fn next_packet(&mut self) -> Result<Option<Bytes>, SftpError> {
+        let Some(len) = self.buf.get(..4) else {
             return Ok(None);
         };
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        if len > MAX_PACKET {
-            return Err(SftpError::TooLarge(len));
-        }
-        if len == 0 {
-            return Err(SftpError::Malformed);
-        }
-        if rest.len() < 4 + len {
+        let len = packet_len(len)?;
+        if self.buf.len() < 4 + len {
             return Ok(None);
         }
-        let packet = rest[..4 + len].to_vec();
-        self.start += 4 + len;
-        Ok(Some(packet))
+        Ok(Some(self.buf.split_to(4 + len).freeze()))
+    }
+}
+
+/// The length a packet's prefix gives, checked.
+fn packet_len(prefix: &[u8]) -> Result<usize, SftpError> {
+    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    match len {
+        0 => Err(SftpError::Malformed),
+        len if len > MAX_PACKET => Err(SftpError::TooLarge(len)),
+        len => Ok(len),
+    }
+}
+
+/// Reads the server's packet stream for what loopgate records — each
+/// reply's id, a STATUS code, a HANDLE, a NAME — while the stream itself
+/// is relayed as it came: the body of a DATA or ATTRS reply (a download's
+/// bulk) is skipped as it passes, never copied.
+#[derive(Default)]
+pub struct ReplyScanner {
+    /// The current packet as far as it is kept: all of a reply loopgate
+    /// reads, the first 9 bytes (length, type, id) of another.
+    head: Vec<u8>,
+    /// Bytes of the current packet still to pass unread.
+    skip: usize,
+}
+
+impl ReplyScanner {
+    /// Reads `data`, the next bytes of the stream; the replies it ends go
+    /// to `replies`.
+    pub fn push(&mut self, mut data: &[u8], replies: &mut Vec<Reply>) -> Result<(), SftpError> {
+        loop {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
+            }
+            let want = self.wanted()?;
+            if self.head.len() < want {
+                if data.is_empty() {
+                    return Ok(());
+                }
+                let n = (want - self.head.len()).min(data.len());
+                self.head.extend_from_slice(&data[..n]);
+                data = &data[n..];
+                continue;
+            }
+            if let Some(reply) = reply(&self.head) {
+                replies.push(reply);
+            }
+            self.skip = 4 + packet_len(&self.head)? - self.head.len();
+            self.head.clear();
+        }
+    }
+
+    /// How much of the current packet is kept.
+    fn wanted(&self) -> Result<usize, SftpError> {
+        let Some(prefix) = self.head.get(..4) else {
+            return Ok(5);
+        };
+        let len = packet_len(prefix)?;
+        let Some(&kind) = self.head.get(4) else {
+            return Ok(5);
+        };
+        let whole = matches!(kind, FXP_VERSION | FXP_STATUS | FXP_HANDLE | FXP_NAME);
+        Ok(if whole { 4 + len } else { (4 + len).min(9) })
     }
 }
 
@@ -494,7 +543,43 @@ mod tests {
         );
         let mut framer = Framer::default();
         framer.push(&refused);
-        assert_eq!(framer.next_packet().unwrap(), Some(refused));
+        assert_eq!(framer.next_packet().unwrap().as_deref(), Some(&refused[..]));
+    }
+
+    #[test]
+    fn server_replies_are_read_and_data_skipped_at_any_cut() {
+        let data = packet(103, 7, &[&string(&"x".repeat(100_000))]);
+        let handle = packet(FXP_HANDLE, 8, &[&string("h1")]);
+        let status = status(9, FX_PERMISSION_DENIED, "no");
+        let stream: Vec<u8> = [data, handle, status].concat();
+        for cut in [1, 3, 9, 4096, stream.len()] {
+            let mut scanner = ReplyScanner::default();
+            let mut replies = Vec::new();
+            for chunk in stream.chunks(cut) {
+                scanner.push(chunk, &mut replies).unwrap();
+            }
+            assert_eq!(
+                replies,
+                [
+                    Reply::Other { id: 7 },
+                    Reply::Handle {
+                        id: 8,
+                        handle: b"h1".to_vec()
+                    },
+                    Reply::Status {
+                        id: 9,
+                        code: FX_PERMISSION_DENIED
+                    },
+                ],
+                "cut {cut}"
+            );
+            assert!(scanner.head.capacity() < 1024, "a data body was kept");
+        }
+        let mut scanner = ReplyScanner::default();
+        assert!(matches!(
+            scanner.push(&u32::MAX.to_be_bytes(), &mut Vec::new()),
+            Err(SftpError::TooLarge(_))
+        ));
     }
 
     #[test]
@@ -505,6 +590,6 @@ mod tests {
             framer.push(&remove);
             assert!(framer.next_packet().unwrap().is_some());
         }
-        assert!(framer.buf.len() <= MAX_PACKET + remove.len());
+        assert!(framer.buf.is_empty());
     }
 }

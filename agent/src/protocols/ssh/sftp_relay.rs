@@ -9,7 +9,7 @@ use russh::{ChannelMsg, ChannelReadHalf};
 
 use super::{
     channel::{ClientTx, Counts, Ctx, Early, Released, UpstreamTx, released},
-    sftp::{self, Framer, Operation, Reply, Request},
+    sftp::{self, Framer, Operation, Reply, ReplyScanner, Request},
     sftp_path::Paths,
 };
 use crate::{
@@ -64,7 +64,7 @@ pub async fn relay(
     let mut relay = SftpRelay {
         ctx,
         from_client: Framer::default(),
-        from_server: Framer::default(),
+        from_server: ReplyScanner::default(),
         pending: HashMap::new(),
         paths: Paths::default(),
         counts: Counts::default(),
@@ -101,8 +101,7 @@ pub async fn relay(
             msg = up_rx.wait() => match msg {
                 Some(ChannelMsg::Data { data }) => {
                     if server_framing {
-                        relay.from_server.push(&data);
-                        server_framing = relay.server_replies().await;
+                        server_framing = relay.server_replies(&data).await;
                     }
                     relay.counts.to_client += data.len() as u64;
                     session.add_to_client(data.len());
@@ -149,7 +148,8 @@ pub async fn relay(
 struct SftpRelay<'c, 's> {
     ctx: &'c Ctx<'s>,
     from_client: Framer,
-    from_server: Framer,
+    /// The server's replies, read as they are relayed.
+    from_server: ReplyScanner,
     /// Admitted operations by request id, until the server answers, with
     /// the path an open is for (its handle will name it).
     pending: HashMap<u32, (Admitted, Option<String>)>,
@@ -309,12 +309,15 @@ impl SftpRelay<'_, '_> {
             .map_err(|_| SftpStop::Gone)?;
         let deadline = tokio::time::sleep(PROBE_TIMEOUT);
         tokio::pin!(deadline);
+        // Until the answer, the server's packets are taken whole (one of
+        // them is not relayed).
+        let mut from_server = Framer::default();
         loop {
             tokio::select! {
                 msg = up_rx.wait() => match msg {
                     Some(ChannelMsg::Data { data }) => {
-                        self.from_server.push(&data);
-                        while let Some(packet) = self.from_server.next_packet().map_err(SftpStop::Protocol)? {
+                        from_server.push(&data);
+                        while let Some(packet) = from_server.next_packet().map_err(SftpStop::Protocol)? {
                             let answer = match sftp::reply(&packet) {
                                 Some(Reply::Name { id: PROBE_ID, first }) => Some(first),
                                 Some(Reply::Status { id: PROBE_ID, .. }) => Some(None),
@@ -325,9 +328,10 @@ impl SftpRelay<'_, '_> {
                                 continue;
                             };
                             self.paths.cwd = cwd.filter(|d| d.starts_with('/'));
-                            let rest = self.from_server.buffered().to_vec();
+                            let rest = from_server.buffered().to_vec();
                             if !rest.is_empty() {
-                                self.relay_to_client(tx, rest).await?;
+                                let _ = self.server_replies(&rest).await;
+                                self.relay_to_client(tx, Bytes::from(rest)).await?;
                             }
                             return Ok(());
                         }
@@ -349,10 +353,10 @@ impl SftpRelay<'_, '_> {
         }
     }
 
-    async fn relay_to_client(&mut self, tx: &ClientTx, data: Vec<u8>) -> Result<(), SftpStop> {
+    async fn relay_to_client(&mut self, tx: &ClientTx, data: Bytes) -> Result<(), SftpStop> {
         self.counts.to_client += data.len() as u64;
         self.ctx.session.add_to_client(data.len());
-        tx.data_bytes(Bytes::from(data)).await.map_err(|_| SftpStop::Gone)
+        tx.data_bytes(data).await.map_err(|_| SftpStop::Gone)
     }
 
     /// `op` with its paths resolved as the server will resolve them (a
@@ -401,30 +405,24 @@ impl SftpRelay<'_, '_> {
         }
     }
 
-    /// Records the results of admitted operations the server answered.
-    /// `false` once the server's stream cannot be framed (it is relayed
-    /// on, unread).
-    async fn server_replies(&mut self) -> bool {
+    /// Records the results of admitted operations the server answered in
+    /// `data`. `false` once the server's stream cannot be read as SFTP (it
+    /// is relayed on, unread).
+    async fn server_replies(&mut self, data: &[u8]) -> bool {
         let Ctx { svc, session, .. } = self.ctx;
-        loop {
-            let packet = match self.from_server.next_packet() {
-                Ok(Some(p)) => p,
-                Ok(None) => return true,
-                Err(e) => {
-                    tracing::warn!(session = %session.id, error = %e, "cannot frame the server's SFTP replies");
-                    return false;
-                }
-            };
-            let (id, code) = match sftp::reply(&packet) {
-                Some(Reply::Status { id, code }) => (id, code),
-                Some(Reply::Handle { id, handle }) => {
+        let mut replies = Vec::new();
+        let read = self.from_server.push(data, &mut replies);
+        for reply in replies {
+            let (id, code) = match reply {
+                Reply::Status { id, code } => (id, code),
+                Reply::Handle { id, handle } => {
                     if let Some((_, Some(path))) = self.pending.get(&id) {
                         self.paths.opened(handle, path.clone());
                     }
                     (id, 0)
                 }
-                Some(Reply::Name { id, .. } | Reply::Other { id }) => (id, 0),
-                _ => continue,
+                Reply::Name { id, .. } | Reply::Other { id } => (id, 0),
+                Reply::Version => continue,
             };
             let Some((admitted, _)) = self.pending.remove(&id) else {
                 continue;
@@ -436,10 +434,15 @@ impl SftpRelay<'_, '_> {
             };
             svc.enforcer.finish(session, &admitted, outcome).await;
         }
+        if let Err(e) = read {
+            tracing::warn!(session = %session.id, error = %e, "cannot frame the server's SFTP replies");
+            return false;
+        }
+        true
     }
 }
 
-async fn forward(session: &Session, up_tx: &UpstreamTx, packet: Vec<u8>) -> Result<(), SftpStop> {
+async fn forward(session: &Session, up_tx: &UpstreamTx, packet: Bytes) -> Result<(), SftpStop> {
     session.add_to_server(packet.len());
     up_tx.data_bytes(packet).await.map_err(|_| SftpStop::Gone)
 }
