@@ -36,8 +36,20 @@ pub struct Recorder {
     max_bytes: u64,
     cut: bool,
     failed: bool,
+    /// `finish` ran: the file is no longer this recorder's to remove.
+    finished: bool,
     /// The tail of a UTF-8 sequence split across chunks, per code.
     carry: [Vec<u8>; 2],
+}
+
+/// A recording dropped before `finish` (its command never ran: the server
+/// refused the channel or the request) leaves no file behind.
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = fs::remove_file(&self.writing);
+        }
+    }
 }
 
 /// What the header says.
@@ -81,6 +93,7 @@ impl Recorder {
             max_bytes,
             cut: false,
             failed: false,
+            finished: false,
             carry: [Vec::new(), Vec::new()],
         };
         let mut head = serde_json::json!({
@@ -120,6 +133,7 @@ impl Recorder {
     /// Ends the file; what the audit event names, or `None` when it could
     /// not be written (the error is logged and the result says so).
     pub fn finish(mut self) -> Option<RecordingRef> {
+        self.finished = true;
         for code in 0..2 {
             let rest = std::mem::take(&mut self.carry[code]);
             if !rest.is_empty() {
@@ -133,8 +147,8 @@ impl Recorder {
             self.failed = true;
         }
         (!self.failed).then(|| RecordingRef {
-            path: self.path,
-            sha256: audit::recording::hex(&self.hasher.finalize()),
+            path: std::mem::take(&mut self.path),
+            sha256: audit::recording::hex(&std::mem::take(&mut self.hasher).finalize()),
             cut_at: self.cut.then_some(self.max_bytes),
         })
     }
@@ -256,5 +270,15 @@ mod tests {
         fs::remove_dir_all(&audit).unwrap();
         r.output(b"ward rounds\n");
         assert!(r.finish().is_none());
+    }
+
+    #[test]
+    fn a_recording_dropped_unfinished_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Recorder::create(dir.path(), Uuid::nil(), 3, 1 << 20, &header()).unwrap();
+        let writing = r.writing.clone();
+        assert!(writing.exists());
+        drop(r);
+        assert!(!writing.exists());
     }
 }

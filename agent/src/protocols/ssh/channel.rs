@@ -339,15 +339,6 @@ async fn relay(
         error_code: Some(code.to_owned()),
         ..Outcome::default()
     };
-    let up = match ctx.upstream.channel_open_session().await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(session = %session.id, error = %e, "the server refused a session channel");
-            let message = format!("loopgate: the server refused the channel{newline}");
-            refuse_on_channel(tx, &message).await;
-            return (failed("open_failed"), None);
-        }
-    };
     let masking = svc.mask_output && request.output_is_text();
     // The recording exists before the command runs: one that cannot be
     // written refuses the command (nothing runs unrecorded).
@@ -360,6 +351,15 @@ async fn relay(
         }
         Some(Ok(r)) => r,
         None => None,
+    };
+    let up = match ctx.upstream.channel_open_session().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(session = %session.id, error = %e, "the server refused a session channel");
+            let message = format!("loopgate: the server refused the channel{newline}");
+            refuse_on_channel(tx, &message).await;
+            return (failed("open_failed"), None);
+        }
     };
     let (mut up_rx, up_tx) = up.split();
     if let Some(p) = &early.pty {
