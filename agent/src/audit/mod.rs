@@ -35,6 +35,7 @@ mod retention;
 mod row;
 pub mod ship;
 mod store;
+pub mod typed;
 pub mod verify;
 pub mod verify_remote;
 mod wal;

@@ -14,11 +14,11 @@ use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig, server};
 use super::{
     Service,
     command::{PtyRequest, Request},
-    typed::{Line, TypedLines},
     upstream::Upstream,
 };
 use crate::{
     approval::Resolution,
+    audit::typed::{Line, TypedLines},
     audit::{
         Outcome,
         cast::{Header, Recorder},

@@ -11,8 +11,7 @@
 //! - `command`: requests as policy actions and audit records.
 //! - `channel`: a session channel's request, decided and relayed;
 //!   `forward`: forward channels; `sftp_relay` with `sftp` and `sftp_path`:
-//!   SFTP operation by operation, on resolved paths; `typed`: lines typed
-//!   into a shell, read back from the keystrokes. Exec and shell output is
+//!   SFTP operation by operation, on resolved paths. Exec and shell output is
 //!   masked as it streams (`mask::stream`) and recorded as asciicast
 //!   (`audit::cast`), as Kubernetes exec is.
 mod channel;
@@ -24,7 +23,6 @@ mod server;
 pub mod sftp;
 pub mod sftp_path;
 mod sftp_relay;
-mod typed;
 mod upstream;
 pub mod userca;
 

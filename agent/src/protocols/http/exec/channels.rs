@@ -4,10 +4,17 @@
 //! error/status channel (JSON from v4), 4 terminal resize (JSON), and in
 //! v5 255 "close channel N". Output channels go through a line masker
 //! each and are re-framed as messages of their own; stdin and resizes pass
-//! to the server as the client framed them and are recorded.
+//! to the server as the client framed them. The recording's input is the
+//! lines typed, read back from stdin and their echo (`audit::typed`): raw
+//! keystrokes, a password among them, are never recorded.
+use std::time::Instant;
+
 use super::websocket::{Frame, Opcode, encode};
 use crate::{
-    audit::cast::Recorder,
+    audit::{
+        cast::Recorder,
+        typed::{Line, TypedLines},
+    },
     mask::{Masker, stream::StreamMasker},
 };
 
@@ -46,8 +53,9 @@ pub struct Channels {
     masker: Masker,
     stdout: StreamMasker,
     stderr: StreamMasker,
-    /// stdin, masked for the recording only (the server gets it as sent).
-    input: StreamMasker,
+    /// stdin read back into lines for the recording (the server gets it
+    /// as sent).
+    typed: TypedLines,
     pub recorder: Option<Recorder>,
     /// The channel of each side's fragmented message in progress.
     server_channel: Option<u8>,
@@ -66,7 +74,7 @@ impl Channels {
         Channels {
             stdout: StreamMasker::new(masker.clone()),
             stderr: StreamMasker::new(masker.clone()),
-            input: StreamMasker::new(masker.clone()),
+            typed: TypedLines::default(),
             masker,
             recorder,
             server_channel: None,
@@ -86,7 +94,7 @@ impl Channels {
 
     /// A partial line waits in a masker.
     pub fn has_pending(&self) -> bool {
-        self.stdout.has_pending() || self.stderr.has_pending() || self.input.has_pending()
+        self.stdout.has_pending() || self.stderr.has_pending() || self.typed.has_pending()
     }
 
     /// A server frame: what goes to the client is appended to `out`.
@@ -119,6 +127,8 @@ impl Channels {
                 self.message(channel, &[], out);
             }
             STDOUT => {
+                let lines = self.typed.output(data);
+                self.record_lines(lines);
                 let masked = self.stdout.push(data);
                 self.output(STDOUT, &masked, out);
             }
@@ -166,12 +176,7 @@ impl Channels {
         };
         self.client_channel = (!frame.fin).then_some(channel);
         match channel {
-            STDIN => {
-                let masked = self.input.push(data);
-                if let Some(r) = &mut self.recorder {
-                    r.input(&masked);
-                }
-            }
+            STDIN => self.typed.input(data),
             RESIZE => {
                 if self.resize.len() + data.len() > MAX_MESSAGE {
                     return Err(ChannelError::TooLong);
@@ -199,9 +204,24 @@ impl Channels {
         self.output(STDOUT, &stdout, out);
         let stderr = self.stderr.flush();
         self.output(STDERR, &stderr, out);
-        let input = self.input.flush();
-        if let Some(r) = &mut self.recorder {
-            r.input(&input);
+        let lines = self.typed.expired(Instant::now(), false);
+        self.record_lines(lines);
+    }
+
+    /// The end of the stream: lines still waiting for their echo are
+    /// recorded as unechoed.
+    pub fn end(&mut self) {
+        let lines = self.typed.expired(Instant::now(), true);
+        self.record_lines(lines);
+    }
+
+    fn record_lines(&mut self, lines: Vec<Line>) {
+        let Some(r) = &mut self.recorder else {
+            return;
+        };
+        for line in lines {
+            let text = self.masker.mask_free_text(&line.shown()).into_owned();
+            r.input(format!("{text}\r").as_bytes());
         }
     }
 

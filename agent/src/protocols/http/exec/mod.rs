@@ -393,13 +393,15 @@ where
         (None, Some(_)) => "failed",
         (None, None) => "closed",
     };
+    ch.end();
+    let recording = ch.recorder.take().and_then(Recorder::finish);
     Ended {
         status,
         code,
         to_client: ch.to_client,
         to_server: ch.to_server,
         masked: Some(ch.masked()),
-        recording: ch.recorder.take().and_then(Recorder::finish),
+        recording,
     }
 }
 
@@ -548,7 +550,7 @@ mod tests {
                 frames.push(f);
             }
         }
-        // stdin reaches the server as typed (the recording masks it).
+        // stdin reaches the server as typed (the recording reads it back).
         assert_eq!(frames[0].payload, b"\x00ssn 111-22-3333\n");
         assert_eq!(frames[1].payload, resize);
         server_end
@@ -580,7 +582,8 @@ mod tests {
         assert_eq!(r.check(dir.path()), Ok(()));
         let cast = std::fs::read_to_string(r.file(dir.path()).unwrap()).unwrap();
         assert!(cast.contains("patient ***") && cast.contains("\"100x30\""), "{cast}");
-        assert!(cast.contains("\"i\",\"ssn ***\\n\""), "{cast}");
+        // The server never echoed stdin: the recording keeps only its length.
+        assert!(cast.contains("\"i\",\"(typed without echo: 15 characters)\\r\""), "{cast}");
         assert!(!cast.contains("123-45-6789") && !cast.contains("111-22-3333"), "{cast}");
     }
 

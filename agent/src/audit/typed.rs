@@ -1,6 +1,8 @@
-//! Lines typed into a shell, read back from the keystrokes: an audit aid
-//! (each becomes a `command` event and the recording's input), not a gate
-//! — the shell's own editing, history and completion are not replayed.
+//! Lines typed into a terminal (an SSH shell, a Kubernetes exec), read
+//! back from the keystrokes: an audit aid (the recording's input; for SSH
+//! also a `command` event each), not a gate — the shell's own editing,
+//! history and completion are not replayed. Raw keystrokes are never
+//! recorded.
 //!
 //! Keystrokes the terminal did not echo (a password at a `sudo` prompt)
 //! are not kept: a line counts as echoed when it appears in the server's
@@ -106,8 +108,10 @@ impl TypedLines {
     }
 
     /// The server's output, before masking (a masked echo would not match
-    /// what was typed): the lines whose echo it completes.
+    /// what was typed): the lines whose echo it completes. Output while
+    /// nothing is typed or waiting is not kept.
     pub fn output(&mut self, data: &[u8]) -> Vec<Line> {
+        let keep = !self.line.is_empty() || !self.ended.is_empty();
         for &b in data {
             match (self.echo_escape, b) {
                 (Escape::Start, b'[' | b'O' | b']') => self.echo_escape = Escape::Sequence,
@@ -116,6 +120,7 @@ impl TypedLines {
                 (Escape::Sequence, 0x40..=0x7e | 0x07) => self.echo_escape = Escape::None,
                 (Escape::Sequence, _) => {}
                 (Escape::None, 0x1b) => self.echo_escape = Escape::Start,
+                (Escape::None, _) if !keep => {}
                 (Escape::None, 0x08) => pop_char(&mut self.echo),
                 (Escape::None, c) if c >= 0x20 => self.echo.push(c),
                 (Escape::None, _) => {}
@@ -123,6 +128,9 @@ impl TypedLines {
         }
         if self.echo.len() > MAX_ECHO {
             self.echo.drain(..self.echo.len() - MAX_ECHO);
+        }
+        if !keep {
+            return Vec::new();
         }
         self.resolve(None)
     }
@@ -244,6 +252,15 @@ mod tests {
             t.expired(Instant::now(), true)[0].shown(),
             "(typed without echo: 4 characters)"
         );
+    }
+
+    #[test]
+    fn output_with_nothing_typed_is_not_kept() {
+        let mut t = TypedLines::default();
+        t.output(&vec![b'x'; 100_000]);
+        assert!(t.echo.is_empty());
+        t.input(b"ls\r");
+        assert_eq!(t.output(b"ls\r\n")[0].shown(), "ls");
     }
 
     #[test]
