@@ -163,6 +163,14 @@ pub fn install_known_hosts(path: &Path, line: &str) -> Result<bool, HostCaError>
         path: path.to_owned(),
         source,
     };
+    // Its lines are copied into a 0644 file: a link elsewhere (another
+    // file's contents) is refused.
+    if fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file()) {
+        return Err(io(
+            "replacing",
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        ));
+    }
     let old = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -177,11 +185,17 @@ pub fn install_known_hosts(path: &Path, line: &str) -> Result<bool, HostCaError>
     if new == old {
         return Ok(false);
     }
+    // A fresh file of our own: a stale temporary (or a link planted where
+    // it goes, when the directory is not root's alone) is removed, never
+    // followed.
     let tmp = path.with_extension("loopgate.tmp");
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("removing", e)),
+        _ => {}
+    }
     let mut file = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o644)
         .open(&tmp)
         .map_err(|e| io("writing", e))?;
@@ -223,6 +237,16 @@ mod tests {
             !install_known_hosts(&file, line).unwrap(),
             "a second run changes nothing"
         );
+        // A link planted at the temporary name is replaced, not written through.
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "keep").unwrap();
+        std::os::unix::fs::symlink(&victim, file.with_extension("loopgate.tmp")).unwrap();
+        assert!(install_known_hosts(&file, "@cert-authority * ssh-ed25519 NEWER loopgate-host-ca").unwrap());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+        // A known_hosts that is a link to another file is refused.
+        let linked = dir.path().join("linked_known_hosts");
+        std::os::unix::fs::symlink(&victim, &linked).unwrap();
+        assert!(install_known_hosts(&linked, line).is_err());
         let fresh = dir.path().join("new_known_hosts");
         assert!(install_known_hosts(&fresh, line).unwrap());
         assert_eq!(fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o644);

@@ -187,6 +187,7 @@ impl SftpRelay<'_, '_> {
                     continue;
                 }
                 Request::Unknown { id, extension } => {
+                    let extension = svc.masker.mask_free_text(&extension).into_owned();
                     let reason = format!("the SFTP extension {extension:?} is not one loopgate can decide");
                     self.refuse_unchecked(tx, id, UNSUPPORTED_RULE, &reason).await?;
                     continue;

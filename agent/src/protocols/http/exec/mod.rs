@@ -583,7 +583,10 @@ mod tests {
         let cast = std::fs::read_to_string(r.file(dir.path()).unwrap()).unwrap();
         assert!(cast.contains("patient ***") && cast.contains("\"100x30\""), "{cast}");
         // The server never echoed stdin: the recording keeps only its length.
-        assert!(cast.contains("\"i\",\"(typed without echo: 15 characters)\\r\""), "{cast}");
+        assert!(
+            cast.contains("\"i\",\"(typed without echo: 15 characters)\\r\""),
+            "{cast}"
+        );
         assert!(!cast.contains("123-45-6789") && !cast.contains("111-22-3333"), "{cast}");
     }
 
