@@ -31,7 +31,11 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, server::conn::http1, server::conn::http2, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use loopgate_e2e::{Agent, Target, fhir::TestCa};
+use loopgate_e2e::{
+    Agent, Target,
+    bench::{env_u64, machine_state, median, p50_p99},
+    fhir::TestCa,
+};
 
 const METADATA: &str = r#"{"resourceType":"CapabilityStatement","status":"active","kind":"instance","fhirVersion":"4.0.1","format":["json"]}"#;
 
@@ -40,10 +44,9 @@ fn main() {
         eprintln!("the https benchmark needs root and cgroup v2");
         return;
     }
-    let env = |name: &str, default: u64| std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default);
-    let requests = env("HTTPS_BENCH_REQUESTS", 2000);
-    let mb = env("HTTPS_BENCH_MB", 50);
-    let copies = env("HTTPS_BENCH_COPIES", 3);
+    let requests = env_u64("HTTPS_BENCH_REQUESTS", 2000);
+    let mb = env_u64("HTTPS_BENCH_MB", 50);
+    let copies = env_u64("HTTPS_BENCH_COPIES", 3);
     println!("{}", machine_state());
 
     let dir = tempfile::tempdir().unwrap();
@@ -106,11 +109,6 @@ fn main() {
         assert_eq!(ms.len() as u64, n);
         (ms, wall)
     };
-    let quantiles = |ms: &mut Vec<f64>| {
-        ms.sort_by(f64::total_cmp);
-        let at = |q: f64| ms[((ms.len() as f64 * q) as usize).min(ms.len() - 1)];
-        (at(0.5), at(0.99))
-    };
     for (flag, name) in [("--http2", "HTTP/2"), ("--http1.1", "HTTP/1.1 keep-alive")] {
         small(false, flag, 20);
         small(true, flag, 20);
@@ -132,8 +130,8 @@ fn main() {
             "GET /fhir/metadata ({} bytes) x{requests} each way, {name}, one connection per round of 500, ms",
             METADATA.len()
         );
-        let (d50, d99) = quantiles(&mut direct_ms);
-        let (t50, t99) = quantiles(&mut through_ms);
+        let (d50, d99) = p50_p99(&mut direct_ms);
+        let (t50, t99) = p50_p99(&mut through_ms);
         println!(
             "  direct           {:7.0} req/s  p50 {d50:6.3}  p99 {d99:6.3}",
             rps(direct_wall)
@@ -173,10 +171,6 @@ fn main() {
         masked_size = size;
         through.push(secs);
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let mb_in = bundle.len() as f64 / 1e6;
     let (d, t) = (median(&mut direct), median(&mut through));
     println!(
@@ -286,14 +280,4 @@ fn upstream(ca: &TestCa, dir: &std::path::Path, bundle: Bytes) -> SocketAddr {
         });
     });
     addr
-}
-
-/// CPUs and load average, to read the numbers by.
-fn machine_state() -> String {
-    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!(
-        "machine: {cpus} CPUs, load average {}",
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-    )
 }

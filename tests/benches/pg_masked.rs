@@ -19,6 +19,7 @@ use std::{
 };
 
 use loopgate_e2e::{
+    bench::median,
     clinic::{Clinic, has_ssn},
     postgres::{APP_PASSWORD, APP_USER, PgOptions},
 };
@@ -47,11 +48,6 @@ fn timed(mut cmd: Command, what: &str) -> Duration {
         .expect("run psql");
     assert!(status.success(), "{what} failed");
     started.elapsed()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -119,7 +115,7 @@ fn main() {
             l.push(proxied_rate);
             ratios.push(proxied_rate / direct_rate);
         }
-        summary.push((name, median(d), median(l), median(ratios)));
+        summary.push((name, median(&mut d), median(&mut l), median(&mut ratios)));
     }
     println!("\nmedian of {rounds} rounds");
     for (name, d, l, ratio) in summary {

@@ -21,6 +21,7 @@ use std::{
 
 use loopgate_e2e::{
     Agent, Target,
+    bench::{env_u64, machine_state, p50_p99},
     sshd::{Sshd, keygen},
 };
 
@@ -39,10 +40,9 @@ fn main() {
         eprintln!("the ssh benchmark needs root and cgroup v2");
         return;
     }
-    let env = |name: &str, default: u64| std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default);
-    let runs = env("SSH_BENCH_RUNS", 200);
-    let mib = env("SSH_BENCH_MIB", 1024);
-    let copies = env("SSH_BENCH_COPIES", 3);
+    let runs = env_u64("SSH_BENCH_RUNS", 200);
+    let mib = env_u64("SSH_BENCH_MIB", 1024);
+    let copies = env_u64("SSH_BENCH_COPIES", 3);
     println!("{}", machine_state());
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("loopgate_ed25519");
@@ -136,14 +136,9 @@ fn main() {
         through_ms.extend(latency(true, round));
         left -= round;
     }
-    let quantiles = |ms: &mut Vec<f64>| {
-        ms.sort_by(f64::total_cmp);
-        let at = |q: f64| ms[((ms.len() as f64 * q) as usize).min(ms.len() - 1)];
-        (at(0.5), at(0.99))
-    };
     println!("ssh host true x{runs} each way (a new connection each), ms; client, proxy and server share the CPUs");
-    let (d50, d99) = quantiles(&mut direct_ms);
-    let (t50, t99) = quantiles(&mut through_ms);
+    let (d50, d99) = p50_p99(&mut direct_ms);
+    let (t50, t99) = p50_p99(&mut through_ms);
     println!("  direct          p50 {d50:7.2}  p99 {d99:7.2}");
     println!(
         "  through loopgate p50 {t50:7.2}  p99 {t99:7.2}  (added p50 {:.2}, p99 {:.2})",
@@ -203,14 +198,4 @@ fn main() {
 
 fn fmt_rate(r: f64) -> String {
     format!("{r:8.1}")
-}
-
-/// CPUs and load average, to read the numbers by.
-fn machine_state() -> String {
-    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!(
-        "machine: {cpus} CPUs, load average {}",
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-    )
 }

@@ -3,6 +3,7 @@
 //! cgroup, and reads what the agent recorded. Everything a test creates is
 //! removed when its [`Agent`] drops, on failure too.
 pub mod agent;
+pub mod bench;
 pub mod clinic;
 pub mod echo;
 pub mod env;
