@@ -189,9 +189,9 @@ const RESOURCE_TYPES: &[&str] = &[
     "VisionPrescription",
 ];
 
-/// The FHIR parts of a request. The service base (`/fhir`, `/baseR4`) is
-/// whatever comes before the first segment that names a resource type
-/// (an upper-case letter first), an operation (`$op`), `metadata`,
+/// The FHIR parts of a request. The service base (`/fhir`, `/baseR4`,
+/// Epic's `/api/FHIR/R4`) is whatever comes before the first segment that
+/// names a resource type of R4 or R5, an operation (`$op`), `metadata`,
 /// `_history` or `_search`; a base-only POST is a batch or transaction;
 /// `Patient/1/Observation` is a search of Observations in the Patient's
 /// compartment. A known type in another case is refused.
@@ -242,11 +242,14 @@ pub fn parse(method: &str, target: &Target) -> Result<FhirRequest, Ambiguous> {
         }
         ("GET", ["metadata"]) if ty.is_none() => "capabilities",
         ("GET" | "HEAD", []) if ty.is_some() => "search",
-        ("POST", ["_search"]) => "search",
+        ("POST" | "GET", ["_search"]) => "search",
         ("POST", []) if ty.is_some() => "create",
         ("POST", []) => "batch",
         ("GET" | "HEAD", []) => "search",
         ("DELETE", []) if ty.is_some() => "delete",
+        // Conditional update and patch: `PUT Patient?identifier=...`.
+        ("PUT", []) if ty.is_some() => "update",
+        ("PATCH", []) if ty.is_some() => "patch",
         ("GET", ["_history"]) | ("GET", [_, "_history"]) => {
             if let [id, _] = tail {
                 r.id = Some((*id).to_owned());
@@ -276,6 +279,9 @@ pub fn parse(method: &str, target: &Target) -> Result<FhirRequest, Ambiguous> {
                 _ => "other",
             }
         }
+        // Whatever else a DELETE names (a version's history, a conditional
+        // delete across types, a type loopgate does not know) deletes.
+        ("DELETE", _) => "delete",
         _ => "other",
     }
     .to_owned();
@@ -287,9 +293,10 @@ fn miscased_type(s: &str) -> bool {
     !RESOURCE_TYPES.contains(&s) && RESOURCE_TYPES.iter().any(|t| t.eq_ignore_ascii_case(s))
 }
 
-/// A FHIR resource type name: `Patient`, `MedicationRequest`.
+/// A FHIR resource type of R4 or R5: `Patient`, `MedicationRequest` (a
+/// capitalised base segment such as Epic's `FHIR` is none).
 fn is_resource_type(s: &str) -> bool {
-    s.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && s.chars().all(|c| c.is_ascii_alphanumeric())
+    RESOURCE_TYPES.contains(&s)
 }
 
 #[cfg(test)]
@@ -435,5 +442,20 @@ mod tests {
             (r.interaction.as_str(), r.resource_type.as_deref()),
             ("search", Some("Condition"))
         );
+    }
+
+    #[test]
+    fn a_capitalised_base_is_no_type_and_every_delete_is_a_delete() {
+        let epic = p("DELETE", "/api/FHIR/R4/Patient/1");
+        assert_eq!(
+            (epic.interaction.as_str(), epic.resource_type.as_deref(), epic.id.as_deref()),
+            ("delete", Some("Patient"), Some("1"))
+        );
+        for target in ["/fhir/Patient/1/_history/2", "/fhir?identifier=x", "/fhir/Custom/1"] {
+            assert_eq!(p("DELETE", target).interaction, "delete", "{target}");
+        }
+        assert_eq!(p("PUT", "/fhir/Patient?identifier=x").interaction, "update");
+        assert_eq!(p("GET", "/fhir/Patient/_search").interaction, "search");
+        assert_eq!(p("DELETE", "/fhir/Patient/1/$purge").interaction, "operation");
     }
 }
