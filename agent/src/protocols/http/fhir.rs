@@ -448,7 +448,11 @@ mod tests {
     fn a_capitalised_base_is_no_type_and_every_delete_is_a_delete() {
         let epic = p("DELETE", "/api/FHIR/R4/Patient/1");
         assert_eq!(
-            (epic.interaction.as_str(), epic.resource_type.as_deref(), epic.id.as_deref()),
+            (
+                epic.interaction.as_str(),
+                epic.resource_type.as_deref(),
+                epic.id.as_deref()
+            ),
             ("delete", Some("Patient"), Some("1"))
         );
         for target in ["/fhir/Patient/1/_history/2", "/fhir?identifier=x", "/fhir/Custom/1"] {
