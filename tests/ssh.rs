@@ -357,9 +357,14 @@ fn exec_masking_refusals_sftp_and_forwards() {
     // Other spellings of the PHI path, and the requests OpenSSH's sftp
     // sends as extensions (rename is posix-rename@openssh.com, ln is
     // hardlink@openssh.com): each is decided on the path the server
-    // resolves, and refused.
+    // resolves, and refused. Links that were on the server before
+    // (`data` to the PHI directory, `records-link` to a PHI file) are
+    // seen through where the request follows them; removing a link
+    // removes only the link, and is allowed.
     let dir = f.dir.path().display().to_string();
     let before = fs::metadata(&records).unwrap().permissions().mode();
+    std::os::unix::fs::symlink(&f.phi, remote.join("data")).unwrap();
+    std::os::unix::fs::symlink(&records, remote.join("records-link")).unwrap();
     fs::write(
         &batch,
         format!(
@@ -368,8 +373,13 @@ fn exec_masking_refusals_sftp_and_forwards() {
              -chmod 777 {dir}/phi//records.csv\n\
              -mkdir {dir}/remote/../phi/new\n\
              -ln -s {dir}/phi {remote}/phi-link\n\
+             -put {local} {remote}/data/via-link.bin\n\
+             -chmod 777 {remote}/records-link\n\
+             -rename {remote}/up.bin {remote}/data/moved.bin\n\
+             rm {remote}/records-link\n\
              ls {remote}\n",
             remote = remote.display(),
+            local = local.display(),
         ),
     )
     .unwrap();
@@ -377,7 +387,7 @@ fn exec_masking_refusals_sftp_and_forwards() {
     assert!(out.status.success(), "{}", f.context(&out));
     assert_eq!(
         text(&out.stderr).matches("Permission denied").count(),
-        5,
+        8,
         "{}",
         f.context(&out)
     );
@@ -385,11 +395,14 @@ fn exec_masking_refusals_sftp_and_forwards() {
     assert!(!f.phi.join("moved.bin").exists() && remote.join("up.bin").exists());
     assert!(!remote.join("hard.csv").exists() && !f.phi.join("new").exists());
     assert!(fs::symlink_metadata(remote.join("phi-link")).is_err());
+    assert!(!f.phi.join("via-link.bin").exists());
+    assert!(fs::symlink_metadata(remote.join("records-link")).is_err() && records.exists());
     assert_eq!(fs::metadata(&records).unwrap().permissions().mode(), before);
     let events = f.agent.wait_events("the refused spellings", |e| {
-        commands(e, "ssh_sftp")
-            .iter()
-            .any(|c| c["command"]["text"].as_str().unwrap().contains("symlink"))
+        commands(e, "ssh_sftp").iter().any(|c| {
+            let text = c["command"]["text"].as_str().unwrap();
+            text.starts_with("sftp remove") && text.ends_with("/records-link")
+        })
     });
     let refused: Vec<&str> = commands(&events, "ssh_sftp")
         .iter()
@@ -402,9 +415,27 @@ fn exec_masking_refusals_sftp_and_forwards() {
         format!("sftp link {phi}/records.csv {}/hard.csv", remote.display()),
         format!("sftp setstat {phi}/records.csv"),
         format!("sftp mkdir {phi}/new"),
+        format!("sftp write {phi}/via-link.bin"),
     ] {
         assert!(refused.contains(&shown.as_str()), "{shown} not in {refused:?}");
     }
+    assert_eq!(
+        refused.iter().filter(|t| t.ends_with("/moved.bin")).count(),
+        2,
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.iter().filter(|t| t.contains("setstat")).count(),
+        2,
+        "{refused:?}"
+    );
+    let removed = format!("sftp remove {}/records-link", remote.display());
+    assert!(
+        commands(&events, "ssh_sftp")
+            .iter()
+            .any(|c| c["command"]["text"] == removed.as_str() && c["decision"]["verdict"] == "allow"),
+        "{removed} not allowed"
+    );
 
     // A port forward is refused by the pack; the client says so.
     let target = format!("127.0.0.1:{}", f.sshd.port);

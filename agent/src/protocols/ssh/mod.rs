@@ -23,6 +23,7 @@ mod server;
 pub mod sftp;
 pub mod sftp_path;
 mod sftp_relay;
+mod sftp_resolver;
 mod upstream;
 pub mod userca;
 

@@ -310,6 +310,13 @@ pub fn reply(packet: &[u8]) -> Option<Reply> {
     })
 }
 
+/// The INIT that opens a session, version 3 (OpenSSH's).
+pub fn init() -> Vec<u8> {
+    let mut body = vec![FXP_INIT];
+    body.extend_from_slice(&3u32.to_be_bytes());
+    packet(body)
+}
+
 /// A REALPATH request for `path`.
 pub fn realpath(id: u32, path: &str) -> Vec<u8> {
     let mut body = vec![FXP_REALPATH];

@@ -6,9 +6,10 @@
 //! (`REALPATH "."`) before the first request is decided; with none
 //! known, a relative path does not resolve and the request is refused.
 //!
-//! Symbolic links are not followed: a link that already exists outside a
-//! PHI path and points into one is the one spelling this does not see
-//! (the HIPAA pack refuses creating such links over SFTP and SSH).
+//! This is the spelling only: where links lead the server says
+//! (`sftp_resolver.rs`), and its answer replaces this one. This one is
+//! kept for what the server cannot resolve (the request fails there too)
+//! and for the paths open handles name.
 use std::collections::HashMap;
 
 /// At most this many open handles are remembered; a handle beyond it has

@@ -1,7 +1,8 @@
 //! An SFTP channel operation by operation: client packets are framed
-//! (`sftp.rs`), each file operation's paths are resolved (`sftp_path.rs`)
-//! and go to the enforcement point before it reaches the server, and the
-//! server's reply records its result.
+//! (`sftp.rs`), each file operation's paths are resolved (`sftp_path.rs`,
+//! then through the server's links by `sftp_resolver.rs`) and go to the
+//! enforcement point before it reaches the server, and the server's reply
+//! records its result.
 use std::{collections::HashMap, time::Duration};
 
 use bytes::Bytes;
@@ -10,7 +11,8 @@ use russh::{ChannelMsg, ChannelReadHalf};
 use super::{
     channel::{ClientTx, Counts, Ctx, Early, Released, UpstreamTx, released},
     sftp::{self, Framer, Operation, Reply, ReplyScanner, Request},
-    sftp_path::Paths,
+    sftp_path::{self, Paths},
+    sftp_resolver::{ResolveError, Resolver},
 };
 use crate::{
     audit::{CommandInfo, Outcome},
@@ -67,6 +69,7 @@ pub async fn relay(
         from_server: ReplyScanner::default(),
         pending: HashMap::new(),
         paths: Paths::default(),
+        resolver: Err("the SFTP session has not started".into()),
         counts: Counts::default(),
         operations: 0,
     };
@@ -116,6 +119,9 @@ pub async fn relay(
         }
     }
     let _ = up_tx.close().await;
+    if let Ok(resolver) = relay.resolver {
+        resolver.close().await;
+    }
     // Operations the server never answered: the session ended under them.
     for (_, (admitted, _)) in relay.pending.drain() {
         let outcome = Outcome {
@@ -154,6 +160,9 @@ struct SftpRelay<'c, 's> {
     /// the path an open is for (its handle will name it).
     pending: HashMap<u32, (Admitted, Option<String>)>,
     paths: Paths,
+    /// Asks the server where paths lead; why not, when it cannot (every
+    /// path operation is then refused).
+    resolver: Result<Resolver, String>,
     counts: Counts,
     /// Operations decided.
     operations: u64,
@@ -205,8 +214,14 @@ impl SftpRelay<'_, '_> {
                         continue;
                     }
                 },
-                Request::Path(op) => match self.resolved(op) {
-                    Ok(op) => op,
+                Request::Path(op) => match self.resolved(op.clone()) {
+                    Ok(lexical) => match self.through_links(op, lexical).await {
+                        Ok(op) => op,
+                        Err((id, reason)) => {
+                            self.refuse_unchecked(tx, id, UNRESOLVED_RULE, &reason).await?;
+                            continue;
+                        }
+                    },
                     Err(id) => {
                         let reason = "a relative path, and the server did not say the working directory";
                         self.refuse_unchecked(tx, id, UNRESOLVED_RULE, reason).await?;
@@ -329,6 +344,10 @@ impl SftpRelay<'_, '_> {
                                 continue;
                             };
                             self.paths.cwd = cwd.filter(|d| d.starts_with('/'));
+                            self.resolver = Resolver::open(&self.ctx.upstream).await.map_err(|e| {
+                                tracing::warn!(session = %session.id, error = %e, "cannot resolve SFTP paths on the server");
+                                format!("loopgate cannot ask the server where the path leads ({e})")
+                            });
                             let rest = from_server.buffered().to_vec();
                             if !rest.is_empty() {
                                 let _ = self.server_replies(&rest).await;
@@ -378,6 +397,59 @@ impl SftpRelay<'_, '_> {
         }
         .ok_or(id)?;
         Ok(Operation { id, name, path, to })
+    }
+
+    /// `raw` (as the client sent it) with its paths as the server will act
+    /// on them: through every link where the operation follows links
+    /// (opening, listing, attributes, a symlink's target), through the
+    /// directories only where it acts on the name itself (remove, rename,
+    /// link, mkdir, rmdir, the link a symlink creates). The server is
+    /// asked about the path as sent, since `..` after a link leaves the
+    /// link's target. A path it cannot resolve is taken as `lexical` has
+    /// it: the request fails on the server as well.
+    async fn through_links(&mut self, raw: Operation, lexical: Operation) -> Result<Operation, (u32, String)> {
+        let id = raw.id;
+        let resolver = match &mut self.resolver {
+            Ok(r) => r,
+            Err(why) => return Err((id, why.clone())),
+        };
+        let cwd = self.paths.cwd.as_deref().unwrap_or_default();
+        // `lexical` resolved, so a relative path had a working directory.
+        let absolute = |p: &str| {
+            if p.starts_with('/') {
+                p.to_owned()
+            } else {
+                format!("{cwd}/{p}")
+            }
+        };
+        let lost = |e: ResolveError| (id, format!("loopgate cannot ask the server where the path leads ({e})"));
+        let to = match &raw.to {
+            Some(to) => Some(
+                named(resolver, &absolute(to))
+                    .await
+                    .map_err(lost)?
+                    .or(lexical.to)
+                    .unwrap_or_default(),
+            ),
+            None => None,
+        };
+        let path = match (raw.name, &to) {
+            // A symlink's target is read from the link's directory.
+            ("symlink", Some(link)) => {
+                let target = if raw.path.starts_with('/') {
+                    raw.path.clone()
+                } else {
+                    let dir = link.rsplit_once('/').map_or("", |(dir, _)| dir);
+                    format!("{dir}/{}", raw.path)
+                };
+                resolver.realpath(&target).await
+            }
+            ("read" | "write" | "list" | "setstat", _) => resolver.realpath(&absolute(&raw.path)).await,
+            _ => named(resolver, &absolute(&raw.path)).await,
+        }
+        .map_err(lost)?
+        .unwrap_or(lexical.path);
+        Ok(Operation { path, to, ..raw })
     }
 
     /// Records and answers a request loopgate refuses itself, before any
@@ -441,6 +513,18 @@ impl SftpRelay<'_, '_> {
         }
         true
     }
+}
+
+/// The server's name for absolute `path` with its directory resolved
+/// and its last component kept (not followed); `None` when the server
+/// cannot resolve the directory.
+async fn named(resolver: &mut Resolver, path: &str) -> Result<Option<String>, ResolveError> {
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let dir = if dir.is_empty() { "/" } else { dir };
+    Ok(resolver
+        .realpath(dir)
+        .await?
+        .and_then(|real| sftp_path::resolve(None, &format!("{real}/{name}"))))
 }
 
 async fn forward(session: &Session, up_tx: &UpstreamTx, packet: Bytes) -> Result<(), SftpStop> {
