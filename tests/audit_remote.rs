@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use loopgate::audit::recording::{self, RecordingRef};
 use loopgate::audit::{AuditConfig, AuditStore, CommandInfo, Event, EventKind, Health};
 use loopgate::objstore::{self, S3Url};
 use loopgate_e2e::{loopgate_bin, s3::S3Server};
@@ -336,6 +337,54 @@ async fn a_rewritten_end_is_reported() {
 
     let stdout = verify_exits(1, &s3, Some(&public), &[]);
     assert_says(&stdout, &["the event at seq 120", "rewritten at or before seq 120"]);
+}
+
+/// A session recording is checked from the bucket too: the chain holds
+/// its hash, so one rewritten or deleted there is reported.
+#[tokio::test]
+async fn a_rewritten_or_deleted_recording_in_the_bucket_is_reported() {
+    let s3 = S3Server::start("audit");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, public) = keygen(dir.path());
+    // A finished recording, sealed where the SSH relay leaves one.
+    let session = format!("{:032x}", std::process::id());
+    let session = session.parse().expect("a session id");
+    let rel = recording::relative_path(loopgate::audit::now_us(), session, 0);
+    let file = dir.path().join("audit").join(&rel);
+    std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+    std::fs::write(
+        &file,
+        b"{\"version\": 2, \"width\": 80, \"height\": 24}\n[0.1, \"o\", \"ok\"]\n",
+    )
+    .expect("write");
+    let named = RecordingRef {
+        path: rel.clone(),
+        sha256: recording::sha256_file(&file).expect("hash"),
+        cut_at: None,
+    };
+    let store = AuditStore::open(config(&s3, dir.path(), Some(&key), "", "segment_max_events = 50")).expect("open");
+    record(&store, &host(), 0..10).await;
+    let mut result = event(&host(), 10);
+    if let Some(c) = result.command.as_mut() {
+        c.parameters = named.to_parameters();
+    }
+    store.append_seq(result).await.expect("append");
+    record(&store, &host(), 11..20).await;
+    store.shutdown().await.expect("shutdown");
+    let stdout = verify_exits(0, &s3, Some(&public), &[]);
+    assert_says(&stdout, &["20 events", "1 recordings match their hashes"]);
+
+    let bucket = bucket(&s3);
+    let object = object_store::path::Path::from(format!("{PREFIX}/{rel}"));
+    bucket
+        .put(&object, PutPayload::from_static(b"{\"version\": 2}\n"))
+        .await
+        .expect("put rewritten");
+    let stdout = verify_exits(1, &s3, Some(&public), &[]);
+    assert_says(&stdout, &[&format!("recording {rel} was rewritten"), "row 10"]);
+    bucket.delete(&object).await.expect("delete");
+    let stdout = verify_exits(1, &s3, Some(&public), &[]);
+    assert_says(&stdout, &[&format!("recording {rel} is missing from the bucket")]);
 }
 
 #[tokio::test]

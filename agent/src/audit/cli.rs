@@ -311,6 +311,7 @@ fn describe(r: &verify_remote::HostReport) -> String {
         )),
         None => line.push_str(&format!("; {} checkpoints not checked", r.checkpoints_listed)),
     }
+    line.push_str(&format!("; {} recordings match their hashes", r.recordings));
     line
 }
 

@@ -7,7 +7,10 @@
 //! ends before it was cut (its newest objects deleted); one with another
 //! hash there was rewritten. Because every hash covers all events before
 //! it, that one comparison vouches for the whole chain up to the
-//! checkpoint. `--all-checkpoints` checks every checkpoint besides.
+//! checkpoint. `--all-checkpoints` checks every checkpoint besides. Each
+//! session recording an event names is fetched and hashed: the chain
+//! holds its SHA-256, so a recording rewritten or deleted in the bucket
+//! shows.
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,10 +18,13 @@ use futures_util::{StreamExt as _, TryStreamExt as _};
 use object_store::aws::AmazonS3;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore as _, ObjectStoreExt as _};
+use sha2::{Digest as _, Sha256};
 
 use super::checkpoint::{self, Checkpoint};
 use super::layout;
 use super::parquet;
+use super::recording::{self, RecordingRef};
+use super::row::{COMMAND_PARAMETERS, EVENT_ID, list_at, str_at};
 use super::verify::{Broken, Walk};
 use crate::objstore::S3Url;
 use crate::signing::TrustedKeys;
@@ -49,6 +55,8 @@ pub struct HostReport {
     pub checkpoint: Option<Checkpoint>,
     pub checkpoints_listed: usize,
     pub checkpoints_checked: usize,
+    /// Session recordings the chain names, each matching its hash.
+    pub recordings: usize,
 }
 
 pub type Outcome = Result<HostReport, Result<Broken, String>>;
@@ -128,6 +136,7 @@ pub async fn verify_host(store: &AmazonS3, url: &S3Url, host: &str, options: &Op
         signed.push(fetch_checkpoint(store, url, host, key, &options.trusted).await?);
     }
     let mut walk = Walk::new(None);
+    let mut recordings = Vec::new();
     for c in &signed {
         walk.watch(c.seq);
     }
@@ -149,6 +158,22 @@ pub async fn verify_host(store: &AmazonS3, url: &S3Url, host: &str, options: &Op
             })
         })?;
         walk.check_file(&shown, &file.relative, &meta, &rows).map_err(Ok)?;
+        for (i, row) in rows.iter().enumerate() {
+            if let Some(r) = RecordingRef::from_parameters(list_at(row, COMMAND_PARAMETERS)) {
+                recordings.push((shown.clone(), i, str_at(row, EVENT_ID).map(str::to_owned), r));
+            }
+        }
+    }
+    // The chain holds each recording's hash: the objects must match.
+    for (file, row, event_id, r) in &recordings {
+        check_recording(store, url, r).await.map_err(|problem| {
+            problem.map(|problem| Broken {
+                file: file.clone(),
+                row: Some(*row),
+                event_id: event_id.clone(),
+                problem,
+            })
+        })?;
     }
     let (last_seq, last_hash) = walk.head();
     for c in &signed {
@@ -181,7 +206,37 @@ pub async fn verify_host(store: &AmazonS3, url: &S3Url, host: &str, options: &Op
         checkpoint: newest,
         checkpoints_listed: checkpoints.len(),
         checkpoints_checked: signed.len(),
+        recordings: recordings.len(),
     })
+}
+
+/// The recording's object hashed as it streams in, against the hash the
+/// chain holds. Errors as in [`Outcome`]: `Err(Ok(problem))` the trail
+/// is broken, `Err(Err(e))` the store could not be read.
+async fn check_recording(store: &AmazonS3, url: &S3Url, r: &RecordingRef) -> Result<(), Result<String, String>> {
+    if r.file(std::path::Path::new("")).is_none() {
+        return Err(Ok(format!("recording path {:?} leaves the host's partitions", r.path)));
+    }
+    let key = url.key(&r.path);
+    let mut body = match store.get(&key).await {
+        Ok(got) => got.into_stream(),
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(Ok(format!("recording {} is missing from the bucket", r.path)));
+        }
+        Err(e) => return Err(Err(format!("reading {url}/{}: {e}", r.path))),
+    };
+    let mut hasher = Sha256::new();
+    while let Some(chunk) = body.next().await {
+        hasher.update(chunk.map_err(|e| Err(format!("reading {url}/{}: {e}", r.path)))?);
+    }
+    let hash = recording::hex(&hasher.finalize());
+    if hash != r.sha256 {
+        return Err(Ok(format!(
+            "recording {} was rewritten: sha256 {hash}, recorded {}",
+            r.path, r.sha256
+        )));
+    }
+    Ok(())
 }
 
 /// The chain must reach the checkpoint's seq, with its hash there.
