@@ -115,6 +115,22 @@ pub fn read(path: &str, query: Option<&str>) -> Result<Target, Ambiguous> {
 /// `%XX` decoded (and `+` as a space in a query); `None` for an invalid
 /// escape or bytes that are not UTF-8.
 pub fn decode(s: &str, plus_is_space: bool) -> Option<String> {
+    let bytes = decode_bytes(s, plus_is_space, false)?;
+    String::from_utf8(bytes).ok()
+}
+
+/// `%XX` decoded where it is a valid escape and a `%` kept where it is
+/// not, bytes that are not UTF-8 replaced: for looking at text, never for
+/// forwarding. A detector must not be blinded by one bad escape next to
+/// an encoded identifier (`123%2D45%2D6789%zz`).
+pub fn decode_lenient(s: &str) -> String {
+    let bytes = decode_bytes(s, false, true).unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The bytes `s` stands for; an invalid escape is `None`, or kept as it
+/// is when `keep_invalid`.
+fn decode_bytes(s: &str, plus_is_space: bool, keep_invalid: bool) -> Option<Vec<u8>> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -122,9 +138,17 @@ pub fn decode(s: &str, plus_is_space: bool) -> Option<String> {
         match bytes[i] {
             b'%' => {
                 let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
-                let (h, l) = (hex(bytes.get(i + 1))?, hex(bytes.get(i + 2))?);
-                out.push((h * 16 + l) as u8);
-                i += 3;
+                match (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                    }
+                    _ if keep_invalid => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                    _ => return None,
+                }
             }
             b'+' if plus_is_space => {
                 out.push(b' ');
@@ -136,7 +160,7 @@ pub fn decode(s: &str, plus_is_space: bool) -> Option<String> {
             }
         }
     }
-    String::from_utf8(out).ok()
+    Some(out)
 }
 
 /// A decoded segment as it goes upstream: unreserved characters and the

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use crate::mask::Masker;
 
-use super::canonical::decode;
+use super::canonical::{decode, decode_lenient};
 
 /// Search result parameters (<https://hl7.org/fhir/search.html>) and
 /// servers' paging cursors: no patient's data, needed to page.
@@ -78,9 +78,7 @@ pub fn mask_text<'t>(masker: &Masker, text: &'t str) -> Cow<'t, str> {
 fn encoded_phi(masker: &Masker, run: &str) -> bool {
     let mut current = run.to_owned();
     for _ in 0..3 {
-        let Some(decoded) = decode(&current, false) else {
-            return false;
-        };
+        let decoded = decode_lenient(&current);
         if matches!(masker.mask_free_text(&decoded), Cow::Owned(_)) {
             return true;
         }
@@ -94,9 +92,17 @@ fn encoded_phi(masker: &Masker, run: &str) -> bool {
 
 /// A URL (absolute or relative) with the values of its query's search
 /// parameters replaced by the redaction token, paging parameters kept;
-/// everything through [`mask_text`].
+/// everything through [`mask_text`]. Text that starts as a query does
+/// (a `=` before any `/` or `?`: a Bundle entry's `ifNoneExist`,
+/// `identifier=...|123`) is read as a bare query.
 pub fn mask_search_url<'t>(masker: &Masker, url: &'t str) -> Cow<'t, str> {
-    let Some((base, query)) = url.split_once('?') else {
+    let bare_query = url.find(['/', '?', '=']).is_some_and(|i| url.as_bytes()[i] == b'=');
+    let split = if bare_query {
+        Some(("", url))
+    } else {
+        url.split_once('?')
+    };
+    let Some((base, query)) = split else {
         return mask_text(masker, url);
     };
     // The query ends at a fragment, or where a header's URL ends (`<...>`).
@@ -104,7 +110,9 @@ pub fn mask_search_url<'t>(masker: &Masker, url: &'t str) -> Cow<'t, str> {
     let (query, fragment) = (&query[..end], Some(&query[end..]).filter(|f| !f.is_empty()));
     let mut out = String::with_capacity(url.len());
     out.push_str(base);
-    out.push('?');
+    if !bare_query {
+        out.push('?');
+    }
     for (i, pair) in query.split('&').enumerate() {
         if i > 0 {
             out.push('&');
@@ -151,6 +159,10 @@ mod tests {
             ("twice 123%252D45%252D6789", "twice ***"),
             ("plain 123-45-6789 and 100%", "plain *** and 100%"),
             ("nothing%20here é%", "nothing%20here é%"),
+            // A bad escape or a byte that is not UTF-8 next to an encoded
+            // identifier does not hide it.
+            ("/fhir/Patient/123%2D45%2D6789%zz", "/fhir/Patient/***"),
+            ("/fhir/Patient/%FF123%2D45%2D6789", "/fhir/Patient/***"),
         ] {
             assert_eq!(mask_text(&m, text), want, "{text}");
         }
@@ -167,5 +179,10 @@ mod tests {
         );
         assert_eq!(mask_search_url(&m, "Patient/p1/_history/2"), "Patient/p1/_history/2");
         assert_eq!(mask_search_url(&m, "Patient?flag&_count=1"), "Patient?flag&_count=1");
+        // A conditional create's ifNoneExist is a query with no `?`.
+        assert_eq!(
+            mask_search_url(&m, "identifier=http://hospital.example/mrn|8812&_count=1"),
+            "identifier=***&_count=1"
+        );
     }
 }

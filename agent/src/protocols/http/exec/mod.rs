@@ -226,59 +226,58 @@ where
 }
 
 /// Copies both ways until both sides have ended, counting what passed
-/// (also when a side ends abruptly, e.g. TLS without close_notify).
-async fn relay_bytes<C, S>(mut client: C, mut server: S) -> Ended
+/// (also when a side ends abruptly, e.g. TLS without close_notify). The
+/// directions run apart: one side's full window never stalls the other
+/// (a client that writes without reading while the server writes back).
+async fn relay_bytes<C, S>(client: C, server: S) -> Ended
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut cbuf, mut sbuf) = (vec![0u8; READ_CHUNK], vec![0u8; READ_CHUNK]);
-    let (mut up, mut down) = (0u64, 0u64);
-    let (mut client_open, mut server_open) = (true, true);
-    let mut clean = true;
-    while client_open || server_open {
+    let (client_read, client_write) = tokio::io::split(client);
+    let (server_read, server_write) = tokio::io::split(server);
+    let (mut to_server, mut to_client) = (0u64, 0u64);
+    let clean = {
+        let up = pump(client_read, server_write, &mut to_server);
+        let down = pump(server_read, client_write, &mut to_client);
+        tokio::pin!(up, down);
+        // A direction that fails ends the relay; one that ends cleanly
+        // waits for the other.
         tokio::select! {
-            r = client.read(&mut cbuf), if client_open => match r {
-                Ok(0) => {
-                    client_open = false;
-                    let _ = server.shutdown().await;
-                }
-                Ok(n) => {
-                    if server.write_all(&cbuf[..n]).await.is_err() {
-                        clean = false;
-                        break;
-                    }
-                    up += n as u64;
-                }
-                Err(_) => {
-                    clean = false;
-                    break;
-                }
-            },
-            r = server.read(&mut sbuf), if server_open => match r {
-                Ok(0) => {
-                    server_open = false;
-                    let _ = client.shutdown().await;
-                }
-                Ok(n) => {
-                    if client.write_all(&sbuf[..n]).await.is_err() {
-                        clean = false;
-                        break;
-                    }
-                    down += n as u64;
-                }
-                Err(_) => {
-                    clean = false;
-                    break;
-                }
-            },
+            ok = &mut up => ok && down.await,
+            ok = &mut down => ok && up.await,
         }
-    }
+    };
     Ended {
         status: if clean { "ok" } else { "closed" },
-        to_client: down,
-        to_server: up,
+        to_client,
+        to_server,
         ..Ended::default()
+    }
+}
+
+/// Copies `from` to `to` until `from` ends (then shuts `to` down),
+/// counting into `copied`; whether it ended cleanly.
+async fn pump<R, W>(mut from: R, mut to: W, copied: &mut u64) -> bool
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) => {
+                let _ = to.shutdown().await;
+                return true;
+            }
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return false;
+                }
+                *copied += n as u64;
+            }
+            Err(_) => return false,
+        }
     }
 }
 
@@ -503,6 +502,46 @@ mod tests {
         let ended = relay.await.unwrap();
         assert_eq!((ended.to_server, ended.to_client), (16, 4));
         assert!(ended.recording.is_none() && ended.masked.is_none());
+    }
+
+    /// An echo server (it reads, writes back, reads again) behind small
+    /// buffers while the client sends a megabyte and reads the echo: a
+    /// relay that waits on one direction's write stops both.
+    #[tokio::test]
+    async fn port_forward_to_an_echo_server_does_not_stall() {
+        let (client, client_end) = tokio::io::duplex(1024);
+        let (server, mut server_end) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(async move { relay(client, server, Streams::Bytes, masker(), None).await });
+        let echo = tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            loop {
+                match server_end.read(&mut buf).await.unwrap() {
+                    0 => break,
+                    n => server_end.write_all(&buf[..n]).await.unwrap(),
+                }
+            }
+        });
+        let (mut read, mut write) = tokio::io::split(client_end);
+        let send = async {
+            write.write_all(&vec![b'x'; 1 << 20]).await.unwrap();
+            write.shutdown().await.unwrap();
+        };
+        let receive = async {
+            let mut got = Vec::new();
+            read.read_to_end(&mut got).await.unwrap();
+            got.len()
+        };
+        let both = async { tokio::join!(send, receive).1 };
+        let echoed = tokio::time::timeout(std::time::Duration::from_secs(20), both)
+            .await
+            .expect("the relay stalled with both directions full");
+        assert_eq!(echoed, 1 << 20);
+        echo.await.unwrap();
+        let ended = relay.await.unwrap();
+        assert_eq!(
+            (ended.to_server, ended.to_client, ended.status),
+            (1 << 20, 1 << 20, "ok")
+        );
     }
 
     fn masker() -> Masker {
