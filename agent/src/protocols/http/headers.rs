@@ -205,7 +205,7 @@ pub fn mask_response_values(headers: &mut HeaderMap, masker: &crate::mask::Maske
                 continue;
             };
             let new = if fhir && URL_HEADERS.contains(&name.as_str()) {
-                super::url::mask_search_url(masker, text)
+                super::url::mask_header_urls(masker, text)
             } else {
                 super::url::mask_text(masker, text)
             };

@@ -140,6 +140,31 @@ pub fn mask_search_url<'t>(masker: &Masker, url: &'t str) -> Cow<'t, str> {
     }
 }
 
+/// A header that may name several URLs in angle brackets (`Link: <u1>;
+/// rel="next", <u2>; rel="prev"`): each URL's search values masked
+/// ([`mask_search_url`]), the text between them through the detectors.
+/// Without brackets the whole value is one URL (`Location`).
+pub fn mask_header_urls<'t>(masker: &Masker, value: &'t str) -> Cow<'t, str> {
+    if !value.contains('<') {
+        return mask_search_url(masker, value);
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(open) = rest.find('<') {
+        out.push_str(&mask_text(masker, &rest[..=open]));
+        let inner = &rest[open + 1..];
+        let close = inner.find('>').unwrap_or(inner.len());
+        out.push_str(&mask_search_url(masker, &inner[..close]));
+        rest = &inner[close..];
+    }
+    out.push_str(&mask_text(masker, rest));
+    if out == value {
+        Cow::Borrowed(value)
+    } else {
+        Cow::Owned(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +204,15 @@ mod tests {
         );
         assert_eq!(mask_search_url(&m, "Patient/p1/_history/2"), "Patient/p1/_history/2");
         assert_eq!(mask_search_url(&m, "Patient?flag&_count=1"), "Patient?flag&_count=1");
+        let link = r#"<https://fhir.test/Patient?name=Zed&_count=2&_getpages=p2>; rel="next", <https://fhir.test/Patient?name=Zed&_count=2>; rel="self""#;
+        assert_eq!(
+            mask_header_urls(&m, link),
+            r#"<https://fhir.test/Patient?name=***&_count=2&_getpages=p2>; rel="next", <https://fhir.test/Patient?name=***&_count=2>; rel="self""#
+        );
+        assert!(matches!(
+            mask_header_urls(&m, "</fhir/metadata>; rel=\"x\""),
+            Cow::Borrowed(_)
+        ));
         // A conditional create's ifNoneExist is a query with no `?`.
         assert_eq!(
             mask_search_url(&m, "identifier=http://hospital.example/mrn|8812&_count=1"),

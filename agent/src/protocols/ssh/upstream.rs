@@ -11,6 +11,28 @@ use tokio::sync::Mutex;
 
 use super::config::{Credential, HostKeyPin};
 
+/// The channel window loopgate grants the server (OpenSSH's own is 2 MiB).
+const UPSTREAM_WINDOW: u32 = 8 << 20;
+
+/// russh's algorithms with AES-GCM first: loopgate chooses this leg's
+/// cipher (the client's offer decides), and AES-GCM with the CPU's AES
+/// instructions costs both ends less per byte than ChaCha20-Poly1305,
+/// which the client's leg keeps when the client prefers it.
+fn upstream_preferred() -> russh::Preferred {
+    use russh::cipher;
+    russh::Preferred {
+        cipher: std::borrow::Cow::Borrowed(&[
+            cipher::AES_256_GCM,
+            cipher::AES_128_GCM,
+            cipher::CHACHA20_POLY1305,
+            cipher::AES_256_CTR,
+            cipher::AES_192_CTR,
+            cipher::AES_128_CTR,
+        ]),
+        ..russh::Preferred::default()
+    }
+}
+
 /// What loopgate checks and presents upstream.
 pub struct UpstreamSettings {
     pub user: String,
@@ -104,6 +126,10 @@ pub async fn connect(
     let config = Arc::new(client::Config {
         inactivity_timeout: None,
         nodelay: true,
+        preferred: upstream_preferred(),
+        // The server may send this far ahead: a download is not paced by
+        // loopgate's window adjustments.
+        window_size: UPSTREAM_WINDOW,
         ..client::Config::default()
     });
     let handshake = tokio::time::timeout(timeout, client::connect_stream(config, stream, verifier)).await;
