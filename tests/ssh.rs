@@ -1106,6 +1106,7 @@ fn paramiko_execs_and_sftp_requests_are_decided_on_resolved_paths() {
     let remote = f.dir.path().join("remote");
     fs::create_dir_all(&remote).unwrap();
     fs::write(remote.join("a.txt"), "rota\n").unwrap();
+    fs::write(remote.join("big.bin"), vec![7u8; 8 << 20]).unwrap();
     // The server's working directory is root's home: paths relative to it.
     let up = |p: &Path| format!("../{}", p.display().to_string().trim_start_matches('/'));
     let script = format!(
@@ -1133,6 +1134,24 @@ attempt("fchmod", lambda: s.open("{records}", "r").chmod(0o777))
 attempt("posix_rename", lambda: s.posix_rename("{remote}/a.txt", "{phi}//b.txt"))
 attempt("unknown", lambda: s._request(paramiko.sftp.CMD_EXTENDED, "rm-rf@example.com"))
 attempt("after", lambda: s.stat("{remote}/a.txt"))
+# Every read of an 8 MiB file in flight and their replies waiting, then
+# an open loopgate decides while they stream back (it asks the server
+# where the path leads meanwhile, on the same connection).
+class Replies:
+    got = 0
+    def _async_response(self, t, msg, num):
+        Replies.got += 1
+replies = Replies()
+big = s.open("{remote}/big.bin", "r")
+for offset in range(0, 8 << 20, 32768):
+    s._async_request(replies, paramiko.sftp.CMD_READ, big.handle, paramiko.sftp.int64(offset), 32768)
+__import__("time").sleep(1)
+# A refusal of loopgate's own goes between the server's replies, never
+# inside one.
+attempt("refused_while_reading", lambda: s.open("{phi}/late.bin", "w"))
+attempt("open_while_reading", lambda: s.open("{remote}/other.txt", "w").close())
+s.stat("{remote}/a.txt")
+out["replies"] = Replies.got
 print(json.dumps(out))
 "#,
         port = f.sshd.port,
@@ -1155,7 +1174,7 @@ print(json.dumps(out))
     let rm = got["rm"].as_array().unwrap();
     assert_eq!(rm[2], 126, "{got}");
     assert!(rm[1].as_str().unwrap().contains("hipaa.deny_ssh_phi_delete"), "{got}");
-    for refused in ["relative_phi_put", "fchmod", "posix_rename"] {
+    for refused in ["relative_phi_put", "fchmod", "posix_rename", "refused_while_reading"] {
         assert!(
             got[refused].as_str().unwrap().contains("hipaa.deny_sftp_phi_write"),
             "{refused}: {got}"
@@ -1166,10 +1185,16 @@ print(json.dumps(out))
         "{got}"
     );
     assert_eq!(
-        (got["relative_put"].as_str(), got["after"].as_str()),
-        (Some("ok"), Some("ok")),
+        (
+            got["relative_put"].as_str(),
+            got["after"].as_str(),
+            got["open_while_reading"].as_str()
+        ),
+        (Some("ok"), Some("ok"), Some("ok")),
         "{got}"
     );
+    assert_eq!(got["replies"], 256, "{got}");
+    assert!(remote.join("other.txt").exists());
     assert_eq!(fs::read_to_string(remote.join("rel.bin")).unwrap(), "y");
     assert!(!f.phi.join("rel.bin").exists() && !f.phi.join("b.txt").exists() && records.exists());
     assert_eq!(fs::metadata(&records).unwrap().permissions().mode(), before);

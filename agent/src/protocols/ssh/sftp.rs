@@ -150,6 +150,22 @@ impl ReplyScanner {
         }
     }
 
+    /// How many bytes of the stream may pass before a packet boundary
+    /// could be: 0 at one, else the rest of the current packet (or of its
+    /// length field, while that is not whole). loopgate's own packets go
+    /// to the client only at a boundary.
+    pub fn to_boundary(&self) -> usize {
+        if self.skip > 0 {
+            return self.skip;
+        }
+        match self.head.get(..4).map(packet_len) {
+            None => (4 - self.head.len()) % 4,
+            Some(Ok(len)) => 4 + len - self.head.len(),
+            // A length it cannot take: the stream is not read on.
+            Some(Err(_)) => 0,
+        }
+    }
+
     /// How much of the current packet is kept.
     fn wanted(&self) -> Result<usize, SftpError> {
         let Some(prefix) = self.head.get(..4) else {
@@ -558,6 +574,7 @@ mod tests {
         let data = packet(103, 7, &[&string(&"x".repeat(100_000))]);
         let handle = packet(FXP_HANDLE, 8, &[&string("h1")]);
         let status = status(9, FX_PERMISSION_DENIED, "no");
+        let (d, h) = (data.len(), data.len() + handle.len());
         let stream: Vec<u8> = [data, handle, status].concat();
         for cut in [1, 3, 9, 4096, stream.len()] {
             let mut scanner = ReplyScanner::default();
@@ -581,6 +598,34 @@ mod tests {
                 "cut {cut}"
             );
             assert!(scanner.head.capacity() < 1024, "a data body was kept");
+        }
+        // Fed in steps of what `to_boundary` allows, it stops exactly at
+        // each packet's end (where loopgate may put a packet of its own).
+        for cut in [1, 3, 9, 4096, stream.len()] {
+            let mut scanner = ReplyScanner::default();
+            let (mut at, mut boundaries) = (0, Vec::new());
+            while at < stream.len() {
+                // At a boundary, the next length field first.
+                let n = match scanner.to_boundary() {
+                    0 => cut.min(4),
+                    n => n.min(cut),
+                }
+                .min(stream.len() - at);
+                scanner.push(&stream[at..at + n], &mut Vec::new()).unwrap();
+                at += n;
+                if scanner.to_boundary() == 0 {
+                    boundaries.push(at);
+                }
+            }
+            assert!(
+                boundaries.contains(&d) && boundaries.contains(&h),
+                "cut {cut}: {boundaries:?}"
+            );
+            assert_eq!(boundaries.last(), Some(&stream.len()));
+            assert!(
+                boundaries.iter().all(|b| [d, h, stream.len()].contains(b)),
+                "cut {cut}: {boundaries:?}"
+            );
         }
         let mut scanner = ReplyScanner::default();
         assert!(matches!(

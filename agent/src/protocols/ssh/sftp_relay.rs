@@ -67,6 +67,8 @@ pub async fn relay(
         ctx,
         from_client: Framer::default(),
         from_server: ReplyScanner::default(),
+        server_framing: true,
+        own: Vec::new(),
         pending: HashMap::new(),
         paths: Paths::default(),
         resolver: Err("the SFTP session has not started".into()),
@@ -79,21 +81,20 @@ pub async fn relay(
     }
     let mut stop = relay.start(rx, tx, up_rx, up_tx).await.err();
     if stop.is_none()
-        && let Err(e) = relay.client_packets(rx, tx, up_tx).await
+        && let Err(e) = relay.client_packets(rx, tx, up_rx, up_tx).await
     {
         stop = Some(e);
     }
     if early.eof {
         let _ = up_tx.eof().await;
     }
-    let mut server_framing = true;
     while stop.is_none() {
         tokio::select! {
             msg = rx.wait() => match msg {
                 Some(ChannelMsg::Data { data }) => {
                     relay.counts.to_server += data.len() as u64;
                     relay.from_client.push(&data);
-                    if let Err(e) = relay.client_packets(rx, tx, up_tx).await {
+                    if let Err(e) = relay.client_packets(rx, tx, up_rx, up_tx).await {
                         stop = Some(e);
                     }
                 }
@@ -101,20 +102,8 @@ pub async fn relay(
                 None | Some(ChannelMsg::Close) => stop = Some(SftpStop::Gone),
                 Some(_) => {}
             },
-            msg = up_rx.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => {
-                    if server_framing {
-                        server_framing = relay.server_replies(&data).await;
-                    }
-                    relay.counts.to_client += data.len() as u64;
-                    session.add_to_client(data.len());
-                    if tx.data_bytes(data).await.is_err() { stop = Some(SftpStop::Gone); }
-                }
-                Some(ChannelMsg::ExtendedData { data, ext }) => { let _ = tx.extended_data_bytes(ext, data).await; }
-                Some(ChannelMsg::ExitStatus { exit_status }) => { let _ = tx.exit_status(exit_status).await; }
-                Some(ChannelMsg::Eof) => { let _ = tx.eof().await; }
-                None | Some(ChannelMsg::Close) => stop = Some(SftpStop::Gone),
-                Some(_) => {}
+            msg = up_rx.wait() => if let Err(e) = relay.from_server(msg, tx).await {
+                stop = Some(e);
             },
         }
     }
@@ -156,6 +145,13 @@ struct SftpRelay<'c, 's> {
     from_client: Framer,
     /// The server's replies, read as they are relayed.
     from_server: ReplyScanner,
+    /// `false` once the server's stream could not be read as SFTP: it is
+    /// relayed on, unread.
+    server_framing: bool,
+    /// loopgate's own answers to the client (refusals), waiting for the
+    /// end of the server's packet being relayed: one written between two
+    /// chunks of a reply would break the client's stream.
+    own: Vec<Bytes>,
     /// Admitted operations by request id, until the server answers, with
     /// the path an open is for (its handle will name it).
     pending: HashMap<u32, (Admitted, Option<String>)>,
@@ -174,6 +170,7 @@ impl SftpRelay<'_, '_> {
         &mut self,
         rx: &mut ChannelReadHalf,
         tx: &ClientTx,
+        up_rx: &mut ChannelReadHalf,
         up_tx: &UpstreamTx,
     ) -> Result<(), SftpStop> {
         let Ctx { svc, session, .. } = self.ctx;
@@ -215,7 +212,7 @@ impl SftpRelay<'_, '_> {
                     }
                 },
                 Request::Path(op) => match self.resolved(op.clone()) {
-                    Ok(lexical) => match self.through_links(op, lexical).await {
+                    Ok(lexical) => match self.through_links(op, lexical, up_rx, tx).await? {
                         Ok(op) => op,
                         Err((id, reason)) => {
                             self.refuse_unchecked(tx, id, UNRESOLVED_RULE, &reason).await?;
@@ -261,13 +258,15 @@ impl SftpRelay<'_, '_> {
                     return Err(SftpStop::Audit);
                 }
                 Ok(Verdict::Refused(refusal)) => {
-                    tx.data_bytes(refused(&refusal)).await.map_err(|_| SftpStop::Gone)?;
+                    self.answer(tx, refused(&refusal)).await?;
                     continue;
                 }
                 Ok(Verdict::Forward(admitted)) => admitted,
                 Ok(Verdict::Held { admitted, held }) => {
                     let mut early = Early::default();
-                    let released = released(self.ctx, rx, tx, admitted, held, "operation", "\n", &mut early).await;
+                    let ctx = self.ctx;
+                    let waiting = released(ctx, rx, tx, admitted, held, "operation", "\n", &mut early);
+                    let released = self.relaying(up_rx, tx, waiting).await?;
                     for data in early.data {
                         self.counts.to_server += data.len() as u64;
                         self.from_client.push(&data);
@@ -275,7 +274,7 @@ impl SftpRelay<'_, '_> {
                     match released {
                         Released::Run(admitted) => admitted,
                         Released::Refused(refusal) => {
-                            tx.data_bytes(refused(&refusal)).await.map_err(|_| SftpStop::Gone)?;
+                            self.answer(tx, refused(&refusal)).await?;
                             continue;
                         }
                         Released::Gone => return Err(SftpStop::Gone),
@@ -407,49 +406,125 @@ impl SftpRelay<'_, '_> {
     /// asked about the path as sent, since `..` after a link leaves the
     /// link's target. A path it cannot resolve is taken as `lexical` has
     /// it: the request fails on the server as well.
-    async fn through_links(&mut self, raw: Operation, lexical: Operation) -> Result<Operation, (u32, String)> {
+    async fn through_links(
+        &mut self,
+        raw: Operation,
+        lexical: Operation,
+        up_rx: &mut ChannelReadHalf,
+        tx: &ClientTx,
+    ) -> Result<Result<Operation, (u32, String)>, SftpStop> {
         let id = raw.id;
-        let resolver = match &mut self.resolver {
+        let mut resolver = match std::mem::replace(&mut self.resolver, Err(String::new())) {
             Ok(r) => r,
-            Err(why) => return Err((id, why.clone())),
-        };
-        let cwd = self.paths.cwd.as_deref().unwrap_or_default();
-        // `lexical` resolved, so a relative path had a working directory.
-        let absolute = |p: &str| {
-            if p.starts_with('/') {
-                p.to_owned()
-            } else {
-                format!("{cwd}/{p}")
+            Err(why) => {
+                self.resolver = Err(why.clone());
+                return Ok(Err((id, why)));
             }
         };
-        let lost = |e: ResolveError| (id, format!("loopgate cannot ask the server where the path leads ({e})"));
-        let to = match &raw.to {
-            Some(to) => Some(
-                named(resolver, &absolute(to))
-                    .await
-                    .map_err(lost)?
-                    .or(lexical.to)
-                    .unwrap_or_default(),
-            ),
-            None => None,
-        };
-        let path = match (raw.name, &to) {
-            // A symlink's target is read from the link's directory.
-            ("symlink", Some(link)) => {
-                let target = if raw.path.starts_with('/') {
-                    raw.path.clone()
-                } else {
-                    let dir = link.rsplit_once('/').map_or("", |(dir, _)| dir);
-                    format!("{dir}/{}", raw.path)
-                };
-                resolver.realpath(&target).await
+        // The server's replies to the client are relayed while it answers:
+        // russh stops reading the whole connection when one channel's
+        // buffer is full, and the answer comes on that connection.
+        let cwd = self.paths.cwd.clone().unwrap_or_default();
+        let asked = self.relaying(up_rx, tx, server_paths(&mut resolver, &cwd, &raw)).await;
+        match asked? {
+            Ok((path, to)) => {
+                self.resolver = Ok(resolver);
+                Ok(Ok(Operation {
+                    path: path.unwrap_or(lexical.path),
+                    to: to.map(|to| to.or(lexical.to).unwrap_or_default()),
+                    ..raw
+                }))
             }
-            ("read" | "write" | "list" | "setstat", _) => resolver.realpath(&absolute(&raw.path)).await,
-            _ => named(resolver, &absolute(&raw.path)).await,
+            Err(e) => {
+                // The channel is not trusted again: what follows is refused.
+                let why = format!("loopgate cannot ask the server where the path leads ({e})");
+                self.resolver = Err(why.clone());
+                resolver.close().await;
+                Ok(Err((id, why)))
+            }
         }
-        .map_err(lost)?
-        .unwrap_or(lexical.path);
-        Ok(Operation { path, to, ..raw })
+    }
+
+    /// Runs `work` while relaying what the server sends on the client's
+    /// channel (and recording the results in it), so a long wait never
+    /// fills that channel's buffer.
+    async fn relaying<T>(
+        &mut self,
+        up_rx: &mut ChannelReadHalf,
+        tx: &ClientTx,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, SftpStop> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut work => return Ok(done),
+                msg = up_rx.wait() => self.from_server(msg, tx).await?,
+            }
+        }
+    }
+
+    /// Server bytes read for the replies they end, then relayed.
+    async fn relay_server_data(&mut self, tx: &ClientTx, data: Bytes) -> Result<(), SftpStop> {
+        if self.server_framing {
+            self.server_framing = self.server_replies(&data).await;
+        }
+        self.relay_to_client(tx, data).await
+    }
+
+    /// Answers the client with a packet of loopgate's: now at a boundary of
+    /// the server's stream, else once the packet under way has passed.
+    async fn answer(&mut self, tx: &ClientTx, packet: Vec<u8>) -> Result<(), SftpStop> {
+        self.own.push(Bytes::from(packet));
+        if self.from_server.to_boundary() == 0 || !self.server_framing {
+            self.flush_own(tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_own(&mut self, tx: &ClientTx) -> Result<(), SftpStop> {
+        for packet in std::mem::take(&mut self.own) {
+            self.relay_to_client(tx, packet).await?;
+        }
+        Ok(())
+    }
+
+    /// One message of the server's on the client's channel: replies read
+    /// for the results they carry and relayed.
+    async fn from_server(&mut self, msg: Option<ChannelMsg>, tx: &ClientTx) -> Result<(), SftpStop> {
+        match msg {
+            Some(ChannelMsg::Data { mut data }) => {
+                // Up to the end of the packet under way, then loopgate's
+                // own answers, then the rest.
+                while !self.own.is_empty() && self.server_framing {
+                    let n = self.from_server.to_boundary();
+                    if n == 0 {
+                        self.flush_own(tx).await?;
+                    } else if n < data.len() {
+                        let head = data.split_to(n);
+                        self.relay_server_data(tx, head).await?;
+                    } else {
+                        break;
+                    }
+                }
+                self.relay_server_data(tx, data).await?;
+                if self.from_server.to_boundary() == 0 || !self.server_framing {
+                    self.flush_own(tx).await?;
+                }
+            }
+            Some(ChannelMsg::ExtendedData { data, ext }) => {
+                let _ = tx.extended_data_bytes(ext, data).await;
+            }
+            Some(ChannelMsg::ExitStatus { exit_status }) => {
+                let _ = tx.exit_status(exit_status).await;
+            }
+            Some(ChannelMsg::Eof) => {
+                let _ = tx.eof().await;
+            }
+            None | Some(ChannelMsg::Close) => return Err(SftpStop::Gone),
+            Some(_) => {}
+        }
+        Ok(())
     }
 
     /// Records and answers a request loopgate refuses itself, before any
@@ -469,7 +544,7 @@ impl SftpRelay<'_, '_> {
                     sftp::FX_FAILURE
                 };
                 let answer = sftp::status(id, code, &refusal.message("operation"));
-                tx.data_bytes(answer).await.map_err(|_| SftpStop::Gone)
+                self.answer(tx, answer).await
             }
             Err(e) => {
                 tracing::error!(session = %session.id, error = %e, "cannot record a refused SFTP operation");
@@ -513,6 +588,42 @@ impl SftpRelay<'_, '_> {
         }
         true
     }
+}
+
+/// The server's names for `raw`'s path and second path (`None` where it
+/// cannot resolve one): through every link where the request follows
+/// links, through the directories where it acts on the name. Relative
+/// paths are made absolute against `cwd` (they resolved lexically, so
+/// there is one).
+async fn server_paths(
+    resolver: &mut Resolver,
+    cwd: &str,
+    raw: &Operation,
+) -> Result<(Option<String>, Option<Option<String>>), ResolveError> {
+    let absolute = |p: &str| {
+        if p.starts_with('/') {
+            p.to_owned()
+        } else {
+            format!("{cwd}/{p}")
+        }
+    };
+    let to = match &raw.to {
+        Some(to) => Some(named(resolver, &absolute(to)).await?),
+        None => None,
+    };
+    let path = match (raw.name, &to) {
+        // A symlink's target is read from the link's directory.
+        ("symlink", Some(link)) if !raw.path.starts_with('/') => {
+            let link = link
+                .clone()
+                .unwrap_or_else(|| absolute(raw.to.as_deref().unwrap_or_default()));
+            let dir = link.rsplit_once('/').map_or("", |(dir, _)| dir);
+            resolver.realpath(&format!("{dir}/{}", raw.path)).await?
+        }
+        ("read" | "write" | "list" | "setstat" | "symlink", _) => resolver.realpath(&absolute(&raw.path)).await?,
+        _ => named(resolver, &absolute(&raw.path)).await?,
+    };
+    Ok((path, to))
 }
 
 /// The server's name for absolute `path` with its directory resolved
