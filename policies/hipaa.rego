@@ -339,6 +339,16 @@ deny contains {"rank": 40, "rule_id": "hipaa.deny_k8s_delete_namespace", "reason
 	k8s.verb in {"delete", "deletecollection"}
 }
 
+# port-forward and proxy are tunnels into a pod (or a service, a node):
+# what passes is another protocol loopgate does not read — a database's
+# rows unmasked, for one. Refused as SSH forwards are, unless
+# kubernetes.allow_forward.
+deny contains {"rank": 30, "rule_id": "hipaa.deny_k8s_forward", "reason": reason} if {
+	k8s.verb in {"portforward", "proxy"}
+	not data.phi_catalog.kubernetes.allow_forward
+	reason := sprintf("kubectl %s is not allowed: a tunnel's traffic cannot be checked", [k8s.verb])
+}
+
 # exec and attach into a pod reach whatever it holds, PHI included. The
 # pod's labels are not in the request (loopgate sees the path only), so
 # every exec and attach is held, not only those into pods labelled PHI.

@@ -479,9 +479,14 @@ test_k8s_exec_held if {
 	d.rule_id == "hipaa.hold_k8s_exec"
 }
 
-test_k8s_portforward_not_held if {
-	d := loopgate.decision with input as k8s_req("portforward", "pods")
-	d.decision == "allow"
+test_k8s_tunnels_denied_unless_allowed if {
+	every verb in ["portforward", "proxy"] {
+		d := loopgate.decision with input as k8s_req(verb, "pods")
+		d.decision == "deny"
+		d.rule_id == "hipaa.deny_k8s_forward"
+		allowed := loopgate.decision with input as k8s_req(verb, "pods") with data.phi_catalog.kubernetes.allow_forward as true
+		allowed.decision == "allow"
+	}
 }
 
 test_k8s_pod_list_allowed if {

@@ -73,6 +73,18 @@ fn split_status(out: &Output) -> (u16, String, String) {
     (status, parts.next().unwrap_or("").to_owned(), body.to_owned())
 }
 
+/// Sets the pack's `kubernetes.allow_forward` and waits for the reload.
+fn allow_k8s_forwards(agent: &Agent, dir: &std::path::Path) {
+    let catalog_path = dir.join("policies/phi_catalog.json");
+    let mut catalog: Value = serde_json::from_slice(&std::fs::read(&catalog_path).unwrap()).unwrap();
+    catalog["phi_catalog"]["kubernetes"]["allow_forward"] = json!(true);
+    std::fs::write(&catalog_path, serde_json::to_vec_pretty(&catalog).unwrap()).unwrap();
+    agent.wait_events("the policy reload", |e| {
+        e.iter()
+            .any(|e| e["kind"] == "policy_reload" && e["decision"]["verdict"] != "error")
+    });
+}
+
 fn approver_group() -> String {
     loopgate_e2e::group_name(APPROVERS_GID).unwrap()
 }
@@ -604,6 +616,7 @@ fn kubernetes_requests_are_decided_by_verb_impersonate_the_caller_and_mask_secre
 /// Encoded, legacy and ambiguous request targets: decided as the server
 /// reads them and sent as decided, or refused (400 in the API's shape)
 /// and never sent; codings that hide a compressed body are refused; a
+/// port-forward is refused by the pack until it allows them, then a
 /// refused upgrade is the server's own answer, masked.
 #[test]
 fn targets_are_decided_as_the_server_reads_them_or_refused() {
@@ -678,21 +691,30 @@ fn targets_are_decided_as_the_server_reads_them_or_refused() {
         "only the allowed request was sent"
     );
 
-    // A refused port-forward: the server's own Status, masked.
-    let (status, _, body) = curl_k8s(
-        &[
-            "--http1.1",
-            "-H",
-            "Connection: Upgrade",
-            "-H",
-            "Upgrade: websocket",
-            "-H",
-            "Sec-WebSocket-Version: 13",
-            "-H",
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-        ],
-        "/api/v1/namespaces/ward/pods/gone/portforward",
+    // A port-forward is refused by the pack (a tunnel loopgate cannot
+    // read), in the API's own shape.
+    let forward = [
+        "--http1.1",
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "Sec-WebSocket-Version: 13",
+        "-H",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    ];
+    let (status, _, body) = curl_k8s(&forward, "/api/v1/namespaces/ward/pods/p1/portforward");
+    assert_eq!(status, 403, "{body}");
+    let st = status_of(&body);
+    assert!(
+        st["message"].as_str().unwrap().contains("hipaa.deny_k8s_forward"),
+        "{body}"
     );
+    allow_k8s_forwards(&f.agent, f._dir.path());
+
+    // Allowed, a refused port-forward: the server's own Status, masked.
+    let (status, _, body) = curl_k8s(&forward, "/api/v1/namespaces/ward/pods/gone/portforward");
     assert_eq!(status, 404, "{body}");
     let st = status_of(&body);
     assert_eq!(
@@ -1125,6 +1147,7 @@ fn kubectl_get_apply_delete_and_watch_through_loopgate() {
     assert_eq!((st["kind"].as_str(), st["code"].as_u64()), (Some("Status"), Some(403)));
     assert!(st["message"].as_str().unwrap().contains("denied"), "{body}");
     // An allowed port-forward is relayed byte for byte after the 101.
+    allow_k8s_forwards(&f.agent, f._dir.path());
     let relay = r#"
 import socket, ssl, sys
 ctx = ssl.create_default_context(cafile=sys.argv[1])

@@ -258,6 +258,11 @@ pub struct KubernetesRequest {
     pub subresource: Option<String>,
     pub namespace: Option<String>,
     pub name: Option<String>,
+    /// exec: the command's words (`command` parameters, in order); empty
+    /// for other requests.
+    pub command: Vec<String>,
+    /// exec, attach, log: the `container` parameter.
+    pub container: Option<String>,
 }
 
 /// `input.time`: UTC, so working-hours rules read the same on every host.

@@ -81,6 +81,13 @@ pub fn parse(method: &str, target: &Target) -> Option<KubernetesRequest> {
         subresource,
         namespace,
         name,
+        command: target
+            .params
+            .iter()
+            .filter(|(n, _)| n == "command")
+            .map(|(_, v)| v.clone())
+            .collect(),
+        container: target.first("container").map(str::to_owned),
     })
 }
 
@@ -120,6 +127,15 @@ mod tests {
         );
         let r = p("POST", "/api/v1/namespaces/ward/pods/p1/exec?command=sh").unwrap();
         assert_eq!(r.verb, "exec");
+        let r = p(
+            "POST",
+            "/api/v1/namespaces/ward/pods/p1/exec?command=sh&stdin=true&command=-c&command=cat+%2Fsrv%2Fphi%2Fa&container=app",
+        )
+        .unwrap();
+        assert_eq!(
+            (r.command, r.container.as_deref()),
+            (vec!["sh".to_owned(), "-c".into(), "cat /srv/phi/a".into()], Some("app"))
+        );
         let r = p("GET", "/apis/apps/v1/namespaces/ward/deployments?watch=true").unwrap();
         assert_eq!(
             (r.verb.as_str(), r.group.as_str(), r.version.as_str()),

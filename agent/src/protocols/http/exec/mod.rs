@@ -188,15 +188,8 @@ pub fn start_recording(recordings: Option<&Recordings>, session: &Session, title
 /// detectors (the recorded request text keeps only parameter names).
 pub fn title(masker: &Masker, action: &HttpRequest) -> String {
     let k = action.kubernetes.as_ref();
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(action.query.as_deref().unwrap_or("").as_bytes())
-        .map(|(n, v)| (n.into_owned(), v.into_owned()))
-        .collect();
-    let words: Vec<&str> = pairs
-        .iter()
-        .filter(|(n, _)| n == "command")
-        .map(|(_, v)| v.as_str())
-        .collect();
-    let container = pairs.iter().find(|(n, _)| n == "container").map(|(_, v)| v.as_str());
+    let words = k.map_or(&[][..], |k| k.command.as_slice());
+    let container = k.and_then(|k| k.container.as_deref());
     let mut t = format!(
         "kubectl {} {}/{}",
         k.map_or("exec", |k| k.verb.as_str()),
@@ -419,6 +412,7 @@ mod tests {
             subresource: Some(verb.into()),
             namespace: Some("ward".into()),
             name: Some("p1".into()),
+            ..KubernetesRequest::default()
         };
         let req = |method: &str, upgrade: &str| {
             http::Request::builder()
@@ -475,6 +469,8 @@ mod tests {
                 subresource: Some("exec".into()),
                 namespace: Some("ward".into()),
                 name: Some("p1".into()),
+                command: vec!["sh".into(), "-c".into(), "grep 123-45-6789 /data".into()],
+                container: Some("app".into()),
             }),
             fhir: None,
         };
