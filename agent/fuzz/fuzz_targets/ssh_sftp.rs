@@ -3,7 +3,8 @@
 //! framed packet is exactly its length prefix plus four bytes, every
 //! path a request names resolves to one absolute, normal path, and the
 //! reply scanner (which skips data bodies) reads the replies the framer
-//! and `reply` read.
+//! and `reply` read, and says a packet boundary exactly where the framer
+//! ends a packet (loopgate puts its own packets there).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use loopgate::protocols::ssh::{
@@ -16,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let mut framer = Framer::default();
     let mut scanner = ReplyScanner::default();
     let (mut framed, mut scanned) = (Vec::new(), Vec::new());
+    let (mut ends, mut end) = (Vec::new(), 0);
     let mut scanning = true;
     for chunk in data.chunks(cut) {
         scanning = scanning && scanner.push(chunk, &mut scanned).is_ok();
@@ -25,6 +27,8 @@ fuzz_target!(|data: &[u8]| {
                 Ok(Some(packet)) => {
                     let len = u32::from_be_bytes([packet[0], packet[1], packet[2], packet[3]]) as usize;
                     assert_eq!(packet.len(), len + 4);
+                    end += packet.len();
+                    ends.push(end);
                     if let Ok(Request::Path(op)) = request(&packet) {
                         for path in std::iter::once(&op.path).chain(op.to.as_ref()) {
                             let normal = resolve(Some("/home/u"), path).expect("a working directory is known");
@@ -42,5 +46,23 @@ fuzz_target!(|data: &[u8]| {
     }
     if scanning {
         assert_eq!(framed, scanned);
+        // Stepped as the relay steps it: every boundary it reports is
+        // the end of a framed packet.
+        let mut stepped = ReplyScanner::default();
+        let mut at = 0;
+        while at < data.len() {
+            let n = match stepped.to_boundary() {
+                0 => 1,
+                n => n,
+            }
+            .min(data.len() - at);
+            if stepped.push(&data[at..at + n], &mut Vec::new()).is_err() {
+                return;
+            }
+            at += n;
+            if stepped.to_boundary() == 0 && at <= end {
+                assert!(ends.contains(&at), "a boundary at {at}, packets end at {ends:?}");
+            }
+        }
     }
 });

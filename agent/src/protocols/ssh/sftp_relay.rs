@@ -102,7 +102,7 @@ pub async fn relay(
                 None | Some(ChannelMsg::Close) => stop = Some(SftpStop::Gone),
                 Some(_) => {}
             },
-            msg = up_rx.wait() => if let Err(e) = relay.from_server(msg, tx).await {
+            msg = up_rx.wait() => if let Err(e) = relay.on_server_message(msg, tx).await {
                 stop = Some(e);
             },
         }
@@ -459,7 +459,7 @@ impl SftpRelay<'_, '_> {
             tokio::select! {
                 biased;
                 done = &mut work => return Ok(done),
-                msg = up_rx.wait() => self.from_server(msg, tx).await?,
+                msg = up_rx.wait() => self.on_server_message(msg, tx).await?,
             }
         }
     }
@@ -491,7 +491,7 @@ impl SftpRelay<'_, '_> {
 
     /// One message of the server's on the client's channel: replies read
     /// for the results they carry and relayed.
-    async fn from_server(&mut self, msg: Option<ChannelMsg>, tx: &ClientTx) -> Result<(), SftpStop> {
+    async fn on_server_message(&mut self, msg: Option<ChannelMsg>, tx: &ClientTx) -> Result<(), SftpStop> {
         match msg {
             Some(ChannelMsg::Data { mut data }) => {
                 // Up to the end of the packet under way, then loopgate's
