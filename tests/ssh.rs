@@ -1152,6 +1152,22 @@ attempt("refused_while_reading", lambda: s.open("{phi}/late.bin", "w"))
 attempt("open_while_reading", lambda: s.open("{remote}/other.txt", "w").close())
 s.stat("{remote}/a.txt")
 out["replies"] = Replies.got
+# A connection has at most 64 channels open at once; past that, opens
+# are refused, and a slot is free again once a channel ends.
+held = []
+try:
+    while len(held) < 100:
+        held.append(c.get_transport().open_session())
+except paramiko.ChannelException as e:
+    out["channels"] = [len(held), e.code]
+for ch in held:
+    ch.close()
+for _ in range(50):
+    try:
+        out["reopened"] = run("echo again")
+        break
+    except paramiko.ChannelException:
+        __import__("time").sleep(0.1)
 print(json.dumps(out))
 "#,
         port = f.sshd.port,
@@ -1194,6 +1210,10 @@ print(json.dumps(out))
         "{got}"
     );
     assert_eq!(got["replies"], 256, "{got}");
+    // 64 channels, the SFTP one among them; the refusal is
+    // OPEN_RESOURCE_SHORTAGE (4).
+    assert_eq!(got["channels"], json!([63, 4]), "{got}");
+    assert_eq!(got["reopened"][0], "again\n", "{got}");
     assert!(remote.join("other.txt").exists());
     assert_eq!(fs::read_to_string(remote.join("rel.bin")).unwrap(), "y");
     assert!(!f.phi.join("rel.bin").exists() && !f.phi.join("b.txt").exists() && records.exists());

@@ -27,7 +27,15 @@ mod sftp_resolver;
 mod upstream;
 pub mod userca;
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use futures_util::{StreamExt as _, stream::FuturesUnordered};
@@ -164,11 +172,13 @@ type ChannelTask<'s> = Pin<Box<dyn Future<Output = ChannelEnd> + Send + 's>>;
 pub async fn serve(svc: &Service, session: &Session, client: TcpStream, connect_timeout: Duration) -> SessionEnd {
     let _ = client.set_nodelay(true);
     let (events_tx, mut events) = mpsc::unbounded_channel();
+    let open_channels = Arc::new(AtomicUsize::new(0));
     let handler = ClientHandler {
         identity: svc.identity.clone(),
         process: session.process.clone(),
         events: events_tx,
         authenticated: false,
+        open_channels: open_channels.clone(),
     };
     let running = match russh::server::run_stream(svc.server.clone(), client, handler).await {
         Ok(r) => r,
@@ -214,10 +224,13 @@ pub async fn serve(svc: &Service, session: &Session, client: TcpStream, connect_
                     refused = Some(reason);
                 }
                 Some(Event::Channel(opened)) => match &ctx {
-                    Some(c) => channels.push(channel_task(c.clone(), opened)),
+                    Some(c) => channels.push(channel_task(c.clone(), opened, Slot(open_channels.clone()))),
                     // Authenticated but no upstream: the client is being
                     // disconnected; its channel is dropped (closed).
-                    None => drop(opened),
+                    None => {
+                        drop(opened);
+                        open_channels.fetch_sub(1, Ordering::AcqRel);
+                    }
                 },
                 Some(Event::RemoteForward { address, port }) => {
                     if let Some(c) = &ctx {
@@ -255,8 +268,19 @@ pub async fn serve(svc: &Service, session: &Session, client: TcpStream, connect_
     }
 }
 
-fn channel_task<'s>(ctx: Ctx<'s>, opened: Opened) -> ChannelTask<'s> {
+/// A channel's place in [`server::MAX_CHANNELS`], given back when its task
+/// ends or is dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn channel_task<'s>(ctx: Ctx<'s>, opened: Opened, slot: Slot) -> ChannelTask<'s> {
     Box::pin(async move {
+        let _slot = slot;
         match opened {
             Opened::Session(channel) => channel::session_channel(&ctx, channel).await,
             Opened::DirectTcpip {

@@ -2,7 +2,10 @@
 //! channels it opens. The handler decides nothing itself: it turns what
 //! the client does into [`Event`]s for the session task (`mod.rs`), which
 //! owns the enforcement point and the upstream connection.
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
 
 use russh::{
     Channel, ChannelId,
@@ -47,12 +50,19 @@ pub enum Opened {
     },
 }
 
+/// Channels one connection may have open at once (OpenSSH's sshd allows
+/// 10 sessions by default): a client opening more is refused them, so it
+/// cannot queue work, upstream channels and audit records without bound.
+pub const MAX_CHANNELS: usize = 64;
+
 /// One client connection's handler.
 pub struct ClientHandler {
     pub identity: Authenticator,
     pub process: Arc<ProcessInfo>,
     pub events: UnboundedSender<Event>,
     pub authenticated: bool,
+    /// The connection's channels not yet ended (the session task lowers it).
+    pub open_channels: Arc<AtomicUsize>,
 }
 
 const TOKEN_PROMPT: &str = "loopgate token: ";
@@ -90,6 +100,29 @@ impl ClientHandler {
     fn opened(&self, opened: Opened) {
         let _ = self.events.send(Event::Channel(opened));
     }
+
+    /// Takes a channel slot; `false` (the open is refused) when all
+    /// [`MAX_CHANNELS`] are in use.
+    fn take_slot(&self) -> bool {
+        let taken = self
+            .open_channels
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_CHANNELS).then_some(n + 1)
+            })
+            .is_ok();
+        if !taken {
+            tracing::warn!(
+                limit = MAX_CHANNELS,
+                "an SSH client opened more channels than allowed; refused"
+            );
+        }
+        taken
+    }
+}
+
+/// The refusal of a channel over [`MAX_CHANNELS`].
+fn too_many() -> russh::ChannelOpenFailure {
+    russh::ChannelOpenFailure::ResourceShortage
 }
 
 impl server::Handler for ClientHandler {
@@ -154,6 +187,10 @@ impl server::Handler for ClientHandler {
         reply: ChannelOpenHandle,
         _session: &mut server::Session,
     ) -> Result<(), Self::Error> {
+        if !self.take_slot() {
+            reply.reject(too_many()).await;
+            return Ok(());
+        }
         reply.accept().await;
         self.opened(Opened::Session(channel));
         Ok(())
@@ -169,6 +206,10 @@ impl server::Handler for ClientHandler {
         reply: ChannelOpenHandle,
         _session: &mut server::Session,
     ) -> Result<(), Self::Error> {
+        if !self.take_slot() {
+            reply.reject(too_many()).await;
+            return Ok(());
+        }
         self.opened(Opened::DirectTcpip {
             channel,
             reply,
@@ -187,6 +228,10 @@ impl server::Handler for ClientHandler {
         reply: ChannelOpenHandle,
         _session: &mut server::Session,
     ) -> Result<(), Self::Error> {
+        if !self.take_slot() {
+            reply.reject(too_many()).await;
+            return Ok(());
+        }
         self.opened(Opened::DirectStreamlocal {
             channel,
             reply,
@@ -309,6 +354,7 @@ mod tests {
             process: Arc::new(process),
             events,
             authenticated: false,
+            open_channels: Arc::new(AtomicUsize::new(0)),
         };
         (handler, rx)
     }
@@ -361,5 +407,16 @@ mod tests {
             panic!("no principal")
         };
         assert_eq!(principal.subject.as_deref(), Some("ci-bot"));
+    }
+
+    #[test]
+    fn channels_beyond_the_limit_are_refused_until_one_ends() {
+        let (h, _rx) = handler(Authenticator::Process);
+        h.open_channels.store(MAX_CHANNELS - 1, Ordering::SeqCst);
+        assert!(h.take_slot());
+        assert!(!h.take_slot());
+        assert_eq!(h.open_channels.load(Ordering::SeqCst), MAX_CHANNELS);
+        h.open_channels.fetch_sub(1, Ordering::SeqCst);
+        assert!(h.take_slot());
     }
 }
