@@ -265,8 +265,10 @@ deny contains {"rank": 40, "rule_id": "hipaa.deny_ssh_phi_change", "reason": rea
 	reason := "writing to a PHI path through a redirect over SSH is not allowed"
 }
 
-# SFTP: files under PHI paths are read, never changed, over SFTP. loopgate
-# gives every path absolute and normal (`/srv//phi/../phi/a` is
+# SFTP: files under PHI paths are never changed over SFTP, and read only
+# with approval (a file transfer is not masked: it is an export of the
+# file). loopgate gives every path as the server resolves it, links
+# followed (`/srv//phi/../phi/a` and a link to /srv/phi/a are
 # `/srv/phi/a`); `under_phi` compares whole segments.
 sftp_changes := {"write", "remove", "rename", "link", "mkdir", "rmdir", "setstat", "symlink"}
 
@@ -293,6 +295,45 @@ deny contains {"rank": 40, "rule_id": "hipaa.deny_sftp_phi_write", "reason": rea
 	some path in sftp_paths
 	under_phi(path)
 	reason := sprintf("SFTP %s under a PHI path is not allowed", [input.action.operation])
+}
+
+hold contains {"rank": 20, "rule_id": "hipaa.hold_sftp_phi_read", "reason": reason, "row_threshold": null} if {
+	input.action.kind == "ssh_sftp"
+	input.action.operation == "read"
+	under_phi(input.action.path)
+	reason := "reading a PHI file over SFTP (an unmasked copy) needs approval"
+}
+
+# Transfer programs (scp's legacy protocol, git's packs): what they carry
+# is not masked. Writing into PHI paths with them is a change (refused);
+# copying PHI paths out is an export (held).
+ssh_transfer_writes if {
+	"scp" in ssh_programs
+	some w in ssh_words
+	startswith(w, "-")
+	not startswith(w, "--")
+	contains(w, "t")
+}
+
+ssh_transfer_writes if "git-receive-pack" in ssh_programs
+
+# rsync's remote side receives unless it is the sender.
+ssh_transfer_writes if {
+	"rsync" in ssh_programs
+	"--server" in ssh_words
+	not "--sender" in ssh_words
+}
+
+deny contains {"rank": 40, "rule_id": "hipaa.deny_ssh_phi_change", "reason": "copying into a PHI path over SSH (scp, rsync, git push) is not allowed"} if {
+	ssh_transfer_writes
+	count(ssh_phi_paths) > 0
+}
+
+hold contains {"rank": 20, "rule_id": "hipaa.hold_ssh_phi_transfer", "reason": reason, "row_threshold": null} if {
+	some p in ssh_programs
+	p in ssh.transfer_programs
+	count(ssh_phi_paths) > 0
+	reason := sprintf("a copy of PHI paths over SSH (%s, not masked) needs approval", [p])
 }
 
 hold contains {"rank": 20, "rule_id": "hipaa.hold_ssh_db_dump", "reason": reason, "row_threshold": null} if {

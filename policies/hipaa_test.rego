@@ -311,11 +311,38 @@ test_sftp_changes_under_phi_paths_denied if {
 	rm.decision == "deny"
 }
 
-test_sftp_reads_and_other_paths_allowed if {
+test_sftp_reads_of_phi_held_and_other_paths_allowed if {
 	r := loopgate.decision with input as sftp("read", "/srv/phi/records.csv", null)
-	r.decision == "allow"
+	r.decision == "hold"
+	r.rule_id == "hipaa.hold_sftp_phi_read"
+	l := loopgate.decision with input as sftp("list", "/srv/phi", null)
+	l.decision == "allow"
+	o := loopgate.decision with input as sftp("read", "/srv/phix/a", null)
+	o.decision == "allow"
 	w := loopgate.decision with input as sftp("write", "/tmp/upload.bin", null)
 	w.decision == "allow"
+}
+
+test_scp_and_git_into_phi_denied_out_of_phi_held if {
+	up := loopgate.decision with input as exec("scp -t /srv/phi/x.csv")
+	up.rule_id == "hipaa.deny_ssh_phi_change"
+	up_dir := loopgate.decision with input as exec("scp -r -d -t -- /srv/phi")
+	up_dir.rule_id == "hipaa.deny_ssh_phi_change"
+	push := loopgate.decision with input as exec("git-receive-pack '/srv/phi/repo.git'")
+	push.rule_id == "hipaa.deny_ssh_phi_change"
+	down := loopgate.decision with input as exec("scp -f /srv/phi/records.csv")
+	down.decision == "hold"
+	down.rule_id == "hipaa.hold_ssh_phi_transfer"
+	clone := loopgate.decision with input as exec("git-upload-pack '/srv/phi/repo.git'")
+	clone.rule_id == "hipaa.hold_ssh_phi_transfer"
+	rsync_up := loopgate.decision with input as exec("rsync --server -logDtpre.iLsfxCIvu . /srv/phi/")
+	rsync_up.rule_id == "hipaa.deny_ssh_phi_change"
+	rsync_down := loopgate.decision with input as exec("rsync --server --sender -logDtpre.iLsfxCIvu . /srv/phi/records.csv")
+	rsync_down.decision == "hold"
+	elsewhere := loopgate.decision with input as exec("scp -t /tmp/x.csv")
+	elsewhere.decision == "allow"
+	fetch := loopgate.decision with input as exec("scp -f /srv/www/index.html")
+	fetch.decision == "allow"
 }
 
 test_ssh_oidc_targets_need_a_principal if {

@@ -333,6 +333,25 @@ fn exec_masking_refusals_sftp_and_forwards() {
         assert!(out.status.success(), "scp {mode}: {}", f.context(&out));
         assert_eq!(fs::read(&copy).unwrap(), payload, "scp {mode}");
     }
+    // scp's legacy protocol into a PHI path is a change: refused before
+    // the server's scp runs (its bytes would not be decided one by one).
+    let into_phi = f.phi.join("scp-in.bin");
+    let mut scp_in = vec!["scp".to_owned(), "-q".into(), "-O".into()];
+    scp_in.extend(f.options(&f.known_hosts));
+    scp_in.extend(["-P".into(), f.sshd.port.to_string()]);
+    scp_in.extend([
+        local.display().to_string(),
+        format!("root@127.0.0.1:{}", into_phi.display()),
+    ]);
+    let scp_in: Vec<&str> = scp_in.iter().map(String::as_str).collect();
+    let out = f.agent.exec(&scp_in);
+    assert_ne!(out.status.code(), Some(0), "{}", f.context(&out));
+    assert!(
+        text(&out.stderr).contains("hipaa.deny_ssh_phi_change"),
+        "{}",
+        f.context(&out)
+    );
+    assert!(!into_phi.exists());
 
     // Changes under a PHI path are refused operation by operation ("-":
     // the batch goes on), the session stays usable.
@@ -467,9 +486,15 @@ fn exec_masking_refusals_sftp_and_forwards() {
         forwards.len() == 2 && result_of(e, forwards[1]).is_some()
     });
     let execs = commands(&events, "ssh_exec");
-    assert_eq!(execs.len(), 5, "{execs:?}");
+    assert_eq!(execs.len(), 6, "{execs:?}");
     let scp = execs[4]["command"]["text"].as_str().unwrap();
     assert!(scp.starts_with("scp -f"), "{scp}");
+    let scp_in = &execs[5];
+    assert!(
+        scp_in["command"]["text"].as_str().unwrap().starts_with("scp -t"),
+        "{scp_in}"
+    );
+    assert_eq!(scp_in["decision"]["rule_id"], "hipaa.deny_ssh_phi_change", "{scp_in}");
     let others = [
         commands(&events, "ssh_sftp"),
         commands(&events, "ssh_forward"),
@@ -1092,7 +1117,8 @@ fn user_certificates_log_in_upstream_without_a_stored_key() {
 }
 
 /// paramiko, a client that is not OpenSSH: exec output masked, a refused
-/// command with exit 126, and SFTP requests OpenSSH's client never sends
+/// command with exit 126, a read of a PHI file held until approved, and
+/// SFTP requests OpenSSH's client never sends
 /// (relative paths, `chmod` on an open handle, posix-rename, an unknown
 /// extension) decided on the paths the server resolves. paramiko cannot
 /// check host certificates (`@cert-authority`), so the script accepts
@@ -1178,7 +1204,15 @@ print(json.dumps(out))
         rel_remote = up(&remote),
     );
     let python = loopgate_e2e::python();
-    let out = f.agent.exec(&[python.to_str().unwrap(), "-c", &script]);
+    let mut cmd = f.agent.loopgate(&["exec"]);
+    cmd.arg("--").arg(&python).args(["-c", &script]);
+    let client = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Opening a PHI file to read it (for the fchmod) is a copy out of PHI:
+    // it waits for a person, who lets it run.
+    let id = wait_pending(&f);
+    let approved = approvals(&f, &["approve", &id, "--reason", "fchmod check"]);
+    assert!(approved.status.success(), "{}", text(&approved.stderr));
+    let out = client.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", f.context(&out));
     let got: Value = serde_json::from_slice(&out.stdout).unwrap();
     let cat = got["cat"].as_array().unwrap();
@@ -1232,6 +1266,13 @@ print(json.dumps(out))
     assert!(texts.contains(&resolved.as_str()), "{resolved} not in {texts:?}");
     let fchmod = format!("sftp setstat {}", records.display());
     assert!(texts.contains(&fchmod.as_str()), "{fchmod} not in {texts:?}");
+    let read = format!("sftp read {}", records.display());
+    assert!(
+        commands(&events, "ssh_sftp")
+            .iter()
+            .any(|c| c["command"]["text"] == read.as_str() && c["decision"]["rule_id"] == "hipaa.hold_sftp_phi_read"),
+        "{read} was not held"
+    );
     for c in commands(&events, "ssh_exec") {
         assert_eq!(c["process"]["comm"], "python3", "{c}");
     }
