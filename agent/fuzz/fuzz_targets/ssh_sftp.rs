@@ -3,7 +3,7 @@
 //! framed packet is exactly its length prefix plus four bytes, every
 //! path a request names resolves to one absolute, normal path, and the
 //! reply scanner (which skips data bodies) reads the replies the framer
-//! and `reply` read, and says a packet boundary exactly where the framer
+//! and `reply` read (a data reply from its head on), and says a packet boundary exactly where the framer
 //! ends a packet (loopgate puts its own packets there).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
@@ -45,7 +45,14 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if scanning {
-        assert_eq!(framed, scanned);
+        // The scanner reports a reply it does not keep whole (DATA, ATTRS)
+        // once its head is in, the framer once the packet is: they agree
+        // but for a last packet the stream cut short.
+        if framer.buffered().is_empty() {
+            assert_eq!(framed, scanned);
+        } else {
+            assert!(scanned.starts_with(&framed) && scanned.len() <= framed.len() + 1);
+        }
         // Stepped as the relay steps it: every boundary it reports is
         // the end of a framed packet.
         let mut stepped = ReplyScanner::default();
