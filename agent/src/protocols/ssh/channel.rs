@@ -414,10 +414,16 @@ async fn relay(
     let mut exit: Option<String> = None;
     let mut status = "closed";
     let client_id = tx.id();
+    // Once the client closes (OpenSSH does once both sides sent EOF), the
+    // server's exit status may still be on its way: it is relayed if it
+    // comes within this long.
+    let mut client_closed = false;
+    let after_close = tokio::time::sleep(Duration::from_secs(2));
+    tokio::pin!(after_close);
     loop {
         let pending = out.has_pending(masking);
         tokio::select! {
-            msg = rx.wait() => match msg {
+            msg = rx.wait(), if !client_closed => match msg {
                 Some(ChannelMsg::Data { data }) => {
                     out.counts.to_server += data.len() as u64;
                     session.add_to_server(data.len());
@@ -430,12 +436,18 @@ async fn relay(
                     let _ = up_tx.window_change(col_width, row_height, pix_width, pix_height).await;
                 }
                 Some(ChannelMsg::Signal { signal }) => { let _ = up_tx.signal(signal).await; }
-                None | Some(ChannelMsg::Close) => {
+                Some(ChannelMsg::Close) => {
+                    let _ = up_tx.close().await;
+                    client_closed = true;
+                    after_close.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(2));
+                }
+                None => {
                     let _ = up_tx.close().await;
                     break;
                 }
                 Some(_) => {}
             },
+            _ = &mut after_close, if client_closed => break,
             msg = up_rx.wait() => match msg {
                 Some(ChannelMsg::Data { data }) => {
                     out.typed_output(&data);
