@@ -254,7 +254,7 @@ test_ssh_archives_of_phi_paths_held if {
 test_ssh_archives_elsewhere_allowed if {
 	d := loopgate.decision with input as exec("tar czf - /var/log/nginx")
 	d.decision == "allow"
-	cat := loopgate.decision with input as exec("cat /srv/phi/records.csv")
+	cat := loopgate.decision with input as exec("cat /srv/www/records.csv")
 	cat.decision == "allow"
 }
 
@@ -288,10 +288,12 @@ test_ssh_changes_to_phi_paths_denied if {
 		d := loopgate.decision with input as exec(command)
 		d.rule_id == "hipaa.deny_ssh_phi_change"
 	}
-	every command in ["cp /tmp/a /tmp/b", "echo x > /tmp/y", "cat /srv/phi/a.csv"] {
+	every command in ["cp /tmp/a /tmp/b", "echo x > /tmp/y"] {
 		d := loopgate.decision with input as exec(command)
 		d.decision == "allow"
 	}
+	read := loopgate.decision with input as exec("cat /srv/phi/a.csv")
+	read.rule_id == "hipaa.hold_ssh_phi_read"
 }
 
 sftp(operation, path, to) := ssh_req("process", {"kind": "ssh_sftp", "operation": operation, "path": path, "to": to})
@@ -321,6 +323,25 @@ test_sftp_reads_of_phi_held_and_other_paths_allowed if {
 	o.decision == "allow"
 	w := loopgate.decision with input as sftp("write", "/tmp/upload.bin", null)
 	w.decision == "allow"
+}
+
+test_commands_naming_phi_paths_held_unless_the_caller_reads_phi if {
+	every command in ["cat /srv/phi/records.csv", "head -n 5 /srv/phi/a.csv | cut -d, -f1", "ls /srv/phi", "python3 etl.py --in=/var/lib/ehr/x"] {
+		d := loopgate.decision with input as exec(command)
+		d.decision == "hold"
+		d.rule_id == "hipaa.hold_ssh_phi_read"
+	}
+	reader := object.union(exec("cat /srv/phi/records.csv"), {"principal": principal("unix:etl", ["phi-readers"])})
+	r := loopgate.decision with input as reader with data.phi_catalog.ssh.read_groups as ["phi-readers"]
+	r.decision == "allow"
+	sftp_reader := object.union(sftp("read", "/srv/phi/records.csv", null), {"principal": principal("unix:etl", ["phi-readers"])})
+	s := loopgate.decision with input as sftp_reader with data.phi_catalog.ssh.read_groups as ["phi-readers"]
+	s.decision == "allow"
+	# A reader still may not delete, and an archive still waits.
+	rm := loopgate.decision with input as object.union(exec("rm /srv/phi/a"), {"principal": principal("unix:etl", ["phi-readers"])}) with data.phi_catalog.ssh.read_groups as ["phi-readers"]
+	rm.decision == "deny"
+	other := loopgate.decision with input as exec("cat /srv/www/index.html")
+	other.decision == "allow"
 }
 
 test_scp_and_git_into_phi_denied_out_of_phi_held if {

@@ -34,6 +34,8 @@ struct Fixture {
     known_hosts: PathBuf,
     /// A configured PHI path on the "remote" host.
     phi: PathBuf,
+    /// A file outside it with the same SSN (what a command may print).
+    visits: PathBuf,
 }
 
 impl Fixture {
@@ -56,6 +58,8 @@ impl Fixture {
         let phi = dir.path().join("phi");
         fs::create_dir_all(&phi).unwrap();
         fs::write(phi.join("records.csv"), format!("name,ssn\nalice,{SSN}\n")).unwrap();
+        let visits = dir.path().join("visits.csv");
+        fs::write(&visits, format!("name,ssn\nalice,{SSN}\n")).unwrap();
 
         let group = loopgate_e2e::group_name(APPROVERS_GID).unwrap();
         let policies = policy_pack(dir.path(), json!({ "group": group, "timeout_secs": 120 }));
@@ -109,6 +113,7 @@ impl Fixture {
             dir,
             known_hosts,
             phi,
+            visits,
         }
     }
 
@@ -230,9 +235,10 @@ fn exec_masking_refusals_sftp_and_forwards() {
     assert_eq!(out.status.code(), Some(3), "{}", f.context(&out));
     assert_eq!(text(&out.stdout), "hello\n");
 
-    // PHI in a remote cat is masked on stdout and stderr.
+    // PHI in a remote cat is masked on stdout and stderr (of a file
+    // outside the PHI paths: naming those waits for an approver).
     let records = f.phi.join("records.csv");
-    let out = f.ssh(&format!("cat {0}; cat {0} >&2", records.display()));
+    let out = f.ssh(&format!("cat {0}; cat {0} >&2", f.visits.display()));
     assert!(out.status.success(), "{}", f.context(&out));
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(stdout.starts_with("name,ssn\nalice,") && !has_ssn(&stdout), "{stdout}");
@@ -629,8 +635,9 @@ fn held_commands_wait_for_approval() {
         "{stderr}"
     );
 
-    // Denied: exit 126, and the reason.
-    let mut client = f.spawn_ssh(&archive);
+    // Denied: exit 126, and the reason. (A command reading a PHI file is
+    // held too: its output is masked by value detectors only.)
+    let mut client = f.spawn_ssh(&format!("cat {}/records.csv", f.phi.display()));
     drop(client.stdin.take());
     let id = wait_pending(&f);
     let out = approvals(&f, &["deny", &id, "--reason", "not today"]);
@@ -648,6 +655,7 @@ fn held_commands_wait_for_approval() {
     assert!(held.iter().all(|c| c["decision"]["verdict"] == "hold"));
     assert_eq!(result_of(&events, held[0]).unwrap()["outcome"]["status"], "ok");
     assert_eq!(result_of(&events, held[1]).unwrap()["outcome"]["status"], "denied");
+    assert_eq!(held[1]["decision"]["rule_id"], "hipaa.hold_ssh_phi_read");
 }
 
 #[test]
@@ -916,7 +924,7 @@ fn shells_and_execs_are_recorded_masked_replayed_and_verified() {
     let out = f.shell(&format!("echo typed-{SSN}; cat {}; exit 0", records.display()));
     assert!(out.status.success(), "{}", f.context(&out));
     // An exec is recorded too; a transfer protocol (scp) is not.
-    let out = f.ssh(&format!("cat {}", records.display()));
+    let out = f.ssh(&format!("cat {}", f.visits.display()));
     assert!(out.status.success(), "{}", f.context(&out));
 
     let events = f.agent.wait_events("the results", |e| {
@@ -1145,7 +1153,7 @@ out = {{}}
 def run(cmd):
     _, o, e = c.exec_command(cmd)
     return [o.read().decode(), e.read().decode(), o.channel.recv_exit_status()]
-out["cat"] = run("cat {records}")
+out["cat"] = run("cat {visits}")
 out["rm"] = run("rm -f {records}")
 s = c.open_sftp()
 def attempt(name, fn):
@@ -1198,6 +1206,7 @@ print(json.dumps(out))
 "#,
         port = f.sshd.port,
         records = records.display(),
+        visits = f.visits.display(),
         remote = remote.display(),
         phi = f.phi.display(),
         rel_phi = up(&f.phi),
