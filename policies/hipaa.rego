@@ -421,6 +421,14 @@ hold contains {"rank": 10, "rule_id": "hipaa.hold_k8s_exec", "reason": reason, "
 	reason := sprintf("kubectl %s into a pod needs approval", [k8s.verb])
 }
 
+# kubectl debug adds an ephemeral container to a running pod: it runs
+# its own command beside the pod's data, no attach needed, so it waits
+# as an exec does.
+hold contains {"rank": 10, "rule_id": "hipaa.hold_k8s_exec", "reason": "kubectl debug (an ephemeral container in a pod) needs approval", "row_threshold": null} if {
+	k8s.subresource == "ephemeralcontainers"
+	not k8s.verb in {"get", "list", "watch"}
+}
+
 # A batch or transaction Bundle carries its own interactions (a DELETE
 # entry among them) in the request body, which loopgate does not read: the
 # rules above would never see them, so the whole request waits for a person.

@@ -527,6 +527,16 @@ test_k8s_exec_held if {
 	d.rule_id == "hipaa.hold_k8s_exec"
 }
 
+test_k8s_debug_held_as_an_exec if {
+	debug := object.union(k8s_req("patch", "pods"), {"action": {"kubernetes": {"subresource": "ephemeralcontainers"}}})
+	d := loopgate.decision with input as debug
+	d.decision == "hold"
+	d.reason == "kubectl debug (an ephemeral container in a pod) needs approval"
+	read := object.union(k8s_req("get", "pods"), {"action": {"kubernetes": {"subresource": "ephemeralcontainers"}}})
+	r := loopgate.decision with input as read
+	r.decision == "allow"
+}
+
 test_k8s_tunnels_denied_unless_allowed if {
 	every verb in ["portforward", "proxy"] {
 		d := loopgate.decision with input as k8s_req(verb, "pods")

@@ -165,15 +165,20 @@ pub async fn verify_host(store: &AmazonS3, url: &S3Url, host: &str, options: &Op
         }
     }
     // The chain holds each recording's hash: the objects must match.
-    for (file, row, event_id, r) in &recordings {
-        check_recording(store, url, r).await.map_err(|problem| {
-            problem.map(|problem| Broken {
-                file: file.clone(),
-                row: Some(*row),
-                event_id: event_id.clone(),
-                problem,
+    let mut checks = futures_util::stream::iter(recordings.iter())
+        .map(|(file, row, event_id, r)| async move {
+            check_recording(store, url, r).await.map_err(|problem| {
+                problem.map(|problem| Broken {
+                    file: file.clone(),
+                    row: Some(*row),
+                    event_id: event_id.clone(),
+                    problem,
+                })
             })
-        })?;
+        })
+        .buffered(PARALLEL_GETS);
+    while let Some(checked) = checks.next().await {
+        checked?;
     }
     let (last_seq, last_hash) = walk.head();
     for c in &signed {
