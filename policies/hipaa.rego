@@ -265,9 +265,9 @@ deny contains {"rank": 40, "rule_id": "hipaa.deny_ssh_phi_change", "reason": rea
 	reason := "writing to a PHI path through a redirect over SSH is not allowed"
 }
 
-# SFTP: files under PHI paths are never changed over SFTP, and read only
-# with approval (a file transfer is not masked: it is an export of the
-# file). loopgate gives every path as the server resolves it, links
+# SFTP: files under PHI paths are never changed over SFTP, and read or
+# listed only with approval (a transfer is not masked: it is an export of
+# the file; a listing's names may be patients'). loopgate gives every path as the server resolves it, links
 # followed (`/srv//phi/../phi/a` and a link to /srv/phi/a are
 # `/srv/phi/a`); `under_phi` compares whole segments.
 sftp_changes := {"write", "remove", "rename", "link", "mkdir", "rmdir", "setstat", "symlink"}
@@ -299,10 +299,10 @@ deny contains {"rank": 40, "rule_id": "hipaa.deny_sftp_phi_write", "reason": rea
 
 hold contains {"rank": 20, "rule_id": "hipaa.hold_sftp_phi_read", "reason": reason, "row_threshold": null} if {
 	input.action.kind == "ssh_sftp"
-	input.action.operation == "read"
+	input.action.operation in {"read", "list"}
 	under_phi(input.action.path)
 	not ssh_phi_reader
-	reason := "reading a PHI file over SFTP (an unmasked copy) needs approval"
+	reason := sprintf("SFTP %s under a PHI path (unmasked: file contents, or names) needs approval", [input.action.operation])
 }
 
 # Callers in one of ssh.read_groups read PHI paths without an approval

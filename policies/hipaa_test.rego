@@ -318,7 +318,10 @@ test_sftp_reads_of_phi_held_and_other_paths_allowed if {
 	r.decision == "hold"
 	r.rule_id == "hipaa.hold_sftp_phi_read"
 	l := loopgate.decision with input as sftp("list", "/srv/phi", null)
-	l.decision == "allow"
+	l.decision == "hold"
+	l.rule_id == "hipaa.hold_sftp_phi_read"
+	l2 := loopgate.decision with input as sftp("list", "/srv", null)
+	l2.decision == "allow"
 	o := loopgate.decision with input as sftp("read", "/srv/phix/a", null)
 	o.decision == "allow"
 	w := loopgate.decision with input as sftp("write", "/tmp/upload.bin", null)
