@@ -169,9 +169,18 @@ ssh := data.phi_catalog.ssh
 ssh_command := input.action.command if input.action.kind == "ssh_exec"
 
 # The words of an exec'd command line, shell separators read as spaces
-# (`a;b`, `a|b`, `a&&b`) and a redirect starting a word (`a>f` is `a`,
-# `>f`); a best-effort reading, not a shell parser.
-ssh_line := replace(replace(replace(replace(replace(replace(ssh_command, ";", " "), "|", " "), "&", " "), "\t", " "), ">", " >"), "<", " <")
+# (`a;b`, `a|b`, `a&&b`, and `(`, `)`, `{`, `}`, backquotes, newlines, so
+# `$(echo /srv/phi)` and `/srv/{phi,x}` show their paths) and a redirect
+# starting a word (`a>f` is `a`, `>f`); quotes and backslashes removed as
+# the shell removes them (`/srv/ph""i`, `'/srv/phi'`, `/srv/p\hi` are
+# `/srv/phi`). A best-effort reading, not a shell parser: variables and
+# scripts are not seen.
+ssh_unquoted := strings.replace_n({"\"": "", "'": "", "\\": ""}, ssh_command)
+
+ssh_line := strings.replace_n(
+	{";": " ", "|": " ", "&": " ", "\t": " ", "\n": " ", "(": " ", ")": " ", "{": " ", "}": " ", "`": " ", ",": " ", ">": " >", "<": " <"},
+	ssh_unquoted,
+)
 
 ssh_words := {w |
 	some w in split(ssh_line, " ")

@@ -258,6 +258,25 @@ test_ssh_archives_elsewhere_allowed if {
 	cat.decision == "allow"
 }
 
+test_ssh_phi_paths_quoted_or_in_substitutions_are_phi if {
+	every command in [
+		"rm -rf /srv/ph\"\"i",
+		"rm -rf '/srv/phi/2024'",
+		"rm -rf /srv/p\\hi",
+		"rm -rf $(echo /srv/phi)",
+		"rm -rf `echo /var/lib/ehr`",
+		"rm -rf /srv/{phi,tmp}",
+		"x=1\nrm -rf /srv/phi",
+	] {
+		d := loopgate.decision with input as exec(command)
+		d.rule_id == "hipaa.deny_ssh_phi_delete"
+	}
+	d := loopgate.decision with input as exec("cat \"/srv/phi/a b.csv\"")
+	d.rule_id == "hipaa.hold_ssh_phi_read"
+	ok := loopgate.decision with input as exec("echo '(hello, world)' && ls /tmp")
+	ok.decision == "allow"
+}
+
 test_ssh_phi_paths_spelled_otherwise_or_above_are_phi if {
 	every command in [
 		"rm -rf /srv//phi/2024",
