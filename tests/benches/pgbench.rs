@@ -69,7 +69,7 @@ fn main() {
     let only = std::env::var("PGBENCH_ONLY").ok();
     for (workload, flag) in [("select", Some("-S")), ("tpc-b", None)] {
         for clients in [1, 4, 8] {
-            let mut direct_tps = 0.0;
+            let mut direct_tps = None;
             let mut bouncer_cpu = None;
             for path in ["direct", "pgbouncer (session)", "loopgate"] {
                 if only.as_deref().is_some_and(|o| !path.starts_with(o)) {
@@ -149,11 +149,15 @@ fn main() {
                 let avg = number_after(&stdout, "latency average = ").unwrap_or(0.0);
                 let (p50, p99) = percentiles(logs.path(), &log_prefix);
                 if path == "direct" {
-                    direct_tps = tps;
+                    direct_tps = Some(tps);
                 }
+                // Without a direct run (PGBENCH_ONLY) there is nothing to compare.
+                let vs_direct = match direct_tps {
+                    Some(d) if d > 0.0 => format!("{:.0}%", 100.0 * tps / d),
+                    _ => "-".to_owned(),
+                };
                 println!(
-                    "{workload:<10} {clients:>7} {path:<22} {tps:>9.0} {:>7.0}% {avg:>7.3}ms {p50:>7.3}ms {p99:>7.3}ms {cpu_per_tx:>12} {vs_bouncer:>12}",
-                    100.0 * tps / direct_tps.max(1.0)
+                    "{workload:<10} {clients:>7} {path:<22} {tps:>9.0} {vs_direct:>8} {avg:>7.3}ms {p50:>7.3}ms {p99:>7.3}ms {cpu_per_tx:>12} {vs_bouncer:>12}"
                 );
             }
         }
