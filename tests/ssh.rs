@@ -1167,6 +1167,7 @@ attempt("relative_put", lambda: s.putfo(__import__("io").BytesIO(b"y"), "{rel_re
 attempt("fchmod", lambda: s.open("{records}", "r").chmod(0o777))
 attempt("posix_rename", lambda: s.posix_rename("{remote}/a.txt", "{phi}//b.txt"))
 attempt("unknown", lambda: s._request(paramiko.sftp.CMD_EXTENDED, "rm-rf@example.com"))
+attempt("not_utf8", lambda: s.open(b"{remote}/\xff.bin", "w"))
 attempt("after", lambda: s.stat("{remote}/a.txt"))
 # Every read of an 8 MiB file in flight and their replies waiting, then
 # an open loopgate decides while they stream back (it asks the server
@@ -1241,6 +1242,12 @@ print(json.dumps(out))
     }
     assert!(
         got["unknown"].as_str().unwrap().contains("loopgate.sftp_unsupported"),
+        "{got}"
+    );
+    // A path that is not UTF-8 is refused: the server would open another
+    // file than the one loopgate decided (or asked it about).
+    assert!(
+        got["not_utf8"].as_str().unwrap().contains("loopgate.sftp_unresolved"),
         "{got}"
     );
     assert_eq!(

@@ -67,6 +67,8 @@ pub enum SftpError {
     TooLarge(usize),
     #[error("malformed SFTP packet")]
     Malformed,
+    #[error("an SFTP path that is not UTF-8")]
+    NotUtf8,
 }
 
 /// Splits a byte stream into SFTP packets (length prefix included); a
@@ -216,6 +218,9 @@ pub enum Request {
     /// An extension loopgate does not know: refused, since what it does
     /// cannot be decided.
     Unknown { id: u32, extension: String },
+    /// A path that is not UTF-8: refused, since the path loopgate would
+    /// decide (and ask the server about) is not the one the server opens.
+    NotUtf8 { id: u32 },
 }
 
 /// Reads a client packet.
@@ -226,14 +231,22 @@ pub fn request(packet: &[u8]) -> Result<Request, SftpError> {
         return Ok(Request::Init);
     }
     let id = r.u32()?;
+    match decided(kind, id, &mut r) {
+        Err(SftpError::NotUtf8) => Ok(Request::NotUtf8 { id }),
+        other => other,
+    }
+}
+
+/// A client request after its type and id.
+fn decided(kind: u8, id: u32, r: &mut Reader<'_>) -> Result<Request, SftpError> {
     let path_op = |name, r: &mut Reader<'_>, two: bool| -> Result<Request, SftpError> {
-        let path = r.path()?;
-        let to = if two { Some(r.path()?) } else { None };
+        let path = r.request_path()?;
+        let to = if two { Some(r.request_path()?) } else { None };
         Ok(Request::Path(Operation { id, name, path, to }))
     };
     match kind {
         FXP_OPEN => {
-            let path = r.path()?;
+            let path = r.request_path()?;
             let flags = r.u32()?;
             let writes = flags & (FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC) != 0;
             let name = if writes { "write" } else { "read" };
@@ -244,14 +257,14 @@ pub fn request(packet: &[u8]) -> Result<Request, SftpError> {
                 to: None,
             }))
         }
-        FXP_SETSTAT => path_op("setstat", &mut r, false),
-        FXP_OPENDIR => path_op("list", &mut r, false),
-        FXP_REMOVE => path_op("remove", &mut r, false),
-        FXP_MKDIR => path_op("mkdir", &mut r, false),
-        FXP_RMDIR => path_op("rmdir", &mut r, false),
-        FXP_RENAME => path_op("rename", &mut r, true),
+        FXP_SETSTAT => path_op("setstat", r, false),
+        FXP_OPENDIR => path_op("list", r, false),
+        FXP_REMOVE => path_op("remove", r, false),
+        FXP_MKDIR => path_op("mkdir", r, false),
+        FXP_RMDIR => path_op("rmdir", r, false),
+        FXP_RENAME => path_op("rename", r, true),
         // A symlink's two paths, as the client sent them.
-        FXP_SYMLINK => path_op("symlink", &mut r, true),
+        FXP_SYMLINK => path_op("symlink", r, true),
         FXP_FSETSTAT => Ok(Request::Handle {
             id,
             name: "setstat",
@@ -264,7 +277,7 @@ pub fn request(packet: &[u8]) -> Result<Request, SftpError> {
         FXP_EXTENDED => {
             let extension = r.string()?.into_owned();
             if let Some((_, name)) = CHANGING_EXTENSIONS.iter().find(|(e, _)| *e == extension) {
-                return path_op(name, &mut r, *name != "setstat");
+                return path_op(name, r, *name != "setstat");
             }
             if PASSING_EXTENSIONS.contains(&extension.as_str()) {
                 return Ok(Request::Pass { id });
@@ -401,13 +414,25 @@ impl<'a> Reader<'a> {
     /// A path: a NUL in it is malformed (the server's C strings would end
     /// there, so the path decided would not be the path opened). Bytes
     /// that are no UTF-8 become U+FFFD, which keeps every `/` and `.`
-    /// where it was.
+    /// where it was (a server's answer: a PHI prefix stays a PHI prefix).
     fn path(&mut self) -> Result<String, SftpError> {
         let raw = self.bytes()?;
         if raw.contains(&0) {
             return Err(SftpError::Malformed);
         }
         Ok(String::from_utf8_lossy(raw).into_owned())
+    }
+
+    /// A client's path: as [`path`](Self::path), but bytes that are no
+    /// UTF-8 are [`SftpError::NotUtf8`]. The path is sent to the server as
+    /// a question (`REALPATH`), and a replaced byte would ask about
+    /// another file than the one the request opens.
+    fn request_path(&mut self) -> Result<String, SftpError> {
+        let raw = self.bytes()?;
+        if raw.contains(&0) {
+            return Err(SftpError::Malformed);
+        }
+        String::from_utf8(raw.to_vec()).map_err(|_| SftpError::NotUtf8)
     }
 }
 
@@ -525,6 +550,19 @@ mod tests {
                 handle: b"h1".to_vec()
             }
         );
+    }
+
+    #[test]
+    fn a_request_path_that_is_not_utf8_is_refused_by_id() {
+        let mut raw = b"/home/app/".to_vec();
+        raw.push(0xff);
+        raw.extend_from_slice(b"/x");
+        let mut name = (raw.len() as u32).to_be_bytes().to_vec();
+        name.extend_from_slice(&raw);
+        let open = packet(FXP_OPEN, 5, &[&name, &FXF_WRITE.to_be_bytes(), &0u32.to_be_bytes()]);
+        assert_eq!(request(&open), Ok(Request::NotUtf8 { id: 5 }));
+        let rename = packet(FXP_RENAME, 6, &[&string("/tmp/a"), &name]);
+        assert_eq!(request(&rename), Ok(Request::NotUtf8 { id: 6 }));
     }
 
     #[test]

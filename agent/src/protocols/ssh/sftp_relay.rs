@@ -27,8 +27,8 @@ pub const AUDIT_UNAVAILABLE: &str = "audit_unavailable";
 /// An extension loopgate cannot decide is refused by this rule.
 pub const UNSUPPORTED_RULE: &str = "loopgate.sftp_unsupported";
 /// A request whose path cannot be resolved (relative with no working
-/// directory known, a handle loopgate did not see opened) or whose id is
-/// still in flight is refused by this rule.
+/// directory known, not UTF-8, a handle loopgate did not see opened) or
+/// whose id is still in flight is refused by this rule.
 pub const UNRESOLVED_RULE: &str = "loopgate.sftp_unresolved";
 
 /// The id of loopgate's own `REALPATH "."`, sent before any request of
@@ -190,6 +190,11 @@ impl SftpRelay<'_, '_> {
                 }
                 Request::Pass { .. } => {
                     forward(session, up_tx, packet).await?;
+                    continue;
+                }
+                Request::NotUtf8 { id } => {
+                    let reason = "a path that is not UTF-8 (what would be decided is not the file opened)";
+                    self.refuse_unchecked(tx, id, UNRESOLVED_RULE, reason).await?;
                     continue;
                 }
                 Request::Unknown { id, extension } => {
