@@ -218,16 +218,48 @@ phi_possible(path) if {
 	some root in ssh.phi_paths
 	r := [s | some s in split(root, "/"); s != ""]
 	k := min([count(r), count(path)])
-	glob.match(concat("/", array.slice(path, 0, k)), ["/"], concat("/", array.slice(r, 0, k)))
+	phi_glob(array.slice(path, 0, k), array.slice(r, 0, k))
 }
 
 phi_possible(path) if ".." in path
 
-# Words naming a configured PHI path, or a path above one.
-ssh_phi_paths := {w |
+# Under a PHI path (not above one): what a read reaches.
+phi_under(path) if {
+	some root in ssh.phi_paths
+	r := [s | some s in split(root, "/"); s != ""]
+	count(path) >= count(r)
+	phi_glob(array.slice(path, 0, count(r)), r)
+}
+
+phi_under(path) if ".." in path
+
+# The command's segments, globs read as globs, against a PHI path's. A
+# `[` class becomes `?` (one character either way): an unclosed `[`
+# (`sed 's/\[//'`) is no valid glob, and must not fail the decision.
+phi_glob(path, root) if {
+	pattern := strings.replace_n({"[": "?", "]": "?"}, concat("/", path))
+	glob.match(pattern, ["/"], concat("/", root))
+}
+
+# A word's path (`/srv/phi`, `-C/srv/phi`), or a relative one that climbs
+# (`../phi`: where it lands depends on the working directory).
+ssh_word_paths := {[w, path] |
 	some w in ssh_words
 	contains(w, "/")
-	phi_possible(ssh_word_path(w))
+	parts := split(w, "/")
+	path := array.concat(ssh_word_path(w), [".." | ".." in parts])
+}
+
+# Words naming a configured PHI path, or a path above one.
+ssh_phi_paths := {w |
+	some [w, path] in ssh_word_paths
+	phi_possible(path)
+}
+
+# Words naming a configured PHI path or one under it (reads).
+ssh_phi_read_paths := {w |
+	some [w, path] in ssh_word_paths
+	phi_under(path)
 }
 
 # Where output is redirected (`> f`, `>>f`, `2>f`): the file is changed.
@@ -274,6 +306,39 @@ deny contains {"rank": 40, "rule_id": "hipaa.deny_ssh_phi_change", "reason": rea
 	reason := "writing to a PHI path through a redirect over SSH is not allowed"
 }
 
+# Programs that change or delete files by a flag, not by their name:
+# `find -delete`, `sed -i`/`perl -i` (in place), `tar -x` (extracting over),
+# `rsync --delete`.
+ssh_flag_changes if {
+	"find" in ssh_programs
+	some w in ssh_words
+	w in {"-delete", "-exec", "-execdir", "-ok"}
+}
+
+ssh_flag_changes if {
+	some p in ssh_programs
+	p in {"sed", "perl"}
+	some w in ssh_words
+	regex.match(`^-[a-zA-Z]*i`, w)
+}
+
+ssh_flag_changes if {
+	"tar" in ssh_programs
+	some w in ssh_words
+	regex.match(`^(-?[A-Za-z]*x[A-Za-z]*|--extract|--get)$`, w)
+}
+
+ssh_flag_changes if {
+	"rsync" in ssh_programs
+	some w in ssh_words
+	startswith(w, "--delete")
+}
+
+deny contains {"rank": 40, "rule_id": "hipaa.deny_ssh_phi_change", "reason": "changing PHI paths over SSH (find -delete, sed -i, tar -x, rsync --delete) is not allowed"} if {
+	ssh_flag_changes
+	count(ssh_phi_paths) > 0
+}
+
 # SFTP: files under PHI paths are never changed over SFTP, and read or
 # listed only with approval (a transfer is not masked: it is an export of
 # the file; a listing's names may be patients'). loopgate gives every path as the server resolves it, links
@@ -292,6 +357,13 @@ under_phi(path) if {
 	startswith(path, concat("", [trim_right(root, "/"), "/"]))
 }
 
+# A directory a PHI path is under (`/srv` for `/srv/phi`): renaming,
+# removing or changing it changes the PHI path too.
+above_phi(path) if {
+	some root in ssh.phi_paths
+	startswith(concat("", [trim_right(root, "/"), "/"]), concat("", [trim_right(path, "/"), "/"]))
+}
+
 sftp_paths contains input.action.path if input.action.kind == "ssh_sftp"
 
 sftp_paths contains input.action.to if {
@@ -304,6 +376,13 @@ deny contains {"rank": 40, "rule_id": "hipaa.deny_sftp_phi_write", "reason": rea
 	some path in sftp_paths
 	under_phi(path)
 	reason := sprintf("SFTP %s under a PHI path is not allowed", [input.action.operation])
+}
+
+deny contains {"rank": 40, "rule_id": "hipaa.deny_sftp_phi_write", "reason": reason} if {
+	input.action.operation in sftp_changes
+	some path in sftp_paths
+	above_phi(path)
+	reason := sprintf("SFTP %s of a directory a PHI path is under is not allowed", [input.action.operation])
 }
 
 hold contains {"rank": 20, "rule_id": "hipaa.hold_sftp_phi_read", "reason": reason, "row_threshold": null} if {
@@ -328,7 +407,7 @@ ssh_phi_reader if {
 # server's permissions are the backstop, see README).
 hold contains {"rank": 30, "rule_id": "hipaa.hold_ssh_phi_read", "reason": "a command naming PHI paths over SSH (its output is masked by value detectors only) needs approval", "row_threshold": null} if {
 	input.action.kind == "ssh_exec"
-	count(ssh_phi_paths) > 0
+	count(ssh_phi_read_paths) > 0
 	not ssh_phi_reader
 }
 

@@ -258,6 +258,39 @@ test_ssh_archives_elsewhere_allowed if {
 	cat.decision == "allow"
 }
 
+test_ssh_relative_climbs_flag_changes_and_brackets if {
+	every command in ["cd /srv/www && rm -rf ../phi", "rm -rf ../../x"] {
+		d := loopgate.decision with input as exec(command)
+		d.rule_id == "hipaa.deny_ssh_phi_delete"
+	}
+	every command in [
+		"find /srv/phi -name '*.csv' -delete",
+		"sed -i s/a/b/ /srv/phi/a.csv",
+		"perl -pi -e s/a/b/ /srv/phi/a.csv",
+		"tar -xzf /tmp/x.tgz -C /srv/phi",
+		"tar xf /tmp/x.tar --directory=/srv/phi",
+		"rsync -a --delete /tmp/empty/ /srv/phi/",
+	] {
+		d := loopgate.decision with input as exec(command)
+		d.rule_id == "hipaa.deny_ssh_phi_change"
+	}
+	# An unclosed `[` is no glob, and no policy error.
+	sed := loopgate.decision with input as exec("sed -e 's/\\[//g' /tmp/a")
+	sed.decision == "allow"
+	ls := loopgate.decision with input as exec("ls /tmp/[")
+	ls.decision == "allow"
+	# A path above a PHI path is no read of one.
+	df := loopgate.decision with input as exec("df -h /")
+	df.decision == "allow"
+	# SFTP changes to a directory a PHI path is under.
+	mv := loopgate.decision with input as sftp("rename", "/srv", "/tmp/srv")
+	mv.rule_id == "hipaa.deny_sftp_phi_write"
+	chmod := loopgate.decision with input as sftp("setstat", "/var/lib/", null)
+	chmod.rule_id == "hipaa.deny_sftp_phi_write"
+	beside := loopgate.decision with input as sftp("rename", "/srv/www/a", "/srv/www/b")
+	beside.decision == "allow"
+}
+
 test_ssh_phi_paths_quoted_or_in_substitutions_are_phi if {
 	every command in [
 		"rm -rf /srv/ph\"\"i",
@@ -359,9 +392,11 @@ test_commands_naming_phi_paths_held_unless_the_caller_reads_phi if {
 	sftp_reader := object.union(sftp("read", "/srv/phi/records.csv", null), {"principal": principal("unix:etl", ["phi-readers"])})
 	s := loopgate.decision with input as sftp_reader with data.phi_catalog.ssh.read_groups as ["phi-readers"]
 	s.decision == "allow"
-	# A reader still may not delete, and an archive still waits.
+	# A reader still may not delete, and an archive (bulk) still waits.
 	rm := loopgate.decision with input as object.union(exec("rm /srv/phi/a"), {"principal": principal("unix:etl", ["phi-readers"])}) with data.phi_catalog.ssh.read_groups as ["phi-readers"]
 	rm.decision == "deny"
+	tar := loopgate.decision with input as object.union(exec("tar -cf - /srv/phi"), {"principal": principal("unix:etl", ["phi-readers"])}) with data.phi_catalog.ssh.read_groups as ["phi-readers"]
+	tar.rule_id == "hipaa.hold_ssh_phi_archive"
 	other := loopgate.decision with input as exec("cat /srv/www/index.html")
 	other.decision == "allow"
 }
@@ -381,7 +416,7 @@ test_scp_and_git_into_phi_denied_out_of_phi_held if {
 	rsync_up := loopgate.decision with input as exec("rsync --server -logDtpre.iLsfxCIvu . /srv/phi/")
 	rsync_up.rule_id == "hipaa.deny_ssh_phi_change"
 	rsync_down := loopgate.decision with input as exec("rsync --server --sender -logDtpre.iLsfxCIvu . /srv/phi/records.csv")
-	rsync_down.decision == "hold"
+	rsync_down.rule_id == "hipaa.hold_ssh_phi_archive"
 	elsewhere := loopgate.decision with input as exec("scp -t /tmp/x.csv")
 	elsewhere.decision == "allow"
 	fetch := loopgate.decision with input as exec("scp -f /srv/www/index.html")

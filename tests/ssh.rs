@@ -219,6 +219,13 @@ fn commands<'e>(events: &'e [Value], kind: &str) -> Vec<&'e Value> {
         .collect()
 }
 
+/// The `kind` command whose recorded text is `text`.
+fn command_with_text<'e>(events: &'e [Value], kind: &str, text: &str) -> Option<&'e Value> {
+    commands(events, kind)
+        .into_iter()
+        .find(|c| c["command"]["text"] == text)
+}
+
 fn result_of<'e>(events: &'e [Value], command: &Value) -> Option<&'e Value> {
     events
         .iter()
@@ -455,12 +462,8 @@ fn exec_masking_refusals_sftp_and_forwards() {
         "{refused:?}"
     );
     let removed = format!("sftp remove {}/records-link", remote.display());
-    assert!(
-        commands(&events, "ssh_sftp")
-            .iter()
-            .any(|c| c["command"]["text"] == removed.as_str() && c["decision"]["verdict"] == "allow"),
-        "{removed} not allowed"
-    );
+    let removal = command_with_text(&events, "ssh_sftp", &removed).unwrap_or_else(|| panic!("no {removed}"));
+    assert_eq!(removal["decision"]["verdict"], "allow", "{removal}");
 
     // A port forward is refused by the pack; the client says so.
     let target = format!("127.0.0.1:{}", f.sshd.port);
@@ -1283,12 +1286,8 @@ print(json.dumps(out))
     let fchmod = format!("sftp setstat {}", records.display());
     assert!(texts.contains(&fchmod.as_str()), "{fchmod} not in {texts:?}");
     let read = format!("sftp read {}", records.display());
-    assert!(
-        commands(&events, "ssh_sftp")
-            .iter()
-            .any(|c| c["command"]["text"] == read.as_str() && c["decision"]["rule_id"] == "hipaa.hold_sftp_phi_read"),
-        "{read} was not held"
-    );
+    let held = command_with_text(&events, "ssh_sftp", &read).unwrap_or_else(|| panic!("no {read}"));
+    assert_eq!(held["decision"]["rule_id"], "hipaa.hold_sftp_phi_read", "{held}");
     for c in commands(&events, "ssh_exec") {
         assert_eq!(c["process"]["comm"], "python3", "{c}");
     }

@@ -179,6 +179,7 @@ pub async fn serve(svc: &Service, session: &Session, client: TcpStream, connect_
         events: events_tx,
         authenticated: false,
         open_channels: open_channels.clone(),
+        refused_channels: false,
     };
     let running = match russh::server::run_stream(svc.server.clone(), client, handler).await {
         Ok(r) => r,

@@ -63,6 +63,8 @@ pub struct ClientHandler {
     pub authenticated: bool,
     /// The connection's channels not yet ended (the session task lowers it).
     pub open_channels: Arc<AtomicUsize>,
+    /// A channel over the bound was refused (and logged) already.
+    pub refused_channels: bool,
 }
 
 const TOKEN_PROMPT: &str = "loopgate token: ";
@@ -102,15 +104,16 @@ impl ClientHandler {
     }
 
     /// Takes a channel slot; `false` (the open is refused) when all
-    /// [`MAX_CHANNELS`] are in use.
-    fn take_slot(&self) -> bool {
+    /// [`MAX_CHANNELS`] are in use. Logged once per connection: a client
+    /// opening in a loop does not fill the log.
+    fn take_slot(&mut self) -> bool {
         let taken = self
             .open_channels
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < MAX_CHANNELS).then_some(n + 1)
             })
             .is_ok();
-        if !taken {
+        if !taken && !std::mem::replace(&mut self.refused_channels, true) {
             tracing::warn!(
                 limit = MAX_CHANNELS,
                 "an SSH client opened more channels than allowed; refused"
@@ -355,6 +358,7 @@ mod tests {
             events,
             authenticated: false,
             open_channels: Arc::new(AtomicUsize::new(0)),
+            refused_channels: false,
         };
         (handler, rx)
     }
@@ -411,7 +415,7 @@ mod tests {
 
     #[test]
     fn channels_beyond_the_limit_are_refused_until_one_ends() {
-        let (h, _rx) = handler(Authenticator::Process);
+        let (mut h, _rx) = handler(Authenticator::Process);
         h.open_channels.store(MAX_CHANNELS - 1, Ordering::SeqCst);
         assert!(h.take_slot());
         assert!(!h.take_slot());
