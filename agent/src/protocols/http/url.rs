@@ -105,8 +105,9 @@ pub fn mask_search_url<'t>(masker: &Masker, url: &'t str) -> Cow<'t, str> {
     let Some((base, query)) = split else {
         return mask_text(masker, url);
     };
-    // The query ends at a fragment, or where a header's URL ends (`<...>`).
-    let end = query.find(['#', '>', '"', ' ']).unwrap_or(query.len());
+    // The query ends at a fragment only: whatever else follows (a quote, a
+    // space, a `>`) is still the server's query text.
+    let end = query.find('#').unwrap_or(query.len());
     let (query, fragment) = (&query[..end], Some(&query[end..]).filter(|f| !f.is_empty()));
     let mut out = String::with_capacity(url.len());
     out.push_str(base);
@@ -122,7 +123,10 @@ pub fn mask_search_url<'t>(masker: &Masker, url: &'t str) -> Cow<'t, str> {
                 out.push_str(name);
                 out.push('=');
                 let plain = decode(name, true).unwrap_or_default();
-                if CONTROL_PARAMS.contains(&plain.as_str()) {
+                // A paging value is a token: one with room for more (a
+                // space, a quote, another `=`) is not kept.
+                let token = !value.contains(|c: char| c.is_whitespace() || "\"'<>=".contains(c));
+                if token && CONTROL_PARAMS.contains(&plain.as_str()) {
                     out.push_str(value);
                 } else {
                     out.push_str(masker.redact_token());
@@ -145,7 +149,9 @@ pub fn mask_search_url<'t>(masker: &Masker, url: &'t str) -> Cow<'t, str> {
 /// ([`mask_search_url`]), the text between them through the detectors.
 /// Without brackets the whole value is one URL (`Location`).
 pub fn mask_header_urls<'t>(masker: &Masker, value: &'t str) -> Cow<'t, str> {
-    if !value.contains('<') {
+    // Brackets only where the value is a list of them (`Link`); a `<`
+    // elsewhere in a `Location` is part of its URL.
+    if !value.trim_start().starts_with('<') {
         return mask_search_url(masker, value);
     }
     let mut out = String::with_capacity(value.len());
@@ -213,6 +219,21 @@ mod tests {
             mask_header_urls(&m, "</fhir/metadata>; rel=\"x\""),
             Cow::Borrowed(_)
         ));
+        // A `<`, a quote or a space inside a Location's query hides no value.
+        for (location, want) in [
+            ("/fhir/Patient?family=Smith<", "/fhir/Patient?family=***"),
+            (
+                "/fhir/Patient?_count=1\"&family=Smith>",
+                "/fhir/Patient?_count=***&family=***",
+            ),
+            (
+                "/fhir/Patient?_getpages=abc-123&_count=20",
+                "/fhir/Patient?_getpages=abc-123&_count=20",
+            ),
+            ("/fhir/Patient?_count=1 family=Smith", "/fhir/Patient?_count=***"),
+        ] {
+            assert_eq!(mask_header_urls(&m, location), want, "{location}");
+        }
         // A conditional create's ifNoneExist is a query with no `?`.
         assert_eq!(
             mask_search_url(&m, "identifier=http://hospital.example/mrn|8812&_count=1"),
