@@ -124,6 +124,14 @@ impl Recorder {
         self.event("r", &format!("{cols}x{rows}"));
     }
 
+    /// From now on every write goes to `/dev/full` and fails at once, as
+    /// on a full disk (tests of what a relay does then).
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&mut self) {
+        let full = fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+        self.file = BufWriter::with_capacity(1, full);
+    }
+
     /// Whether a write failed: the relay stops there (no unrecorded output
     /// goes on).
     pub fn failed(&self) -> bool {

@@ -206,6 +206,9 @@ pub fn title(masker: &Masker, action: &HttpRequest) -> String {
     masker.mask_free_text(&t).into_owned()
 }
 
+/// The status of an exec whose recording could not be written.
+const RECORDING_FAILED: &str = "recording_failed";
+
 /// Relays an upgraded stream pair as `streams` says, until both are done.
 pub async fn relay<C, S>(client: C, server: S, streams: Streams, masker: Masker, recorder: Option<Recorder>) -> Ended
 where
@@ -305,6 +308,7 @@ where
     let grace = tokio::time::sleep(Duration::from_secs(86_400));
     tokio::pin!(grace);
     let mut broken: Option<Broken> = None;
+    let mut recording_failed = false;
     loop {
         let pending = ch.has_pending();
         let mut to_client = Vec::new();
@@ -354,6 +358,12 @@ where
             _ = tokio::time::sleep(FLUSH_AFTER), if pending => ch.flush(&mut to_client),
             _ = &mut grace, if client_done => break,
         }
+        // Output the recording could not hold is not relayed on: the
+        // stream ends here (nothing runs unrecorded).
+        if ch.recorder.as_ref().is_some_and(Recorder::failed) {
+            recording_failed = true;
+            break;
+        }
         if !to_server.is_empty() && server.write_all(&to_server).await.is_err() {
             break;
         }
@@ -363,6 +373,17 @@ where
         if broken.is_some() {
             break;
         }
+    }
+    if recording_failed {
+        let close = encode(
+            true,
+            Opcode::Close,
+            None,
+            &close_payload(1011, "loopgate: the session recording cannot be written"),
+        );
+        let _ = client.write_all(&close).await;
+        let _ = client.shutdown().await;
+        let _ = server.shutdown().await;
     }
     let code = match &broken {
         Some(b) => {
@@ -380,6 +401,7 @@ where
         None => ch.exit.clone(),
     };
     let status = match (&broken, ch.exit.as_deref()) {
+        _ if recording_failed => RECORDING_FAILED,
         (Some(_), _) => "error",
         (None, Some("exit:0")) => "ok",
         (None, Some(_)) => "failed",
@@ -542,6 +564,54 @@ mod tests {
 
     fn masker() -> Masker {
         Masker::new(&MaskConfig::default(), None).unwrap()
+    }
+
+    /// The disk fills under a running exec: the server's output is not
+    /// relayed on, the client gets Close 1011, the result says why.
+    #[tokio::test]
+    async fn an_exec_whose_recording_fails_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, mut client_end) = tokio::io::duplex(1 << 16);
+        let (server, mut server_end) = tokio::io::duplex(1 << 16);
+        let header = Header {
+            cols: 80,
+            rows: 24,
+            term: None,
+            title: "exec",
+        };
+        let mut recorder = Recorder::create(dir.path(), uuid::Uuid::nil(), 1, 1 << 20, &header).unwrap();
+        recorder.fail_writes();
+        let relay =
+            tokio::spawn(async move { relay(client, server, Streams::Channels, masker(), Some(recorder)).await });
+        server_end
+            .write_all(&encode(
+                true,
+                Opcode::Binary,
+                None,
+                b"ward rounds at nine
+",
+            ))
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        client_end.read_to_end(&mut seen).await.unwrap();
+        let ended = relay.await.unwrap();
+        let mut d = Decoder::new(false);
+        d.push(&seen);
+        let frames: Vec<_> = std::iter::from_fn(|| d.next_frame().unwrap()).collect();
+        assert!(
+            frames
+                .iter()
+                .all(|f| !String::from_utf8_lossy(&f.payload).contains("ward rounds")),
+            "unrecorded output was relayed"
+        );
+        let close = frames.last().expect("a close frame");
+        assert_eq!(
+            (close.opcode, &close.payload[..2]),
+            (Opcode::Close, &1011u16.to_be_bytes()[..])
+        );
+        assert_eq!(ended.status, RECORDING_FAILED);
+        assert!(ended.recording.is_none());
     }
 
     /// Both ends of the relay in memory: what a client sees of a server's
