@@ -17,6 +17,10 @@ use std::{
 
 /// The longest line kept; the rest of a longer one is dropped.
 const MAX_LINE: usize = 4096;
+/// Lines waiting for their echo at most; past it (input piped in, never
+/// echoed) new lines join the last one, cut at [`MAX_LINE`] and marked
+/// approximate, so memory stays bounded.
+const MAX_WAITING: usize = 64;
 /// How much output is kept to check a line's echo against.
 const MAX_ECHO: usize = 16 * 1024;
 /// How long a line waits for its echo before it counts as unechoed.
@@ -148,8 +152,20 @@ impl TypedLines {
     fn end_line(&mut self) {
         let bytes = std::mem::take(&mut self.line);
         let approximate = std::mem::take(&mut self.approximate);
-        if !bytes.is_empty() {
-            self.ended.push_back((bytes, approximate, Instant::now()));
+        if bytes.is_empty() {
+            return;
+        }
+        let full = self.ended.len() >= MAX_WAITING;
+        match self.ended.back_mut() {
+            Some((last, approx, _)) if full => {
+                if last.len() < MAX_LINE {
+                    let room = MAX_LINE - last.len() - 1;
+                    last.push(b'\n');
+                    last.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                }
+                *approx = true;
+            }
+            _ => self.ended.push_back((bytes, approximate, Instant::now())),
         }
     }
 
@@ -174,6 +190,26 @@ impl TypedLines {
             self.ended.pop_front();
         }
         lines
+    }
+}
+
+#[cfg(test)]
+mod bounds {
+    use super::*;
+
+    /// Piped input that is never echoed: the waiting lines stay bounded,
+    /// and nothing typed is lost from the count of lines.
+    #[test]
+    fn unechoed_piped_lines_stay_bounded() {
+        let mut t = TypedLines::default();
+        for i in 0..10_000 {
+            t.input(format!("line {i}\r").as_bytes());
+        }
+        assert_eq!(t.ended.len(), MAX_WAITING);
+        assert!(t.ended.iter().all(|(b, _, _)| b.len() <= MAX_LINE));
+        let lines = t.expired(Instant::now(), true);
+        assert_eq!(lines.len(), MAX_WAITING);
+        assert!(lines.last().unwrap().approximate && !lines[0].approximate);
     }
 }
 
