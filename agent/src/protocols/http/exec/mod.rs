@@ -206,6 +206,13 @@ pub fn title(masker: &Masker, action: &HttpRequest) -> String {
     masker.mask_free_text(&t).into_owned()
 }
 
+/// Ends the client's side with a WebSocket Close of `code` and `reason`.
+async fn close_client<C: AsyncWrite + Unpin>(client: &mut C, code: u16, reason: &str) {
+    let close = encode(true, Opcode::Close, None, &close_payload(code, reason));
+    let _ = client.write_all(&close).await;
+    let _ = client.shutdown().await;
+}
+
 /// The status of an exec whose recording could not be written.
 const RECORDING_FAILED: &str = "recording_failed";
 
@@ -375,27 +382,13 @@ where
         }
     }
     if recording_failed {
-        let close = encode(
-            true,
-            Opcode::Close,
-            None,
-            &close_payload(1011, "loopgate: the session recording cannot be written"),
-        );
-        let _ = client.write_all(&close).await;
-        let _ = client.shutdown().await;
+        close_client(&mut client, 1011, "loopgate: the session recording cannot be written").await;
         let _ = server.shutdown().await;
     }
     let code = match &broken {
         Some(b) => {
             tracing::warn!(error = %b, "exec stream ended at a malformed frame");
-            let close = encode(
-                true,
-                Opcode::Close,
-                None,
-                &close_payload(1002, "loopgate: malformed stream"),
-            );
-            let _ = client.write_all(&close).await;
-            let _ = client.shutdown().await;
+            close_client(&mut client, 1002, "loopgate: malformed stream").await;
             Some(b.to_string())
         }
         None => ch.exit.clone(),
