@@ -418,6 +418,7 @@ async fn relay(
     // server's exit status may still be on its way: it is relayed if it
     // comes within this long.
     let mut client_closed = false;
+    let mut server_eof = false;
     let after_close = tokio::time::sleep(Duration::from_secs(2));
     tokio::pin!(after_close);
     loop {
@@ -465,19 +466,26 @@ async fn relay(
                     status = if exit_status == 0 { "ok" } else { "failed" };
                     exit = Some(format!("exit:{exit_status}"));
                     let _ = tx.exit_status(exit_status).await;
+                    if std::mem::take(&mut server_eof) { let _ = tx.eof().await; }
                 }
                 Some(ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, lang_tag }) => {
                     out.flush(session, tx).await;
                     status = "failed";
                     exit = Some(format!("signal:{}", signal_text(&signal_name)));
                     let _ = ctx.client.exit_signal_request(client_id, signal_name, core_dumped, error_message, lang_tag).await;
+                    if std::mem::take(&mut server_eof) { let _ = tx.eof().await; }
                 }
+                // sshd sends EOF before the exit status: passed on at once,
+                // the client (EOF both ways) may close before the status
+                // reaches it through loopgate, and exit 255. It follows the
+                // status instead (or the close).
                 Some(ChannelMsg::Eof) => {
                     out.flush(session, tx).await;
-                    let _ = tx.eof().await;
+                    server_eof = true;
                 }
                 None | Some(ChannelMsg::Close) => {
                     out.flush(session, tx).await;
+                    if std::mem::take(&mut server_eof) { let _ = tx.eof().await; }
                     if exit.is_none() { status = "closed"; }
                     break;
                 }
