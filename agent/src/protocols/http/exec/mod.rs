@@ -18,15 +18,21 @@ pub mod fallback;
 pub mod websocket;
 
 use std::{
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicU32, Ordering},
+    },
     time::Duration,
 };
 
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    sync::Notify,
+};
 
 use self::{
     channels::{ChannelError, Channels},
-    websocket::{Decoder, FrameError, Opcode, close_payload, encode},
+    websocket::{Decoder, Frame, FrameError, Opcode, close_payload, encode},
 };
 use crate::{
     audit::{
@@ -299,99 +305,73 @@ impl std::fmt::Display for Broken {
     }
 }
 
-/// Parses and re-frames both directions. Ends when the server's side ends
-/// (or the client's, after a grace for the server to close), or at the
-/// first malformed frame.
-async fn relay_channels<C, S>(mut client: C, mut server: S, mut ch: Channels) -> Ended
+/// How one direction of an exec stream ended.
+enum Direction {
+    /// Its reader ended (EOF or a reset) and the other side was told.
+    Ended,
+    /// A write to the other side failed.
+    WriteFailed,
+    Broken(Broken),
+    /// The recording could not hold what this direction carried: it was
+    /// not relayed.
+    RecordingFailed,
+}
+
+/// The stream state both directions share. Held only between awaits.
+fn lock(ch: &Mutex<Channels>) -> MutexGuard<'_, Channels> {
+    ch.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Parses and re-frames both directions, each in its own loop: a side
+/// that does not read (a server whose output window is full while
+/// `kubectl exec -i pod -- cat < big` keeps writing stdin) stalls only the
+/// direction writing to it. Ends when the server's side ends (or the
+/// client's, after a grace for the server to close), at the first
+/// malformed frame, or when the recording fails.
+async fn relay_channels<C, S>(client: C, server: S, ch: Channels) -> Ended
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut from_client = Decoder::new(true);
-    let mut from_server = Decoder::new(false);
-    let (mut cbuf, mut sbuf) = (vec![0u8; READ_CHUNK], vec![0u8; READ_CHUNK]);
-    let mut client_done = false;
-    // Armed when the client's side ends.
-    let grace = tokio::time::sleep(Duration::from_secs(86_400));
-    tokio::pin!(grace);
-    let mut broken: Option<Broken> = None;
-    let mut recording_failed = false;
-    loop {
-        let pending = ch.has_pending();
-        let mut to_client = Vec::new();
-        let mut to_server = Vec::new();
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut server_read, mut server_write) = tokio::io::split(server);
+    let ch = Mutex::new(ch);
+    // stdin the server has not echoed yet waits in `ch` too: the output
+    // direction's flush timer is armed for it.
+    let input_waits = Notify::new();
+    let end = {
+        let up = client_to_server(&mut client_read, &mut server_write, &ch, &input_waits);
+        let down = server_to_client(&mut server_read, &mut client_write, &ch, &input_waits);
+        tokio::pin!(up, down);
         tokio::select! {
-            r = client.read(&mut cbuf), if !client_done => match r {
-                Ok(0) | Err(_) => {
-                    client_done = true;
-                    let _ = server.shutdown().await;
-                    grace.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
-                }
-                Ok(n) => {
-                    from_client.push(&cbuf[..n]);
-                    loop {
-                        match from_client.next_frame() {
-                            Ok(Some(f)) => if let Err(e) = ch.client_frame(f, &mut to_server) {
-                                broken = Some(Broken::Channel(e));
-                                break;
-                            },
-                            Ok(None) => break,
-                            Err(e) => { broken = Some(Broken::Frame("client", e)); break; }
-                        }
-                    }
-                }
+            d = &mut down => d,
+            u = &mut up => match u {
+                Direction::Ended => tokio::time::timeout(CLOSE_GRACE, &mut down)
+                    .await
+                    .unwrap_or(Direction::Ended),
+                other => other,
             },
-            r = server.read(&mut sbuf) => match r {
-                Ok(0) | Err(_) => {
-                    ch.flush(&mut to_client);
-                    let _ = client.write_all(&to_client).await;
-                    let _ = client.shutdown().await;
-                    break;
-                }
-                Ok(n) => {
-                    from_server.push(&sbuf[..n]);
-                    loop {
-                        match from_server.next_frame() {
-                            Ok(Some(f)) => if let Err(e) = ch.server_frame(f, &mut to_client) {
-                                broken = Some(Broken::Channel(e));
-                                break;
-                            },
-                            Ok(None) => break,
-                            Err(e) => { broken = Some(Broken::Frame("server", e)); break; }
-                        }
-                    }
-                }
-            },
-            _ = tokio::time::sleep(FLUSH_AFTER), if pending => ch.flush(&mut to_client),
-            _ = &mut grace, if client_done => break,
         }
-        // Output the recording could not hold is not relayed on: the
-        // stream ends here (nothing runs unrecorded).
-        if ch.recorder.as_ref().is_some_and(Recorder::failed) {
-            recording_failed = true;
-            break;
+    };
+    let mut ch = ch.into_inner().unwrap_or_else(|p| p.into_inner());
+    let recording_failed = matches!(end, Direction::RecordingFailed);
+    let broken = match end {
+        Direction::RecordingFailed => {
+            close_client(
+                &mut client_write,
+                1011,
+                "loopgate: the session recording cannot be written",
+            )
+            .await;
+            let _ = server_write.shutdown().await;
+            None
         }
-        if !to_server.is_empty() && server.write_all(&to_server).await.is_err() {
-            break;
-        }
-        if !to_client.is_empty() && client.write_all(&to_client).await.is_err() {
-            break;
-        }
-        if broken.is_some() {
-            break;
-        }
-    }
-    if recording_failed {
-        close_client(&mut client, 1011, "loopgate: the session recording cannot be written").await;
-        let _ = server.shutdown().await;
-    }
-    let code = match &broken {
-        Some(b) => {
+        Direction::Broken(b) => {
             tracing::warn!(error = %b, "exec stream ended at a malformed frame");
-            close_client(&mut client, 1002, "loopgate: malformed stream").await;
-            Some(b.to_string())
+            close_client(&mut client_write, 1002, "loopgate: malformed stream").await;
+            Some(b)
         }
-        None => ch.exit.clone(),
+        Direction::Ended | Direction::WriteFailed => None,
     };
     let status = match (&broken, ch.exit.as_deref()) {
         _ if recording_failed => RECORDING_FAILED,
@@ -400,6 +380,7 @@ where
         (None, Some(_)) => "failed",
         (None, None) => "closed",
     };
+    let code = broken.as_ref().map(Broken::to_string).or_else(|| ch.exit.clone());
     ch.end();
     let recording = ch.recorder.take().and_then(Recorder::finish);
     Ended {
@@ -409,6 +390,136 @@ where
         to_server: ch.to_server,
         masked: Some(ch.masked()),
         recording,
+    }
+}
+
+/// Whether the recording has failed (what `ch` produced is not relayed).
+fn recording_failed(ch: &Channels) -> bool {
+    ch.recorder.as_ref().is_some_and(Recorder::failed)
+}
+
+/// stdin and resizes: each client frame parsed, recorded, passed on as the
+/// client framed it. The client's end shuts the server's write side.
+async fn client_to_server<R, W>(client: &mut R, server: &mut W, ch: &Mutex<Channels>, input_waits: &Notify) -> Direction
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut decoder = Decoder::new(true);
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut out = Vec::new();
+    loop {
+        let n = match client.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = server.shutdown().await;
+                return Direction::Ended;
+            }
+            Ok(n) => n,
+        };
+        decoder.push(&buf[..n]);
+        out.clear();
+        let broken = {
+            let mut ch = lock(ch);
+            let broken = frames(&mut decoder, "client", |f, out| ch.client_frame(f, out), &mut out);
+            if recording_failed(&ch) {
+                return Direction::RecordingFailed;
+            }
+            if ch.has_pending() {
+                input_waits.notify_one();
+            }
+            broken
+        };
+        if !out.is_empty() && server.write_all(&out).await.is_err() {
+            return Direction::WriteFailed;
+        }
+        if let Some(b) = broken {
+            return Direction::Broken(b);
+        }
+    }
+}
+
+/// stdout, stderr and the status: each server frame parsed, masked,
+/// recorded and re-framed. A partial line is sent once it has waited
+/// `FLUSH_AFTER` for its end. The server's end ends the client's side.
+async fn server_to_client<R, W>(server: &mut R, client: &mut W, ch: &Mutex<Channels>, input_waits: &Notify) -> Direction
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut decoder = Decoder::new(false);
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut out = Vec::new();
+    let flush = tokio::time::sleep(FLUSH_AFTER);
+    tokio::pin!(flush);
+    let mut armed = false;
+    loop {
+        out.clear();
+        let mut broken = None;
+        tokio::select! {
+            r = server.read(&mut buf) => match r {
+                Ok(0) | Err(_) => {
+                    let failed = {
+                        let mut ch = lock(ch);
+                        ch.flush(&mut out);
+                        recording_failed(&ch)
+                    };
+                    if failed {
+                        return Direction::RecordingFailed;
+                    }
+                    let _ = client.write_all(&out).await;
+                    let _ = client.shutdown().await;
+                    return Direction::Ended;
+                }
+                Ok(n) => {
+                    decoder.push(&buf[..n]);
+                    let mut ch = lock(ch);
+                    broken = frames(&mut decoder, "server", |f, out| ch.server_frame(f, out), &mut out);
+                }
+            },
+            _ = &mut flush, if armed => {
+                armed = false;
+                lock(ch).flush(&mut out);
+            }
+            _ = input_waits.notified() => {}
+        }
+        let pending = {
+            let ch = lock(ch);
+            if recording_failed(&ch) {
+                return Direction::RecordingFailed;
+            }
+            ch.has_pending()
+        };
+        if pending && !armed {
+            flush.as_mut().reset(tokio::time::Instant::now() + FLUSH_AFTER);
+        }
+        armed = pending;
+        if !out.is_empty() && client.write_all(&out).await.is_err() {
+            return Direction::WriteFailed;
+        }
+        if let Some(b) = broken {
+            return Direction::Broken(b);
+        }
+    }
+}
+
+/// Feeds the whole frames `decoder` holds to `frame`; the first malformed
+/// one (`side`'s) stops it.
+fn frames(
+    decoder: &mut Decoder,
+    side: &'static str,
+    mut frame: impl FnMut(Frame, &mut Vec<u8>) -> Result<(), ChannelError>,
+    out: &mut Vec<u8>,
+) -> Option<Broken> {
+    loop {
+        match decoder.next_frame() {
+            Ok(Some(f)) => {
+                if let Err(e) = frame(f, out) {
+                    return Some(Broken::Channel(e));
+                }
+            }
+            Ok(None) => return None,
+            Err(e) => return Some(Broken::Frame(side, e)),
+        }
     }
 }
 
@@ -553,6 +664,81 @@ mod tests {
             (ended.to_server, ended.to_client, ended.status),
             (1 << 20, 1 << 20, "ok")
         );
+    }
+
+    /// `kubectl exec -i pod -- cat < big`: the server echoes stdin as
+    /// stdout and stops reading while its output is not read, the client
+    /// writes all of stdin before it reads. Behind small buffers a relay
+    /// that waits on one direction's write stops both.
+    #[tokio::test]
+    async fn an_exec_that_echoes_its_stdin_does_not_stall() {
+        const LINES: usize = 2000;
+        // The relay reads stdin in large chunks and the server's window is
+        // small: a write of one chunk waits on the server's reads.
+        let (client, client_end) = tokio::io::duplex(1 << 16);
+        let (server, mut server_end) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(async move { relay(client, server, Streams::Channels, masker(), None).await });
+        let cat = tokio::spawn(async move {
+            let mut d = Decoder::new(true);
+            let mut buf = [0u8; 4096];
+            let mut eof = false;
+            while !eof {
+                match server_end.read(&mut buf).await.unwrap() {
+                    0 => eof = true,
+                    n => d.push(&buf[..n]),
+                }
+                while let Some(f) = d.next_frame().unwrap() {
+                    let mut stdout = f.payload;
+                    stdout[0] = 1;
+                    server_end
+                        .write_all(&encode(true, Opcode::Binary, None, &stdout))
+                        .await
+                        .unwrap();
+                }
+            }
+            let mut status = vec![3u8];
+            status.extend_from_slice(br#"{"metadata":{},"status":"Success"}"#);
+            server_end
+                .write_all(&encode(true, Opcode::Binary, None, &status))
+                .await
+                .unwrap();
+        });
+        let (mut read, mut write) = tokio::io::split(client_end);
+        let line = format!("{}\n", "x".repeat(500));
+        let send = async {
+            for i in 0..LINES {
+                let mut stdin = vec![0u8];
+                stdin.extend_from_slice(line.as_bytes());
+                let key = (i as u32).to_be_bytes();
+                write
+                    .write_all(&encode(true, Opcode::Binary, Some(key), &stdin))
+                    .await
+                    .unwrap();
+            }
+            write.shutdown().await.unwrap();
+        };
+        let receive = async {
+            let mut d = Decoder::new(false);
+            let mut got = Vec::new();
+            read.read_to_end(&mut got).await.unwrap();
+            d.push(&got);
+            let mut stdout = 0;
+            while let Some(f) = d.next_frame().unwrap() {
+                if f.payload[0] == 1 {
+                    stdout += f.payload.len() - 1;
+                }
+            }
+            stdout
+        };
+        let both = async { tokio::join!(send, receive).1 };
+        let echoed = tokio::time::timeout(Duration::from_secs(20), both)
+            .await
+            .expect("the relay stalled with both directions full");
+        assert_eq!(echoed, LINES * line.len());
+        cat.await.unwrap();
+        let ended = relay.await.unwrap();
+        assert_eq!(ended.status, "ok");
+        assert_eq!(ended.to_server, (LINES * line.len()) as u64);
     }
 
     fn masker() -> Masker {
