@@ -1403,6 +1403,49 @@ fn kubectl_exec_is_masked_recorded_verified_and_replayed() {
     assert_ne!(code, Some(0), "{report}");
     assert!(report.contains("was rewritten"), "{report}");
 
+    // stdin larger than every buffer on the way, echoed back by `cat`
+    // while kubectl is still writing it: it all comes back, in order.
+    let input: String = (0..40_000)
+        .map(|i| format!("line {} of the input\n", "abc".repeat(i % 7 + 1)))
+        .collect();
+    let mut client = kubectl_exec(&["-i", "p1", "--", "cat"]);
+    let id = wait_pending(&f);
+    let out = f.agent.approvals_as(ALICE, &[APPROVERS_GID], &["approve", &id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut stdin = client.stdin.take().unwrap();
+    let writer = {
+        let input = input.clone();
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            stdin.write_all(input.as_bytes()).unwrap();
+        })
+    };
+    let out = client.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stdout == input.as_bytes(),
+        "{} of {} bytes came back",
+        out.stdout.len(),
+        input.len()
+    );
+
+    // The server itself refuses an approved exec (its RBAC): kubectl
+    // prints the answer of its SPDY retry, which is the server's, masked.
+    let client = kubectl_exec(&["p2", "--", "true"]);
+    let id = wait_pending(&f);
+    let out = f.agent.approvals_as(ALICE, &[APPROVERS_GID], &["approve", &id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = client.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Error from server (Forbidden)")
+            && stderr.contains(r#"pods "p2" is forbidden: no exec for you (owner ssn ***)"#),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("222-33-4444"), "{stderr}");
+
     // kubectl 1.20 speaks SPDY only: its exec is refused at once (SPDY is
     // not parsed, so it could not be masked), nobody is asked to approve
     // it, and nothing reaches the server.

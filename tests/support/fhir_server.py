@@ -255,10 +255,14 @@ class Handler(BaseHTTPRequestHandler):
         if path in ("/api/v1/namespaces/ward/pods/p1/exec", "/api/v1/namespaces/ward/pods/p1/attach") \
                 and "Upgrade" in self.headers:
             return self.ws_exec()
-        if path == "/api/v1/namespaces/ward/pods/p1":
-            p = pod("p1", "")
+        if path in ("/api/v1/namespaces/ward/pods/p1", "/api/v1/namespaces/ward/pods/p2"):
+            p = pod(path.rsplit("/", 1)[1], "")
             p["status"] = {"phase": "Running"}
             return self.send(200, p, "application/json")
+        if path == "/api/v1/namespaces/ward/pods/p2/exec" and "Upgrade" in self.headers:
+            # The API server's RBAC refusing the exec itself.
+            return self.send(403, status(403, "Forbidden", 'pods "p2" is forbidden: no exec for you (owner ssn 222-33-4444)'),
+                             "application/json")
         if path.endswith("/portforward") and "Upgrade" in self.headers:
             return self.send(404, status(404, "NotFound", 'pods "gone" not found (owner ssn 222-33-4444)'),
                              "application/json")

@@ -176,7 +176,11 @@ impl<'a> Conn<'a> {
             }
         };
         if upgrade {
-            return self.relay_upgrade(req, admitted, &action, &target, exec).await;
+            let answered = self.relay_upgrade(req, admitted, &action, &target, exec).await;
+            return match retry {
+                Some(k) => self.keep_for_retry(k, answered).await,
+                None => answered,
+            };
         }
         self.forward(req, admitted, &action, &target, exec).await
     }
@@ -484,6 +488,40 @@ impl<'a> Conn<'a> {
             .unwrap_or_else(|_| answer(self.svc.api, StatusCode::BAD_GATEWAY, "loopgate: bad upgrade response")))
     }
 
+    /// An admitted WebSocket exec/attach the server (or loopgate, on an
+    /// upstream failure) answered with anything but a 101: kubectl retries
+    /// it over SPDY at once and prints only that answer, so it is kept,
+    /// masked as it went to the client, for the retry. The answer is read
+    /// whole (a `Status`, bounded) to keep its message.
+    async fn keep_for_retry(
+        &self,
+        key: exec::fallback::Key,
+        answered: Result<Response<ResBody>, Response<ResBody>>,
+    ) -> Result<Response<ResBody>, Response<ResBody>> {
+        let (refused, response) = match answered {
+            Ok(r) if r.status() == StatusCode::SWITCHING_PROTOCOLS => return Ok(r),
+            Ok(r) => (false, r),
+            Err(r) => (true, r),
+        };
+        let (parts, body) = response.into_parts();
+        let bytes = match read_whole(body, exec::fallback::MAX_ANSWER).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::info!(session = %self.session.id, error = %e, "an exec's answer could not be kept for its retry");
+                let r = answer(
+                    self.svc.api,
+                    StatusCode::BAD_GATEWAY,
+                    "loopgate: the server's answer could not be read",
+                );
+                return Err(r);
+            }
+        };
+        let message = exec::fallback::message_of(&bytes, parts.status);
+        self.svc.refusals.remember(key, parts.status, message);
+        let r = Response::from_parts(parts, Full::new(bytes).map_err(|never| match never {}).boxed_unsync());
+        if refused { Err(r) } else { Ok(r) }
+    }
+
     /// The request as it goes upstream: the Host the policy saw (HTTP/2
     /// clients send only `:authority`; an absolute URI's authority wins
     /// over a Host header that says otherwise), the client's credentials
@@ -588,6 +626,20 @@ fn refused(api: Api, refusal: &Refusal) -> Response<ResBody> {
 
 fn answer(api: Api, status: StatusCode, message: &str) -> Response<ResBody> {
     refusal::answer(api, status, message).map(|b| Full::new(b).map_err(|never| match never {}).boxed_unsync())
+}
+
+/// A body read whole, at most `limit` bytes.
+async fn read_whole(mut body: ResBody, limit: usize) -> Result<Bytes, BoxError> {
+    let mut whole = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if whole.len() + data.len() > limit {
+                return Err(format!("over {limit} bytes").into());
+            }
+            whole.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(whole))
 }
 
 fn closing(mut r: Response<ResBody>) -> Response<ResBody> {

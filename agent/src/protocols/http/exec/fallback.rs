@@ -1,8 +1,9 @@
 //! kubectl 1.30 and later try exec/attach over WebSocket first and, on any
 //! answer but a 101, again at once over SPDY, printing only the second
 //! answer. loopgate refuses SPDY exec (it cannot mask it), so a WebSocket
-//! exec the policy refused or an approver denied would be reported as
-//! "SPDY not relayed". The refusal is kept for a few seconds per process
+//! exec the policy refused, an approver denied or the server itself
+//! answered (RBAC forbids it, the pod is gone) would be reported as "SPDY
+//! not relayed". That first answer is kept for a few seconds per process
 //! and path, and the SPDY retry is answered with it instead.
 use std::{
     collections::VecDeque,
@@ -18,6 +19,25 @@ use crate::{policy::HttpRequest, session::Session};
 const KEEP: Duration = Duration::from_secs(10);
 /// The most refusals kept (the oldest go first).
 const MAX: usize = 64;
+/// The most of a server's answer read to keep its message (a `Status`).
+pub const MAX_ANSWER: usize = 64 * 1024;
+
+/// The message of an answer to keep: a Kubernetes `Status`'s `message`
+/// (the client saw it masked; so is `body`), else the body's text, cut.
+pub fn message_of(body: &[u8], status: StatusCode) -> String {
+    let from_status = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned));
+    from_status.unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(body);
+        let text = text.trim();
+        if text.is_empty() {
+            format!("the server answered {status}")
+        } else {
+            text.chars().take(1024).collect()
+        }
+    })
+}
 
 /// Which request a retry repeats: the process and the path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,5 +121,16 @@ mod tests {
         }
         assert!(r.take(&key(0, "/x")).is_none(), "the oldest went first");
         assert!(r.take(&key(MAX as u32 + 4, "/x")).is_some());
+    }
+
+    #[test]
+    fn the_kept_message_is_the_status_message_or_the_text() {
+        let status = br#"{"kind":"Status","status":"Failure","message":"pods \"p1\" is forbidden","code":403}"#;
+        assert_eq!(message_of(status, StatusCode::FORBIDDEN), "pods \"p1\" is forbidden");
+        assert_eq!(message_of(b" no such pod\n", StatusCode::NOT_FOUND), "no such pod");
+        assert_eq!(
+            message_of(b"", StatusCode::NOT_FOUND),
+            "the server answered 404 Not Found"
+        );
     }
 }
