@@ -5,10 +5,13 @@
 //! recorded.
 //!
 //! Keystrokes the terminal did not echo (a password at a `sudo` prompt)
-//! are not kept: a line counts as echoed when it appears in the server's
-//! output after it was typed (as a terminal shows it: escape sequences
-//! left out, backspaces applied), and an unechoed line is recorded only by
-//! its length. Lines are masked when they are recorded.
+//! are not kept: a line counts as echoed when it ends a line of the
+//! server's output after it was typed (as a terminal shows it: escape
+//! sequences left out, backspaces applied, Enter echoed as a line end),
+//! and an unechoed line is recorded only by its length. Found anywhere in
+//! the output, a short password would count as echoed by any word that
+//! holds it ("a" in "Last login"). Lines are masked when they are
+//! recorded.
 
 use std::{
     collections::VecDeque,
@@ -59,7 +62,8 @@ pub struct TypedLines {
     /// Lines ended, waiting for their echo.
     ended: VecDeque<(Vec<u8>, bool, Instant)>,
     /// Output sent since the oldest waiting line began, as the terminal
-    /// shows it (escape sequences left out, backspaces applied).
+    /// shows it (escape sequences left out, backspaces applied, each line
+    /// end a `\n`).
     echo: Vec<u8>,
     echo_escape: Escape,
 }
@@ -125,8 +129,9 @@ impl TypedLines {
                 (Escape::Sequence, _) => {}
                 (Escape::None, 0x1b) => self.echo_escape = Escape::Start,
                 (Escape::None, _) if !keep => {}
-                (Escape::None, 0x08) => pop_char(&mut self.echo),
-                (Escape::None, c) if c >= 0x20 => self.echo.push(c),
+                (Escape::None, 0x08) if self.echo.last() != Some(&b'\n') => pop_char(&mut self.echo),
+                // A CR alone (a wrapped line redrawn) is no line end.
+                (Escape::None, c) if c >= 0x20 || c == b'\n' => self.echo.push(c),
                 (Escape::None, _) => {}
             }
         }
@@ -174,7 +179,7 @@ impl TypedLines {
     fn resolve(&mut self, expire: Option<(Instant, bool)>) -> Vec<Line> {
         let mut lines = Vec::new();
         while let Some((bytes, approximate, at)) = self.ended.front() {
-            let found = find(&self.echo, bytes);
+            let found = echo_end(&self.echo, bytes);
             let expired = expire.is_some_and(|(now, all)| all || now.duration_since(*at) >= ECHO_WAIT);
             if found.is_none() && !expired {
                 break;
@@ -213,9 +218,13 @@ mod bounds {
     }
 }
 
-/// Where `needle` ends in `haystack`, if it is there.
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(haystack, needle).map(|start| start + needle.len())
+/// Where the echo of `typed` ends in `echo`: the first place it ends a
+/// line (a line cut at [`MAX_LINE`] was longer: there it only begins one).
+fn echo_end(echo: &[u8], typed: &[u8]) -> Option<usize> {
+    let cut = typed.len() >= MAX_LINE;
+    memchr::memmem::find_iter(echo, typed)
+        .map(|start| start + typed.len())
+        .find(|&end| cut || echo.get(end) == Some(&b'\n'))
 }
 
 /// One character back (a UTF-8 sequence whole).
@@ -288,6 +297,29 @@ mod tests {
             t.expired(Instant::now(), true)[0].shown(),
             "(typed without echo: 4 characters)"
         );
+    }
+
+    /// A short password typed at a prompt that does not echo: the letters
+    /// in the output that follows are no echo of it; only a line that
+    /// ends with it is.
+    #[test]
+    fn an_echo_must_end_a_line_of_output() {
+        let mut t = TypedLines::default();
+        t.output(b"Password: ");
+        t.input(b"a\r");
+        assert!(t.output(b"\r\nLast login: Mon from 10.0.0.1\r\n$ ").is_empty());
+        assert_eq!(
+            t.expired(Instant::now() + ECHO_WAIT, false)[0].shown(),
+            "(typed without echo: 1 characters)"
+        );
+        // Typed ahead of the prompt (piped into `ssh -tt`): the shell
+        // echoes it after its prompt, and that counts.
+        t.input(b"ls\r");
+        assert_eq!(t.output(b"Welcome\r\nroot@h:~# ls\r\n")[0].shown(), "ls");
+        // A wrapped line's redraw (a CR alone) does not end it.
+        t.input(b"echo abc\r");
+        assert!(t.output(b"echo a\rbc").is_empty());
+        assert_eq!(t.output(b"\r\n")[0].shown(), "echo abc");
     }
 
     #[test]
