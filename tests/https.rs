@@ -893,6 +893,52 @@ fn a_large_bundle_streams_through_masked_without_being_held_whole() {
     assert!(grew < 16 * 1024, "the agent's peak memory grew by {grew} KiB");
 }
 
+/// FHIR's POST `_search` sends its parameters as a form: read before the
+/// decision (the policy's `search_params` and the record hold its names,
+/// never its values), sent on as it came, the Bundle masked. A body that
+/// is not a form, or a form too large to read, is refused unsent.
+#[test]
+fn post_search_forms_are_read_before_the_decision_and_sent_as_they_came() {
+    require_ebpf!();
+    let f = fixture(|_, _| Vec::new());
+    let form = "family=Zed1&birthdate=ge1940-01-01";
+    let (status, _, body) = f.curl(&["--data", form], "/fhir/Patient/_search?_count=5");
+    assert_eq!(status, 200, "{body}");
+    assert_no_raw_phi(&body);
+    let bundle: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(bundle["total"], 1, "{body}");
+    assert_eq!(bundle["entry"][0]["resource"]["name"][0]["family"], "***");
+    let sent = f.server.requests();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["body"], form);
+    assert_eq!(sent[0]["headers"]["content-type"], "application/x-www-form-urlencoded");
+
+    let json = ["-H", "Content-Type: application/json", "--data", r#"{"family":"Zed1"}"#];
+    let (status, _, body) = f.curl(&json, "/fhir/Patient/_search");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("read only as a form"), "{body}");
+    let big = format!("family={}", "x".repeat(70 * 1024));
+    let (status, _, body) = f.curl(&["--data", &big], "/fhir/Patient/_search");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("over 64 KiB"), "{body}");
+    assert_eq!(f.server.requests().len(), 1, "a refused search was sent");
+
+    f.agent.wait_events("three results", |e| {
+        e.iter().filter(|e| e["kind"] == "command_result").count() >= 3
+    });
+    let commands = f.command_events();
+    assert_eq!(
+        commands[0]["command"]["text"],
+        "POST /fhir/Patient/_search?_count=? (form: family=?&birthdate=?)"
+    );
+    assert_eq!(commands[0]["command"]["kind"], "search");
+    for c in &commands[1..] {
+        assert_eq!(c["decision"]["rule_id"], "loopgate.ambiguous_request", "{c}");
+    }
+    let all = serde_json::to_string(&f.agent.events()).unwrap();
+    assert!(!all.contains("Zed1"), "a form value in the audit");
+}
+
 #[test]
 fn plain_http_targets_serve_http1_and_h2_prior_knowledge() {
     require_ebpf!();

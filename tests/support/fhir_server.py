@@ -144,10 +144,13 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def record(self):
+    def record(self, body=None):
+        entry = {"method": self.command, "path": self.path,
+                 "headers": {k.lower(): v for k, v in self.headers.items()}}
+        if body is not None:
+            entry["body"] = body.decode("utf-8", "replace")
         with LOCK, open(LOG, "a") as f:
-            f.write(json.dumps({"method": self.command, "path": self.path,
-                                "headers": {k.lower(): v for k, v in self.headers.items()}}) + "\n")
+            f.write(json.dumps(entry) + "\n")
 
     def send(self, status, body, content_type="application/fhir+json", headers=()):
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -354,8 +357,15 @@ class Handler(BaseHTTPRequestHandler):
         chunk(b"")
 
     def do_POST(self):
-        self.record()
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.record(body)
+        if self.path.split("?")[0] == "/fhir/Patient/_search":
+            form = urllib.parse.parse_qs(body.decode())
+            entries = [{"fullUrl": "https://fhir.test/fhir/Patient/p%d" % i, "resource": patient(i),
+                        "search": {"mode": "match"}} for i in range(1, PATIENTS + 1)
+                       if not form.get("family") or patient(i)["name"][0]["family"] in form["family"]]
+            return self.send(200, {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
+                                   "entry": entries})
         if self.path.split("?")[0] == CM_PREFIX:
             obj = json.loads(body)
             name = obj["metadata"]["name"]

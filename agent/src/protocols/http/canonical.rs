@@ -84,19 +84,7 @@ pub fn read(path: &str, query: Option<&str>) -> Result<Target, Ambiguous> {
 
     let mut params = Vec::new();
     if let Some(q) = query {
-        if q.contains(';') {
-            return Err("the query has a ; (servers differ on it as a separator)");
-        }
-        for pair in q.split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let (Some(name), Some(value)) = (decode(name, true), decode(value, true)) else {
-                return Err("the query has an invalid percent-escape or non-UTF-8 bytes");
-            };
-            if name.chars().any(char::is_control) || value.contains('\0') {
-                return Err("the query has a control character in a name or a NUL");
-            }
-            params.push((name, value));
-        }
+        params = query_params(q)?;
         forward.push('?');
         forward.push_str(q);
     }
@@ -110,6 +98,26 @@ pub fn read(path: &str, query: Option<&str>) -> Result<Target, Ambiguous> {
         params,
         forward,
     })
+}
+
+/// The name/value pairs of a query, or of a form body (the same
+/// encoding: `application/x-www-form-urlencoded`), decoded.
+pub fn query_params(q: &str) -> Result<Vec<(String, String)>, Ambiguous> {
+    if q.contains(';') {
+        return Err("the query has a ; (servers differ on it as a separator)");
+    }
+    let mut params = Vec::new();
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let (Some(name), Some(value)) = (decode(name, true), decode(value, true)) else {
+            return Err("the query has an invalid percent-escape or non-UTF-8 bytes");
+        };
+        if name.chars().any(char::is_control) || value.contains('\0') {
+            return Err("the query has a control character in a name or a NUL");
+        }
+        params.push((name, value));
+    }
+    Ok(params)
 }
 
 /// `%XX` decoded (and `+` as a space in a query); `None` for an invalid

@@ -23,7 +23,7 @@ use super::{
     local::Local,
     refusal,
     text::TextMasker,
-    upstream::{self, Dialer, Upstream},
+    upstream::{self, Dialer, UpBody, Upstream},
     url,
 };
 use crate::{
@@ -84,13 +84,25 @@ impl<'a> Conn<'a> {
             return Err(closing(answer(api, StatusCode::SERVICE_UNAVAILABLE, AUDIT_DOWN)));
         }
         let authenticated = self.authenticate(req.headers()).await;
+        let mut req = req.map(|body| upstream::request_body(body, self.session.traffic.clone()));
         let read = canonical::read(req.uri().path(), req.uri().query())
             .and_then(|target| Ok((self.action(&req, &target)?, target)));
+        let mut form = Vec::new();
+        let read = match read {
+            Ok((mut action, target)) => match self.search_form(&mut req, &mut action).await {
+                Ok(names) => {
+                    form = names;
+                    Ok((action, target))
+                }
+                Err(reason) => Err(reason),
+            },
+            Err(reason) => Err(reason),
+        };
         let (action, target, ambiguous) = match read {
             Ok((action, target)) => (action, Some(target), None),
             Err(reason) => (self.unread_action(&req), None, Some(reason)),
         };
-        let info = self.record(&action);
+        let info = self.record(&action, &form);
         let enforcer = &self.svc.enforcer;
         if let Err(reason) = authenticated {
             // On the record like any refused request (no principal yet).
@@ -218,7 +230,47 @@ impl<'a> Conn<'a> {
 
     /// `input.action` of this request, read from its canonical target;
     /// `Err` when the API would read it another way than loopgate.
-    fn action(&self, req: &Request<Incoming>, target: &Target) -> Result<HttpRequest, Ambiguous> {
+    /// FHIR's POST `_search` carries its parameters as a form body: read
+    /// whole (bounded) before the decision, its names joined to the
+    /// query's in `search_params` as the server joins them, and sent on as
+    /// read. Its names, for the record.
+    async fn search_form(&self, req: &mut Request<UpBody>, action: &mut HttpRequest) -> Result<Vec<String>, Ambiguous> {
+        let Some(fhir) = action.fhir.as_mut() else {
+            return Ok(Vec::new());
+        };
+        if req.method() != Method::POST || fhir.interaction != "search" {
+            return Ok(Vec::new());
+        }
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap_or("?").to_ascii_lowercase());
+        let form = content_type
+            .as_deref()
+            .is_none_or(|t| t.split(';').next().unwrap_or("").trim() == "application/x-www-form-urlencoded");
+        let body = std::mem::replace(req.body_mut(), empty_body());
+        let bytes = read_whole(body, MAX_SEARCH_FORM)
+            .await
+            .map_err(|_| "the POST _search form is over 64 KiB or could not be read; nothing was sent")?;
+        if !bytes.is_empty() && !form {
+            return Err(
+                "a POST _search body is read only as a form (application/x-www-form-urlencoded); nothing was sent",
+            );
+        }
+        let text = std::str::from_utf8(&bytes).map_err(|_| "the POST _search form is not UTF-8; nothing was sent")?;
+        let names: Vec<String> = canonical::query_params(text)?
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| !name.is_empty())
+            .collect();
+        fhir.search_params.extend(names.iter().cloned());
+        fhir.search_params.sort();
+        fhir.search_params.dedup();
+        *req.body_mut() = Full::new(bytes).map_err(|never| match never {}).boxed_unsync();
+        Ok(names)
+    }
+
+    fn action<B>(&self, req: &Request<B>, target: &Target) -> Result<HttpRequest, Ambiguous> {
         if headers::overrides_method(req.headers()) {
             return Err("the request asks to override its method (X-HTTP-Method-Override)");
         }
@@ -240,7 +292,7 @@ impl<'a> Conn<'a> {
     }
 
     /// The request as it came (for the record of a refused one).
-    fn unread_action(&self, req: &Request<Incoming>) -> HttpRequest {
+    fn unread_action<B>(&self, req: &Request<B>) -> HttpRequest {
         let method = req.method().as_str().to_owned();
         let path = req.uri().path().to_owned();
         let query = req.uri().query().map(str::to_owned);
@@ -271,7 +323,7 @@ impl<'a> Conn<'a> {
     /// What the audit records of a request: method and path (detectors
     /// applied, also to what escapes hide) and the query's parameter names
     /// (decoded, detectors applied), never their values.
-    fn record(&self, r: &HttpRequest) -> CommandInfo {
+    fn record(&self, r: &HttpRequest, form: &[String]) -> CommandInfo {
         let masker = &self.svc.masker;
         let mut text = format!("{} {}", r.method, url::mask_text(masker, &r.path));
         if let Some(q) = &r.query {
@@ -286,6 +338,15 @@ impl<'a> Conn<'a> {
                 .collect();
             text.push('?');
             text.push_str(&names.join("&"));
+        }
+        if !form.is_empty() {
+            let names: Vec<String> = form
+                .iter()
+                .map(|name| format!("{}=?", url::mask_text(masker, name)))
+                .collect();
+            text.push_str(" (form: ");
+            text.push_str(&names.join("&"));
+            text.push(')');
         }
         let (kind, tables) = match (&r.fhir, &r.kubernetes) {
             (Some(f), _) => (f.interaction.clone(), f.resource_type.iter().cloned().collect()),
@@ -306,7 +367,7 @@ impl<'a> Conn<'a> {
     /// back; its result is recorded when the body ends.
     async fn forward<'c>(
         &'c self,
-        req: Request<Incoming>,
+        req: Request<UpBody>,
         admitted: Admitted,
         action: &HttpRequest,
         target: &Target,
@@ -320,7 +381,7 @@ impl<'a> Conn<'a> {
             headers::prefer_fhir_json(&mut parts.headers);
         }
         parts.version = Version::HTTP_11;
-        let request = Request::from_parts(parts, upstream::request_body(body, self.session.traffic.clone()));
+        let request = Request::from_parts(parts, body);
 
         let response = match self.upstream.send(request).await {
             Ok(r) => r,
@@ -408,7 +469,7 @@ impl<'a> Conn<'a> {
     /// recorded, port-forward counted), the result recorded when it ends.
     async fn relay_upgrade<'c>(
         &'c self,
-        mut req: Request<Incoming>,
+        mut req: Request<UpBody>,
         admitted: Admitted,
         action: &HttpRequest,
         target: &Target,
@@ -628,8 +689,17 @@ fn answer(api: Api, status: StatusCode, message: &str) -> Response<ResBody> {
     refusal::answer(api, status, message).map(|b| Full::new(b).map_err(|never| match never {}).boxed_unsync())
 }
 
+/// The most of a POST `_search` form read before the decision.
+const MAX_SEARCH_FORM: usize = 64 * 1024;
+
+fn empty_body() -> UpBody {
+    http_body_util::Empty::<Bytes>::new()
+        .map_err(|never| -> BoxError { match never {} })
+        .boxed_unsync()
+}
+
 /// A body read whole, at most `limit` bytes.
-async fn read_whole(mut body: ResBody, limit: usize) -> Result<Bytes, BoxError> {
+async fn read_whole(mut body: UpBody, limit: usize) -> Result<Bytes, BoxError> {
     let mut whole = Vec::new();
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
