@@ -1,8 +1,9 @@
 //! HTTPS end to end: a FHIR-shaped JSON API over TLS (fhir_server.py, a
-//! Python http.server; not a real FHIR server) behind loopgate with the
-//! HIPAA pack, reached by unmodified curl (HTTP/2 and HTTP/1.1) and Python
-//! requests inside the intercepted cgroup, trusting loopgate's CA from
-//! `loopgate ca export`.
+//! Python http.server with canned answers) and a real FHIR R4 server
+//! (Medplum's engine, `fhir_medplum.js`) behind loopgate with the HIPAA
+//! pack, reached by unmodified curl (HTTP/2 and HTTP/1.1), Python requests
+//! and fhirclient inside the intercepted cgroup, trusting loopgate's CA
+//! from `loopgate ca export`.
 use std::{
     os::unix::fs::PermissionsExt as _,
     path::PathBuf,
@@ -92,7 +93,7 @@ fn approver_group() -> String {
 /// The FHIR server, the agent with the HIPAA pack and a target for it, and
 /// `extra` targets made from the test CA's file.
 fn fixture(extra: impl FnOnce(&TestCa, &std::path::Path) -> Vec<Target>) -> Fixture {
-    fixture_with("process", "", PATIENTS, extra)
+    fixture_with("process", "", python_server(PATIENTS), extra)
 }
 
 /// The FHIR fixture plus a second target, `k8s`: an `api = "kubernetes"`
@@ -117,12 +118,17 @@ fn kubernetes_fixture() -> (Fixture, FhirServer) {
     (f, servers.remove(0))
 }
 
-/// As [`fixture`], the FHIR target with `identity`, the agent config with
-/// `agent_extra`.
+/// The FHIR-shaped Python server with `patients` patients.
+fn python_server(patients: usize) -> impl FnOnce(&TestCa) -> FhirServer {
+    move |ca| FhirServer::start(ca, &["127.0.0.1"], patients)
+}
+
+/// As [`fixture`], the FHIR target (`server`) with `identity`, the agent
+/// config with `agent_extra`.
 fn fixture_with(
     identity: &str,
     agent_extra: &str,
-    patients: usize,
+    server: impl FnOnce(&TestCa) -> FhirServer,
     extra: impl FnOnce(&TestCa, &std::path::Path) -> Vec<Target>,
 ) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
@@ -130,7 +136,7 @@ fn fixture_with(
     let ca = TestCa::new("fhir test CA");
     let ca_file = dir.path().join("upstream-ca.pem");
     ca.write(&ca_file);
-    let server = FhirServer::start(&ca, &["127.0.0.1"], patients);
+    let server = server(&ca);
     let token = dir.path().join("upstream.token");
     std::fs::write(&token, format!("{UPSTREAM_TOKEN}\n")).unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -781,7 +787,7 @@ fn with_oidc_the_bearer_token_is_the_principal_and_never_forwarded() {
         "[identity.oidc]\nissuer = \"{}\"\naudience = \"loopgate\"\n",
         issuer.issuer()
     );
-    let f = fixture_with("oidc", &oidc, PATIENTS, |_, _| Vec::new());
+    let f = fixture_with("oidc", &oidc, python_server(PATIENTS), |_, _| Vec::new());
     let mut claims = issuer.claims("nurse-1", "loopgate");
     claims["groups"] = json!(["clinical-staff"]);
     let token = issuer.mint(&claims);
@@ -851,7 +857,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 fn a_large_bundle_streams_through_masked_without_being_held_whole() {
     require_ebpf!();
     const BIG: usize = 60_000;
-    let f = fixture_with("process", "", BIG, |_, _| Vec::new());
+    let f = fixture_with("process", "", python_server(BIG), |_, _| Vec::new());
     let pid = f.agent.pid().unwrap();
     let before = peak_rss_kib(pid);
     let dir = tempfile::tempdir().unwrap();
@@ -1040,6 +1046,115 @@ fn fhirclient_searches_patients_through_loopgate_and_reads_them_masked() {
         "{texts:?}"
     );
     assert!(texts.contains(&"GET /fhir/Patient/p2".to_owned()), "{texts:?}");
+}
+
+/// A real FHIR R4 server (Medplum's engine: its own search semantics,
+/// validation and ids) behind loopgate: Patients created through loopgate
+/// come back masked; fhirclient's searches (by family, by a birthdate
+/// prefix the server evaluates) and a POST `_search` form find what the
+/// server finds, masked; the server's own refusal of an invalid resource
+/// reaches the client; the server sees only loopgate's credential.
+#[test]
+fn a_real_fhir_server_behind_loopgate_creates_searches_and_reads_masked() {
+    require_ebpf!();
+    let f = fixture_with(
+        "process",
+        "",
+        |ca| FhirServer::start_medplum(ca, &["127.0.0.1"]),
+        |_, _| Vec::new(),
+    );
+    let python = loopgate_e2e::env::python();
+    let script = r#"import json, sys, requests
+from fhirclient import client
+from fhirclient.models.patient import Patient
+base = sys.argv[1]
+fhir = {'Content-Type': 'application/fhir+json', 'Authorization': 'Bearer client-own-secret-token'}
+people = [('Zed1', '1950-02-03', '123-45-6789'), ('Zed2', '1980-05-06', '234-56-7890'), ('Zed3', '1990-07-08', '345-67-8901')]
+created = []
+for family, born, ssn in people:
+    r = requests.post(base + '/Patient', headers=fhir, json={
+        'resourceType': 'Patient', 'name': [{'family': family, 'given': ['Quincy']}], 'birthDate': born,
+        'identifier': [{'system': 'urn:oid:2.16.840.1.113883.4.1', 'value': ssn}],
+        'telecom': [{'system': 'phone', 'value': '(555) 201-1001'}]})
+    created.append({'status': r.status_code, 'body': r.json()})
+bad = requests.post(base + '/Patient', headers=fhir, json={'resourceType': 'Patient', 'birthDate': '1970-13-45'})
+smart = client.FHIRClient(settings={'app_id': 'loopgate-e2e', 'api_base': base})
+old = Patient.where(struct={'birthdate': 'lt1960-01-01'}).perform_resources(smart.server)
+zed2 = Patient.where(struct={'family': 'Zed2'}).perform_resources(smart.server)
+form = requests.post(base + '/Patient/_search', data={'family': 'Zed3'}).json()
+one = Patient.read(created[0]['body']['id'], smart.server)
+print(json.dumps({'created': created, 'bad': [bad.status_code, bad.json()],
+                  'old': [p.as_json() for p in old], 'zed2': [p.as_json() for p in zed2],
+                  'form': form, 'one': one.as_json()}))
+"#;
+    let ca = format!("REQUESTS_CA_BUNDLE={}", f.loopgate_ca.display());
+    let base = f.url("/fhir");
+    let out = f
+        .agent
+        .exec(&["env", &ca, &python.to_string_lossy(), "-c", script, &base]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_no_raw_phi(&stdout);
+    for raw in ["Zed3", "234-56-7890", "345-67-8901", "1950-02-03", "(555) 201-1001"] {
+        assert!(!stdout.contains(raw), "raw {raw:?} reached the client:\n{stdout}");
+    }
+    let got: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let ids: Vec<&str> = got["created"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["status"], 201, "{c}");
+            assert_eq!(c["body"]["name"][0]["family"], "***", "{c}");
+            c["body"]["id"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(got["bad"][0], 400, "{}", got["bad"]);
+    assert_eq!(got["bad"][1]["resourceType"], "OperationOutcome");
+    // The server's search, not loopgate's: one Patient born before 1960.
+    let found = |key: &str| -> Vec<&str> {
+        got[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                assert_eq!(p["name"][0]["family"], "***", "{p}");
+                assert_eq!(p["identifier"][0]["value"], "***", "{p}");
+                p["id"].as_str().unwrap()
+            })
+            .collect()
+    };
+    assert_eq!(found("old"), [ids[0]]);
+    assert_eq!(found("zed2"), [ids[1]]);
+    let form = &got["form"]["entry"];
+    assert_eq!(form.as_array().map(Vec::len), Some(1), "{}", got["form"]);
+    assert_eq!(form[0]["resource"]["id"], ids[2]);
+    assert_eq!(got["one"]["telecom"][0]["value"], "***");
+    assert!(got["one"].get("birthDate").is_none(), "{}", got["one"]);
+
+    let requests = f.server.requests();
+    assert_eq!(requests.len(), 8, "{requests:?}");
+    for r in &requests {
+        assert_eq!(r["headers"]["authorization"], format!("Bearer {UPSTREAM_TOKEN}"), "{r}");
+    }
+    assert!(!serde_json::to_string(&requests).unwrap().contains(CLIENT_TOKEN));
+    let form_sent = requests.iter().find(|r| r["path"] == "/fhir/Patient/_search").unwrap();
+    assert_eq!(form_sent["body"], "family=Zed3");
+    f.agent.wait_events("eight results", |e| {
+        e.iter().filter(|e| e["kind"] == "command_result").count() >= 8
+    });
+    let texts: Vec<String> = f
+        .command_events()
+        .iter()
+        .map(|c| c["command"]["text"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(texts.contains(&"POST /fhir/Patient".to_owned()), "{texts:?}");
+    assert!(
+        texts.iter().all(|t| !t.contains("Zed") && !t.contains("1960")),
+        "{texts:?}"
+    );
+    let (code, report) = f.agent.verify_audit();
+    assert_eq!(code, Some(0), "{report}");
 }
 
 fn kubectl_bin() -> PathBuf {

