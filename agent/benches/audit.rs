@@ -129,6 +129,13 @@ fn main() {
         }
         let appended = start.elapsed().as_secs_f64();
         store.shutdown().await.expect("shutdown");
+        let h = store.health();
+        println!(
+            "converter: {} events in {:.2} s of its thread's CPU ({:.0} events/s per core)",
+            h.converted_events,
+            h.conversion_cpu_us as f64 / 1e6,
+            h.converted_events as f64 / (h.conversion_cpu_us.max(1) as f64 / 1e6)
+        );
         if let Some(r) = store.health().remote {
             println!(
                 "shipped: {} files, {} bytes, through seq {:?}, backlog {} files, checkpoint seq {:?}, {:.2} s after start",

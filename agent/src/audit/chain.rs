@@ -219,6 +219,42 @@ pub fn decode_ref<'a>(bytes: &'a [u8], out: &mut Vec<CellRef<'a>>) -> Result<(),
     Ok(())
 }
 
+/// The `time` of an encoding, read without decoding (or checking) the
+/// rest: the columns before it are skipped by their lengths.
+pub fn time_of(bytes: &[u8]) -> Result<i64, DecodeError> {
+    let mut r = Reader { bytes, at: 0 };
+    if r.u8()? != ENCODING_VERSION {
+        return Err(r.err("unknown encoding version"));
+    }
+    for column in &COLUMNS[..HASH] {
+        match column.ty {
+            ColumnType::Time => return r.i64(),
+            ColumnType::Str | ColumnType::OptStr => match r.u8()? {
+                0 => {}
+                1 => {
+                    let n = r.u32()? as usize;
+                    r.take(n)?;
+                }
+                _ => return Err(r.err("bad null tag")),
+            },
+            ColumnType::Int | ColumnType::OptInt => match r.u8()? {
+                0 => {}
+                1 => {
+                    r.i64()?;
+                }
+                _ => return Err(r.err("bad null tag")),
+            },
+            ColumnType::List => {
+                for _ in 0..r.u32()? {
+                    let n = r.u32()? as usize;
+                    r.take(n)?;
+                }
+            }
+        }
+    }
+    Err(r.err("no time column"))
+}
+
 /// Decodes an encoding back into a full row, recomputing `hash`.
 pub fn decode(bytes: &[u8]) -> Result<Row, DecodeError> {
     let mut cells = Vec::with_capacity(COLUMNS.len());
@@ -282,6 +318,22 @@ mod tests {
         encode(&row, &mut buf);
         row[HASH] = Cell::Str(Some(hash_hex(&buf)));
         assert_eq!(decode(&buf).expect("decodes"), row);
+    }
+
+    #[test]
+    fn time_of_reads_the_time_decode_ref_does() {
+        use crate::audit::{event::EventKind, row::TIME};
+        for event in [full_event(), Event::new(EventKind::AgentStart)] {
+            let mut buf = Vec::new();
+            encode_event(&event, 7, &"cd".repeat(32), &mut buf);
+            let mut cells = Vec::new();
+            decode_ref(&buf, &mut cells).unwrap();
+            assert_eq!(cells[TIME], CellRef::Time(time_of(&buf).unwrap()));
+            for cut in [0, 1, 5, 30] {
+                assert!(time_of(&buf[..cut]).is_err(), "cut at {cut}");
+            }
+        }
+        assert!(time_of(&[ENCODING_VERSION, 7]).is_err(), "a bad null tag");
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub(crate) struct Shared {
     last_error: Mutex<Option<String>>,
     pub(crate) pending_segments: AtomicUsize,
     pub(crate) conversion_error: Mutex<Option<String>>,
+    /// Events written to Parquet, and the converter thread's CPU time for
+    /// them: its cost per event, which the data path's cores pay.
+    pub(crate) converted_events: AtomicU64,
+    pub(crate) conversion_cpu_us: AtomicU64,
     last_seq: AtomicU64,
     /// Shipping to `[audit.remote]`, when configured.
     remote: Option<Arc<RemoteState>>,
@@ -89,6 +93,12 @@ pub struct Health {
     pub conversion_error: Option<String>,
     /// Seq of the newest event in the chain.
     pub last_seq: u64,
+    /// Events converted to Parquet since the store opened.
+    #[serde(default)]
+    pub converted_events: u64,
+    /// CPU time the converter spent on them, microseconds.
+    #[serde(default)]
+    pub conversion_cpu_us: u64,
     /// Shipping to the remote store, when there is one.
     #[serde(default)]
     pub remote: Option<RemoteHealth>,
@@ -386,6 +396,8 @@ impl AuditStore {
             pending_segments: s.pending_segments.load(Ordering::SeqCst),
             conversion_error: s.conversion_error.lock().ok().and_then(|e| e.clone()),
             last_seq: s.last_seq.load(Ordering::SeqCst),
+            converted_events: s.converted_events.load(Ordering::Relaxed),
+            conversion_cpu_us: s.conversion_cpu_us.load(Ordering::Relaxed),
             remote: s.remote.as_ref().map(|r| r.health()),
         }
     }
