@@ -52,6 +52,28 @@ impl Fixture {
         split_status(&self.agent.exec(&all))
     }
 
+    /// A Python script run inside the cgroup with the FHIR base URL as
+    /// its argument, trusting loopgate's CA; its stdout (it must succeed).
+    fn python(&self, script: &str) -> String {
+        let python = loopgate_e2e::env::python();
+        let ca = format!("REQUESTS_CA_BUNDLE={}", self.loopgate_ca.display());
+        let base = self.url("/fhir");
+        let out = self
+            .agent
+            .exec(&["env", &ca, &python.to_string_lossy(), "-c", script, &base]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    }
+
+    /// The recorded text of each request to the FHIR target.
+    fn command_texts(&self) -> Vec<String> {
+        self.command_events()
+            .iter()
+            .map(|c| c["command"]["text"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+
     fn command_events(&self) -> Vec<Value> {
         self.agent
             .events()
@@ -999,7 +1021,6 @@ fn plain_http_targets_serve_http1_and_h2_prior_knowledge() {
 fn fhirclient_searches_patients_through_loopgate_and_reads_them_masked() {
     require_ebpf!();
     let f = fixture(|_, _| Vec::new());
-    let python = loopgate_e2e::env::python();
     let script = "import json, sys\n\
         try:\n    from fhirclient import client\n    from fhirclient.models.patient import Patient\n\
         except ImportError:\n    sys.exit('fhirclient missing from the test venv: run cargo xtask setup')\n\
@@ -1008,13 +1029,7 @@ fn fhirclient_searches_patients_through_loopgate_and_reads_them_masked() {
         one = Patient.read('p2', smart.server)\n\
         print(json.dumps({'found': [p.as_json() for p in found], 'one': one.as_json(),\n\
                           'birth': [str(p.birthDate) for p in found[:1]]}))\n";
-    let ca = format!("REQUESTS_CA_BUNDLE={}", f.loopgate_ca.display());
-    let base = f.url("/fhir");
-    let out = f
-        .agent
-        .exec(&["env", &ca, &python.to_string_lossy(), "-c", script, &base]);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = f.python(script);
     let got: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     let found = got["found"].as_array().unwrap();
     assert_eq!(found.len(), PATIENTS);
@@ -1036,11 +1051,7 @@ fn fhirclient_searches_patients_through_loopgate_and_reads_them_masked() {
     f.agent.wait_events("two results", |e| {
         e.iter().filter(|e| e["kind"] == "command_result").count() >= 2
     });
-    let texts: Vec<String> = f
-        .command_events()
-        .iter()
-        .map(|c| c["command"]["text"].as_str().unwrap_or("").to_owned())
-        .collect();
+    let texts = f.command_texts();
     assert!(
         texts.iter().all(|t| !t.contains("Zed1") && !t.contains("123-45-6789")),
         "{texts:?}"
@@ -1063,7 +1074,6 @@ fn a_real_fhir_server_behind_loopgate_creates_searches_and_reads_masked() {
         |ca| FhirServer::start_medplum(ca, &["127.0.0.1"]),
         |_, _| Vec::new(),
     );
-    let python = loopgate_e2e::env::python();
     let script = r#"import json, sys, requests
 from fhirclient import client
 from fhirclient.models.patient import Patient
@@ -1087,13 +1097,7 @@ print(json.dumps({'created': created, 'bad': [bad.status_code, bad.json()],
                   'old': [p.as_json() for p in old], 'zed2': [p.as_json() for p in zed2],
                   'form': form, 'one': one.as_json()}))
 "#;
-    let ca = format!("REQUESTS_CA_BUNDLE={}", f.loopgate_ca.display());
-    let base = f.url("/fhir");
-    let out = f
-        .agent
-        .exec(&["env", &ca, &python.to_string_lossy(), "-c", script, &base]);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = f.python(script);
     assert_no_raw_phi(&stdout);
     for raw in ["Zed3", "234-56-7890", "345-67-8901", "1950-02-03", "(555) 201-1001"] {
         assert!(!stdout.contains(raw), "raw {raw:?} reached the client:\n{stdout}");
@@ -1143,11 +1147,7 @@ print(json.dumps({'created': created, 'bad': [bad.status_code, bad.json()],
     f.agent.wait_events("eight results", |e| {
         e.iter().filter(|e| e["kind"] == "command_result").count() >= 8
     });
-    let texts: Vec<String> = f
-        .command_events()
-        .iter()
-        .map(|c| c["command"]["text"].as_str().unwrap_or("").to_owned())
-        .collect();
+    let texts = f.command_texts();
     assert!(texts.contains(&"POST /fhir/Patient".to_owned()), "{texts:?}");
     assert!(
         texts.iter().all(|t| !t.contains("Zed") && !t.contains("1960")),

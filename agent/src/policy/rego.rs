@@ -45,6 +45,18 @@ const SHARDS: usize = 16;
 /// Generous: the clock runs while the thread is preempted, and a loaded
 /// 2-core host stretched debug-build evaluations past 250 ms.
 const EVAL_LIMIT: Duration = Duration::from_secs(1);
+/// The bound on compiling a directory (every module evaluated once, with
+/// the pack's tests when they run): still an end to a policy that loops,
+/// but above what a debug build on a busy 2-core host takes for the whole
+/// pack (seen just over 1 s).
+const COMPILE_LIMIT: Duration = Duration::from_secs(20);
+
+fn timer(limit: Duration) -> regorus::utils::limits::ExecutionTimerConfig {
+    regorus::utils::limits::ExecutionTimerConfig {
+        limit,
+        check_interval: std::num::NonZeroU32::MIN,
+    }
+}
 
 /// Why a policy directory could not be loaded. Every variant names the file
 /// (and the line where the parser knows it).
@@ -171,10 +183,7 @@ fn read(path: &Path) -> Result<String, PolicyError> {
 fn prepare(dir: &Path, with_tests: bool) -> Result<(Engine, Summary, Vec<String>), PolicyError> {
     let files = list(dir)?;
     let mut engine = Engine::new();
-    engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
-        limit: EVAL_LIMIT,
-        check_interval: std::num::NonZeroU32::MIN,
-    });
+    engine.set_execution_timer_config(timer(COMPILE_LIMIT));
     let mut summary = Summary {
         dir: dir.to_path_buf(),
         ..Summary::default()
@@ -237,6 +246,7 @@ fn prepare(dir: &Path, with_tests: bool) -> Result<(Engine, Summary, Vec<String>
         dir: dir.to_path_buf(),
         message: e.to_string(),
     })?;
+    engine.set_execution_timer_config(timer(EVAL_LIMIT));
     Ok((engine, summary, module_packages))
 }
 

@@ -696,12 +696,7 @@ mod tests {
                         .unwrap();
                 }
             }
-            let mut status = vec![3u8];
-            status.extend_from_slice(br#"{"metadata":{},"status":"Success"}"#);
-            server_end
-                .write_all(&encode(true, Opcode::Binary, None, &status))
-                .await
-                .unwrap();
+            server_end.write_all(&success()).await.unwrap();
         });
         let (mut read, mut write) = tokio::io::split(client_end);
         let line = format!("{}\n", "x".repeat(500));
@@ -739,6 +734,13 @@ mod tests {
         let ended = relay.await.unwrap();
         assert_eq!(ended.status, "ok");
         assert_eq!(ended.to_server, (LINES * line.len()) as u64);
+    }
+
+    /// The status message of an exit 0, as a server frames it.
+    const SUCCESS: &[u8] = b"\x03{\"metadata\":{},\"status\":\"Success\"}";
+
+    fn success() -> Vec<u8> {
+        encode(true, Opcode::Binary, None, SUCCESS)
     }
 
     fn masker() -> Masker {
@@ -841,12 +843,7 @@ mod tests {
             .write_all(&encode(true, Opcode::Binary, None, b"\x01patient 123-45-6789\npartial"))
             .await
             .unwrap();
-        let mut status = vec![3u8];
-        status.extend_from_slice(br#"{"metadata":{},"status":"Success"}"#);
-        server_end
-            .write_all(&encode(true, Opcode::Binary, None, &status))
-            .await
-            .unwrap();
+        server_end.write_all(&success()).await.unwrap();
         drop(server_end);
         let mut seen = Vec::new();
         client_end.read_to_end(&mut seen).await.unwrap();
@@ -859,7 +856,7 @@ mod tests {
         }
         assert_eq!(messages[0], b"\x01patient ***\n");
         assert_eq!(messages[1], b"\x01partial");
-        assert_eq!(messages[2], status);
+        assert_eq!(messages[2], SUCCESS);
         assert_eq!((ended.status, ended.code.as_deref()), ("ok", Some("exit:0")));
         assert_eq!(ended.masked, Some(1));
         let r = ended.recording.unwrap();
