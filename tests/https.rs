@@ -945,14 +945,19 @@ fn post_search_forms_are_read_before_the_decision_and_sent_as_they_came() {
     let (status, _, body) = f.curl(&json, "/fhir/Patient/_search");
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("read only as a form"), "{body}");
+    // Untyped, a server may not read it as a form at all.
+    let untyped = ["-H", "Content-Type:", "--data", "family=Zed1&_count=1"];
+    let (status, _, body) = f.curl(&untyped, "/fhir/Patient/_search");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("read only as a form"), "{body}");
     let big = format!("family={}", "x".repeat(70 * 1024));
     let (status, _, body) = f.curl(&["--data", &big], "/fhir/Patient/_search");
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("over 64 KiB"), "{body}");
     assert_eq!(f.server.requests().len(), 1, "a refused search was sent");
 
-    f.agent.wait_events("three results", |e| {
-        e.iter().filter(|e| e["kind"] == "command_result").count() >= 3
+    f.agent.wait_events("four results", |e| {
+        e.iter().filter(|e| e["kind"] == "command_result").count() >= 4
     });
     let commands = f.command_events();
     assert_eq!(
@@ -960,6 +965,7 @@ fn post_search_forms_are_read_before_the_decision_and_sent_as_they_came() {
         "POST /fhir/Patient/_search?_count=? (form: family=?&birthdate=?)"
     );
     assert_eq!(commands[0]["command"]["kind"], "search");
+    assert_eq!(commands.len(), 4, "{commands:?}");
     for c in &commands[1..] {
         assert_eq!(c["decision"]["rule_id"], "loopgate.ambiguous_request", "{c}");
     }

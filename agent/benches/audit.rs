@@ -136,7 +136,7 @@ fn main() {
             h.conversion_cpu_us as f64 / 1e6,
             h.converted_events as f64 / (h.conversion_cpu_us.max(1) as f64 / 1e6)
         );
-        if let Some(r) = store.health().remote {
+        if let Some(r) = h.remote {
             println!(
                 "shipped: {} files, {} bytes, through seq {:?}, backlog {} files, checkpoint seq {:?}, {:.2} s after start",
                 r.shipped_files,

@@ -87,20 +87,16 @@ impl<'a> Conn<'a> {
         let mut req = req.map(|body| upstream::request_body(body, self.session.traffic.clone()));
         let read = canonical::read(req.uri().path(), req.uri().query())
             .and_then(|target| Ok((self.action(&req, &target)?, target)));
-        let mut form = Vec::new();
         let read = match read {
-            Ok((mut action, target)) => match self.search_form(&mut req, &mut action).await {
-                Ok(names) => {
-                    form = names;
-                    Ok((action, target))
-                }
-                Err(reason) => Err(reason),
-            },
+            Ok((mut action, target)) => {
+                let form = self.search_form(&mut req, &mut action).await;
+                form.map(|names| (action, target, names))
+            }
             Err(reason) => Err(reason),
         };
-        let (action, target, ambiguous) = match read {
-            Ok((action, target)) => (action, Some(target), None),
-            Err(reason) => (self.unread_action(&req), None, Some(reason)),
+        let (action, target, form, ambiguous) = match read {
+            Ok((action, target, form)) => (action, Some(target), form, None),
+            Err(reason) => (self.unread_action(&req), None, Vec::new(), Some(reason)),
         };
         let info = self.record(&action, &form);
         let enforcer = &self.svc.enforcer;
@@ -228,8 +224,6 @@ impl<'a> Conn<'a> {
         Ok(())
     }
 
-    /// `input.action` of this request, read from its canonical target;
-    /// `Err` when the API would read it another way than loopgate.
     /// FHIR's POST `_search` carries its parameters as a form body: read
     /// whole (bounded) before the decision, its names joined to the
     /// query's in `search_params` as the server joins them, and sent on as
@@ -241,13 +235,20 @@ impl<'a> Conn<'a> {
         if req.method() != Method::POST || fhir.interaction != "search" {
             return Ok(Vec::new());
         }
-        let content_type = req
+        // Only a body that says it is a form: a server may ignore an
+        // untyped one, and the policy would have read parameters that
+        // never applied (a `_count` the search did not have).
+        let form = req
             .headers()
             .get(header::CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap_or("?").to_ascii_lowercase());
-        let form = content_type
-            .as_deref()
-            .is_none_or(|t| t.split(';').next().unwrap_or("").trim() == "application/x-www-form-urlencoded");
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| {
+                t.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
         let body = std::mem::replace(req.body_mut(), empty_body());
         let bytes = read_whole(body, MAX_SEARCH_FORM)
             .await
@@ -270,6 +271,8 @@ impl<'a> Conn<'a> {
         Ok(names)
     }
 
+    /// `input.action` of this request, read from its canonical target;
+    /// `Err` when the API would read it another way than loopgate.
     fn action<B>(&self, req: &Request<B>, target: &Target) -> Result<HttpRequest, Ambiguous> {
         if headers::overrides_method(req.headers()) {
             return Err("the request asks to override its method (X-HTTP-Method-Override)");
@@ -326,26 +329,21 @@ impl<'a> Conn<'a> {
     fn record(&self, r: &HttpRequest, form: &[String]) -> CommandInfo {
         let masker = &self.svc.masker;
         let mut text = format!("{} {}", r.method, url::mask_text(masker, &r.path));
+        let names = |names: &mut dyn Iterator<Item = String>| -> String {
+            let shown: Vec<String> = names.map(|n| format!("{}=?", url::mask_text(masker, &n))).collect();
+            shown.join("&")
+        };
         if let Some(q) = &r.query {
-            let names: Vec<String> = q
-                .split('&')
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    let raw = p.split('=').next().unwrap_or("");
-                    let name = canonical::decode(raw, true).unwrap_or_else(|| raw.to_owned());
-                    format!("{}=?", url::mask_text(masker, &name))
-                })
-                .collect();
+            let mut decoded = q.split('&').filter(|p| !p.is_empty()).map(|p| {
+                let raw = p.split('=').next().unwrap_or("");
+                canonical::decode(raw, true).unwrap_or_else(|| raw.to_owned())
+            });
             text.push('?');
-            text.push_str(&names.join("&"));
+            text.push_str(&names(&mut decoded));
         }
         if !form.is_empty() {
-            let names: Vec<String> = form
-                .iter()
-                .map(|name| format!("{}=?", url::mask_text(masker, name)))
-                .collect();
             text.push_str(" (form: ");
-            text.push_str(&names.join("&"));
+            text.push_str(&names(&mut form.iter().cloned()));
             text.push(')');
         }
         let (kind, tables) = match (&r.fhir, &r.kubernetes) {
