@@ -973,6 +973,32 @@ fn post_search_forms_are_read_before_the_decision_and_sent_as_they_came() {
     assert!(!all.contains("Zed1"), "a form value in the audit");
 }
 
+/// SIGHUP reloads the pack (compiled off the runtime's workers) while
+/// requests keep being served, and the reload is on the record.
+#[test]
+fn sighup_reloads_the_pack_while_requests_are_served() {
+    require_ebpf!();
+    let f = fixture(|_, _| Vec::new());
+    assert!(
+        f.agent.events().iter().all(|e| e["kind"] != "policy_reload"),
+        "a reload before the signal"
+    );
+    let pid = f.agent.pid().expect("the agent runs") as i32;
+    // SAFETY: a signal to the agent this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let (status, _, body) = f.curl(&[], "/fhir/Patient/p2");
+    assert_eq!(status, 200, "{body}");
+    let events = f
+        .agent
+        .wait_events("the SIGHUP reload", |e| e.iter().any(|e| e["kind"] == "policy_reload"));
+    let reload = events.iter().find(|e| e["kind"] == "policy_reload").unwrap();
+    assert_eq!(reload["decision"]["verdict"], "allow", "{reload}");
+    assert!(
+        reload["decision"]["reason"].as_str().unwrap().starts_with("loaded "),
+        "{reload}"
+    );
+}
+
 #[test]
 fn plain_http_targets_serve_http1_and_h2_prior_knowledge() {
     require_ebpf!();

@@ -1,5 +1,9 @@
 //! `loopgate run`: the agent's life from start to SIGTERM.
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use tokio::{
@@ -163,7 +167,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 break;
             }
             _ = sighup.recv() => match &config.policy_dir {
-                Some(dir) => record_reload(audit.clone(), dir.clone(), policy.reload(dir)).await,
+                Some(dir) => record_reload(audit.clone(), dir.clone(), reload_off_the_workers(&policy, dir).await).await,
                 None if bundle.is_some() => bundle_poll.notify_one(),
                 None => tracing::info!("SIGHUP: no policy directory configured; nothing to reload"),
             },
@@ -266,6 +270,22 @@ async fn poll_bundle(sync: Arc<BundleSync>, audit: AuditLog, now: Arc<tokio::syn
 
 /// Logs and records a policy reload: a bad pack never replaces a good one,
 /// and the refusal is in the audit trail.
+/// Compiles and swaps in the pack in `dir` on a blocking thread: a pack
+/// takes up to its compile bound (a policy that loops, 20 s), which on a
+/// runtime worker would stall the sessions scheduled there.
+async fn reload_off_the_workers(policy: &Arc<PolicyHandle>, dir: &Path) -> Result<Summary, PolicyError> {
+    let (policy, dir) = (policy.clone(), dir.to_path_buf());
+    let shown = dir.clone();
+    tokio::task::spawn_blocking(move || policy.reload(&dir))
+        .await
+        .unwrap_or_else(|e| {
+            Err(PolicyError::Compile {
+                dir: shown,
+                message: format!("the reload stopped: {e}"),
+            })
+        })
+}
+
 async fn record_reload(audit: AuditLog, dir: PathBuf, result: Result<Summary, PolicyError>) {
     let mut event = Event::new(EventKind::PolicyReload);
     event.decision = Some(match &result {

@@ -500,7 +500,7 @@ impl BundleSync {
     /// Asks the store for a newer bundle and puts it in force. None when
     /// nothing changed, or when the store is unreachable (logged; the
     /// pack in force keeps deciding) or offers a bundle already refused.
-    pub async fn poll(&self) -> Option<Outcome> {
+    pub async fn poll(self: &Arc<Self>) -> Option<Outcome> {
         let known = self.lock().etag.clone();
         let fetched = self.source.fetch(known.as_deref()).await;
         let now = unix_ms();
@@ -525,7 +525,17 @@ impl BundleSync {
                 return None;
             }
         }
-        match self.offer(&bytes) {
+        // Compiling the pack blocks (up to its compile bound): not on a
+        // runtime worker, where it would stall the sessions there.
+        let sync = Arc::clone(self);
+        let offered = match tokio::task::spawn_blocking(move || sync.offer(&bytes)).await {
+            Ok(offered) => offered,
+            Err(e) => {
+                tracing::error!(url = %self.config.url, error = %e, "checking a policy bundle stopped");
+                return None;
+            }
+        };
+        match offered {
             Ok(Some(bundle)) => {
                 self.update_status(|s| {
                     s.revision = Some(bundle.payload.revision);
