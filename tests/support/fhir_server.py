@@ -117,6 +117,13 @@ def exit_status(code):
             "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
 
 
+def patient_entries(families=None):
+    """A searchset's entries: every patient, or those of `families`."""
+    return [{"fullUrl": "https://fhir.test/fhir/Patient/p%d" % i, "resource": patient(i),
+             "search": {"mode": "match"}} for i in range(1, PATIENTS + 1)
+            if not families or patient(i)["name"][0]["family"] in families]
+
+
 def patient(i):
     ssn = "%03d-%02d-%04d" % (100 + i % 600, 10 + i % 89, 1000 + i)
     return {
@@ -277,8 +284,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/fhir/Patient":
             # As FHIR servers do: the search itself in the self link and
             # Content-Location, values and all.
-            entries = [{"fullUrl": "https://fhir.test/fhir/Patient/p%d" % i, "resource": patient(i),
-                        "search": {"mode": "match"}} for i in range(1, PATIENTS + 1)]
+            entries = patient_entries()
             search = "https://fhir.test" + self.path
             return self.send(200, {"resourceType": "Bundle", "type": "searchset", "total": PATIENTS,
                                    "link": [{"relation": "self", "url": search}], "entry": entries},
@@ -361,9 +367,7 @@ class Handler(BaseHTTPRequestHandler):
         self.record(body)
         if self.path.split("?")[0] == "/fhir/Patient/_search":
             form = urllib.parse.parse_qs(body.decode())
-            entries = [{"fullUrl": "https://fhir.test/fhir/Patient/p%d" % i, "resource": patient(i),
-                        "search": {"mode": "match"}} for i in range(1, PATIENTS + 1)
-                       if not form.get("family") or patient(i)["name"][0]["family"] in form["family"]]
+            entries = patient_entries(form.get("family"))
             return self.send(200, {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
                                    "entry": entries})
         if self.path.split("?")[0] == CM_PREFIX:
