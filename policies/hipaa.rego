@@ -517,6 +517,136 @@ hold contains {"rank": 10, "rule_id": "hipaa.hold_k8s_exec", "reason": "kubectl 
 	not k8s.verb in {"get", "list", "watch"}
 }
 
+# kubectl create token (and the TokenRequest API): a service account token
+# is a credential the automation would hold itself, good for the API
+# server without loopgate in the way.
+deny contains {"rank": 40, "rule_id": "hipaa.deny_k8s_token_request", "reason": "minting a service account token is not allowed: the automation would hold a credential of its own"} if {
+	k8s.resource == "serviceaccounts"
+	k8s.subresource == "token"
+}
+
+# A write's object, or its patch, is what the write does: loopgate reads
+# the body whole before deciding (input.action.kubernetes.body). A Pod
+# spec sits in Pods, Deployments, Jobs, CronJobs and custom resources
+# alike, so the body is searched by field name at any depth, not by kind.
+# Names are compared lower-cased: older API servers matched them so.
+
+# [field, value] for every member of the body, at any depth.
+k8s_fields contains [lower(key), value] if {
+	walk(k8s.body, [path, value])
+	count(path) > 0
+	key := path[count(path) - 1]
+	is_string(key)
+}
+
+# A JSON patch (RFC 6902) names its field in each op's path: [path
+# segments, value]. copy and move bring a value loopgate cannot see,
+# taken as the worst ("unknown").
+k8s_patch_ops contains [segments, value] if {
+	k8s.content_type == "application/json-patch+json"
+	some op in k8s.body
+	is_string(op.path)
+	segments := [lower(replace(replace(part, "~1", "/"), "~0", "~")) | some part in split(op.path, "/")]
+	value := k8s_op_value(op)
+}
+
+k8s_op_value(op) := object.get(op, "value", null) if op.op in {"add", "replace"}
+
+k8s_op_value(op) := "unknown" if op.op in {"copy", "move"}
+
+k8s_fields contains [segments[count(segments) - 1], value] if {
+	some [segments, value] in k8s_patch_ops
+	value != "unknown"
+}
+
+k8s_name(x) := lower(x) if is_string(x)
+
+k8s_host_flags := {"privileged": "privileged", "hostnetwork": "hostNetwork", "hostpid": "hostPID", "hostipc": "hostIPC"}
+
+k8s_host_capabilities := {"ALL", "SYS_ADMIN", "SYS_MODULE", "SYS_PTRACE", "SYS_RAWIO", "DAC_READ_SEARCH", "DAC_OVERRIDE", "NET_ADMIN", "BPF", "PERFMON"}
+
+# What in the body reaches the node: its disk, its namespaces, the kernel.
+k8s_node_access contains name if {
+	some [key, value] in k8s_fields
+	value == true
+	name := k8s_host_flags[key]
+}
+
+k8s_node_access contains "hostPath" if {
+	some [key, value] in k8s_fields
+	key == "hostpath"
+	is_object(value)
+}
+
+k8s_node_access contains "procMount: Unmasked" if {
+	some [key, value] in k8s_fields
+	key == "procmount"
+	k8s_name(value) == "unmasked"
+}
+
+k8s_node_access contains "capabilities" if {
+	walk(k8s.body, [path, value])
+	count(path) >= 3
+	k8s_name(path[count(path) - 3]) == "capabilities"
+	k8s_name(path[count(path) - 2]) == "add"
+	is_string(value)
+	upper(value) in k8s_host_capabilities
+}
+
+# A patch that sets a field loopgate cannot see the value of (copy,
+# move), or adds to a hostPath or to added capabilities, counts as well.
+k8s_node_access contains name if {
+	some [segments, value] in k8s_patch_ops
+	some i, part in segments
+	name := k8s_patched_node_field(part, value, array.slice(segments, i + 1, count(segments)))
+}
+
+k8s_patched_node_field(part, _, _) := "hostPath" if part == "hostpath"
+
+k8s_patched_node_field(part, "unknown", _) := name if name := k8s_host_flags[part]
+
+k8s_patched_node_field(part, value, rest) := "capabilities" if {
+	part == "capabilities"
+	rest[0] == "add"
+	some added in k8s_patched_values(value)
+	is_string(added)
+	upper(added) in k8s_host_capabilities
+}
+
+k8s_patched_values(value) := value if is_array(value)
+
+k8s_patched_values(value) := [value] if {
+	is_string(value)
+	value != "unknown"
+}
+
+k8s_patched_values("unknown") := ["ALL"]
+
+deny contains {"rank": 40, "rule_id": "hipaa.deny_k8s_node_access", "reason": reason} if {
+	count(k8s_node_access) > 0
+	reason := sprintf("a Pod spec that reaches the node (%s) is not allowed: what it reads there is not audited", [concat(", ", sort(k8s_node_access))])
+}
+
+# A Pod that takes a Secret (as environment or a volume) can print what
+# the rule above never lets through loopgate: it waits for a person.
+k8s_secret_refs := {"secret", "secretref", "secretkeyref"}
+
+k8s_secret_use if {
+	some [key, value] in k8s_fields
+	key in k8s_secret_refs
+	is_object(value)
+}
+
+k8s_secret_use if {
+	some [segments, _] in k8s_patch_ops
+	some part in segments
+	part in k8s_secret_refs
+}
+
+hold contains {"rank": 10, "rule_id": "hipaa.hold_k8s_secret_use", "reason": "a workload that reads a Secret (environment or volume) needs approval", "row_threshold": null} if {
+	k8s_secret_use
+}
+
 # A batch or transaction Bundle carries its own interactions (a DELETE
 # entry among them) in the request body, which loopgate does not read: the
 # rules above would never see them, so the whole request waits for a person.

@@ -604,6 +604,100 @@ test_k8s_tunnels_denied_unless_allowed if {
 	}
 }
 
+k8s_write(verb, resource, content_type, body) := object.union(
+	k8s_req(verb, resource),
+	{"action": {"method": "POST", "kubernetes": {"body": body, "content_type": content_type}}},
+)
+
+pod_with(spec) := {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": spec}
+
+plain_container := {"name": "app", "image": "busybox", "command": ["sleep", "1d"]}
+
+test_k8s_plain_pod_create_allowed if {
+	d := loopgate.decision with input as k8s_write("create", "pods", "application/json", pod_with({"containers": [plain_container]}))
+	d.decision == "allow"
+}
+
+test_k8s_pod_specs_that_reach_the_node_denied_in_any_kind if {
+	privileged := object.union(plain_container, {"securityContext": {"privileged": true}})
+	cases := [
+		[pod_with({"containers": [privileged]}), "privileged"],
+		[pod_with({"hostNetwork": true, "containers": [plain_container]}), "hostNetwork"],
+		[pod_with({"HostPID": true, "containers": [plain_container]}), "hostPID"],
+		[pod_with({"containers": [plain_container], "volumes": [{"name": "root", "hostPath": {"path": "/"}}]}), "hostPath"],
+		[pod_with({"containers": [object.union(plain_container, {"securityContext": {"capabilities": {"add": ["sys_admin"]}}})]}), "capabilities"],
+		# A Deployment's template, a CronJob's, a custom resource's: the same spec.
+		[{"kind": "Deployment", "spec": {"template": {"spec": {"containers": [privileged]}}}}, "privileged"],
+		[{"kind": "CronJob", "spec": {"jobTemplate": {"spec": {"template": {"spec": {"hostIPC": true}}}}}}, "hostIPC"],
+		[{"kind": "Workflow", "spec": {"templates": [{"container": privileged}]}}, "privileged"],
+		[{"kind": "PersistentVolume", "spec": {"hostPath": {"path": "/srv/phi"}}}, "hostPath"],
+	]
+	every c in cases {
+		d := loopgate.decision with input as k8s_write("create", "pods", "application/json", c[0])
+		d.decision == "deny"
+		d.rule_id == "hipaa.deny_k8s_node_access"
+		contains(d.reason, c[1])
+	}
+}
+
+test_k8s_patches_that_reach_the_node_denied if {
+	cases := [
+		["application/strategic-merge-patch+json", {"spec": {"template": {"spec": {"hostNetwork": true}}}}],
+		["application/merge-patch+json", {"spec": {"volumes": [{"name": "r", "hostPath": {"path": "/"}}]}}],
+		["application/json-patch+json", [{"op": "add", "path": "/spec/hostNetwork", "value": true}]],
+		["application/json-patch+json", [{"op": "replace", "path": "/spec/containers/0/securityContext", "value": {"privileged": true}}]],
+		["application/json-patch+json", [{"op": "replace", "path": "/spec/volumes/0/hostPath/path", "value": "/"}]],
+		["application/json-patch+json", [{"op": "add", "path": "/spec/containers/0/securityContext/capabilities/add/-", "value": "SYS_ADMIN"}]],
+		["application/json-patch+json", [{"op": "copy", "from": "/metadata/labels/x", "path": "/spec/hostPID"}]],
+		["application/json-patch+json", [{"op": "move", "from": "/metadata/labels/x", "path": "/spec/containers/0/securityContext/capabilities/add"}]],
+	]
+	every c in cases {
+		d := loopgate.decision with input as k8s_write("patch", "deployments", c[0], c[1])
+		d.decision == "deny"
+		d.rule_id == "hipaa.deny_k8s_node_access"
+	}
+}
+
+test_k8s_harmless_patches_and_look_alikes_allowed if {
+	cases := [
+		["application/json-patch+json", [{"op": "add", "path": "/spec/hostNetwork", "value": false}]],
+		["application/json-patch+json", [{"op": "add", "path": "/metadata/labels/tier", "value": "web"}]],
+		["application/json-patch+json", [{"op": "add", "path": "/spec/containers/0/securityContext/capabilities/add/-", "value": "NET_BIND_SERVICE"}]],
+		["application/json-patch+json", [{"op": "remove", "path": "/spec/hostNetwork"}]],
+		["application/merge-patch+json", {"spec": {"replicas": 3}}],
+		# A ConfigMap's values are strings, whatever their keys say.
+		["application/json", {"kind": "ConfigMap", "data": {"hostPath": "/srv", "privileged": "true", "secret": "s"}}],
+	]
+	every c in cases {
+		d := loopgate.decision with input as k8s_write("patch", "deployments", c[0], c[1])
+		d.decision == "allow"
+	}
+}
+
+test_k8s_workloads_that_read_secrets_held if {
+	env := object.union(plain_container, {"env": [{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "db", "key": "pw"}}}]})
+	env_from := object.union(plain_container, {"envFrom": [{"secretRef": {"name": "db"}}]})
+	cases := [
+		["application/json", pod_with({"containers": [env]})],
+		["application/json", pod_with({"containers": [env_from]})],
+		["application/json", {"kind": "Job", "spec": {"template": {"spec": {"containers": [plain_container], "volumes": [{"name": "s", "secret": {"secretName": "db"}}]}}}}],
+		["application/json-patch+json", [{"op": "add", "path": "/spec/template/spec/volumes/-", "value": {"name": "s", "secret": {"secretName": "db"}}}]],
+		["application/json-patch+json", [{"op": "copy", "from": "/spec/volumes/0", "path": "/spec/template/spec/containers/0/envFrom/0/secretRef"}]],
+	]
+	every c in cases {
+		d := loopgate.decision with input as k8s_write("create", "jobs", c[0], c[1])
+		d.decision == "hold"
+		d.rule_id == "hipaa.hold_k8s_secret_use"
+	}
+}
+
+test_k8s_token_requests_denied if {
+	i := object.union(k8s_req("create", "serviceaccounts"), {"action": {"kubernetes": {"subresource": "token", "name": "builder"}}})
+	d := loopgate.decision with input as i
+	d.decision == "deny"
+	d.rule_id == "hipaa.deny_k8s_token_request"
+}
+
 test_k8s_pod_list_allowed if {
 	d := loopgate.decision with input as k8s_req("list", "pods")
 	d.decision == "allow"

@@ -1416,6 +1416,172 @@ print("echoed", len(got), got == payload)
     assert_eq!(result["outcome"]["bytes_to_client"], 16384, "{result}");
 }
 
+/// A write's object is what it does: kubectl's Pod specs and patches (JSON)
+/// and its typed clients' objects (protobuf) are read before the decision.
+/// One that reaches the node is refused, one that reads a Secret waits for
+/// a person, a plain one reaches the server exactly as kubectl sent it,
+/// and a body loopgate cannot read is not sent.
+#[test]
+fn kubectl_writes_are_decided_by_what_their_objects_ask_for() {
+    require_ebpf!();
+    let (f, server) = kubernetes_fixture();
+    let home = tempfile::tempdir().unwrap();
+    let kubeconfig = write_kubeconfig(&f, &server, home.path())
+        .to_string_lossy()
+        .into_owned();
+    let cache = home.path().join("cache").to_string_lossy().into_owned();
+    let kubectl = |args: &[&str]| {
+        f.agent
+            .loopgate(&["exec"])
+            .args(["--", &kubectl_bin().to_string_lossy(), "--kubeconfig", &kubeconfig])
+            .args(["--cache-dir", &cache])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let done = |child: Child| {
+        let out = child.wait_with_output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let manifest = |name: &str, spec: Value| {
+        let path = home.path().join(format!("{name}.json"));
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec});
+        std::fs::write(&path, pod.to_string()).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let container = json!({"name": "app", "image": "busybox", "command": ["sleep", "1d"]});
+    let pod_posts = || {
+        server
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                let path = r["path"].as_str().unwrap_or("");
+                r["method"] == "POST" && path.split('?').next() == Some("/api/v1/namespaces/ward/pods")
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // A plain Pod: created, and the server got kubectl's object unchanged.
+    let plain = manifest("plain", json!({"containers": [container]}));
+    let (ok, out, err) = done(kubectl(&["create", "--validate=false", "-f", &plain, "-o", "name"]));
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.trim(), "pod/plain");
+    let posted = pod_posts();
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    let sent: Value = serde_json::from_str(posted[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(sent["spec"]["containers"][0], container, "{sent}");
+
+    // Pod specs and patches that reach the node: refused, never sent.
+    let privileged = manifest(
+        "root",
+        json!({"containers": [{"name": "app", "image": "busybox", "securityContext": {"privileged": true}}],
+               "volumes": [{"name": "host", "hostPath": {"path": "/"}}]}),
+    );
+    let host_network = r#"[{"op":"add","path":"/spec/hostNetwork","value":true}]"#;
+    for (args, field) in [
+        (
+            vec!["create", "--validate=false", "-f", &privileged],
+            "hostPath, privileged",
+        ),
+        (
+            vec!["patch", "pod", "p1", "--type=json", "-p", host_network],
+            "hostNetwork",
+        ),
+    ] {
+        let (ok, out, err) = done(kubectl(&args));
+        assert!(!ok, "{args:?} succeeded: {out}");
+        assert!(err.contains("Error from server (Forbidden)"), "{err}");
+        assert!(
+            err.contains("hipaa.deny_k8s_node_access") && err.contains(field),
+            "{err}"
+        );
+    }
+    // A service account token would be a credential of the automation's own.
+    let (ok, out, err) = done(kubectl(&["create", "token", "builder"]));
+    assert!(!ok && err.contains("hipaa.deny_k8s_token_request"), "{out}{err}");
+    assert!(
+        !server
+            .requests()
+            .iter()
+            .any(|r| r["method"] == "PATCH" || r["path"].as_str().unwrap().contains("/token")),
+        "a refused write reached the server"
+    );
+    assert_eq!(pod_posts().len(), 1, "a refused Pod reached the server");
+
+    // A Pod that reads a Secret waits; denied, kubectl says so.
+    let env = json!([{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "db", "key": "pw"}}}]);
+    let reads_secret = manifest(
+        "reader",
+        json!({"containers": [{"name": "app", "image": "busybox", "env": env}]}),
+    );
+    let client = kubectl(&["create", "--validate=false", "-f", &reads_secret]);
+    let id = wait_pending(&f);
+    assert_eq!(pod_posts().len(), 1, "sent before a decision");
+    let out = f
+        .agent
+        .approvals_as(ALICE, &[APPROVERS_GID], &["deny", &id, "--reason", "no secret reads"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, out, err) = done(client);
+    assert!(!ok && err.contains("Error from server (Forbidden)"), "{out}{err}");
+    assert_eq!(pod_posts().len(), 1);
+
+    // kubectl's typed clients send protobuf: read through the API's
+    // schema, decided like JSON, sent as they came.
+    let (ok, out, err) = done(kubectl(&["create", "job", "nightly", "--image=busybox", "--", "true"]));
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("job.batch/nightly created"), "{out}");
+    let job = server
+        .requests()
+        .into_iter()
+        .find(|r| {
+            r["path"]
+                .as_str()
+                .unwrap()
+                .starts_with("/apis/batch/v1/namespaces/ward/jobs")
+        })
+        .expect("the job reached the server");
+    assert_eq!(job["headers"]["content-type"], "application/vnd.kubernetes.protobuf");
+    assert!(job["body"].as_str().unwrap().starts_with("k8s\u{0}"), "{job}");
+
+    // A body loopgate cannot read as the API server will: not sent.
+    let ca = f.loopgate_ca.to_string_lossy().into_owned();
+    let url = format!("https://127.0.0.1:{}/api/v1/namespaces/ward/pods", server.port);
+    let out = f.agent.exec(&[
+        "curl",
+        "-sS",
+        "--cacert",
+        &ca,
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "Content-Type: application/cbor",
+        "--data-binary",
+        "pod",
+        &url,
+    ]);
+    let (status, _, body) = split_status(&out);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("read as JSON or protobuf only"), "{body}");
+    assert_eq!(pod_posts().len(), 1, "an unread body reached the server");
+
+    // On the record, each with the rule that decided it.
+    let rules = [
+        "hipaa.deny_k8s_node_access",
+        "hipaa.deny_k8s_token_request",
+        "hipaa.hold_k8s_secret_use",
+    ];
+    f.agent.wait_events("the writes' decisions", |events| {
+        rules.iter().all(|rule| {
+            events
+                .iter()
+                .any(|e| e["kind"] == "command" && e["target"]["name"] == "k8s" && e["decision"]["rule_id"] == *rule)
+        })
+    });
+}
+
 /// `kubectl exec` (1.35: WebSocket, v5.channel.k8s.io) through loopgate:
 /// held by the HIPAA pack; denied, kubectl says so; approved, its stdout
 /// and stderr reach the terminal masked, stdin reaches the command as

@@ -16,6 +16,8 @@ and, Kubernetes-shaped (not an API server either):
   GET    /api/v1/namespaces/ward/pods   a PodList
   GET    /api/v1/namespaces/ward/configmaps/c1   a ConfigMap with a PHI-like value
   POST   /api/v1/namespaces/ward/secrets         the created Secret (with data)
+  POST   /api/v1/namespaces/ward/pods            the created Pod, as sent
+  POST   /apis/batch/v1/namespaces/ward/jobs     a Job "nightly"
   DELETE /api/v1/namespaces/<ns>                 a Status
 
 and enough of the API's discovery (/api, /api/v1, /apis) and an in-memory
@@ -370,6 +372,15 @@ class Handler(BaseHTTPRequestHandler):
             entries = patient_entries(form.get("family"))
             return self.send(200, {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
                                    "entry": entries})
+        if self.path.split("?")[0] == "/api/v1/namespaces/ward/pods":
+            obj = json.loads(body)
+            obj["metadata"].update({"namespace": "ward", "resourceVersion": "3"})
+            return self.send(201, obj, "application/json")
+        if self.path.split("?")[0] == "/apis/batch/v1/namespaces/ward/jobs":
+            # kubectl create job sends protobuf, which this server does not
+            # decode: the Job it answers is always "nightly".
+            return self.send(201, {"kind": "Job", "apiVersion": "batch/v1",
+                                   "metadata": {"name": "nightly", "namespace": "ward"}}, "application/json")
         if self.path.split("?")[0] == CM_PREFIX:
             obj = json.loads(body)
             name = obj["metadata"]["name"]

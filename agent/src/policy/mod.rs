@@ -189,6 +189,10 @@ impl Action<'_> {
                 field(&port.to_string());
             }
             Action::HttpRequest(r) => {
+                // A write's body makes it one of a kind, and a big key.
+                if r.kubernetes.as_ref().is_some_and(|k| k.body.is_some()) {
+                    return None;
+                }
                 field("http_request");
                 // Serialized whole: every field a rule may read is in the key.
                 field(&serde_json::to_string(r).ok()?);
@@ -263,6 +267,13 @@ pub struct KubernetesRequest {
     pub command: Vec<String>,
     /// exec, attach, log: the `container` parameter.
     pub container: Option<String>,
+    /// create, update, patch, delete: the JSON the request sends (the
+    /// object, the patch, or DeleteOptions), read whole before the
+    /// decision as the API server decodes it; `null` without a body.
+    pub body: Option<serde_json::Value>,
+    /// The body's media type without parameters (`application/json`,
+    /// `application/json-patch+json`, ...); `null` without a body.
+    pub content_type: Option<String>,
 }
 
 /// `input.time`: UTC, so working-hours rules read the same on every host.

@@ -84,14 +84,18 @@ impl<'a> Conn<'a> {
             return Err(closing(answer(api, StatusCode::SERVICE_UNAVAILABLE, AUDIT_DOWN)));
         }
         let authenticated = self.authenticate(req.headers()).await;
+        let upgrade = req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE);
         let mut req = req.map(|body| upstream::request_body(body, self.session.traffic.clone()));
         let read = canonical::read(req.uri().path(), req.uri().query())
             .and_then(|target| Ok((self.action(&req, &target)?, target)));
         let read = match read {
-            Ok((mut action, target)) => {
-                let form = self.search_form(&mut req, &mut action).await;
-                form.map(|names| (action, target, names))
-            }
+            Ok((mut action, target)) => match self.kubernetes_body(&mut req, &mut action, upgrade).await {
+                Ok(()) => {
+                    let form = self.search_form(&mut req, &mut action).await;
+                    form.map(|names| (action, target, names))
+                }
+                Err(reason) => Err(reason),
+            },
             Err(reason) => Err(reason),
         };
         let (action, target, form, ambiguous) = match read {
@@ -130,7 +134,6 @@ impl<'a> Conn<'a> {
         // exec / attach / port-forward are decided like any request and an
         // admitted one is relayed; an upgrade the relay cannot carry (see
         // `exec::unrelayable`) is refused first, so nobody approves it.
-        let upgrade = req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE);
         let retry = upgrade.then(|| exec::fallback::key(self.session, &action)).flatten();
         if upgrade && let Some(reason) = exec::unrelayable(&req, action.kubernetes.as_ref()) {
             // kubectl's SPDY retry of a refused WebSocket exec: that answer.
@@ -249,16 +252,13 @@ impl<'a> Conn<'a> {
                     .trim()
                     .eq_ignore_ascii_case("application/x-www-form-urlencoded")
             });
-        let body = std::mem::replace(req.body_mut(), empty_body());
-        let bytes = read_whole(body, MAX_SEARCH_FORM)
+        let bytes = read_ahead(req, MAX_SEARCH_FORM)
             .await
-            .map_err(|_| "the POST _search form is over 64 KiB or could not be read; nothing was sent")?;
+            .map_err(|_| "the POST _search form is over 64 KiB or could not be read")?;
         if !bytes.is_empty() && !form {
-            return Err(
-                "a POST _search body is read only as a form (application/x-www-form-urlencoded); nothing was sent",
-            );
+            return Err("a POST _search body is read only as a form (application/x-www-form-urlencoded)");
         }
-        let text = std::str::from_utf8(&bytes).map_err(|_| "the POST _search form is not UTF-8; nothing was sent")?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| "the POST _search form is not UTF-8")?;
         let names: Vec<String> = canonical::query_params(text)?
             .into_iter()
             .map(|(name, _)| name)
@@ -267,8 +267,33 @@ impl<'a> Conn<'a> {
         fhir.search_params.extend(names.iter().cloned());
         fhir.search_params.sort();
         fhir.search_params.dedup();
-        *req.body_mut() = Full::new(bytes).map_err(|never| match never {}).boxed_unsync();
         Ok(names)
+    }
+
+    /// A Kubernetes write's body (the object, the patch) is what it does:
+    /// a Pod that mounts the node's disk is a `create` like any other.
+    /// Read whole (bounded as the API server bounds it) into
+    /// `input.action.kubernetes.body` before the decision, and sent on as
+    /// read.
+    async fn kubernetes_body(
+        &self,
+        req: &mut Request<UpBody>,
+        action: &mut HttpRequest,
+        upgrade: bool,
+    ) -> Result<(), Ambiguous> {
+        let Some(k8s) = action.kubernetes.as_mut() else {
+            return Ok(());
+        };
+        if upgrade || !kubernetes::reads_body(k8s) {
+            return Ok(());
+        }
+        let bytes = read_ahead(req, kubernetes::MAX_BODY)
+            .await
+            .map_err(|_| "the Kubernetes request body is over 3 MiB or could not be read")?;
+        let header = |name| req.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+        (k8s.body, k8s.content_type) =
+            kubernetes::read_body(header(header::CONTENT_TYPE), header(header::CONTENT_ENCODING), &bytes)?;
+        Ok(())
     }
 
     /// `input.action` of this request, read from its canonical target;
@@ -694,6 +719,15 @@ fn empty_body() -> UpBody {
     http_body_util::Empty::<Bytes>::new()
         .map_err(|never| -> BoxError { match never {} })
         .boxed_unsync()
+}
+
+/// The request's body read whole (at most `limit` bytes) for the decision,
+/// and put back to be sent exactly as read.
+async fn read_ahead(req: &mut Request<UpBody>, limit: usize) -> Result<Bytes, BoxError> {
+    let body = std::mem::replace(req.body_mut(), empty_body());
+    let bytes = read_whole(body, limit).await?;
+    *req.body_mut() = Full::new(bytes.clone()).map_err(|never| match never {}).boxed_unsync();
+    Ok(bytes)
 }
 
 /// A body read whole, at most `limit` bytes.

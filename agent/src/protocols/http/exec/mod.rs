@@ -597,6 +597,7 @@ mod tests {
                 name: Some("p1".into()),
                 command: vec!["sh".into(), "-c".into(), "grep 123-45-6789 /data".into()],
                 container: Some("app".into()),
+                ..KubernetesRequest::default()
             }),
             fhir: None,
         };

@@ -2,6 +2,11 @@
 //! resolver reads a path (<https://kubernetes.io/docs/reference/using-api/api-concepts/>):
 //! `/api/v1/...` (the core group) or `/apis/GROUP/VERSION/...`, then
 //! `[namespaces/NS/]RESOURCE[/NAME[/SUBRESOURCE]]`.
+mod body;
+mod protobuf;
+
+pub use body::{MAX_BODY, read_body, reads_body};
+
 use super::canonical::Target;
 use crate::policy::KubernetesRequest;
 
@@ -88,6 +93,8 @@ pub fn parse(method: &str, target: &Target) -> Option<KubernetesRequest> {
             .map(|(_, v)| v.clone())
             .collect(),
         container: target.first("container").map(str::to_owned),
+        body: None,
+        content_type: None,
     })
 }
 
@@ -107,7 +114,7 @@ fn selected_name(target: &Target) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn p(method: &str, target: &str) -> Option<KubernetesRequest> {
+    pub(super) fn p(method: &str, target: &str) -> Option<KubernetesRequest> {
         let (path, query) = target.split_once('?').map_or((target, None), |(p, q)| (p, Some(q)));
         parse(method, &super::super::canonical::read(path, query).unwrap())
     }
