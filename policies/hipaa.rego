@@ -465,15 +465,24 @@ fhir := http.fhir
 
 k8s := http.kubernetes
 
-fhir_type := t if {
-	t := fhir.resource_type
-	t != null
-} else := "system"
+# The interactions a request carries: itself, and each entry of a batch
+# or transaction (read from the body before the decision), so a DELETE
+# inside a transaction is decided as a DELETE.
+fhir_interactions contains fhir if fhir != null
+
+fhir_interactions contains e if {
+	some e in fhir.entries
+}
+
+fhir_type(r) := r.resource_type if r.resource_type != null
+
+fhir_type(r) := "system" if r.resource_type == null
 
 # FHIR delete destroys clinical records; corrections are updates.
 deny contains {"rank": 40, "rule_id": "hipaa.deny_fhir_delete", "reason": reason} if {
-	fhir.interaction == "delete"
-	reason := sprintf("FHIR delete is not allowed (%s)", [fhir_type])
+	some r in fhir_interactions
+	r.interaction == "delete"
+	reason := sprintf("FHIR delete is not allowed (%s)", [fhir_type(r)])
 }
 
 # Kubernetes Secrets hold credentials to PHI stores: never read through
@@ -647,17 +656,11 @@ hold contains {"rank": 10, "rule_id": "hipaa.hold_k8s_secret_use", "reason": "a 
 	k8s_secret_use
 }
 
-# A batch or transaction Bundle carries its own interactions (a DELETE
-# entry among them) in the request body, which loopgate does not read: the
-# rules above would never see them, so the whole request waits for a person.
-hold contains {"rank": 10, "rule_id": "hipaa.hold_fhir_batch", "reason": "a FHIR batch or transaction (its entries are not decided one by one) needs approval", "row_threshold": null} if {
-	fhir.interaction == "batch"
-}
-
 # Bulk data export ($export: system, Patient or Group level) is held.
 hold contains {"rank": 10, "rule_id": "hipaa.hold_fhir_export", "reason": reason, "row_threshold": null} if {
-	fhir.operation == "$export"
-	reason := sprintf("FHIR bulk export (%s) needs approval", [fhir_type])
+	some r in fhir_interactions
+	r.operation == "$export"
+	reason := sprintf("FHIR bulk export (%s) needs approval", [fhir_type(r)])
 }
 
 # --- mask ---

@@ -709,8 +709,25 @@ test_http_without_principal_denied if {
 	d.rule_id == "hipaa.deny_unknown_principal"
 }
 
-test_fhir_batch_held if {
-	d := loopgate.decision with input as fhir_req("batch", null, null)
-	d.decision == "hold"
-	d.rule_id == "hipaa.hold_fhir_batch"
+fhir_bundle(kind, entries) := object.union(
+	fhir_req("batch", null, null),
+	{"action": {"method": "POST", "fhir": {"bundle_type": kind, "entries": entries}}},
+)
+
+fhir_entry(interaction, type, operation) := {"interaction": interaction, "resource_type": type, "id": null, "operation": operation, "search_params": [], "entries": []}
+
+test_fhir_transaction_decided_by_its_entries if {
+	loads := fhir_bundle("transaction", [fhir_entry("create", "Patient", null), fhir_entry("update", "Observation", null)])
+	d := loopgate.decision with input as loads
+	d.decision == "allow"
+	deletes := fhir_bundle("batch", [fhir_entry("create", "Patient", null), fhir_entry("delete", "Observation", null)])
+	denied := loopgate.decision with input as deletes
+	denied.decision == "deny"
+	denied.rule_id == "hipaa.deny_fhir_delete"
+	denied.reason == "FHIR delete is not allowed (Observation)"
+	exports := fhir_bundle("batch", [fhir_entry("operation", null, "$export")])
+	held := loopgate.decision with input as exports
+	held.decision == "hold"
+	held.rule_id == "hipaa.hold_fhir_export"
+	held.reason == "FHIR bulk export (system) needs approval"
 }

@@ -1189,6 +1189,74 @@ print(json.dumps({'created': created, 'bad': [bad.status_code, bad.json()],
     assert_eq!(code, Some(0), "{report}");
 }
 
+/// A batch or transaction is decided by its entries, each read as if it
+/// came alone: one that loads Patients runs on the real server (its answer
+/// masked), one with a DELETE among its entries is refused unsent, and the
+/// record names what the entries did.
+#[test]
+fn a_transaction_is_decided_by_its_entries() {
+    require_ebpf!();
+    let f = fixture_with(
+        "process",
+        "",
+        |ca| FhirServer::start_medplum(ca, &["127.0.0.1"]),
+        |_, _| Vec::new(),
+    );
+    let script = r#"import json, sys, requests
+base = sys.argv[1]
+fhir = {'Content-Type': 'application/fhir+json'}
+def patient(family, ssn):
+    return {'resource': {'resourceType': 'Patient', 'name': [{'family': family}],
+                         'identifier': [{'system': 'urn:oid:2.16.840.1.113883.4.1', 'value': ssn}]},
+            'request': {'method': 'POST', 'url': 'Patient'}}
+load = requests.post(base, headers=fhir, json={'resourceType': 'Bundle', 'type': 'transaction',
+                     'entry': [patient('Tx1', '456-78-9012'), patient('Tx2', '567-89-0123')]})
+found = requests.get(base + '/Patient', params={'identifier': '456-78-9012'})
+purge = requests.post(base, headers=fhir, json={'resourceType': 'Bundle', 'type': 'batch', 'entry': [
+    patient('Tx3', '678-90-1234'), {'request': {'method': 'DELETE', 'url': 'Patient?identifier=456-78-9012'}}]})
+print(json.dumps({'load': [load.status_code, load.json()], 'found': found.json(),
+                  'purge': [purge.status_code, purge.json()]}))
+"#;
+    let stdout = f.python(script);
+    for raw in ["Tx1", "Tx2", "456-78-9012", "567-89-0123"] {
+        assert!(!stdout.contains(raw), "raw {raw:?} reached the client:\n{stdout}");
+    }
+    let got: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(got["load"][0], 200, "{}", got["load"]);
+    assert_eq!(got["load"][1]["type"], "transaction-response");
+    let results = got["load"][1]["entry"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for r in results {
+        assert!(r["response"]["status"].as_str().unwrap().starts_with("201"), "{r}");
+    }
+    // The server ran it: the first Patient is found (masked) by its SSN.
+    assert_eq!(
+        got["found"]["entry"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        got["found"]
+    );
+    assert_eq!(got["found"]["entry"][0]["resource"]["name"][0]["family"], "***");
+    // A DELETE among a batch's entries is a DELETE: refused, not sent.
+    assert_eq!(got["purge"][0], 403, "{}", got["purge"]);
+    assert_eq!(got["purge"][1]["resourceType"], "OperationOutcome");
+    let diagnostics = got["purge"][1]["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(diagnostics.contains("hipaa.deny_fhir_delete"), "{diagnostics}");
+    let requests = f.server.requests();
+    assert_eq!(requests.len(), 2, "the refused batch reached the server: {requests:?}");
+
+    f.agent.wait_events("three results", |e| {
+        e.iter().filter(|e| e["kind"] == "command_result").count() >= 3
+    });
+    let texts = f.command_texts();
+    for expected in [
+        "POST /fhir (transaction: 2 create Patient)",
+        "POST /fhir (batch: 1 create Patient, 1 delete Patient)",
+    ] {
+        assert!(texts.iter().any(|t| t == expected), "{expected:?} not in {texts:?}");
+    }
+}
+
 fn kubectl_bin() -> PathBuf {
     let path = loopgate_e2e::env::workspace_root().join("target/tools/bin/kubectl-1.35");
     assert!(path.is_file(), "{} missing: run `cargo xtask setup`", path.display());

@@ -247,6 +247,11 @@ pub struct FhirRequest {
     /// The compartment of a compartment search (`Patient/p1` for
     /// `GET Patient/p1/Observation`, whose `resource_type` is `Observation`).
     pub compartment: Option<String>,
+    /// A batch or transaction: the Bundle's `type` (`batch`, `transaction`).
+    pub bundle_type: Option<String>,
+    /// A batch's or transaction's entries, in order, each request read as
+    /// if it came alone (read before the decision from the body).
+    pub entries: Vec<FhirRequest>,
 }
 
 /// A Kubernetes API request's parts (`input.action.kubernetes`).

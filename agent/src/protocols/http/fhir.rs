@@ -288,6 +288,97 @@ pub fn parse(method: &str, target: &Target) -> Result<FhirRequest, Ambiguous> {
     Ok(r)
 }
 
+/// The most of a batch or transaction read before the decision.
+pub const MAX_BUNDLE: usize = 16 << 20;
+
+/// A batch or transaction Bundle as the policy reads it: its type and each
+/// entry's `request` (method and URL, relative to the base) read as if it
+/// came alone. What servers could read another way is refused: a member
+/// given twice (servers differ on which wins), an absolute or `/`-rooted
+/// entry URL, a method FHIR does not have, an entry without a request, or
+/// an entry that is itself a batch.
+pub fn bundle(body: &[u8]) -> Result<(String, Vec<FhirRequest>), Ambiguous> {
+    #[derive(serde::Deserialize)]
+    struct Bundle {
+        #[serde(rename = "resourceType")]
+        resource_type: String,
+        #[serde(rename = "type")]
+        kind: Option<String>,
+        #[serde(default)]
+        entry: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        request: Option<EntryRequest>,
+    }
+    #[derive(serde::Deserialize)]
+    struct EntryRequest {
+        method: String,
+        url: String,
+    }
+    let bundle: Bundle = serde_json::from_slice(body)
+        .map_err(|_| "a POST to the FHIR base is read only as a JSON Bundle, each member once")?;
+    let kind = bundle
+        .kind
+        .filter(|k| bundle.resource_type == "Bundle" && matches!(k.as_str(), "batch" | "transaction"))
+        .ok_or("a POST to the FHIR base is read only as a batch or transaction Bundle")?;
+    let entries = bundle
+        .entry
+        .into_iter()
+        .map(|entry| {
+            let request = entry.request.ok_or("a batch or transaction entry has no request")?;
+            if !matches!(
+                request.method.as_str(),
+                "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE"
+            ) {
+                return Err("a batch or transaction entry has a method FHIR does not have");
+            }
+            if request.url.contains("://") || request.url.starts_with('/') {
+                return Err("a batch or transaction entry's URL is not relative to the base");
+            }
+            let (path, query) = match request.url.split_once('?') {
+                Some((path, query)) => (path, Some(query)),
+                None => (request.url.as_str(), None),
+            };
+            let target = super::canonical::read(&format!("/{path}"), query)?;
+            let read = parse(&request.method, &target)?;
+            if read.interaction == "batch" {
+                return Err("a batch or transaction entry is itself a batch");
+            }
+            Ok(read)
+        })
+        .collect::<Result<Vec<_>, Ambiguous>>()?;
+    Ok((kind, entries))
+}
+
+/// What a batch's or transaction's record says of its entries: each
+/// interaction and type with its count, in order of first appearance
+/// (` (transaction: 2 create Patient, 1 delete Observation)`); no ids, no
+/// search values.
+pub fn bundle_summary(r: &FhirRequest) -> Option<String> {
+    let kind = r.bundle_type.as_deref()?;
+    let mut counts: Vec<((&str, &str), usize)> = Vec::new();
+    for e in &r.entries {
+        let key = (e.interaction.as_str(), e.resource_type.as_deref().unwrap_or("system"));
+        match counts.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((key, 1)),
+        }
+    }
+    let shown: Vec<String> = counts
+        .iter()
+        .map(|((interaction, ty), n)| format!("{n} {interaction} {ty}"))
+        .collect();
+    Some(format!(
+        " ({kind}: {})",
+        if shown.is_empty() {
+            "no entries".to_owned()
+        } else {
+            shown.join(", ")
+        }
+    ))
+}
+
 /// A known resource type in another case.
 fn miscased_type(s: &str) -> bool {
     !RESOURCE_TYPES.contains(&s) && RESOURCE_TYPES.iter().any(|t| t.eq_ignore_ascii_case(s))
@@ -310,6 +401,62 @@ mod tests {
     fn try_p(method: &str, target: &str) -> Result<FhirRequest, Ambiguous> {
         let (path, query) = target.split_once('?').map_or((target, None), |(p, q)| (p, Some(q)));
         parse(method, &super::super::canonical::read(path, query).unwrap())
+    }
+
+    #[test]
+    fn a_transactions_entries_read_as_if_each_came_alone() {
+        let body = br#"{"resourceType":"Bundle","type":"transaction","entry":[
+            {"fullUrl":"urn:uuid:1","resource":{"resourceType":"Patient"},"request":{"method":"POST","url":"Patient"}},
+            {"request":{"method":"PUT","url":"Patient?identifier=x%7C1"}},
+            {"request":{"method":"DELETE","url":"Observation/o1"}},
+            {"request":{"method":"GET","url":"Patient/p1/$everything"}}]}"#;
+        let (kind, entries) = bundle(body).unwrap();
+        assert_eq!(kind, "transaction");
+        let read: Vec<(&str, Option<&str>)> = entries
+            .iter()
+            .map(|e| (e.interaction.as_str(), e.resource_type.as_deref()))
+            .collect();
+        assert_eq!(
+            read,
+            [
+                ("create", Some("Patient")),
+                ("update", Some("Patient")),
+                ("delete", Some("Observation")),
+                ("operation", Some("Patient"))
+            ]
+        );
+        assert_eq!(entries[1].search_params, ["identifier"]);
+        assert_eq!(entries[3].operation.as_deref(), Some("$everything"));
+        let summary = FhirRequest {
+            bundle_type: Some(kind),
+            entries: entries.iter().chain(&entries[..1]).cloned().collect(),
+            ..FhirRequest::default()
+        };
+        assert_eq!(
+            bundle_summary(&summary).unwrap(),
+            " (transaction: 2 create Patient, 1 update Patient, 1 delete Observation, 1 operation Patient)"
+        );
+        let (kind, entries) = bundle(br#"{"resourceType":"Bundle","type":"batch"}"#).unwrap();
+        assert_eq!((kind.as_str(), entries.len()), ("batch", 0));
+    }
+
+    #[test]
+    fn bundles_a_server_could_read_another_way_are_refused() {
+        for body in [
+            r#"{"resourceType":"Bundle","type":"collection","entry":[]}"#,
+            r#"{"resourceType":"Patient","type":"transaction"}"#,
+            r#"{"resourceType":"Bundle","type":"batch","type":"transaction"}"#,
+            r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"GET","url":"Patient"},"request":{"method":"DELETE","url":"Patient/1"}}]}"#,
+            r#"{"resourceType":"Bundle","type":"batch","entry":[{"resource":{}}]}"#,
+            r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"delete","url":"Patient/1"}}]}"#,
+            r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"DELETE","url":"https://other/fhir/Patient/1"}}]}"#,
+            r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"DELETE","url":"/Patient/1"}}]}"#,
+            r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"DELETE","url":"patient/1"}}]}"#,
+            r#"{"resourceType":"Bundle","type":"batch","entry":[{"request":{"method":"POST","url":""}}]}"#,
+            "<Bundle xmlns=\"http://hl7.org/fhir\"/>",
+        ] {
+            assert!(bundle(body.as_bytes()).is_err(), "{body}");
+        }
     }
 
     #[test]

@@ -89,13 +89,10 @@ impl<'a> Conn<'a> {
         let read = canonical::read(req.uri().path(), req.uri().query())
             .and_then(|target| Ok((self.action(&req, &target)?, target)));
         let read = match read {
-            Ok((mut action, target)) => match self.kubernetes_body(&mut req, &mut action, upgrade).await {
-                Ok(()) => {
-                    let form = self.search_form(&mut req, &mut action).await;
-                    form.map(|names| (action, target, names))
-                }
-                Err(reason) => Err(reason),
-            },
+            Ok((mut action, target)) => {
+                let read = self.read_body(&mut req, &mut action, upgrade).await;
+                read.map(|form| (action, target, form))
+            }
             Err(reason) => Err(reason),
         };
         let (action, target, form, ambiguous) = match read {
@@ -227,6 +224,46 @@ impl<'a> Conn<'a> {
         Ok(())
     }
 
+    /// The body, where it is part of what the request does, read whole
+    /// before the decision and sent on as read: a Kubernetes write's
+    /// object, a FHIR batch's entries, a POST `_search` form (its names,
+    /// for the record). An upgrade's body is a stream, never read.
+    async fn read_body(
+        &self,
+        req: &mut Request<UpBody>,
+        action: &mut HttpRequest,
+        upgrade: bool,
+    ) -> Result<Vec<String>, Ambiguous> {
+        if upgrade {
+            return Ok(Vec::new());
+        }
+        self.kubernetes_body(req, action).await?;
+        self.fhir_bundle(req, action).await?;
+        self.search_form(req, action).await
+    }
+
+    /// A FHIR batch or transaction carries its interactions in its entries:
+    /// each is read (`fhir::bundle`) into `input.action.fhir.entries`, so
+    /// a DELETE among them is decided as a DELETE.
+    async fn fhir_bundle(&self, req: &mut Request<UpBody>, action: &mut HttpRequest) -> Result<(), Ambiguous> {
+        let Some(fhir) = action.fhir.as_mut() else {
+            return Ok(());
+        };
+        if req.method() != Method::POST || fhir.interaction != "batch" {
+            return Ok(());
+        }
+        if encoded(req.headers()) {
+            return Err("a batch or transaction with a Content-Encoding is not read");
+        }
+        let bytes = read_ahead(req, fhir::MAX_BUNDLE)
+            .await
+            .map_err(|_| "the batch or transaction is over 16 MiB or could not be read")?;
+        let (kind, entries) = fhir::bundle(&bytes)?;
+        fhir.bundle_type = Some(kind);
+        fhir.entries = entries;
+        Ok(())
+    }
+
     /// FHIR's POST `_search` carries its parameters as a form body: read
     /// whole (bounded) before the decision, its names joined to the
     /// query's in `search_params` as the server joins them, and sent on as
@@ -237,6 +274,9 @@ impl<'a> Conn<'a> {
         };
         if req.method() != Method::POST || fhir.interaction != "search" {
             return Ok(Vec::new());
+        }
+        if encoded(req.headers()) {
+            return Err("a POST _search form with a Content-Encoding is not read");
         }
         // Only a body that says it is a form: a server may ignore an
         // untyped one, and the policy would have read parameters that
@@ -275,16 +315,11 @@ impl<'a> Conn<'a> {
     /// Read whole (bounded as the API server bounds it) into
     /// `input.action.kubernetes.body` before the decision, and sent on as
     /// read.
-    async fn kubernetes_body(
-        &self,
-        req: &mut Request<UpBody>,
-        action: &mut HttpRequest,
-        upgrade: bool,
-    ) -> Result<(), Ambiguous> {
+    async fn kubernetes_body(&self, req: &mut Request<UpBody>, action: &mut HttpRequest) -> Result<(), Ambiguous> {
         let Some(k8s) = action.kubernetes.as_mut() else {
             return Ok(());
         };
-        if upgrade || !kubernetes::reads_body(k8s) {
+        if !kubernetes::reads_body(k8s) {
             return Ok(());
         }
         let bytes = read_ahead(req, kubernetes::MAX_BODY)
@@ -371,8 +406,21 @@ impl<'a> Conn<'a> {
             text.push_str(&names(&mut form.iter().cloned()));
             text.push(')');
         }
+        if let Some(summary) = r.fhir.as_ref().and_then(fhir::bundle_summary) {
+            text.push_str(&summary);
+        }
         let (kind, tables) = match (&r.fhir, &r.kubernetes) {
-            (Some(f), _) => (f.interaction.clone(), f.resource_type.iter().cloned().collect()),
+            (Some(f), _) => {
+                let mut types: Vec<String> = f
+                    .resource_type
+                    .iter()
+                    .chain(f.entries.iter().filter_map(|e| e.resource_type.as_ref()))
+                    .cloned()
+                    .collect();
+                types.sort();
+                types.dedup();
+                (f.interaction.clone(), types)
+            }
             (_, Some(k)) => (k.verb.clone(), vec![k.resource.clone()]),
             _ => ("http".to_owned(), Vec::new()),
         };
@@ -719,6 +767,13 @@ fn empty_body() -> UpBody {
     http_body_util::Empty::<Bytes>::new()
         .map_err(|never| -> BoxError { match never {} })
         .boxed_unsync()
+}
+
+/// Whether the body is compressed (not `identity`): not read for a decision.
+fn encoded(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|e| !e.to_str().is_ok_and(|e| e.trim().eq_ignore_ascii_case("identity")))
 }
 
 /// The request's body read whole (at most `limit` bytes) for the decision,
