@@ -28,6 +28,11 @@ const MAX_KEY: usize = 64 * 1024;
 const MAX_DEPTH: usize = 512;
 /// Kept at most in the audit record's `masked_fields`.
 const MAX_FIELD_NAMES: usize = 32;
+/// White space held with a held-back `,` (more is dropped).
+const MAX_SEPARATOR: usize = 64;
+/// `_f` fields tracked per object (past it, duplicates are possible but
+/// nothing is left unmasked).
+const MAX_TRACKED: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JsonError {
@@ -191,6 +196,33 @@ struct Frame {
     /// The type key was seen (a second one is refused: parsers differ on
     /// which of two wins).
     typed: bool,
+    /// FHIR: members written so far, and the `,` (with the white space
+    /// after it, bounded) held back until the next member is written: a
+    /// member may be dropped (see `JsonMasker::skip`).
+    members: usize,
+    separator: Vec<u8>,
+    /// FHIR: fields `f` whose `_f` was written as data-absent, and whose
+    /// `_f` came in the document: one object never gets two `_f`.
+    absent: Vec<Vec<u8>>,
+    extended: Vec<Vec<u8>>,
+}
+
+impl Frame {
+    fn new(object: bool, partial: Vec<Partial>, masked_by: Option<&'static str>) -> Frame {
+        Frame {
+            object,
+            key: Vec::new(),
+            partial,
+            masked_by,
+            resource: None,
+            early_phi: false,
+            typed: false,
+            members: 0,
+            separator: Vec::new(),
+            absent: Vec::new(),
+            extended: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,6 +267,10 @@ pub struct JsonMasker {
     /// value is masked, not written yet: a date, number or boolean
     /// becomes `_birthDate` with a data-absent-reason instead.
     pending: Option<Vec<u8>>,
+    /// A member being dropped (its value not written) in the object at
+    /// this depth: a FHIR `_f` whose `f` was already written as
+    /// data-absent (two `_f` keys are invalid FHIR).
+    skip: Option<usize>,
     position: u64,
     masked: u64,
     fields: BTreeSet<String>,
@@ -255,6 +291,7 @@ impl JsonMasker {
             value_rule: None,
             value_url: None,
             pending: None,
+            skip: None,
             position: 0,
             masked: 0,
             fields: BTreeSet::new(),
@@ -274,8 +311,22 @@ impl JsonMasker {
     /// Masks the next piece of the document into `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), JsonError> {
         out.reserve(input.len());
+        let mut dropped = Vec::new();
         let mut i = 0;
         while i < input.len() {
+            if let Some(depth) = self.skip
+                && self.stack.len() == depth
+                && self.state == State::AfterValue
+            {
+                self.skip = None;
+            }
+            // A dropped member is parsed like any (an error is one) but not written.
+            let out: &mut Vec<u8> = if self.skip.is_some() {
+                dropped.clear();
+                &mut dropped
+            } else {
+                &mut *out
+            };
             let b = input[i];
             match self.state {
                 State::Str { key, escape } => {
@@ -372,10 +423,20 @@ impl JsonMasker {
     fn structural(&mut self, b: u8, out: &mut Vec<u8>) -> Result<(), JsonError> {
         if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
             // White space around a held-back field's colon is dropped:
-            // holding it would let a server fill memory with it.
-            if self.pending.is_none() {
-                out.push(b);
+            // holding it would let a server fill memory with it. After a
+            // held-back `,` it is held with it, bounded.
+            if self.pending.is_some() {
+                return Ok(());
             }
+            if let (State::Key, Some(f)) = (self.state, self.stack.last_mut())
+                && !f.separator.is_empty()
+            {
+                if f.separator.len() < MAX_SEPARATOR {
+                    f.separator.push(b);
+                }
+                return Ok(());
+            }
+            out.push(b);
             return Ok(());
         }
         let syntax = JsonError::Syntax(self.position);
@@ -396,9 +457,14 @@ impl JsonMasker {
                 self.state = State::Value;
                 Ok(())
             }
-            (State::AfterValue, b',') => match self.stack.last() {
+            (State::AfterValue, b',') => match self.stack.last_mut() {
                 Some(f) if f.object => {
-                    out.push(b);
+                    if self.rules.api == Api::Fhir {
+                        f.separator.clear();
+                        f.separator.push(b);
+                    } else {
+                        out.push(b);
+                    }
                     self.state = State::Key;
                     Ok(())
                 }
@@ -467,20 +533,12 @@ impl JsonMasker {
         match b {
             b'{' | b'[' => {
                 if let Some(field) = self.pending.take() {
-                    out.extend_from_slice(&field);
+                    self.write_field(&field, out);
                 }
                 if self.stack.len() >= MAX_DEPTH {
                     return Err(JsonError::TooDeep);
                 }
-                self.stack.push(Frame {
-                    object: b == b'{',
-                    key: Vec::new(),
-                    partial,
-                    masked_by: rule,
-                    resource: None,
-                    early_phi: false,
-                    typed: false,
-                });
+                self.stack.push(Frame::new(b == b'{', partial, rule));
                 out.push(b);
                 self.state = if b == b'{' { State::KeyOrEnd } else { State::ValueOrEnd };
             }
@@ -534,15 +592,34 @@ impl JsonMasker {
             // (`na\u006de` is `name`).
             let key = unescape(&token);
             self.note_key(&key);
+            let fhir = self.rules.api == Api::Fhir;
             if let Some(f) = self.stack.last_mut() {
+                let separator = std::mem::take(&mut f.separator);
+                if fhir && let Some(field) = key.strip_prefix(b"_") {
+                    // `f` was masked into a data-absent `_f`: this `_f` goes.
+                    if f.absent.iter().any(|a| a.as_slice() == field) {
+                        f.key = key;
+                        self.skip = Some(self.stack.len());
+                        self.token = token;
+                        self.token.clear();
+                        self.state = State::Colon;
+                        return Ok(());
+                    }
+                    if f.extended.len() < MAX_TRACKED {
+                        f.extended.push(field.to_vec());
+                    }
+                }
+                if f.members > 0 {
+                    written.splice(0..0, separator);
+                }
                 f.key = key;
             }
             // FHIR: a field whose value is masked is held back until the
             // value shows whether it must become `_field` (see `absent`).
-            if self.rules.api == Api::Fhir && self.descend().1.is_some() {
+            if fhir && self.descend().1.is_some() {
                 self.pending = Some(written);
             } else {
-                out.extend_from_slice(&written);
+                self.write_field(&written, out);
             }
             self.token = token;
             self.token.clear();
@@ -554,7 +631,7 @@ impl JsonMasker {
         if let Some(field) = self.pending.take() {
             match self.value_rule {
                 Some(rule) if looks_like_date(&token) => {
-                    absent(&field, out);
+                    self.write_absent(&field, out);
                     self.value_rule = None;
                     self.count(rule);
                     self.token = token;
@@ -563,7 +640,7 @@ impl JsonMasker {
                     self.state = State::AfterValue;
                     return Ok(());
                 }
-                _ => out.extend_from_slice(&field),
+                _ => self.write_field(&field, out),
             }
         }
         out.push(b'"');
@@ -698,11 +775,11 @@ impl JsonMasker {
         match self.value_rule.take() {
             // FHIR: a masked number or boolean field is absent, said so.
             Some(rule) if token != b"null" && pending.is_some() => {
-                absent(pending.as_deref().unwrap_or_default(), out);
+                self.write_absent(pending.as_deref().unwrap_or_default(), out);
                 self.count(rule);
             }
             _ if pending.is_some() => {
-                out.extend_from_slice(pending.as_deref().unwrap_or_default());
+                self.write_field(pending.as_deref().unwrap_or_default(), out);
                 self.end_unmasked_scalar(&token, detected, out);
             }
             Some(rule) if token != b"null" => {
@@ -730,6 +807,30 @@ impl JsonMasker {
         }
     }
 
+    /// Writes a member's key (and what came before its value), counting it.
+    fn write_field(&mut self, field: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(field);
+        if let Some(f) = self.stack.last_mut() {
+            f.members += 1;
+        }
+    }
+
+    /// Writes a held-back field as its data-absent `_f`, unless the object
+    /// already had its own `_f` (masked with `f`): then the member goes.
+    fn write_absent(&mut self, field: &[u8], out: &mut Vec<u8>) {
+        let Some(f) = self.stack.last_mut() else {
+            return absent(field, out);
+        };
+        if f.extended.contains(&f.key) {
+            return;
+        }
+        absent(field, out);
+        f.members += 1;
+        if f.absent.len() < MAX_TRACKED {
+            f.absent.push(f.key.clone());
+        }
+    }
+
     fn count(&mut self, rule: &str) {
         self.masked += 1;
         if self.fields.len() < MAX_FIELD_NAMES && !self.fields.contains(rule) {
@@ -750,10 +851,13 @@ impl JsonMasker {
 const DATA_ABSENT_MASKED: &[u8] =
     br#"{"extension":[{"url":"http://hl7.org/fhir/StructureDefinition/data-absent-reason","valueCode":"masked"}]}"#;
 
-/// `"field"<ws>:<ws>` written as `"_field"<ws>:<ws>` and the extension.
+/// `,<ws>"field"<ws>:<ws>` written as `,<ws>"_field"<ws>:<ws>` and the
+/// extension.
 fn absent(field: &[u8], out: &mut Vec<u8>) {
+    let quote = field.iter().position(|&b| b == b'"').unwrap_or(0);
+    out.extend_from_slice(&field[..quote]);
     out.extend_from_slice(b"\"_");
-    out.extend_from_slice(field.get(1..).unwrap_or_default());
+    out.extend_from_slice(field.get(quote + 1..).unwrap_or_default());
     out.extend_from_slice(DATA_ABSENT_MASKED);
 }
 
@@ -1176,6 +1280,50 @@ mod tests {
                 m.masked_fields()
             );
         }
+    }
+
+    #[test]
+    fn a_masked_primitive_and_its_own_extensions_give_one_underscore_field() {
+        let birth_time = r#"{"extension":[{"url":"http://hl7.org/fhir/StructureDefinition/patient-birthTime","valueDateTime":"1970-01-01T10:00:00Z"}]}"#;
+        let layouts = [
+            // The primitive first (as FHIR serializers write it), then its `_f`.
+            format!(
+                r#"{{"resourceType":"Patient","birthDate":"1970-01-01","_birthDate":{birth_time},"gender":"female"}}"#
+            ),
+            // `_f` first; the primitive last.
+            format!(
+                r#"{{"resourceType":"Patient","_birthDate":{birth_time},"gender":"female","birthDate":"1970-01-01"}}"#
+            ),
+            // Pretty-printed, `_f` last, a number's `_f` too.
+            format!(
+                "{{\n  \"resourceType\": \"Patient\",\n  \"gender\": \"female\",\n  \"birthDate\": \"1970-01-01\" ,\n  \"_birthDate\": {birth_time}\n}}"
+            ),
+            format!(
+                r#"{{"resourceType":"Patient","_birthDate":{birth_time},"birthDate":"1970-01-01","gender":"female"}}"#
+            ),
+        ];
+        for input in &layouts {
+            for chunk in [1, 2, 7, input.len()] {
+                let (out, masker) = run(Api::Fhir, false, input.as_bytes(), chunk).unwrap();
+                let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+                assert_eq!(out.matches("\"_birthDate\"").count(), 1, "{input}\n{out}");
+                assert!(v.get("birthDate").is_none(), "{out}");
+                assert_eq!(v["gender"], "female", "{out}");
+                assert!(!out.contains("1970") && !out.contains("10:00"), "{out}");
+                assert!(masker.masked() >= 1);
+            }
+        }
+        // The layout around what stays is kept.
+        let (out, _) = run(Api::Fhir, false, layouts[2].as_bytes(), 5).unwrap();
+        assert!(
+            out.starts_with("{\n  \"resourceType\": \"Patient\",\n  \"gender\": \"female\",\n  \"_birthDate\""),
+            "{out}"
+        );
+        // Elsewhere the same key in two objects is no duplicate.
+        let two = br#"{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Patient","birthDate":"1970"}},{"resource":{"resourceType":"Patient","birthDate":"1980"}}]}"#;
+        let (out, _) = run(Api::Fhir, false, two, 3).unwrap();
+        assert_eq!(out.matches("\"_birthDate\"").count(), 2, "{out}");
+        serde_json::from_str::<Value>(&out).unwrap();
     }
 
     #[test]
